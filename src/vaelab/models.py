@@ -1,0 +1,166 @@
+"""Encoder, Decoder and the VAE p_θ(x, z) = p(z) p_θ(x | z) (Kingma & Welling 2014).
+
+Every generative model in vaelab (the neural :class:`VAE` and the closed-form models in
+``vaelab.exact``) follows one small protocol, so the objectives treat them alike:
+
+* ``prior()`` → Distribution over z, batch [], event [L];
+* ``decode(z)`` → p(x | z) for z [..., B, L], a Distribution with batch [..., B], event [D];
+* ``log_joint(x, z)`` → log p(x, z), shape [..., B];
+* ``check_data(x, name)`` → raises a clear error unless x is a valid batch [B, D].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributions import Distribution
+
+from vaelab import _checks, likelihoods, nets
+from vaelab import families as families_
+from vaelab import priors as priors_
+from vaelab.config import ModelConfig
+
+
+class LatentVariableModel(nn.Module):
+    """Base of the generative-model protocol; subclasses define prior(), decode(), data_dim."""
+
+    data_dim: int
+    latent_dim: int
+
+    def prior(self) -> Distribution:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> Distribution:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x, z) = log p(z) + log p(x | z); x [B, D], z [..., B, L] → [..., B]."""
+        return self.prior().log_prob(z) + self.decode(z).log_prob(x)
+
+    def check_data(self, x: object, name: str = "x") -> torch.Tensor:
+        """Validate a data batch: float tensor [B, data_dim], finite, inside the support."""
+        return _checks.data_batch(name, x, self.data_dim)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, mean: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw n samples x ~ p(x) by ancestral sampling: z ~ p(z), x ~ p(x|z); → [n, D].
+
+        With ``mean=True`` return E[x | z] instead of a draw of x (what image grids show).
+        """
+        n = _checks.positive_int("n", n)
+        prior = self.prior()
+        z = _draw(prior, (n,), generator)
+        px = self.decode(z)
+        return px.mean if mean else _draw(px, (), generator)
+
+
+def _draw(d: Distribution, shape: tuple[int, ...], generator: torch.Generator | None):
+    if generator is None:
+        return d.sample(shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+        return d.sample(shape)
+
+
+class Encoder(nn.Module):
+    """x [B, D] → q_φ(z | x): ``family(net(x))``, batch [B], event [L] (amortized inference)."""
+
+    def __init__(self, net: nn.Module, family: families_.Family) -> None:
+        super().__init__()
+        self.net = net
+        self.family = family
+        self.latent_dim = family.latent_dim
+
+    def forward(self, x: torch.Tensor) -> Distribution:
+        return self.family(self.net(x))
+
+
+class Decoder(nn.Module):
+    """z [..., B, L] → p_θ(x | z) = ``likelihood(net(z))``, batch [..., B], event [D]."""
+
+    def __init__(self, net: nn.Module, likelihood: likelihoods.Likelihood,
+                 data_dim: int | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.likelihood = likelihood
+        if data_dim is None:
+            out = getattr(net, "out_features", None)
+            if out is None:
+                raise ValueError("data_dim: expected an integer (the net has no out_features), "
+                                 "got None")
+            data_dim = out // likelihood.params_per_dim
+        self.data_dim = _checks.positive_int("data_dim", data_dim)
+
+    def forward(self, z: torch.Tensor) -> Distribution:
+        return self.likelihood(self.net(z))
+
+
+class VAE(LatentVariableModel):
+    """p_θ(x, z) = p(z) p_θ(x | z), optionally with the encoder q_φ(z | x) that trained it.
+
+    Args:
+        prior: a module returning p(z) when called (``vaelab.priors``).
+        decoder: :class:`Decoder`.
+        encoder: optional :class:`Encoder`; needed by :meth:`encode` and :meth:`reconstruct`.
+    """
+
+    def __init__(self, prior: nn.Module, decoder: Decoder,
+                 encoder: Encoder | None = None) -> None:
+        super().__init__()
+        self.prior_module = prior
+        self.decoder = decoder
+        self.encoder = encoder
+        self.latent_dim = int(prior().event_shape[0])
+        self.data_dim = decoder.data_dim
+        if encoder is not None and encoder.latent_dim != self.latent_dim:
+            raise ValueError(f"encoder: expected latent_dim {self.latent_dim} (the prior's), "
+                             f"got {encoder.latent_dim}")
+        self.config: ModelConfig | None = None
+
+    def prior(self) -> Distribution:
+        return self.prior_module()
+
+    def decode(self, z: torch.Tensor) -> Distribution:
+        return self.decoder(z)
+
+    def check_data(self, x: object, name: str = "x") -> torch.Tensor:
+        x = super().check_data(x, name)
+        return self.decoder.likelihood.check_support(x, name)
+
+    def generative_parameters(self) -> list[nn.Parameter]:
+        """θ: the parameters of the prior and the decoder (not the encoder's φ)."""
+        return [*self.prior_module.parameters(), *self.decoder.parameters()]
+
+    def encode(self, x: torch.Tensor) -> Distribution:
+        """q_φ(z | x) for x [B, D]: batch [B], event [L]."""
+        if self.encoder is None:
+            raise ValueError("encoder: this model has no encoder; pass one to VAE(...)")
+        return self.encoder(self.check_data(x))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x | z = mean of q(z|x)]: x [B, D] → [B, D]."""
+        return self.decode(self.encode(x).mean).mean
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> VAE:
+        """Build an MLP VAE from a :class:`~vaelab.config.ModelConfig`."""
+        return build_vae(config)
+
+
+def build_vae(config: ModelConfig) -> VAE:
+    """MLP encoder x → hidden → family params; MLP decoder z → reversed hidden → likelihood."""
+    family = families_.FAMILIES[config.family](config.latent_dim)
+    if config.likelihood == "gaussian":
+        lik: likelihoods.Likelihood = likelihoods.Gaussian(
+            data_dim=config.data_dim, scale=config.gaussian_scale, min_scale=config.min_scale)
+    else:
+        lik = likelihoods.Bernoulli()
+    encoder_net = nets.MLP(config.data_dim, config.hidden, family.param_size, config.activation)
+    decoder_net = nets.MLP(config.latent_dim, tuple(reversed(config.hidden)),
+                           config.data_dim * lik.params_per_dim, config.activation)
+    prior = priors_.PRIORS[config.prior](config.latent_dim)
+    model = VAE(prior, Decoder(decoder_net, lik), Encoder(encoder_net, family))
+    model.config = config
+    return model
