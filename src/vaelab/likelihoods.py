@@ -99,7 +99,8 @@ class Gaussian(Likelihood):
         self.params_per_dim = 2 if self.scale_mode == "network" else 1
         if self.scale_mode == "learned":
             if self.data_dim is None:
-                raise ValueError("data_dim: expected an integer >= 1 when scale='learned', got None")
+                raise ValueError(
+                    "data_dim: expected an integer >= 1 when scale='learned', got None")
             self.raw_scale = nn.Parameter(torch.full((self.data_dim,), self._inverse(1.0)))
 
     def _inverse(self, s: float) -> float:

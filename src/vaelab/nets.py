@@ -44,7 +44,7 @@ class MLP(nn.Sequential):
         act = ACTIVATIONS[_checks.one_of("activation", activation, tuple(ACTIVATIONS))]
         layers: list[nn.Module] = []
         sizes = [in_features, *hidden]
-        for a, b in zip(sizes[:-1], sizes[1:]):
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
             layers += [nn.Linear(a, b), act()]
         layers.append(nn.Linear(sizes[-1], out_features))
         super().__init__(*layers)
