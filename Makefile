@@ -1,0 +1,14 @@
+.PHONY: setup test lint quickstart bench
+
+setup:
+	bash scripts/setup.sh
+
+test: setup
+	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/python -m pytest
+
+quickstart:
+	bash scripts/quickstart.sh
+
+bench: setup
+	bash benchmarks/run.sh
