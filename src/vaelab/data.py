@@ -1,0 +1,701 @@
+"""Datasets → tensors: named IDX datasets, user arrays, binarization and batching.
+
+Role in vaelab: the leaf module that turns data on disk into a :class:`Dataset` of flattened
+float32 rows ``x`` of shape [N, D] (images scaled to [0, 1]) and feeds them to training in
+seeded, resumable, shardable batches. It knows nothing of models.
+
+Named datasets are Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, arXiv:1708.07747) and MNIST
+(LeCun et al. 1998), both stored as IDX files. Binary-data models (a Bernoulli decoder p(x|z))
+are trained on grey levels turned into {0, 1} by a Bernoulli draw, either once ("static"
+binarization, :func:`static_binarize`) or afresh every time an example is seen ("dynamic"
+binarization, :class:`Batches`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import os
+import struct
+import tempfile
+import urllib.request
+import warnings
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from numbers import Real
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaelab import _checks
+
+DEFAULT_DATASET = "fashion-mnist"
+SPLITS = ("train", "test")
+BINARIZE_MODES = ("dynamic", "static", "none")
+SYSTEM_DATA_DIR = Path("/usr/share/datasets")  # Debian's dataset-fashion-mnist installs here
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass(frozen=True)
+class NamedSource:
+    """Where a named IDX dataset is downloaded from.
+
+    ``md5`` maps each ``.gz`` file name to the MD5 digest published by the dataset's authors.
+    """
+
+    base_url: str
+    md5: dict[str, str]
+    install_hint: str
+
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+NAMED_SOURCES: dict[str, NamedSource] = {
+    "fashion-mnist": NamedSource(
+        base_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        md5={
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+        install_hint="`apt-get install dataset-fashion-mnist`, or set VAELAB_DATA to a folder "
+        "holding the IDX files",
+    ),
+    "mnist": NamedSource(
+        base_url="https://ossci-datasets.s3.amazonaws.com/mnist/",
+        md5={
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+        install_hint="set VAELAB_DATA (or pass root) to a folder holding the IDX files",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset held in memory as flattened rows.
+
+    Attributes:
+        x: [N, D] floating tensor (float32 from the loaders); images are scaled to [0, 1].
+        labels: [N] int64 class labels, or None.
+        image_shape: (C, H, W) with C*H*W == D when the rows are images (for plotting), else None.
+        name: a short name for logs and figures.
+    """
+
+    x: torch.Tensor
+    labels: torch.Tensor | None
+    image_shape: tuple[int, int, int] | None
+    name: str
+
+    def __post_init__(self) -> None:
+        x = self.x
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
+            raise ValueError(f"x: expected a floating tensor of shape [N, D], got {_describe(x)}")
+        n, d = x.shape
+        labels = self.labels
+        if labels is not None and (
+            not isinstance(labels, torch.Tensor) or labels.shape != (n,)
+            or labels.dtype != torch.int64
+        ):
+            raise ValueError(f"labels: expected None or an int64 tensor of shape [{n}], "
+                             f"got {_describe(labels)}")
+        shape = self.image_shape
+        if shape is not None and (len(shape) != 3 or math.prod(shape) != d):
+            raise ValueError(f"image_shape: expected None or (C, H, W) with C*H*W == D == {d}, "
+                             f"got {shape!r}")
+
+    def __len__(self) -> int:
+        """Number of examples N."""
+        return self.x.shape[0]
+
+    def subset(self, index: torch.Tensor | slice) -> Dataset:
+        """Rows chosen by ``index``: a slice, int64 indices [M] or a bool mask [N] → M rows."""
+        labels = None if self.labels is None else self.labels[index]
+        return replace(self, x=self.x[index], labels=labels)
+
+
+def _describe(value: object) -> str:
+    """Short description of a value for error messages: type, dtype and shape of tensors."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return f"{type(value).__name__} of dtype {value.dtype} and shape {tuple(value.shape)}"
+    return f"{type(value).__name__} {value!r}"
+
+
+# --------------------------------------------------------------------------- IDX files
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_CODES = {np.dtype(v).str[1:]: k for k, v in _IDX_DTYPES.items()}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (gzipped or not, detected from its first bytes) into a read-only array.
+
+    Raises ValueError naming the file when it is corrupt, truncated or not IDX.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise ValueError(f"IDX file {path}: expected valid gzip data, got a corrupt or "
+                             f"truncated stream ({err})") from err
+    return _parse_idx(raw, path)
+
+
+def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
+    """Validate the IDX header (magic, dims) and sizes of ``raw``; one ``np.frombuffer``."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        raise ValueError(f"IDX file {path}: expected magic bytes 00 00 <type> <ndim>, "
+                         f"got {raw[:4].hex(' ') or 'an empty file'}")
+    ndim = raw[3]
+    offset = 4 + 4 * ndim
+    if len(raw) < offset:
+        raise ValueError(f"IDX file {path}: expected a {offset}-byte header for {ndim} dims, "
+                         f"got {len(raw)} bytes (truncated)")
+    dims = struct.unpack(f">{ndim}I", raw[4:offset])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = math.prod(dims) * dtype.itemsize
+    if len(raw) - offset != expected:
+        raise ValueError(f"IDX file {path}: expected {expected} data bytes for shape {dims} of "
+                         f"{dtype.name}, got {len(raw) - offset} (truncated or corrupt)")
+    return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(dims)
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write ``array`` (uint8, int8, int16, int32, float32 or float64) as IDX; gzip if *.gz."""
+    path = Path(path)
+    array = np.asarray(array)
+    code = _IDX_CODES.get(array.dtype.str[1:])
+    if code is None or not 1 <= array.ndim <= 255:
+        raise ValueError(f"array: expected 1 to 255 dims of dtype uint8, int8, int16, int32, "
+                         f"float32 or float64, got {_describe(array)}")
+    header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    blob = header + array.astype(np.dtype(_IDX_DTYPES[code]), copy=False).tobytes()
+    path.write_bytes(gzip.compress(blob, mtime=0) if path.suffix == ".gz" else blob)
+    return path
+
+
+# --------------------------------------------------------------------------- named datasets
+
+
+def cache_dir(name: str) -> Path:
+    """Download cache of dataset ``name``: ``$XDG_CACHE_HOME/vaelab/<name>`` (~/.cache default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vaelab" / name
+
+
+def search_dirs(name: str, root: str | os.PathLike | None = None) -> list[Path]:
+    """Folders searched for the IDX files of ``name``, in order.
+
+    ``root`` and ``root/<name>``, ``$VAELAB_DATA`` and ``$VAELAB_DATA/<name>``,
+    ``/usr/share/datasets/<name>``, then the download cache.
+    """
+    dirs = []
+    if root is not None:
+        dirs += [Path(root), Path(root) / name]
+    env = os.environ.get("VAELAB_DATA")
+    if env:
+        dirs += [Path(env), Path(env) / name]
+    return dirs + [SYSTEM_DATA_DIR / name, cache_dir(name)]
+
+
+def _locate(name: str, split: str, root: str | os.PathLike | None) -> list[Path] | None:
+    """First folder holding both IDX files of ``split`` (``.gz`` preferred) → their paths."""
+    for folder in search_dirs(name, root):
+        found = []
+        for stem in IDX_FILES[split]:
+            found += [p for p in (folder / f"{stem}.gz", folder / stem) if p.is_file()][:1]
+        if len(found) == len(IDX_FILES[split]):
+            return found
+    return None
+
+
+def download_file(url: str, dest: str | os.PathLike, md5: str, *, timeout: float = 60.0) -> Path:
+    """Fetch ``url`` into ``dest`` atomically (temp file + rename) after checking its MD5.
+
+    On any failure nothing is left at ``dest`` or beside it; a checksum mismatch raises
+    ValueError, a network failure the ``OSError`` of urllib.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        digest = hashlib.md5(usedforsecurity=False)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            for chunk in iter(lambda: resp.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != md5.lower():
+            raise ValueError(f"download {url}: expected MD5 {md5.lower()}, got "
+                             f"{digest.hexdigest()}; the file was discarded")
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def _download_or_explain(name: str, split: str, root: str | os.PathLike | None,
+                         download: bool) -> list[Path]:
+    """Download the IDX files of ``split`` into the cache, or raise one explanatory line."""
+    source = NAMED_SOURCES[name]
+    problem = "download=False"
+    if download:
+        try:
+            paths = []
+            for stem in IDX_FILES[split]:
+                dest = cache_dir(name) / f"{stem}.gz"
+                if not dest.is_file():
+                    download_file(source.base_url + dest.name, dest, source.md5[dest.name])
+                paths.append(dest)
+            return paths
+        except OSError as err:
+            problem = f"download from {source.base_url} failed ({' '.join(str(err).split())})"
+    where = ", ".join(str(d) for d in search_dirs(name, root))
+    env_note = "" if os.environ.get("VAELAB_DATA") else " ($VAELAB_DATA not set)"
+    raise FileNotFoundError(
+        f"source: dataset {name!r} ({split} split) not found: looked for "
+        f"{' and '.join(f'{s}[.gz]' for s in IDX_FILES[split])} in {where}{env_note}; "
+        f"{problem}; to install: {source.install_hint}")
+
+
+def _load_named(name: str, split: str, root: str | os.PathLike | None,
+                download: bool) -> Dataset:
+    """Load split ``split`` of the named IDX dataset ``name``: [N, H*W] in [0, 1], labels [N]."""
+    paths = _locate(name, split, root) or _download_or_explain(name, split, root, download)
+    images, labels = read_idx(paths[0]), read_idx(paths[1])
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"IDX file {paths[0]}: expected uint8 images of shape N×H×W, "
+                         f"got {_describe(images)}")
+    if labels.shape != images.shape[:1] or labels.dtype != np.uint8:
+        raise ValueError(f"IDX file {paths[1]}: expected {images.shape[0]} uint8 labels "
+                         f"(one per image in {paths[0]}), got {_describe(labels)}")
+    n, h, w = images.shape
+    x = np.divide(images.reshape(n, h * w), np.float32(255), dtype=np.float32)
+    y = torch.from_numpy(labels.astype(np.int64))
+    return Dataset(torch.from_numpy(x), y, (1, h, w), name)
+
+
+# --------------------------------------------------------------------------- user data
+
+
+def _to_float32(x: np.ndarray, where: str) -> np.ndarray:
+    """[N, D] array → float32: uint8 scaled by 1/255, bool/int/float values kept as they are."""
+    if x.dtype == np.uint8:
+        return np.divide(x, np.float32(255), dtype=np.float32)
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: expected numeric data, got dtype {x.dtype}")
+    return x.astype(np.float32)
+
+
+def _check_finite(flat: np.ndarray, shape: tuple[int, ...], where: str) -> None:
+    """Raise ValueError with the count and first index (in ``shape``) of non-finite values."""
+    bad = ~np.isfinite(flat)
+    count = int(bad.sum())
+    if count:
+        first = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bad)[0]), shape))
+        raise ValueError(f"{where}: expected finite values, got {count} non-finite "
+                         f"(NaN or inf) values, the first at index {first}")
+
+
+def _to_labels(labels: np.ndarray, n: int, where: str) -> torch.Tensor:
+    """Labels array → int64 tensor [n]; integer-valued floats are accepted."""
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise ValueError(f"labels in {where}: expected shape ({n},), one per example, "
+                         f"got shape {labels.shape}")
+    kind = labels.dtype.kind
+    integral = kind in "biu" or (
+        kind == "f" and bool(np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))))
+    if not integral:
+        raise ValueError(f"labels in {where}: expected integer class labels, got dtype "
+                         f"{labels.dtype} with non-integer values")
+    return torch.from_numpy(labels.astype(np.int64))
+
+
+def _arrays_to_dataset(x: np.ndarray, labels: np.ndarray | None, name: str,
+                       where: str) -> Dataset:
+    """N×D, N×H×W or N×C×H×W array (+ labels [N]) → Dataset with rows flattened to [N, D]."""
+    if x.ndim not in (2, 3, 4):
+        raise ValueError(f"{where}: expected data of shape N×D, N×H×W or N×C×H×W, "
+                         f"got {x.ndim} dims (shape {x.shape})")
+    if x.size == 0:
+        raise ValueError(f"{where}: expected at least one example with at least one value, "
+                         f"got an empty dataset (shape {x.shape})")
+    image_shape = None if x.ndim == 2 else ((1, *x.shape[1:]) if x.ndim == 3 else x.shape[1:])
+    flat = _to_float32(x.reshape(x.shape[0], -1), where)
+    _check_finite(flat, x.shape, where)
+    y = None if labels is None else _to_labels(labels, x.shape[0], where)
+    return Dataset(torch.from_numpy(flat), y, image_shape, name)
+
+
+def _whole_file_only(split: str, path: Path) -> None:
+    """User data without its own splits is the train split; anything else is an error."""
+    if split != "train":
+        raise ValueError(f"split: {path} holds no {split!r} split (one dataset, no "
+                         f"x_{split}/{split}/ part), so expected split='train', got {split!r}")
+
+
+def _read_npy(path: Path, split: str) -> tuple[np.ndarray, None]:
+    """A .npy file → (data, no labels); never unpickles."""
+    _whole_file_only(split, path)
+    try:
+        return np.load(path, allow_pickle=False), None
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path}: expected a readable .npy array, got an error: {err}") from err
+
+
+def _npz_keys(keys: list[str], split: str, path: Path) -> tuple[str, str | None]:
+    """Pick the data key and labels key of an npz archive for ``split``."""
+    if "x_train" in keys or f"x_{split}" in keys:
+        if f"x_{split}" not in keys:
+            raise ValueError(f"split: {path} has keys {keys} but no x_{split}; "
+                             f"expected one of {SPLITS} with an x_<split> key, got {split!r}")
+        x_key, y_keys = f"x_{split}", (f"y_{split}", f"labels_{split}")
+    else:
+        _whole_file_only(split, path)
+        x_key = next((k for k in ("x", "data") if k in keys), keys[0] if len(keys) == 1 else None)
+        if x_key is None:
+            raise ValueError(f"{path}: expected an array named 'x', 'data', 'x_train' or a "
+                             f"single array, got keys {keys}")
+        y_keys = ("y", "labels")
+    return x_key, next((k for k in y_keys if k in keys), None)
+
+
+def _read_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A .npz archive → (data, labels or None); keys x/data/single array, y/labels, x_<split>."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: expected a readable .npz archive, got an error: {err}") from err
+    if not arrays:
+        raise ValueError(f"{path}: expected at least one array, got an empty .npz archive")
+    x_key, y_key = _npz_keys(sorted(arrays), split, path)
+    return arrays[x_key], None if y_key is None else arrays[y_key]
+
+
+def _csv_header(path: Path) -> list[str] | None:
+    """Column names if the first row of a CSV has a non-number, else None."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        cells = [c.strip().strip('"').strip() for c in handle.readline().split(",")]
+    try:
+        [float(c) for c in cells]
+    except ValueError:
+        return cells
+    return None
+
+
+def _label_index(label_column: str | int, header: list[str] | None, ncols: int,
+                 path: Path) -> int:
+    """Column index of ``label_column`` (a header name or an int, negatives from the end)."""
+    if isinstance(label_column, str):
+        if header is None or label_column not in header:
+            found = f"columns {header}" if header else "no header row"
+            raise ValueError(f"label_column: expected a column name of {path}, got "
+                             f"{label_column!r} ({found})")
+        return header.index(label_column)
+    if isinstance(label_column, bool) or not isinstance(label_column, int):
+        raise TypeError(f"label_column: expected a column name, an int or None, got "
+                        f"{_describe(label_column)}")
+    if not -ncols <= label_column < ncols:
+        raise ValueError(f"label_column: expected an index in [{-ncols}, {ncols}) for the "
+                         f"{ncols} columns of {path}, got {label_column}")
+    return label_column % ncols
+
+
+def _read_csv(path: Path, split: str,
+              label_column: str | int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A CSV of numbers (optional header row) → (float64 table, labels column or None)."""
+    _whole_file_only(split, path)
+    header = _csv_header(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
+            table = np.loadtxt(path, delimiter=",", skiprows=int(header is not None), ndmin=2)
+    except ValueError as err:
+        raise ValueError(f"{path}: expected a CSV of numbers, got: {err}") from err
+    if label_column is None or table.size == 0:
+        return table, None
+    col = _label_index(label_column, header, table.shape[1], path)
+    return np.delete(table, col, axis=1), table[:, col]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """One image → uint8 [H, W] (grayscale) or [H, W, 3] (colour)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            grey = image.mode in ("1", "L", "LA", "I", "I;16", "F")
+            return np.asarray(image.convert("L" if grey else "RGB"))
+    except (OSError, UnidentifiedImageError) as err:
+        raise ValueError(f"{path}: expected a readable image, got an error: {err}") from err
+
+
+def _stack_images(files: list[Path]) -> np.ndarray:
+    """Images of one size → uint8 [N, H, W] if all grayscale, else [N, 3, H, W]."""
+    images = [_read_image(f) for f in files]
+    size = images[0].shape[:2]
+    for path, image in zip(files, images, strict=True):
+        if image.shape[:2] != size:
+            raise ValueError(f"{path}: expected every image to be {size[1]}x{size[0]} "
+                             f"(W x H) like {files[0].name}, got {image.shape[1]}x{image.shape[0]}")
+    if all(image.ndim == 2 for image in images):
+        return np.stack(images)
+    images = [np.repeat(im[..., None], 3, axis=2) if im.ndim == 2 else im for im in images]
+    return np.stack(images).transpose(0, 3, 1, 2)
+
+
+def _read_image_folder(path: Path, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A folder of images → (uint8 images, labels from class sub-folders or None)."""
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        path = path / split
+    else:
+        _whole_file_only(split, path)
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    loose = _image_files(path)
+    if classes and loose:
+        raise ValueError(f"{path}: expected either class sub-folders or images, got both "
+                         f"(sub-folders {classes[:5]} and images like {loose[0].name})")
+    per_class = [_image_files(path / c) for c in classes] if classes else [loose]
+    files = [f for group in per_class for f in group]
+    if not files:
+        raise ValueError(f"{path}: expected {'/'.join(IMAGE_SUFFIXES)} images, got none")
+    labels = np.repeat(np.arange(len(per_class)), [len(g) for g in per_class]) if classes else None
+    return _stack_images(files), labels
+
+
+def _load_path(path: Path, split: str, label_column: str | int | None) -> Dataset:
+    """User data at ``path`` (.npy, .npz, .csv or a folder of images) → Dataset."""
+    if not path.exists():
+        raise FileNotFoundError(f"source: expected a dataset name ({', '.join(NAMED_SOURCES)}) "
+                                f"or an existing file or folder, got {str(path)!r}, which does "
+                                f"not exist")
+    suffix = path.suffix.lower()
+    if label_column is not None and (path.is_dir() or suffix != ".csv"):
+        raise ValueError(f"label_column: only applies to .csv files, got {label_column!r} for "
+                         f"{path}")
+    if path.is_dir():
+        x, labels = _read_image_folder(path, split)
+    elif suffix == ".npy":
+        x, labels = _read_npy(path, split)
+    elif suffix == ".npz":
+        x, labels = _read_npz(path, split)
+    elif suffix == ".csv":
+        x, labels = _read_csv(path, split, label_column)
+    else:
+        raise ValueError(f"source: expected a .npy, .npz or .csv file or a folder of images, "
+                         f"got {str(path)!r} (unknown format {suffix or 'without suffix'!r})")
+    return _arrays_to_dataset(x, labels, path.stem if path.is_file() else path.name, str(path))
+
+
+def _named(source: str | os.PathLike) -> str | None:
+    """The canonical dataset name if ``source`` is a str naming one, else None."""
+    if not isinstance(source, str):
+        return None
+    key = source.strip().lower().replace("_", "-")
+    key = {"fashionmnist": "fashion-mnist"}.get(key, key)
+    return key if key in NAMED_SOURCES else None
+
+
+def load_dataset(source: str | os.PathLike = DEFAULT_DATASET, split: str = "train", *,
+                 root: str | os.PathLike | None = None, download: bool = True,
+                 limit: int | None = None, label_column: str | int | None = None) -> Dataset:
+    """Load a named dataset or user data as a :class:`Dataset` with rows x [N, D].
+
+    Args:
+        source: "fashion-mnist" or "mnist" (IDX files found through :func:`search_dirs`,
+            else downloaded into :func:`cache_dir` when ``download``), or a path to user data:
+            a .npy (N×D, N×H×W or N×C×H×W), a .npz (data key "x", "data" or its single array;
+            labels "y" or "labels"), a .csv of numbers (header row auto-detected) or a folder
+            of same-size png/jpg images (class sub-folders give labels). A str that is a
+            dataset name is the named dataset; write "./mnist" for a local path of that name.
+            uint8 data is scaled to [0, 1]; other numeric data is kept as it is.
+        split: "train" or "test". User data is one "train" split (the whole file) unless it
+            has its own: npz keys x_train/x_test (y_train/y_test), or train/ and test/ folders.
+        root: folder searched first for the IDX files of a named dataset.
+        download: fetch a missing named dataset (MD5-checked, written atomically).
+        limit: keep only the first ``limit`` examples.
+        label_column: for .csv only, the header name or index of an integer label column.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source: expected a dataset name or a path, got {_describe(source)}")
+    _checks.one_of("split", split, SPLITS)
+    if limit is not None:
+        limit = _checks.positive_int("limit", limit)
+    name = _named(source)
+    if name is not None and label_column is not None:
+        raise ValueError(f"label_column: only applies to .csv files, got {label_column!r} for "
+                         f"the named dataset {name!r}")
+    if name is not None:
+        dataset = _load_named(name, split, root, download)
+    else:
+        dataset = _load_path(Path(source), split, label_column)
+    if limit is not None and limit < len(dataset):
+        dataset = dataset.subset(slice(0, limit))
+        labels = None if dataset.labels is None else dataset.labels.clone()
+        dataset = replace(dataset, x=dataset.x.clone(), labels=labels)  # free the full arrays
+    return dataset
+
+
+# --------------------------------------------------------------------------- binarization
+
+
+def _check_probabilities(name: str, x: torch.Tensor) -> None:
+    """Raise ValueError unless every value of ``x`` lies in [0, 1]."""
+    if x.numel() == 0:
+        return
+    lo, hi = torch.aminmax(x.detach())
+    if not (bool(lo >= 0) and bool(hi <= 1)):
+        raise ValueError(f"{name}: expected Bernoulli probabilities in [0, 1] to binarize, got "
+                         f"values in [{lo.item():g}, {hi.item():g}]")
+
+
+def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One Bernoulli(x) draw per entry: x [...] in [0, 1] → float32 {0, 1} tensor [...]."""
+    x = _checks.tensor("x", x)
+    _check_probabilities("x", x)
+    return torch.bernoulli(x.to(torch.float32), generator=generator)
+
+
+def static_binarize(ds: Dataset, seed: int) -> Dataset:
+    """``ds`` with x replaced by one Bernoulli draw seeded by ``seed`` (same seed, same draw)."""
+    seed = _checks.non_negative_int("seed", seed)
+    return replace(ds, x=binarize(ds.x, torch.Generator().manual_seed(seed)))
+
+
+def train_val_split(ds: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Split ``ds`` by a permutation seeded by ``seed`` into (train, validation).
+
+    The validation part has round(val_fraction * N) examples; each part keeps the original
+    order of its rows.
+    """
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, Real):
+        raise TypeError(f"val_fraction: expected a number in (0, 1), got "
+                        f"{_describe(val_fraction)}")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction: expected a number in (0, 1), got {val_fraction}")
+    seed = _checks.non_negative_int("seed", seed)
+    n = len(ds)
+    n_val = round(val_fraction * n)
+    if not 1 <= n_val <= n - 1:
+        raise ValueError(f"val_fraction: expected at least one of the {n} examples in each part, "
+                         f"got {val_fraction}, which puts {n_val} in validation")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return ds.subset(perm[n_val:].sort().values), ds.subset(perm[:n_val].sort().values)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def _derive_seed(seed: int, epoch: int, stream: int) -> int:
+    """A 63-bit seed that depends only on (seed, epoch, stream), via numpy's SeedSequence."""
+    state = np.random.SeedSequence([seed, epoch, stream]).generate_state(1, np.uint64)[0]
+    return int(state) & ((1 << 63) - 1)
+
+
+class Batches:
+    """In-memory mini-batches of the rows of x [N, D], deterministic per (seed, epoch).
+
+    Epoch e uses the permutation ``randperm(N)`` drawn from a generator seeded by (seed, e)
+    alone, the same on every rank, so a run resumed at an epoch boundary sees exactly the same
+    batches. Dynamic binarization draws ``torch.bernoulli(x_batch)`` from a second generator
+    seeded by (seed, e, rank). ``binarize="static"`` means x is already binarized (no-op).
+
+    Distributed (world_size > 1): the epoch order is cut into global batches of
+    ``batch_size * world_size`` rows and rank r gets the r-th contiguous slice of each. With
+    ``drop_last`` the incomplete tail is dropped; without it the order is padded by repeating
+    its first (-N mod world_size) entries, so every rank gets the same number of batches of
+    the same sizes (the last one smaller than batch_size when N is not a multiple of the
+    global batch). With world_size == 1 nothing is ever padded.
+    """
+
+    def __init__(self, x: torch.Tensor, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 binarize: str = "none", drop_last: bool = False, rank: int = 0,
+                 world_size: int = 1, device: torch.device | str = "cpu") -> None:
+        x = _checks.tensor("x", x)
+        if x.dim() != 2 or x.shape[0] == 0:
+            raise ValueError(f"x: expected a tensor of shape [N, D] with N >= 1, got shape "
+                             f"{list(x.shape)}")
+        self.batch_size = _checks.positive_int("batch_size", batch_size)
+        self.world_size = _checks.positive_int("world_size", world_size)
+        self.rank = _checks.non_negative_int("rank", rank)
+        if self.rank >= self.world_size:
+            raise ValueError(f"rank: expected 0 <= rank < world_size = {self.world_size}, "
+                             f"got {self.rank}")
+        self.binarize = _checks.one_of("binarize", binarize, BINARIZE_MODES)
+        if self.binarize == "dynamic":
+            _check_probabilities("x", x)
+        self.seed = _checks.non_negative_int("seed", seed)
+        self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
+        self.num_examples = x.shape[0]
+        global_batch = self.batch_size * self.world_size
+        if self.drop_last and self.num_examples < global_batch:
+            raise ValueError(f"batch_size: with drop_last=True expected batch_size * world_size "
+                             f"<= N = {self.num_examples}, got {global_batch}: no batch is left")
+        self.device = torch.device(device)
+        self.x = x.to(self.device)
+
+    def _order_length(self) -> int:
+        """Length of the (dropped or padded) per-epoch global order."""
+        n, global_batch = self.num_examples, self.batch_size * self.world_size
+        return (n // global_batch) * global_batch if self.drop_last else n + (-n) % self.world_size
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (the same on every rank)."""
+        return math.ceil(self._order_length() / (self.batch_size * self.world_size))
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """Global order of epoch ``epoch``: int64 [order_length] on CPU, identical on all ranks."""
+        n = self.num_examples
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(_derive_seed(self.seed, epoch, 0))
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        length = self._order_length()
+        if length > n:
+            order = torch.cat([order, order.repeat(math.ceil((length - n) / n))[: length - n]])
+        return order[:length]
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield this rank's batches of epoch ``epoch`` (>= 0).
+
+        Yields (x_batch [b, D] on ``device``, index [b] int64 rows of x on ``device``).
+        """
+        epoch = _checks.non_negative_int("epoch", epoch)
+        return self._iterate(epoch)
+
+    def _iterate(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._epoch_order(epoch).to(self.device)
+        generator = None
+        if self.binarize == "dynamic":
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(_derive_seed(self.seed, epoch, 1 + self.rank))
+        global_batch = self.batch_size * self.world_size
+        for start in range(0, order.shape[0], global_batch):
+            chunk = order[start : start + global_batch]
+            share = chunk.shape[0] // self.world_size
+            index = chunk[self.rank * share : (self.rank + 1) * share]
+            x_batch = self.x.index_select(0, index)
+            if generator is not None:
+                x_batch = torch.bernoulli(x_batch, generator=generator)
+            yield x_batch, index
