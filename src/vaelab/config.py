@@ -1,12 +1,22 @@
-"""Frozen configuration dataclasses, validated on construction.
+"""Frozen configuration dataclasses, validated on construction, and config files.
 
-Every check names the field, what was expected and what was received.
+* :class:`ModelConfig` — the architecture of an MLP VAE;
+* :class:`TrainConfig` — data, optimization and run-time options of ``vaelab.train``;
+* :class:`RunConfig` — both, as stored in a run directory's ``config.json``;
+* :func:`load_config_file` (TOML or JSON) and :func:`merge` (command-line flags over a file).
+
+Every check names the field, what was expected and what was received. Config dicts are plain
+JSON-compatible data: ``{"model": {...}, "train": {...}}``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
+from numbers import Real
+from pathlib import Path
 
 from vaelab import _checks
 
@@ -19,7 +29,7 @@ FAMILY_NAMES = ("diagonal_normal", "full_covariance_normal")
 class ModelConfig:
     """Architecture of an MLP VAE: x [D] → hidden → q(z|x); z [L] → reversed hidden → p(x|z)."""
 
-    data_dim: int
+    data_dim: int | None = None
     latent_dim: int = 20
     hidden: tuple[int, ...] = (512, 256)
     activation: str = "relu"
@@ -31,7 +41,8 @@ class ModelConfig:
     image_shape: tuple[int, ...] | None = field(default=None)
 
     def __post_init__(self) -> None:
-        _checks.positive_int("data_dim", self.data_dim)
+        if self.data_dim is not None:  # None: resolved from the data at train time
+            _checks.positive_int("data_dim", self.data_dim)
         _checks.positive_int("latent_dim", self.latent_dim)
         if isinstance(self.hidden, (str, bytes)) or not hasattr(self.hidden, "__iter__"):
             raise TypeError(f"hidden: expected a sequence of integers, got {self.hidden!r}")
@@ -43,21 +54,317 @@ class ModelConfig:
         _checks.one_of("prior", self.prior, PRIOR_NAMES)
         _checks.one_of("family", self.family, FAMILY_NAMES)
         if self.image_shape is not None:
-            object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
+            object.__setattr__(self, "image_shape", _image_shape(self.image_shape))
+
+    def with_data(self, data_dim: int, image_shape: tuple[int, ...] | None) -> ModelConfig:
+        """This config with ``data_dim``/``image_shape`` taken from the data.
+
+        Raises ValueError if the config already fixes a different ``data_dim``.
+        """
+        if self.data_dim is not None and self.data_dim != data_dim:
+            raise ValueError(f"data_dim: the model config says {self.data_dim}, but the data "
+                             f"have {data_dim} values per example")
+        return dataclasses.replace(self, data_dim=data_dim, image_shape=image_shape)
 
     def to_dict(self) -> dict:
         """JSON-serializable dict (tuples become lists)."""
-        return dataclasses.asdict(self)
+        return _lists(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"model config: unknown keys {unknown}; expected a subset of "
-                             f"{sorted(known)}")
-        data = dict(data)
-        if data.get("hidden") is not None:
+        data = _known_keys("model", data, cls)
+        if isinstance(data.get("hidden"), list):
             data["hidden"] = tuple(data["hidden"])
         return cls(**data)
+
+
+def _lists(data: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+
+def _image_shape(value: object) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"image_shape: expected a sequence of integers such as (1, 28, 28), "
+                        f"got {value!r}")
+    return tuple(_checks.positive_int("image_shape", s) for s in value)
+
+
+def _known_keys(section: str, data: object, cls: type) -> dict:
+    """A copy of ``data`` after checking it is a dict whose keys are fields of ``cls``."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{section}: expected a table/dict of settings, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{section} config: unknown keys {unknown}; expected a subset of "
+                         f"{sorted(known)}")
+    return dict(data)
+
+
+LR_SCHEDULES = ("constant", "cosine", "exponential")
+BINARIZE_MODES = ("dynamic", "static", "none")
+INFERENCE_NAMES = ("amortized", "per-datapoint", "semi-amortized")
+TRAIN_SCHEDULES = ("joint", "alternating")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _fraction(name: str, value: object) -> float:
+    """A number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name}: expected a number in [0, 1), got {value!r} "
+                        f"({type(value).__name__})")
+    if not 0 <= value < 1:
+        raise ValueError(f"{name}: expected a number in [0, 1), got {value}")
+    return float(value)
+
+
+def _non_negative_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name}: expected a number >= 0, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
+    return float(value)
+
+
+def _betas(value: object) -> tuple[float, float]:
+    ok = not isinstance(value, (str, bytes)) and hasattr(value, "__len__") and len(value) == 2
+    if ok and all(isinstance(b, Real) and not isinstance(b, bool) for b in value):
+        betas = (float(value[0]), float(value[1]))
+        if all(0 <= b < 1 for b in betas):
+            return betas
+    raise ValueError(f"betas: expected two numbers in [0, 1) such as (0.9, 0.999), got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything about a training run except the architecture.
+
+    Data: ``data`` (a dataset name or a path, see ``vaelab.data.load_dataset``), ``limit``
+    (first N training examples), ``val_fraction`` (held out by a seeded split; 0 disables
+    validation), ``binarize`` ("dynamic": a fresh Bernoulli draw per visit, "static": one
+    seeded draw, "none": the grey levels themselves).
+
+    Optimization: ``epochs``, ``batch_size``, Adam ``lr``/``betas``, ``grad_clip`` (global norm),
+    ``lr_schedule`` ("constant"; "cosine" from lr to 0 over all steps; "exponential": lr ×
+    lr_decay^epoch), ``kl_warmup_epochs`` (the KL weight ramps linearly 0 → 1 over that many
+    epochs, step by step), ``num_samples`` (z samples per example), ``early_stopping_patience``
+    (stop after that many epochs without a better validation ELBO; keeps the best weights).
+
+    Inference: ``inference`` ("amortized", "per-datapoint", "semi-amortized"), ``schedule``
+    ("joint" or "alternating" with ``phi_steps`` φ-steps per θ-step), ``refine_steps`` /
+    ``refine_lr``, ``refine_backprop`` (semi-amortized refinement: K SGD steps on each
+    example's ELBO; backprop=True trains the encoder through them, Kim et al. 2018).
+
+    Run time: ``seed``, ``device`` ("auto": CUDA when available), ``compile`` ("auto", true,
+    false), ``max_nonfinite_steps`` (consecutive non-finite steps before training stops).
+    """
+
+    data: str = "fashion-mnist"
+    limit: int | None = None
+    val_fraction: float = 0.05
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    seed: int = 0
+    kl_warmup_epochs: float = 0.0
+    grad_clip: float | None = None
+    early_stopping_patience: int | None = None
+    lr_schedule: str = "constant"
+    lr_decay: float = 0.95
+    binarize: str = "dynamic"
+    num_samples: int = 1
+    inference: str = "amortized"
+    schedule: str = "joint"
+    phi_steps: int = 0
+    refine_steps: int = 10
+    refine_lr: float = 1e-3
+    refine_backprop: bool = False
+    device: str = "auto"
+    compile: str | bool = "auto"
+    max_nonfinite_steps: int = 20
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, str) or not self.data:
+            raise TypeError(f"data: expected a dataset name or a path (a non-empty string), "
+                            f"got {self.data!r}")
+        if self.limit is not None:
+            _checks.positive_int("limit", self.limit)
+        _fraction("val_fraction", self.val_fraction)
+        for name in ("epochs", "batch_size", "num_samples", "max_nonfinite_steps"):
+            _checks.positive_int(name, getattr(self, name))
+        for name in ("seed", "phi_steps", "refine_steps"):
+            _checks.non_negative_int(name, getattr(self, name))
+        for name in ("lr", "refine_lr"):
+            _checks.positive_float(name, getattr(self, name))
+        object.__setattr__(self, "betas", _betas(self.betas))
+        object.__setattr__(self, "kl_warmup_epochs",
+                           _non_negative_float("kl_warmup_epochs", self.kl_warmup_epochs))
+        if self.grad_clip is not None:
+            _checks.positive_float("grad_clip", self.grad_clip)
+        if self.early_stopping_patience is not None:
+            _checks.positive_int("early_stopping_patience", self.early_stopping_patience)
+        self._check_choices()
+
+    def _check_choices(self) -> None:
+        _checks.one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        decay = _checks.positive_float("lr_decay", self.lr_decay)
+        if decay > 1:
+            raise ValueError(f"lr_decay: expected a number in (0, 1], got {decay}")
+        _checks.one_of("binarize", self.binarize, BINARIZE_MODES)
+        _checks.one_of("inference", self.inference, INFERENCE_NAMES)
+        _checks.one_of("schedule", self.schedule, TRAIN_SCHEDULES)
+        _checks.one_of("device", self.device, DEVICES)
+        if not isinstance(self.refine_backprop, bool):
+            raise TypeError(f"refine_backprop: expected true or false, "
+                            f"got {self.refine_backprop!r}")
+        if not (self.compile == "auto" or isinstance(self.compile, bool)):
+            raise ValueError(f"compile: expected 'auto', true or false, got {self.compile!r}")
+        if self.early_stopping_patience is not None and self.val_fraction == 0:
+            raise ValueError("early_stopping_patience: needs a validation set, but "
+                             "val_fraction is 0")
+        if self.early_stopping_patience is not None and self.inference == "per-datapoint":
+            raise ValueError("early_stopping_patience: needs a validation ELBO, which "
+                             "inference='per-datapoint' does not provide (it trains no "
+                             "encoder); expected None")
+
+    def to_dict(self) -> dict:
+        """JSON-serializable dict (tuples become lists)."""
+        return _lists(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        data = _known_keys("train", data, cls)
+        if isinstance(data.get("betas"), list):
+            data["betas"] = tuple(data["betas"])
+        return cls(**data)
+
+
+#: Keys of a run's ``config.json`` that describe the run, not the configuration.
+METADATA_KEYS = ("format", "vaelab_version", "torch_version", "dataset")
+SECTIONS = {"model": ModelConfig, "train": TrainConfig}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run: the architecture (``model``) and the training options (``train``)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, ModelConfig):
+            raise TypeError(f"model: expected a ModelConfig, got {type(self.model).__name__}")
+        if not isinstance(self.train, TrainConfig):
+            raise TypeError(f"train: expected a TrainConfig, got {type(self.train).__name__}")
+
+    def to_dict(self) -> dict:
+        """``{"model": {...}, "train": {...}}``, JSON-serializable."""
+        return {"model": self.model.to_dict(), "train": self.train.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        """Build from a config dict (nested, dotted or bare keys, see :func:`normalize`).
+
+        The metadata keys of a run's config.json (``METADATA_KEYS``) are ignored, so a run's
+        config.json is itself a valid config file. Unknown keys raise ValueError naming them.
+        """
+        data = normalize(data)
+        return cls(ModelConfig.from_dict(data["model"]), TrainConfig.from_dict(data["train"]))
+
+
+def _section_of(key: str) -> str:
+    for section, cls in SECTIONS.items():
+        if key in {f.name for f in dataclasses.fields(cls)}:
+            return section
+    model_keys = sorted(f.name for f in dataclasses.fields(ModelConfig))
+    train_keys = sorted(f.name for f in dataclasses.fields(TrainConfig))
+    raise ValueError(f"config: unknown key {key!r}; expected 'model', 'train', a model key "
+                     f"{model_keys} or a train key {train_keys}")
+
+
+def normalize(data: object) -> dict:
+    """Any accepted config dict → ``{"model": {...}, "train": {...}}`` (a new dict).
+
+    Accepted keys: the sections ``model`` and ``train`` (dicts), dotted keys such as
+    ``"train.epochs"``, and bare field names (``"epochs"``, ``"latent_dim"``: every field name
+    belongs to exactly one section). Unknown keys raise ValueError naming them.
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"config: expected a dict, got {type(data).__name__}")
+    out: dict[str, dict] = {"model": {}, "train": {}}
+    for key, value in data.items():
+        if key in METADATA_KEYS:
+            continue
+        if key in SECTIONS:
+            out[key].update(_known_keys(key, value, SECTIONS[key]))
+            continue
+        section, _, name = str(key).rpartition(".")
+        if section and section not in SECTIONS:
+            raise ValueError(f"config: unknown section {section!r} in key {key!r}; expected "
+                             f"'model' or 'train'")
+        section = section or _section_of(name)
+        out[section].update(_known_keys(section, {name: value}, SECTIONS[section]))
+    return out
+
+
+def merge(config: dict, overrides: dict) -> dict:
+    """Return ``config`` with ``overrides`` applied on top, both in any :func:`normalize` form.
+
+    Meant for command-line flags over a config file: an override whose value is None counts
+    as "not given" and is skipped. Unknown keys in either dict raise ValueError naming them.
+    Returns the nested form ``{"model": {...}, "train": {...}}``.
+    """
+    base = normalize(config)
+    given = {k: v for k, v in _flatten(overrides).items() if v is not None}
+    for section, values in normalize(given).items():
+        base[section].update(values)
+    return base
+
+
+def _flatten(data: object) -> dict:
+    if not isinstance(data, dict):
+        raise TypeError(f"overrides: expected a dict, got {type(data).__name__}")
+    flat = {}
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a ``.toml`` or ``.json`` config file → ``{"model": {...}, "train": {...}}``.
+
+    TOML files use ``[model]`` and ``[train]`` tables (or bare keys); a run's config.json is
+    accepted as it is. Raises ValueError naming the file for a missing file, a parse error, an
+    unknown suffix or unknown keys. The values are validated by :meth:`RunConfig.from_dict`.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        raise ValueError(f"config file: expected a .toml or .json file, got {str(path)!r}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"config file: cannot read {str(path)!r}: {exc.strerror}") from None
+    try:
+        data = _parse_toml(text) if suffix == ".toml" else json.loads(text)
+    except ValueError as exc:  # tomllib.TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"config file: {str(path)!r} is not valid {suffix[1:].upper()}: "
+                         f"{exc}") from None
+    try:
+        return normalize(data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config file {str(path)!r}: {exc}") from None
+
+
+def _parse_toml(text: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    return tomllib.loads(text)

@@ -1,0 +1,128 @@
+"""TrainConfig / RunConfig validation, dict round trips, config files and merge()."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vaelab.config import (
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    load_config_file,
+    merge,
+    normalize,
+)
+
+
+def test_defaults_round_trip_through_json():
+    config = RunConfig(ModelConfig(latent_dim=8, hidden=(32, 16)),
+                       TrainConfig(epochs=3, betas=(0.8, 0.99), grad_clip=5.0))
+    text = json.dumps(config.to_dict(), allow_nan=False)
+    assert RunConfig.from_dict(json.loads(text)) == config
+
+
+def test_dotted_and_bare_keys_are_sorted_into_sections():
+    config = RunConfig.from_dict({"latent_dim": 3, "train.epochs": 7, "model": {"hidden": [5]},
+                                  "lr": 0.01})
+    assert config.model.latent_dim == 3 and config.model.hidden == (5,)
+    assert config.train.epochs == 7 and config.train.lr == 0.01
+
+
+@pytest.mark.parametrize("data, name", [
+    ({"epoch": 3}, "epoch"),
+    ({"model": {"latent": 3}}, "latent"),
+    ({"train": {"learning_rate": 0.1}}, "learning_rate"),
+    ({"optim.lr": 0.1}, "optim"),
+    ({"model.epochs": 3}, "epochs"),
+])
+def test_unknown_keys_are_errors_naming_them(data, name):
+    with pytest.raises(ValueError, match=name):
+        RunConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("epochs", -1), ("epochs", 0), ("batch_size", 0), ("lr", 0.0), ("lr", float("nan")),
+    ("val_fraction", 1.0), ("val_fraction", -0.1), ("limit", 0), ("seed", -1),
+    ("kl_warmup_epochs", -1), ("grad_clip", 0), ("early_stopping_patience", 0),
+    ("lr_schedule", "linear"), ("lr_decay", 1.5), ("binarize", "yes"), ("num_samples", 0),
+    ("inference", "amortised"), ("schedule", "em"), ("phi_steps", -2), ("device", "tpu"),
+    ("compile", "always"), ("max_nonfinite_steps", 0), ("betas", (0.9,)),
+    ("betas", (0.9, 1.0)), ("refine_lr", -1.0),
+])
+def test_out_of_range_values_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field, value", [("epochs", "3"), ("batch_size", 2.5),
+                                          ("epochs", True), ("data", 3)])
+def test_wrong_types_are_type_errors(field, value):
+    with pytest.raises(TypeError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_early_stopping_needs_validation():
+    with pytest.raises(ValueError, match="early_stopping_patience.*val_fraction"):
+        TrainConfig(early_stopping_patience=2, val_fraction=0)
+    with pytest.raises(ValueError, match="early_stopping_patience.*per-datapoint"):
+        TrainConfig(early_stopping_patience=2, inference="per-datapoint")
+
+
+def test_model_config_resolves_data_dim_from_the_data():
+    config = ModelConfig()
+    assert config.data_dim is None
+    resolved = config.with_data(784, (1, 28, 28))
+    assert resolved.data_dim == 784 and resolved.image_shape == (1, 28, 28)
+    with pytest.raises(ValueError, match="data_dim.*784.*10"):
+        ModelConfig(data_dim=784).with_data(10, None)
+
+
+def test_merge_flags_override_file_and_none_means_not_given():
+    base = {"model": {"latent_dim": 4}, "train": {"epochs": 3, "lr": 0.1}}
+    merged = merge(base, {"epochs": 5, "train.lr": None, "model": {"hidden": [8]}})
+    assert merged == {"model": {"latent_dim": 4, "hidden": [8]},
+                      "train": {"epochs": 5, "lr": 0.1}}
+    assert base["train"]["epochs"] == 3  # not modified in place
+    with pytest.raises(ValueError, match="epochz"):
+        merge(base, {"epochz": 5})
+
+
+def test_load_toml_and_json_files(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('epochs = 2\n[model]\nlatent_dim = 5\nhidden = [16]\n'
+                    '[train]\nlr = 0.002\nbetas = [0.5, 0.9]\n')
+    config = RunConfig.from_dict(load_config_file(toml))
+    assert (config.train.epochs, config.train.lr, config.train.betas) == (2, 0.002, (0.5, 0.9))
+    assert config.model.hidden == (16,)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"format": "vaelab-run/1", **config.to_dict()}))
+    assert RunConfig.from_dict(load_config_file(path)) == config
+
+
+@pytest.mark.parametrize("name, text, match", [
+    ("bad.toml", "epochs = [", "not valid TOML"),
+    ("bad.json", "{", "not valid JSON"),
+    ("bad.yaml", "epochs: 3", r"\.toml or \.json"),
+    ("keys.toml", "[train]\nepoch = 3\n", "epoch"),
+])
+def test_bad_config_files_name_the_file(tmp_path, name, text, match):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match) as info:
+        load_config_file(path)
+    if not name.endswith(".yaml"):
+        assert name in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ValueError, match="cannot read"):
+        load_config_file(tmp_path / "nope.toml")
+
+
+def test_normalize_rejects_non_dicts():
+    with pytest.raises(TypeError, match="config"):
+        normalize(["epochs", 3])
+    with pytest.raises(TypeError, match="train"):
+        normalize({"train": 3})
