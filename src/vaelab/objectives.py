@@ -95,6 +95,12 @@ def _expect(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     return values.mean(0) if weights is None else (weights * values).sum(0)
 
 
+def describe(d: Distribution) -> str:
+    """Name a distribution for messages, looking through wrappers: 'Independent(Normal)'."""
+    base = getattr(d, "base_dist", None)
+    return type(d).__name__ if base is None else f"{type(d).__name__}({describe(base)})"
+
+
 def _kl(q: Distribution, prior: Distribution, z: torch.Tensor, weights: torch.Tensor | None,
         kl: str) -> torch.Tensor:
     if kl != "mc":
@@ -103,7 +109,7 @@ def _kl(q: Distribution, prior: Distribution, z: torch.Tensor, weights: torch.Te
         except NotImplementedError:
             if kl == "analytic":
                 raise ValueError(f"kl: 'analytic' needs a registered closed form for "
-                                 f"KL({type(q).__name__} ‖ {type(prior).__name__}); "
+                                 f"KL({describe(q)} ‖ {describe(prior)}); "
                                  f"got none, use kl='mc' or 'auto'") from None
     return _expect(q.log_prob(z) - prior.log_prob(z), weights)
 
