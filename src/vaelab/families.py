@@ -38,8 +38,13 @@ class Family(nn.Module):
     def param_size(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def initial_params(self, *batch: int) -> torch.Tensor:
-        """Raw parameters [*batch, param_size] giving q = N(0, I): a neutral starting point."""
+    def initial_params(self, *batch: int, dtype: torch.dtype | None = None,
+                       device: torch.device | str | None = None) -> torch.Tensor:
+        """Raw parameters [*batch, param_size] giving q = N(0, I): a neutral starting point.
+
+        ``dtype`` and ``device`` default to torch's defaults; ask for float64 here rather than
+        casting a float32 result, which would leave the scale 1 ± 1e-8.
+        """
         raise NotImplementedError
 
     def config(self) -> dict:
@@ -74,8 +79,9 @@ class DiagonalNormal(Family):
         """Build q from loc and scale, both [..., L]."""
         return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
 
-    def initial_params(self, *batch: int) -> torch.Tensor:
-        raw = torch.zeros(*batch, self.param_size)
+    def initial_params(self, *batch: int, dtype: torch.dtype | None = None,
+                       device: torch.device | str | None = None) -> torch.Tensor:
+        raw = torch.zeros(*batch, self.param_size, dtype=dtype, device=device)
         raw[..., self.latent_dim:] = math.log(math.expm1(1.0 - self.min_scale))
         return raw
 
@@ -112,8 +118,9 @@ class FullCovarianceNormal(Family):
         tril = tril.tril(-1) + torch.diag_embed(diag)
         return MultivariateNormal(loc, scale_tril=tril, validate_args=False)
 
-    def initial_params(self, *batch: int) -> torch.Tensor:
-        raw = torch.zeros(*batch, self.param_size)
+    def initial_params(self, *batch: int, dtype: torch.dtype | None = None,
+                       device: torch.device | str | None = None) -> torch.Tensor:
+        raw = torch.zeros(*batch, self.param_size, dtype=dtype, device=device)
         diag_pos = self.latent_dim + torch.nonzero(self._rows == self._cols).squeeze(-1)
         raw[..., diag_pos] = math.log(math.expm1(1.0 - self.min_scale))
         return raw

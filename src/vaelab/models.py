@@ -89,6 +89,10 @@ class Decoder(nn.Module):
             if out is None:
                 raise ValueError("data_dim: expected an integer (the net has no out_features), "
                                  "got None")
+            if out % likelihood.params_per_dim:
+                raise ValueError(
+                    f"net: expected out_features divisible by {likelihood.params_per_dim} "
+                    f"(the {likelihood.name} likelihood's numbers per dimension), got {out}")
             data_dim = out // likelihood.params_per_dim
         self.data_dim = _checks.positive_int("data_dim", data_dim)
 
@@ -151,6 +155,11 @@ class VAE(LatentVariableModel):
 
 def build_vae(config: ModelConfig) -> VAE:
     """MLP encoder x → hidden → family params; MLP decoder z → reversed hidden → likelihood."""
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config: expected a ModelConfig, got {type(config).__name__}")
+    if config.data_dim is None:
+        raise ValueError("config.data_dim: expected an integer >= 1 (resolve it from the data "
+                         "with config.with_data(...)), got None")
     family = families_.FAMILIES[config.family](config.latent_dim)
     if config.likelihood == "gaussian":
         lik: likelihoods.Likelihood = likelihoods.Gaussian(
