@@ -1,0 +1,510 @@
+"""Run directories: atomic files, pickle-free checkpoints, and loading a trained model.
+
+A run directory written by ``vaelab.train`` holds
+
+* ``config.json`` — the :class:`~vaelab.config.RunConfig` with ``data_dim``/``image_shape``
+  resolved from the data, plus ``format``, ``vaelab_version`` and ``torch_version``;
+* ``model.safetensors`` — the weights: the VAE's ``state_dict`` keys as they are, plus
+  ``inference.<name>`` for inference parameters that are not part of the VAE (the
+  per-datapoint table); updated at the end of every epoch;
+* ``metrics.jsonl`` — one JSON object per completed epoch;
+* ``checkpoint/`` — ``state.safetensors`` (every tensor: model, inference, optimizer moments,
+  best weights) and ``state.json`` (scalars, the optimizer's structure, RNG states as hex,
+  and the SHA-256 of ``state.safetensors``);
+* figures (``*.png``) written by ``vaelab.plots``.
+
+Every file is written to a temporary name in the same folder, fsynced and renamed over the old
+one (``os.replace``), so a reader sees the old or the new file, never a torn one. The checkpoint
+is swapped as a folder: the new one is completed in ``checkpoint.new/``, then ``checkpoint/``
+becomes ``checkpoint.old/`` and ``checkpoint.new/`` becomes ``checkpoint/``; a kill between the
+two renames leaves both complete, and :func:`checkpoint_path` picks the newer one. Nothing is
+ever pickled (``torch.save`` is pickle): tensors go to safetensors, the rest to JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch.distributions import Distribution
+
+from vaelab import _checks
+from vaelab.config import RunConfig
+from vaelab.evaluate import LogLikelihoodEstimate, log_likelihood
+from vaelab.models import VAE, build_vae
+from vaelab.objectives import elbo_terms
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoint"
+STATE_TENSORS = "state.safetensors"
+STATE_JSON = "state.json"
+FIGURES = ("samples.png", "reconstructions.png", "curves.png", "latent.png")
+RUN_FORMAT = "vaelab-run/1"
+CHECKPOINT_FORMAT = "vaelab-checkpoint/1"
+#: What a run directory may hold; config.json first, so a half-cleared folder is no run.
+RUN_FILES = (CONFIG_FILE, MODEL_FILE, METRICS_FILE, CHECKPOINT_DIR, CHECKPOINT_DIR + ".new",
+             CHECKPOINT_DIR + ".old", *FIGURES)
+
+
+class RunError(ValueError):
+    """A run directory (or a file in it) is missing, corrupt, incompatible or unwritable."""
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (renames, new files) to disk; a no-op where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_json(path: str | Path, data: object) -> Path:
+    """Write ``data`` as (strict, NaN-free) JSON atomically."""
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies that share no memory (what safetensors needs)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+
+
+def tensors_to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """Serialize tensors (any device) to safetensors bytes."""
+    return st_save(_cpu(tensors), metadata=metadata)
+
+
+def read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """Load a safetensors file → {name: CPU tensor}; RunError naming the file if unreadable."""
+    try:
+        return st_load(path.read_bytes())
+    except FileNotFoundError:
+        raise RunError(f"{what}: {str(path)!r} does not exist") from None
+    except (OSError, SafetensorError, ValueError, RuntimeError) as exc:
+        raise RunError(f"{what}: {str(path)!r} is not a valid safetensors file "
+                       f"(truncated or corrupt?): {exc}") from None
+
+
+def read_json(path: Path, what: str) -> object:
+    """Parse a JSON file; RunError naming the file if it is missing or invalid."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{what}: {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RunError(f"{what}: {str(path)!r} is not valid JSON (truncated or corrupt?): "
+                       f"{exc}") from None
+
+
+# --------------------------------------------------------------------------- pickle-free trees
+
+
+def pack_tree(obj: object, tensors: dict[str, torch.Tensor], prefix: str) -> object:
+    """Split a nested state (e.g. an optimizer ``state_dict``) into JSON and tensors.
+
+    Tensors are moved into ``tensors`` under ``prefix + <n>`` and replaced by
+    ``{"__tensor__": name}``; tuples become ``{"__tuple__": [...]}``, dicts (whose keys may be
+    ints) ``{"__dict__": [[key, value], ...]}``, non-finite floats ``{"__float__": "nan"}``.
+    Supports None, bool, int, float, str, list, tuple, dict and tensors; anything else is a
+    TypeError (so nothing ever needs pickle).
+    """
+    if isinstance(obj, torch.Tensor):
+        name = f"{prefix}{len(tensors)}"
+        tensors[name] = obj
+        return {"__tensor__": name}
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+    if isinstance(obj, (list, tuple)):
+        items = [pack_tree(v, tensors, prefix) for v in obj]
+        return items if isinstance(obj, list) else {"__tuple__": items}
+    if isinstance(obj, dict):
+        for key in obj:
+            if isinstance(key, bool) or not isinstance(key, (int, str)):
+                raise TypeError(f"state: expected str or int dict keys, got {key!r}")
+        return {"__dict__": [[k, pack_tree(v, tensors, prefix)] for k, v in obj.items()]}
+    raise TypeError(f"state: cannot store a {type(obj).__name__} without pickle")
+
+
+def unpack_tree(obj: object, tensors: dict[str, torch.Tensor]) -> object:
+    """Inverse of :func:`pack_tree`; RunError if a named tensor is missing."""
+    if isinstance(obj, list):
+        return [unpack_tree(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        if obj["__tensor__"] not in tensors:
+            raise RunError(f"checkpoint: tensor {obj['__tensor__']!r} is missing from "
+                           f"{STATE_TENSORS}")
+        return tensors[obj["__tensor__"]]
+    if "__tuple__" in obj:
+        return tuple(unpack_tree(v, tensors) for v in obj["__tuple__"])
+    if "__float__" in obj:
+        return float(obj["__float__"])
+    if "__dict__" in obj:
+        return {k: unpack_tree(v, tensors) for k, v in obj["__dict__"]}
+    raise RunError(f"checkpoint: unexpected entry {sorted(obj)} in {STATE_JSON}")
+
+
+def rng_to_json(state: torch.Tensor) -> str:
+    """A torch RNG state (uint8 tensor) → hex string."""
+    return bytes(state.cpu().tolist()).hex()
+
+
+def rng_from_json(text: str) -> torch.Tensor:
+    """Inverse of :func:`rng_to_json`."""
+    return torch.tensor(list(bytes.fromhex(text)), dtype=torch.uint8)
+
+
+# --------------------------------------------------------------------------- the run folder
+
+
+def run_exists(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds (part of) a vaelab run."""
+    return any((run_dir / name).exists() for name in RUN_FILES[:6])
+
+
+def prepare_run_dir(out_dir: str | Path, *, resume: bool, overwrite: bool) -> Path:
+    """Check (before any training) that ``out_dir`` can take this run; create it if needed.
+
+    Raises RunError if ``out_dir`` holds another run and neither ``resume`` nor ``overwrite``
+    is set, if ``resume`` finds no run, or if the folder cannot be written. Deletes nothing:
+    ``overwrite`` replaces the old run later, through :func:`clear_run`.
+    """
+    if resume and overwrite:
+        raise ValueError("resume, overwrite: expected at most one of them, got both True")
+    run_dir = Path(out_dir).expanduser()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"out_dir: expected a folder, got the file {str(run_dir)!r}")
+    if resume and not (run_dir / CONFIG_FILE).is_file():
+        raise RunError(f"out_dir: no run to resume at {str(run_dir)!r} (no {CONFIG_FILE})")
+    if not resume and not overwrite and run_dir.is_dir() and run_exists(run_dir):
+        raise RunError(f"out_dir: {str(run_dir)!r} already holds a run; pass resume=True to "
+                       f"continue it or overwrite=True to replace it")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as exc:
+        raise RunError(f"out_dir: cannot write to {str(run_dir)!r}: "
+                       f"{exc.strerror or exc}") from None
+    return run_dir
+
+
+def clear_run(run_dir: Path) -> None:
+    """Delete the files of a previous run (config.json first); other files are left alone."""
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    fsync_dir(run_dir)
+
+
+def _versions() -> dict[str, str]:
+    try:
+        from importlib.metadata import version
+        vaelab_version = version("vaelab")
+    except Exception:  # not installed (e.g. run from a source tree)
+        vaelab_version = "unknown"
+    return {"vaelab_version": vaelab_version, "torch_version": torch.__version__}
+
+
+def write_config(run_dir: Path, config: RunConfig, *, dataset: dict | None = None) -> None:
+    """Write ``config.json``: format, versions, a description of the data, the RunConfig."""
+    meta = {"format": RUN_FORMAT, **_versions()}
+    if dataset is not None:
+        meta["dataset"] = dataset
+    atomic_write_json(run_dir / CONFIG_FILE, {**meta, **config.to_dict()})
+
+
+def read_config(run_dir: str | Path) -> RunConfig:
+    """Read a run's ``config.json`` → RunConfig; RunError if missing, corrupt or invalid."""
+    path = Path(run_dir) / CONFIG_FILE
+    data = read_json(path, "config")
+    if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise RunError(f"config: {str(path)!r} is not a vaelab run config (expected format "
+                       f"{RUN_FORMAT!r}, got {got!r})")
+    try:
+        return RunConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise RunError(f"config: {str(path)!r} is invalid: {exc}") from None
+
+
+def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    """(Re)write ``metrics.jsonl`` atomically: one JSON object per line."""
+    text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows)
+    atomic_write_bytes(run_dir / METRICS_FILE, text.encode("utf-8"))
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Parse ``metrics.jsonl`` → list of dicts ([] if the file does not exist)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line]
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RunError(f"metrics: {str(path)!r} is not valid JSON lines: {exc}") from None
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def extra_inference_tensors(model: torch.nn.Module,
+                            inference: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The inference scheme's parameters and buffers that are not the model's (by identity)."""
+    shared = {id(t) for t in model.state_dict(keep_vars=True).values()}
+    return {k: v for k, v in inference.state_dict(keep_vars=True).items() if id(v) not in shared}
+
+
+def write_model(run_dir: Path, model_state: dict[str, torch.Tensor],
+                inference_state: dict[str, torch.Tensor]) -> None:
+    """Write ``model.safetensors``: the VAE's state_dict plus ``inference.<name>`` tensors."""
+    tensors = dict(model_state)
+    tensors.update({f"inference.{k}": v for k, v in inference_state.items()})
+    atomic_write_bytes(run_dir / MODEL_FILE, tensors_to_bytes(tensors, {"format": RUN_FORMAT}))
+
+
+def check_state(what: str, expected: dict[str, torch.Tensor],
+                got: dict[str, torch.Tensor]) -> None:
+    """RunError unless ``got`` has exactly the keys, shapes and dtypes of ``expected``."""
+    missing, unexpected = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    if missing or unexpected:
+        raise RunError(f"{what}: weights do not match the config: missing {missing[:5]}, "
+                       f"unexpected {unexpected[:5]}")
+    for key, ref in expected.items():
+        if tuple(got[key].shape) != tuple(ref.shape) or got[key].dtype != ref.dtype:
+            raise RunError(f"{what}: {key!r} expected shape {list(ref.shape)} ({ref.dtype}), "
+                           f"got {list(got[key].shape)} ({got[key].dtype})")
+
+
+def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries whose names start with ``prefix``, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def load_module_state(what: str, module: torch.nn.Module,
+                      state: dict[str, torch.Tensor]) -> None:
+    """Validate ``state`` against ``module`` (keys, shapes, dtypes), then load it in place."""
+    check_state(what, module.state_dict(), state)
+    module.load_state_dict(state)
+
+
+def read_model(run_dir: Path, model: VAE) -> dict[str, torch.Tensor]:
+    """Load ``model.safetensors`` into ``model``; return the ``inference.`` tensors."""
+    tensors = read_safetensors(run_dir / MODEL_FILE, "model")
+    model_state = {k: v for k, v in tensors.items() if not k.startswith("inference.")}
+    load_module_state(f"model {str(run_dir / MODEL_FILE)!r}", model, model_state)
+    return split_prefix(tensors, "inference.")
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_dirs(run_dir: Path) -> tuple[Path, Path, Path]:
+    return (run_dir / CHECKPOINT_DIR, run_dir / (CHECKPOINT_DIR + ".new"),
+            run_dir / (CHECKPOINT_DIR + ".old"))
+
+
+def checkpoint_path(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint folder, or None.
+
+    ``checkpoint/`` only ever appears by renaming a complete folder. If it is absent while
+    ``checkpoint.old/`` exists, the writer stopped between its two renames, after completing
+    ``checkpoint.new/``, which is then the newest complete checkpoint.
+    """
+    final, new, old = _checkpoint_dirs(run_dir)
+    if final.is_dir():
+        return final
+    if old.is_dir():
+        return new if new.is_dir() else old
+    return None
+
+
+def _recover_checkpoint(run_dir: Path) -> None:
+    """Settle an interrupted swap so that ``checkpoint/`` is the newest complete one."""
+    final, new, old = _checkpoint_dirs(run_dir)
+    current = checkpoint_path(run_dir)
+    if current is not None and current != final:
+        os.rename(current, final)
+    for stale in (new, old):
+        if stale.exists():
+            shutil.rmtree(stale)
+    fsync_dir(run_dir)
+
+
+def write_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], state: dict) -> None:
+    """Write a checkpoint atomically (see the module docstring): tensors + JSON state."""
+    _recover_checkpoint(run_dir)
+    final, new, old = _checkpoint_dirs(run_dir)
+    new.mkdir()
+    blob = tensors_to_bytes(tensors, {"format": CHECKPOINT_FORMAT})
+    atomic_write_bytes(new / STATE_TENSORS, blob)
+    state = {"format": CHECKPOINT_FORMAT, "sha256": hashlib.sha256(blob).hexdigest(), **state}
+    atomic_write_json(new / STATE_JSON, state)
+    if final.exists():
+        os.rename(final, old)
+    os.rename(new, final)
+    fsync_dir(run_dir)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def read_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The newest complete checkpoint as (tensors, state), None if there is none.
+
+    Raises RunError if it is truncated or corrupt (checked against the SHA-256 in state.json).
+    """
+    folder = checkpoint_path(run_dir)
+    if folder is None:
+        return None
+    state = read_json(folder / STATE_JSON, "checkpoint")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise RunError(f"checkpoint: {str(folder / STATE_JSON)!r} is not a vaelab checkpoint "
+                       f"(expected format {CHECKPOINT_FORMAT!r})")
+    try:
+        blob = (folder / STATE_TENSORS).read_bytes()
+    except OSError as exc:
+        raise RunError(f"checkpoint: cannot read {str(folder / STATE_TENSORS)!r}: "
+                       f"{exc.strerror or exc}") from None
+    if hashlib.sha256(blob).hexdigest() != state.get("sha256"):
+        raise RunError(f"checkpoint: {str(folder / STATE_TENSORS)!r} does not match the "
+                       f"SHA-256 in {STATE_JSON} (truncated or corrupt)")
+    try:
+        return st_load(blob), state
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise RunError(f"checkpoint: {str(folder / STATE_TENSORS)!r} is corrupt: {exc}") from None
+
+
+# --------------------------------------------------------------------------- the facade
+
+
+class TrainedModel:
+    """A trained VAE loaded from a run directory, ready to use.
+
+    Attributes:
+        model: the :class:`~vaelab.models.VAE` (in eval mode).
+        config: the run's :class:`~vaelab.config.RunConfig`.
+        run_dir: where it was loaded from.
+        metrics: the per-epoch metrics of ``metrics.jsonl``.
+
+    Data arguments ``x`` are float tensors [B, D] (or [B, *image_shape], flattened here) with
+    values the likelihood accepts ([0, 1] for Bernoulli). q(z | x) is the trained encoder's;
+    runs with ``inference="per-datapoint"`` trained no encoder, so only :meth:`sample` works.
+    """
+
+    def __init__(self, model: VAE, config: RunConfig, run_dir: Path,
+                 metrics: list[dict]) -> None:
+        self.model, self.config, self.run_dir, self.metrics = model, config, run_dir, metrics
+
+    def __repr__(self) -> str:
+        return f"TrainedModel(run_dir={str(self.run_dir)!r}, model={self.config.model})"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _data(self, x: object) -> torch.Tensor:
+        x = _checks.tensor("x", x)
+        shape = self.config.model.image_shape
+        if shape is not None and tuple(x.shape[1:]) == tuple(shape):
+            x = x.reshape(x.shape[0], -1)
+        return self.model.check_data(x.to(self.device, torch.float32), "x")
+
+    def _q(self, x: object, what: str) -> tuple[torch.Tensor, Distribution]:
+        """(x checked and flattened [B, D], q(z | x) batch [B]) without gradients."""
+        if self.config.train.inference == "per-datapoint":
+            raise ValueError(f"{what}: this run used inference='per-datapoint', which trains no "
+                             f"encoder, so q(z | x) is not available for new x")
+        x = self._data(x)
+        with torch.no_grad():
+            return x, self.model.encoder(x)
+
+    def encode(self, x: torch.Tensor) -> Distribution:
+        """q(z | x) for x [B, D]: a Distribution with batch [B], event [latent_dim]."""
+        return self._q(x, "encode")[1]
+
+    def elbo(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+        """ELBO per example with the encoder's q, [B] (noise from torch's global RNG)."""
+        num_samples = _checks.positive_int("num_samples", num_samples)
+        x, q = self._q(x, "elbo")
+        with torch.no_grad():
+            return elbo_terms(self.model, q, x, num_samples, validate=False).elbo
+
+    def log_likelihood(self, x: torch.Tensor, num_samples: int = 5000,
+                       chunk_size: int | None = None) -> LogLikelihoodEstimate:
+        """Importance-sampled log p(x) with the encoder's q as proposal (tensors [B])."""
+        x, q = self._q(x, "log_likelihood")
+        return log_likelihood(self.model, q, x, num_samples, chunk_size)
+
+    def sample(self, n: int, *, mean: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws x ~ p(x), [n, D] (``mean=True``: E[x | z] instead of a draw of x)."""
+        return self.model.sample(n, mean=mean, generator=generator)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x | z = mean of q(z | x)], [B, D]."""
+        _, q = self._q(x, "reconstruct")
+        with torch.no_grad():
+            return self.model.decode(q.mean).mean
+
+
+def load(run_dir: str | Path, *, device: str | torch.device = "cpu") -> TrainedModel:
+    """Load a trained model from a run directory (JSON + safetensors only, no code).
+
+    Raises RunError (a ValueError) naming the file if the config is missing or invalid, or
+    if the weights are missing, truncated or do not fit the config's shapes.
+    """
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise RunError(f"run_dir: expected a run folder, got {str(run_dir)!r} "
+                       f"({'a file' if run_dir.exists() else 'it does not exist'})")
+    config = read_config(run_dir)
+    if config.model.data_dim is None:
+        raise RunError(f"config: {str(run_dir / CONFIG_FILE)!r} has no data_dim (not written "
+                       f"by a training run)")
+    model = build_vae(config.model)
+    read_model(run_dir, model)
+    model.to(device).eval()
+    return TrainedModel(model, config, run_dir, read_metrics(run_dir))

@@ -1,0 +1,583 @@
+"""The training loop: maximize the ELBO over θ and φ, epoch by epoch, with resumable runs.
+
+``train(config, out_dir)`` loads the data (seeded train/validation split, binarization),
+builds the VAE and the inference scheme (amortized, per-datapoint or semi-amortized), and runs
+``vaelab.step.TrainStep`` over deterministic per-epoch batches (``vaelab.data.Batches``) with
+
+* KL warm-up: the KL term's weight ramps linearly from 0 to 1 over ``kl_warmup_epochs``, step
+  by step (Bowman et al. 2016; Sønderby et al. 2016), so the reported ELBO is always the true
+  one while the optimized objective is E_q[log p(x|z)] − w·KL;
+* a learning-rate schedule (constant, cosine over all steps, or exponential per epoch);
+* the validation ELBO, rate and distortion after every epoch, with early stopping on it that
+  keeps the best weights;
+* non-finite steps skipped (TrainStep changes no weight then) and counted; after
+  ``max_nonfinite_steps`` in a row training stops with :class:`TrainingError`, leaving the
+  last checkpoint and model.safetensors (both finite) as they were.
+
+Validation with ``inference="per-datapoint"``: that scheme trains no encoder, so there is no
+q(z|x) for held-out x without a fresh optimization per example; the validation metrics are
+reported as null and only the training ELBO is tracked (early stopping is refused by the
+config). The held-out rows are still split off, so every inference scheme sees the same
+training rows. Validation q noise comes from a fixed seed (the same draws every epoch) and
+does not touch the training RNG stream.
+
+Resume: every epoch ends with an atomic checkpoint (``vaelab.runs``) holding the weights,
+the optimizer moments, torch's RNG state (the reparameterization noise) and the counters.
+Batches depend only on (seed, epoch), so ``train(..., resume=True)`` after an interruption
+reaches the same final weights and metrics, bit for bit, as an uninterrupted run on the same
+machine and thread count.
+
+Distributed: under ``torchrun`` (WORLD_SIZE > 1) each rank trains on its shard of every
+global batch, gradients are averaged across ranks, the metrics are all-reduced and only
+rank 0 writes the run directory (see :class:`_Dist`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from vaelab import data as data_
+from vaelab import runs
+from vaelab.config import RunConfig, TrainConfig
+from vaelab.inference import Inference, build_inference
+from vaelab.models import VAE, build_vae
+from vaelab.objectives import elbo_terms
+from vaelab.step import TrainStep, nan_to_none
+
+#: Validation rows per forward pass.
+VAL_BATCH_SIZE = 4096
+#: TrainConfig fields that may differ when resuming (epochs: to extend a finished run).
+RESUMABLE_CHANGES = ("epochs", "device", "compile")
+METRIC_KEYS = ("epoch", "step", "train_elbo", "train_rate", "train_distortion", "val_elbo",
+               "val_rate", "val_distortion", "samples_per_s", "lr", "kl_weight",
+               "skipped_steps", "seconds")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. it diverged); what is on disk is the last good state."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        run_dir: the run directory.
+        config: the resolved RunConfig (data_dim/image_shape from the data).
+        model: the trained VAE (the best weights when early stopping is on).
+        inference: the inference scheme it was trained with.
+        metrics: one dict per epoch, as in metrics.jsonl.
+        stopped_early: whether early stopping ended the run.
+        best_epoch: 1-based epoch of the best validation ELBO (None without validation).
+    """
+
+    run_dir: Path
+    config: RunConfig
+    model: VAE
+    inference: Inference
+    metrics: list[dict]
+    stopped_early: bool
+    best_epoch: int | None
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Weight of the KL term at global step ``step`` (0-based): min(1, step / warm-up steps)."""
+    warmup = config.kl_warmup_epochs * steps_per_epoch
+    return 1.0 if warmup <= 0 else min(1.0, step / warmup)
+
+
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate at global step ``step`` (0-based).
+
+    constant: lr; exponential: lr · lr_decay^epoch; cosine: lr · ½(1 + cos(π · step / total)).
+    """
+    if config.lr_schedule == "exponential":
+        return config.lr * config.lr_decay ** (step // steps_per_epoch)
+    if config.lr_schedule == "cosine":
+        total = config.epochs * steps_per_epoch
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    return config.lr
+
+
+def set_learning_rate(step: TrainStep, lr: float) -> None:
+    """Set the learning rate of every optimizer of ``step``."""
+    if hasattr(step, "set_lr"):
+        step.set_lr(lr)
+        return
+    for opt in (step.theta_opt, step.phi_opt):
+        if opt is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class _Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over ranks (identity when world_size == 1)."""
+        if self.world_size > 1:
+            torch.distributed.all_reduce(values)
+        return values
+
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Average every parameter's gradient over ranks right after it is accumulated."""
+        if self.world_size == 1:
+            return
+        for p in params:
+            p.register_post_accumulate_grad_hook(self._average)
+
+    def _average(self, p: torch.Tensor) -> None:
+        torch.distributed.all_reduce(p.grad)
+        p.grad.div_(self.world_size)
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+
+def _distributed(device: torch.device) -> _Dist:
+    """Join the torchrun job described by the environment, if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return _Dist()
+    try:
+        from vaelab import distributed  # the performance engineer's helpers, when present
+        rank, world_size = distributed.init_from_env(device)
+    except (ImportError, AttributeError):
+        if not torch.distributed.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend)
+        rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return _Dist(rank, world_size)
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: expected 'cpu' or 'auto' here (torch.cuda.is_available() is "
+                         "False), got 'cuda'")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return torch.device(name)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class _Data:
+    train: data_.Dataset
+    val: data_.Dataset | None
+
+
+def _check_range(ds: data_.Dataset, config: RunConfig) -> None:
+    x = ds.x
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"data: expected finite values, got {int((~torch.isfinite(x)).sum())} "
+                         f"non-finite entries in {ds.name!r}")
+    lo, hi = float(x.min()), float(x.max())
+    if (lo < 0 or hi > 1) and config.train.binarize != "none":
+        raise ValueError(f"binarize: {config.train.binarize!r} needs data in [0, 1], got values "
+                         f"in [{lo:g}, {hi:g}]; use binarize='none'")
+    if (lo < 0 or hi > 1) and config.model.likelihood == "bernoulli":
+        raise ValueError(f"data: likelihood='bernoulli' needs values in [0, 1], got values in "
+                         f"[{lo:g}, {hi:g}]; use likelihood='gaussian' or rescale the data")
+
+
+def _load_data(config: RunConfig, dataset: data_.Dataset | None) -> _Data:
+    """Load, check, split and (statically) binarize the data."""
+    tc = config.train
+    if dataset is None:
+        dataset = data_.load_dataset(tc.data, "train", limit=tc.limit)
+    elif not isinstance(dataset, data_.Dataset):
+        raise TypeError(f"dataset: expected a vaelab.data.Dataset or None, "
+                        f"got {type(dataset).__name__}")
+    elif tc.limit is not None and tc.limit < len(dataset):
+        dataset = dataset.subset(slice(0, tc.limit))
+    dataset = replace(dataset, x=dataset.x.to(torch.float32))
+    _check_range(dataset, config)
+    train, val = dataset, None
+    if tc.val_fraction > 0:
+        train, val = data_.train_val_split(dataset, tc.val_fraction, tc.seed)
+    if tc.binarize == "static":
+        train = data_.static_binarize(train, tc.seed)
+    if val is not None and tc.binarize != "none":  # one fixed draw: comparable across epochs
+        val = data_.static_binarize(val, tc.seed + 1)
+    return _Data(train, val)
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class _State:
+    """Scalars of a run in progress (saved in checkpoint/state.json)."""
+
+    epoch: int = 0
+    step: int = 0
+    consecutive_nonfinite: int = 0
+    best_val_elbo: float | None = None
+    best_epoch: int | None = None
+    epochs_since_best: int = 0
+    stopped_early: bool = False
+    metrics: list[dict] = field(default_factory=list)
+
+
+def _resolve_config(config: RunConfig | dict | None, run_dir: Path, resume: bool) -> RunConfig:
+    if config is None and resume:
+        return runs.read_config(run_dir)
+    if isinstance(config, dict):
+        return RunConfig.from_dict(config)
+    if not isinstance(config, RunConfig):
+        raise TypeError(f"config: expected a RunConfig or a dict, got {type(config).__name__}")
+    return config
+
+
+def _check_resumable(stored: RunConfig, config: RunConfig, run_dir: Path) -> None:
+    """RunError unless ``config`` equals the stored one up to RESUMABLE_CHANGES."""
+    a, b = stored.to_dict(), config.to_dict()
+    for key in RESUMABLE_CHANGES:
+        a["train"].pop(key), b["train"].pop(key)
+    diff = [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s].get(k)]
+    if diff:
+        raise runs.RunError(f"resume: the config differs from the run's in {diff} (run at "
+                            f"{str(run_dir)!r}); only {list(RESUMABLE_CHANGES)} may change")
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _Trainer:
+    """One training run; built by :func:`train`."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, data: _Data, dist: _Dist,
+                 device: torch.device, *, progress: bool, log: Callable[[str], object]) -> None:
+        self.config, self.tc, self.run_dir, self.data = config, config.train, run_dir, data
+        self.dist, self.device, self.progress, self.log = dist, device, progress, log
+        torch.manual_seed(self.tc.seed)
+        self.model = build_vae(config.model).to(device)
+        self.inference = self._build_inference().to(device)
+        self.step = TrainStep(self.model, self.inference, lr=self.tc.lr, betas=self.tc.betas,
+                              grad_clip=self.tc.grad_clip, schedule=self.tc.schedule,
+                              phi_steps=self.tc.phi_steps, num_samples=self.tc.num_samples,
+                              compile=self.tc.compile)
+        dist.average_gradients([p for p in self.model.parameters()]
+                               + [p for p in self.inference.parameters()
+                                  if all(p is not q for q in self.model.parameters())])
+        self.batches = data_.Batches(
+            data.train.x, self.tc.batch_size, seed=self.tc.seed, device=device,
+            binarize="dynamic" if self.tc.binarize == "dynamic" else "none",
+            rank=dist.rank, world_size=dist.world_size)
+        self.val_x = None if data.val is None else data.val.x[dist.rank::dist.world_size]
+        self.val_x = None if self.val_x is None else self.val_x.to(device)
+        self.state = _State()
+        self.best: dict[str, torch.Tensor] | None = None
+
+    def _build_inference(self) -> Inference:
+        name = self.tc.inference
+        options = {}
+        if name == "semi-amortized":
+            options = {"steps": self.tc.refine_steps, "lr": self.tc.refine_lr,
+                       "backprop": self.tc.refine_backprop, "num_samples": self.tc.num_samples}
+        if name == "per-datapoint" and self.dist.world_size > 1:
+            raise ValueError("inference: 'per-datapoint' is not supported with more than one "
+                             "process (its table would differ between ranks)")
+        return build_inference(name, self.model, len(self.data.train), **options)
+
+    # ---- weights and checkpoints
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """Model + inference-only tensors, under the prefixes ``model.`` / ``inference.``."""
+        out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        extra = runs.extra_inference_tensors(self.model, self.inference)
+        out.update({f"inference.{k}": v for k, v in extra.items()})
+        return out
+
+    def _load_weights(self, tensors: dict[str, torch.Tensor], what: str) -> None:
+        runs.load_module_state(f"{what} model", self.model, runs.split_prefix(tensors, "model."))
+        extra = runs.extra_inference_tensors(self.model, self.inference)
+        got = runs.split_prefix(tensors, "inference.")
+        runs.check_state(f"{what} inference", extra, got)
+        with torch.no_grad():
+            for key, value in got.items():
+                extra[key].copy_(value)
+
+    def save(self) -> None:
+        """Checkpoint, model.safetensors and metrics.jsonl (rank 0), in that order."""
+        if not self.dist.main:
+            return
+        weights = self._weights()
+        bad = [k for k, v in weights.items() if v.is_floating_point() and
+               not bool(torch.isfinite(v).all())]
+        if bad:
+            raise TrainingError(f"training diverged: non-finite weights in {bad[:3]} after "
+                                f"epoch {self.state.epoch}; nothing was saved for it")
+        tensors = dict(weights)
+        if self.best is not None:
+            tensors.update({f"best.{k}": v for k, v in self.best.items()})
+        skeleton = runs.pack_tree(self.step.state_dict(), tensors, "optimizer.")
+        runs.write_checkpoint(self.run_dir, tensors, {
+            **asdict(self.state), "optimizer": skeleton, "rng": self._rng(),
+            "num_train": len(self.data.train), "config": self.config.to_dict()})
+        final = self.best if self.best is not None else weights
+        runs.write_model(self.run_dir, runs.split_prefix(final, "model."),
+                         runs.split_prefix(final, "inference."))
+        runs.write_metrics(self.run_dir, self.state.metrics)
+
+    def _rng(self) -> dict:
+        rng = {"torch": runs.rng_to_json(torch.get_rng_state())}
+        if self.device.type == "cuda":
+            rng["cuda"] = runs.rng_to_json(torch.cuda.get_rng_state(self.device))
+        return rng
+
+    def restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        """Load a checkpoint read by ``runs.read_checkpoint``; RunError if it does not fit."""
+        if state.get("num_train") != len(self.data.train):
+            raise runs.RunError(f"checkpoint: expected {state.get('num_train')} training "
+                                f"examples (as when it was written), got {len(self.data.train)}")
+        try:
+            self._load_weights(tensors, "checkpoint")
+            if any(k.startswith("best.") for k in tensors):
+                self.best = runs.split_prefix(tensors, "best.")
+                runs.check_state("checkpoint best", self._weights(), self.best)
+            self.step.load_state_dict(runs.unpack_tree(state["optimizer"], tensors))
+            torch.set_rng_state(runs.rng_from_json(state["rng"]["torch"]))
+            if self.device.type == "cuda" and "cuda" in state["rng"]:
+                torch.cuda.set_rng_state(runs.rng_from_json(state["rng"]["cuda"]), self.device)
+            fields = {k: state[k] for k in _State.__dataclass_fields__}
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, runs.RunError):
+                raise
+            raise runs.RunError(f"checkpoint: in {str(self.run_dir)!r} does not fit this run: "
+                                f"{type(exc).__name__}: {exc}") from None
+        self.state = _State(**fields)
+
+    # ---- one epoch
+
+    def _progress_bar(self, epoch: int) -> tqdm:
+        enabled = self.progress and self.dist.main and sys.stderr.isatty()
+        return tqdm(total=len(self.batches), desc=f"epoch {epoch + 1}/{self.tc.epochs}",
+                    leave=False, disable=not enabled, unit="batch", dynamic_ncols=True)
+
+    def _one_step(self, x: torch.Tensor, index: torch.Tensor, sums: torch.Tensor) -> None:
+        n = len(self.batches)
+        lr = learning_rate(self.tc, self.state.step, n)
+        set_learning_rate(self.step, lr)
+        result = self.step(x, index, kl_weight(self.tc, self.state.step, n))
+        self.state.step += 1
+        b = x.shape[0]
+        if not result.skipped:
+            self.state.consecutive_nonfinite = 0
+            sums += torch.tensor([result.elbo * b, result.rate * b, result.distortion * b,
+                                  b, 0, b], dtype=torch.float64)
+            return
+        self.state.consecutive_nonfinite += 1
+        sums += torch.tensor([0, 0, 0, 0, 1, b], dtype=torch.float64)
+        if self.state.consecutive_nonfinite >= self.tc.max_nonfinite_steps:
+            raise TrainingError(
+                f"training diverged: {self.state.consecutive_nonfinite} consecutive steps had a "
+                f"non-finite loss or gradient (epoch {self.state.epoch + 1}, step "
+                f"{self.state.step}); the run directory keeps the last finite checkpoint "
+                f"(epoch {self.state.epoch}); try a smaller lr (now {self.tc.lr:g}) or grad_clip")
+
+    def train_epoch(self, epoch: int) -> dict:
+        """Run one epoch; → its training metrics (all-reduced over ranks)."""
+        self.model.train()
+        self.inference.train()
+        sums = torch.zeros(6, dtype=torch.float64)  # elbo, rate, distortion, n ok, skipped, n
+        start = time.perf_counter()
+        with self._progress_bar(epoch) as bar:
+            for i, (x, index) in enumerate(self.batches.epoch(epoch)):
+                self._one_step(x, index, sums)
+                bar.update(1)
+                if i % 20 == 0 and sums[3] > 0:
+                    seconds = time.perf_counter() - start
+                    bar.set_postfix(elbo=f"{sums[0] / sums[3]:.2f}",
+                                    samples_s=f"{sums[5] * self.dist.world_size / seconds:.0f}")
+        seconds = time.perf_counter() - start
+        sums = self.dist.all_reduce_sum(sums.to(self.device)).cpu()
+        mean = (sums[:3] / sums[3]).tolist() if sums[3] > 0 else [math.nan] * 3
+        return {"train_elbo": mean[0], "train_rate": mean[1], "train_distortion": mean[2],
+                "samples_per_s": float(sums[5]) / seconds, "skipped_steps": int(sums[4]),
+                "train_seconds": seconds}
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float, float] | None:
+        """Mean validation (ELBO, rate, distortion); None without validation data."""
+        if self.val_x is None or self.tc.inference == "per-datapoint":
+            return None
+        self.model.eval()
+        self.inference.eval()
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.tc.seed + 7919)
+            for x in self.val_x.split(VAL_BATCH_SIZE):
+                terms = elbo_terms(self.model, self.inference(x, None), x,
+                                   self.tc.num_samples, validate=False)
+                sums += torch.stack([terms.elbo.sum(), terms.kl.sum(),
+                                     -terms.expected_log_likelihood.sum(),
+                                     torch.tensor(x.shape[0], device=self.device)]).double()
+        sums = self.dist.all_reduce_sum(sums).cpu()
+        return tuple((sums[:3] / sums[3]).tolist())
+
+    def _early_stopping(self, val_elbo: float | None) -> None:
+        s = self.state
+        if val_elbo is None or not math.isfinite(val_elbo):
+            s.epochs_since_best += 1
+        elif s.best_val_elbo is None or val_elbo > s.best_val_elbo:
+            s.best_val_elbo, s.best_epoch, s.epochs_since_best = val_elbo, s.epoch, 0
+            if self.tc.early_stopping_patience is not None:
+                self.best = {k: v.detach().clone() for k, v in self._weights().items()}
+        else:
+            s.epochs_since_best += 1
+        patience = self.tc.early_stopping_patience
+        s.stopped_early = patience is not None and s.epochs_since_best >= patience
+
+    def run_epoch(self) -> dict:
+        """Train, validate, early-stopping bookkeeping, checkpoint, log; → the metrics row."""
+        epoch, start = self.state.epoch, time.perf_counter()
+        row = self.train_epoch(epoch)
+        val = self.validate()
+        self.state.epoch = epoch + 1
+        n = len(self.batches)
+        row = {"epoch": epoch + 1, "step": self.state.step, **row,
+               "val_elbo": None if val is None else val[0],
+               "val_rate": None if val is None else val[1],
+               "val_distortion": None if val is None else val[2],
+               "lr": learning_rate(self.tc, self.state.step - 1, n),
+               "kl_weight": kl_weight(self.tc, self.state.step - 1, n),
+               "seconds": time.perf_counter() - start}
+        row.pop("train_seconds")
+        row = {k: nan_to_none(row[k]) if isinstance(row[k], float) else row[k]
+               for k in METRIC_KEYS}
+        self._early_stopping(row["val_elbo"])
+        self.state.metrics.append(row)
+        self.save()
+        if self.dist.main:
+            self.log(_describe(row, self.tc.epochs))
+        return row
+
+    def finish(self) -> None:
+        """Restore the best weights (early stopping) and write the figures (rank 0)."""
+        if self.best is not None:
+            self._load_weights(self.best, "best")
+        if self.dist.main:
+            _write_figures(self.run_dir, self.model, self.data.val or self.data.train,
+                           self.state.metrics, self.log)
+
+
+def _describe(row: dict, epochs: int) -> str:
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f}"
+
+    val = "" if row["val_elbo"] is None else f"  val ELBO {fmt(row['val_elbo'])}"
+    return (f"epoch {row['epoch']}/{epochs}  ELBO {fmt(row['train_elbo'])}{val}  "
+            f"rate {fmt(row['train_rate'])}  distortion {fmt(row['train_distortion'])}  "
+            f"{row['samples_per_s']:.0f} samples/s  skipped {row['skipped_steps']}  "
+            f"{row['seconds']:.1f} s")
+
+
+def _write_figures(run_dir: Path, model: VAE, dataset: data_.Dataset, metrics: list[dict],
+                   log: Callable[[str], object]) -> None:
+    try:
+        from vaelab import plots
+    except ImportError:
+        return
+    writer = getattr(plots, "write_run_figures", None)
+    if writer is not None:
+        writer(run_dir, model, dataset, metrics, log=log)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume: bool = False,
+          overwrite: bool = False, progress: bool = True, dataset: data_.Dataset | None = None,
+          log: Callable[[str], object] | None = print) -> TrainResult:
+    """Train a VAE and write a run directory (see ``vaelab.runs`` for its format).
+
+    Args:
+        config: a RunConfig or a config dict (``{"model": {...}, "train": {...}}``, dotted or
+            bare keys); with ``resume=True`` it may be None (the run's own config is used).
+        out_dir: the run directory; created if needed.
+        resume: continue the run in ``out_dir`` from its last complete checkpoint (its config
+            must match, except epochs/device/compile).
+        overwrite: replace the run in ``out_dir``. The old run's files are deleted only once
+            the data are loaded and the model is built, just before the new config.json is
+            written (config.json first, so the folder never mixes two runs).
+        progress: show a tqdm bar (only on a terminal).
+        dataset: use this ``vaelab.data.Dataset`` instead of loading ``config.train.data``.
+        log: called with one line per epoch and notes; None for silence.
+
+    Raises:
+        ValueError / TypeError: invalid config or data; ``runs.RunError`` (a ValueError) for a
+        run directory that is taken, unwritable, corrupt or incompatible (nothing is touched).
+        TrainingError: training diverged (the last checkpoint is kept).
+    """
+    log = log or (lambda _line: None)
+    run_dir = Path(out_dir).expanduser()
+    config = _resolve_config(config, run_dir, resume)
+    device = _device(config.train.device)
+    dist = _distributed(device)
+    if dist.main:
+        run_dir = runs.prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    data = _load_data(config, dataset)
+    config = replace(config, model=config.model.with_data(
+        data.train.x.shape[1], data.train.image_shape))
+    stored = runs.read_config(run_dir) if resume else None
+    if stored is not None:
+        _check_resumable(stored, config, run_dir)
+    trainer = _Trainer(config, run_dir, data, dist, device, progress=progress, log=log)
+    checkpoint = runs.read_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        trainer.restore(*checkpoint)
+        log(f"resuming {run_dir} after epoch {trainer.state.epoch}")
+    if dist.main and (stored is None or stored != config):
+        if overwrite:
+            runs.clear_run(run_dir)
+        runs.write_config(run_dir, config, dataset=_data_info(data))
+    dist.barrier()
+    return _run(trainer)
+
+
+def _data_info(data: _Data) -> dict:
+    return {"name": data.train.name, "num_train": len(data.train),
+            "num_val": 0 if data.val is None else len(data.val)}
+
+
+def _run(trainer: _Trainer) -> TrainResult:
+    state = trainer.state
+    while state.epoch < trainer.tc.epochs and not state.stopped_early:
+        trainer.run_epoch()
+    if state.stopped_early:
+        trainer.log(f"early stopping after epoch {state.epoch}: best val ELBO "
+                    f"{state.best_val_elbo:.2f} at epoch {state.best_epoch}")
+    trainer.finish()
+    trainer.dist.barrier()
+    return TrainResult(trainer.run_dir, trainer.config, trainer.model, trainer.inference,
+                       list(state.metrics), state.stopped_early, state.best_epoch)

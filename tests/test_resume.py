@@ -1,0 +1,148 @@
+"""Resuming a run reaches the same weights and metrics, bit for bit, as never stopping.
+
+One run is killed with SIGKILL at an arbitrary moment after its first checkpoint (a real
+separate process), others are interrupted in-process after a chosen epoch; both are resumed
+and compared with an uninterrupted run (same seed, same thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from vaelab import data, runs
+from vaelab import train as train_mod
+from vaelab.train import train
+
+CONFIG = {"model": {"hidden": [32], "latent_dim": 3},
+          "train": {"epochs": 4, "batch_size": 50, "limit": 500, "val_fraction": 0.1,
+                    "kl_warmup_epochs": 1.5, "lr_schedule": "cosine", "grad_clip": 50.0}}
+TIMING = ("seconds", "samples_per_s")
+
+
+def with_train(**options) -> dict:
+    return {"model": dict(CONFIG["model"]), "train": {**CONFIG["train"], **options}}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_no_figures(monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setattr(train_mod, "_write_figures", lambda *args, **kwargs: None)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fashion() -> data.Dataset:
+    return data.load_dataset("fashion-mnist", "train", limit=500)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(epoch: int):
+    def log(line: str) -> None:
+        if line.startswith(f"epoch {epoch}/"):
+            raise _Stop
+    return log
+
+
+def _untimed(metrics: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in metrics]
+
+
+def assert_same_run(a, b) -> None:
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    ia, ib = a.inference.state_dict(), b.inference.state_dict()
+    assert all(torch.equal(ia[k], ib[k]) for k in ia)
+    assert _untimed(a.metrics) == _untimed(b.metrics)
+    assert _untimed(runs.read_metrics(b.run_dir)) == _untimed(b.metrics)
+
+
+@pytest.mark.parametrize("options", [{}, {"inference": "per-datapoint"},
+                                     {"early_stopping_patience": 1, "binarize": "static"}],
+                         ids=["amortized", "per-datapoint", "early-stopping"])
+def test_interrupted_and_resumed_equals_uninterrupted(fashion, tmp_path, options):
+    if options.get("inference") == "per-datapoint":
+        options = {**options, "kl_warmup_epochs": 0.0}
+    config = with_train(**options)
+    straight = train(config, tmp_path / "straight", dataset=fashion, log=None)
+    with pytest.raises(_Stop):
+        train(config, tmp_path / "resumed", dataset=fashion, log=_stop_after(2))
+    assert len(runs.read_metrics(tmp_path / "resumed")) == 2
+    resumed = train(config, tmp_path / "resumed", dataset=fashion, resume=True, log=None)
+    assert_same_run(straight, resumed)
+    assert resumed.stopped_early == straight.stopped_early
+
+
+def test_resume_extends_a_finished_run(fashion, tmp_path):
+    constant = with_train(lr_schedule="constant", kl_warmup_epochs=0.0)
+    four = train(constant, tmp_path / "four", dataset=fashion, log=None)
+    three = with_train(lr_schedule="constant", kl_warmup_epochs=0.0, epochs=3)
+    train(three, tmp_path / "extended", dataset=fashion, log=None)
+    extended = train(constant, tmp_path / "extended", dataset=fashion, resume=True, log=None)
+    assert_same_run(four, extended)
+    assert runs.read_config(tmp_path / "extended").train.epochs == 4
+
+
+def test_resume_of_a_finished_run_changes_nothing(fashion, tmp_path):
+    first = train(with_train(epochs=2), tmp_path / "run", dataset=fashion, log=None)
+    weights = (tmp_path / "run" / "model.safetensors").read_bytes()
+    again = train(None, tmp_path / "run", dataset=fashion, resume=True, log=None)
+    assert_same_run(first, again)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == weights
+
+
+SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+from vaelab import data, train as train_mod
+train_mod._write_figures = lambda *a, **k: None
+config = {config!r}
+ds = data.load_dataset("fashion-mnist", "train", limit=500)
+print("started", flush=True)
+train_mod.train(config, sys.argv[1], dataset=ds, log=None, progress=False)
+"""
+
+
+def _checkpoint_epoch(out) -> int:
+    try:
+        return json.loads((out / "checkpoint" / "state.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_sigkill_mid_training_then_resume(fashion, tmp_path):
+    config = with_train(epochs=12, limit=None)
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT.format(config=config), str(out)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 45
+        while _checkpoint_epoch(out) < 1 and time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"training process ended early: {proc.stderr.read().decode()}")
+            time.sleep(0.01)
+        assert _checkpoint_epoch(out) >= 1, "no checkpoint within 45 s"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = _checkpoint_epoch(out)
+    assert 1 <= killed_at < 12, "the process finished before it could be killed"
+    resumed = train(config, out, dataset=fashion, resume=True, log=None)
+    straight = train(config, tmp_path / "straight", dataset=fashion, log=None)
+    assert_same_run(straight, resumed)

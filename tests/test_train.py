@@ -1,0 +1,276 @@
+"""vaelab.train on small subsets of real Fashion-MNIST: run directory, schedules, early
+stopping, non-finite steps, inference schemes, refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vaelab import data, runs
+from vaelab import train as train_mod
+from vaelab.config import RunConfig, TrainConfig
+from vaelab.objectives import elbo
+from vaelab.train import TrainingError, kl_weight, learning_rate, train
+
+REAL_WRITE_FIGURES = train_mod._write_figures
+TINY = {"model": {"hidden": [32], "latent_dim": 2},
+        "train": {"epochs": 2, "batch_size": 100, "limit": 600, "val_fraction": 0.1}}
+
+
+def tiny(**train_options) -> dict:
+    return {"model": dict(TINY["model"]), "train": {**TINY["train"], **train_options}}
+
+
+@pytest.fixture(scope="module")
+def fashion() -> data.Dataset:
+    return data.load_dataset("fashion-mnist", "train", limit=1000)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_no_figures(monkeypatch):
+    """One thread (fast and reproducible on a busy 2-core machine); figures off by default."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setattr(train_mod, "_write_figures", lambda *args, **kwargs: None)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def finished(fashion, tmp_path_factory):
+    """A finished 2-epoch run (trained once for the whole module)."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("run") / "run"
+    lines = []
+    result = train(tiny(kl_warmup_epochs=1.5), out, dataset=fashion, log=lines.append,
+                   progress=False)
+    return result, out, lines
+
+
+def test_run_directory_contents(finished):
+    result, out, lines = finished
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors",
+                                               "metrics.jsonl", "checkpoint"}
+    assert {p.name for p in (out / "checkpoint").iterdir()} == {"state.json",
+                                                                 "state.safetensors"}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows == result.metrics
+    for row in rows:
+        assert set(row) == set(train_mod.METRIC_KEYS)
+        assert all(math.isfinite(row[k]) for k in ("train_elbo", "val_elbo", "val_rate",
+                                                   "samples_per_s", "lr", "seconds"))
+        assert math.isclose(row["train_elbo"], -row["train_rate"] - row["train_distortion"],
+                            rel_tol=1e-6)
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2")
+    config = json.loads((out / "config.json").read_text())
+    assert config["format"] == "vaelab-run/1" and config["torch_version"] == torch.__version__
+    assert config["dataset"] == {"name": "fashion-mnist", "num_train": 540, "num_val": 60}
+    assert RunConfig.from_dict(config) == result.config
+    assert result.config.model.data_dim == 784
+    assert result.config.model.image_shape == (1, 28, 28)
+    weights = load_file(out / "model.safetensors")
+    state = result.model.state_dict()
+    assert weights.keys() == state.keys()
+    assert all(torch.equal(weights[k], state[k]) for k in state)
+
+
+def test_load_gives_the_same_elbo(finished, fashion):
+    result, out, _ = finished
+    trained = runs.load(out)
+    x = fashion.x[:32]
+    torch.manual_seed(5)
+    ours = trained.elbo(x, num_samples=3)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        theirs = elbo(result.model, result.model.encoder(x), x, 3)
+    assert torch.equal(ours, theirs)
+    assert trained.config == result.config and trained.metrics == result.metrics
+
+
+def test_facade_methods(finished, fashion):
+    trained = runs.load(finished[1])
+    x = fashion.x[:4]
+    images = x.reshape(4, 1, 28, 28)
+    assert trained.sample(3).shape == (3, 784)
+    assert trained.reconstruct(images).shape == (4, 784)
+    assert trained.encode(x).batch_shape == (4,)
+    estimate = trained.log_likelihood(x, num_samples=20)
+    assert estimate.log_likelihood.shape == (4,)
+    torch.manual_seed(0)
+    assert bool((estimate.log_likelihood >= trained.elbo(x) - 5).all())
+    with pytest.raises(ValueError, match="x"):
+        trained.elbo(x * 2)
+
+
+def test_schedules():
+    config = TrainConfig(kl_warmup_epochs=2, lr=0.1, lr_schedule="cosine", epochs=4)
+    assert [kl_weight(config, s, 10) for s in (0, 10, 15, 20, 35)] == [0, 0.5, 0.75, 1, 1]
+    assert kl_weight(TrainConfig(), 0, 10) == 1.0
+    assert learning_rate(config, 0, 10) == 0.1
+    assert math.isclose(learning_rate(config, 20, 10), 0.05)
+    exponential = replace(config, lr_schedule="exponential", lr_decay=0.5)
+    assert [learning_rate(exponential, s, 10) for s in (0, 9, 10, 25)] == [0.1, 0.1, 0.05, 0.025]
+    assert learning_rate(TrainConfig(lr=0.3), 1000, 10) == 0.3
+
+
+def test_warmup_and_lr_reach_the_metrics(finished):
+    rows = finished[0].metrics
+    steps = rows[0]["step"]  # 540 rows / 100 per batch = 6 steps per epoch
+    assert steps == 6 and rows[1]["step"] == 12
+    assert rows[0]["kl_weight"] == pytest.approx(5 / 9)  # step 5 of 9 warm-up steps
+    assert rows[1]["kl_weight"] == 1.0
+    assert rows[0]["lr"] == 1e-3
+
+
+def test_early_stopping_keeps_the_best_weights(fashion, tmp_path, monkeypatch):
+    scores = iter([-100.0, -90.0, -95.0, -96.0, -97.0, -98.0])
+    snapshots = []
+
+    def scripted_validate(self):
+        snapshots.append({k: v.clone() for k, v in self.model.state_dict().items()})
+        return next(scores), 1.0, 2.0
+
+    monkeypatch.setattr(train_mod._Trainer, "validate", scripted_validate)
+    result = train(tiny(epochs=6, early_stopping_patience=2), tmp_path / "run",
+                   dataset=fashion, log=None)
+    assert result.stopped_early and result.best_epoch == 2 and len(result.metrics) == 4
+    best = snapshots[1]
+    assert all(torch.equal(result.model.state_dict()[k], best[k]) for k in best)
+    on_disk = load_file(tmp_path / "run" / "model.safetensors")
+    assert all(torch.equal(on_disk[k], best[k]) for k in best)
+
+
+def _nan_batches(monkeypatch, bad):
+    """Make Batches.epoch yield NaN rows for the (epoch, i) pairs where bad(epoch, i)."""
+    original = data.Batches.epoch
+
+    def epoch(self, e):
+        for i, (x, index) in enumerate(original(self, e)):
+            yield (torch.full_like(x, math.nan) if bad(e, i) else x), index
+
+    monkeypatch.setattr(data.Batches, "epoch", epoch)
+
+
+def test_nonfinite_steps_are_skipped_and_counted(fashion, tmp_path, monkeypatch):
+    _nan_batches(monkeypatch, lambda e, i: i % 2 == 1)
+    result = train(tiny(max_nonfinite_steps=2), tmp_path / "run", dataset=fashion, log=None)
+    assert [row["skipped_steps"] for row in result.metrics] == [3, 3]
+    assert all(math.isfinite(row["train_elbo"]) for row in result.metrics)
+
+
+def test_divergence_stops_with_a_clear_error_and_finite_files(fashion, tmp_path, monkeypatch):
+    _nan_batches(monkeypatch, lambda e, i: e >= 1)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match="3 consecutive steps.*non-finite.*epoch 1"):
+        train(tiny(epochs=3, max_nonfinite_steps=3), out, dataset=fashion, log=None)
+    assert len(runs.read_metrics(out)) == 1
+    weights = load_file(out / "model.safetensors")
+    assert all(bool(torch.isfinite(v).all()) for v in weights.values())
+    tensors, state = runs.read_checkpoint(out)
+    assert state["epoch"] == 1
+    assert all(bool(torch.isfinite(v).all()) for v in tensors.values() if v.is_floating_point())
+
+
+def test_bad_data_is_refused_before_training(tmp_path):
+    x = torch.rand(50, 6)
+    x[3, 2] = math.nan
+    with pytest.raises(ValueError, match="finite"):
+        train(tiny(), tmp_path / "a", dataset=data.Dataset(x, None, None, "nan"), log=None)
+    wide = data.Dataset(torch.randn(50, 6) * 3, None, None, "wide")
+    with pytest.raises(ValueError, match="bernoulli.*\\[0, 1\\]"):
+        train(tiny(binarize="none"), tmp_path / "b", dataset=wide, log=None)
+    with pytest.raises(ValueError, match="binarize"):
+        train(tiny(), tmp_path / "c", dataset=wide, log=None)
+
+
+def test_gaussian_on_non_image_data(tmp_path):
+    x = torch.randn(200, 6, generator=torch.Generator().manual_seed(0))
+    config = tiny(binarize="none", limit=None)
+    config["model"]["likelihood"] = "gaussian"
+    result = train(config, tmp_path / "run", dataset=data.Dataset(x, None, None, "blobs"),
+                   log=None)
+    assert result.config.model.data_dim == 6 and result.config.model.image_shape is None
+    assert math.isfinite(result.metrics[-1]["val_elbo"])
+    assert runs.load(tmp_path / "run").sample(2).shape == (2, 6)
+
+
+def test_existing_run_is_refused_unless_resume_or_overwrite(finished, fashion, tmp_path):
+    out = finished[1]
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(runs.RunError, match="already holds a run.*resume.*overwrite"):
+        train(tiny(), out, dataset=fashion, log=None)
+    with pytest.raises(ValueError, match="resume, overwrite"):
+        train(tiny(), out, dataset=fashion, resume=True, overwrite=True, log=None)
+    with pytest.raises(runs.RunError, match=r"train\.lr"):
+        train(tiny(lr=0.5), out, dataset=fashion, resume=True, log=None)
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_overwrite_replaces_the_old_run(fashion, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(epochs=2), out, dataset=fashion, log=None)
+    (out / "samples.png").write_bytes(b"old figure")
+    (out / "notes.txt").write_text("mine")
+    result = train(tiny(epochs=1), out, dataset=fashion, overwrite=True, log=None)
+    assert len(runs.read_metrics(out)) == 1 and runs.read_config(out) == result.config
+    assert not (out / "samples.png").exists() and (out / "notes.txt").read_text() == "mine"
+
+
+def test_unwritable_or_missing_paths(fashion, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: calls.append(1))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(runs.RunError, match="cannot write"):
+        train(tiny(), blocker / "run", log=None)
+    with pytest.raises(runs.RunError, match="expected a folder"):
+        train(tiny(), blocker, log=None)
+    with pytest.raises(runs.RunError, match="no run to resume"):
+        train(tiny(), tmp_path / "nothing", resume=True, log=None)
+    assert calls == []  # refused before loading any data
+
+
+def test_per_datapoint_inference(fashion, tmp_path):
+    out = tmp_path / "run"
+    result = train(tiny(inference="per-datapoint", epochs=1), out, dataset=fashion, log=None)
+    row = result.metrics[0]
+    assert row["val_elbo"] is None and math.isfinite(row["train_elbo"])
+    weights = load_file(out / "model.safetensors")
+    assert weights["inference.table.weight"].shape == (540, 4)
+    trained = runs.load(out)
+    assert trained.sample(2).shape == (2, 784)
+    with pytest.raises(ValueError, match="per-datapoint"):
+        trained.encode(fashion.x[:2])
+
+
+def test_semi_amortized_and_alternating(fashion, tmp_path):
+    semi = train(tiny(inference="semi-amortized", refine_steps=2, epochs=1),
+                 tmp_path / "semi", dataset=fashion, log=None)
+    alternating = train(tiny(schedule="alternating", phi_steps=2, epochs=1),
+                        tmp_path / "alt", dataset=fashion, log=None)
+    for result in (semi, alternating):
+        assert math.isfinite(result.metrics[0]["val_elbo"])
+
+
+def test_static_binarization_and_no_validation(fashion, tmp_path):
+    result = train(tiny(binarize="static", val_fraction=0, epochs=1), tmp_path / "run",
+                   dataset=fashion, log=None)
+    assert result.metrics[0]["val_elbo"] is None and result.best_epoch is None
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset"][
+        "num_train"] == 600
+
+
+def test_figures_are_written_when_plots_exists(fashion, tmp_path, monkeypatch):
+    plots = pytest.importorskip("vaelab.plots")
+    seen = []
+    monkeypatch.setattr(train_mod, "_write_figures", REAL_WRITE_FIGURES)
+    monkeypatch.setattr(plots, "write_run_figures",
+                        lambda run_dir, model, dataset, metrics, **kw: seen.append(
+                            (run_dir, len(dataset), len(metrics))))
+    train(tiny(epochs=1), tmp_path / "run", dataset=fashion, log=None)
+    assert seen == [(tmp_path / "run", 60, 1)]
