@@ -9,18 +9,23 @@ processed in chunks of samples so memory stays bounded whatever k is, and vector
 batch. With the running sums S₁ = Σ w_i and S₂ = Σ w_i² kept in log space, the effective sample
 size is ESS = S₁² / S₂ (Kong 1992) and the delta-method standard error of log p̂ is
 sqrt((k / ESS − 1) / (k − 1)): zero when every weight is equal (q = p(z | x)).
+
+:func:`evaluate_model` runs the whole test protocol on a data set: ELBO with its rate and
+distortion, the importance-sampled log-likelihood (k = 5000 in Burda et al. 2016) with its
+standard error, NLL in bits per dimension and the number of active units.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch.distributions import Distribution
 
 from vaelab import _checks
-from vaelab.objectives import GenerativeModel, check_inputs, log_weights
+from vaelab.objectives import GenerativeModel, check_inputs, elbo_terms, log_weights
 
 #: Elements of the largest per-chunk tensor ([chunk, B, D]) when chunk_size is automatic.
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
@@ -102,3 +107,160 @@ def active_units(q_means: torch.Tensor, threshold: float = 1e-2) -> tuple[int, t
         raise ValueError(f"q_means: expected shape [N >= 2, L], got {list(q_means.shape)}")
     activity = q_means.var(0)
     return int((activity > threshold).sum()), activity
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+def _batch_measures(model: GenerativeModel, infer: Callable[[torch.Tensor], Distribution],
+                    x: torch.Tensor, num_samples: int, chunk_size: int | None,
+                    elbo_samples: int) -> dict[str, torch.Tensor]:
+    """Per-example measures of one batch x [B, D]: each value a tensor [B] (q_mean [B, L]).
+
+    q = infer(x) runs under ``no_grad`` only (a refining q, e.g. semi-amortized, needs
+    autograd inside); everything after it under ``inference_mode``.
+    """
+    with torch.no_grad():
+        q = infer(x)
+    with torch.inference_mode():
+        terms = elbo_terms(model, q, x, elbo_samples, validate=False)
+        est = log_likelihood(model, q, x, num_samples, chunk_size)
+    return {"rate": terms.kl, "distortion": terms.distortion,
+            "elbo": -(terms.kl + terms.distortion), "log_likelihood": est.log_likelihood,
+            "ll_stderr": est.stderr, "ess": est.ess, "q_mean": q.mean}
+
+
+def _summary(values: torch.Tensor) -> dict[str, float]:
+    """Mean, per-example standard deviation and standard error of the mean of values [n]."""
+    values = values.double()
+    n = values.shape[0]
+    std = float(values.std()) if n > 1 else 0.0
+    return {"mean": float(values.mean()), "std": std, "se": std / math.sqrt(n)}
+
+
+def _log_likelihood_summary(ll: torch.Tensor, stderr: torch.Tensor,
+                            population_size: int) -> dict[str, float]:
+    """Mean log p̂(x) over n examples with its standard error (see :func:`evaluate_model`)."""
+    n = ll.shape[0]
+    out = _summary(ll)
+    se_mc = float(stderr.double().nan_to_num(0.0).square().sum().sqrt()) / n
+    fpc = 1.0 - n / population_size
+    se_data = out["std"] * math.sqrt(fpc / n)
+    out.update(se=math.hypot(se_mc, se_data), se_mc=se_mc, se_data=se_data)
+    return out
+
+
+def _chunks(n: int, batch_size: int, progress: bool):
+    """Batch start offsets 0, batch_size, … < n, wrapped in a tqdm bar when ``progress``."""
+    starts = range(0, n, batch_size)
+    if not progress:
+        return starts
+    from tqdm.auto import tqdm
+
+    return tqdm(starts, desc="evaluate", unit="batch", leave=False, dynamic_ncols=True)
+
+
+def _measure_all(model, infer, x, batch_size, progress, **options) -> dict[str, torch.Tensor]:
+    """:func:`_batch_measures` over x [n, D] in batches, concatenated per key."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in _chunks(x.shape[0], batch_size, progress):
+        batch = _batch_measures(model, infer, x[start:start + batch_size], **options)
+        for key, value in batch.items():
+            parts.setdefault(key, []).append(value.detach().cpu())
+    return {key: torch.cat(values) for key, values in parts.items()}
+
+
+PER_EXAMPLE_KEYS = ("elbo", "rate", "distortion", "log_likelihood", "ll_stderr", "ess")
+
+
+def _report(m: dict[str, torch.Tensor], population_size: int, num_samples: int,
+            elbo_samples: int, threshold: float) -> dict:
+    """The JSON-ready result dict of :func:`evaluate_model` from per-example measures."""
+    n, data_dim = m["elbo"].shape[0], None
+    ll = _log_likelihood_summary(m["log_likelihood"], m["ll_stderr"], population_size)
+    count, activity = active_units(m["q_mean"], threshold) if n > 1 else (
+        None, torch.full((m["q_mean"].shape[1],), math.nan))
+    return {"num_examples": n, "population_size": population_size,
+            "num_samples": num_samples, "elbo_samples": elbo_samples, "data_dim": data_dim,
+            "latent_dim": int(m["q_mean"].shape[1]),
+            "elbo": _summary(m["elbo"]), "rate": _summary(m["rate"]),
+            "distortion": _summary(m["distortion"]), "log_likelihood": ll,
+            "gap": _summary(m["log_likelihood"] - m["elbo"]),
+            "ess": {"mean": float(m["ess"].mean()), "min": float(m["ess"].min())},
+            "active_units": count, "active_threshold": threshold,
+            "unit_activity": [_json_float(a) for a in activity.tolist()]}
+
+
+def _json_float(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _add_bits_per_dim(report: dict, data_dim: int) -> dict:
+    """Fill in data_dim and the NLL / negative ELBO in bits per dimension."""
+    ll = report["log_likelihood"]
+    report["data_dim"] = data_dim
+    report["nll_bits_per_dim"] = {"mean": bits_per_dim(-ll["mean"], data_dim),
+                                  "se": bits_per_dim(ll["se"], data_dim)}
+    report["neg_elbo_bits_per_dim"] = bits_per_dim(-report["elbo"]["mean"], data_dim)
+    return report
+
+
+def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int = 1000,
+                   chunk_size: int | None = None, batch_size: int = 100,
+                   limit: int | None = None, elbo_samples: int = 10,
+                   infer: Callable[[torch.Tensor], Distribution] | None = None,
+                   threshold: float = 1e-2, per_example: bool = False,
+                   progress: bool = False) -> dict:
+    """The test protocol on data x [N, D]: ELBO, rate, distortion, log p(x), bits/dim, AU.
+
+    Per example i (batched over data, chunked over samples, under ``torch.inference_mode``
+    once q is built):
+    rate_i = KL(q(z|x_i) ‖ p(z)) (analytic when registered), distortion_i = −E_q log p(x_i|z)
+    (``elbo_samples`` Monte Carlo samples), ELBO_i = −(rate_i + distortion_i), and log p̂(x_i)
+    by importance sampling with k = ``num_samples`` draws from q (:func:`log_likelihood`),
+    with its delta-method Monte Carlo standard error s_i.
+
+    Standard error of the mean log-likelihood over the n evaluated rows (the first ``limit``
+    of the N rows of x): it estimates the mean over *all* N rows, so its variance has two
+    independent parts, added: Monte Carlo, se_mc² = Σ s_i² / n², and subsampling,
+    se_data² = (1 − n/N) · sd² / n with sd the across-example standard deviation of log p̂
+    and (1 − n/N) the finite-population correction (zero when every row is evaluated, so a
+    full test set carries only Monte Carlo error). ``se = sqrt(se_mc² + se_data²)``. The other
+    measures report ``{"mean", "std" (across examples), "se" = std/√n}``; ``gap`` is the paired
+    log p̂(x_i) − ELBO_i. Active units (Burda et al. 2016): latent dimensions u whose encoder
+    mean E_q[z_u|x] varies across the n examples with variance > ``threshold``.
+
+    Args:
+        model: generative model; ``infer(x) → q(z|x)`` defaults to ``model.encode``.
+        x: data [N, D] in the likelihood's support.
+        num_samples: importance samples k per example (5000 is the published protocol).
+        chunk_size: samples per step (None: bounded memory, see :func:`auto_chunk_size`).
+        batch_size: examples per batch.
+        limit: evaluate only the first ``limit`` rows (None: all).
+        elbo_samples: Monte Carlo samples for the distortion term.
+        threshold: active-unit threshold.
+        per_example: also return ``"per_example"``: {elbo, rate, distortion, log_likelihood,
+            ll_stderr, ess} as lists over the n rows (e.g. log p̂(x) as anomaly scores).
+        progress: show a tqdm progress bar on stderr.
+
+    Returns:
+        A JSON-serializable dict; see README / ``vaelab evaluate --help`` for its keys.
+    """
+    x = model.check_data(x, "x")
+    if x.shape[0] == 0:
+        raise ValueError("x: expected at least one example, got an empty tensor")
+    population = x.shape[0]
+    if limit is not None:
+        x = x[:_checks.positive_int("limit", limit)]
+    num_samples = _checks.positive_int("num_samples", num_samples)
+    elbo_samples = _checks.positive_int("elbo_samples", elbo_samples)
+    batch_size = _checks.positive_int("batch_size", batch_size)
+    threshold = _checks.positive_float("threshold", threshold)
+    infer = model.encode if infer is None else infer
+    measures = _measure_all(model, infer, x, batch_size, progress, num_samples=num_samples,
+                            chunk_size=chunk_size, elbo_samples=elbo_samples)
+    report = _report(measures, population, num_samples, elbo_samples, threshold)
+    if per_example:
+        report["per_example"] = {k: [_json_float(v) for v in measures[k].double().tolist()]
+                                 for k in PER_EXAMPLE_KEYS}
+    return _add_bits_per_dim(report, x.shape[1])

@@ -1,0 +1,577 @@
+"""The ``vaelab`` command: train, evaluate, sample, reconstruct, gaps, figures.
+
+Role in vaelab: the user's entry point, and nothing else imports it. Each sub-command is a
+thin layer over the library (``train.train``, ``runs.load``, ``evaluate.evaluate_model``,
+``plots``, ``gaps.report_gaps``, ``figures.make_all``). Bad input never shows a traceback:
+:func:`main` turns every error into one line ``vaelab: error: <message>`` on stderr and a
+non-zero exit code (2 for command-line usage errors, 1 for everything else, 130 when
+interrupted); ``VAELAB_DEBUG=1`` re-raises instead, for developers. Files are written
+atomically (temporary file + rename), and nothing is computed before the destinations are
+known to be writable, so a failure loses no work and leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+DEBUG_ENV = "VAELAB_DEBUG"
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+DEFAULT_EVAL_K, DEFAULT_EVAL_LIMIT = 1000, 1000
+EVAL_FILE = "eval.json"
+
+
+class UsageError(Exception):
+    """A command-line usage error (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises :class:`UsageError` instead of printing and exiting.
+
+    Abbreviated flags are refused (``--epoch`` is not ``--epochs``): a typo is an error.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def _number(kind: Callable, check: Callable[[float], bool], expected: str) -> Callable:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    parse.__name__ = expected
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+non_negative_float = _number(float, lambda v: math.isfinite(v) and v >= 0,
+                             "a finite number >= 0")
+
+
+def hidden_sizes(text: str) -> tuple[int, ...]:
+    """``"512,256"`` → (512, 256); every size an integer >= 1."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers >= 1 such as 512,256, got {text!r}")
+    return sizes
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``vaelab`` argument parser with its six sub-commands."""
+    parser = _Parser(prog="vaelab", description="Variational autoencoders on PyTorch: train, "
+                     "evaluate and use a VAE. Run `vaelab COMMAND --help` for a command's flags.")
+    from vaelab import __version__
+
+    parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_sample(commands)
+    _add_reconstruct(commands)
+    _add_gaps(commands)
+    _add_figures(commands)
+    return parser
+
+
+def _add_train(commands) -> None:
+    p = commands.add_parser("train", help="train a VAE into a run directory",
+                            description="Train a VAE. Flags override --config; the run "
+                            "directory gets config.json, model.safetensors, metrics.jsonl, "
+                            "checkpoint/ and pictures (samples, reconstructions, curves, "
+                            "latent space).")
+    p.add_argument("--data", metavar="NAME|PATH", help="dataset name (fashion-mnist, mnist) "
+                   "or a .npy/.npz/.csv file or image folder (default: fashion-mnist)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="run directory (default: runs/<timestamp>)")
+    p.add_argument("--config", type=Path, metavar="FILE", help="a .toml or .json config file "
+                   "([model] and [train] tables); flags override it; unknown keys are errors")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from "
+                   "its last checkpoint (--epochs may extend it)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--epochs", type=positive_int, metavar="N")
+    p.add_argument("--batch-size", type=positive_int, metavar="N")
+    p.add_argument("--lr", type=positive_float, metavar="X", help="Adam learning rate")
+    p.add_argument("--latent-dim", type=positive_int, metavar="N")
+    p.add_argument("--hidden", type=hidden_sizes, metavar="N,N,...",
+                   help="hidden layer sizes, e.g. 512,256")
+    p.add_argument("--likelihood", choices=("bernoulli", "gaussian"))
+    p.add_argument("--binarize", choices=("dynamic", "static", "none"))
+    p.add_argument("--seed", type=non_negative_int, metavar="N")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--limit", type=positive_int, metavar="N",
+                   help="use only the first N training examples")
+    p.add_argument("--inference", choices=("amortized", "per-datapoint", "semi-amortized"))
+    p.add_argument("--schedule", choices=("joint", "alternating"))
+    p.add_argument("--phi-steps", type=non_negative_int, metavar="N",
+                   help="φ steps per θ step with --schedule alternating")
+    p.add_argument("--kl-warmup", type=non_negative_float, metavar="EPOCHS",
+                   help="ramp the KL weight from 0 to 1 over this many epochs")
+    p.add_argument("--grad-clip", type=positive_float, metavar="X", help="clip the gradient norm")
+    p.add_argument("--early-stopping", type=positive_int, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a better validation ELBO")
+    p.add_argument("--compile", choices=("auto", "on", "off"))
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_run_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="NAME|PATH",
+                   help="dataset name or path (default: the run's training data)")
+    p.add_argument("--split", choices=("train", "test"),
+                   help="default: test (user data without a test split: train)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+
+
+def _add_evaluate(commands) -> None:
+    p = commands.add_parser(
+        "evaluate", help="test ELBO, log-likelihood, bits/dim, active units",
+        description="Evaluate a run on held-out data: ELBO, rate, distortion, importance-"
+        "sampled log-likelihood ± standard error (nats per example and bits/dim) and active "
+        "units. Writes RUN/eval.json (and --out) and prints a table. The defaults (--k "
+        f"{DEFAULT_EVAL_K} --limit {DEFAULT_EVAL_LIMIT}) take about a minute on 2 CPU cores; "
+        "the full published protocol is `--k 5000 --limit 0` (all 10,000 test images, "
+        "about an hour on 2 CPU cores).")
+    p.add_argument("run", type=Path, metavar="RUN", help="a run directory")
+    _add_run_data(p)
+    p.add_argument("--k", type=positive_int, metavar="K", default=DEFAULT_EVAL_K,
+                   help=f"importance samples per example (default {DEFAULT_EVAL_K})")
+    p.add_argument("--limit", type=non_negative_int, metavar="N", default=DEFAULT_EVAL_LIMIT,
+                   help=f"evaluate the first N examples, 0 = all (default {DEFAULT_EVAL_LIMIT})")
+    p.add_argument("--batch-size", type=positive_int, metavar="N", default=100)
+    p.add_argument("--seed", type=non_negative_int, metavar="N", default=0,
+                   help="seeds the binarization of the test data and the sampling")
+    p.add_argument("--out", type=Path, metavar="FILE.json", help="also write the results here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_sample(commands) -> None:
+    p = commands.add_parser("sample", help="draw samples x ~ p(x) as an image grid",
+                            description="Draw z ~ p(z) and write the grid of E[x|z].")
+    p.add_argument("run", type=Path, metavar="RUN")
+    p.add_argument("-n", type=positive_int, metavar="N", default=64,
+                   help="number of samples (default 64)")
+    p.add_argument("--out", type=Path, metavar="FILE.png", help="default: RUN/samples-N.png")
+    p.add_argument("--seed", type=non_negative_int, metavar="N", default=0)
+    p.add_argument("--nrow", type=positive_int, metavar="N",
+                   help="images per row (default: about √n)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.set_defaults(func=cmd_sample)
+
+
+def _add_reconstruct(commands) -> None:
+    p = commands.add_parser("reconstruct", help="originals above their reconstructions",
+                            description="Encode n held-out examples and write the originals "
+                            "above their reconstructions E[x | z = E_q z].")
+    p.add_argument("run", type=Path, metavar="RUN")
+    _add_run_data(p)
+    p.add_argument("-n", type=positive_int, metavar="N", default=16,
+                   help="number of examples (default 16)")
+    p.add_argument("--out", type=Path, metavar="FILE.png",
+                   help="default: RUN/reconstructions-N.png")
+    p.add_argument("--seed", type=non_negative_int, metavar="N", default=0,
+                   help="picks the examples and their binarization")
+    p.set_defaults(func=cmd_reconstruct)
+
+
+def _add_gaps(commands) -> None:
+    p = commands.add_parser("gaps", help="approximation and amortization gaps",
+                            description="Split the inference gap log p(x) − ELBO into the "
+                            "approximation and amortization gaps (Cremer et al. 2018); writes "
+                            "gaps.json and gaps.png.")
+    p.add_argument("run", type=Path, metavar="RUN")
+    _add_run_data(p)
+    p.add_argument("--limit", type=positive_int, metavar="N", default=100,
+                   help="number of examples (default 100)")
+    p.add_argument("--k", type=positive_int, metavar="K", default=1000,
+                   help="samples behind each bound (default 1000; the paper uses 5000)")
+    p.add_argument("--steps", type=positive_int, metavar="N", default=500,
+                   help="most optimizer steps for the per-example q* (default 500)")
+    p.add_argument("--seed", type=non_negative_int, metavar="N", default=0)
+    p.add_argument("--out", type=Path, metavar="DIR", help="default: RUN")
+    p.set_defaults(func=cmd_gaps)
+
+
+def _add_figures(commands) -> None:
+    p = commands.add_parser("figures", help="the lecture's figures (no run needed)",
+                            description="Draw the figures that illustrate the lecture: "
+                            "bimodal posterior, family of bounds, joint vs alternating, EM vs VI.")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--small", action="store_true", help="quick, low-resolution versions")
+    p.set_defaults(func=cmd_figures)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _writable_dir(path: Path, what: str) -> Path:
+    """Create ``path`` if needed and check a file can be written in it (else OSError→ValueError)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot write to {str(path)!r}: {exc.strerror or exc}") from None
+    return path
+
+
+def _png_path(path: Path, what: str) -> Path:
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"{what}: expected a .png file name, got {str(path)!r}")
+    if path.is_dir():
+        raise ValueError(f"{what}: expected a file name, got the folder {str(path)!r}")
+    _writable_dir(path.parent, what)
+    return path
+
+
+def _load_run(run_dir: Path, device: str = "cpu"):
+    """``runs.load`` with a clear message for a folder that is not a run."""
+    from vaelab import runs
+
+    if not run_dir.is_dir():
+        state = "is a file" if run_dir.exists() else "does not exist"
+        raise ValueError(f"RUN: expected a run directory written by `vaelab train`, got "
+                         f"{str(run_dir)!r}, which {state}")
+    if not (run_dir / runs.CONFIG_FILE).is_file():
+        raise ValueError(f"RUN: {str(run_dir)!r} is not a vaelab run directory (no "
+                         f"{runs.CONFIG_FILE}); expected a folder written by `vaelab train`")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return runs.load(run_dir, device=device)
+
+
+def _held_out(trained, source: str | None, split: str | None, seed: int, note: Callable):
+    """The run's evaluation data: (Dataset, split), binarized once (seeded) like training."""
+    from vaelab import data
+
+    tc = trained.config.train
+    source = source or tc.data
+    try:
+        dataset = data.load_dataset(source, split or "test")
+        split = split or "test"
+    except ValueError:
+        if split is not None or data._named(source) is not None:
+            raise
+        dataset, split = data.load_dataset(source, "train"), "train"
+        note(f"note: {source} has no test split; using all of its examples")
+    if dataset.x.shape[1] != trained.model.data_dim:
+        raise ValueError(f"data: the run's model expects {trained.model.data_dim} values per "
+                         f"example, got {dataset.x.shape[1]} from {source!r}")
+    if tc.binarize != "none":
+        dataset = data.static_binarize(dataset, seed)
+    return dataset, split
+
+
+def _infer(trained) -> Callable | None:
+    """q(z|x) for held-out x as the run was trained: the encoder, refined if semi-amortized."""
+    tc = trained.config.train
+    if tc.inference == "per-datapoint":
+        raise ValueError("RUN: this run used --inference per-datapoint, which trains no "
+                         "encoder, so q(z|x) for new data is not available")
+    if tc.inference == "semi-amortized":
+        from vaelab.inference import build_inference
+
+        scheme = build_inference("semi-amortized", trained.model, 1, steps=tc.refine_steps,
+                                 lr=tc.refine_lr)
+        return lambda x: scheme(x)
+    return None
+
+
+def _printer(quiet: bool) -> Callable[[str], None]:
+    return (lambda _line: None) if quiet else (lambda line: print(line, flush=True))
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _train_overrides(args: argparse.Namespace) -> dict:
+    """The flags given on the command line as a config dict (None = not given)."""
+    compile_ = {"auto": "auto", "on": True, "off": False, None: None}[args.compile]
+    return {"model": {"latent_dim": args.latent_dim, "hidden": args.hidden,
+                      "likelihood": args.likelihood},
+            "train": {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
+                      "lr": args.lr, "binarize": args.binarize, "seed": args.seed,
+                      "device": args.device, "limit": args.limit, "inference": args.inference,
+                      "schedule": args.schedule, "phi_steps": args.phi_steps,
+                      "kl_warmup_epochs": args.kl_warmup, "grad_clip": args.grad_clip,
+                      "early_stopping_patience": args.early_stopping, "compile": compile_}}
+
+
+def _train_config(args: argparse.Namespace, run_dir: Path):
+    """RunConfig from (the resumed run's config.json,) --config and the flags, in that order."""
+    from vaelab import config as config_
+
+    base: dict = {}
+    if args.resume is not None:
+        base = config_.load_config_file(run_dir / "config.json")
+    if args.config is not None:
+        base = config_.merge(base, config_.load_config_file(args.config))
+    merged = config_.merge(base, _train_overrides(args))
+    return config_.RunConfig.from_dict(merged)
+
+
+def _default_out() -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out, i = Path("runs") / stamp, 1
+    while out.exists():
+        i += 1
+        out = Path("runs") / f"{stamp}-{i}"
+    return out
+
+
+def _run_dir(args: argparse.Namespace) -> Path:
+    if args.resume is not None and args.overwrite:
+        raise UsageError("--resume and --overwrite: expected at most one of them, got both")
+    if args.resume is not None:
+        if args.out is not None and args.out.resolve() != args.resume.resolve():
+            raise UsageError(f"--out {args.out} and --resume {args.resume}: a resumed run "
+                             f"stays in its own folder; drop --out")
+        if not (args.resume / "config.json").is_file():
+            raise ValueError(f"--resume: expected a run directory written by `vaelab train`, "
+                             f"got {str(args.resume)!r} (no config.json)")
+        return args.resume
+    return args.out if args.out is not None else _default_out()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``vaelab train``: validate everything, train, then say where the results are."""
+    from vaelab import train as train_
+
+    run_dir = _run_dir(args)
+    config = _train_config(args, run_dir)
+    created = not run_dir.exists()
+    log = _printer(args.quiet)
+    try:
+        result = train_.train(config, run_dir, resume=args.resume is not None,
+                              overwrite=args.overwrite, progress=not args.quiet, log=log)
+    except KeyboardInterrupt:
+        print(f"vaelab: interrupted; the last finished epoch is saved: continue with "
+              f"`vaelab train --resume {run_dir}`", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except BaseException:
+        _remove_if_empty(run_dir, created)
+        raise
+    _report_run(result.run_dir)
+    return 0
+
+
+def _remove_if_empty(path: Path, created: bool) -> None:
+    """Remove a folder this command created if the failed run left it empty."""
+    if created and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+
+
+def _report_run(run_dir: Path) -> None:
+    names = ("samples.png", "reconstructions.png", "curves.png", "latent.png")
+    pictures = [str(run_dir / n) for n in names if (run_dir / n).is_file()]
+    print(f"run directory: {run_dir}")
+    print(f"model: {run_dir / 'model.safetensors'}  metrics: {run_dir / 'metrics.jsonl'}")
+    if pictures:
+        print("pictures: " + "  ".join(pictures))
+    print(f"next: vaelab evaluate {run_dir}")
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _eval_targets(args: argparse.Namespace, note: Callable) -> list[Path]:
+    """Where eval.json goes: RUN/eval.json when writable, and --out; checked before computing."""
+    targets = []
+    if args.out is not None:
+        if args.out.suffix.lower() != ".json" or args.out.is_dir():
+            raise ValueError(f"--out: expected a .json file name, got {str(args.out)!r}")
+        targets.append(_writable_dir(args.out.parent, "--out") / args.out.name)
+    try:
+        targets.insert(0, _writable_dir(args.run, "RUN") / EVAL_FILE)
+    except ValueError:
+        if not targets:
+            raise ValueError(f"RUN: cannot write {str(args.run / EVAL_FILE)!r}; pass "
+                             f"--out FILE.json to write the results elsewhere") from None
+        note(f"note: {args.run} is not writable; writing only {args.out}")
+    return targets
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``vaelab evaluate``: the test protocol, written to RUN/eval.json (and --out)."""
+    from vaelab import runs
+    from vaelab.evaluate import evaluate_model
+
+    note = _printer(False)
+    trained = _load_run(args.run, args.device)
+    infer = _infer(trained)
+    targets = _eval_targets(args, note)
+    dataset, split = _held_out(trained, args.data, args.split, args.seed, note)
+    import torch
+
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        result = evaluate_model(trained.model, dataset.x.to(trained.device), num_samples=args.k,
+                                batch_size=args.batch_size, limit=args.limit or None,
+                                infer=infer, progress=not args.quiet and sys.stderr.isatty())
+    result = {"run": str(args.run), "data": dataset.name, "split": split,
+              "binarized": trained.config.train.binarize != "none", "seed": args.seed,
+              "seconds": round(time.perf_counter() - start, 2), **result}
+    for path in targets:
+        runs.atomic_write_json(path, result)
+    print(format_evaluation(result))
+    print("written: " + "  ".join(str(p) for p in targets))
+    return 0
+
+
+def format_evaluation(r: dict) -> str:
+    """A short plain-text table of an :func:`evaluate_model` result."""
+    ll, bpd = r["log_likelihood"], r["nll_bits_per_dim"]
+    lines = [f"{r.get('data', 'data')} {r.get('split', '')}: {r['num_examples']} of "
+             f"{r['population_size']} examples, k = {r['num_samples']} importance samples",
+             f"{'quantity':<26}{'mean':>12}{'± SE':>10}"]
+    for name, label in (("elbo", "ELBO (nats)"), ("rate", "rate KL(q‖p) (nats)"),
+                        ("distortion", "distortion (nats)")):
+        lines.append(f"{label:<26}{r[name]['mean']:>12.3f}{r[name]['se']:>10.3f}")
+    lines.append(f"{'log p(x) (nats)':<26}{ll['mean']:>12.3f}{ll['se']:>10.3f}")
+    lines.append(f"{'NLL (bits/dim)':<26}{bpd['mean']:>12.4f}{bpd['se']:>10.4f}")
+    lines.append(f"{'log p(x) − ELBO (nats)':<26}{r['gap']['mean']:>12.3f}{r['gap']['se']:>10.3f}")
+    units = "n/a" if r["active_units"] is None else str(r["active_units"])
+    lines.append(f"{'active units':<26}{units:>12}  of {r['latent_dim']} "
+                 f"(Var_x E[z_u|x] > {r['active_threshold']})")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- pictures
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """``vaelab sample``: a grid of n samples."""
+    from vaelab import plots
+
+    trained = _load_run(args.run, args.device)
+    out = _png_path(args.out or args.run / f"samples-{args.n}.png", "--out")
+    path = plots.write_samples(trained.model, out, args.n, trained.config.model.image_shape,
+                               seed=args.seed, nrow=args.nrow)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    """``vaelab reconstruct``: n held-out examples above their reconstructions."""
+    import torch
+
+    from vaelab import plots
+
+    trained = _load_run(args.run, args.device)
+    _infer(trained)
+    out = _png_path(args.out or args.run / f"reconstructions-{args.n}.png", "--out")
+    dataset, _ = _held_out(trained, args.data, args.split, args.seed, _printer(False))
+    generator = torch.Generator().manual_seed(args.seed)
+    index = torch.randperm(len(dataset), generator=generator)[:args.n]
+    x = dataset.x[index.sort().values].to(trained.device)
+    path = plots.write_reconstructions(trained.model, x, out, trained.config.model.image_shape)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_gaps(args: argparse.Namespace) -> int:
+    """``vaelab gaps``: approximation and amortization gaps on held-out data."""
+    from vaelab import gaps
+
+    trained = _load_run(args.run, args.device)
+    _infer(trained)
+    out = _writable_dir(args.out or args.run, "--out")
+    dataset, _ = _held_out(trained, args.data, args.split, args.seed, _printer(False))
+    x = dataset.x[:args.limit].to(trained.device)
+    report = gaps.report_gaps(trained.model, x, num_samples=args.k, steps=args.steps,
+                              out_dir=out, seed=args.seed)
+    print(report.table())
+    print(f"wrote {out / 'gaps.json'}  {out / 'gaps.png'}")
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    """``vaelab figures``: the lecture's illustrations."""
+    from vaelab import figures
+
+    out = _writable_dir(args.out, "--out")
+    for path in figures.make_all(out, small=args.small):
+        print(f"wrote {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename!r}" if exc.filename else ""
+        text = f"{exc.strerror}{where}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ValueError, TypeError, OSError, UsageError]
+    try:
+        from vaelab.train import TrainingError
+
+        errors.append(TrainingError)
+    except ImportError:  # pragma: no cover - partial installs
+        pass
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``vaelab`` command with ``argv`` (default: sys.argv[1:]); → exit code."""
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        args, extra = build_parser().parse_known_args(argv)
+        if args.command is None:
+            raise UsageError("expected a command: train, evaluate, sample, reconstruct, gaps "
+                             "or figures (see `vaelab --help`)")
+        if extra:
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see `vaelab "
+                             f"{args.command} --help`)")
+        return args.func(args)
+    except SystemExit as exc:        # --help, --version, or an exit code chosen above
+        return exc.code if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt:
+        print("vaelab: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if debug:
+            raise
+        code = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
+        message = _one_line(exc)
+        if not isinstance(exc, _known_errors()):
+            message = (f"unexpected {type(exc).__name__}: {message} (set {DEBUG_ENV}=1 for "
+                       f"the traceback)")
+        print(f"vaelab: error: {message}", file=sys.stderr)
+        return code

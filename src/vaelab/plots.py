@@ -1,0 +1,402 @@
+"""Figures of a trained VAE as PNG files: samples, reconstructions, curves, latent space.
+
+Role in vaelab: the pictures of issue 3 — what p(x) = ∫ p(z) p_θ(x|z) dz generates (ancestral
+samples, Kingma & Welling 2014), how well x → q(z|x) → E[x|z] reconstructs, how the ELBO, the
+rate KL(q ‖ p(z)) and the distortion −E_q log p(x|z) evolved during training (Alemi et al.
+2018), and where the encoder puts the data in latent space (a 2-D PCA view of E_q[z|x]).
+
+Every figure is a bare ``matplotlib.figure.Figure`` rendered by the Agg canvas (no display and
+no pyplot state, so importing this module changes no backend) and written
+atomically: to a temporary file beside the target, then renamed, so an interrupted or failed
+write leaves no half-written PNG. Non-image data (no ``image_shape``) gets scatter plots of
+the first coordinates instead of image grids.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from vaelab import _checks
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASS_NAMES = {"fashion-mnist": FASHION_MNIST_CLASSES,
+               "mnist": tuple(str(d) for d in range(10))}
+CURVE_METRICS = (("elbo", "ELBO (nats)"), ("rate", "rate KL(q‖p) (nats)"),
+                 ("distortion", "distortion −E log p(x|z) (nats)"))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> Path:
+    """Write ``fig`` to ``path`` as PNG atomically (temp file + rename); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- image grids
+
+
+def _to_hwc(images: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
+    """Rows [N, D] → displayable [N, H, W] (one channel) or [N, H, W, 3] in [0, 1]."""
+    c, h, w = image_shape
+    images = images.reshape(-1, c, h, w)
+    if images.min() < 0 or images.max() > 1:    # e.g. Gaussian data: rescale for display
+        low, high = images.min(), images.max()
+        images = (images - low) / max(high - low, 1e-12)
+    if c == 3:
+        return images.transpose(0, 2, 3, 1)
+    return images[:, 0]                           # grey, or the first channel otherwise
+
+
+def _tile(images: np.ndarray, nrow: int, pad: int = 2) -> np.ndarray:
+    """[N, H, W(, 3)] → one mosaic with ``nrow`` images per row and ``pad`` pixels between."""
+    n, h, w = images.shape[:3]
+    rows = math.ceil(n / nrow)
+    shape = (rows * (h + pad) + pad, nrow * (w + pad) + pad, *images.shape[3:])
+    mosaic = np.ones(shape, dtype=np.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, nrow)
+        mosaic[pad + r * (h + pad):pad + r * (h + pad) + h,
+               pad + c * (w + pad):pad + c * (w + pad) + w] = image
+    return mosaic
+
+
+def _check_images(images: object, image_shape: object) -> tuple[np.ndarray, tuple[int, ...]]:
+    images = _checks.tensor("images", torch.as_tensor(images, dtype=torch.float32))
+    if image_shape is None or len(tuple(image_shape)) != 3:
+        raise ValueError(f"image_shape: expected (C, H, W), got {image_shape!r}")
+    image_shape = tuple(int(s) for s in image_shape)
+    if images.dim() != 2 or images.shape[0] == 0 or images.shape[1] != math.prod(image_shape):
+        raise ValueError(f"images: expected shape [N >= 1, {math.prod(image_shape)}] for "
+                         f"image_shape {image_shape}, got {list(images.shape)}")
+    return images.detach().cpu().numpy(), image_shape
+
+
+def image_grid(images: torch.Tensor, image_shape: Sequence[int], path: str | os.PathLike,
+               nrow: int = 8, *, title: str | None = None,
+               row_labels: Sequence[str] | None = None) -> Path:
+    """Write images [N, D] (rows of C·H·W values) as a grid PNG with ``nrow`` per row.
+
+    Values outside [0, 1] are rescaled to it for display; C = 3 is shown in colour, other C
+    by the first channel in grey. ``row_labels`` name the rows on the left.
+    """
+    array, image_shape = _check_images(images, image_shape)
+    nrow = min(_checks.positive_int("nrow", nrow), array.shape[0])
+    mosaic = _tile(_to_hwc(array, image_shape), nrow)
+    scale = max(1.0, 3.0 * 28 / image_shape[1])          # about 3 screen pixels per MNIST pixel
+    height, width = mosaic.shape[0] * scale / 100, mosaic.shape[1] * scale / 100
+    extra = 0.3 if title else 0.0
+    left = 1.1 if row_labels else 0.05
+    fig = Figure(figsize=(width + left + 0.05, height + extra + 0.05))
+    ax = fig.add_axes((left / (width + left + 0.05), 0.05 / (height + extra + 0.05),
+                       width / (width + left + 0.05), height / (height + extra + 0.05)))
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if row_labels:
+        _label_rows(ax, row_labels, image_shape[1])
+    if title:
+        fig.suptitle(title, y=1 - 0.04 / (height + extra + 0.05), va="top", fontsize=10)
+    return save_figure(fig, path)
+
+
+def _label_rows(ax: Axes, labels: Sequence[str], h: int, pad: int = 2) -> None:
+    ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(len(labels))])
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.tick_params(axis="y", length=0)
+
+
+def _generator(seed: int | None) -> torch.Generator | None:
+    return None if seed is None else torch.Generator().manual_seed(int(seed))
+
+
+def write_samples(model, path: str | os.PathLike, n: int = 64,
+                  image_shape: Sequence[int] | None = None, *, seed: int | None = None,
+                  nrow: int | None = None) -> Path:
+    """Draw n samples z ~ p(z) and write the grid of E[x | z] (the decoder's mean) to path.
+
+    Non-image data (``image_shape`` None): a scatter of the first two coordinates of the
+    samples (a histogram when D = 1).
+    """
+    n = _checks.positive_int("n", n)
+    with torch.inference_mode():
+        x = model.sample(n, mean=True, generator=_generator(seed)).cpu()
+    title = f"{n} samples: z ~ p(z), shown E[x|z]"
+    if image_shape is None:
+        return scatter_points({"samples E[x|z]": x}, path, title=title)
+    nrow = nrow or max(1, round(math.sqrt(n)))
+    return image_grid(x, image_shape, path, nrow, title=title)
+
+
+def write_reconstructions(model, x: torch.Tensor, path: str | os.PathLike,
+                          image_shape: Sequence[int] | None = None, *, ncol: int = 8) -> Path:
+    """Write originals x [N, D] with their reconstructions E[x | z = E_q z] below them.
+
+    Rows alternate: ``ncol`` originals, then their reconstructions. Non-image data: a scatter
+    of reconstructed against original values (on the diagonal when perfect).
+    """
+    x = _checks.tensor("x", x)
+    with torch.inference_mode():
+        recon = model.reconstruct(x).cpu()
+    x = x.detach().cpu()
+    if image_shape is None:
+        return _write_recon_scatter(x, recon, path)
+    ncol = min(_checks.positive_int("ncol", ncol), x.shape[0])
+    rows, labels = [], []
+    for start in range(0, x.shape[0], ncol):
+        orig, rec = x[start:start + ncol], recon[start:start + ncol]
+        blank = torch.ones(ncol - orig.shape[0], x.shape[1])
+        rows += [torch.cat([orig, blank]), torch.cat([rec, blank])]
+        labels += ["original", "reconstruction"]
+    return image_grid(torch.cat(rows), image_shape, path, ncol,
+                      title="originals above their reconstructions", row_labels=labels)
+
+
+def _write_recon_scatter(x: torch.Tensor, recon: torch.Tensor, path) -> Path:
+    fig = Figure(figsize=(4.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(x.flatten().numpy(), recon.flatten().numpy(), s=4, alpha=0.4)
+    low, high = float(min(x.min(), recon.min())), float(max(x.max(), recon.max()))
+    ax.plot([low, high], [low, high], color="black", lw=0.8, ls="--", label="perfect")
+    ax.set(xlabel="original value", ylabel="reconstructed value E[x|z]",
+           title=f"reconstructions of {x.shape[0]} examples (all {x.shape[1]} dims)")
+    ax.legend(loc="upper left")
+    return save_figure(fig, path)
+
+
+def scatter_points(groups: dict[str, torch.Tensor], path: str | os.PathLike, *,
+                   title: str = "") -> Path:
+    """Scatter the first two coordinates of each group [N, D] (histograms when D = 1)."""
+    fig = Figure(figsize=(5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for name, points in groups.items():
+        points = points.detach().cpu().numpy()
+        if points.shape[1] == 1:
+            ax.hist(points[:, 0], bins=40, alpha=0.5, label=name)
+            ax.set(xlabel="x[0]", ylabel="count")
+        else:
+            ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.5, label=name)
+            ax.set(xlabel="x[0]", ylabel="x[1]")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="best")
+    return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def _value(record: dict, split: str, name: str) -> float | None:
+    """record[split_name], record[split/name] or record[split][name]; None if absent."""
+    for key in (f"{split}_{name}", f"{split}/{name}"):
+        if key in record:
+            value = record[key]
+            break
+    else:
+        nested = record.get(split)
+        value = nested.get(name) if isinstance(nested, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _curve(metrics: Sequence[dict], split: str, name: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) of metric ``name`` of ``split`` over the per-epoch records."""
+    xs, ys = [], []
+    for record in metrics:
+        epoch, value = record.get("epoch"), _value(record, split, name)
+        if isinstance(epoch, (int, float)) and value is not None and math.isfinite(value):
+            xs.append(float(epoch))
+            ys.append(value)
+    return xs, ys
+
+
+def write_curves(metrics: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Plot train/validation ELBO, rate and distortion against the epoch.
+
+    ``metrics`` are the records of ``metrics.jsonl``, one per epoch, with an ``"epoch"`` key
+    and values under ``"train_elbo"`` / ``"val_elbo"`` (or ``"train/elbo"``, or nested
+    ``{"train": {"elbo": …}}``), likewise for ``rate`` and ``distortion``. A metric with no
+    value shows an empty panel saying so.
+    """
+    if isinstance(metrics, (str, bytes, dict)) or not isinstance(metrics, Sequence):
+        raise TypeError(f"metrics: expected a list of dicts, got {type(metrics).__name__}")
+    fig = Figure(figsize=(12, 3.6), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for ax, (name, label) in zip(axes, CURVE_METRICS, strict=True):
+        drawn = False
+        for split, style in (("train", "-"), ("val", "--")):
+            xs, ys = _curve(metrics, split, name)
+            if xs:
+                ax.plot(xs, ys, style, marker="o" if len(xs) < 30 else None, ms=3,
+                        label="train" if split == "train" else "validation")
+                drawn = True
+        ax.set(xlabel="epoch", title=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if drawn:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- latent space
+
+
+def pca_2d(points: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """Project points [N, L] on their first two principal axes → ([N, 2], explained fractions)."""
+    centred = points.double() - points.double().mean(0)
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+    var = s.square()
+    fractions = (var[:2] / var.sum().clamp_min(1e-300)).tolist()
+    return (centred @ vh[:2].T).float(), fractions
+
+
+def _latent_coords(means: torch.Tensor) -> tuple[np.ndarray, tuple[str, str]]:
+    latent_dim = means.shape[1]
+    if latent_dim == 1:
+        return means.numpy(), ("z[0] (encoder mean)", "")
+    if latent_dim == 2:
+        return means.numpy(), ("z[0] (encoder mean)", "z[1] (encoder mean)")
+    coords, frac = pca_2d(means)
+    return coords.numpy(), (f"PC 1 of E_q[z|x] ({100 * frac[0]:.0f}% of variance)",
+                            f"PC 2 ({100 * frac[1]:.0f}% of variance)")
+
+
+def write_latent(model, x: torch.Tensor, labels: torch.Tensor | None,
+                 path: str | os.PathLike, *, class_names: Sequence[str] | None = None,
+                 encode: Callable | None = None) -> Path:
+    """Scatter the encoder means E_q[z | x] of x [N, D] in 2-D, coloured by labels [N].
+
+    L = 2 is shown as is, L > 2 by PCA onto two axes, L = 1 against the label (or jittered).
+    ``class_names[label]`` names the legend entries.
+    """
+    x = _checks.tensor("x", x)
+    encode = model.encode if encode is None else encode
+    with torch.inference_mode():
+        means = encode(x).mean.detach().cpu()
+    coords, (xlabel, ylabel) = _latent_coords(means)
+    if coords.shape[1] == 1:
+        extra = labels.numpy() if labels is not None else np.random.default_rng(0).uniform(
+            -1, 1, len(coords))
+        coords = np.stack([coords[:, 0], extra + np.random.default_rng(1).uniform(
+            -0.3, 0.3, len(coords))], 1)
+        ylabel = "label (jittered)" if labels is not None else "jitter"
+    fig = Figure(figsize=(7.5, 6), layout="constrained")
+    ax = fig.subplots()
+    _scatter_by_label(ax, coords, labels, class_names)
+    ax.set(xlabel=xlabel, ylabel=ylabel,
+           title=f"latent space: encoder means of {len(coords)} examples (L = {means.shape[1]})")
+    return save_figure(fig, path)
+
+
+def _scatter_by_label(ax: Axes, coords: np.ndarray, labels: torch.Tensor | None,
+                      class_names: Sequence[str] | None) -> None:
+    if labels is None:
+        ax.scatter(coords[:, 0], coords[:, 1], s=5, alpha=0.6)
+        return
+    labels = labels.detach().cpu().numpy()
+    classes = np.unique(labels)
+    cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+    for i, label in enumerate(classes):
+        mask = labels == label
+        name = (class_names[label] if class_names is not None and 0 <= label < len(class_names)
+                else str(label))
+        ax.scatter(coords[mask, 0], coords[mask, 1], s=5, alpha=0.6,
+                   color=cmap(i % cmap.N), label=name)
+    if len(classes) <= 20:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=3, fontsize=8,
+                  frameon=False)
+
+
+# --------------------------------------------------------------------------- a run's figures
+
+
+def _write_vector_samples(model, dataset, path: Path, n: int = 500) -> Path:
+    """Non-image data: draws x ~ p(x) over the data, first two coordinates."""
+    with torch.inference_mode():
+        samples = model.sample(n, generator=_generator(0)).cpu()
+    data = _pick_rows(dataset, n).x
+    return scatter_points({"data": data, "samples x ~ p(x)": samples}, path,
+                          title=f"{n} samples from the model and {len(data)} data points")
+
+
+def _pick_rows(dataset, n: int, seed: int = 0):
+    """A seeded random subset of at most n rows of ``dataset``."""
+    total = len(dataset)
+    if total <= n:
+        return dataset
+    index = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
+    return dataset.subset(index.sort().values)
+
+
+def _trained_encoder(run_dir: Path, model, encode: Callable | None) -> bool:
+    """Whether the run has a trained q(z|x): not when config.json says per-datapoint."""
+    if encode is not None:
+        return True
+    if getattr(model, "encoder", None) is None:
+        return False
+    try:
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        return config["train"]["inference"] != "per-datapoint"
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+
+
+def write_run_figures(run_dir: str | os.PathLike, model, dataset, metrics: Sequence[dict], *,
+                      log: Callable[[str], object] | None = None,
+                      encode: Callable | None = None) -> list[Path]:
+    """Write samples.png, reconstructions.png, curves.png and latent.png into ``run_dir``.
+
+    ``dataset`` is a ``vaelab.data.Dataset`` (e.g. the validation split). Reconstructions and
+    latent.png need a trained encoder (``encode``, else ``model.encoder`` unless the run's
+    config.json says ``inference = "per-datapoint"``); latent.png also needs labels. Skipped
+    figures and non-image data (scatter plots instead of grids) are noted to ``log``.
+    Returns the written paths.
+    """
+    run_dir = Path(run_dir)
+    log = log or (lambda _line: None)
+    image_shape = getattr(dataset, "image_shape", None)
+    if image_shape is None:
+        written = [_write_vector_samples(model, dataset, run_dir / "samples.png")]
+        log("figures: the data are not images; samples/reconstructions are scatter plots")
+    else:
+        written = [write_samples(model, run_dir / "samples.png", 64, image_shape, seed=0)]
+    has_encoder = _trained_encoder(run_dir, model, encode)
+    if has_encoder:
+        x = _pick_rows(dataset, 16).x
+        written.append(write_reconstructions(model, x, run_dir / "reconstructions.png",
+                                             image_shape))
+    else:
+        log("figures: reconstructions.png and latent.png skipped (the run has no encoder)")
+    written.append(write_curves(list(metrics), run_dir / "curves.png"))
+    if dataset.labels is not None and has_encoder:
+        some = _pick_rows(dataset, 2000)
+        written.append(write_latent(model, some.x, some.labels, run_dir / "latent.png",
+                                    class_names=CLASS_NAMES.get(dataset.name), encode=encode))
+    elif has_encoder:
+        log("figures: latent.png skipped (the data have no labels)")
+    return written

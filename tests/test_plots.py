@@ -1,0 +1,181 @@
+"""``vaelab.plots``: valid PNGs with the right content, written atomically; PCA oracle."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vaelab import plots
+from vaelab.config import ModelConfig
+from vaelab.data import Dataset
+from vaelab.models import build_vae
+
+
+def png(path) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("L"), dtype=np.float64) / 255
+
+
+def leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture
+def vae():
+    torch.manual_seed(0)
+    return build_vae(ModelConfig(data_dim=36, latent_dim=3, hidden=(16,),
+                                 image_shape=(1, 6, 6)))
+
+
+def test_image_grid_places_images_in_rows(tmp_path):
+    """Tile 0 white, the rest black: the bright pixels sit in the top-left of the mosaic."""
+    images = torch.zeros(6, 16)
+    images[0] = 1.0
+    mosaic = plots._tile(plots._to_hwc(images.numpy(), (1, 4, 4)), nrow=3, pad=2)
+    assert mosaic.shape == (2 * 6 + 2, 3 * 6 + 2)
+    assert (mosaic[2:6, 2:6] == 1).all() and (mosaic[2:6, 8:12] == 0).all()
+    assert (mosaic[8:12, 2:6] == 0).all() and (mosaic[0, :] == 1).all()   # padding is white
+    path = plots.image_grid(images, (1, 4, 4), tmp_path / "grid.png", nrow=3, title="t")
+    pixels = png(path)
+    assert pixels.shape[0] > 10 and pixels.shape[1] > 10
+    assert pixels.max() == 1.0 and pixels.min() == 0.0
+    assert leftovers(tmp_path) == []
+
+
+def test_image_grid_shows_colour_and_rescales_out_of_range_values(tmp_path):
+    rgb = torch.rand(4, 3 * 5 * 5) * 10 - 5                      # Gaussian-like data
+    hwc = plots._to_hwc(rgb.numpy(), (3, 5, 5))
+    assert hwc.shape == (4, 5, 5, 3) and hwc.min() == 0 and hwc.max() == 1
+    with Image.open(plots.image_grid(rgb, (3, 5, 5), tmp_path / "rgb.png")) as image:
+        assert image.mode in ("RGB", "RGBA")
+
+
+@pytest.mark.parametrize("images, shape, message", [
+    (torch.zeros(4, 10), (1, 3, 3), r"images: expected shape \[N >= 1, 9\]"),
+    (torch.zeros(0, 9), (1, 3, 3), "images: expected shape"),
+    (torch.zeros(4, 9), (3, 3), "image_shape: expected"),
+])
+def test_image_grid_rejects_bad_shapes_and_writes_nothing(tmp_path, images, shape, message):
+    with pytest.raises(ValueError, match=message):
+        plots.image_grid(images, shape, tmp_path / "grid.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "grid.png"
+    target.write_bytes(b"old picture")
+
+    def broken_savefig(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    from matplotlib.figure import Figure
+
+    monkeypatch.setattr(Figure, "savefig", broken_savefig)
+    with pytest.raises(RuntimeError, match="disk full"):
+        plots.image_grid(torch.rand(2, 4), (1, 2, 2), target)
+    assert target.read_bytes() == b"old picture"
+    assert leftovers(tmp_path) == []
+
+
+def test_unwritable_destination_raises_oserror(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError):
+        plots.image_grid(torch.rand(2, 4), (1, 2, 2), tmp_path / "file" / "grid.png")
+
+
+def test_samples_are_decoder_means_and_seeded(tmp_path, vae):
+    a = plots.write_samples(vae, tmp_path / "a.png", 9, (1, 6, 6), seed=3)
+    b = plots.write_samples(vae, tmp_path / "b.png", 9, (1, 6, 6), seed=3)
+    assert a.read_bytes() == b.read_bytes()
+    c = plots.write_samples(vae, tmp_path / "c.png", 9, (1, 6, 6), seed=4)
+    assert c.read_bytes() != a.read_bytes()
+
+
+def test_reconstructions_put_originals_above_reconstructions(tmp_path, monkeypatch, vae):
+    seen = {}
+
+    def capture(images, image_shape, path, nrow, **kwargs):
+        seen.update(images=images, nrow=nrow, **kwargs)
+        return path
+
+    monkeypatch.setattr(plots, "image_grid", capture)
+    x = torch.rand(10, 36)
+    plots.write_reconstructions(vae, x, tmp_path / "r.png", (1, 6, 6), ncol=4)
+    rows = seen["images"].reshape(-1, 4, 36)                     # 3 pairs of rows of 4
+    assert seen["nrow"] == 4 and rows.shape[0] == 6
+    assert seen["row_labels"] == ["original", "reconstruction"] * 3
+    recon = vae.reconstruct(x)
+    assert torch.equal(rows[0], x[:4]) and torch.allclose(rows[1], recon[:4])
+    assert torch.equal(rows[4, :2], x[8:]) and (rows[4, 2:] == 1).all()  # blank padding
+
+
+def test_curves_accept_the_training_metric_keys(tmp_path):
+    metrics = [{"epoch": e, "train_elbo": -300.0 + 10 * e, "val_elbo": -305.0 + 10 * e,
+                "train_rate": 10.0 + e, "val_rate": None, "train_distortion": 290.0 - 9 * e}
+               for e in range(1, 5)]
+    assert plots._curve(metrics, "train", "elbo") == ([1.0, 2.0, 3.0, 4.0],
+                                                       [-290.0, -280.0, -270.0, -260.0])
+    assert plots._curve(metrics, "val", "rate") == ([], [])
+    nested = [{"epoch": 1, "train": {"elbo": -5.0}}, {"epoch": 2, "train/elbo": -4.0}]
+    assert plots._curve(nested, "train", "elbo") == ([1.0, 2.0], [-5.0, -4.0])
+    png(plots.write_curves(metrics, tmp_path / "curves.png"))
+    png(plots.write_curves([], tmp_path / "empty.png"))
+    with pytest.raises(TypeError, match="metrics: expected a list of dicts"):
+        plots.write_curves({"epoch": 1}, tmp_path / "bad.png")
+
+
+def test_pca_recovers_the_principal_axes():
+    g = torch.Generator().manual_seed(0)
+    coords = torch.randn(500, 3, generator=g, dtype=torch.float64) * torch.tensor(
+        [5.0, 2.0, 0.1], dtype=torch.float64)
+    rotation, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
+    projected, fractions = plots.pca_2d(coords @ rotation.T + 7.0)
+    var = coords.var(0)
+    assert fractions == pytest.approx((var[:2] / var.sum()).tolist(), rel=0.05)
+    assert projected.var(0).tolist() == pytest.approx(var[:2].tolist(), rel=0.05)
+    assert abs(torch.corrcoef(torch.stack([projected[:, 0].double(), coords[:, 0]]))[0, 1]) > 0.99
+
+
+@pytest.mark.parametrize("latent_dim", [1, 2, 5])
+def test_latent_plot_for_any_latent_dim(tmp_path, latent_dim):
+    vae = build_vae(ModelConfig(data_dim=8, latent_dim=latent_dim, hidden=(8,)))
+    x, labels = torch.rand(60, 8), torch.arange(60) % 3
+    png(plots.write_latent(vae, x, labels, tmp_path / "a.png", class_names=["a", "b", "c"]))
+    png(plots.write_latent(vae, x, None, tmp_path / "b.png"))
+
+
+def test_run_figures_for_image_data(tmp_path, vae):
+    ds = Dataset(torch.rand(40, 36), torch.arange(40) % 10, (1, 6, 6), "fashion-mnist")
+    metrics = [{"epoch": 1, "train_elbo": -30.0, "val_elbo": -31.0}]
+    paths = plots.write_run_figures(tmp_path, vae, ds, metrics)
+    assert [p.name for p in paths] == ["samples.png", "reconstructions.png", "curves.png",
+                                       "latent.png"]
+    for path in paths:
+        png(path)
+    assert leftovers(tmp_path) == []
+
+
+def test_run_figures_for_vectors_without_labels(tmp_path):
+    vae = build_vae(ModelConfig(data_dim=2, latent_dim=2, hidden=(8,), likelihood="gaussian"))
+    ds = Dataset(torch.randn(50, 2), None, None, "points")
+    notes = []
+    paths = plots.write_run_figures(tmp_path, vae, ds, [], log=notes.append)
+    assert [p.name for p in paths] == ["samples.png", "reconstructions.png", "curves.png"]
+    assert any("not images" in n for n in notes) and any("latent.png" in n for n in notes)
+    for path in paths:
+        assert png(path).std() > 0
+
+
+def test_run_figures_skip_the_encoder_of_a_per_datapoint_run(tmp_path, vae):
+    (tmp_path / "config.json").write_text('{"train": {"inference": "per-datapoint"}}')
+    ds = Dataset(torch.rand(20, 36), torch.arange(20) % 2, (1, 6, 6), "mnist")
+    notes = []
+    paths = plots.write_run_figures(tmp_path, vae, ds, [], log=notes.append)
+    assert [p.name for p in paths] == ["samples.png", "curves.png"]
+    assert any("no encoder" in n for n in notes)
+    assert not math.isnan(png(paths[0]).mean())
