@@ -22,10 +22,11 @@ training rows. Validation q noise comes from a fixed seed (the same draws every 
 does not touch the training RNG stream.
 
 Resume: every epoch ends with an atomic checkpoint (``vaelab.runs``) holding the weights,
-the optimizer moments, torch's RNG state (the reparameterization noise) and the counters.
-Batches depend only on (seed, epoch), so ``train(..., resume=True)`` after an interruption
+the optimizer moments, torch's RNG state and the counters. The batches depend only on
+(seed, epoch) and torch's global RNG (the reparameterization noise) is reseeded at the start
+of every epoch from (seed, epoch, rank), so ``train(..., resume=True)`` after an interruption
 reaches the same final weights and metrics, bit for bit, as an uninterrupted run on the same
-machine and thread count.
+machine and thread count (and each rank of a distributed run draws its own noise).
 
 Distributed: under ``torchrun`` (WORLD_SIZE > 1) each rank trains on its shard of every
 global batch, gradients are averaged across ranks, the metrics are all-reduced and only
@@ -42,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -120,6 +122,12 @@ def set_learning_rate(step: TrainStep, lr: float) -> None:
         if opt is not None:
             for group in opt.param_groups:
                 group["lr"] = lr
+
+
+def noise_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of torch's global RNG (the reparameterization noise) for one epoch on one rank."""
+    state = np.random.SeedSequence([seed, epoch, rank, 0x5EED]).generate_state(1, np.uint64)
+    return int(state[0]) & ((1 << 63) - 1)
 
 
 # --------------------------------------------------------------------------- distributed
@@ -409,6 +417,7 @@ class _Trainer:
         self.model.train()
         self.inference.train()
         sums = torch.zeros(6, dtype=torch.float64)  # elbo, rate, distortion, n ok, skipped, n
+        torch.manual_seed(noise_seed(self.tc.seed, epoch, self.dist.rank))
         start = time.perf_counter()
         with self._progress_bar(epoch) as bar:
             for i, (x, index) in enumerate(self.batches.epoch(epoch)):
