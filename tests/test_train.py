@@ -238,9 +238,15 @@ def test_unwritable_or_missing_paths(fashion, tmp_path, monkeypatch):
     assert calls == []  # refused before loading any data
 
 
-def test_per_datapoint_inference(fashion, tmp_path):
-    out = tmp_path / "run"
-    result = train(tiny(inference="per-datapoint", epochs=1), out, dataset=fashion, log=None)
+def test_per_datapoint_inference(fashion, tmp_path, monkeypatch):
+    pytest.importorskip("vaelab.plots")
+    monkeypatch.setattr(train_mod, "_write_figures", REAL_WRITE_FIGURES)
+    out, lines = tmp_path / "run", []
+    result = train(tiny(inference="per-datapoint", epochs=1), out, dataset=fashion,
+                   log=lines.append)
+    assert any("no validation ELBO" in line for line in lines)
+    assert (out / "samples.png").exists() and (out / "curves.png").exists()
+    assert not (out / "reconstructions.png").exists()  # the encoder was never trained
     row = result.metrics[0]
     assert row["val_elbo"] is None and math.isfinite(row["train_elbo"])
     weights = load_file(out / "model.safetensors")

@@ -163,7 +163,7 @@ class TrainConfig:
     data: str = "fashion-mnist"
     limit: int | None = None
     val_fraction: float = 0.05
-    epochs: int = 10
+    epochs: int = 15
     batch_size: int = 128
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)

@@ -496,7 +496,10 @@ class _Trainer:
         if self.best is not None:
             self._load_weights(self.best, "best")
         if self.dist.main:
-            _write_figures(self.run_dir, self.model, self.data.val or self.data.train,
+            model = self.model
+            if self.tc.inference == "per-datapoint":  # its encoder was never trained
+                model = VAE(self.model.prior_module, self.model.decoder, None)
+            _write_figures(self.run_dir, model, self.data.val or self.data.train,
                            self.state.metrics, self.log)
 
 
@@ -562,6 +565,9 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     if stored is not None:
         _check_resumable(stored, config, run_dir)
     trainer = _Trainer(config, run_dir, data, dist, device, progress=progress, log=log)
+    if config.train.inference == "per-datapoint" and data.val is not None:
+        log("note: inference='per-datapoint' trains no encoder, so no validation ELBO is "
+            "reported (val_* are null)")
     checkpoint = runs.read_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         trainer.restore(*checkpoint)
