@@ -152,9 +152,12 @@ def test_incompatible_checkpoint_tensors(run, fashion):
 
 
 def test_resume_with_other_data_is_refused(run, fashion):
+    config = {**TINY, "train": {**TINY["train"], "epochs": 2}}
     with pytest.raises(runs.RunError, match="training examples"):
-        train({**TINY, "train": {**TINY["train"], "epochs": 2}}, run,
-              dataset=fashion.subset(slice(0, 200)), resume=True, log=None)
+        train(config, run, dataset=fashion.subset(slice(0, 200)), resume=True, log=None)
+    flipped = data.Dataset(1 - fashion.x, fashion.labels, fashion.image_shape, fashion.name)
+    with pytest.raises(runs.RunError, match="training data differ"):
+        train(config, run, dataset=flipped, resume=True, log=None)
 
 
 def test_load_errors_name_the_problem(run, tmp_path):

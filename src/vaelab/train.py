@@ -35,12 +35,14 @@ rank 0 writes the run directory (see :class:`_Dist`).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +203,12 @@ class _Data:
     train: data_.Dataset
     val: data_.Dataset | None
 
+    @cached_property
+    def sha256(self) -> str:
+        """Fingerprint of the training rows (checked on resume)."""
+        x = self.train.x.detach().cpu().contiguous()
+        return hashlib.sha256(x.numpy().data).hexdigest()
+
 
 def _check_range(ds: data_.Dataset, config: RunConfig) -> None:
     x = ds.x
@@ -350,7 +358,8 @@ class _Trainer:
         skeleton = runs.pack_tree(self.step.state_dict(), tensors, "optimizer.")
         runs.write_checkpoint(self.run_dir, tensors, {
             **asdict(self.state), "optimizer": skeleton, "rng": self._rng(),
-            "num_train": len(self.data.train), "config": self.config.to_dict()})
+            "num_train": len(self.data.train), "data_sha256": self.data.sha256,
+            "config": self.config.to_dict()})
         final = self.best if self.best is not None else weights
         runs.write_model(self.run_dir, runs.split_prefix(final, "model."),
                          runs.split_prefix(final, "inference."))
@@ -367,6 +376,9 @@ class _Trainer:
         if state.get("num_train") != len(self.data.train):
             raise runs.RunError(f"checkpoint: expected {state.get('num_train')} training "
                                 f"examples (as when it was written), got {len(self.data.train)}")
+        if state.get("data_sha256") != self.data.sha256:
+            raise runs.RunError("checkpoint: the training data differ from the ones the run was "
+                                "trained on (their SHA-256 does not match)")
         try:
             self._load_weights(tensors, "checkpoint")
             if any(k.startswith("best.") for k in tensors):
