@@ -7,6 +7,7 @@ and compared with an uninterrupted run (same seed, same thread count).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -18,13 +19,16 @@ import pytest
 import torch
 
 from vaelab import data, runs
-from vaelab import train as train_mod
 from vaelab.train import train
+
+# the module itself: vaelab/__init__ may re-export the function ``train`` as ``vaelab.train``
+train_mod = importlib.import_module("vaelab.train")
 
 CONFIG = {"model": {"hidden": [32], "latent_dim": 3},
           "train": {"epochs": 4, "batch_size": 50, "limit": 500, "val_fraction": 0.1,
                     "kl_warmup_epochs": 1.5, "lr_schedule": "cosine", "grad_clip": 50.0}}
 TIMING = ("seconds", "samples_per_s")
+
 
 
 def with_train(**options) -> dict:
@@ -107,7 +111,9 @@ def test_resume_of_a_finished_run_changes_nothing(fashion, tmp_path):
 SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
-from vaelab import data, train as train_mod
+import importlib
+from vaelab import data
+train_mod = importlib.import_module("vaelab.train")
 train_mod._write_figures = lambda *a, **k: None
 config = {config!r}
 ds = data.load_dataset("fashion-mnist", "train", limit=500)

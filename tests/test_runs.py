@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import shutil
@@ -11,11 +12,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vaelab import data, runs
-from vaelab import train as train_mod
 from vaelab.train import train
+
+# the module itself: vaelab/__init__ may re-export the function ``train`` as ``vaelab.train``
+train_mod = importlib.import_module("vaelab.train")
 
 TINY = {"model": {"hidden": [16], "latent_dim": 2},
         "train": {"epochs": 1, "batch_size": 100, "limit": 300, "val_fraction": 0.1}}
+
 
 
 @pytest.fixture(autouse=True)

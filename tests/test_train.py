@@ -3,6 +3,7 @@ stopping, non-finite steps, inference schemes, refusals."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -15,14 +16,17 @@ import torch
 from safetensors.torch import load_file
 
 from vaelab import data, runs
-from vaelab import train as train_mod
 from vaelab.config import RunConfig, TrainConfig
 from vaelab.objectives import elbo
 from vaelab.train import TrainingError, kl_weight, learning_rate, train
 
+# the module itself: vaelab/__init__ may re-export the function ``train`` as ``vaelab.train``
+train_mod = importlib.import_module("vaelab.train")
+
 REAL_WRITE_FIGURES = train_mod._write_figures
 TINY = {"model": {"hidden": [32], "latent_dim": 2},
         "train": {"epochs": 2, "batch_size": 100, "limit": 600, "val_fraction": 0.1}}
+
 
 
 def tiny(**train_options) -> dict:
@@ -289,7 +293,9 @@ def test_figures_are_written_when_plots_exists(fashion, tmp_path, monkeypatch):
 DISTRIBUTED_SCRIPT = """
 import os, sys, torch
 torch.set_num_threads(1)
-from vaelab import data, train as train_mod
+import importlib
+from vaelab import data
+train_mod = importlib.import_module("vaelab.train")
 train_mod._write_figures = lambda *a, **k: None
 ds = data.load_dataset("fashion-mnist", "train", limit=400)
 config = {"model": {"hidden": [16], "latent_dim": 2},
