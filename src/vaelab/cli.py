@@ -262,9 +262,12 @@ def _load_run(run_dir: Path, device: str = "cpu"):
     if not (run_dir / runs.CONFIG_FILE).is_file():
         raise ValueError(f"RUN: {str(run_dir)!r} is not a vaelab run directory (no "
                          f"{runs.CONFIG_FILE}); expected a folder written by `vaelab train`")
-    if device == "auto":
-        import torch
+    import torch
 
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device: expected 'cpu' or 'auto' here (torch.cuda.is_available() "
+                         "is False), got 'cuda'")
+    if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return runs.load(run_dir, device=device)
 
@@ -364,30 +367,50 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``vaelab train``: validate everything, train, then say where the results are."""
+    from vaelab import runs
     from vaelab import train as train_
 
     run_dir = _run_dir(args)
     config = _train_config(args, run_dir)
-    created = not run_dir.exists()
+    if args.resume is None and not args.overwrite and runs.run_exists(run_dir):
+        raise ValueError(f"--out: {str(run_dir)!r} already holds a run; pass --resume "
+                         f"{run_dir} to continue it or --overwrite to replace it")
+    created = _first_missing(run_dir)
     log = _printer(args.quiet)
     try:
         result = train_.train(config, run_dir, resume=args.resume is not None,
                               overwrite=args.overwrite, progress=not args.quiet, log=log)
-    except KeyboardInterrupt:
-        print(f"vaelab: interrupted; the last finished epoch is saved: continue with "
-              f"`vaelab train --resume {run_dir}`", file=sys.stderr)
-        raise SystemExit(EXIT_INTERRUPTED) from None
-    except BaseException:
-        _remove_if_empty(run_dir, created)
+    except BaseException as exc:
+        _remove_empty(run_dir, created)
+        if isinstance(exc, KeyboardInterrupt) and (run_dir / runs.CONFIG_FILE).is_file():
+            print(f"vaelab: interrupted; every finished epoch is saved: continue with "
+                  f"`vaelab train --resume {run_dir}`", file=sys.stderr)
+            raise SystemExit(EXIT_INTERRUPTED) from None
         raise
     _report_run(result.run_dir)
     return 0
 
 
-def _remove_if_empty(path: Path, created: bool) -> None:
-    """Remove a folder this command created if the failed run left it empty."""
-    if created and path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None if path exists)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _remove_empty(path: Path, created: Path | None) -> None:
+    """Remove the folders from ``path`` up to ``created`` that a failed run left empty."""
+    if created is None:
+        return
+    for folder in (path, *path.parents):
+        if not folder.is_dir() or any(folder.iterdir()):
+            return
+        folder.rmdir()
+        if folder == created:
+            return
 
 
 def _report_run(run_dir: Path) -> None:

@@ -244,7 +244,17 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
         progress: show a tqdm progress bar on stderr.
 
     Returns:
-        A JSON-serializable dict; see README / ``vaelab evaluate --help`` for its keys.
+        A JSON-serializable dict (nats per example unless said otherwise)::
+
+            num_examples n, population_size N, num_samples k, elbo_samples, data_dim D,
+            latent_dim L,
+            elbo, rate, distortion, gap:  {"mean", "std", "se"}
+            log_likelihood:               {"mean", "std", "se", "se_mc", "se_data"}
+            nll_bits_per_dim:             {"mean", "se"}   (−log p̂ / (D ln 2))
+            neg_elbo_bits_per_dim:        float
+            ess:                          {"mean", "min"}  (effective sample size, ≤ k)
+            active_units: int (None if n = 1), active_threshold, unit_activity: [L]
+            per_example:                  only with ``per_example=True``
     """
     x = model.check_data(x, "x")
     if x.shape[0] == 0:

@@ -251,7 +251,8 @@ def write_curves(metrics: Sequence[dict], path: str | os.PathLike) -> Path:
             xs, ys = _curve(metrics, split, name)
             if xs:
                 ax.plot(xs, ys, style, marker="o" if len(xs) < 30 else None, ms=3,
-                        label="train" if split == "train" else "validation")
+                        label="train (mean over the epoch)" if split == "train"
+                        else "validation (end of epoch)")
                 drawn = True
         ax.set(xlabel="epoch", title=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
