@@ -1,0 +1,255 @@
+"""Inference suboptimality: split the ELBO's gap into approximation and amortization parts.
+
+Cremer, Li & Duvenaud (2018), "Inference Suboptimality in Variational Autoencoders". For an
+example x, an encoder's q_φ(z | x) and q*, the best member of the *same* family for this x
+(found by optimizing q's parameters for x alone, starting from the encoder's output):
+
+    log p(x) − L[q_φ] = (log p(x) − L[q*])  +  (L[q*] − L[q_φ])
+        inference gap  =  approximation gap  +  amortization gap
+
+The approximation gap KL(q* ‖ p(z | x)) is what the family cannot express; the amortization gap
+is what the encoder loses by predicting φ from x instead of fitting it per example (the
+lecture's "different φ for different data points" vs one shared encoder).
+
+Estimates, per example: L[q_φ] and L[q*] are ELBOs averaged over ``num_samples`` samples of z;
+q* comes from :func:`vaelab.inference.optimize_q` (Adam until the running ELBO stops
+improving); log p̂(x) is the importance-sampling estimate of ``vaelab.evaluate.log_likelihood``
+with the equal mixture ½ q_φ + ½ q* as proposal, half the draws from each
+(:class:`DeterministicMixture`; defensive importance sampling, Hesterberg 1995): its weights
+are at most twice those of either component alone, so it is never much worse than the better
+of the two, whichever that is for a given x.
+
+How to read them. E[log p̂(x)] ≤ log p(x) (Jensen), so the reported approximation gap
+log p̂ − L[q*] is, in expectation, a *lower* bound on log p(x) − L[q*], and so is the reported
+inference gap on log p(x) − L[q_φ] = KL(q_φ ‖ p(z | x)). Conversely q* is only as good as the
+optimizer: L[q*] ≤ max_q L[q], so the reported amortization gap is a lower bound on the true
+one, and log p(x) − L[q*] over-states the family's own limit by the same shortfall. And
+log p̂ is only as good as its proposal: where both q* and q_φ are narrower than the posterior
+in some direction (e.g. a diagonal q on a strongly correlated Gaussian posterior: with
+precision Λ the weights of q* have finite variance only if 2Λ − diag(Λ) is positive definite,
+in 2-D only for correlations below ½), log p̂ converges slowly, from below.
+Means are over examples, with standard errors std / √B.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.distributions import Distribution
+
+from vaelab import _checks
+from vaelab.evaluate import auto_chunk_size, log_likelihood
+from vaelab.inference import optimize_q
+from vaelab.models import Encoder
+from vaelab.objectives import GenerativeModel, elbo
+
+QUANTITIES = ("log_likelihood", "elbo_optimized", "elbo_amortized",
+              "approximation_gap", "amortization_gap", "inference_gap")
+
+
+def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
+    n = values.numel()
+    sd = values.std().item() if n > 1 else math.nan
+    return values.mean().item(), sd / math.sqrt(n)
+
+
+@dataclass(frozen=True)
+class GapReport:
+    """Per-example bounds, each a tensor [B], and the gaps derived from them.
+
+    Attributes:
+        log_likelihood: log p̂(x) (importance sampling, ``num_samples`` samples).
+        elbo_optimized: L[q*], the per-example optimized q of the encoder's family.
+        elbo_amortized: L[q_φ], the encoder's q.
+        num_samples: samples behind every estimate.
+        optimizer_steps: Adam steps taken to find q*.
+    """
+
+    log_likelihood: torch.Tensor
+    elbo_optimized: torch.Tensor
+    elbo_amortized: torch.Tensor
+    num_samples: int
+    optimizer_steps: int
+
+    @property
+    def approximation_gap(self) -> torch.Tensor:
+        """log p̂(x) − L[q*], [B]."""
+        return self.log_likelihood - self.elbo_optimized
+
+    @property
+    def amortization_gap(self) -> torch.Tensor:
+        """L[q*] − L[q_φ], [B]."""
+        return self.elbo_optimized - self.elbo_amortized
+
+    @property
+    def inference_gap(self) -> torch.Tensor:
+        """log p̂(x) − L[q_φ] = approximation + amortization gap, [B]."""
+        return self.log_likelihood - self.elbo_amortized
+
+    def summary(self) -> dict[str, tuple[float, float]]:
+        """{quantity: (mean over examples, standard error)} for every quantity."""
+        return {name: _mean_stderr(getattr(self, name)) for name in QUANTITIES}
+
+    def to_dict(self) -> dict:
+        """JSON-serializable: summary (mean, stderr) plus the per-example values."""
+        return {
+            "num_examples": int(self.log_likelihood.numel()),
+            "num_samples": self.num_samples,
+            "optimizer_steps": self.optimizer_steps,
+            "summary": {k: {"mean": m, "stderr": s} for k, (m, s) in self.summary().items()},
+            "per_example": {k: getattr(self, k).tolist() for k in QUANTITIES},
+        }
+
+    def table(self) -> str:
+        """Plain-text table of means ± standard errors, in nats."""
+        rows = [f"{'quantity':<20} {'mean (nats)':>12} {'± stderr':>10}"]
+        labels = {"log_likelihood": "log p(x)", "elbo_optimized": "L[q*]",
+                  "elbo_amortized": "L[q_phi]"}
+        for name, (mean, se) in self.summary().items():
+            rows.append(f"{labels.get(name, name):<20} {mean:>12.3f} {se:>10.3f}")
+        rows.append(f"({int(self.log_likelihood.numel())} examples, {self.num_samples} samples, "
+                    f"{self.optimizer_steps} optimizer steps)")
+        return "\n".join(rows)
+
+
+def mean_elbo(model: GenerativeModel, q: Distribution, x: torch.Tensor, num_samples: int,
+              chunk_size: int | None = None) -> torch.Tensor:
+    """ELBO(x; q) averaged over ``num_samples`` samples drawn in chunks; → [B], no grad."""
+    num_samples = _checks.positive_int("num_samples", num_samples)
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(x.shape[0], x.shape[-1], num_samples)
+    chunk_size = _checks.positive_int("chunk_size", chunk_size)
+    total = torch.zeros(x.shape[0], dtype=x.dtype)
+    with torch.no_grad():
+        for start in range(0, num_samples, chunk_size):
+            k = min(chunk_size, num_samples - start)
+            total += k * elbo(model, q, x, k, validate=False)
+    return total / num_samples
+
+
+class DeterministicMixture(Distribution):
+    """Proposal ½ q_a + ½ q_b whose draws are split evenly between the two components.
+
+    ``log_prob`` is the mixture density; ``sample((k,))`` returns ⌊k/2⌋ or ⌈k/2⌉ draws from
+    each component (alternating the odd one), not a random split. Importance weights
+    p(x, z) / (½ q_a(z) + ½ q_b(z)) over such draws give an unbiased estimate of p(x) (the
+    balance heuristic of multiple importance sampling, Veach & Guibas 1995; "deterministic
+    mixture" sampling, Owen & Zhou 2000) without the binomial noise of a random split; each
+    weight is at most twice that of either component alone. batch [B], event [L].
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(self, q_a: Distribution, q_b: Distribution) -> None:
+        self.q_a, self.q_b = q_a, q_b
+        self._odd_to_a = True
+        super().__init__(q_a.batch_shape, q_a.event_shape, validate_args=False)
+
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+        (k,) = tuple(sample_shape) or (1,)
+        k_a = k // 2 + (k % 2 if self._odd_to_a else 0)
+        self._odd_to_a ^= bool(k % 2)
+        with torch.no_grad():
+            z = torch.cat([self.q_a.sample((k_a,)), self.q_b.sample((k - k_a,))])
+        return z if sample_shape else z[0]
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return torch.logaddexp(self.q_a.log_prob(value), self.q_b.log_prob(value)) - math.log(2)
+
+
+def gaps(model: GenerativeModel, x: torch.Tensor, *, encoder: Encoder | None = None,
+         num_samples: int = 5000, steps: int = 2000, lr: float = 1e-2,
+         optimizer_samples: int = 8, patience: int = 100, chunk_size: int | None = None,
+         seed: int | None = None) -> GapReport:
+    """Per-example approximation and amortization gaps of ``encoder`` on x [B, D].
+
+    Args:
+        model: generative model; ``encoder`` defaults to ``model.encoder``.
+        x: data [B, D].
+        num_samples: samples of z behind L[q_φ], L[q*] and log p̂(x) (5000 as in the paper).
+        steps, lr, optimizer_samples, patience: :func:`~vaelab.inference.optimize_q`'s budget
+            (at most ``steps`` Adam steps, each with ``optimizer_samples`` samples).
+        chunk_size: samples per chunk (memory bound); None picks one.
+        seed: seeds the sampling (reproducible report) without touching the global RNG.
+    """
+    encoder = getattr(model, "encoder", None) if encoder is None else encoder
+    if not isinstance(encoder, Encoder):
+        raise TypeError(f"encoder: expected a vaelab.models.Encoder (or a model with one), "
+                        f"got {type(encoder).__name__}")
+    x = model.check_data(x)
+    num_samples = _checks.positive_int("num_samples", num_samples)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(_checks.non_negative_int("seed", seed))
+        family = encoder.family
+        with torch.no_grad():
+            raw_phi = encoder.net(x)
+        raw_star, history = optimize_q(model, x, raw_phi, family, steps=steps, lr=lr,
+                                       num_samples=optimizer_samples, patience=patience)
+        amortized = mean_elbo(model, family(raw_phi), x, num_samples, chunk_size)
+        optimized = mean_elbo(model, family(raw_star), x, num_samples, chunk_size)
+        proposal = DeterministicMixture(family(raw_phi), family(raw_star))
+        estimate = log_likelihood(model, proposal, x, num_samples, chunk_size)
+    return GapReport(estimate.log_likelihood, optimized, amortized, num_samples, len(history))
+
+
+def write_json_atomic(data: object, path: str | os.PathLike) -> Path:
+    """Write ``data`` as JSON to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def plot_gaps(report: GapReport, path: str | os.PathLike) -> Path:
+    """Bar chart of the bounds and the two gaps (means ± stderr) → PNG at ``path``."""
+    from matplotlib.figure import Figure
+
+    from vaelab.figures import save_figure
+
+    s = report.summary()
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    names = ["elbo_amortized", "elbo_optimized", "log_likelihood"]
+    means, errs = zip(*(s[n] for n in names), strict=True)
+    left.bar(["L[q_φ]\n(encoder)", "L[q*]\n(optimized)", "log p̂(x)"], means, yerr=errs,
+             color=["tab:orange", "tab:green", "tab:blue"], capsize=4)
+    low, high = min(means) - 3 * max(max(errs), 1e-3), max(means) + 3 * max(max(errs), 1e-3)
+    pad = 0.15 * (high - low) + 1e-3
+    left.set_ylim(low - pad, high + pad)
+    left.set_ylabel("nats per example")
+    left.set_title("bounds on log p(x)")
+    gap_names = ["approximation_gap", "amortization_gap"]
+    means, errs = zip(*(s[n] for n in gap_names), strict=True)
+    right.bar(["approximation\nlog p̂ − L[q*]", "amortization\nL[q*] − L[q_φ]"], means,
+              yerr=errs, color=["tab:purple", "tab:red"], capsize=4)
+    right.axhline(0, color="black", lw=0.8)
+    right.set_ylabel("nats per example")
+    right.set_title(f"gaps ({int(report.log_likelihood.numel())} examples)")
+    return save_figure(fig, path)
+
+
+def report_gaps(model: GenerativeModel, x: torch.Tensor, *, num_samples: int = 5000,
+                steps: int = 2000, out_dir: str | os.PathLike, **options) -> GapReport:
+    """:func:`gaps`, then write ``out_dir/gaps.json`` and ``out_dir/gaps.png`` atomically.
+
+    ``options`` go to :func:`gaps` (encoder, lr, optimizer_samples, patience, chunk_size, seed).
+    """
+    report = gaps(model, x, num_samples=num_samples, steps=steps, **options)
+    out_dir = Path(out_dir)
+    write_json_atomic(report.to_dict(), out_dir / "gaps.json")
+    plot_gaps(report, out_dir / "gaps.png")
+    return report
