@@ -77,7 +77,9 @@ def test_train_writes_a_complete_run(trained_run, capsys):
 
 def test_train_reports_where_the_results_are(tmp_path, capsys, monkeypatch):
     """The final lines name the run directory and the pictures (checked on a stub train)."""
-    from vaelab import train as train_
+    import importlib
+
+    train_ = importlib.import_module("vaelab.train")
 
     def fake_train(config, out_dir, **kwargs):
         out_dir.mkdir()
@@ -161,7 +163,7 @@ def test_evaluate_is_reproducible_and_limit_zero_means_all(trained_run, tmp_path
     assert a == b
 
 
-def test_gaps_and_figures_are_wired(trained_run, tmp_path, capsys, monkeypatch):
+def test_gaps_complete_and_figures_are_wired(trained_run, tmp_path, capsys, monkeypatch):
     run, _ = trained_run
     code, out, err = run_cli(capsys, "gaps", run, "--limit", "6", "--k", "20", "--steps", "5",
                              "--out", tmp_path / "gaps")
@@ -170,6 +172,11 @@ def test_gaps_and_figures_are_wired(trained_run, tmp_path, capsys, monkeypatch):
     assert summary["num_examples"] == 6 and summary["num_samples"] == 20
     assert image_size(tmp_path / "gaps" / "gaps.png")[0] > 100
     assert "amortization_gap" in out
+
+    code, out, err = run_cli(capsys, "complete", run, "-n", "4", "--steps", "3", "--samples",
+                             "2", "--out", tmp_path / "c.png")
+    assert code == 0, err
+    assert "accuracy on the hidden half" in out and image_size(tmp_path / "c.png")[0] > 100
 
     from vaelab import figures
 

@@ -258,7 +258,7 @@ def other_latent_dim(run: Path) -> None:
     (corrupt_config, ("config.json", "not valid JSON")),
     (other_latent_dim, ("model.safetensors", "expected shape")),
 ], ids=["truncated-weights", "garbage-config", "latent-dim-mismatch"])
-@pytest.mark.parametrize("command", ["evaluate", "sample", "reconstruct", "gaps"])
+@pytest.mark.parametrize("command", ["evaluate", "sample", "reconstruct", "gaps", "complete"])
 def test_damaged_run(run_copy, capsys, damage, needles, command):
     damage(run_copy)
     before = snapshot(run_copy)
