@@ -116,11 +116,11 @@ def test_gap_equals_kl_to_posterior_in_closed_form(linear_gaussian, lg_data, fam
     assert bool((gap > 1e-3).all())            # strictly below log p(x) for q ≠ posterior
 
 
-@pytest.mark.parametrize("kl", ["mc", "analytic", "auto"])
+@pytest.mark.parametrize("kl", ["mc", "analytic"])
 @pytest.mark.parametrize("family_cls", FAMILY_CLASSES)
 def test_monte_carlo_elbo_matches_closed_form_within_its_standard_error(
         linear_gaussian, lg_data, family_cls, kl):
-    reps = 4000
+    reps = 2000
     family, raw = random_q(family_cls, lg_data.shape[0], linear_gaussian.latent_dim)
     x = lg_data.repeat_interleave(reps, 0)
     q_rep = family(raw.repeat_interleave(reps, 0))
@@ -168,15 +168,15 @@ def test_elbo_with_second_moment_matched_noise_is_exact(linear_gaussian, lg_data
 
 def test_iwae_bound_rises_with_k_towards_log_marginal(make_lg):
     model = make_lg(4, 2, per_dim_noise=True, seed=11)
-    x = model.sample(2, generator=torch.Generator().manual_seed(12))
-    family, raw = random_q(families.DiagonalNormal, 2, 2, seed=13)
+    x = model.sample(1, generator=torch.Generator().manual_seed(12))
+    family, raw = random_q(families.DiagonalNormal, 1, 2, seed=13)
     truth = model.log_marginal(x)
     means, ses = [], []
     with torch.no_grad():
         for k, reps in [(1, 20000), (10, 4000), (100, 1000), (1000, 200)]:
             q = family(raw.repeat_interleave(reps, 0))
             values = vaelab.iwae_bound(model, q, x.repeat_interleave(reps, 0), k)
-            mean, se = mean_and_se(values.view(2, reps))
+            mean, se = mean_and_se(values.view(1, reps))
             means.append(mean)
             ses.append(se)
     for i in range(3):
@@ -380,26 +380,35 @@ def test_elbo_gradient_at_fixed_posterior_is_the_score_of_log_marginal(linear_ga
         torch.testing.assert_close(m, w, rtol=0, atol=1e-9)
 
 
+@pytest.fixture
+def small_problem(make_lg):
+    """A per-dimension-noise model (D = 4, L = 2) and two data points, for gradcheck."""
+    model = make_lg(4, 2, per_dim_noise=True, seed=33)
+    return model, model.sample(2, generator=torch.Generator().manual_seed(34))
+
+
 @pytest.mark.parametrize("family_cls", FAMILY_CLASSES)
-def test_closed_form_elbo_gradcheck(linear_gaussian, lg_data, family_cls):
-    family, raw = random_q(family_cls, 2, 3)
+def test_closed_form_elbo_gradcheck(small_problem, family_cls):
+    model, x = small_problem
+    family, raw = random_q(family_cls, 2, 2)
 
     def fn(raw):
-        return linear_gaussian.elbo_closed_form(lg_data[:2], family(raw))
+        return model.elbo_closed_form(x, family(raw))
 
     assert torch.autograd.gradcheck(fn, (raw.requires_grad_(),))
 
 
 @pytest.mark.parametrize("objective", ["elbo_mc", "elbo_analytic", "iwae"])
 @pytest.mark.parametrize("family_cls", FAMILY_CLASSES)
-def test_sampled_objectives_gradcheck(linear_gaussian, lg_data, family_cls, objective):
-    family, raw = random_q(family_cls, 2, 3)
+def test_sampled_objectives_gradcheck(small_problem, family_cls, objective):
+    model, x = small_problem
+    family, raw = random_q(family_cls, 2, 2)
 
     def fn(raw):
         torch.manual_seed(31)                      # same noise at every evaluation
         q = family(raw)
         if objective == "iwae":
-            return vaelab.iwae_bound(linear_gaussian, q, lg_data[:2], 4)
-        return vaelab.elbo(linear_gaussian, q, lg_data[:2], 4, kl=objective[5:])
+            return vaelab.iwae_bound(model, q, x, 4)
+        return vaelab.elbo(model, q, x, 4, kl=objective[5:])
 
     assert torch.autograd.gradcheck(fn, (raw.requires_grad_(),))
