@@ -304,7 +304,7 @@ def _held_out(trained, source: str | None, split: str | None, seed: int, note: C
         dataset = data.load_dataset(source, split or "test")
         split = split or "test"
     except ValueError:
-        if split is not None or data._named(source) is not None:
+        if split is not None or not Path(source).exists():   # only user files lack splits
             raise
         dataset, split = data.load_dataset(source, "train"), "train"
         note(f"note: {source} has no test split; using all of its examples")
