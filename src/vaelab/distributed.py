@@ -1,0 +1,204 @@
+"""Data-parallel training under torchrun: process group, gradient averaging, metric reduction.
+
+torchrun (``torch.distributed.run``) starts one process per worker and describes the job in
+environment variables: ``RANK`` (0 … WORLD_SIZE−1), ``WORLD_SIZE``, ``LOCAL_RANK`` (the
+worker's index on its machine, which picks its GPU) and ``MASTER_ADDR``/``MASTER_PORT``. Every
+worker holds a full copy of θ and φ, takes its own share of each global batch, and averages
+the gradients over workers before the optimizer step, so the update equals the one a single
+process would make on the whole global batch (synchronous data-parallel SGD; Goyal et al.
+2017). Backend: gloo on CPU, nccl on CUDA.
+
+Without torchrun (no WORLD_SIZE, or WORLD_SIZE=1) every helper here is a cheap no-op, so the
+training loop calls them unconditionally.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from numbers import Real
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the job: rank, world_size, local_rank (0, 1, 0 alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int, environ: Mapping[str, str]) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}: expected an integer in the environment, got {raw!r}") from None
+
+
+def read_env(environ: Mapping[str, str] | None = None) -> DistEnv:
+    """RANK, WORLD_SIZE and LOCAL_RANK from the environment, checked; defaults 0, 1, 0."""
+    environ = os.environ if environ is None else environ
+    world = _env_int("WORLD_SIZE", 1, environ)
+    rank = _env_int("RANK", 0, environ)
+    local = _env_int("LOCAL_RANK", rank if world > 1 else 0, environ)
+    if world < 1:
+        raise ValueError(f"WORLD_SIZE: expected an integer >= 1, got {world}")
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK: expected 0 <= RANK < WORLD_SIZE = {world}, got {rank}")
+    if local < 0:
+        raise ValueError(f"LOCAL_RANK: expected an integer >= 0, got {local}")
+    return DistEnv(rank, world, local)
+
+
+def backend_for(device: torch.device | str | None) -> str:
+    """nccl for CUDA devices, gloo otherwise."""
+    return "nccl" if device is not None and torch.device(device).type == "cuda" else "gloo"
+
+
+def init_from_env(device: torch.device | str | None = None, *, backend: str | None = None,
+                  timeout_s: float = 1800.0) -> tuple[int, int]:
+    """Join the torchrun job the environment describes; → (rank, world_size).
+
+    Initializes the default process group once (gloo on CPU, nccl on CUDA unless ``backend``
+    says otherwise) when WORLD_SIZE > 1 and none exists yet; with WORLD_SIZE ≤ 1 it does
+    nothing and returns (0, 1). On CUDA it also selects the device ``cuda:LOCAL_RANK``.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    env = read_env()
+    if not env.is_distributed:
+        return 0, 1
+    if not dist.is_available():
+        raise RuntimeError("torch.distributed is not available in this build of torch; "
+                           "run without torchrun (WORLD_SIZE=1)")
+    backend = backend or backend_for(device)
+    if backend == "nccl":
+        torch.cuda.set_device(env.local_rank)
+    dist.init_process_group(backend, rank=env.rank, world_size=env.world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    return env.rank, env.world_size
+
+
+def world_size() -> int:
+    """Number of processes in the job (1 when not distributed)."""
+    return dist.get_world_size() if _active() else 1
+
+
+def rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    return dist.get_rank() if _active() else 0
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and when not distributed): the process that logs and writes files."""
+    return rank() == 0
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    """Wait for every process (no-op when not distributed)."""
+    if _active() and world_size() > 1:
+        dist.barrier()
+
+
+def cleanup() -> None:
+    """Destroy the process group if this process created one (safe to call twice)."""
+    if _active():
+        dist.destroy_process_group()
+
+
+def wrap(module: nn.Module, device: torch.device | str | None = None) -> nn.Module:
+    """``DistributedDataParallel(module)`` when distributed and it has trainable parameters.
+
+    Returns the module unchanged otherwise. Gradients are averaged over processes during
+    backward (bucketed all-reduce overlapped with the backward pass). On CUDA the module is
+    pinned to ``device`` (its local GPU).
+    """
+    if world_size() == 1 or not any(p.requires_grad for p in module.parameters()):
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = torch.device(device) if device is not None else None
+    ids = [device] if device is not None and device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
+    return getattr(module, "module", module)
+
+
+def average_gradients(params: Iterable[torch.Tensor]) -> None:
+    """Average ``p.grad`` over processes in one flat all-reduce (call after backward).
+
+    For code that does not use :func:`wrap`: equivalent to DDP's averaging, one message for
+    all dense gradients. Parameters without a gradient are skipped; every process must hold
+    gradients for the same parameters. No-op when not distributed.
+    """
+    n = world_size()
+    if n == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None and not p.grad.is_sparse]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(n)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _comm_device() -> torch.device:
+    """Where collective tensors must live: the current GPU under nccl, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_mean(value):
+    """Mean over processes of a number, a tensor, or a dict of them (same keys everywhere).
+
+    Numbers come back as floats, tensors as tensors of the same shape; identity when not
+    distributed. One all-reduce for a whole dict.
+    """
+    if isinstance(value, Mapping):
+        keys = sorted(value)
+        reduced = all_reduce_mean(torch.stack([torch.as_tensor(value[k], dtype=torch.float64)
+                                               .reshape(()) for k in keys]))
+        return {k: float(v) for k, v in zip(keys, reduced.tolist(), strict=True)}
+    if isinstance(value, torch.Tensor):
+        if world_size() == 1:
+            return value
+        out = value.detach().to(_comm_device()).clone()
+        if not out.is_floating_point():
+            out = out.double()
+        dist.all_reduce(out)
+        return out.div_(world_size()).to(value.device)
+    if isinstance(value, Real) and not isinstance(value, bool):
+        return float(all_reduce_mean(torch.tensor(float(value), dtype=torch.float64)))
+    raise TypeError(f"value: expected a number, a tensor or a dict of them, "
+                    f"got {type(value).__name__}")

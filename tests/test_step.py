@@ -1,0 +1,261 @@
+"""TrainStep semantics: one step is Adam on the −ELBO, skipped steps touch nothing, the fast
+and compiled paths compute what ``vaelab.objectives`` defines."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
+
+from vaelab import step as step_mod
+from vaelab.config import ModelConfig
+from vaelab.inference import Amortized
+from vaelab.models import build_vae
+from vaelab.objectives import elbo_terms
+from vaelab.step import TrainStep
+
+D, L, B = 7, 3, 5
+
+
+def make(prior: str = "standard_normal", seed: int = 0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    model = build_vae(ModelConfig(data_dim=D, latent_dim=L, hidden=(6,), prior=prior)).to(dtype)
+    return model, Amortized(model.encoder)
+
+
+def batch(seed: int = 1, dtype=torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(torch.full((B, D), 0.4, dtype=dtype), generator=g)
+
+
+class FixedNoise:
+    """Stands in for step._standard_normal: hands out the given ε tensors in order."""
+
+    def __init__(self, eps: list[torch.Tensor]):
+        self.eps, self.calls = list(eps), 0
+
+    def __call__(self, shape, like):
+        out = self.eps[self.calls]
+        self.calls += 1
+        assert tuple(out.shape) == tuple(shape)
+        return out.to(like.dtype)
+
+
+def independent_neg_elbo(model, x, eps):
+    """−ELBO batch mean from torch.distributions directly, with z = loc + scale·ε."""
+    loc, raw = model.encoder.net(x).chunk(2, dim=-1)
+    scale = torch.nn.functional.softplus(raw) + model.encoder.family.min_scale
+    q = Independent(Normal(loc, scale), 1)
+    z = loc + scale * eps
+    log_lik = Independent(Bernoulli(logits=model.decoder.net(z)), 1).log_prob(x)
+    kl = kl_divergence(q, Independent(Normal(torch.zeros(L, dtype=x.dtype),
+                                             torch.ones(L, dtype=x.dtype)), 1))
+    return (kl - log_lik).mean()
+
+
+def hand_adam(params, grads, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+    """Adam (Kingma & Ba 2015, Algorithm 1) written out; updates params and state in place."""
+    state["t"] = state.get("t", 0) + 1
+    t = state["t"]
+    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+        m = state.setdefault(("m", i), torch.zeros_like(p))
+        v = state.setdefault(("v", i), torch.zeros_like(p))
+        m.mul_(betas[0]).add_((1 - betas[0]) * g)
+        v.mul_(betas[1]).add_((1 - betas[1]) * g * g)
+        m_hat, v_hat = m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)
+        p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
+
+
+def test_standard_vae_takes_the_fast_path_and_others_do_not():
+    model, inf = make()
+    assert TrainStep(model, inf)._fast is not None
+    model2, inf2 = make(prior="learned_normal")
+    assert TrainStep(model2, inf2)._fast is None
+    assert TrainStep(model, inf, schedule="alternating", phi_steps=1)._fast is None
+
+
+def test_two_steps_equal_hand_computed_adam_on_independent_elbo(monkeypatch):
+    model, inf = make()
+    twin = copy.deepcopy(model)
+    eps = [torch.randn(B, L, dtype=torch.float64) for _ in range(2)]
+    monkeypatch.setattr(step_mod, "_standard_normal", FixedNoise(eps))
+    step = TrainStep(model, inf, lr=1e-2)
+    params = list(twin.parameters())
+    state: dict = {}
+    for i, x in enumerate([batch(1), batch(2)]):
+        loss = independent_neg_elbo(twin, x, eps[i])
+        grads = torch.autograd.grad(loss, params)
+        result = step(x, torch.arange(B))
+        assert not result.skipped
+        assert result.elbo == pytest.approx(-loss.item(), rel=1e-10)
+        assert result.rate + result.distortion == pytest.approx(-result.elbo, rel=1e-10)
+        with torch.no_grad():
+            hand_adam(params, grads, state, lr=1e-2)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_fast_terms_equal_objectives_elbo_terms(monkeypatch):
+    """The plain-tensor loss is elbo_terms with the same ε, for several z samples."""
+    model, inf = make()
+    x = batch(3)
+    for num_samples in (1, 4):
+        eps = torch.randn((num_samples, B, L) if num_samples > 1 else (B, L),
+                          dtype=torch.float64)
+        fast = TrainStep(model, inf, num_samples=num_samples)._fast
+        loss, log_lik, kl = fast(x, eps, torch.tensor(0.5, dtype=torch.float64))
+        q = inf(x)
+        monkeypatch.setattr(q, "rsample", lambda shape, e=eps, q=q: q.mean + q.stddev * e.reshape(
+            *shape, B, L))
+        terms = elbo_terms(model, q, x, num_samples)
+        torch.testing.assert_close(log_lik, terms.expected_log_likelihood.mean())
+        torch.testing.assert_close(kl, terms.kl.mean())
+        torch.testing.assert_close(loss, (0.5 * terms.kl - terms.expected_log_likelihood).mean())
+
+
+def test_general_path_step_equals_hand_adam():
+    """A model off the fast path (learned prior) goes through objectives.elbo_terms."""
+    model, inf = make(prior="learned_normal")
+    twin = copy.deepcopy(model)
+    x = batch(4)
+    torch.manual_seed(7)
+    step = TrainStep(model, inf, lr=1e-2)
+    result = step(x, None)
+    torch.manual_seed(7)
+    twin_params = list(twin.parameters())
+    terms = elbo_terms(twin, twin.encoder(x), x, 1)
+    loss = (terms.kl - terms.expected_log_likelihood).mean()
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(
+        twin_params, torch.autograd.grad(loss, twin_params, allow_unused=True), strict=True)]
+    with torch.no_grad():
+        hand_adam(twin_params, grads, {}, lr=1e-2)
+    assert result.elbo == pytest.approx(-loss.item(), rel=1e-10)
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("prior", ["standard_normal", "learned_normal"])
+@pytest.mark.parametrize("grad_clip", [None, 1.0])
+def test_nonfinite_step_is_skipped_and_touches_nothing(prior, grad_clip):
+    model, inf = make(prior=prior)
+    step = TrainStep(model, inf, grad_clip=grad_clip)
+    step(batch(1), None)                          # Adam state exists now
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt_before = copy.deepcopy(step.state_dict())
+    bad = batch(2)
+    bad[0, 0] = math.nan
+    for x, kl_weight in ((bad, 1.0), (batch(2), math.inf)):
+        result = step(x, None, kl_weight)
+        assert result.skipped
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), k
+        after = step.state_dict()["theta"]["state"]
+        for key, st in opt_before["theta"]["state"].items():
+            for name, value in st.items():
+                assert torch.equal(after[key][name], value), (key, name)
+    assert not step(batch(3), None).skipped
+
+
+def test_nonfinite_gradient_with_finite_loss_is_skipped(monkeypatch):
+    model, inf = make()
+    step = TrainStep(model, inf)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weight = model.decoder.net[0].weight
+    weight.register_hook(lambda g: torch.full_like(g, math.nan))
+    assert step(batch(1), None).skipped
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_state_dict_round_trip_continues_identically():
+    model, inf = make()
+    step = TrainStep(model, inf)
+    for i in range(3):
+        step(batch(i), None)
+    model2 = copy.deepcopy(model)
+    step2 = TrainStep(model2, Amortized(model2.encoder))
+    step2.load_state_dict(copy.deepcopy(step.state_dict()))
+    torch.manual_seed(5)
+    step(batch(9), None)
+    torch.manual_seed(5)
+    step2(batch(9), None)
+    for p, q in zip(model.parameters(), model2.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_set_lr_and_alternating_schedule():
+    model, inf = make(prior="learned_normal")
+    step = TrainStep(model, inf, schedule="alternating", phi_steps=2)
+    step.set_lr(0.5)
+    assert all(g["lr"] == 0.5 for o in step._optimizers() for g in o.param_groups)
+    theta = [p.clone() for p in step.theta]
+    phi = [p.clone() for p in step.phi]
+    assert not step(batch(1), None).skipped
+    assert all(not torch.equal(a, b) for a, b in zip(theta, step.theta, strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(phi, step.phi, strict=True))
+
+
+def test_compile_auto_compiles_only_long_runs(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
+    model, inf = make()
+    short = TrainStep(model, inf)                               # length unknown: eager
+    long = TrainStep(model, inf, expected_steps=step_mod.AUTO_COMPILE_MIN_STEPS)
+    off = TrainStep(model, inf, compile=False, expected_steps=10**9)
+    for s in (short, long, off):
+        for i in range(step_mod.COMPILE_AFTER_STEPS + 2):
+            s(batch(i), None)
+    assert not short.compiled and not off.compiled and long.compiled
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="compile"):
+        TrainStep(model, inf, compile="yes")
+
+
+def test_compile_failure_falls_back_to_identical_eager_steps(monkeypatch):
+    def broken(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("no compiler here")
+        return run
+
+    model, inf = make()
+    twin = copy.deepcopy(model)
+    monkeypatch.setattr(torch, "compile", broken)
+    compiled = TrainStep(model, inf, compile=True)
+    eager = TrainStep(twin, Amortized(twin.encoder), compile=False)
+    for i in range(step_mod.COMPILE_AFTER_STEPS + 3):
+        torch.manual_seed(100 + i)
+        if i == step_mod.COMPILE_AFTER_STEPS:
+            with pytest.warns(RuntimeWarning, match="continuing eagerly"):
+                a = compiled(batch(i), None)
+        else:
+            a = compiled(batch(i), None)
+        torch.manual_seed(100 + i)
+        b = eager(batch(i), None)
+        assert a == b
+    assert not compiled.compiled
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_compiled_and_eager_steps_agree():
+    try:
+        torch.compile(lambda t: t.sin() + 1)(torch.ones(3))
+    except Exception as exc:  # no C++ compiler: nothing to compare against
+        pytest.skip(f"torch.compile (Inductor) unavailable here: {exc}")
+    model, inf = make(dtype=torch.float32)
+    twin = copy.deepcopy(model)
+    compiled = TrainStep(model, inf, compile=True)
+    eager = TrainStep(twin, Amortized(twin.encoder), compile=False)
+    for i in range(step_mod.COMPILE_AFTER_STEPS + 4):
+        x = batch(i, torch.float32)
+        torch.manual_seed(200 + i)
+        a = compiled(x, None, kl_weight=0.5 + 0.1 * i)
+        torch.manual_seed(200 + i)
+        b = eager(x, None, kl_weight=0.5 + 0.1 * i)
+        assert a.elbo == pytest.approx(b.elbo, rel=1e-4, abs=1e-4)
+    assert compiled.compiled and compiled.compile_seconds is not None
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
