@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -294,34 +295,33 @@ DISTRIBUTED_SCRIPT = """
 import os, sys, torch
 torch.set_num_threads(1)
 import importlib
-from vaelab import data
 train_mod = importlib.import_module("vaelab.train")
 train_mod._write_figures = lambda *a, **k: None
-ds = data.load_dataset("fashion-mnist", "train", limit=400)
 config = {"model": {"hidden": [16], "latent_dim": 2},
-          "train": {"epochs": 2, "batch_size": 50, "val_fraction": 0.1}}
-result = train_mod.train(config, sys.argv[1], dataset=ds, log=None, progress=False)
+          "train": {"data": sys.argv[2], "epochs": 2, "batch_size": 50, "val_fraction": 0.1}}
+result = train_mod.train(config, sys.argv[1], log=None, progress=False)
 weights = torch.cat([v.flatten() for v in result.model.state_dict().values()])
 print("RESULT", os.environ["RANK"], weights.double().sum().item(),
       result.metrics[-1]["train_elbo"], result.metrics[-1]["val_elbo"])
 """
 
 
-def test_torchrun_two_processes(tmp_path):
+def test_torchrun_two_processes(fashion, tmp_path):
     """Two CPU ranks (gloo): identical weights on both, one run directory, global metrics."""
-    script, out = tmp_path / "script.py", tmp_path / "run"
+    script, out, images = tmp_path / "script.py", tmp_path / "run", tmp_path / "x.npy"
     script.write_text(DISTRIBUTED_SCRIPT)
+    np.save(images, (fashion.x[:400] * 255).round().to(torch.uint8).reshape(400, 28, 28).numpy())
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", str(script), str(out)]
+               "--nproc_per_node", "2", str(script), str(out), str(images)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = sorted(line.split()[1:] for line in proc.stdout.splitlines()
                      if line.startswith("RESULT"))
-    assert [r[0] for r in results] == ["0", "1"]
-    assert results[0][1:] == results[1][1:]  # same weights and metrics on both ranks
+    assert [r[0] for r in results] == ["0", "1"], proc.stdout
+    assert results[0][1:] == results[1][1:], results  # same weights and metrics on both ranks
     rows = runs.read_metrics(out)
     assert [row["step"] for row in rows] == [4, 8]  # 360 rows / (50 x 2 ranks) per epoch
     trained = runs.load(out)
     weights = torch.cat([v.flatten() for v in trained.model.state_dict().values()])
-    assert weights.double().sum().item() == float(results[0][1])
+    assert weights.double().sum().item() == float(results[0][1]), results

@@ -7,7 +7,12 @@ A run directory written by ``vaelab.train`` holds
 * ``model.safetensors`` — the weights: the VAE's ``state_dict`` keys as they are, plus
   ``inference.<name>`` for inference parameters that are not part of the VAE (the
   per-datapoint table); updated at the end of every epoch;
-* ``metrics.jsonl`` — one JSON object per completed epoch;
+* ``metrics.jsonl`` — one JSON object per completed epoch: ``epoch`` (1-based), ``step``
+  (optimizer steps so far), ``train_elbo``/``train_rate``/``train_distortion`` (means over the
+  epoch's non-skipped examples, true ELBO even during KL warm-up), ``val_elbo``/``val_rate``/
+  ``val_distortion`` (null without validation), ``samples_per_s`` (training only, all ranks),
+  ``lr`` and ``kl_weight`` (at the epoch's last step), ``skipped_steps`` (non-finite steps),
+  ``seconds`` (the whole epoch incl. validation); NaN is written as null;
 * ``checkpoint/`` — ``state.safetensors`` (every tensor: model, inference, optimizer moments,
   best weights) and ``state.json`` (scalars, the optimizer's structure, RNG states as hex,
   and the SHA-256 of ``state.safetensors``);
@@ -27,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -81,7 +87,8 @@ def fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
