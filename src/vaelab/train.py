@@ -28,9 +28,13 @@ of every epoch from (seed, epoch, rank), so ``train(..., resume=True)`` after an
 reaches the same final weights and metrics, bit for bit, as an uninterrupted run on the same
 machine and thread count (and each rank of a distributed run draws its own noise).
 
-Distributed: under ``torchrun`` (WORLD_SIZE > 1) each rank trains on its shard of every
-global batch, gradients are averaged across ranks, the metrics are all-reduced and only
-rank 0 writes the run directory (see :class:`_Dist`).
+Distributed: under ``torchrun`` (WORLD_SIZE > 1; ``vaelab.distributed.init_from_env``) each
+rank trains on its shard of every global batch (``Batches(rank=, world_size=)``), every
+gradient is averaged across ranks as soon as backward has accumulated it (a post-accumulate
+hook per parameter, so TrainStep needs no change and the state-dict keys stay those of the
+plain model), the metrics are all-reduced and only rank 0 writes the run directory. A step
+that is non-finite on some ranks only would leave the others waiting in the all-reduce
+(torchrun then stops the job); ``inference="per-datapoint"`` is refused with several ranks.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ import torch
 from tqdm import tqdm
 
 from vaelab import data as data_
-from vaelab import runs
+from vaelab import distributed, runs
 from vaelab.config import RunConfig, TrainConfig
 from vaelab.inference import Inference, build_inference
 from vaelab.models import VAE, build_vae
@@ -169,18 +173,8 @@ class _Dist:
 
 
 def _distributed(device: torch.device) -> _Dist:
-    """Join the torchrun job described by the environment, if any."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return _Dist()
-    try:
-        from vaelab import distributed  # the performance engineer's helpers, when present
-        rank, world_size = distributed.init_from_env(device)
-    except (ImportError, AttributeError):
-        if not torch.distributed.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend)
-        rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    """Join the torchrun job described by the environment, if any (``vaelab.distributed``)."""
+    rank, world_size = distributed.init_from_env(device)
     return _Dist(rank, world_size)
 
 
@@ -297,17 +291,17 @@ class _Trainer:
         torch.manual_seed(self.tc.seed)
         self.model = build_vae(config.model).to(device)
         self.inference = self._build_inference().to(device)
-        self.step = TrainStep(self.model, self.inference, lr=self.tc.lr, betas=self.tc.betas,
-                              grad_clip=self.tc.grad_clip, schedule=self.tc.schedule,
-                              phi_steps=self.tc.phi_steps, num_samples=self.tc.num_samples,
-                              compile=self.tc.compile)
-        dist.average_gradients([p for p in self.model.parameters()]
-                               + [p for p in self.inference.parameters()
-                                  if all(p is not q for q in self.model.parameters())])
         self.batches = data_.Batches(
             data.train.x, self.tc.batch_size, seed=self.tc.seed, device=device,
             binarize="dynamic" if self.tc.binarize == "dynamic" else "none",
             rank=dist.rank, world_size=dist.world_size)
+        self.step = TrainStep(self.model, self.inference, lr=self.tc.lr, betas=self.tc.betas,
+                              grad_clip=self.tc.grad_clip, schedule=self.tc.schedule,
+                              phi_steps=self.tc.phi_steps, num_samples=self.tc.num_samples,
+                              compile=self.tc.compile,
+                              expected_steps=self.tc.epochs * len(self.batches))
+        params = {id(p): p for p in [*self.model.parameters(), *self.inference.parameters()]}
+        dist.average_gradients([p for p in params.values() if p.requires_grad])
         self.val_x = None if data.val is None else data.val.x[dist.rank::dist.world_size]
         self.val_x = None if self.val_x is None else self.val_x.to(device)
         self.state = _State()
