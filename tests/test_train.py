@@ -269,6 +269,11 @@ def test_semi_amortized_and_alternating(fashion, tmp_path):
                         tmp_path / "alt", dataset=fashion, log=None)
     for result in (semi, alternating):
         assert math.isfinite(result.metrics[0]["val_elbo"])
+    trained, x = runs.load(tmp_path / "semi"), fashion.x[:8]
+    with torch.no_grad():
+        plain = trained.model.encoder(x).mean
+    refined = trained.encode(x).mean  # q refined by refine_steps SGD steps, as in training
+    assert refined.shape == plain.shape and not torch.equal(refined, plain)
 
 
 def test_static_binarization_and_no_validation(fashion, tmp_path):

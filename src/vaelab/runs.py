@@ -46,6 +46,7 @@ from torch.distributions import Distribution
 from vaelab import _checks
 from vaelab.config import RunConfig
 from vaelab.evaluate import LogLikelihoodEstimate, log_likelihood
+from vaelab.inference import build_inference
 from vaelab.models import VAE, build_vae
 from vaelab.objectives import elbo_terms
 
@@ -437,7 +438,8 @@ class TrainedModel:
         metrics: the per-epoch metrics of ``metrics.jsonl``.
 
     Data arguments ``x`` are float tensors [B, D] (or [B, *image_shape], flattened here) with
-    values the likelihood accepts ([0, 1] for Bernoulli). q(z | x) is the trained encoder's;
+    values the likelihood accepts ([0, 1] for Bernoulli). q(z | x) is the trained encoder's,
+    refined as in training for ``inference="semi-amortized"`` runs (refine_steps SGD steps);
     runs with ``inference="per-datapoint"`` trained no encoder, so only :meth:`sample` works.
     """
 
@@ -465,8 +467,13 @@ class TrainedModel:
             raise ValueError(f"{what}: this run used inference='per-datapoint', which trains no "
                              f"encoder, so q(z | x) is not available for new x")
         x = self._data(x)
+        tc = self.config.train
         with torch.no_grad():
-            return x, self.model.encoder(x)
+            if tc.inference != "semi-amortized":
+                return x, self.model.encoder(x)
+            refined = build_inference("semi-amortized", self.model, 1, steps=tc.refine_steps,
+                                      lr=tc.refine_lr, num_samples=tc.num_samples)
+            return x, refined(x, None)
 
     def encode(self, x: torch.Tensor) -> Distribution:
         """q(z | x) for x [B, D]: a Distribution with batch [B], event [latent_dim]."""
