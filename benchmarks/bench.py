@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import peers  # noqa: E402
+import proposed  # noqa: E402
 import reference  # noqa: E402
 from common import Shapes  # noqa: E402
 
@@ -40,10 +41,11 @@ TRAIN_TARGETS = {"reference": 1.2, "gemm_floor": 0.85, "pythae": 2.0, "pyro_trac
                  "pyro_tmf": 2.0}
 EVAL_TARGETS = {"reference": 1.5, "pythae": 10.0}
 LABELS = {"gemm_floor": "GEMM floor (matmuls only)", "reference": "hand-written PyTorch",
-          "vaelab": "vaelab TrainStep + Batches", "pythae": "pythae BaseTrainer",
+          "vaelab": "vaelab TrainStep + Batches",
+          "vaelab_fastbin": "(proposed) vaelab + U<x binarize", "pythae": "pythae BaseTrainer",
           "pyro_trace": "Pyro SVI Trace_ELBO", "pyro_tmf": "Pyro SVI TraceMeanField_ELBO"}
 EVAL_LABELS = {"reference": "hand-written IS loop", "vaelab": "vaelab.log_likelihood",
-               "pythae": "pythae VAE.get_nll"}
+               "proposed": "(proposed) fast log_likelihood", "pythae": "pythae VAE.get_nll"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,6 +81,10 @@ def make_trainer(name: str, s: Shapes, data, weights, seed: int, compile_mode):
         from vaelab_contender import VaelabTrainer
 
         return VaelabTrainer(s, data, weights, seed, compile=compile_mode)
+    if name == "vaelab_fastbin":
+        from vaelab_contender import VaelabFastBinarizeTrainer
+
+        return VaelabFastBinarizeTrainer(s, data, weights, seed, compile=compile_mode)
     if name == "pythae":
         return peers.PythaeTrainer(s, data, weights, seed)
     if name in ("pyro_trace", "pyro_tmf"):
@@ -88,14 +94,15 @@ def make_trainer(name: str, s: Shapes, data, weights, seed: int, compile_mode):
 
 
 def available_trainers(only, status: dict) -> tuple[list[str], dict[str, str]]:
-    names = ["gemm_floor", "reference", "vaelab", "pythae", "pyro_trace", "pyro_tmf"]
+    names = ["gemm_floor", "reference", "vaelab", "vaelab_fastbin", "pythae", "pyro_trace",
+             "pyro_tmf"]
     missing = {}
     for name in names:
         if name.startswith("pyro") and status["pyro"].startswith("missing"):
             missing[name] = status["pyro"]
         if name == "pythae" and status["pythae"].startswith("missing"):
             missing[name] = status["pythae"]
-        if name == "vaelab" and status["vaelab"].startswith("missing"):
+        if name.startswith("vaelab") and status["vaelab"].startswith("missing"):
             missing[name] = status["vaelab"]
     chosen = [n for n in names if n not in missing and (only is None or n in only)]
     return chosen, missing
@@ -171,7 +178,8 @@ def run_evaluation(args, s: Shapes, test_x, trained, status: dict) -> dict:
     hand = reference.HandVAE(s)
     hand.load_state_dict(_hand_state(trained))
     fns = {"reference": lambda x, k: reference.reference_log_likelihood(hand, x, k),
-           "vaelab": lambda x, k: vaelab_ll(trained, x, k)}
+           "vaelab": lambda x, k: vaelab_ll(trained, x, k),
+           "proposed": lambda x, k: proposed.fast_log_likelihood(trained, x, k)}
     if not status["pythae"].startswith("missing"):
         pyt = peers.build_pythae(s, _hand_state(trained))
         fns["pythae"] = lambda x, k: torch.tensor(peers.pythae_log_likelihood(pyt, x, k, 100))
@@ -248,7 +256,8 @@ def probe(args) -> None:
         hand = reference.HandVAE(s)
         hand.load_state_dict(weights)
         fn = {"reference": lambda: reference.reference_log_likelihood(hand, x, k),
-              "vaelab": lambda: vaelab_ll(model, x, k)}
+              "vaelab": lambda: vaelab_ll(model, x, k),
+              "proposed": lambda: proposed.fast_log_likelihood(model, x, k)}
         if name == "pythae":
             pyt = peers.build_pythae(s, weights)
             fn["pythae"] = lambda: peers.pythae_log_likelihood(pyt, x, k, 100)

@@ -24,7 +24,7 @@ echo "[setup] torch (CPU build) first"
 "${PIP[@]}" "torch==2.13.0" || { echo "[setup] torch==2.13.0 failed" >&2; exit 1; }
 
 echo "[setup] vaelab (editable) and its dependencies"
-"${PIP[@]}" numpy safetensors tqdm matplotlib pillow psutil || exit 1
+"${PIP[@]}" numpy safetensors tqdm matplotlib pillow || exit 1
 "${PIP[@]}" --no-deps -e "$ROOT" || exit 1
 
 status=0
