@@ -93,7 +93,7 @@ def test_elbo_closed_form_at_posterior_equals_log_marginal(linear_gaussian, lg_d
 
 def test_elbo_analytic_kl_at_posterior_is_unbiased_with_positive_variance(linear_gaussian,
                                                                            lg_data):
-    reps = 4000
+    reps = 2000
     x = lg_data.repeat_interleave(reps, 0)
     values = vaelab.elbo(linear_gaussian, linear_gaussian.posterior(x), x, 1, kl="analytic")
     mean, se = mean_and_se(values.detach().view(-1, reps))
