@@ -22,6 +22,15 @@ from vaelab.inference import optimize_q
 F64 = torch.float64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one thread is as fast and does not stall when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def correlated_linear_gaussian() -> exact.LinearGaussian:
     """D = 6, L = 2 with a posterior correlation of about −0.45 (importance weights of a
     diagonal proposal keep a finite variance, which needs |correlation| < ½ in 2-D)."""
@@ -52,18 +61,21 @@ def test_full_covariance_q_star_closes_the_approximation_gap(make_lg):
     x = model.sample(16, generator=torch.Generator().manual_seed(3))
     family = families.FullCovarianceNormal(2)
     report = gaps.gaps(model, x, encoder=crude_encoder(5, family), num_samples=2000,
-                       steps=3000, lr=5e-2, optimizer_samples=16, patience=100, seed=0)
+                       steps=3000, lr=5e-2, optimizer_samples=16, patience=50, seed=0)
     log_p = model.log_marginal(x)
     assert torch.allclose(report.log_likelihood, log_p, atol=0.02)
     approx, se = report.summary()["approximation_gap"]
     assert abs(approx) < 0.01 + 3 * se
     assert (log_p - report.elbo_optimized).mean() < 0.01
     assert (report.amortization_gap > 0.5).all()   # the crude encoder loses on every x
-    exact_amortized = model.elbo_closed_form(x, crude_encoder(5, family)(x))
-    # L[q_φ] is a 2000-sample average of a wide log-ratio: a few % Monte Carlo error per x
-    assert torch.allclose(report.elbo_amortized, exact_amortized, rtol=0.05, atol=0.1)
-    assert abs((report.elbo_amortized - exact_amortized).mean()) < 0.3
-    assert torch.allclose(report.amortization_gap, log_p - exact_amortized, rtol=0.05, atol=0.1)
+    q_phi = crude_encoder(5, family)(x)
+    exact_amortized = model.elbo_closed_form(x, q_phi)
+    # L[q_φ] = 2000-sample mean of log p(x | z) minus the analytic KL: its standard error
+    with torch.no_grad():
+        se_phi = model.decode(q_phi.sample((2000,))).log_prob(x).std(0) / math.sqrt(2000)
+    assert ((report.elbo_amortized - exact_amortized).abs() < 5 * se_phi + 1e-3).all()
+    gap_error = report.amortization_gap - (log_p - exact_amortized)
+    assert (gap_error.abs() < 5 * se_phi + 0.02).all()
 
 
 def test_diagonal_approximation_gap_is_the_closed_form_kl():

@@ -28,6 +28,15 @@ from vaelab.step import TrainStep
 F64 = torch.float64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one thread is as fast and does not stall when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def linear_encoder(data_dim: int, family: families.Family, seed: int = 7,
                    scale: float = 1.0) -> models.Encoder:
     """A deliberately crude encoder: one linear layer with random weights."""

@@ -148,7 +148,7 @@ def bimodal_posterior_summary(*, steps: int = 600, points: int = GRID_POINTS) ->
 
 def bimodal_posterior_figure(path: str | os.PathLike, *, small: bool = False) -> Path:
     """p(z | x) bimodal with Gaussian candidates labelled by KL(q ‖ p); → path."""
-    summary = bimodal_posterior_summary(steps=200 if small else 600)
+    summary = bimodal_posterior_summary(steps=150 if small else 600)
     z = torch.linspace(-9, 9, 1201, dtype=torch.float64)
     fig = Figure(figsize=(8, 4.2), layout="constrained")
     ax = fig.subplots()
@@ -206,7 +206,7 @@ def bound_family(x: torch.Tensor, thetas: torch.Tensor, anchors: list[float],
 def bound_family_figure(path: str | os.PathLike, *, small: bool = False) -> Path:
     """log p_θ(x) vs θ with ELBO(θ; φ) curves for fixed φ beneath it; → path."""
     x = one_d_data()
-    thetas = torch.linspace(0.05, 3.0, 60 if small else 300, dtype=torch.float64)
+    thetas = torch.linspace(0.05, 3.0, 40 if small else 300, dtype=torch.float64)
     anchors = [0.5, 1.0, 2.2]
     data = bound_family(x, thetas, anchors)
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
@@ -387,7 +387,7 @@ def _ellipses(ax, model: GaussianMixture, color: str, ls: str, label: str) -> No
 def em_vs_vi_figure(path: str | os.PathLike, *, small: bool = False) -> Path:
     """Log-likelihood curves of EM and gradient VI on a Gaussian mixture, and the fits."""
     x = mixture_data(300 if small else 600)
-    result = em_vs_vi(x, em_iters=30 if small else 60, vi_steps=300 if small else 600)
+    result = em_vs_vi(x, em_iters=30 if small else 60, vi_steps=200 if small else 600)
     fig = Figure(figsize=(11, 4.3), layout="constrained")
     left, right = fig.subplots(1, 2, width_ratios=[1.3, 1])
     em_x = torch.arange(len(result["em"]))

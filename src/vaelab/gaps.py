@@ -59,6 +59,11 @@ def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), sd / math.sqrt(n)
 
 
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: a standard error of one example becomes null."""
+    return value if math.isfinite(value) else None
+
+
 @dataclass(frozen=True)
 class GapReport:
     """Per-example bounds, each a tensor [B], and the gaps derived from them.
@@ -102,7 +107,8 @@ class GapReport:
             "num_examples": int(self.log_likelihood.numel()),
             "num_samples": self.num_samples,
             "optimizer_steps": self.optimizer_steps,
-            "summary": {k: {"mean": m, "stderr": s} for k, (m, s) in self.summary().items()},
+            "summary": {k: {"mean": _finite_or_none(m), "stderr": _finite_or_none(s)}
+                        for k, (m, s) in self.summary().items()},
             "per_example": {k: getattr(self, k).tolist() for k in QUANTITIES},
         }
 
@@ -125,7 +131,7 @@ def mean_elbo(model: GenerativeModel, q: Distribution, x: torch.Tensor, num_samp
     if chunk_size is None:
         chunk_size = auto_chunk_size(x.shape[0], x.shape[-1], num_samples)
     chunk_size = _checks.positive_int("chunk_size", chunk_size)
-    total = torch.zeros(x.shape[0], dtype=x.dtype)
+    total = x.new_zeros(x.shape[0])
     with torch.no_grad():
         for start in range(0, num_samples, chunk_size):
             k = min(chunk_size, num_samples - start)
@@ -184,7 +190,8 @@ def gaps(model: GenerativeModel, x: torch.Tensor, *, encoder: Encoder | None = N
                         f"got {type(encoder).__name__}")
     x = model.check_data(x)
     num_samples = _checks.positive_int("num_samples", num_samples)
-    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(_checks.non_negative_int("seed", seed))
         family = encoder.family
@@ -215,7 +222,7 @@ def write_json_atomic(data: object, path: str | os.PathLike) -> Path:
 
 
 def plot_gaps(report: GapReport, path: str | os.PathLike) -> Path:
-    """Bar chart of the bounds and the two gaps (means ± stderr) → PNG at ``path``."""
+    """The three bounds and the two gaps (means ± standard errors) → PNG at ``path``."""
     from matplotlib.figure import Figure
 
     from vaelab.figures import save_figure
@@ -225,19 +232,20 @@ def plot_gaps(report: GapReport, path: str | os.PathLike) -> Path:
     left, right = fig.subplots(1, 2)
     names = ["elbo_amortized", "elbo_optimized", "log_likelihood"]
     means, errs = zip(*(s[n] for n in names), strict=True)
-    left.bar(["L[q_φ]\n(encoder)", "L[q*]\n(optimized)", "log p̂(x)"], means, yerr=errs,
-             color=["tab:orange", "tab:green", "tab:blue"], capsize=4)
-    low, high = min(means) - 3 * max(max(errs), 1e-3), max(means) + 3 * max(max(errs), 1e-3)
-    pad = 0.15 * (high - low) + 1e-3
-    left.set_ylim(low - pad, high + pad)
-    left.set_ylabel("nats per example")
-    left.set_title("bounds on log p(x)")
+    colors = ["tab:orange", "tab:green", "tab:blue"]
+    for i, (mean, err, color) in enumerate(zip(means, errs, colors, strict=True)):
+        left.errorbar([i], [mean], yerr=[err], fmt="o", color=color, ms=9, capsize=5, lw=2)
+        left.annotate(f"{mean:.2f}", (i, mean), xytext=(12, -4), textcoords="offset points")
+    left.set_xticks(range(3), ["L[q_φ]\n(encoder)", "L[q*]\n(optimized)", "log p̂(x)"])
+    left.set_xlim(-0.5, 2.9)
+    left.set_ylabel("nats per example (mean ± s.e.)")
+    left.set_title("bounds on log p(x), averaged over examples")
     gap_names = ["approximation_gap", "amortization_gap"]
     means, errs = zip(*(s[n] for n in gap_names), strict=True)
     right.bar(["approximation\nlog p̂ − L[q*]", "amortization\nL[q*] − L[q_φ]"], means,
               yerr=errs, color=["tab:purple", "tab:red"], capsize=4)
     right.axhline(0, color="black", lw=0.8)
-    right.set_ylabel("nats per example")
+    right.set_ylabel("nats per example (mean ± s.e.)")
     right.set_title(f"gaps ({int(report.log_likelihood.numel())} examples)")
     return save_figure(fig, path)
 

@@ -16,7 +16,11 @@ h is discrete, so ∇_φ E_q[S] uses the score-function (REINFORCE) estimator (W
 with a leave-one-out control variate over S draws (Kool, van Hoof & Welling 2019; Mnih &
 Rezende 2016): (1/S) Σ_s (S_s − b_s) ∇_φ log q(h_s), b_s = mean of the other S − 1 scores,
 which is unbiased because b_s does not depend on h_s. The entropy term is differentiated
-exactly. All images are fitted at once (one batch), with Adam.
+exactly. All images are fitted at once (one batch), with Adam. q starts either at the model's
+marginal pixel means (blind to the visible half, so whatever dependence the completions show
+was learned by the fit) or, by default, at the model's own reconstruction of the image with
+the hidden half at those means (an amortized first guess that the fit refines, as
+semi-amortized inference refines an encoder's q).
 """
 
 from __future__ import annotations
@@ -132,30 +136,48 @@ def _check_inputs(model: VAE, x: object) -> torch.Tensor:
     return x
 
 
+INITS = ("reconstruction", "marginal")
+
+
+@torch.no_grad()
+def initial_logits(model: VAE, x: torch.Tensor, hidden: torch.Tensor, marginal: torch.Tensor,
+                   init: str) -> torch.Tensor:
+    """Starting φ [B, H]: the marginal pixel means, or the model's reconstruction of x with
+    its hidden pixels set to those means (E[x | z = mean of q(z | x)], an amortized guess)."""
+    start = marginal.expand(x.shape[0], -1)
+    if _checks.one_of("init", init, INITS) == "reconstruction":
+        filled = fill(x, hidden, start)
+        start = model.decode(model.encoder(filled).mean).mean[:, hidden]
+    return start.clamp(1e-3, 1 - 1e-3).logit()
+
+
 def complete_top_half(model: VAE, x: torch.Tensor, out_path: str | os.PathLike, *,
                       steps: int = 300, samples: int = 16, seed: int = 0, lr: float = 0.1,
+                      init: str = "reconstruction",
                       image_shape: tuple[int, int, int] | None = None,
                       num_show: int = 8) -> dict:
     """Hide the top half of binary images x [B, D], fill it in with q(h), draw and score it.
 
-    q starts at the model's marginal pixel means (what one would guess without looking at
-    the visible half) and is fitted by :func:`fit_hidden`. The PNG at ``out_path`` has rows:
-    visible half (hidden part grey), q's means, two samples of q, truth.
+    q starts from ``init`` (:func:`initial_logits`: ``"reconstruction"``, the model's own
+    amortized guess, or ``"marginal"``, what one would guess without looking at the visible
+    half) and is fitted by :func:`fit_hidden`. The PNG at ``out_path`` has rows: visible half
+    (hidden part grey), q's means, two samples of q, truth.
 
     Returns metrics on the hidden half: ``accuracy`` (q's means thresholded at ½ vs the truth),
-    ``baseline_accuracy`` (the marginal pixel means thresholded, ignoring the visible half),
-    ``mismatched_accuracy`` (each image's completion against another image's truth: it falls
-    below ``accuracy`` when completions depend on the visible half), ``objective`` (final
-    estimate of F, nats per image), plus ``num_images``, ``steps``, ``samples``.
+    ``initial_accuracy`` (the same for the starting q), ``baseline_accuracy`` (the marginal
+    pixel means thresholded, ignoring the visible half), ``mismatched_accuracy`` (each image's
+    completion against another image's truth: it falls below ``accuracy`` when completions
+    depend on the visible half), ``objective`` (final estimate of F, nats per image), plus
+    ``num_images``, ``steps``, ``samples``.
     """
     x = _check_inputs(model, x)
     image_shape = image_shape or _image_side(x.shape[-1])
-    hidden = top_half_mask(image_shape)
-    with torch.random.fork_rng(devices=[]):
+    hidden = top_half_mask(image_shape).to(x.device)
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         torch.manual_seed(_checks.non_negative_int("seed", seed))
-        marginal = marginal_pixel_mean(model)[hidden].clamp(1e-3, 1 - 1e-3)
-        init = marginal.logit().expand(x.shape[0], -1)
-        logits, history = fit_hidden(model, x, hidden, init, steps=steps, samples=samples,
+        marginal = marginal_pixel_mean(model)[hidden]
+        start = initial_logits(model, x, hidden, marginal, init)
+        logits, history = fit_hidden(model, x, hidden, start, steps=steps, samples=samples,
                                      lr=lr)
         draws = torch.bernoulli(torch.sigmoid(logits).expand(2, -1, -1))
     prob, truth = torch.sigmoid(logits), x[:, hidden]
@@ -164,6 +186,7 @@ def complete_top_half(model: VAE, x: torch.Tensor, out_path: str | os.PathLike, 
             "another sample": fill(x, hidden, draws[1]), "truth": x}
     plot_completions(rows, image_shape, out_path, num_show)
     return {"accuracy": _accuracy(prob, truth),
+            "initial_accuracy": _accuracy(torch.sigmoid(start), truth),
             "baseline_accuracy": _accuracy(marginal.expand_as(truth), truth),
             "mismatched_accuracy": _accuracy(prob, truth.roll(1, dims=0)),
             "objective": history[-1], "num_images": int(x.shape[0]), "steps": len(history),
@@ -180,7 +203,8 @@ def plot_completions(rows: dict[str, torch.Tensor], image_shape: tuple[int, int,
     for r, (label, images) in enumerate(rows.items()):
         for i in range(n):
             ax = axes[r][i]
-            ax.imshow(images[i].reshape(c, h, w)[0].detach(), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(images[i].reshape(c, h, w)[0].detach().cpu(), cmap="gray", vmin=0,
+                      vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r][0].set_ylabel(label, fontsize=8)
