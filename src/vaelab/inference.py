@@ -162,8 +162,10 @@ class SemiAmortized(Inference):
       Kim et al. 2018's baseline): λ_K is detached and the encoder is trained on *its own*
       ELBO, ELBO(x; family(λ_0)). Since the caller only sees q(λ_K), that gradient is injected
       through a zero-valued term whose backward delivers ∂[−mean_b ELBO(x_b; λ_0)]/∂λ_0, i.e.
-      it assumes the caller minimizes the batch *mean* of −ELBO (as ``TrainStep`` does); the
-      decoder gets no gradient from the encoder's own ELBO.
+      it assumes the caller minimizes the batch *mean* of −ELBO (as ``TrainStep`` does; a
+      caller's KL weight is not applied to it); the decoder gets no gradient from it.
+
+    The refinement runs under ``torch.no_grad`` too (evaluation), as it needs ∇_λ ELBO.
 
     Args:
         encoder: :class:`~vaelab.models.Encoder` (net + family) giving λ_0 = net(x).
