@@ -201,6 +201,7 @@ def test_set_lr_and_alternating_schedule():
 def test_compile_auto_compiles_only_long_runs(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
+    monkeypatch.setattr(step_mod, "AUTO_COMPILE_DEVICES", ("cpu",))
     model, inf = make()
     short = TrainStep(model, inf)                               # length unknown: eager
     long = TrainStep(model, inf, expected_steps=step_mod.AUTO_COMPILE_MIN_STEPS)
@@ -210,6 +211,9 @@ def test_compile_auto_compiles_only_long_runs(monkeypatch):
             s(batch(i), None)
     assert not short.compiled and not off.compiled and long.compiled
     assert len(calls) == 1
+    monkeypatch.setattr(step_mod, "AUTO_COMPILE_DEVICES", ("cuda",))
+    cpu_long = TrainStep(model, inf, expected_steps=10**9)      # CPU: auto stays eager
+    assert not cpu_long._want_compile
     with pytest.raises(ValueError, match="compile"):
         TrainStep(model, inf, compile="yes")
 
