@@ -6,8 +6,16 @@ Re-exports only; see the modules for the maths and the papers. Training lives in
 
 from vaelab.config import ModelConfig, RunConfig, TrainConfig
 from vaelab.data import Dataset, load_dataset
-from vaelab.evaluate import LogLikelihoodEstimate, log_likelihood
-from vaelab.inference import Amortized, Inference
+from vaelab.evaluate import LogLikelihoodEstimate, evaluate_model, log_likelihood
+from vaelab.gaps import GapReport, gaps, report_gaps
+from vaelab.inference import (
+    Amortized,
+    Inference,
+    PerDatapoint,
+    SemiAmortized,
+    build_inference,
+    optimize_q,
+)
 from vaelab.models import VAE, Decoder, Encoder, LatentVariableModel, build_vae
 from vaelab.objectives import ELBOTerms, elbo, elbo_terms, iwae_bound
 from vaelab.runs import TrainedModel, load
@@ -21,18 +29,26 @@ __all__ = [
     "Decoder",
     "ELBOTerms",
     "Encoder",
+    "GapReport",
     "Inference",
     "LatentVariableModel",
     "LogLikelihoodEstimate",
     "ModelConfig",
+    "PerDatapoint",
     "RunConfig",
+    "SemiAmortized",
     "TrainConfig",
     "TrainedModel",
+    "build_inference",
     "build_vae",
     "elbo",
     "elbo_terms",
+    "evaluate_model",
+    "gaps",
     "iwae_bound",
     "load",
     "load_dataset",
     "log_likelihood",
+    "optimize_q",
+    "report_gaps",
 ]

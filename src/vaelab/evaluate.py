@@ -274,3 +274,15 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
         report["per_example"] = {k: [_json_float(v) for v in measures[k].double().tolist()]
                                  for k in PER_EXAMPLE_KEYS}
     return _add_bits_per_dim(report, x.shape[1])
+
+
+_GAP_NAMES = ("gaps", "report_gaps", "GapReport")
+
+
+def __getattr__(name: str) -> object:
+    """``vaelab.evaluate.gaps`` and friends live in ``vaelab.gaps`` (which imports this module)."""
+    if name in _GAP_NAMES:
+        from vaelab import gaps as gaps_module
+
+        return getattr(gaps_module, name)
+    raise AttributeError(f"module 'vaelab.evaluate' has no attribute {name!r}")
