@@ -7,7 +7,7 @@ Re-exports only; see the modules for the maths and the papers. Training lives in
 from vaelab.config import ModelConfig, RunConfig, TrainConfig
 from vaelab.data import Dataset, load_dataset
 from vaelab.evaluate import LogLikelihoodEstimate, evaluate_model, log_likelihood
-from vaelab.gaps import GapReport, gaps, report_gaps
+from vaelab.gaps import GapReport, report_gaps
 from vaelab.inference import (
     Amortized,
     Inference,
@@ -44,7 +44,6 @@ __all__ = [
     "elbo",
     "elbo_terms",
     "evaluate_model",
-    "gaps",
     "iwae_bound",
     "load",
     "load_dataset",
