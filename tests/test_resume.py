@@ -103,9 +103,16 @@ def test_resume_extends_a_finished_run(fashion, tmp_path):
 def test_resume_of_a_finished_run_changes_nothing(fashion, tmp_path):
     first = train(with_train(epochs=2), tmp_path / "run", dataset=fashion, log=None)
     weights = (tmp_path / "run" / "model.safetensors").read_bytes()
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_bytes()
     again = train(None, tmp_path / "run", dataset=fashion, resume=True, log=None)
     assert_same_run(first, again)
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == weights
+    # a kill after the last checkpoint but before model.safetensors / metrics.jsonl
+    (tmp_path / "run" / "model.safetensors").unlink()
+    (tmp_path / "run" / "metrics.jsonl").write_bytes(metrics.splitlines(keepends=True)[0])
+    train(None, tmp_path / "run", dataset=fashion, resume=True, log=None)
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == weights
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == metrics
 
 
 SCRIPT = """

@@ -354,7 +354,17 @@ class _Trainer:
             **asdict(self.state), "optimizer": skeleton, "rng": self._rng(),
             "num_train": len(self.data.train), "data_sha256": self.data.sha256,
             "config": self.config.to_dict()})
-        final = self.best if self.best is not None else weights
+        self.write_outputs(weights)
+
+    def write_outputs(self, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """model.safetensors (best or current weights) and metrics.jsonl, from memory (rank 0).
+
+        Called after every checkpoint, and on resume so that a kill between the checkpoint
+        and these files leaves no stale copy behind.
+        """
+        if not self.dist.main:
+            return
+        final = self.best if self.best is not None else (weights or self._weights())
         runs.write_model(self.run_dir, runs.split_prefix(final, "model."),
                          runs.split_prefix(final, "inference."))
         runs.write_metrics(self.run_dir, self.state.metrics)
@@ -577,6 +587,7 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     checkpoint = runs.read_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         trainer.restore(*checkpoint)
+        trainer.write_outputs()
         log(f"resuming {run_dir} after epoch {trainer.state.epoch}")
     if dist.main and (stored is None or stored != config):
         if overwrite:
