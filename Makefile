@@ -5,7 +5,7 @@ setup:
 
 test: setup
 	.venv/bin/ruff check src tests benchmarks
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest -q
 
 quickstart:
 	bash scripts/quickstart.sh

@@ -203,7 +203,7 @@ def plot_completions(rows: dict[str, torch.Tensor], image_shape: tuple[int, int,
     for r, (label, images) in enumerate(rows.items()):
         for i in range(n):
             ax = axes[r][i]
-            ax.imshow(images[i].reshape(c, h, w)[0].detach().cpu(), cmap="gray", vmin=0,
+            ax.imshow(images[i].reshape(c, h, w)[0].detach().cpu().numpy(), cmap="gray", vmin=0,
                       vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
