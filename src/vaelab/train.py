@@ -119,17 +119,6 @@ def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float
     return config.lr
 
 
-def set_learning_rate(step: TrainStep, lr: float) -> None:
-    """Set the learning rate of every optimizer of ``step``."""
-    if hasattr(step, "set_lr"):
-        step.set_lr(lr)
-        return
-    for opt in (step.theta_opt, step.phi_opt):
-        if opt is not None:
-            for group in opt.param_groups:
-                group["lr"] = lr
-
-
 def noise_seed(seed: int, epoch: int, rank: int) -> int:
     """Seed of torch's global RNG (the reparameterization noise) for one epoch on one rank."""
     state = np.random.SeedSequence([seed, epoch, rank, 0x5EED]).generate_state(1, np.uint64)
@@ -410,7 +399,7 @@ class _Trainer:
     def _one_step(self, x: torch.Tensor, index: torch.Tensor, sums: torch.Tensor) -> None:
         n = len(self.batches)
         lr = learning_rate(self.tc, self.state.step, n)
-        set_learning_rate(self.step, lr)
+        self.step.set_lr(lr)
         result = self.step(x, index, kl_weight(self.tc, self.state.step, n))
         self.state.step += 1
         b = x.shape[0]
