@@ -6,6 +6,8 @@ built from their own seeded generator so they do not depend on test order.
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -17,6 +19,22 @@ F64 = torch.float64
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors: one thread is as fast, reproducible, and does not stall on shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_run_figures(monkeypatch):
+    """Skip the end-of-training pictures (tested on their own in test_plots/test_cli)."""
+    train_module = importlib.import_module("vaelab.train")
+    monkeypatch.setattr(train_module, "_write_figures", lambda *args, **kwargs: None)
 
 
 def make_linear_gaussian(data_dim: int = 5, latent_dim: int = 3, *, per_dim_noise: bool = False,

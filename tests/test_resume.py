@@ -35,13 +35,7 @@ def with_train(**options) -> dict:
     return {"model": dict(CONFIG["model"]), "train": {**CONFIG["train"], **options}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_no_figures(monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setattr(train_mod, "_write_figures", lambda *args, **kwargs: None)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_run_figures")
 
 
 @pytest.fixture(scope="module")

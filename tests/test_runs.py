@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import shutil
@@ -15,20 +14,12 @@ from vaelab import data, runs
 from vaelab.train import train
 
 # the module itself: vaelab/__init__ may re-export the function ``train`` as ``vaelab.train``
-train_mod = importlib.import_module("vaelab.train")
-
 TINY = {"model": {"hidden": [16], "latent_dim": 2},
         "train": {"epochs": 1, "batch_size": 100, "limit": 300, "val_fraction": 0.1}}
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_no_figures(monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setattr(train_mod, "_write_figures", lambda *args, **kwargs: None)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_run_figures")
 
 
 @pytest.fixture(scope="module")

@@ -39,14 +39,7 @@ def fashion() -> data.Dataset:
     return data.load_dataset("fashion-mnist", "train", limit=1000)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_no_figures(monkeypatch):
-    """One thread (fast and reproducible on a busy 2-core machine); figures off by default."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setattr(train_mod, "_write_figures", lambda *args, **kwargs: None)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread", "no_run_figures")
 
 
 @pytest.fixture(scope="module")
