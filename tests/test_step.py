@@ -263,3 +263,24 @@ def test_compiled_and_eager_steps_agree():
     assert compiled.compiled and compiled.compile_seconds is not None
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_phi_lr_sets_the_per_datapoint_optimizer_and_follows_lr_schedules():
+    from vaelab.inference import PerDatapoint
+
+    model = build_vae(ModelConfig(data_dim=6, latent_dim=2, hidden=(4,)))
+    table = PerDatapoint(model.encoder.family, num_data=10)
+    step = TrainStep(model, table, lr=1e-3, phi_lr=5e-2)
+    assert [g["lr"] for g in step.phi_opt.param_groups] == [5e-2]
+    assert [g["lr"] for g in step.theta_opt.param_groups] == [1e-3]
+    step.set_lr(5e-4)                      # a schedule halves lr: φ's rate halves with it
+    assert step.phi_opt.param_groups[0]["lr"] == pytest.approx(2.5e-2)
+    assert step.theta_opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+    before = table.table.weight.detach().clone()
+    step(torch.rand(3, 6), torch.tensor([0, 1, 2]))
+    moved = (table.table.weight.detach() - before).abs().amax(1)
+    # Adam's first step moves each touched parameter by ≈ its learning rate (2.5e-2 here).
+    assert moved[:3].tolist() == pytest.approx([2.5e-2] * 3, rel=1e-3)
+    assert bool((moved[3:] == 0).all())
+    with pytest.raises(ValueError, match="phi_lr"):
+        TrainStep(model, table, phi_lr=0.0)

@@ -134,6 +134,9 @@ def _add_train(commands) -> None:
     p.add_argument("--schedule", choices=("joint", "alternating"))
     p.add_argument("--phi-steps", type=non_negative_int, metavar="N",
                    help="φ steps per θ step with --schedule alternating")
+    p.add_argument("--phi-lr", type=positive_float, metavar="X",
+                   help="φ's own learning rate (per-datapoint rows, alternating schedule); "
+                        "default: --lr; ~0.05 suits per-datapoint rows")
     p.add_argument("--kl-warmup", type=non_negative_float, metavar="EPOCHS",
                    help="ramp the KL weight from 0 to 1 over this many epochs")
     p.add_argument("--grad-clip", type=positive_float, metavar="X", help="clip the gradient norm")
@@ -347,6 +350,7 @@ def _train_overrides(args: argparse.Namespace) -> dict:
                       "lr": args.lr, "binarize": args.binarize, "seed": args.seed,
                       "device": args.device, "limit": args.limit, "inference": args.inference,
                       "schedule": args.schedule, "phi_steps": args.phi_steps,
+                      "phi_lr": args.phi_lr,
                       "kl_warmup_epochs": args.kl_warmup, "grad_clip": args.grad_clip,
                       "early_stopping_patience": args.early_stopping, "compile": compile_}}
 

@@ -152,7 +152,9 @@ class TrainConfig:
     (stop after that many epochs without a better validation ELBO; keeps the best weights).
 
     Inference: ``inference`` ("amortized", "per-datapoint", "semi-amortized"), ``schedule``
-    ("joint" or "alternating" with ``phi_steps`` φ-steps per θ-step), ``refine_steps`` /
+    ("joint" or "alternating" with ``phi_steps`` φ-steps per θ-step), ``phi_lr`` (φ's own
+    learning rate for per-datapoint rows and the alternating schedule; None: ``lr``; per-datapoint
+    rows see one update per epoch, so ~5e-2 suits them), ``refine_steps`` /
     ``refine_lr``, ``refine_backprop`` (semi-amortized refinement: K SGD steps on each
     example's ELBO; backprop=True trains the encoder through them, Kim et al. 2018).
 
@@ -182,6 +184,7 @@ class TrainConfig:
     inference: str = "amortized"
     schedule: str = "joint"
     phi_steps: int = 0
+    phi_lr: float | None = None
     refine_steps: int = 10
     refine_lr: float = 1e-3
     refine_backprop: bool = False
@@ -207,6 +210,8 @@ class TrainConfig:
                            _non_negative_float("kl_warmup_epochs", self.kl_warmup_epochs))
         if self.grad_clip is not None:
             _checks.positive_float("grad_clip", self.grad_clip)
+        if self.phi_lr is not None:
+            _checks.positive_float("phi_lr", self.phi_lr)
         if self.early_stopping_patience is not None:
             _checks.positive_int("early_stopping_patience", self.early_stopping_patience)
         self._check_choices()

@@ -127,6 +127,8 @@ class TrainStep:
         model: the VAE (θ = ``model.generative_parameters()``).
         inference: the inference scheme (φ = its parameters).
         lr, betas: Adam hyper-parameters (Kingma & Ba 2015).
+        phi_lr: learning rate of φ when it has its own optimizer (per-datapoint rows, which
+            see one update per epoch, or the alternating schedule); None: ``lr``.
         grad_clip: clip the global gradient norm to this value (None: no clipping).
         schedule: ``"joint"`` or ``"alternating"``.
         phi_steps: φ steps before each θ step when alternating.
@@ -142,7 +144,8 @@ class TrainStep:
     def __init__(self, model: VAE, inference: Inference, *, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), grad_clip: float | None = None,
                  schedule: str = "joint", phi_steps: int = 0, num_samples: int = 1,
-                 compile: str | bool = "auto", expected_steps: int | None = None) -> None:
+                 compile: str | bool = "auto", expected_steps: int | None = None,
+                 phi_lr: float | None = None) -> None:
         self.model, self.inference = model, inference
         self.schedule = _checks.one_of("schedule", schedule, SCHEDULES)
         self.phi_steps = _checks.non_negative_int("phi_steps", phi_steps)
@@ -150,6 +153,8 @@ class TrainStep:
         self.grad_clip = None if grad_clip is None else _checks.positive_float(
             "grad_clip", grad_clip)
         lr = _checks.positive_float("lr", lr)
+        phi_lr = lr if phi_lr is None else _checks.positive_float("phi_lr", phi_lr)
+        self._phi_lr_ratio = phi_lr / lr
         if compile not in COMPILE_MODES or not isinstance(compile, (str, bool)):
             raise ValueError(f"compile: expected 'auto', True or False, got {compile!r}")
         if expected_steps is not None:
@@ -158,14 +163,14 @@ class TrainStep:
         theta_ids = {id(p) for p in self.theta}
         self.phi = [p for p in _unique(inference.parameters()) if id(p) not in theta_ids]
         if inference.sparse:
-            self.phi_opt = torch.optim.SparseAdam(self.phi, lr=lr, betas=betas)
+            self.phi_opt = torch.optim.SparseAdam(self.phi, lr=phi_lr, betas=betas)
             self.theta_opt = _adam(self.theta, lr, betas)
         elif self.schedule == "joint":
             self.theta_opt = _adam(self.theta + self.phi, lr, betas)
             self.phi_opt = None
         else:
             self.theta_opt = _adam(self.theta, lr, betas)
-            self.phi_opt = _adam(self.phi, lr, betas)
+            self.phi_opt = _adam(self.phi, phi_lr, betas)
         self._fast = None
         if self.schedule == "joint" and _GaussianBernoulliELBO.matches(model, inference):
             encoder = inference.encoder
@@ -189,10 +194,11 @@ class TrainStep:
         return self._compiled is not None
 
     def set_lr(self, lr: float) -> None:
-        """Set the learning rate of every optimizer."""
+        """Set θ's learning rate to ``lr`` and a separate φ optimizer's to ``lr`` × phi_lr / lr."""
         for opt in self._optimizers():
+            scale = self._phi_lr_ratio if opt is self.phi_opt else 1.0
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * scale
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor | None = None,
                  kl_weight: float = 1.0) -> StepResult:

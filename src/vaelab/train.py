@@ -286,7 +286,8 @@ class _Trainer:
             rank=dist.rank, world_size=dist.world_size)
         self.step = TrainStep(self.model, self.inference, lr=self.tc.lr, betas=self.tc.betas,
                               grad_clip=self.tc.grad_clip, schedule=self.tc.schedule,
-                              phi_steps=self.tc.phi_steps, num_samples=self.tc.num_samples,
+                              phi_steps=self.tc.phi_steps, phi_lr=self.tc.phi_lr,
+                              num_samples=self.tc.num_samples,
                               compile=self.tc.compile,
                               expected_steps=self.tc.epochs * len(self.batches))
         params = {id(p): p for p in [*self.model.parameters(), *self.inference.parameters()]}
