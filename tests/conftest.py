@@ -10,8 +10,9 @@ import importlib
 
 import pytest
 import torch
+from torch import nn
 
-from vaelab import exact
+from vaelab import exact, families, models
 
 F64 = torch.float64
 
@@ -66,3 +67,15 @@ def linear_gaussian(request) -> exact.LinearGaussian:
 def lg_data(linear_gaussian) -> torch.Tensor:
     """Six data points drawn from the linear-Gaussian model itself, [6, 5]."""
     return linear_gaussian.sample(6, generator=torch.Generator().manual_seed(2))
+
+
+def linear_encoder(data_dim: int, family: families.Family, seed: int = 7,
+                   scale: float = 1.0) -> models.Encoder:
+    """A deliberately crude float64 encoder: one linear layer with random weights, zero bias,
+    so its q is far from p(z | x) (a positive amortization gap)."""
+    net = nn.Linear(data_dim, family.param_size).to(F64)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        net.weight.copy_(scale * torch.randn(net.weight.shape, generator=g, dtype=F64))
+        net.bias.zero_()
+    return models.Encoder(net, family)

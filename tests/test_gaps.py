@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from conftest import linear_encoder  # noqa: E402
 
 from vaelab import exact, families, gaps, models
 from vaelab.config import ModelConfig
@@ -34,16 +34,6 @@ def correlated_linear_gaussian() -> exact.LinearGaussian:
     return exact.LinearGaussian(weight, torch.zeros(6, dtype=F64), 0.7)
 
 
-def crude_encoder(data_dim: int, family: families.Family, seed: int = 7,
-                  scale: float = 0.2) -> models.Encoder:
-    """A linear encoder with random weights: deliberately wrong, so its q is far from p(z|x)."""
-    net = nn.Linear(data_dim, family.param_size).to(F64)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        net.weight.copy_(scale * torch.randn(net.weight.shape, generator=g, dtype=F64))
-        net.bias.zero_()
-    return models.Encoder(net, family)
-
 
 def best_diagonal_kl(model: exact.LinearGaussian, x: torch.Tensor) -> float:
     precision = torch.linalg.inv(model.posterior(x[:1]).covariance_matrix[0])
@@ -54,7 +44,7 @@ def test_full_covariance_q_star_closes_the_approximation_gap(make_lg):
     model = make_lg(5, 2)
     x = model.sample(16, generator=torch.Generator().manual_seed(3))
     family = families.FullCovarianceNormal(2)
-    report = gaps.gaps(model, x, encoder=crude_encoder(5, family), num_samples=2000,
+    report = gaps.gaps(model, x, encoder=linear_encoder(5, family, scale=0.2), num_samples=2000,
                        steps=3000, lr=5e-2, optimizer_samples=16, patience=50, seed=0)
     log_p = model.log_marginal(x)
     assert torch.allclose(report.log_likelihood, log_p, atol=0.02)
@@ -62,7 +52,7 @@ def test_full_covariance_q_star_closes_the_approximation_gap(make_lg):
     assert abs(approx) < 0.01 + 3 * se
     assert (log_p - report.elbo_optimized).mean() < 0.01
     assert (report.amortization_gap > 0.5).all()   # the crude encoder loses on every x
-    q_phi = crude_encoder(5, family)(x)
+    q_phi = linear_encoder(5, family, scale=0.2)(x)
     exact_amortized = model.elbo_closed_form(x, q_phi)
     # L[q_φ] = 2000-sample mean of log p(x | z) minus the analytic KL: its standard error
     with torch.no_grad():
@@ -78,7 +68,7 @@ def test_diagonal_approximation_gap_is_the_closed_form_kl():
     kl_star = best_diagonal_kl(model, x)
     assert 0.08 < kl_star < 0.3                              # a gap worth measuring
     family = families.DiagonalNormal(2)
-    report = gaps.gaps(model, x, encoder=crude_encoder(6, family), num_samples=4000,
+    report = gaps.gaps(model, x, encoder=linear_encoder(6, family, scale=0.2), num_samples=4000,
                        steps=3000, lr=2e-2, optimizer_samples=16, patience=100, seed=0)
     approx, se = report.summary()["approximation_gap"]
     assert abs(approx - kl_star) < 0.02 + 3 * se
@@ -126,7 +116,7 @@ def test_report_gaps_writes_json_and_png_atomically(tmp_path, make_lg):
     x = model.sample(6, generator=torch.Generator().manual_seed(3))
     family = families.DiagonalNormal(2)
     report = gaps.report_gaps(model, x, num_samples=200, steps=200, out_dir=tmp_path / "out",
-                              encoder=crude_encoder(5, family), seed=1)
+                              encoder=linear_encoder(5, family, scale=0.2), seed=1)
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["gaps.json", "gaps.png"]                # no temporary files left
     saved = json.loads((tmp_path / "out" / "gaps.json").read_text())
@@ -145,7 +135,7 @@ def test_report_gaps_writes_json_and_png_atomically(tmp_path, make_lg):
 def test_gaps_is_reproducible_with_a_seed(make_lg):
     model = make_lg(5, 2)
     x = model.sample(4, generator=torch.Generator().manual_seed(3))
-    encoder = crude_encoder(5, families.DiagonalNormal(2))
+    encoder = linear_encoder(5, families.DiagonalNormal(2), scale=0.2)
     runs = [gaps.gaps(model, x, encoder=encoder, num_samples=100, steps=50, seed=3)
             for _ in range(2)]
     assert torch.equal(runs[0].log_likelihood, runs[1].log_likelihood)
@@ -158,4 +148,4 @@ def test_gaps_rejects_a_model_without_encoder_by_name(make_lg):
         gaps.gaps(model, torch.zeros(2, 5, dtype=F64))
     with pytest.raises(ValueError, match=r"x: expected shape \[batch, 5\]"):
         gaps.gaps(model, torch.zeros(2, 4, dtype=F64),
-                  encoder=crude_encoder(5, families.DiagonalNormal(2)))
+                  encoder=linear_encoder(5, families.DiagonalNormal(2), scale=0.2))

@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from conftest import linear_encoder  # noqa: E402
 from torch import nn
 
 from vaelab import families, models, objectives
@@ -30,16 +31,6 @@ F64 = torch.float64
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def linear_encoder(data_dim: int, family: families.Family, seed: int = 7,
-                   scale: float = 1.0) -> models.Encoder:
-    """A deliberately crude encoder: one linear layer with random weights."""
-    net = nn.Linear(data_dim, family.param_size).to(F64)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        net.weight.copy_(scale * torch.randn(net.weight.shape, generator=g, dtype=F64))
-        net.bias.zero_()
-    return models.Encoder(net, family)
 
 
 def small_vae(data_dim: int = 32, latent_dim: int = 2, seed: int = 0) -> models.VAE:
