@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -39,26 +38,12 @@ from matplotlib.patches import Ellipse
 from torch.distributions import Categorical, Distribution, MixtureSameFamily, Normal
 
 from vaelab import _checks
+from vaelab._files import save_figure
 from vaelab.exact import GaussianMixture, LinearGaussian
 from vaelab.objectives import elbo
 
 GRID_LIMIT = 25.0
 GRID_POINTS = 5001
-
-
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save a matplotlib Figure as PNG through a temporary file and a rename; → path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # ----------------------------------------------------------------- bimodal posterior, reverse KL

@@ -33,10 +33,8 @@ Means are over examples, with standard errors std / √B.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +42,7 @@ import torch
 from torch.distributions import Distribution
 
 from vaelab import _checks
+from vaelab._files import atomic_write_json
 from vaelab.evaluate import auto_chunk_size, log_likelihood
 from vaelab.inference import optimize_q
 from vaelab.models import Encoder
@@ -206,26 +205,11 @@ def gaps(model: GenerativeModel, x: torch.Tensor, *, encoder: Encoder | None = N
     return GapReport(estimate.log_likelihood, optimized, amortized, num_samples, len(history))
 
 
-def write_json_atomic(data: object, path: str | os.PathLike) -> Path:
-    """Write ``data`` as JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def plot_gaps(report: GapReport, path: str | os.PathLike) -> Path:
     """The three bounds and the two gaps (means ± standard errors) → PNG at ``path``."""
     from matplotlib.figure import Figure
 
-    from vaelab.figures import save_figure
+    from vaelab._files import save_figure
 
     s = report.summary()
     fig = Figure(figsize=(9, 3.6), layout="constrained")
@@ -247,7 +231,7 @@ def plot_gaps(report: GapReport, path: str | os.PathLike) -> Path:
     right.axhline(0, color="black", lw=0.8)
     right.set_ylabel("nats per example (mean ± s.e.)")
     right.set_title(f"gaps ({int(report.log_likelihood.numel())} examples)")
-    return save_figure(fig, path)
+    return save_figure(fig, path, dpi=120)
 
 
 def report_gaps(model: GenerativeModel, x: torch.Tensor, *, num_samples: int = 5000,
@@ -258,6 +242,7 @@ def report_gaps(model: GenerativeModel, x: torch.Tensor, *, num_samples: int = 5
     """
     report = gaps(model, x, num_samples=num_samples, steps=steps, **options)
     out_dir = Path(out_dir)
-    write_json_atomic(report.to_dict(), out_dir / "gaps.json")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "gaps.json", report.to_dict(), allow_nan=True)
     plot_gaps(report, out_dir / "gaps.png")
     return report

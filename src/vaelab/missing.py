@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from torch.distributions import Bernoulli, Distribution, Independent
 
 from vaelab import _checks
-from vaelab.figures import save_figure
+from vaelab._files import save_figure
 from vaelab.models import VAE
 from vaelab.objectives import elbo
 

@@ -32,7 +32,6 @@ import hashlib
 import json
 import math
 import os
-import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,6 +43,7 @@ from safetensors.torch import save as st_save
 from torch.distributions import Distribution
 
 from vaelab import _checks
+from vaelab._files import atomic_write_bytes, atomic_write_json, fsync_dir
 from vaelab.config import RunConfig
 from vaelab.evaluate import LogLikelihoodEstimate, log_likelihood
 from vaelab.inference import build_inference
@@ -69,44 +69,6 @@ class RunError(ValueError):
 
 
 # --------------------------------------------------------------------------- atomic files
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a folder's entries (renames, new files) to disk; a no-op where unsupported."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_json(path: str | Path, data: object) -> Path:
-    """Write ``data`` as (strict, NaN-free) JSON atomically."""
-    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
