@@ -406,6 +406,17 @@ def test_dynamic_binarization_resumable_and_fresh_each_epoch():
     assert torch.all((mean - p).abs() <= 5 * torch.sqrt(p * (1 - p) / x.shape[0]) + 1e-12)
 
 
+def test_dynamic_binarization_keeps_the_source_and_its_dtype():
+    for dtype in (torch.float32, torch.float64):
+        x = grey_levels(256).to(dtype)
+        x[:, 0], x[:, 1] = 0.0, 1.0                     # P(u < 0) = 0, P(u < 1) = 1
+        kept = x.clone()
+        out = torch.cat([b for b, _ in Batches(x, 64, binarize="dynamic", seed=5).epoch(0)])
+        assert torch.equal(x, kept)                    # the in-memory data is not overwritten
+        assert out.dtype == dtype and set(out.unique().tolist()) <= {0.0, 1.0}
+        assert torch.all(out[:, 0] == 0) and torch.all(out[:, 1] == 1)
+
+
 # --------------------------------------------------------------------------- batching
 
 

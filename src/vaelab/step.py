@@ -11,14 +11,19 @@ A step whose loss or gradients are not finite changes no weight and reports ``sk
 Speed. The loss is always the per-data-point ELBO of ``vaelab.objectives`` (Kingma & Welling
 2014), −mean_b[kl_weight · KL(q_b ‖ p) − E_q log p(x_b | z)], optimized by Adam (Kingma & Ba
 2015). For the standard VAE — an amortized ``DiagonalNormal`` q, the ``StandardNormal`` prior
-and a ``Bernoulli`` decoder, any encoder/decoder networks — the step computes the same numbers
-on plain tensors (:class:`_GaussianBernoulliELBO`: reparameterized z = loc + scale·ε, the
-Bernoulli log-likelihood as −BCE-with-logits, the closed-form KL to N(0, I)) instead of
-building ``torch.distributions`` objects, and with ``compile`` it runs that function through
-``torch.compile`` (forward and backward fused by Inductor). Every other combination goes
-through ``vaelab.objectives.elbo_terms`` unchanged. Adam is the fused single-kernel
-implementation where torch has one for the device, and one fused finiteness test of all the
-gradients replaces one test per parameter.
+and a ``Bernoulli`` decoder — the step computes the same numbers without torch.distributions:
+
+* MLP encoder and decoder with ReLU, leaky-ReLU or tanh (the default networks): the loss and its
+  gradient written out by hand (:class:`vaelab._elbo_grad.GaussianBernoulliELBOGrad`), no
+  autograd graph, gradients written into preallocated buffers, then torch's fused Adam kernel
+  called directly (:class:`_DirectFusedAdam`). Any parameter or module hook sends the step back
+  to autograd, so hooks always run;
+* other networks: :class:`_GaussianBernoulliELBO` on plain tensors through autograd, and with
+  ``compile`` that function through ``torch.compile`` (forward and backward fused by Inductor).
+
+Every other combination goes through ``vaelab.objectives.elbo_terms`` unchanged. Adam is the
+fused single-kernel implementation where torch has one for the device, and one fused
+finiteness test of all the gradients replaces one test per parameter.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaelab import _checks
+from vaelab._elbo_grad import GaussianBernoulliELBOGrad
 from vaelab.families import DiagonalNormal
 from vaelab.inference import Amortized, Inference
 from vaelab.likelihoods import Bernoulli
@@ -139,14 +146,19 @@ class TrainStep:
             ``expected_steps`` is at least :data:`AUTO_COMPILE_MIN_STEPS`, so a short run
             never pays for compiling.
         expected_steps: how many steps the caller plans to run (for ``compile="auto"``).
+        reduce_gradients: called with the parameters right after their gradients are
+            computed, before the finiteness test, clipping and the update; data-parallel
+            training passes ``vaelab.distributed.average_gradients`` (one flat all-reduce).
     """
 
     def __init__(self, model: VAE, inference: Inference, *, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), grad_clip: float | None = None,
                  schedule: str = "joint", phi_steps: int = 0, num_samples: int = 1,
                  compile: str | bool = "auto", expected_steps: int | None = None,
-                 phi_lr: float | None = None) -> None:
+                 phi_lr: float | None = None,
+                 reduce_gradients: Callable[[list[nn.Parameter]], None] | None = None) -> None:
         self.model, self.inference = model, inference
+        self.reduce_gradients = reduce_gradients
         self.schedule = _checks.one_of("schedule", schedule, SCHEDULES)
         self.phi_steps = _checks.non_negative_int("phi_steps", phi_steps)
         self.num_samples = _checks.positive_int("num_samples", num_samples)
@@ -182,6 +194,17 @@ class TrainStep:
             compile is True or (compile == "auto" and device.type in AUTO_COMPILE_DEVICES
                                 and expected_steps is not None
                                 and expected_steps >= AUTO_COMPILE_MIN_STEPS))
+        # The hand-derived gradient replaces autograd on the eager fast path (a compiled step
+        # keeps autograd: Inductor fuses its graph), unless a parameter is outside the nets.
+        self._grad = None
+        if self._fast is not None and GaussianBernoulliELBOGrad.supports(
+                inference.encoder.net, model.decoder.net):
+            grad = GaussianBernoulliELBOGrad(inference.encoder.net, model.decoder.net,
+                                             inference.encoder.family.min_scale,
+                                             inference.encoder.latent_dim)
+            if {id(p) for p in grad.parameters} == {id(p) for p in self.theta + self.phi}:
+                self._grad = grad
+        self._adam = _DirectFusedAdam(self.theta_opt)
         self._compiled = None
         self.compile_seconds: float | None = None
         self.steps = 0
@@ -225,6 +248,7 @@ class TrainStep:
                 "phi": None if self.phi_opt is None else self.phi_opt.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        self._adam.forget()
         self.theta_opt.load_state_dict(state["theta"])
         if self.phi_opt is not None and state.get("phi") is not None:
             self.phi_opt.load_state_dict(state["phi"])
@@ -237,6 +261,10 @@ class TrainStep:
     def _zero_grad(self) -> None:
         for opt in self._optimizers():
             opt.zero_grad(set_to_none=True)
+
+    def _reduce(self, params: list[nn.Parameter]) -> None:
+        if self.reduce_gradients is not None:
+            self.reduce_gradients(params)
 
     def _grads_ok(self, params: list[nn.Parameter]) -> bool:
         """Clip (when asked) and test every dense gradient for finiteness in one pass."""
@@ -259,17 +287,20 @@ class TrainStep:
         ok = math.isfinite(stats[0])
         if ok:
             loss.backward()
+            self._reduce(params)
             ok = self._grads_ok(params)
         return StepResult(stats[1], stats[2], -stats[3], not ok), ok
 
     def _fast_step(self, x: torch.Tensor, kl_weight: float) -> StepResult:
         if self._want_compile and self.steps > COMPILE_AFTER_STEPS:
             return self._first_compiled_step(x, kl_weight)
-        self._zero_grad()
         latent = self.inference.encoder.latent_dim
         shape = (x.shape[0], latent) if self.num_samples == 1 else (
             self.num_samples, x.shape[0], latent)
         eps = _standard_normal(shape, x)
+        if self._grad is not None and self._compiled is None and not self._grad.hooked():
+            return self._hand_gradient_step(x, eps, kl_weight)
+        self._zero_grad()
         weight = torch.tensor(float(kl_weight), dtype=x.dtype, device=x.device)
         fn = self._compiled if self._compiled is not None else self._fast
         loss, log_lik, kl = fn(x, eps, weight)
@@ -277,9 +308,31 @@ class TrainStep:
         ok = math.isfinite(loss_v)
         if ok:
             loss.backward()
+            self._reduce(self.theta + self.phi)
             ok = self._grads_ok(self.theta + self.phi)
             if ok:
                 self.theta_opt.step()
+        return StepResult(ll_v - kl_v, kl_v, -ll_v, not ok)
+
+    def _hand_gradient_step(self, x: torch.Tensor, eps: torch.Tensor,
+                            kl_weight: float) -> StepResult:
+        """Loss and gradient from :class:`GaussianBernoulliELBOGrad`, then one fused Adam step.
+
+        The gradient norm (for clipping, else only for the finiteness test) and the batch
+        statistics come back in one device-to-host copy.
+        """
+        loss, log_lik, kl = self._grad(x, eps, float(kl_weight))
+        self._reduce(self._grad.parameters)
+        grads = [p.grad for p in self._grad.parameters]
+        if self.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self._grad.parameters, self.grad_clip)
+        else:
+            norm = torch.stack(torch._foreach_norm(grads)).sum()
+        loss_v, ll_v, kl_v, norm_v = torch.stack([loss, log_lik, kl, norm.to(loss.dtype)]
+                                                 ).tolist()
+        ok = math.isfinite(loss_v) and math.isfinite(norm_v)
+        if ok:
+            self._adam.step()
         return StepResult(ll_v - kl_v, kl_v, -ll_v, not ok)
 
     def _first_compiled_step(self, x: torch.Tensor, kl_weight: float) -> StepResult:
@@ -303,6 +356,61 @@ class TrainStep:
             result = self._fast_step(x, kl_weight)
         self.compile_seconds = time.perf_counter() - start
         return result
+
+
+class _DirectFusedAdam:
+    """``optimizer.step()`` of a fused ``torch.optim.Adam``, minus its per-call Python work.
+
+    The first step (and any step after :meth:`forget`) runs ``optimizer.step()``, which creates
+    the state; later steps call the same fused kernel (``torch._fused_adam_``, one pass over
+    every tensor) on the optimizer's own state tensors, with the group's current learning rate
+    and betas, exactly as ``torch.optim.Adam(fused=True)`` does. The optimizer object stays
+    the source of truth, so its ``state_dict`` checkpoints and resumes as usual. Anything but
+    one plain fused group (AMSGrad, weight decay, maximize, several groups, tensor lr) always
+    goes through ``optimizer.step()``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        groups = optimizer.param_groups
+        g = groups[0] if len(groups) == 1 else {}
+        self.eligible = (isinstance(optimizer, torch.optim.Adam) and bool(g.get("fused"))
+                         and not g.get("amsgrad") and not g.get("maximize")
+                         and g.get("weight_decay") == 0 and not g.get("decoupled_weight_decay")
+                         and not isinstance(g.get("lr"), torch.Tensor)
+                         and hasattr(torch, "_fused_adam_"))
+        self._lists: tuple[list[torch.Tensor], ...] | None = None
+
+    def forget(self) -> None:
+        """Drop the cached state lists (call after the optimizer's state was replaced)."""
+        self._lists = None
+
+    def step(self) -> None:
+        if not self.eligible:
+            self.optimizer.step()
+            return
+        group = self.optimizer.param_groups[0]
+        params = group["params"]
+        lists = self._lists
+        state = self.optimizer.state
+        if lists is None or len(lists[0]) != len(params) or any(
+                p.grad is not g for p, g in zip(params, lists[1], strict=True)) or (
+                params and state.get(params[0], {}).get("exp_avg") is not lists[2][0]):
+            self.optimizer.step()
+            try:
+                self._lists = ([*params], [p.grad for p in params],
+                               [state[p]["exp_avg"] for p in params],
+                               [state[p]["exp_avg_sq"] for p in params],
+                               [state[p]["step"] for p in params])
+            except KeyError:  # a parameter without a gradient has no state yet
+                self._lists = None
+            return
+        ps, gs, ms, vs, steps = lists
+        torch._foreach_add_(steps, 1)
+        beta1, beta2 = group["betas"]
+        torch._fused_adam_(ps, gs, ms, vs, [], steps, lr=float(group["lr"]), beta1=float(beta1),
+                           beta2=float(beta2), weight_decay=0.0, eps=float(group["eps"]),
+                           amsgrad=False, maximize=False)
 
 
 def nan_to_none(value: float) -> float | None:

@@ -29,12 +29,16 @@ reaches the same final weights and metrics, bit for bit, as an uninterrupted run
 machine and thread count (and each rank of a distributed run draws its own noise).
 
 Distributed: under ``torchrun`` (WORLD_SIZE > 1; ``vaelab.distributed.init_from_env``) each
-rank trains on its shard of every global batch (``Batches(rank=, world_size=)``), every
-gradient is averaged across ranks as soon as backward has accumulated it (a post-accumulate
-hook per parameter, so TrainStep needs no change and the state-dict keys stay those of the
-plain model), the metrics are all-reduced and only rank 0 writes the run directory. A step
-that is non-finite on some ranks only would leave the others waiting in the all-reduce
-(torchrun then stops the job); ``inference="per-datapoint"`` is refused with several ranks.
+rank trains on its shard of every global batch (``Batches(rank=, world_size=)``), the
+gradients are averaged across ranks in one flat all-reduce right after they are computed
+(``TrainStep(reduce_gradients=vaelab.distributed.average_gradients)``: DistributedDataParallel's
+averaging, done once per step because the hand-derived gradient of the fast path never passes
+through the autograd hooks DDP relies on; the state-dict keys stay those of the plain model),
+the metrics are all-reduced and only rank 0 writes the run directory. On the fast path every
+rank reaches the all-reduce even when its own loss is not finite, and the non-finite
+gradient then reaches every rank, so all skip the step together; on the autograd paths a step
+whose loss is non-finite on some ranks only would leave the others waiting in the all-reduce
+(torchrun then stops the job). ``inference="per-datapoint"`` is refused with several ranks.
 """
 
 from __future__ import annotations
@@ -144,17 +148,6 @@ class _Dist:
         if self.world_size > 1:
             torch.distributed.all_reduce(values)
         return values
-
-    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Average every parameter's gradient over ranks right after it is accumulated."""
-        if self.world_size == 1:
-            return
-        for p in params:
-            p.register_post_accumulate_grad_hook(self._average)
-
-    def _average(self, p: torch.Tensor) -> None:
-        torch.distributed.all_reduce(p.grad)
-        p.grad.div_(self.world_size)
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -289,9 +282,9 @@ class _Trainer:
                               phi_steps=self.tc.phi_steps, phi_lr=self.tc.phi_lr,
                               num_samples=self.tc.num_samples,
                               compile=self.tc.compile,
-                              expected_steps=self.tc.epochs * len(self.batches))
-        params = {id(p): p for p in [*self.model.parameters(), *self.inference.parameters()]}
-        dist.average_gradients([p for p in params.values() if p.requires_grad])
+                              expected_steps=self.tc.epochs * len(self.batches),
+                              reduce_gradients=(distributed.average_gradients
+                                                if dist.world_size > 1 else None))
         self.val_x = None if data.val is None else data.val.x[dist.rank::dist.world_size]
         self.val_x = None if self.val_x is None else self.val_x.to(device)
         self.state = _State()
