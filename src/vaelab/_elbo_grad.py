@@ -81,8 +81,9 @@ class GaussianBernoulliELBOGrad:
     ``supports(encoder_net, decoder_net)`` says whether the networks are MLPs this class can
     differentiate (Linear layers with ReLU, leaky ReLU or tanh between them, every parameter
     trainable). ``__call__(x [B, D], eps [B, L] or [S, B, L], kl_weight)`` fills ``p.grad`` of
-    every parameter (encoder then decoder, in :attr:`parameters` order) and returns
-    (loss, mean log-likelihood, mean KL) as 0-d tensors, all without autograd.
+    every parameter (encoder then decoder, in :attr:`parameters` order; views of one flat
+    buffer, :meth:`flat_gradient`) and returns (loss, mean log-likelihood, mean KL) as 0-d
+    tensors, all without autograd.
     """
 
     def __init__(self, encoder_net: nn.Module, decoder_net: nn.Module, min_scale: float,
@@ -95,6 +96,8 @@ class GaussianBernoulliELBOGrad:
         self.min_scale, self.latent_dim = float(min_scale), int(latent_dim)
         self.parameters: list[nn.Parameter] = [
             p for lin, _ in enc + dec for p in (lin.weight, lin.bias) if p is not None]
+        self._flat: torch.Tensor | None = None
+        self._views: list[torch.Tensor] | None = None
         self._modules = [encoder_net, decoder_net, *(m for lin, act in enc + dec
                                                      for m in (lin, act) if m is not None)]
 
@@ -121,23 +124,38 @@ class GaussianBernoulliELBOGrad:
         return all(p.requires_grad for p in params) and len({(p.dtype, p.device)
                                                               for p in params}) == 1
 
-    def _grad_buffer(self, p: nn.Parameter) -> torch.Tensor:
-        g = p.grad
-        if g is None or g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
-            g = torch.empty_like(p, memory_format=torch.contiguous_format)
-            p.grad = g
-        return g
+    def flat_gradient(self) -> torch.Tensor:
+        """All gradients as one flat tensor, whose views are the parameters' ``.grad``.
+
+        Allocated on first use, and again whenever something replaced a ``.grad`` (e.g. an
+        optimizer's ``zero_grad(set_to_none=True)``), so one pass over it tests, clips or
+        all-reduces every gradient at once.
+        """
+        views = self._views
+        if views is None or any(p.grad is not v for p, v in zip(self.parameters, views,
+                                                                  strict=True)):
+            p0 = self.parameters[0]
+            self._flat = torch.zeros(sum(p.numel() for p in self.parameters), dtype=p0.dtype,
+                                     device=p0.device)
+            views, offset = [], 0
+            for p in self.parameters:
+                views.append(self._flat[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
+                p.grad = views[-1]
+            self._views = views
+        return self._flat
 
     def _linear_backward(self, lin: nn.Linear, d: torch.Tensor, a: torch.Tensor) -> None:
-        torch.mm(d.t(), a, out=self._grad_buffer(lin.weight))
+        torch.mm(d.t(), a, out=lin.weight.grad)
         if lin.bias is not None:
-            torch.sum(d, 0, out=self._grad_buffer(lin.bias))
+            torch.sum(d, 0, out=lin.bias.grad)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, eps: torch.Tensor, kl_weight: float | torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, L = x.shape[0], self.latent_dim
         S = eps.shape[0] if eps.dim() == 3 else 1
+        self.flat_gradient()
         # ---- forward: encoder x → [loc, raw]; keep every layer's input for ∂W
         enc_inputs, h = [], x
         for lin, act in self.encoder_layers:

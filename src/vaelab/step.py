@@ -318,16 +318,16 @@ class TrainStep:
                             kl_weight: float) -> StepResult:
         """Loss and gradient from :class:`GaussianBernoulliELBOGrad`, then one fused Adam step.
 
-        The gradient norm (for clipping, else only for the finiteness test) and the batch
-        statistics come back in one device-to-host copy.
+        The gradient norm is one pass over the flat gradient buffer (for clipping, and for
+        the finiteness test); it and the batch statistics come back in one device-to-host
+        copy.
         """
         loss, log_lik, kl = self._grad(x, eps, float(kl_weight))
         self._reduce(self._grad.parameters)
-        grads = [p.grad for p in self._grad.parameters]
-        if self.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self._grad.parameters, self.grad_clip)
-        else:
-            norm = torch.stack(torch._foreach_norm(grads)).sum()
+        flat = self._grad.flat_gradient()
+        norm = torch.linalg.vector_norm(flat)
+        if self.grad_clip is not None:       # clip_grad_norm_'s rule on the one flat tensor
+            flat.mul_((self.grad_clip / (norm + 1e-6)).clamp_max(1.0))
         loss_v, ll_v, kl_v, norm_v = torch.stack([loss, log_lik, kl, norm.to(loss.dtype)]
                                                  ).tolist()
         ok = math.isfinite(loss_v) and math.isfinite(norm_v)
