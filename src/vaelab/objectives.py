@@ -23,7 +23,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch.distributions import Distribution, kl_divergence
 
-from vaelab import _checks
+from vaelab import _bernoulli_fast, _checks
 
 KL_MODES = ("auto", "analytic", "mc")
 
@@ -151,8 +151,12 @@ def log_weights(model: GenerativeModel, q: Distribution, x: torch.Tensor,
     """Importance log-weights log p(x, z_i) − log q(z_i), z_i ~ q; → [k, B].
 
     Uses ``rsample`` when q has it, so the result is differentiable; the one particle loop
-    shared by :func:`iwae_bound` and ``vaelab.evaluate.log_likelihood``.
+    shared by :func:`iwae_bound` and ``vaelab.evaluate.log_likelihood``. For the standard VAE
+    (N(0, I) prior, Bernoulli MLP decoder, diagonal-Normal q) the same numbers come from
+    plain tensors in ``vaelab._bernoulli_fast``, with the same draws for the same seed.
     """
+    if _bernoulli_fast.applies(model, q, x):
+        return _bernoulli_fast.log_weights(model, q, x, num_samples)
     z = q.rsample((num_samples,)) if q.has_rsample else q.sample((num_samples,))
     return model.log_joint(x, z) - q.log_prob(z)
 

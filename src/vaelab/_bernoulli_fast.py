@@ -1,0 +1,146 @@
+"""Importance log-weights of the standard VAE on plain tensors: the hot path of evaluation.
+
+For the VAE of Kingma & Welling (2014) with prior p(z) = N(0, I), a Bernoulli decoder whose
+net is a ``vaelab.nets.MLP`` with logits l = W h + b (h the last hidden activation), and
+q(z | x) = N(loc, diag scale²) (``vaelab.families.DiagonalNormal``), the importance
+log-weights of Burda, Grosse & Salakhutdinov (2016)
+
+    log w_i = log p(x | z_i) + log p(z_i) − log q(z_i | x),   z_i = loc + scale ⊙ ε_i,
+
+are the numbers ``objectives.log_weights`` computes through torch.distributions, computed here
+on plain tensors:
+
+* ε [k, B, L] ~ N(0, I) is drawn exactly as ``Normal.rsample`` draws it
+  (``torch.empty(shape).normal_()``), so with the same seed z is the same tensor;
+* log p(z) − log q(z | x) = Σ_l (ε_l² − z_l²)/2 + Σ_l log scale_l (the 2π terms cancel);
+* log p(x | z) = Σ_d x_d l_d − softplus(l_d), where Σ_d x_d l_d = h·(Wᵀx) + b·x uses Wᵀx [B, H]
+  and b·x [B] formed once per data point, so the [rows, D] logits are read only by
+  :func:`softplus_sum`;
+* the k·B rows go through the decoder in blocks of about :data:`ROW_BLOCK` rows, so the
+  [rows, H] and [rows, D] temporaries stay in cache; without autograd, memory is z and ε
+  [k, B, L] plus one block, never [k, B, D].
+
+Only the hidden layers run as modules (any depth, width and activation); the last Linear is
+applied by hand. Everything is differentiable, so ``iwae_bound`` takes this path too. These are
+log-densities written by hand, the one exception to "torch.distributions is the currency":
+tests/test_fast_log_weights.py holds them to the generic path (same seed, same numbers and
+gradients) and to exact log p(x) by quadrature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Distribution, Independent, Normal
+
+from vaelab import likelihoods, models, nets, priors
+
+#: Decoder rows (samples × data points) per block. For the 784-400-20 model in float32 on a
+#: 2-core CPU, 512, 1024 and 2048 rows ran alike (the [1024, 784] logits are 3.2 MB, inside the
+#: 8 MB L3), 256 rows 5% slower, one block for a whole 21k-row chunk 15% slower.
+ROW_BLOCK = 1024
+
+#: Methods a model may override per instance (as tests do); then the generic path must run.
+_PROTOCOL = ("prior", "decode", "log_joint")
+
+
+def applies(model: object, q: Distribution, x: torch.Tensor) -> bool:
+    """True when (model, q, x) is the standard VAE case this module computes exactly.
+
+    Model: exactly ``models.VAE`` with a ``priors.StandardNormal`` prior, a ``models.Decoder``
+    with a ``likelihoods.Bernoulli`` likelihood and a ``nets.MLP`` net ending in ``nn.Linear``;
+    q: exactly ``Independent(Normal, 1)``; x [B, D] of q's dtype and device.
+    """
+    if type(model) is not models.VAE or any(name in vars(model) for name in _PROTOCOL):
+        return False
+    decoder = model.decoder
+    if (type(model.prior_module) is not priors.StandardNormal
+            or type(decoder) is not models.Decoder
+            or type(decoder.likelihood) is not likelihoods.Bernoulli
+            or type(decoder.net) is not nets.MLP or type(decoder.net[-1]) is not nn.Linear):
+        return False
+    if (type(q) is not Independent or type(q.base_dist) is not Normal
+            or q.reinterpreted_batch_ndims != 1):
+        return False
+    loc, out = q.base_dist.loc, decoder.net[-1]
+    return (isinstance(x, torch.Tensor) and x.dim() == 2 and loc.dim() == 2
+            and loc.shape[0] == x.shape[0] and x.shape[1] == out.out_features
+            and loc.dtype == x.dtype == out.weight.dtype
+            and loc.device == x.device == out.weight.device)
+
+
+def log_weights(model: models.VAE, q: Independent, x: torch.Tensor,
+                num_samples: int) -> torch.Tensor:
+    """log p(x, z_i) − log q(z_i | x) for z_i ~ q, i < k; x [B, D] → [k, B].
+
+    Call only when :func:`applies` holds; the maths is in the module docstring.
+    """
+    loc, scale = q.base_dist.loc, q.base_dist.scale                      # [B, L]
+    eps = torch.empty((num_samples, *loc.shape), dtype=loc.dtype, device=loc.device).normal_()
+    z = loc + eps * scale                                                # [k, B, L]
+    log_prior_ratio = 0.5 * (eps.square() - z.square()).sum(-1) + scale.log().sum(-1)
+    return log_prior_ratio + _log_likelihood(model.decoder.net, x, z)
+
+
+def _log_likelihood(net: nets.MLP, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log p(x | z) = Σ_d x_d l_d − softplus(l_d) for the Bernoulli MLP decoder; → [k, B].
+
+    x [B, D], z [k, B, L]; blocks of c samples × b points (c·b ≈ ROW_BLOCK rows).
+    """
+    *hidden, out = net
+    x_weight, x_bias = x @ out.weight, x @ out.bias                     # [B, H], [B]
+    k, batch = z.shape[:2]
+    b = min(batch, ROW_BLOCK)
+    c = max(1, ROW_BLOCK // b)
+    rows = []
+    for i in range(0, k, c):
+        cols = []
+        for j in range(0, batch, b):
+            z_block = z[i:i + c, j:j + b]                                # [c, b, L]
+            h = z_block.reshape(-1, z.shape[-1])
+            for layer in hidden:
+                h = layer(h)                                             # [c·b, H]
+            logits = torch.addmm(out.bias, h, out.weight.t())           # [c·b, D]
+            h = h.view(*z_block.shape[:2], -1)
+            x_dot_logits = (h * x_weight[j:j + b]).sum(-1) + x_bias[j:j + b]
+            cols.append(x_dot_logits - softplus_sum(logits).view(h.shape[:2]))
+        rows.append(cols[0] if len(cols) == 1 else torch.cat(cols, 1))
+    return rows[0] if len(rows) == 1 else torch.cat(rows, 0)
+
+
+def softplus_sum(logits: torch.Tensor) -> torch.Tensor:
+    """Σ_d softplus(l_d) over the last dimension, exactly; logits [..., D] → [...].
+
+    Σ_d softplus(l_d) = Σ_d relu(l_d) + Σ_groups log Π_{d ∈ group} (1 + e^{−|l_d|}): one exp
+    per element and one log per group instead of an exp and a log1p per element. Each factor
+    lies in (1, 2], so a group of G ≤ log2(finfo.max)/2 factors (64 in float32, 512 in
+    float64) cannot overflow. Rounding: a factor carries relative error ≲ 2u (u the unit roundoff),
+    the G − 1 products add ≲ (G − 1)u and the log ≲ u·G·ln 2, so beyond the rounding of the
+    final sums (≲ u·log2 D·Σ softplus, as for any sum) the absolute error is at most
+    ≈ 3.7·D·u (1.7e-4 for D = 784 in float32, 3e-13 in float64; typically ~√D·u): the
+    rounding level of summing D softplus values. About 40% cheaper than
+    ``F.softplus(l).sum(-1)`` on [1024, 784] float32 logits. When autograd records, returns
+    Σ −logsigmoid(−l) instead (the trick works in place on a temporary); not
+    ``F.softplus``, whose cut-off softplus(l) = l for l > 20 is off by e^{−20} ≈ 2e-9.
+    """
+    if logits.requires_grad and torch.is_grad_enabled():
+        return -F.logsigmoid(-logits).sum(-1)
+    size = logits.shape[-1]
+    group = _group_size(size, logits.dtype)
+    whole = size - size % group
+    relu_sum = logits.clamp_min(0).sum(-1)
+    factors = logits.abs().neg_().exp_().add_(1)                        # 1 + e^{−|l|}
+    log_sum = factors[..., :whole].unflatten(-1, (-1, group)).prod(-1).log_().sum(-1)
+    if whole < size:
+        log_sum += factors[..., whole:].prod(-1).log_()
+    return relu_sum + log_sum
+
+
+def _group_size(size: int, dtype: torch.dtype) -> int:
+    """Factors per product: ≤ log2(max)/2 (64 in float32), balanced over ⌈size / that⌉ groups."""
+    limit = int(math.log2(torch.finfo(dtype).max)) // 2                # 2^limit ≪ max
+    groups = -(-size // limit)
+    return -(-size // groups)
