@@ -121,6 +121,14 @@ def test_a_q_of_another_dtype_takes_the_generic_path(fast_calls):
     assert _bernoulli_fast.applies(model, model.encode(x), x)
 
 
+def test_a_hooked_decoder_takes_the_generic_path_and_its_hook_runs(fast_calls):
+    model, x = build(), binary(4, 12)
+    seen: list[tuple[int, ...]] = []
+    model.decoder.net[-1].register_forward_hook(lambda m, i, out: seen.append(tuple(out.shape)))
+    objectives.log_weights(model, model.encode(x), x, 5)
+    assert fast_calls == [] and seen == [(5, 4, 12)]
+
+
 # ------------------------------------------------------------------- the same numbers
 
 
@@ -201,7 +209,9 @@ def test_decoder_blocks_stay_within_the_row_block(monkeypatch):
     monkeypatch.setattr(_bernoulli_fast, "ROW_BLOCK", 32)
     model, x = build(hidden=(16,)), binary(7, 12)
     rows: list[int] = []
-    model.decoder.net[0].register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    original = _bernoulli_fast.softplus_sum
+    monkeypatch.setattr(_bernoulli_fast, "softplus_sum",
+                        lambda logits: rows.append(logits.shape[0]) or original(logits))
     with torch.no_grad():
         objectives.log_weights(model, model.encode(x), x, 50)
     assert max(rows) <= 32 and sum(rows) == 50 * 7

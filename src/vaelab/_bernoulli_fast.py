@@ -56,6 +56,8 @@ def applies(model: object, q: Distribution, x: torch.Tensor) -> bool:
     """
     if type(model) is not models.VAE or any(name in vars(model) for name in _PROTOCOL):
         return False
+    if nets.has_hooks(model.decoder):       # the last Linear runs by hand: hooks would be missed
+        return False
     decoder = model.decoder
     if (type(model.prior_module) is not priors.StandardNormal
             or type(decoder) is not models.Decoder

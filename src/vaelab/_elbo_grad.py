@@ -30,14 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaelab._bernoulli_fast import softplus_sum
+from vaelab.nets import MLP, has_hooks
+
 #: Activations whose backward needs only the layer's output (so no pre-activation is kept).
 _BACKWARD_FROM_OUTPUT = (nn.ReLU, nn.LeakyReLU, nn.Tanh)
 
 
 def _layers(net: nn.Module) -> list[tuple[nn.Linear, nn.Module | None]] | None:
     """[(Linear, activation after it or None)] of an MLP, or None if ``net`` is not one."""
-    from vaelab.nets import MLP
-
     if type(net) is not MLP:
         return None
     modules = list(net)
@@ -98,22 +99,11 @@ class GaussianBernoulliELBOGrad:
             p for lin, _ in enc + dec for p in (lin.weight, lin.bias) if p is not None]
         self._flat: torch.Tensor | None = None
         self._views: list[torch.Tensor] | None = None
-        self._modules = [encoder_net, decoder_net, *(m for lin, act in enc + dec
-                                                     for m in (lin, act) if m is not None)]
+        self._nets = (encoder_net, decoder_net)
 
     def hooked(self) -> bool:
-        """True when a hook would be skipped: a tensor hook on a parameter, or a forward or
-        backward hook on the networks, their layers or every module (then use autograd)."""
-        from torch.nn.modules import module as module_
-
-        if (module_._global_forward_hooks or module_._global_forward_pre_hooks
-                or module_._global_backward_hooks or module_._global_backward_pre_hooks):
-            return True
-        for p in self.parameters:
-            if p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None):
-                return True
-        return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                   or m._backward_pre_hooks for m in self._modules)
+        """True when a hook on the networks or their parameters would be skipped."""
+        return has_hooks(*self._nets)
 
     @staticmethod
     def supports(encoder_net: nn.Module, decoder_net: nn.Module) -> bool:
@@ -171,7 +161,7 @@ class GaussianBernoulliELBOGrad:
         logits = h                                                       # [S·B, D]
         # log p(x|z) = Σ_d x_d l_d − softplus(l_d), per (s, b) → mean over s → [B]
         log_lik = (torch.linalg.vecdot(logits.view(S, B, -1), x)
-                   - F.softplus(logits).sum(-1).view(S, B)).mean(0)
+                   - softplus_sum(logits).view(S, B)).mean(0)
         kl = 0.5 * (loc.square() + scale.square() - 1).sum(-1) - scale.log().sum(-1)
         loss = (kl_weight * kl - log_lik).mean()
         # ---- backward

@@ -53,3 +53,26 @@ class MLP(nn.Sequential):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - torch's name
         return super().forward(input)
+
+
+def has_hooks(*modules: nn.Module) -> bool:
+    """True when running ``modules`` by hand would skip a hook: a global module hook, a forward,
+    pre-forward or backward hook on any of their submodules, or a tensor hook on a parameter.
+
+    The plain-tensor fast paths (training step, importance weights) check this and fall back
+    to the modules and autograd whenever it is True, so user hooks always run.
+    """
+    from torch.nn.modules import module as module_
+
+    if (module_._global_forward_hooks or module_._global_forward_pre_hooks
+            or module_._global_backward_hooks or module_._global_backward_pre_hooks):
+        return True
+    for root in modules:
+        for m in root.modules():
+            if (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                    or m._backward_pre_hooks):
+                return True
+        for p in root.parameters():
+            if p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None):
+                return True
+    return False
