@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import peers  # noqa: E402
-import proposed  # noqa: E402
 import reference  # noqa: E402
 from common import Shapes  # noqa: E402
 
@@ -42,10 +41,11 @@ TRAIN_TARGETS = {"reference": 1.2, "gemm_floor": 0.85, "pythae": 2.0, "pyro_trac
 EVAL_TARGETS = {"reference": 1.5, "pythae": 10.0}
 LABELS = {"gemm_floor": "GEMM floor (matmuls only)", "reference": "hand-written PyTorch",
           "vaelab": "vaelab TrainStep + Batches",
-          "vaelab_fastbin": "(proposed) vaelab + U<x binarize", "pythae": "pythae BaseTrainer",
+          "pythae": "pythae BaseTrainer",
           "pyro_trace": "Pyro SVI Trace_ELBO", "pyro_tmf": "Pyro SVI TraceMeanField_ELBO"}
-EVAL_LABELS = {"reference": "hand-written IS loop", "vaelab": "vaelab.log_likelihood",
-               "proposed": "(proposed) fast log_likelihood", "pythae": "pythae VAE.get_nll"}
+EVAL_LABELS = {"gemm_floor": "GEMM floor (decoder matmuls only)",
+               "reference": "hand-written IS loop", "vaelab": "vaelab.log_likelihood",
+               "pythae": "pythae VAE.get_nll"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,10 +81,6 @@ def make_trainer(name: str, s: Shapes, data, weights, seed: int, compile_mode):
         from vaelab_contender import VaelabTrainer
 
         return VaelabTrainer(s, data, weights, seed, compile=compile_mode)
-    if name == "vaelab_fastbin":
-        from vaelab_contender import VaelabFastBinarizeTrainer
-
-        return VaelabFastBinarizeTrainer(s, data, weights, seed, compile=compile_mode)
     if name == "pythae":
         return peers.PythaeTrainer(s, data, weights, seed)
     if name in ("pyro_trace", "pyro_tmf"):
@@ -94,8 +90,7 @@ def make_trainer(name: str, s: Shapes, data, weights, seed: int, compile_mode):
 
 
 def available_trainers(only, status: dict) -> tuple[list[str], dict[str, str]]:
-    names = ["gemm_floor", "reference", "vaelab", "vaelab_fastbin", "pythae", "pyro_trace",
-             "pyro_tmf"]
+    names = ["gemm_floor", "reference", "vaelab", "pythae", "pyro_trace", "pyro_tmf"]
     missing = {}
     for name in names:
         if name.startswith("pyro") and status["pyro"].startswith("missing"):
@@ -177,9 +172,9 @@ def run_evaluation(args, s: Shapes, test_x, trained, status: dict) -> dict:
 
     hand = reference.HandVAE(s)
     hand.load_state_dict(_hand_state(trained))
-    fns = {"reference": lambda x, k: reference.reference_log_likelihood(hand, x, k),
-           "vaelab": lambda x, k: vaelab_ll(trained, x, k),
-           "proposed": lambda x, k: proposed.fast_log_likelihood(trained, x, k)}
+    fns = {"gemm_floor": lambda x, k: reference.decoder_gemm_floor(hand, x, k),
+           "reference": lambda x, k: reference.reference_log_likelihood(hand, x, k),
+           "vaelab": lambda x, k: vaelab_ll(trained, x, k)}
     if not status["pythae"].startswith("missing"):
         pyt = peers.build_pythae(s, _hand_state(trained))
         fns["pythae"] = lambda x, k: torch.tensor(peers.pythae_log_likelihood(pyt, x, k, 100))
@@ -256,8 +251,7 @@ def probe(args) -> None:
         hand = reference.HandVAE(s)
         hand.load_state_dict(weights)
         fn = {"reference": lambda: reference.reference_log_likelihood(hand, x, k),
-              "vaelab": lambda: vaelab_ll(model, x, k),
-              "proposed": lambda: proposed.fast_log_likelihood(model, x, k)}
+              "vaelab": lambda: vaelab_ll(model, x, k)}
         if name == "pythae":
             pyt = peers.build_pythae(s, weights)
             fn["pythae"] = lambda: peers.pythae_log_likelihood(pyt, x, k, 100)
@@ -407,6 +401,8 @@ def main(argv=None) -> int:
                 report["memory"][f"train:{name}"] = run_probe(args, f"train:{name}")
         for k, points in zip((1000, 5000), args.eval_points, strict=True):
             for name in report.get("evaluation", {}).get(str(k), {}).get("contenders", {}):
+                if name == "gemm_floor":
+                    continue
                 # the per-point loops peak on one point; the batched ones on all of them
                 n = min(points, 2) if name in ("reference", "pythae") else points
                 report["memory"][f"eval:{name}:{k}"] = run_probe(args, f"eval:{name}:{k}:{n}")

@@ -132,3 +132,28 @@ def reference_log_likelihood(model: HandVAE, x: torch.Tensor, k: int) -> torch.T
         log_w = log_px + prior.log_prob(z).sum(-1) - Normal(loc, scale).log_prob(z).sum(-1)
         out.append(torch.logsumexp(log_w, 0) - math.log(k))
     return torch.stack(out)
+
+
+@torch.no_grad()
+def decoder_gemm_floor(model: HandVAE, x: torch.Tensor, k: int, rows: int = 4096) -> torch.Tensor:
+    """Only the decoder's two matrix products for k samples of each point of x, in blocks.
+
+    Every importance-sampling estimator of log p(x) decodes k·P latent samples, so the time of
+    these products alone, addmm(b1, z, W1ᵀ) then addmm(b2, h, W2ᵀ) on [rows, L] and [rows, H]
+    blocks (random inputs, preallocated), caps the points/s any implementation can reach at
+    this k on this machine. Returns NaN per point (there is no estimate).
+    """
+    total = k * x.shape[0]
+    s = model.s
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(min(rows, total), s.latent, generator=g)
+    h = torch.randn(min(rows, total), s.hidden, generator=g).relu_()
+    out1 = torch.empty(z.shape[0], s.hidden)
+    out2 = torch.empty(z.shape[0], s.data_dim)
+    w1, b1 = model.dec1.weight, model.dec1.bias
+    w2, b2 = model.dec2.weight, model.dec2.bias
+    for start in range(0, total, rows):
+        n = min(rows, total - start)
+        torch.addmm(b1, z[:n], w1.t(), out=out1[:n])
+        torch.addmm(b2, h[:n], w2.t(), out=out2[:n])
+    return torch.full((x.shape[0],), math.nan)

@@ -75,26 +75,6 @@ class VaelabTrainer:
             self.skipped += result.skipped
 
 
-class VaelabFastBinarizeTrainer(VaelabTrainer):
-    """The same TrainStep fed by ``proposed.fast_binarize`` (the proposed data.py change)."""
-
-    name = "vaelab_fastbin"
-
-    def __init__(self, s: Shapes, data: torch.Tensor, weights: dict, seed: int,
-                 compile: str | bool = "auto") -> None:
-        super().__init__(s, data, weights, seed, compile)
-        from common import EpochOrder
-
-        self.data, self.order = data, EpochOrder(data.shape[0], s.batch, seed)
-        self.gen = torch.Generator().manual_seed(seed + 1)
-
-    def _next(self):
-        from proposed import fast_binarize
-
-        index = self.order.next()
-        return fast_binarize(self.data.index_select(0, index), self.gen), index
-
-
 def log_likelihood(model, x: torch.Tensor, k: int, chunk_size: int | None = None):
     """``vaelab.log_likelihood`` with q = the model's encoder, as ``evaluate_model`` calls it."""
     from vaelab import log_likelihood as ll
