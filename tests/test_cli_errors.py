@@ -301,7 +301,8 @@ def test_per_datapoint_run_cannot_encode_new_data(tmp_path, capsys, npy_images):
     run = tmp_path / "pd"
     assert cli.main(["train", "--data", str(npy_images), "--out", str(run),
                      "--inference", "per-datapoint", *TINY]) == 0
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert f"next: vaelab sample {run}" in out and "vaelab evaluate" not in out
     assert (run / "samples.png").is_file() and not (run / "reconstructions.png").exists()
     assert_error(run_cli(capsys, "evaluate", run), 1, "per-datapoint", "encoder")
     assert_error(run_cli(capsys, "reconstruct", run), 1, "per-datapoint")

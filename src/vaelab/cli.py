@@ -413,7 +413,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"`vaelab train --resume {run_dir}`", file=sys.stderr)
             raise SystemExit(EXIT_INTERRUPTED) from None
         raise
-    _report_run(result.run_dir)
+    _report_run(result.run_dir, config.train.inference)
     return 0
 
 
@@ -439,14 +439,18 @@ def _remove_empty(path: Path, created: Path | None) -> None:
             return
 
 
-def _report_run(run_dir: Path) -> None:
+def _report_run(run_dir: Path, inference: str = "amortized") -> None:
     names = ("samples.png", "reconstructions.png", "curves.png", "latent.png")
     pictures = [str(run_dir / n) for n in names if (run_dir / n).is_file()]
     print(f"run directory: {run_dir}")
     print(f"model: {run_dir / 'model.safetensors'}  metrics: {run_dir / 'metrics.jsonl'}")
     if pictures:
         print("pictures: " + "  ".join(pictures))
-    print(f"next: vaelab evaluate {run_dir}")
+    if inference == "per-datapoint":   # no encoder: q(z|x) exists for the training rows only
+        print(f"next: vaelab sample {run_dir}  (a per-datapoint run has no encoder for new "
+              "data, so evaluate, reconstruct and gaps do not apply)")
+    else:
+        print(f"next: vaelab evaluate {run_dir}")
 
 
 # --------------------------------------------------------------------------- evaluate
