@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -360,3 +361,17 @@ def test_real_process_prints_no_traceback(tmp_path):
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("vaelab: error: source:")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_precision_flag_reaches_the_run_config(tmp_path, capsys, npy_images):
+    run = tmp_path / "bf16"
+    assert cli.main(["train", "--data", str(npy_images), "--out", str(run),
+                     "--precision", "bf16", *TINY]) == 0
+    capsys.readouterr()
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["precision"] == "bf16"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and math.isfinite(metrics[-1]["train_elbo"])
+    code, _, err = run_cli(capsys, "train", "--data", npy_images, "--out", tmp_path / "x",
+                           "--precision", "fp16", *TINY)
+    assert code == 2 and "--precision" in err and "fp16" in err

@@ -49,7 +49,7 @@ def test_unknown_keys_are_errors_naming_them(data, name):
     ("lr_schedule", "linear"), ("lr_decay", 1.5), ("binarize", "yes"), ("num_samples", 0),
     ("inference", "amortised"), ("schedule", "em"), ("phi_steps", -2), ("device", "tpu"),
     ("compile", "always"), ("max_nonfinite_steps", 0), ("betas", (0.9,)),
-    ("betas", (0.9, 1.0)), ("refine_lr", -1.0),
+    ("betas", (0.9, 1.0)), ("refine_lr", -1.0), ("precision", "fp16"),
 ])
 def test_out_of_range_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):

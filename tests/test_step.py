@@ -284,3 +284,35 @@ def test_phi_lr_sets_the_per_datapoint_optimizer_and_follows_lr_schedules():
     assert bool((moved[3:] == 0).all())
     with pytest.raises(ValueError, match="phi_lr"):
         TrainStep(model, table, phi_lr=0.0)
+
+
+def test_bf16_autocast_step_runs_on_autograd_and_tracks_the_float32_step():
+    """precision="bf16": forward under bfloat16 autocast, float32 weights and Adam, no hand
+    gradient; with the same noise its ELBO and update stay within bfloat16 rounding of fp32."""
+    model, inf = make(dtype=torch.float32)
+    twin = copy.deepcopy(model)
+    half = TrainStep(model, inf, lr=1e-2, precision="bf16")
+    full = TrainStep(twin, Amortized(twin.encoder), lr=1e-2)
+    assert half._grad is None and full._grad is not None
+    calls = []
+    original = torch.autocast.__init__
+
+    def spy(self, device_type, dtype=None, enabled=True, **kw):
+        calls.append((device_type, dtype, enabled))
+        original(self, device_type, dtype=dtype, enabled=enabled, **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.autocast, "__init__", spy)
+        for i in range(3):
+            x = batch(i, torch.float32)
+            torch.manual_seed(300 + i)
+            a = half(x, None)
+            torch.manual_seed(300 + i)
+            b = full(x, None)
+            assert a.elbo == pytest.approx(b.elbo, rel=2e-2)
+    assert calls and all(c == ("cpu", torch.bfloat16, True) for c in calls)
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert p.dtype == torch.float32
+        torch.testing.assert_close(p, q, rtol=0, atol=5e-3)
+    with pytest.raises(ValueError, match="precision: expected one of 'fp32', 'bf16'"):
+        TrainStep(model, inf, precision="fp16")

@@ -143,6 +143,9 @@ def _add_train(commands) -> None:
     p.add_argument("--early-stopping", type=positive_int, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without a better validation ELBO")
     p.add_argument("--compile", choices=("auto", "on", "off"))
+    p.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="bf16: the step's forward pass under bfloat16 autocast (fast on GPUs "
+                        "with bf16 units; weights and Adam stay float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(func=cmd_train)
 
@@ -352,7 +355,8 @@ def _train_overrides(args: argparse.Namespace) -> dict:
                       "schedule": args.schedule, "phi_steps": args.phi_steps,
                       "phi_lr": args.phi_lr,
                       "kl_warmup_epochs": args.kl_warmup, "grad_clip": args.grad_clip,
-                      "early_stopping_patience": args.early_stopping, "compile": compile_}}
+                      "early_stopping_patience": args.early_stopping, "compile": compile_,
+                      "precision": args.precision}}
 
 
 def _train_config(args: argparse.Namespace, run_dir: Path):

@@ -107,6 +107,7 @@ BINARIZE_MODES = ("dynamic", "static", "none")
 INFERENCE_NAMES = ("amortized", "per-datapoint", "semi-amortized")
 TRAIN_SCHEDULES = ("joint", "alternating")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 
 
 def _fraction(name: str, value: object) -> float:
@@ -163,7 +164,9 @@ class TrainConfig:
     ~21 s of single-core CPU time, validation and checkpoint included).
 
     Run time: ``seed``, ``device`` ("auto": CUDA when available), ``compile`` ("auto", true,
-    false), ``max_nonfinite_steps`` (consecutive non-finite steps before training stops).
+    false), ``precision`` ("fp32", or "bf16": the training step's forward pass under
+    ``torch.autocast`` in bfloat16, weights, Adam and evaluation staying float32),
+    ``max_nonfinite_steps`` (consecutive non-finite steps before training stops).
     """
 
     data: str = "fashion-mnist"
@@ -190,6 +193,7 @@ class TrainConfig:
     refine_backprop: bool = False
     device: str = "auto"
     compile: str | bool = "auto"
+    precision: str = "fp32"
     max_nonfinite_steps: int = 20
 
     def __post_init__(self) -> None:
@@ -225,6 +229,7 @@ class TrainConfig:
         _checks.one_of("inference", self.inference, INFERENCE_NAMES)
         _checks.one_of("schedule", self.schedule, TRAIN_SCHEDULES)
         _checks.one_of("device", self.device, DEVICES)
+        _checks.one_of("precision", self.precision, PRECISIONS)
         if not isinstance(self.refine_backprop, bool):
             raise TypeError(f"refine_backprop: expected true or false, "
                             f"got {self.refine_backprop!r}")

@@ -68,7 +68,7 @@ from vaelab.step import TrainStep, nan_to_none
 #: Validation rows per forward pass.
 VAL_BATCH_SIZE = 4096
 #: TrainConfig fields that may differ when resuming (epochs: to extend a finished run).
-RESUMABLE_CHANGES = ("epochs", "device", "compile")
+RESUMABLE_CHANGES = ("epochs", "device", "compile", "precision")
 METRIC_KEYS = ("epoch", "step", "train_elbo", "train_rate", "train_distortion", "val_elbo",
                "val_rate", "val_distortion", "samples_per_s", "lr", "kl_weight",
                "skipped_steps", "seconds")
@@ -281,7 +281,7 @@ class _Trainer:
                               grad_clip=self.tc.grad_clip, schedule=self.tc.schedule,
                               phi_steps=self.tc.phi_steps, phi_lr=self.tc.phi_lr,
                               num_samples=self.tc.num_samples,
-                              compile=self.tc.compile,
+                              compile=self.tc.compile, precision=self.tc.precision,
                               expected_steps=self.tc.epochs * len(self.batches),
                               reduce_gradients=(distributed.average_gradients
                                                 if dist.world_size > 1 else None))
@@ -537,7 +537,7 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
             bare keys); with ``resume=True`` it may be None (the run's own config is used).
         out_dir: the run directory; created if needed.
         resume: continue the run in ``out_dir`` from its last complete checkpoint (its config
-            must match, except epochs/device/compile).
+            must match, except epochs/device/compile/precision).
         overwrite: replace the run in ``out_dir``. The old run's files are deleted only once
             the data are loaded and the model is built, just before the new config.json is
             written (config.json first, so the folder never mixes two runs).
