@@ -160,8 +160,8 @@ class TrainConfig:
     example's ELBO; backprop=True trains the encoder through them, Kim et al. 2018).
 
     The defaults train the default 784-512-256-20 model on 57,000 Fashion-MNIST images for 15
-    epochs of 446 steps: about 3-4 minutes on two otherwise idle CPU cores (one epoch costs
-    ~21 s of single-core CPU time, validation and checkpoint included).
+    epochs of 446 steps: about 2.5 minutes on two otherwise idle CPU cores (9-10 s an epoch,
+    validation and checkpoint included).
 
     Run time: ``seed``, ``device`` ("auto": CUDA when available), ``compile`` ("auto", true,
     false), ``precision`` ("fp32", or "bf16": the training step's forward pass under
