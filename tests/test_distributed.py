@@ -127,3 +127,13 @@ def test_read_env_validates():
         distributed.read_env({"WORLD_SIZE": "two"})
     assert distributed.backend_for("cpu") == "gloo"
     assert distributed.backend_for(torch.device("cuda", 0)) == "nccl"
+
+
+def test_shared_flat_buffer_finds_the_one_buffer_gradients_tile():
+    flat = torch.arange(10.0)
+    views = [flat[:6].view(2, 3), flat[6:]]
+    assert distributed.shared_flat_buffer(views) is flat
+    assert distributed.shared_flat_buffer(views[:1]) is None            # a gap at the end
+    assert distributed.shared_flat_buffer(views[::-1]) is None          # out of order
+    assert distributed.shared_flat_buffer([torch.zeros(3), torch.zeros(2)]) is None
+    assert distributed.shared_flat_buffer([flat[:6].view(3, 2).t(), flat[6:]]) is None

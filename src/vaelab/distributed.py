@@ -163,6 +163,11 @@ def average_gradients(params: Iterable[torch.Tensor]) -> None:
     grads = [p.grad for p in params if p.grad is not None and not p.grad.is_sparse]
     if not grads:
         return
+    flat = shared_flat_buffer(grads)
+    if flat is not None:                  # TrainStep's hand gradient: reduce it in place
+        dist.all_reduce(flat)
+        flat.div_(n)
+        return
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat.div_(n)
@@ -170,6 +175,23 @@ def average_gradients(params: Iterable[torch.Tensor]) -> None:
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def shared_flat_buffer(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """The 1-D tensor that ``tensors`` tile exactly, in order, as contiguous views; else None.
+
+    For gradients that are views of one flat buffer (``GaussianBernoulliELBOGrad``), so they
+    are all-reduced in place without a gather and a scatter copy.
+    """
+    base = tensors[0]._base if tensors else None
+    if base is None or base.dim() != 1 or not base.is_contiguous():
+        return None
+    offset = base.storage_offset()
+    for t in tensors:
+        if t._base is not base or not t.is_contiguous() or t.storage_offset() != offset:
+            return None
+        offset += t.numel()
+    return base if offset == base.storage_offset() + base.numel() else None
 
 
 def _comm_device() -> torch.device:
