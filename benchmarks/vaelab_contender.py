@@ -18,7 +18,7 @@ def version() -> str:
 def build_model(s: Shapes, weights: dict):
     """The vaelab 784-400-20 Bernoulli VAE, loaded with the shared initial weights."""
     from vaelab.config import ModelConfig
-    from vaelab.models import build_vae
+    from vaelab.model.vae import build_vae
 
     config = ModelConfig(data_dim=s.data_dim, latent_dim=s.latent, hidden=(s.hidden,),
                          likelihood="bernoulli", family="diagonal_normal",
@@ -46,8 +46,8 @@ class VaelabTrainer:
     def __init__(self, s: Shapes, data: torch.Tensor, weights: dict, seed: int,
                  compile: str | bool = "auto") -> None:
         from vaelab.data import Batches
-        from vaelab.inference import Amortized
-        from vaelab.step import TrainStep
+        from vaelab.fit.step import TrainStep
+        from vaelab.infer.schemes import Amortized
 
         torch.manual_seed(seed)
         self.model = build_model(s, weights)

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from vaelab import exact, families, models
+from vaelab.model import exact, families
+from vaelab.model import vae as models
 
 F64 = torch.float64
 
@@ -34,7 +35,7 @@ def one_thread():
 @pytest.fixture
 def no_run_figures(monkeypatch):
     """Skip the end-of-training pictures (tested on their own in test_plots/test_cli)."""
-    train_module = importlib.import_module("vaelab.train")
+    train_module = importlib.import_module("vaelab.fit.train")
     monkeypatch.setattr(train_module, "_write_figures", lambda *args, **kwargs: None)
 
 

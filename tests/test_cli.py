@@ -19,7 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vaelab import cli, data, runs
+from vaelab import cli, data
+from vaelab.fit import runs
 
 pytestmark = pytest.mark.skipif(
     not any((d / "t10k-images-idx3-ubyte.gz").is_file() or (d / "t10k-images-idx3-ubyte").is_file()
@@ -79,7 +80,7 @@ def test_train_reports_where_the_results_are(tmp_path, capsys, monkeypatch):
     """The final lines name the run directory and the pictures (checked on a stub train)."""
     import importlib
 
-    train_ = importlib.import_module("vaelab.train")
+    train_ = importlib.import_module("vaelab.fit.train")
 
     def fake_train(config, out_dir, **kwargs):
         out_dir.mkdir()
@@ -178,7 +179,7 @@ def test_gaps_complete_and_figures_are_wired(trained_run, tmp_path, capsys, monk
     assert code == 0, err
     assert "accuracy on the hidden half" in out and image_size(tmp_path / "c.png")[0] > 100
 
-    from vaelab import figures
+    from vaelab.show import figures
 
     calls = []
 

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch.distributions import Categorical, Independent, MultivariateNormal, Normal, StudentT
 
 import vaelab
-from vaelab import exact, families, likelihoods, priors
 from vaelab.config import ModelConfig
+from vaelab.model import exact, families, likelihoods, priors
 
 DTYPES = [torch.float32, torch.float64]
 LATENT = 3

@@ -1,4 +1,4 @@
-"""vaelab.distributed: two gloo processes on a tiny VAE take the same steps as one process on
+"""vaelab.fit.distributed: two gloo processes on a tiny VAE take the same steps as one process on
 the same global batch; environment parsing and the single-process no-ops."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from vaelab import distributed
-from vaelab import step as step_mod
 from vaelab.config import ModelConfig
-from vaelab.inference import Amortized
-from vaelab.models import build_vae
-from vaelab.step import TrainStep
+from vaelab.fit import distributed
+from vaelab.fit import step as step_mod
+from vaelab.fit.step import TrainStep
+from vaelab.infer.schemes import Amortized
+from vaelab.model.vae import build_vae
 
 D, L, GLOBAL_B, STEPS, WORLD = 6, 2, 8, 3, 2
 

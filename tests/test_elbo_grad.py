@@ -1,4 +1,4 @@
-"""The hand-derived ELBO gradient of the standard VAE (``vaelab._elbo_grad``) against autograd
+"""The hand-derived ELBO gradient of the standard VAE (``vaelab.fit._elbo_grad``) against autograd
 and finite differences, and the direct fused Adam step against ``torch.optim.Adam``."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vaelab import step as step_mod
-from vaelab._elbo_grad import GaussianBernoulliELBOGrad
 from vaelab.config import ModelConfig
-from vaelab.inference import Amortized
-from vaelab.models import build_vae
-from vaelab.step import TrainStep, _DirectFusedAdam
+from vaelab.fit import step as step_mod
+from vaelab.fit._elbo_grad import GaussianBernoulliELBOGrad
+from vaelab.fit.step import TrainStep, _DirectFusedAdam
+from vaelab.infer.schemes import Amortized
+from vaelab.model.vae import build_vae
 
 D, L, B = 9, 3, 6
 
@@ -98,7 +98,8 @@ def test_supports_only_the_mlps_it_can_differentiate():
     assert not GaussianBernoulliELBOGrad.supports(m.encoder.net, m.decoder.net)
     seq = torch.nn.Sequential(*m.encoder.net)
     assert not GaussianBernoulliELBOGrad.supports(seq, make().decoder.net)
-    with pytest.raises(ValueError, match="encoder_net, decoder_net: expected vaelab.nets.MLP"):
+    with pytest.raises(ValueError, match="encoder_net, decoder_net: expected "
+                                         "vaelab.model.nets.MLP"):
         GaussianBernoulliELBOGrad(seq, m.decoder.net, 1e-5, L)
 
 

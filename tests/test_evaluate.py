@@ -1,4 +1,4 @@
-"""Oracles for ``vaelab.evaluate.evaluate_model``: closed-form log p(x), ELBO and KL of a
+"""Oracles for ``vaelab.measure.evaluate.evaluate_model``: closed-form log p(x), ELBO and KL of a
 linear-Gaussian model, the standard-error formula, bits/dim and active units."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal
 
-from vaelab import evaluate
 from vaelab.config import ModelConfig
-from vaelab.exact import LinearGaussian
-from vaelab.models import build_vae
+from vaelab.measure import evaluate
+from vaelab.model.exact import LinearGaussian
+from vaelab.model.vae import build_vae
 
 F64 = torch.float64
 

@@ -16,7 +16,7 @@ import torch
 from torch.distributions import Categorical, MultivariateNormal
 
 import vaelab
-from vaelab import exact
+from vaelab.model import exact
 
 F64 = torch.float64
 LOG_2PI = math.log(2 * math.pi)

@@ -1,4 +1,4 @@
-"""The plain-tensor log-weights of the standard VAE (``vaelab._bernoulli_fast``).
+"""The plain-tensor log-weights of the standard VAE (``vaelab.model._bernoulli_fast``).
 
 Oracles: the generic torch.distributions path with the same seed (the same draws, the same
 numbers and gradients), exact log p(x) by quadrature for a one-dimensional latent, and a
@@ -17,8 +17,10 @@ from torch import nn
 from torch.distributions import Independent, Normal
 
 import vaelab
-from vaelab import _bernoulli_fast, likelihoods, models, objectives, priors
 from vaelab.config import ModelConfig
+from vaelab.infer import objectives
+from vaelab.model import _bernoulli_fast, likelihoods, priors
+from vaelab.model import vae as models
 
 F64 = torch.float64
 

@@ -15,8 +15,9 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from vaelab import figures, objectives
-from vaelab.exact import GaussianMixture
+from vaelab.infer import objectives
+from vaelab.model.exact import GaussianMixture
+from vaelab.show import figures
 
 F64 = torch.float64
 

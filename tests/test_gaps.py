@@ -15,9 +15,11 @@ import pytest
 import torch
 from conftest import linear_encoder  # noqa: E402
 
-from vaelab import exact, families, gaps, models
 from vaelab.config import ModelConfig
-from vaelab.inference import optimize_q
+from vaelab.infer.schemes import optimize_q
+from vaelab.measure import gaps
+from vaelab.model import exact, families
+from vaelab.model import vae as models
 
 F64 = torch.float64
 
@@ -144,7 +146,7 @@ def test_gaps_is_reproducible_with_a_seed(make_lg):
 
 def test_gaps_rejects_a_model_without_encoder_by_name(make_lg):
     model = make_lg(5, 2)
-    with pytest.raises(TypeError, match="encoder: expected a vaelab.models.Encoder"):
+    with pytest.raises(TypeError, match="encoder: expected a vaelab.model.vae.Encoder"):
         gaps.gaps(model, torch.zeros(2, 5, dtype=F64))
     with pytest.raises(ValueError, match=r"x: expected shape \[batch, 5\]"):
         gaps.gaps(model, torch.zeros(2, 4, dtype=F64),

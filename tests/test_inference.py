@@ -14,9 +14,10 @@ import torch
 from conftest import linear_encoder  # noqa: E402
 from torch import nn
 
-from vaelab import families, models, objectives
 from vaelab.config import ModelConfig
-from vaelab.inference import (
+from vaelab.fit.step import TrainStep
+from vaelab.infer import objectives
+from vaelab.infer.schemes import (
     Amortized,
     PerDatapoint,
     SemiAmortized,
@@ -24,7 +25,8 @@ from vaelab.inference import (
     optimize_q,
     refine,
 )
-from vaelab.step import TrainStep
+from vaelab.model import families
+from vaelab.model import vae as models
 
 F64 = torch.float64
 

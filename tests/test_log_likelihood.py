@@ -14,7 +14,7 @@ import torch
 from torch.distributions import Distribution, MultivariateNormal
 
 import vaelab
-from vaelab import exact
+from vaelab.model import exact
 
 F64 = torch.float64
 
@@ -215,7 +215,7 @@ def test_large_batch_is_vectorized_one_decode_per_chunk(make_lg):
 
 
 def test_automatic_chunk_size_bounds_the_chunk(make_lg, monkeypatch):
-    from vaelab import evaluate
+    from vaelab.measure import evaluate
 
     monkeypatch.setattr(evaluate, "DEFAULT_CHUNK_ELEMENTS", 4000)
     model = make_lg(4, 2, seed=50)

@@ -14,10 +14,12 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Independent
 
-from vaelab import data, missing, models
+from vaelab import data
 from vaelab.config import ModelConfig
-from vaelab.inference import Amortized
-from vaelab.step import TrainStep
+from vaelab.fit.step import TrainStep
+from vaelab.infer.schemes import Amortized
+from vaelab.model import vae as models
+from vaelab.use import complete as missing
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 import vaelab
-from vaelab import families, likelihoods, nets, priors
 from vaelab.config import ModelConfig
-from vaelab.models import Decoder, Encoder
+from vaelab.model import families, likelihoods, nets, priors
+from vaelab.model.vae import Decoder, Encoder
 
 DATA, LATENT, BATCH = 6, 3, 4
 

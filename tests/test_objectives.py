@@ -20,8 +20,8 @@ from torch.distributions import (
 )
 
 import vaelab
-from vaelab import families, priors
 from vaelab.config import ModelConfig
+from vaelab.model import families, priors
 
 F64 = torch.float64
 FAMILY_CLASSES = [families.DiagonalNormal, families.FullCovarianceNormal]

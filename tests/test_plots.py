@@ -1,4 +1,4 @@
-"""``vaelab.plots``: valid PNGs with the right content, written atomically; PCA oracle."""
+"""``vaelab.show.plots``: valid PNGs with the right content, written atomically; PCA oracle."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vaelab import plots
 from vaelab.config import ModelConfig
 from vaelab.data import Dataset
-from vaelab.models import build_vae
+from vaelab.model.vae import build_vae
+from vaelab.show import plots
 
 
 def png(path) -> np.ndarray:

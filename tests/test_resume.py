@@ -18,11 +18,12 @@ import time
 import pytest
 import torch
 
-from vaelab import data, runs
-from vaelab.train import train
+from vaelab import data
+from vaelab.fit import runs
+from vaelab.fit.train import train
 
-# the module itself: vaelab/__init__ may re-export the function ``train`` as ``vaelab.train``
-train_mod = importlib.import_module("vaelab.train")
+# the module itself: vaelab/__init__ may re-export the function ``train`` as ``vaelab.fit.train``
+train_mod = importlib.import_module("vaelab.fit.train")
 
 CONFIG = {"model": {"hidden": [32], "latent_dim": 3},
           "train": {"epochs": 4, "batch_size": 50, "limit": 500, "val_fraction": 0.1,
@@ -114,7 +115,7 @@ import sys, torch
 torch.set_num_threads(1)
 import importlib
 from vaelab import data
-train_mod = importlib.import_module("vaelab.train")
+train_mod = importlib.import_module("vaelab.fit.train")
 train_mod._write_figures = lambda *a, **k: None
 config = {config!r}
 ds = data.load_dataset("fashion-mnist", "train", limit=500)

@@ -1,4 +1,4 @@
-"""vaelab.runs: pickle-free state trees, atomic checkpoints, and clear errors for broken runs."""
+"""vaelab.fit.runs: pickle-free state trees, atomic checkpoints, clear errors for broken runs."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vaelab import data, runs
-from vaelab.train import train
+from vaelab import data
+from vaelab.fit import runs
+from vaelab.fit.train import train
 
-# the module itself: vaelab/__init__ may re-export the function ``train`` as ``vaelab.train``
+# the module itself: vaelab/__init__ may re-export the function ``train`` as ``vaelab.fit.train``
 TINY = {"model": {"hidden": [16], "latent_dim": 2},
         "train": {"epochs": 1, "batch_size": 100, "limit": 300, "val_fraction": 0.1}}
 

@@ -1,5 +1,5 @@
 """TrainStep semantics: one step is Adam on the −ELBO, skipped steps touch nothing, the fast
-and compiled paths compute what ``vaelab.objectives`` defines."""
+and compiled paths compute what ``vaelab.infer.objectives`` defines."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
-from vaelab import step as step_mod
 from vaelab.config import ModelConfig
-from vaelab.inference import Amortized
-from vaelab.models import build_vae
-from vaelab.objectives import elbo_terms
-from vaelab.step import TrainStep
+from vaelab.fit import step as step_mod
+from vaelab.fit.step import TrainStep
+from vaelab.infer.objectives import elbo_terms
+from vaelab.infer.schemes import Amortized
+from vaelab.model.vae import build_vae
 
 D, L, B = 7, 3, 5
 
@@ -266,7 +266,7 @@ def test_compiled_and_eager_steps_agree():
 
 
 def test_phi_lr_sets_the_per_datapoint_optimizer_and_follows_lr_schedules():
-    from vaelab.inference import PerDatapoint
+    from vaelab.infer.schemes import PerDatapoint
 
     model = build_vae(ModelConfig(data_dim=6, latent_dim=2, hidden=(4,)))
     table = PerDatapoint(model.encoder.family, num_data=10)

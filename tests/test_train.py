@@ -1,4 +1,4 @@
-"""vaelab.train on small subsets of real Fashion-MNIST: run directory, schedules, early
+"""vaelab.fit.train on small subsets of real Fashion-MNIST: run directory, schedules, early
 stopping, non-finite steps, inference schemes, refusals."""
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vaelab import data, runs
+from vaelab import data
 from vaelab.config import RunConfig, TrainConfig
-from vaelab.objectives import elbo
-from vaelab.train import TrainingError, kl_weight, learning_rate, train
+from vaelab.fit import runs
+from vaelab.fit.train import TrainingError, kl_weight, learning_rate, train
+from vaelab.infer.objectives import elbo
 
-# the module itself: vaelab/__init__ may re-export the function ``train`` as ``vaelab.train``
-train_mod = importlib.import_module("vaelab.train")
+# the module itself: vaelab/__init__ may re-export the function ``train`` as ``vaelab.fit.train``
+train_mod = importlib.import_module("vaelab.fit.train")
 
 REAL_WRITE_FIGURES = train_mod._write_figures
 TINY = {"model": {"hidden": [32], "latent_dim": 2},
@@ -237,7 +238,7 @@ def test_unwritable_or_missing_paths(fashion, tmp_path, monkeypatch):
 
 
 def test_per_datapoint_inference(fashion, tmp_path, monkeypatch):
-    pytest.importorskip("vaelab.plots")
+    pytest.importorskip("vaelab.show.plots")
     monkeypatch.setattr(train_mod, "_write_figures", REAL_WRITE_FIGURES)
     out, lines = tmp_path / "run", []
     result = train(tiny(inference="per-datapoint", epochs=1), out, dataset=fashion,
@@ -278,7 +279,7 @@ def test_static_binarization_and_no_validation(fashion, tmp_path):
 
 
 def test_figures_are_written_when_plots_exists(fashion, tmp_path, monkeypatch):
-    plots = pytest.importorskip("vaelab.plots")
+    plots = pytest.importorskip("vaelab.show.plots")
     seen = []
     monkeypatch.setattr(train_mod, "_write_figures", REAL_WRITE_FIGURES)
     monkeypatch.setattr(plots, "write_run_figures",
@@ -293,7 +294,7 @@ DISTRIBUTED_SCRIPT = """
 import os, sys, torch
 torch.set_num_threads(1)
 import importlib
-train_mod = importlib.import_module("vaelab.train")
+train_mod = importlib.import_module("vaelab.fit.train")
 train_mod._write_figures = lambda *a, **k: None
 config = {"model": {"hidden": [16], "latent_dim": 2},
           "train": {"data": sys.argv[2], "epochs": 2, "batch_size": 50, "val_fraction": 0.1}}

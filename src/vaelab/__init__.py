@@ -1,14 +1,14 @@
 """vaelab: variational autoencoders and variational inference on PyTorch.
 
 Re-exports only; see the modules for the maths and the papers. Training lives in
-``vaelab.train.train``; a finished run is reopened with :func:`load`.
+``vaelab.fit.train.train``; a finished run is reopened with :func:`load`.
 """
 
 from vaelab.config import ModelConfig, RunConfig, TrainConfig
 from vaelab.data import Dataset, load_dataset
-from vaelab.evaluate import LogLikelihoodEstimate, evaluate_model, log_likelihood
-from vaelab.gaps import GapReport, report_gaps
-from vaelab.inference import (
+from vaelab.fit.runs import TrainedModel, load
+from vaelab.infer.objectives import ELBOTerms, elbo, elbo_terms, iwae_bound
+from vaelab.infer.schemes import (
     Amortized,
     Inference,
     PerDatapoint,
@@ -16,9 +16,9 @@ from vaelab.inference import (
     build_inference,
     optimize_q,
 )
-from vaelab.models import VAE, Decoder, Encoder, LatentVariableModel, build_vae
-from vaelab.objectives import ELBOTerms, elbo, elbo_terms, iwae_bound
-from vaelab.runs import TrainedModel, load
+from vaelab.measure.evaluate import LogLikelihoodEstimate, evaluate_model, log_likelihood
+from vaelab.measure.gaps import GapReport, report_gaps
+from vaelab.model.vae import VAE, Decoder, Encoder, LatentVariableModel, build_vae
 
 __version__ = "0.1.0"
 

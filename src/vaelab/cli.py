@@ -281,7 +281,7 @@ def _png_path(path: Path, what: str) -> Path:
 
 def _load_run(run_dir: Path, device: str = "cpu"):
     """``runs.load`` with a clear message for a folder that is not a run."""
-    from vaelab import runs
+    from vaelab.fit import runs
 
     if not run_dir.is_dir():
         state = "is a file" if run_dir.exists() else "does not exist"
@@ -329,7 +329,7 @@ def _infer(trained) -> Callable | None:
         raise ValueError("RUN: this run used --inference per-datapoint, which trains no "
                          "encoder, so q(z|x) for new data is not available")
     if tc.inference == "semi-amortized":
-        from vaelab.inference import build_inference
+        from vaelab.infer.schemes import build_inference
 
         scheme = build_inference("semi-amortized", trained.model, 1, steps=tc.refine_steps,
                                  lr=tc.refine_lr)
@@ -397,9 +397,9 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``vaelab train``: validate everything, train, then say where the results are."""
-    from vaelab import runs
+    from vaelab.fit import runs
 
-    train_ = importlib.import_module("vaelab.train")   # the module, whatever vaelab re-exports
+    train_ = importlib.import_module("vaelab.fit.train")   # the module, whatever vaelab re-exports
     run_dir = _run_dir(args)
     config = _train_config(args, run_dir)
     if args.resume is None and not args.overwrite and runs.run_exists(run_dir):
@@ -479,8 +479,8 @@ def _eval_targets(args: argparse.Namespace, note: Callable) -> list[Path]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``vaelab evaluate``: the test protocol, written to RUN/eval.json (and --out)."""
-    from vaelab import runs
-    from vaelab.evaluate import evaluate_model
+    from vaelab.fit import runs
+    from vaelab.measure.evaluate import evaluate_model
 
     note = _printer(False)
     trained = _load_run(args.run, args.device)
@@ -528,7 +528,7 @@ def format_evaluation(r: dict) -> str:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """``vaelab sample``: a grid of n samples."""
-    from vaelab import plots
+    from vaelab.show import plots
 
     trained = _load_run(args.run, args.device)
     out = _png_path(args.out or args.run / f"samples-{args.n}.png", "--out")
@@ -542,7 +542,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     """``vaelab reconstruct``: n held-out examples above their reconstructions."""
     import torch
 
-    from vaelab import plots
+    from vaelab.show import plots
 
     trained = _load_run(args.run, args.device)
     _infer(trained)
@@ -558,7 +558,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 def cmd_gaps(args: argparse.Namespace) -> int:
     """``vaelab gaps``: approximation and amortization gaps on held-out data."""
-    from vaelab import gaps
+    from vaelab.measure import gaps
 
     trained = _load_run(args.run, args.device)
     _infer(trained)
@@ -574,7 +574,7 @@ def cmd_gaps(args: argparse.Namespace) -> int:
 
 def cmd_complete(args: argparse.Namespace) -> int:
     """``vaelab complete``: fill in the hidden top half of n held-out images."""
-    from vaelab import missing
+    from vaelab.use import complete as missing
 
     trained = _load_run(args.run, args.device)
     _infer(trained)
@@ -595,7 +595,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
 def cmd_figures(args: argparse.Namespace) -> int:
     """``vaelab figures``: the lecture's illustrations."""
-    from vaelab import figures
+    from vaelab.show import figures
 
     out = _writable_dir(args.out, "--out")
     for path in figures.make_all(out, small=args.small):
@@ -617,7 +617,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ValueError, TypeError, OSError, UsageError]
-    training_error = getattr(sys.modules.get("vaelab.train"), "TrainingError", None)
+    training_error = getattr(sys.modules.get("vaelab.fit.train"), "TrainingError", None)
     if training_error is not None:
         errors.append(training_error)
     return tuple(errors)

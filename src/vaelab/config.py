@@ -1,7 +1,7 @@
 """Frozen configuration dataclasses, validated on construction, and config files.
 
 * :class:`ModelConfig` — the architecture of an MLP VAE;
-* :class:`TrainConfig` — data, optimization and run-time options of ``vaelab.train``;
+* :class:`TrainConfig` — data, optimization and run-time options of ``vaelab.fit.train``;
 * :class:`RunConfig` — both, as stored in a run directory's ``config.json``;
 * :func:`load_config_file` (TOML or JSON) and :func:`merge` (command-line flags over a file).
 

@@ -1,7 +1,7 @@
 """Encoder, Decoder and the VAE p_θ(x, z) = p(z) p_θ(x | z) (Kingma & Welling 2014).
 
 Every generative model in vaelab (the neural :class:`VAE` and the closed-form models in
-``vaelab.exact``) follows one small protocol, so the objectives treat them alike:
+``vaelab.model.exact``) follows one small protocol, so the objectives treat them alike:
 
 * ``prior()`` → Distribution over z, batch [], event [L];
 * ``decode(z)`` → p(x | z) for z [..., B, L], a Distribution with batch [..., B], event [D];
@@ -15,10 +15,11 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
-from vaelab import _checks, likelihoods, nets
-from vaelab import families as families_
-from vaelab import priors as priors_
+from vaelab import _checks
 from vaelab.config import ModelConfig
+from vaelab.model import families as families_
+from vaelab.model import likelihoods, nets
+from vaelab.model import priors as priors_
 
 
 class LatentVariableModel(nn.Module):
@@ -104,7 +105,7 @@ class VAE(LatentVariableModel):
     """p_θ(x, z) = p(z) p_θ(x | z), optionally with the encoder q_φ(z | x) that trained it.
 
     Args:
-        prior: a module returning p(z) when called (``vaelab.priors``).
+        prior: a module returning p(z) when called (``vaelab.model.priors``).
         decoder: :class:`Decoder`.
         encoder: optional :class:`Encoder`; needed by :meth:`encode` and :meth:`reconstruct`.
     """

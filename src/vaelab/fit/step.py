@@ -8,20 +8,20 @@ Schedules (the lecture's two ways to climb the family of bounds):
 
 A step whose loss or gradients are not finite changes no weight and reports ``skipped``.
 
-Speed. The loss is always the per-data-point ELBO of ``vaelab.objectives`` (Kingma & Welling
+Speed. The loss is always the per-data-point ELBO of ``vaelab.infer.objectives`` (Kingma & Welling
 2014), −mean_b[kl_weight · KL(q_b ‖ p) − E_q log p(x_b | z)], optimized by Adam (Kingma & Ba
 2015). For the standard VAE — an amortized ``DiagonalNormal`` q, the ``StandardNormal`` prior
 and a ``Bernoulli`` decoder — the step computes the same numbers without torch.distributions:
 
 * MLP encoder and decoder with ReLU, leaky-ReLU or tanh (the default networks): the loss and its
-  gradient written out by hand (:class:`vaelab._elbo_grad.GaussianBernoulliELBOGrad`), no
+  gradient written out by hand (:class:`vaelab.fit._elbo_grad.GaussianBernoulliELBOGrad`), no
   autograd graph, gradients written into preallocated buffers, then torch's fused Adam kernel
   called directly (:class:`_DirectFusedAdam`). Any parameter or module hook sends the step back
   to autograd, so hooks always run;
 * other networks: :class:`_GaussianBernoulliELBO` on plain tensors through autograd, and with
   ``compile`` that function through ``torch.compile`` (forward and backward fused by Inductor).
 
-Every other combination goes through ``vaelab.objectives.elbo_terms`` unchanged. Adam is the
+Every other combination goes through ``vaelab.infer.objectives.elbo_terms`` unchanged. Adam is the
 fused single-kernel implementation where torch has one for the device, and one fused
 finiteness test of all the gradients replaces one test per parameter.
 """
@@ -39,13 +39,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaelab import _checks
-from vaelab._elbo_grad import GaussianBernoulliELBOGrad
-from vaelab.families import DiagonalNormal
-from vaelab.inference import Amortized, Inference
-from vaelab.likelihoods import Bernoulli
-from vaelab.models import VAE, Encoder
-from vaelab.objectives import elbo_terms
-from vaelab.priors import StandardNormal
+from vaelab.fit._elbo_grad import GaussianBernoulliELBOGrad
+from vaelab.infer.objectives import elbo_terms
+from vaelab.infer.schemes import Amortized, Inference
+from vaelab.model.families import DiagonalNormal
+from vaelab.model.likelihoods import Bernoulli
+from vaelab.model.priors import StandardNormal
+from vaelab.model.vae import VAE, Encoder
 
 SCHEDULES = ("joint", "alternating")
 PRECISIONS = ("fp32", "bf16")
@@ -149,7 +149,7 @@ class TrainStep:
         expected_steps: how many steps the caller plans to run (for ``compile="auto"``).
         reduce_gradients: called with the parameters right after their gradients are
             computed, before the finiteness test, clipping and the update; data-parallel
-            training passes ``vaelab.distributed.average_gradients`` (one flat all-reduce).
+            training passes ``vaelab.fit.distributed.average_gradients`` (one flat all-reduce).
         precision: ``"fp32"``, or ``"bf16"``: the loss's forward pass runs under
             ``torch.autocast(dtype=torch.bfloat16)`` on the parameters' device (matrix
             products in bfloat16, reductions and log-densities in float32 by autocast's

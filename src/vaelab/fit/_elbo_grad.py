@@ -2,7 +2,7 @@
 
 Model: q_φ(z | x) = N(loc, diag scale²) with [loc, raw] = encoder_net(x) and
 scale = softplus(raw) + min_scale; p(z) = N(0, I); p_θ(x | z) = Bernoulli(logits = decoder_net(z)),
-both networks :class:`vaelab.nets.MLP` (Kingma & Welling 2014). With z = loc + scale ⊙ ε,
+both networks :class:`vaelab.model.nets.MLP` (Kingma & Welling 2014). With z = loc + scale ⊙ ε,
 ε ~ N(0, I) (the reparameterization trick) and S samples per data point, the loss of a batch of
 B points is
 
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaelab._bernoulli_fast import softplus_sum
-from vaelab.nets import MLP, has_hooks
+from vaelab.model._bernoulli_fast import softplus_sum
+from vaelab.model.nets import MLP, has_hooks
 
 #: Activations whose backward needs only the layer's output (so no pre-activation is kept).
 _BACKWARD_FROM_OUTPUT = (nn.ReLU, nn.LeakyReLU, nn.Tanh)
@@ -91,7 +91,8 @@ class GaussianBernoulliELBOGrad:
                  latent_dim: int) -> None:
         enc, dec = _layers(encoder_net), _layers(decoder_net)
         if enc is None or dec is None:
-            raise ValueError("encoder_net, decoder_net: expected vaelab.nets.MLP networks with "
+            raise ValueError("encoder_net, decoder_net: expected vaelab.model.nets.MLP networks "
+                             "with "
                              "relu, leaky_relu or tanh activations")
         self.encoder_layers, self.decoder_layers = enc, dec
         self.min_scale, self.latent_dim = float(min_scale), int(latent_dim)

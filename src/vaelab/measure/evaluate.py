@@ -25,7 +25,7 @@ import torch
 from torch.distributions import Distribution
 
 from vaelab import _checks
-from vaelab.objectives import GenerativeModel, check_inputs, elbo_terms, log_weights
+from vaelab.infer.objectives import GenerativeModel, check_inputs, elbo_terms, log_weights
 
 #: Elements of the largest per-chunk tensor ([chunk, B, D]) when chunk_size is automatic.
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
@@ -68,9 +68,10 @@ def log_likelihood(model: GenerativeModel, q: Distribution, x: torch.Tensor,
     Returns:
         :class:`LogLikelihoodEstimate` with tensors [B]. Runs under ``torch.no_grad``.
 
-    Each chunk's log-weights come from :func:`vaelab.objectives.log_weights`, which for the
+    Each chunk's log-weights come from :func:`vaelab.infer.objectives.log_weights`, which for the
     standard VAE (N(0, I) prior, Bernoulli MLP decoder, diagonal-Normal q) computes the same
-    numbers on plain tensors, its decoder in cache-sized row blocks (``vaelab._bernoulli_fast``).
+    numbers on plain tensors, its decoder in cache-sized row blocks
+    (``vaelab.model._bernoulli_fast``).
     """
     x = check_inputs(model, q, x, num_samples)
     if chunk_size is None:
@@ -284,9 +285,10 @@ _GAP_NAMES = ("gaps", "report_gaps", "GapReport")
 
 
 def __getattr__(name: str) -> object:
-    """``vaelab.evaluate.gaps`` and friends live in ``vaelab.gaps`` (which imports this module)."""
+    """``vaelab.measure.evaluate.gaps`` and friends live in ``vaelab.measure.gaps``
+    (which imports this module)."""
     if name in _GAP_NAMES:
-        from vaelab import gaps as gaps_module
+        from vaelab.measure import gaps as gaps_module
 
         return getattr(gaps_module, name)
-    raise AttributeError(f"module 'vaelab.evaluate' has no attribute {name!r}")
+    raise AttributeError(f"module 'vaelab.measure.evaluate' has no attribute {name!r}")

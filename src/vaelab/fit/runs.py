@@ -1,6 +1,6 @@
 """Run directories: atomic files, pickle-free checkpoints, and loading a trained model.
 
-A run directory written by ``vaelab.train`` holds
+A run directory written by ``vaelab.fit.train`` holds
 
 * ``config.json`` — the :class:`~vaelab.config.RunConfig` with ``data_dim``/``image_shape``
   resolved from the data, plus ``format``, ``vaelab_version`` and ``torch_version``;
@@ -16,7 +16,7 @@ A run directory written by ``vaelab.train`` holds
 * ``checkpoint/`` — ``state.safetensors`` (every tensor: model, inference, optimizer moments,
   best weights) and ``state.json`` (scalars, the optimizer's structure, RNG states as hex,
   and the SHA-256 of ``state.safetensors``);
-* figures (``*.png``) written by ``vaelab.plots``.
+* figures (``*.png``) written by ``vaelab.show.plots``.
 
 Every file is written to a temporary name in the same folder, fsynced and renamed over the old
 one (``os.replace``), so a reader sees the old or the new file, never a torn one. The checkpoint
@@ -45,10 +45,10 @@ from torch.distributions import Distribution
 from vaelab import _checks
 from vaelab._files import atomic_write_bytes, atomic_write_json, fsync_dir
 from vaelab.config import RunConfig
-from vaelab.evaluate import LogLikelihoodEstimate, log_likelihood
-from vaelab.inference import build_inference
-from vaelab.models import VAE, build_vae
-from vaelab.objectives import elbo_terms
+from vaelab.infer.objectives import elbo_terms
+from vaelab.infer.schemes import build_inference
+from vaelab.measure.evaluate import LogLikelihoodEstimate, log_likelihood
+from vaelab.model.vae import VAE, build_vae
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -394,7 +394,7 @@ class TrainedModel:
     """A trained VAE loaded from a run directory, ready to use.
 
     Attributes:
-        model: the :class:`~vaelab.models.VAE` (in eval mode).
+        model: the :class:`~vaelab.model.vae.VAE` (in eval mode).
         config: the run's :class:`~vaelab.config.RunConfig`.
         run_dir: where it was loaded from.
         metrics: the per-epoch metrics of ``metrics.jsonl``.

@@ -2,7 +2,7 @@
 
 ``train(config, out_dir)`` loads the data (seeded train/validation split, binarization),
 builds the VAE and the inference scheme (amortized, per-datapoint or semi-amortized), and runs
-``vaelab.step.TrainStep`` over deterministic per-epoch batches (``vaelab.data.Batches``) with
+``vaelab.fit.step.TrainStep`` over deterministic per-epoch batches (``vaelab.data.Batches``) with
 
 * KL warm-up: the KL term's weight ramps linearly from 0 to 1 over ``kl_warmup_epochs``, step
   by step (Bowman et al. 2016; Sønderby et al. 2016), so the reported ELBO is always the true
@@ -21,17 +21,17 @@ config). The held-out rows are still split off, so every inference scheme sees t
 training rows. Validation q noise comes from a fixed seed (the same draws every epoch) and
 does not touch the training RNG stream.
 
-Resume: every epoch ends with an atomic checkpoint (``vaelab.runs``) holding the weights,
+Resume: every epoch ends with an atomic checkpoint (``vaelab.fit.runs``) holding the weights,
 the optimizer moments, torch's RNG state and the counters. The batches depend only on
 (seed, epoch) and torch's global RNG (the reparameterization noise) is reseeded at the start
 of every epoch from (seed, epoch, rank), so ``train(..., resume=True)`` after an interruption
 reaches the same final weights and metrics, bit for bit, as an uninterrupted run on the same
 machine and thread count (and each rank of a distributed run draws its own noise).
 
-Distributed: under ``torchrun`` (WORLD_SIZE > 1; ``vaelab.distributed.init_from_env``) each
+Distributed: under ``torchrun`` (WORLD_SIZE > 1; ``vaelab.fit.distributed.init_from_env``) each
 rank trains on its shard of every global batch (``Batches(rank=, world_size=)``), the
 gradients are averaged across ranks in one flat all-reduce right after they are computed
-(``TrainStep(reduce_gradients=vaelab.distributed.average_gradients)``: DistributedDataParallel's
+(``TrainStep(reduce_gradients=vaelab.fit.distributed.average_gradients)``: DistributedDataParallel's
 averaging, done once per step because the hand-derived gradient of the fast path never passes
 through the autograd hooks DDP relies on; the state-dict keys stay those of the plain model),
 the metrics are all-reduced and only rank 0 writes the run directory. On the fast path every
@@ -58,12 +58,12 @@ import torch
 from tqdm import tqdm
 
 from vaelab import data as data_
-from vaelab import distributed, runs
 from vaelab.config import RunConfig, TrainConfig
-from vaelab.inference import Inference, build_inference
-from vaelab.models import VAE, build_vae
-from vaelab.objectives import elbo_terms
-from vaelab.step import TrainStep, nan_to_none
+from vaelab.fit import distributed, runs
+from vaelab.fit.step import TrainStep, nan_to_none
+from vaelab.infer.objectives import elbo_terms
+from vaelab.infer.schemes import Inference, build_inference
+from vaelab.model.vae import VAE, build_vae
 
 #: Validation rows per forward pass.
 VAL_BATCH_SIZE = 4096
@@ -155,7 +155,7 @@ class _Dist:
 
 
 def _distributed(device: torch.device) -> _Dist:
-    """Join the torchrun job described by the environment, if any (``vaelab.distributed``)."""
+    """Join the torchrun job described by the environment, if any (``vaelab.fit.distributed``)."""
     rank, world_size = distributed.init_from_env(device)
     return _Dist(rank, world_size)
 
@@ -516,7 +516,7 @@ def _describe(row: dict, epochs: int) -> str:
 def _write_figures(run_dir: Path, model: VAE, dataset: data_.Dataset, metrics: list[dict],
                    log: Callable[[str], object]) -> None:
     try:
-        from vaelab import plots
+        from vaelab.show import plots
     except ImportError:
         return
     writer = getattr(plots, "write_run_figures", None)
@@ -530,7 +530,7 @@ def _write_figures(run_dir: Path, model: VAE, dataset: data_.Dataset, metrics: l
 def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume: bool = False,
           overwrite: bool = False, progress: bool = True, dataset: data_.Dataset | None = None,
           log: Callable[[str], object] | None = print) -> TrainResult:
-    """Train a VAE and write a run directory (see ``vaelab.runs`` for its format).
+    """Train a VAE and write a run directory (see ``vaelab.fit.runs`` for its format).
 
     Args:
         config: a RunConfig or a config dict (``{"model": {...}, "train": {...}}``, dotted or

@@ -39,8 +39,8 @@ from torch.distributions import Categorical, Distribution, MixtureSameFamily, No
 
 from vaelab import _checks
 from vaelab._files import save_figure
-from vaelab.exact import GaussianMixture, LinearGaussian
-from vaelab.objectives import elbo
+from vaelab.infer.objectives import elbo
+from vaelab.model.exact import GaussianMixture, LinearGaussian
 
 GRID_LIMIT = 25.0
 GRID_POINTS = 5001

@@ -16,7 +16,7 @@ per-data-point parameters). ``sparse = True`` marks schemes whose parameters are
 rows updated through sparse gradients (the trainer optimizes them with ``SparseAdam``).
 
 :func:`optimize_q` is the batched per-example optimizer of φ (all examples at once, each with
-its own gradient) shared by ``vaelab.gaps`` and anyone who wants the best q of a family.
+its own gradient) shared by ``vaelab.measure.gaps`` and anyone who wants the best q of a family.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from torch import nn
 from torch.distributions import Distribution
 
 from vaelab import _checks
-from vaelab.families import Family
-from vaelab.models import Encoder, LatentVariableModel
-from vaelab.objectives import elbo
+from vaelab.infer.objectives import elbo
+from vaelab.model.families import Family
+from vaelab.model.vae import Encoder, LatentVariableModel
 
 INFERENCE_NAMES = ("amortized", "per-datapoint", "semi-amortized")
 
@@ -64,7 +64,7 @@ class PerDatapoint(Inference):
     produces a sparse gradient touching only the batch's rows (optimize with SparseAdam).
 
     Args:
-        family: the variational family (``vaelab.families``).
+        family: the variational family (``vaelab.model.families``).
         num_data: N, the number of training examples.
 
     ``forward(x, index)``: x [B, D] (only its batch size is used), index [B] int64 in [0, N).
@@ -75,7 +75,7 @@ class PerDatapoint(Inference):
     def __init__(self, family: Family, num_data: int) -> None:
         super().__init__()
         if not isinstance(family, Family):
-            raise TypeError(f"family: expected a vaelab.families.Family, "
+            raise TypeError(f"family: expected a vaelab.model.families.Family, "
                             f"got {type(family).__name__}")
         self.family = family
         self.num_data = _checks.positive_int("num_data", num_data)
@@ -108,7 +108,7 @@ class PerDatapoint(Inference):
 def _model_ref(model: LatentVariableModel) -> tuple[LatentVariableModel]:
     """Hold the model without registering it as a submodule (its θ is not this scheme's φ)."""
     if not isinstance(model, nn.Module) or not hasattr(model, "log_joint"):
-        raise TypeError(f"model: expected a generative model (vaelab.models.VAE or an exact "
+        raise TypeError(f"model: expected a generative model (vaelab.model.vae.VAE or an exact "
                         f"model), got {type(model).__name__}")
     return (model,)
 
@@ -168,7 +168,7 @@ class SemiAmortized(Inference):
     The refinement runs under ``torch.no_grad`` too (evaluation), as it needs ∇_λ ELBO.
 
     Args:
-        encoder: :class:`~vaelab.models.Encoder` (net + family) giving λ_0 = net(x).
+        encoder: :class:`~vaelab.model.vae.Encoder` (net + family) giving λ_0 = net(x).
         model: the generative model whose ELBO is refined (held by reference, not registered
             as a submodule, so its θ is not counted as this scheme's parameters).
         steps: K ≥ 0 refinement steps.
@@ -181,7 +181,7 @@ class SemiAmortized(Inference):
                  backprop: bool = False, *, num_samples: int = 1) -> None:
         super().__init__()
         if not isinstance(encoder, Encoder):
-            raise TypeError(f"encoder: expected a vaelab.models.Encoder, "
+            raise TypeError(f"encoder: expected a vaelab.model.vae.Encoder, "
                             f"got {type(encoder).__name__}")
         self.encoder = encoder
         self._model = _model_ref(model)
@@ -227,7 +227,7 @@ def optimize_q(model: LatentVariableModel, x: torch.Tensor, init_raw: torch.Tens
     caps the total. θ's ``.grad`` is not touched.
 
     Args:
-        model: generative model (``vaelab.models`` protocol).
+        model: generative model (``vaelab.model.vae`` protocol).
         x: data [B, D].
         init_raw: starting raw parameters [B, family.param_size] (e.g. the encoder's output).
         family: maps raw [B, P] → q with batch [B], event [L].

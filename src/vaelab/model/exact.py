@@ -1,6 +1,6 @@
 """Latent-variable models whose log p(x) and p(z | x) have closed forms.
 
-They follow the same protocol as :class:`vaelab.models.VAE`, so every objective and estimator
+They follow the same protocol as :class:`vaelab.model.vae.VAE`, so every objective and estimator
 runs on them through the same code, and the tests compare estimates with exact answers.
 
 * :class:`LinearGaussian` — probabilistic PCA / factor analysis (Tipping & Bishop 1999):
@@ -26,7 +26,7 @@ from torch.distributions import (
 )
 
 from vaelab import _checks
-from vaelab.models import LatentVariableModel
+from vaelab.model.vae import LatentVariableModel
 
 
 class LinearGaussian(LatentVariableModel):
@@ -91,7 +91,7 @@ class LinearGaussian(LatentVariableModel):
         """ELBO(x; q) in closed form for a Gaussian q (mean m, covariance S); → [B].
 
         E_q[log N(x; W z + b, D)] = log N(x; W m + b, D) − ½ tr(D⁻¹ W S Wᵀ), minus KL(q ‖ N(0, I)).
-        Written independently of ``vaelab.objectives`` so it can serve as their oracle.
+        Written independently of ``vaelab.infer.objectives`` so it can serve as their oracle.
         """
         x = self.check_data(x)
         m, cov = q.mean, _covariance(q)

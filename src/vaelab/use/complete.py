@@ -35,8 +35,8 @@ from torch.distributions import Bernoulli, Distribution, Independent
 
 from vaelab import _checks
 from vaelab._files import save_figure
-from vaelab.models import VAE
-from vaelab.objectives import elbo
+from vaelab.infer.objectives import elbo
+from vaelab.model.vae import VAE
 
 
 def top_half_mask(image_shape: tuple[int, int, int]) -> torch.Tensor:

@@ -10,7 +10,7 @@ The importance-weighted bound (Burda, Grosse & Salakhutdinov 2016)
     L_k = E[log (1/k) Σ_i p(x, z_i) / q(z_i)],  z_i ~ q,
 
 rises with k towards log p(x). Every function takes a model through the protocol of
-``vaelab.models`` (``prior()``, ``decode(z)``, ``log_joint(x, z)``, ``check_data(x)``) and a
+``vaelab.model.vae`` (``prior()``, ``decode(z)``, ``log_joint(x, z)``, ``check_data(x)``) and a
 q with batch_shape [B], so neural and closed-form models share this code. Shapes: x [B, D],
 samples [k, B, L], results [B].
 """
@@ -23,7 +23,8 @@ from typing import NamedTuple, Protocol
 import torch
 from torch.distributions import Distribution, kl_divergence
 
-from vaelab import _bernoulli_fast, _checks
+from vaelab import _checks
+from vaelab.model import _bernoulli_fast
 
 KL_MODES = ("auto", "analytic", "mc")
 
@@ -151,9 +152,10 @@ def log_weights(model: GenerativeModel, q: Distribution, x: torch.Tensor,
     """Importance log-weights log p(x, z_i) − log q(z_i), z_i ~ q; → [k, B].
 
     Uses ``rsample`` when q has it, so the result is differentiable; the one particle loop
-    shared by :func:`iwae_bound` and ``vaelab.evaluate.log_likelihood``. For the standard VAE
+    shared by :func:`iwae_bound` and ``vaelab.measure.evaluate.log_likelihood``. For the standard
+    VAE
     (N(0, I) prior, Bernoulli MLP decoder, diagonal-Normal q) the same numbers come from
-    plain tensors in ``vaelab._bernoulli_fast``, with the same draws for the same seed.
+    plain tensors in ``vaelab.model._bernoulli_fast``, with the same draws for the same seed.
     """
     if _bernoulli_fast.applies(model, q, x):
         return _bernoulli_fast.log_weights(model, q, x, num_samples)

@@ -1,8 +1,8 @@
 """Importance log-weights of the standard VAE on plain tensors: the hot path of evaluation.
 
 For the VAE of Kingma & Welling (2014) with prior p(z) = N(0, I), a Bernoulli decoder whose
-net is a ``vaelab.nets.MLP`` with logits l = W h + b (h the last hidden activation), and
-q(z | x) = N(loc, diag scale²) (``vaelab.families.DiagonalNormal``), the importance
+net is a ``vaelab.model.nets.MLP`` with logits l = W h + b (h the last hidden activation), and
+q(z | x) = N(loc, diag scale²) (``vaelab.model.families.DiagonalNormal``), the importance
 log-weights of Burda, Grosse & Salakhutdinov (2016)
 
     log w_i = log p(x | z_i) + log p(z_i) − log q(z_i | x),   z_i = loc + scale ⊙ ε_i,
@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
-from vaelab import likelihoods, models, nets, priors
+from vaelab.model import likelihoods, nets, priors
+from vaelab.model import vae as models
 
 #: Decoder rows (samples × data points) per block. For the 784-400-20 model in float32 on a
 #: 2-core CPU, 512, 1024 and 2048 rows ran alike (the [1024, 784] logits are 3.2 MB, inside the

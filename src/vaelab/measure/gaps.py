@@ -12,8 +12,9 @@ is what the encoder loses by predicting φ from x instead of fitting it per exam
 lecture's "different φ for different data points" vs one shared encoder).
 
 Estimates, per example: L[q_φ] and L[q*] are ELBOs averaged over ``num_samples`` samples of z;
-q* comes from :func:`vaelab.inference.optimize_q` (Adam until the running ELBO stops
-improving); log p̂(x) is the importance-sampling estimate of ``vaelab.evaluate.log_likelihood``
+q* comes from :func:`vaelab.infer.schemes.optimize_q` (Adam until the running ELBO stops
+improving); log p̂(x) is the importance-sampling estimate of
+``vaelab.measure.evaluate.log_likelihood``
 with the equal mixture ½ q_φ + ½ q* as proposal, half the draws from each
 (:class:`DeterministicMixture`; defensive importance sampling, Hesterberg 1995): its weights
 are at most twice those of either component alone, so it is never much worse than the better
@@ -43,10 +44,10 @@ from torch.distributions import Distribution
 
 from vaelab import _checks
 from vaelab._files import atomic_write_json
-from vaelab.evaluate import auto_chunk_size, log_likelihood
-from vaelab.inference import optimize_q
-from vaelab.models import Encoder
-from vaelab.objectives import GenerativeModel, elbo
+from vaelab.infer.objectives import GenerativeModel, elbo
+from vaelab.infer.schemes import optimize_q
+from vaelab.measure.evaluate import auto_chunk_size, log_likelihood
+from vaelab.model.vae import Encoder
 
 QUANTITIES = ("log_likelihood", "elbo_optimized", "elbo_amortized",
               "approximation_gap", "amortization_gap", "inference_gap")
@@ -178,14 +179,14 @@ def gaps(model: GenerativeModel, x: torch.Tensor, *, encoder: Encoder | None = N
         model: generative model; ``encoder`` defaults to ``model.encoder``.
         x: data [B, D].
         num_samples: samples of z behind L[q_φ], L[q*] and log p̂(x) (5000 as in the paper).
-        steps, lr, optimizer_samples, patience: :func:`~vaelab.inference.optimize_q`'s budget
+        steps, lr, optimizer_samples, patience: :func:`~vaelab.infer.schemes.optimize_q`'s budget
             (at most ``steps`` Adam steps, each with ``optimizer_samples`` samples).
         chunk_size: samples per chunk (memory bound); None picks one.
         seed: seeds the sampling (reproducible report) without touching the global RNG.
     """
     encoder = getattr(model, "encoder", None) if encoder is None else encoder
     if not isinstance(encoder, Encoder):
-        raise TypeError(f"encoder: expected a vaelab.models.Encoder (or a model with one), "
+        raise TypeError(f"encoder: expected a vaelab.model.vae.Encoder (or a model with one), "
                         f"got {type(encoder).__name__}")
     x = model.check_data(x)
     num_samples = _checks.positive_int("num_samples", num_samples)
