@@ -6,8 +6,6 @@ built from their own seeded generator so they do not depend on test order.
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 from torch import nn
@@ -30,13 +28,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def no_run_figures(monkeypatch):
-    """Skip the end-of-training pictures (tested on their own in test_plots/test_cli)."""
-    train_module = importlib.import_module("vaelab.fit.train")
-    monkeypatch.setattr(train_module, "_write_figures", lambda *args, **kwargs: None)
 
 
 def make_linear_gaussian(data_dim: int = 5, latent_dim: int = 3, *, per_dim_noise: bool = False,

@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
+import vaelab
 from vaelab import cli, data
-from vaelab.fit import runs
 
 pytestmark = pytest.mark.skipif(
     not any((d / "t10k-images-idx3-ubyte.gz").is_file() or (d / "t10k-images-idx3-ubyte").is_file()
@@ -97,7 +97,7 @@ def test_train_reports_where_the_results_are(tmp_path, capsys, monkeypatch):
 
 
 def test_reload_sample_and_reconstruct_through_the_library(trained_run):
-    trained = runs.load(trained_run[0])
+    trained = vaelab.load(trained_run[0])
     assert trained.config.model.latent_dim == 2
     x = data.load_dataset("fashion-mnist", "test", limit=8).x
     assert trained.sample(5).shape == (5, 784)

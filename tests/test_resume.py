@@ -36,7 +36,7 @@ def with_train(**options) -> dict:
     return {"model": dict(CONFIG["model"]), "train": {**CONFIG["train"], **options}}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread", "no_run_figures")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

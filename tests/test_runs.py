@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import vaelab
 from vaelab import data
 from vaelab.fit import runs
 from vaelab.fit.train import train
@@ -20,7 +21,7 @@ TINY = {"model": {"hidden": [16], "latent_dim": 2},
 
 
 
-pytestmark = pytest.mark.usefixtures("one_thread", "no_run_figures")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -158,24 +159,24 @@ def test_resume_with_other_data_is_refused(run, fashion):
 
 def test_load_errors_name_the_problem(run, tmp_path):
     with pytest.raises(runs.RunError, match="does not exist"):
-        runs.load(tmp_path / "nowhere")
+        vaelab.load(tmp_path / "nowhere")
     model = run / "model.safetensors"
     good = model.read_bytes()
     model.write_bytes(good[: len(good) // 2])
     with pytest.raises(runs.RunError, match="model.*not a valid safetensors"):
-        runs.load(run)
+        vaelab.load(run)
     weights = load_file_bytes(good)
     weights["encoder.net.0.weight"] = torch.zeros(16, 5)
     save_file(weights, model)
     with pytest.raises(runs.RunError, match=r"encoder\.net\.0\.weight.*\[16, 784\].*\[16, 5\]"):
-        runs.load(run)
+        vaelab.load(run)
     del weights["encoder.net.0.weight"]
     save_file(weights, model)
     with pytest.raises(runs.RunError, match="missing"):
-        runs.load(run)
+        vaelab.load(run)
     model.unlink()
     with pytest.raises(runs.RunError, match="does not exist"):
-        runs.load(run)
+        vaelab.load(run)
 
 
 def load_file_bytes(blob: bytes) -> dict:
@@ -192,11 +193,11 @@ def load_file_bytes(blob: bytes) -> dict:
 def test_bad_config_json(run, text, match):
     (run / "config.json").write_text(text)
     with pytest.raises(runs.RunError, match=match):
-        runs.load(run)
+        vaelab.load(run)
 
 
 def test_loaded_model_matches_the_file(run):
-    trained = runs.load(run)
+    trained = vaelab.load(run)
     weights = load_file(run / "model.safetensors")
     state = trained.model.state_dict()
     assert all(torch.equal(state[k], weights[k]) for k in state)

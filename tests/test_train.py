@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import vaelab
 from vaelab import data
 from vaelab.config import RunConfig, TrainConfig
 from vaelab.fit import runs
@@ -25,7 +26,6 @@ from vaelab.infer.objectives import elbo
 # the module itself: vaelab/__init__ may re-export the function ``train`` as ``vaelab.fit.train``
 train_mod = importlib.import_module("vaelab.fit.train")
 
-REAL_WRITE_FIGURES = train_mod._write_figures
 TINY = {"model": {"hidden": [32], "latent_dim": 2},
         "train": {"epochs": 2, "batch_size": 100, "limit": 600, "val_fraction": 0.1}}
 
@@ -40,7 +40,7 @@ def fashion() -> data.Dataset:
     return data.load_dataset("fashion-mnist", "train", limit=1000)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread", "no_run_figures")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_run_directory_contents(finished):
 
 def test_load_gives_the_same_elbo(finished, fashion):
     result, out, _ = finished
-    trained = runs.load(out)
+    trained = vaelab.load(out)
     x = fashion.x[:32]
     torch.manual_seed(5)
     ours = trained.elbo(x, num_samples=3)
@@ -95,7 +95,7 @@ def test_load_gives_the_same_elbo(finished, fashion):
 
 
 def test_facade_methods(finished, fashion):
-    trained = runs.load(finished[1])
+    trained = vaelab.load(finished[1])
     x = fashion.x[:4]
     images = x.reshape(4, 1, 28, 28)
     assert trained.sample(3).shape == (3, 784)
@@ -198,7 +198,7 @@ def test_gaussian_on_non_image_data(tmp_path):
                    log=None)
     assert result.config.model.data_dim == 6 and result.config.model.image_shape is None
     assert math.isfinite(result.metrics[-1]["val_elbo"])
-    assert runs.load(tmp_path / "run").sample(2).shape == (2, 6)
+    assert vaelab.load(tmp_path / "run").sample(2).shape == (2, 6)
 
 
 def test_existing_run_is_refused_unless_resume_or_overwrite(finished, fashion, tmp_path):
@@ -238,11 +238,11 @@ def test_unwritable_or_missing_paths(fashion, tmp_path, monkeypatch):
 
 
 def test_per_datapoint_inference(fashion, tmp_path, monkeypatch):
-    pytest.importorskip("vaelab.show.plots")
-    monkeypatch.setattr(train_mod, "_write_figures", REAL_WRITE_FIGURES)
+    from vaelab.show.plots import write_run_figures
+
     out, lines = tmp_path / "run", []
     result = train(tiny(inference="per-datapoint", epochs=1), out, dataset=fashion,
-                   log=lines.append)
+                   log=lines.append, figures=write_run_figures)
     assert any("no validation ELBO" in line for line in lines)
     assert (out / "samples.png").exists() and (out / "curves.png").exists()
     assert not (out / "reconstructions.png").exists()  # the encoder was never trained
@@ -250,7 +250,7 @@ def test_per_datapoint_inference(fashion, tmp_path, monkeypatch):
     assert row["val_elbo"] is None and math.isfinite(row["train_elbo"])
     weights = load_file(out / "model.safetensors")
     assert weights["inference.table.weight"].shape == (540, 4)
-    trained = runs.load(out)
+    trained = vaelab.load(out)
     assert trained.sample(2).shape == (2, 784)
     with pytest.raises(ValueError, match="per-datapoint"):
         trained.encode(fashion.x[:2])
@@ -263,7 +263,7 @@ def test_semi_amortized_and_alternating(fashion, tmp_path):
                         tmp_path / "alt", dataset=fashion, log=None)
     for result in (semi, alternating):
         assert math.isfinite(result.metrics[0]["val_elbo"])
-    trained, x = runs.load(tmp_path / "semi"), fashion.x[:8]
+    trained, x = vaelab.load(tmp_path / "semi"), fashion.x[:8]
     with torch.no_grad():
         plain = trained.model.encoder(x).mean
     refined = trained.encode(x).mean  # q refined by refine_steps SGD steps, as in training
@@ -278,14 +278,11 @@ def test_static_binarization_and_no_validation(fashion, tmp_path):
         "num_train"] == 600
 
 
-def test_figures_are_written_when_plots_exists(fashion, tmp_path, monkeypatch):
-    plots = pytest.importorskip("vaelab.show.plots")
+def test_figures_writer_is_called_once_at_the_end(fashion, tmp_path):
     seen = []
-    monkeypatch.setattr(train_mod, "_write_figures", REAL_WRITE_FIGURES)
-    monkeypatch.setattr(plots, "write_run_figures",
-                        lambda run_dir, model, dataset, metrics, **kw: seen.append(
-                            (run_dir, len(dataset), len(metrics))))
-    train(tiny(epochs=1), tmp_path / "run", dataset=fashion, log=None)
+    train(tiny(epochs=1), tmp_path / "run", dataset=fashion, log=None,
+          figures=lambda run_dir, model, dataset, metrics, **kw: seen.append(
+              (run_dir, len(dataset), len(metrics))))
     assert seen == [(tmp_path / "run", 60, 1)]
 
 
@@ -321,6 +318,6 @@ def test_torchrun_two_processes(fashion, tmp_path):
     assert results[0] == results[1]  # same weights and metrics on both ranks
     rows = runs.read_metrics(out)
     assert [row["step"] for row in rows] == [4, 8]  # 360 rows / (50 x 2 ranks) per epoch
-    trained = runs.load(out)
+    trained = vaelab.load(out)
     weights = torch.cat([v.flatten() for v in trained.model.state_dict().values()])
     assert weights.double().sum().item() == float(results[0][0])

@@ -6,7 +6,6 @@ Re-exports only; see the modules for the maths and the papers. Training lives in
 
 from vaelab.config import ModelConfig, RunConfig, TrainConfig
 from vaelab.data import Dataset, load_dataset
-from vaelab.fit.runs import TrainedModel, load
 from vaelab.infer.objectives import ELBOTerms, elbo, elbo_terms, iwae_bound
 from vaelab.infer.schemes import (
     Amortized,
@@ -19,6 +18,7 @@ from vaelab.infer.schemes import (
 from vaelab.measure.evaluate import LogLikelihoodEstimate, evaluate_model, log_likelihood
 from vaelab.measure.gaps import GapReport, report_gaps
 from vaelab.model.vae import VAE, Decoder, Encoder, LatentVariableModel, build_vae
+from vaelab.use.trained import TrainedModel, load
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,7 @@
 """The ``vaelab`` command: train, evaluate, sample, reconstruct, gaps, complete, figures.
 
 Role in vaelab: the user's entry point, and nothing else imports it. Each sub-command is a
-thin layer over the library (``train.train``, ``runs.load``, ``evaluate.evaluate_model``,
+thin layer over the library (``train.train``, ``trained.load``, ``evaluate.evaluate_model``,
 ``plots``, ``gaps.report_gaps``, ``missing.complete_top_half``, ``figures.make_all``). Bad
 input never shows a traceback: :func:`main` turns every error into one line
 ``vaelab: error: <message>`` on stderr and a non-zero exit code (2 for command-line usage
@@ -280,8 +280,9 @@ def _png_path(path: Path, what: str) -> Path:
 
 
 def _load_run(run_dir: Path, device: str = "cpu"):
-    """``runs.load`` with a clear message for a folder that is not a run."""
+    """``vaelab.use.trained.load`` with a clear message for a folder that is not a run."""
     from vaelab.fit import runs
+    from vaelab.use.trained import load
 
     if not run_dir.is_dir():
         state = "is a file" if run_dir.exists() else "does not exist"
@@ -297,7 +298,7 @@ def _load_run(run_dir: Path, device: str = "cpu"):
                          "is False), got 'cuda'")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return runs.load(run_dir, device=device)
+    return load(run_dir, device=device)
 
 
 def _held_out(trained, source: str | None, split: str | None, seed: int, note: Callable):
@@ -407,9 +408,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                          f"{run_dir} to continue it or --overwrite to replace it")
     created = _first_missing(run_dir)
     log = _printer(args.quiet)
+    from vaelab.show.plots import write_run_figures
+
     try:
         result = train_.train(config, run_dir, resume=args.resume is not None,
-                              overwrite=args.overwrite, progress=not args.quiet, log=log)
+                              overwrite=args.overwrite, progress=not args.quiet, log=log,
+                              figures=write_run_figures)
     except BaseException as exc:
         _remove_empty(run_dir, created)
         if isinstance(exc, KeyboardInterrupt) and (run_dir / runs.CONFIG_FILE).is_file():

@@ -263,8 +263,14 @@ def _check_resumable(stored: RunConfig, config: RunConfig, run_dir: Path) -> Non
 # --------------------------------------------------------------------------- the loop
 
 
+#: Draws a finished run's pictures: (run_dir, model, dataset, metrics, *, log) -> None.
+FigureWriter = Callable[..., object]
+
+
 class _Trainer:
     """One training run; built by :func:`train`."""
+
+    figures: FigureWriter | None = None
 
     def __init__(self, config: RunConfig, run_dir: Path, data: _Data, dist: _Dist,
                  device: torch.device, *, progress: bool, log: Callable[[str], object]) -> None:
@@ -498,8 +504,9 @@ class _Trainer:
             model = self.model
             if self.tc.inference == "per-datapoint":  # its encoder was never trained
                 model = VAE(self.model.prior_module, self.model.decoder, None)
-            _write_figures(self.run_dir, model, self.data.val or self.data.train,
-                           self.state.metrics, self.log)
+            if self.figures is not None:
+                self.figures(self.run_dir, model, self.data.val or self.data.train,
+                             self.state.metrics, log=self.log)
 
 
 def _describe(row: dict, epochs: int) -> str:
@@ -513,23 +520,13 @@ def _describe(row: dict, epochs: int) -> str:
             f"{row['seconds']:.1f} s")
 
 
-def _write_figures(run_dir: Path, model: VAE, dataset: data_.Dataset, metrics: list[dict],
-                   log: Callable[[str], object]) -> None:
-    try:
-        from vaelab.show import plots
-    except ImportError:
-        return
-    writer = getattr(plots, "write_run_figures", None)
-    if writer is not None:
-        writer(run_dir, model, dataset, metrics, log=log)
-
-
 # --------------------------------------------------------------------------- entry point
 
 
 def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume: bool = False,
           overwrite: bool = False, progress: bool = True, dataset: data_.Dataset | None = None,
-          log: Callable[[str], object] | None = print) -> TrainResult:
+          log: Callable[[str], object] | None = print,
+          figures: FigureWriter | None = None) -> TrainResult:
     """Train a VAE and write a run directory (see ``vaelab.fit.runs`` for its format).
 
     Args:
@@ -544,6 +541,10 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
         progress: show a tqdm bar (only on a terminal).
         dataset: use this ``vaelab.data.Dataset`` instead of loading ``config.train.data``.
         log: called with one line per epoch and notes; None for silence.
+        figures: called once at the end on rank 0 as ``figures(run_dir, model, dataset,
+            metrics, log=log)`` to draw the run's pictures; the CLI passes
+            ``vaelab.show.plots.write_run_figures`` (injected, because ``fit`` sits below
+            ``show`` in the import order). None draws nothing.
 
     Raises:
         ValueError / TypeError: invalid config or data; ``runs.RunError`` (a ValueError) for a
@@ -564,6 +565,7 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     if stored is not None:
         _check_resumable(stored, config, run_dir)
     trainer = _Trainer(config, run_dir, data, dist, device, progress=progress, log=log)
+    trainer.figures = figures
     if config.train.inference == "per-datapoint" and data.val is not None:
         log("note: inference='per-datapoint' trains no encoder, so no validation ELBO is "
             "reported (val_* are null)")

@@ -280,15 +280,3 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
                                  for k in PER_EXAMPLE_KEYS}
     return _add_bits_per_dim(report, x.shape[1])
 
-
-_GAP_NAMES = ("gaps", "report_gaps", "GapReport")
-
-
-def __getattr__(name: str) -> object:
-    """``vaelab.measure.evaluate.gaps`` and friends live in ``vaelab.measure.gaps``
-    (which imports this module)."""
-    if name in _GAP_NAMES:
-        from vaelab.measure import gaps as gaps_module
-
-        return getattr(gaps_module, name)
-    raise AttributeError(f"module 'vaelab.measure.evaluate' has no attribute {name!r}")

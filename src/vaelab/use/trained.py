@@ -1,0 +1,117 @@
+"""A trained model, reopened from its run directory and ready to use.
+
+:func:`load` reads ``config.json`` and ``model.safetensors`` (JSON and safetensors only, never
+a pickle, never code from the files; format in :mod:`vaelab.fit.runs`) and returns a
+:class:`TrainedModel`: encode, ELBO, importance-sampled log-likelihood, sample, reconstruct.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.distributions import Distribution
+
+from vaelab import _checks
+from vaelab.config import RunConfig
+from vaelab.fit.runs import CONFIG_FILE, RunError, read_config, read_metrics, read_model
+from vaelab.infer.objectives import elbo_terms
+from vaelab.infer.schemes import build_inference
+from vaelab.measure.evaluate import LogLikelihoodEstimate, log_likelihood
+from vaelab.model.vae import VAE, build_vae
+
+
+class TrainedModel:
+    """A trained VAE loaded from a run directory, ready to use.
+
+    Attributes:
+        model: the :class:`~vaelab.model.vae.VAE` (in eval mode).
+        config: the run's :class:`~vaelab.config.RunConfig`.
+        run_dir: where it was loaded from.
+        metrics: the per-epoch metrics of ``metrics.jsonl``.
+
+    Data arguments ``x`` are float tensors [B, D] (or [B, *image_shape], flattened here) with
+    values the likelihood accepts ([0, 1] for Bernoulli). q(z | x) is the trained encoder's,
+    refined as in training for ``inference="semi-amortized"`` runs (refine_steps SGD steps);
+    runs with ``inference="per-datapoint"`` trained no encoder, so only :meth:`sample` works.
+    """
+
+    def __init__(self, model: VAE, config: RunConfig, run_dir: Path,
+                 metrics: list[dict]) -> None:
+        self.model, self.config, self.run_dir, self.metrics = model, config, run_dir, metrics
+
+    def __repr__(self) -> str:
+        return f"TrainedModel(run_dir={str(self.run_dir)!r}, model={self.config.model})"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _data(self, x: object) -> torch.Tensor:
+        x = _checks.tensor("x", x)
+        shape = self.config.model.image_shape
+        if shape is not None and tuple(x.shape[1:]) == tuple(shape):
+            x = x.reshape(x.shape[0], -1)
+        return self.model.check_data(x.to(self.device, torch.float32), "x")
+
+    def _q(self, x: object, what: str) -> tuple[torch.Tensor, Distribution]:
+        """(x checked and flattened [B, D], q(z | x) batch [B]) without gradients."""
+        if self.config.train.inference == "per-datapoint":
+            raise ValueError(f"{what}: this run used inference='per-datapoint', which trains no "
+                             f"encoder, so q(z | x) is not available for new x")
+        x = self._data(x)
+        tc = self.config.train
+        with torch.no_grad():
+            if tc.inference != "semi-amortized":
+                return x, self.model.encoder(x)
+            refined = build_inference("semi-amortized", self.model, 1, steps=tc.refine_steps,
+                                      lr=tc.refine_lr, num_samples=tc.num_samples)
+            return x, refined(x, None)
+
+    def encode(self, x: torch.Tensor) -> Distribution:
+        """q(z | x) for x [B, D]: a Distribution with batch [B], event [latent_dim]."""
+        return self._q(x, "encode")[1]
+
+    def elbo(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+        """ELBO per example with the encoder's q, [B] (noise from torch's global RNG)."""
+        num_samples = _checks.positive_int("num_samples", num_samples)
+        x, q = self._q(x, "elbo")
+        with torch.no_grad():
+            return elbo_terms(self.model, q, x, num_samples, validate=False).elbo
+
+    def log_likelihood(self, x: torch.Tensor, num_samples: int = 5000,
+                       chunk_size: int | None = None) -> LogLikelihoodEstimate:
+        """Importance-sampled log p(x) with the encoder's q as proposal (tensors [B])."""
+        x, q = self._q(x, "log_likelihood")
+        return log_likelihood(self.model, q, x, num_samples, chunk_size)
+
+    def sample(self, n: int, *, mean: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws x ~ p(x), [n, D] (``mean=True``: E[x | z] instead of a draw of x)."""
+        return self.model.sample(n, mean=mean, generator=generator)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x | z = mean of q(z | x)], [B, D]."""
+        _, q = self._q(x, "reconstruct")
+        with torch.no_grad():
+            return self.model.decode(q.mean).mean
+
+
+def load(run_dir: str | Path, *, device: str | torch.device = "cpu") -> TrainedModel:
+    """Load a trained model from a run directory (JSON + safetensors only, no code).
+
+    Raises RunError (a ValueError) naming the file if the config is missing or invalid, or
+    if the weights are missing, truncated or do not fit the config's shapes.
+    """
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.is_dir():
+        raise RunError(f"run_dir: expected a run folder, got {str(run_dir)!r} "
+                       f"({'a file' if run_dir.exists() else 'it does not exist'})")
+    config = read_config(run_dir)
+    if config.model.data_dim is None:
+        raise RunError(f"config: {str(run_dir / CONFIG_FILE)!r} has no data_dim (not written "
+                       f"by a training run)")
+    model = build_vae(config.model)
+    read_model(run_dir, model)
+    model.to(device).eval()
+    return TrainedModel(model, config, run_dir, read_metrics(run_dir))
