@@ -1,0 +1,141 @@
+"""Checkpoints and resume for the training loop: what a run saves, and how it comes back.
+
+:class:`Checkpointed` gives the loop (``vaelab.fit.train._Trainer``) its weights/checkpoint
+methods: after every epoch :meth:`Checkpointed.save` writes, in this order, the checkpoint
+(weights, optimizer moments, best weights, RNG states, counters, the data's SHA-256; swapped
+atomically by ``vaelab.fit.runs.write_checkpoint``), ``model.safetensors`` and
+``metrics.jsonl``; :meth:`Checkpointed.restore` loads a checkpoint back and refuses one that
+does not fit the run (other data, other shapes). :func:`check_resumable` decides which config
+changes a resume may bring (:data:`RESUMABLE_CHANGES`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from vaelab.config import RunConfig
+from vaelab.fit import runs
+
+#: TrainConfig fields that may differ when resuming (epochs: to extend a finished run).
+RESUMABLE_CHANGES = ("epochs", "device", "compile", "precision")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. it diverged); what is on disk is the last good state."""
+
+
+@dataclass
+class RunState:
+    """Scalars of a run in progress (saved in checkpoint/state.json)."""
+
+    epoch: int = 0
+    step: int = 0
+    consecutive_nonfinite: int = 0
+    best_val_elbo: float | None = None
+    best_epoch: int | None = None
+    epochs_since_best: int = 0
+    stopped_early: bool = False
+    metrics: list[dict] = field(default_factory=list)
+
+
+def check_resumable(stored: RunConfig, config: RunConfig, run_dir: Path) -> None:
+    """RunError unless ``config`` equals the stored one up to RESUMABLE_CHANGES."""
+    a, b = stored.to_dict(), config.to_dict()
+    for key in RESUMABLE_CHANGES:
+        a["train"].pop(key), b["train"].pop(key)
+    diff = [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s].get(k)]
+    if diff:
+        raise runs.RunError(f"resume: the config differs from the run's in {diff} (run at "
+                            f"{str(run_dir)!r}); only {list(RESUMABLE_CHANGES)} may change")
+
+
+class Checkpointed:
+    """Mixin of the training loop: weights, checkpoints, outputs and resume (rank 0 writes).
+
+    Expects the loop to set ``config``, ``run_dir``, ``data`` (with ``train`` and ``sha256``),
+    ``dist``, ``device``, ``model``, ``inference``, ``step`` (a TrainStep), ``state`` (a
+    :class:`RunState`) and ``best`` (the best weights or None).
+    """
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """Model + inference-only tensors, under the prefixes ``model.`` / ``inference.``."""
+        out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        extra = runs.extra_inference_tensors(self.model, self.inference)
+        out.update({f"inference.{k}": v for k, v in extra.items()})
+        return out
+
+    def _load_weights(self, tensors: dict[str, torch.Tensor], what: str) -> None:
+        runs.load_module_state(f"{what} model", self.model, runs.split_prefix(tensors, "model."))
+        extra = runs.extra_inference_tensors(self.model, self.inference)
+        got = runs.split_prefix(tensors, "inference.")
+        runs.check_state(f"{what} inference", extra, got)
+        with torch.no_grad():
+            for key, value in got.items():
+                extra[key].copy_(value)
+
+    def save(self) -> None:
+        """Checkpoint, model.safetensors and metrics.jsonl (rank 0), in that order."""
+        if not self.dist.main:
+            return
+        weights = self._weights()
+        bad = [k for k, v in weights.items() if v.is_floating_point() and
+               not bool(torch.isfinite(v).all())]
+        if bad:
+            raise TrainingError(f"training diverged: non-finite weights in {bad[:3]} after "
+                                f"epoch {self.state.epoch}; nothing was saved for it")
+        tensors = dict(weights)
+        if self.best is not None:
+            tensors.update({f"best.{k}": v for k, v in self.best.items()})
+        skeleton = runs.pack_tree(self.step.state_dict(), tensors, "optimizer.")
+        runs.write_checkpoint(self.run_dir, tensors, {
+            **asdict(self.state), "optimizer": skeleton, "rng": self._rng(),
+            "num_train": len(self.data.train), "data_sha256": self.data.sha256,
+            "config": self.config.to_dict()})
+        self.write_outputs(weights)
+
+    def write_outputs(self, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """model.safetensors (best or current weights) and metrics.jsonl, from memory (rank 0).
+
+        Called after every checkpoint, and on resume so that a kill between the checkpoint
+        and these files leaves no stale copy behind.
+        """
+        if not self.dist.main:
+            return
+        final = self.best if self.best is not None else (weights or self._weights())
+        runs.write_model(self.run_dir, runs.split_prefix(final, "model."),
+                         runs.split_prefix(final, "inference."))
+        runs.write_metrics(self.run_dir, self.state.metrics)
+
+    def _rng(self) -> dict:
+        rng = {"torch": runs.rng_to_json(torch.get_rng_state())}
+        if self.device.type == "cuda":
+            rng["cuda"] = runs.rng_to_json(torch.cuda.get_rng_state(self.device))
+        return rng
+
+    def restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        """Load a checkpoint read by ``runs.read_checkpoint``; RunError if it does not fit."""
+        if state.get("num_train") != len(self.data.train):
+            raise runs.RunError(f"checkpoint: expected {state.get('num_train')} training "
+                                f"examples (as when it was written), got {len(self.data.train)}")
+        if state.get("data_sha256") != self.data.sha256:
+            raise runs.RunError("checkpoint: the training data differ from the ones the run was "
+                                "trained on (their SHA-256 does not match)")
+        try:
+            self._load_weights(tensors, "checkpoint")
+            if any(k.startswith("best.") for k in tensors):
+                self.best = runs.split_prefix(tensors, "best.")
+                runs.check_state("checkpoint best", self._weights(), self.best)
+            self.step.load_state_dict(runs.unpack_tree(state["optimizer"], tensors))
+            torch.set_rng_state(runs.rng_from_json(state["rng"]["torch"]))
+            if self.device.type == "cuda" and "cuda" in state["rng"]:
+                torch.cuda.set_rng_state(runs.rng_from_json(state["rng"]["cuda"]), self.device)
+            fields = {k: state[k] for k in RunState.__dataclass_fields__}
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, runs.RunError):
+                raise
+            raise runs.RunError(f"checkpoint: in {str(self.run_dir)!r} does not fit this run: "
+                                f"{type(exc).__name__}: {exc}") from None
+        self.state = RunState(**fields)
