@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from vaelab.config import ModelConfig
 from vaelab.fit import step as step_mod
 from vaelab.fit._elbo_grad import GaussianBernoulliELBOGrad
-from vaelab.fit.step import TrainStep, _DirectFusedAdam
+from vaelab.fit.adam import DirectFusedAdam
+from vaelab.fit.step import TrainStep
 from vaelab.infer.schemes import Amortized
 from vaelab.model.vae import build_vae
 
@@ -152,7 +153,7 @@ def test_direct_fused_adam_equals_optimizer_step_through_lr_changes_and_reload()
     ref = [p.clone().requires_grad_() for p in params]
     opt_mine = torch.optim.Adam(mine, lr=1e-2, fused=True)
     opt_ref = torch.optim.Adam(ref, lr=1e-2, fused=True)
-    direct = _DirectFusedAdam(opt_mine)
+    direct = DirectFusedAdam(opt_mine)
     assert direct.eligible
     grads = [[torch.randn(p.shape, generator=g) for p in params] for _ in range(8)]
     for i, gs in enumerate(grads):
@@ -171,5 +172,5 @@ def test_direct_fused_adam_equals_optimizer_step_through_lr_changes_and_reload()
         for p, q in zip(mine, ref, strict=True):
             assert torch.equal(p, q)
     assert direct._lists is not None
-    assert not _DirectFusedAdam(torch.optim.Adam(ref, amsgrad=True, fused=True)).eligible
-    assert not _DirectFusedAdam(torch.optim.Adam(ref, weight_decay=0.1, fused=True)).eligible
+    assert not DirectFusedAdam(torch.optim.Adam(ref, amsgrad=True, fused=True)).eligible
+    assert not DirectFusedAdam(torch.optim.Adam(ref, weight_decay=0.1, fused=True)).eligible

@@ -16,8 +16,8 @@ and a ``Bernoulli`` decoder — the step computes the same numbers without torch
 * MLP encoder and decoder with ReLU, leaky-ReLU or tanh (the default networks): the loss and its
   gradient written out by hand (:class:`vaelab.fit._elbo_grad.GaussianBernoulliELBOGrad`), no
   autograd graph, gradients written into preallocated buffers, then torch's fused Adam kernel
-  called directly (:class:`_DirectFusedAdam`). Any parameter or module hook sends the step back
-  to autograd, so hooks always run;
+  called directly (:class:`vaelab.fit.adam.DirectFusedAdam`). Any parameter or module hook
+  sends the step back to autograd, so hooks always run;
 * other networks: :class:`_GaussianBernoulliELBO` on plain tensors through autograd, and with
   ``compile`` that function through ``torch.compile`` (forward and backward fused by Inductor).
 
@@ -40,6 +40,7 @@ from torch import nn
 
 from vaelab import _checks
 from vaelab.fit._elbo_grad import GaussianBernoulliELBOGrad
+from vaelab.fit.adam import DirectFusedAdam, fused_adam
 from vaelab.infer.objectives import elbo_terms
 from vaelab.infer.schemes import Amortized, Inference
 from vaelab.model.families import DiagonalNormal
@@ -76,16 +77,6 @@ def _unique(params) -> list[nn.Parameter]:
         if p.requires_grad:
             seen.setdefault(id(p), p)
     return list(seen.values())
-
-
-def _adam(params: list[nn.Parameter], lr: float, betas) -> torch.optim.Adam:
-    """torch's fused Adam (one kernel for all tensors) where the device has it, else foreach."""
-    if params:
-        try:
-            return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
-        except (RuntimeError, ValueError):
-            pass
-    return torch.optim.Adam(params, lr=lr, betas=betas)
 
 
 def _standard_normal(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -184,13 +175,13 @@ class TrainStep:
         self.phi = [p for p in _unique(inference.parameters()) if id(p) not in theta_ids]
         if inference.sparse:
             self.phi_opt = torch.optim.SparseAdam(self.phi, lr=phi_lr, betas=betas)
-            self.theta_opt = _adam(self.theta, lr, betas)
+            self.theta_opt = fused_adam(self.theta, lr, betas)
         elif self.schedule == "joint":
-            self.theta_opt = _adam(self.theta + self.phi, lr, betas)
+            self.theta_opt = fused_adam(self.theta + self.phi, lr, betas)
             self.phi_opt = None
         else:
-            self.theta_opt = _adam(self.theta, lr, betas)
-            self.phi_opt = _adam(self.phi, phi_lr, betas)
+            self.theta_opt = fused_adam(self.theta, lr, betas)
+            self.phi_opt = fused_adam(self.phi, phi_lr, betas)
         self._fast = None
         if self.schedule == "joint" and _GaussianBernoulliELBO.matches(model, inference):
             encoder = inference.encoder
@@ -212,7 +203,7 @@ class TrainStep:
                                              inference.encoder.latent_dim)
             if {id(p) for p in grad.parameters} == {id(p) for p in self.theta + self.phi}:
                 self._grad = grad
-        self._adam = _DirectFusedAdam(self.theta_opt)
+        self._adam = DirectFusedAdam(self.theta_opt)
         self._device_type = device.type
         self._compiled = None
         self.compile_seconds: float | None = None
@@ -371,61 +362,6 @@ class TrainStep:
             result = self._fast_step(x, kl_weight)
         self.compile_seconds = time.perf_counter() - start
         return result
-
-
-class _DirectFusedAdam:
-    """``optimizer.step()`` of a fused ``torch.optim.Adam``, minus its per-call Python work.
-
-    The first step (and any step after :meth:`forget`) runs ``optimizer.step()``, which creates
-    the state; later steps call the same fused kernel (``torch._fused_adam_``, one pass over
-    every tensor) on the optimizer's own state tensors, with the group's current learning rate
-    and betas, exactly as ``torch.optim.Adam(fused=True)`` does. The optimizer object stays
-    the source of truth, so its ``state_dict`` checkpoints and resumes as usual. Anything but
-    one plain fused group (AMSGrad, weight decay, maximize, several groups, tensor lr) always
-    goes through ``optimizer.step()``.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
-        self.optimizer = optimizer
-        groups = optimizer.param_groups
-        g = groups[0] if len(groups) == 1 else {}
-        self.eligible = (isinstance(optimizer, torch.optim.Adam) and bool(g.get("fused"))
-                         and not g.get("amsgrad") and not g.get("maximize")
-                         and g.get("weight_decay") == 0 and not g.get("decoupled_weight_decay")
-                         and not isinstance(g.get("lr"), torch.Tensor)
-                         and hasattr(torch, "_fused_adam_"))
-        self._lists: tuple[list[torch.Tensor], ...] | None = None
-
-    def forget(self) -> None:
-        """Drop the cached state lists (call after the optimizer's state was replaced)."""
-        self._lists = None
-
-    def step(self) -> None:
-        if not self.eligible:
-            self.optimizer.step()
-            return
-        group = self.optimizer.param_groups[0]
-        params = group["params"]
-        lists = self._lists
-        state = self.optimizer.state
-        if lists is None or len(lists[0]) != len(params) or any(
-                p.grad is not g for p, g in zip(params, lists[1], strict=True)) or (
-                params and state.get(params[0], {}).get("exp_avg") is not lists[2][0]):
-            self.optimizer.step()
-            try:
-                self._lists = ([*params], [p.grad for p in params],
-                               [state[p]["exp_avg"] for p in params],
-                               [state[p]["exp_avg_sq"] for p in params],
-                               [state[p]["step"] for p in params])
-            except KeyError:  # a parameter without a gradient has no state yet
-                self._lists = None
-            return
-        ps, gs, ms, vs, steps = lists
-        torch._foreach_add_(steps, 1)
-        beta1, beta2 = group["betas"]
-        torch._fused_adam_(ps, gs, ms, vs, [], steps, lr=float(group["lr"]), beta1=float(beta1),
-                           beta2=float(beta2), weight_decay=0.0, eps=float(group["eps"]),
-                           amsgrad=False, maximize=False)
 
 
 def nan_to_none(value: float) -> float | None:
