@@ -164,7 +164,7 @@ def _add_evaluate(commands) -> None:
         description="Evaluate a run on held-out data: ELBO, rate, distortion, importance-"
         "sampled log-likelihood ± standard error (nats per example and bits/dim) and active "
         "units. Writes RUN/eval.json (and --out) and prints a table. The defaults (--k "
-        f"{DEFAULT_EVAL_K} --limit {DEFAULT_EVAL_LIMIT}) take about a minute on 2 CPU cores; "
+        f"{DEFAULT_EVAL_K} --limit {DEFAULT_EVAL_LIMIT}) take about 30 s on 2 idle CPU cores; "
         "the full published protocol is `--k 5000 --limit 0` (all 10,000 test images, "
         "about an hour on 2 CPU cores).")
     p.add_argument("run", type=Path, metavar="RUN", help="a run directory")
