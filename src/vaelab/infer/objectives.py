@@ -13,6 +13,39 @@ rises with k towards log p(x). Every function takes a model through the protocol
 ``vaelab.model.vae`` (``prior()``, ``decode(z)``, ``log_joint(x, z)``, ``check_data(x)``) and a
 q with batch_shape [B], so neural and closed-form models share this code. Shapes: x [B, D],
 samples [k, B, L], results [B].
+
+Training objectives (:func:`training_terms`, one code path for every model, family, prior and
+inference scheme; the trainer only reduces and differentiates the surrogate it returns):
+
+* ``"elbo"`` — E_q[log p(x|z)] − β · KL, with optional free bits (Kingma et al. 2016, "Improved
+  variational inference with inverse autoregressive flow", §C.8): per latent dimension j, the
+  KL averaged over the batch is clamped from below, Σ_j max(λ, mean_b KL_bj) (see
+  :func:`free_bits_kl` for the exact variant);
+* ``"iwae"`` — L_K above (Burda et al. 2016), its ordinary reparameterized gradient;
+* ``"iwae-dreg"`` — the same bound; θ gets the ordinary IWAE gradient, q's parameters the
+  doubly-reparameterized gradient Σ_i w̃_i² ∂log w_i/∂z_i ∂z_i/∂φ (Tucker, Lawson, Gu &
+  Maddison 2019), which has no score-function term, so its signal-to-noise ratio does not
+  vanish as K grows (Rainforth et al. 2018).
+
+For the IWAE objectives a KL weight β < 1 tempers the log-weights,
+log w_i = log p(x|z_i) + β (log p(z_i) − log q(z_i)), which for K = 1 is the β-ELBO; DReG's
+coefficient then becomes w̃_i ((1 − β) + β w̃_i) (the same derivation, with the score term
+scaled by β). Whatever the objective, :func:`training_terms` also returns the true ELBO terms
+(β = 1, no free bits) from the same draws, which is what is reported.
+
+Mixture q (:func:`is_stratifiable`: a ``MixtureSameFamily`` with a ``Categorical`` mixing
+distribution and a reparameterizable component distribution, batch [B, K]) is handled by the
+stratified estimators, automatically, in :func:`elbo_terms`, :func:`iwae_bound` and
+:func:`training_terms`: S reparameterized draws from every component k, weighted by the
+mixture weights π_k, so the weights get exact gradients (Roeder, Wu & Duvenaud 2017;
+Morningstar, Vikram, Ham, Gallagher & Dillon 2021, "Automatic differentiation variational
+inference with mixtures"):
+
+    ELBO = Σ_k π_k E_{z ~ q_k}[log p(x, z) − log q(z)],
+    SIWAE_S = E[log (1/S) Σ_s Σ_k π_k p(x, z_ks) / q(z_ks)],  z_ks ~ q_k,
+
+where q(z) = Σ_k π_k q_k(z) is the whole mixture's density; both are lower bounds on log p(x)
+and SIWAE with S = 1 is at least the stratified ELBO.
 """
 
 from __future__ import annotations
@@ -21,12 +54,20 @@ import math
 from typing import NamedTuple, Protocol
 
 import torch
-from torch.distributions import Distribution, kl_divergence
+from torch.distributions import (
+    Categorical,
+    Distribution,
+    Independent,
+    MixtureSameFamily,
+    Normal,
+    kl_divergence,
+)
 
 from vaelab import _checks
 from vaelab.model import _bernoulli_fast
 
 KL_MODES = ("auto", "analytic", "mc")
+OBJECTIVES = ("elbo", "iwae", "iwae-dreg")
 
 
 class GenerativeModel(Protocol):
@@ -135,6 +176,12 @@ def elbo_terms(model: GenerativeModel, q: Distribution, x: torch.Tensor, num_sam
     kl = _checks.one_of("kl", kl, KL_MODES)
     if validate:
         x = check_inputs(model, q, x, num_samples)
+    if is_stratifiable(q):
+        if kl == "analytic":
+            raise ValueError(f"kl: 'analytic' needs a registered closed form for "
+                             f"KL({describe(q)} ‖ {describe(model.prior())}); got none, use "
+                             f"kl='mc' or 'auto'")
+        return stratified_elbo_terms(model, q, x, num_samples)
     z, weights = _particles(q, num_samples)
     expected = _expect(model.decode(z).log_prob(x), weights)
     kl_term = _kl(q, model.prior(), z, weights, kl)
@@ -168,11 +215,229 @@ def iwae_bound(model: GenerativeModel, q: Distribution, x: torch.Tensor, num_sam
     """Importance-weighted bound L_k (Burda et al. 2016) per data point, [B].
 
     L_k = logsumexp_i(log w_i) − log k, log w_i = log p(x, z_i) − log q(z_i), z_i ~ q;
-    L_1 is the ELBO, L_k ≤ L_{k+1} ≤ log p(x) in expectation.
+    L_1 is the ELBO, L_k ≤ L_{k+1} ≤ log p(x) in expectation. A mixture q
+    (:func:`is_stratifiable`) gets the stratified bound :func:`stratified_iwae_bound` with
+    ``num_samples`` draws per component.
     """
     if validate:
         x = check_inputs(model, q, x, num_samples)
+    if is_stratifiable(q):
+        return stratified_iwae_bound(model, q, x, num_samples)
     if not q.has_rsample:
         raise TypeError(f"q: iwae_bound needs a reparameterizable q, got {type(q).__name__}")
     lw = log_weights(model, q, x, num_samples)
     return lw.logsumexp(0) - math.log(num_samples)
+
+
+# --------------------------------------------------------------------------- mixtures of q
+
+
+def is_stratifiable(q: Distribution) -> bool:
+    """True when q is a mixture the stratified estimators handle.
+
+    That is a ``torch.distributions.MixtureSameFamily`` whose ``mixture_distribution`` is a
+    ``Categorical`` (weights π, batch [B], K categories) and whose ``component_distribution``
+    has ``rsample`` (e.g. ``Independent(Normal)``, batch [B, K], event [L]). Such a q has no
+    ``rsample`` of its own (drawing the component is discrete), so the objectives draw from
+    every component instead.
+    """
+    return (isinstance(q, MixtureSameFamily)
+            and isinstance(q.mixture_distribution, Categorical)
+            and q.component_distribution.has_rsample)
+
+
+def _stratified_draws(model: GenerativeModel, q: MixtureSameFamily, x: torch.Tensor,
+                      num_samples: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                  torch.Tensor]:
+    """Draws z_ks ~ q_k and their terms: (log p(x|z), log p(z) − log q(z), log π, z).
+
+    z [S, K, B, L] (S = num_samples reparameterized draws from each of the K components);
+    the two log terms [S, K, B], with q(z) the whole mixture's density; log π [K, B].
+    """
+    components = q.component_distribution               # batch [B, K], event [L]
+    event_dims = len(q.event_shape)
+    z = components.rsample((num_samples,)).movedim(-1 - event_dims, 1)   # [S, K, B, L]
+    log_lik = model.decode(z).log_prob(x)
+    log_ratio = model.prior().log_prob(z) - q.log_prob(z)
+    log_pi = q.mixture_distribution.logits.movedim(-1, 0)  # normalized by Categorical
+    return log_lik, log_ratio, log_pi, z
+
+
+def stratified_elbo_terms(model: GenerativeModel, q: MixtureSameFamily, x: torch.Tensor,
+                          num_samples: int = 1) -> ELBOTerms:
+    """Stratified ELBO of a mixture q = Σ_k π_k q_k per data point (Roeder et al. 2017).
+
+    ELBO = Σ_k π_k E_{q_k}[log p(x, z) − log q(z)], each expectation over ``num_samples``
+    reparameterized draws from q_k (so K · num_samples decoder passes per data point), split
+    as E[log p(x|z)] = Σ_k π_k E_{q_k} log p(x|z) and KL = Σ_k π_k E_{q_k}[log q(z) − log p(z)]
+    (a Monte Carlo KL: a mixture has no closed form). Unbiased; with K = 1 it is the ordinary
+    Monte Carlo ELBO of the component. Returns :class:`ELBOTerms` of [B], differentiable
+    w.r.t. θ, the components and the weights π.
+    """
+    log_lik, log_ratio, log_pi, _ = _stratified_draws(model, q, x, num_samples)
+    pi = log_pi.exp()
+    expected = (pi * log_lik.mean(0)).sum(0)
+    kl = -(pi * log_ratio.mean(0)).sum(0)
+    return ELBOTerms(expected - kl, expected, kl)
+
+
+def stratified_iwae_bound(model: GenerativeModel, q: MixtureSameFamily, x: torch.Tensor,
+                          num_samples: int, *, beta: float = 1.0) -> torch.Tensor:
+    """Stratified importance-weighted bound SIWAE_S (Morningstar et al. 2021) per point, [B].
+
+    SIWAE_S = log (1/S) Σ_s Σ_k π_k exp(log w_ks), log w_ks = log p(x|z_ks) + β (log p(z_ks) −
+    log q(z_ks)), z_ks ~ q_k, S = ``num_samples``. With β = 1 it is a lower bound on log p(x)
+    whose expectation rises with S to log p(x), and SIWAE_1 ≥ the stratified ELBO.
+    """
+    log_lik, log_ratio, log_pi, _ = _stratified_draws(model, q, x, num_samples)
+    lw = log_lik + beta * log_ratio
+    return (log_pi + lw).flatten(0, 1).logsumexp(0) - math.log(num_samples)
+
+
+# --------------------------------------------------------------------------- training objectives
+
+
+class TrainingTerms(NamedTuple):
+    """What one training step needs, per data point ([B] each).
+
+    ``surrogate``: maximize it; its gradient is the objective's gradient estimator (its value
+    is the objective's except for DReG, whose surrogate value has no meaning);
+    ``objective``: the optimized objective's value (β, free bits, L_K), detached;
+    ``terms``: the true ELBO (β = 1, no free bits) and its two terms from the same draws,
+    detached — what metrics report.
+    """
+
+    surrogate: torch.Tensor
+    objective: torch.Tensor
+    terms: ELBOTerms
+
+
+def _is_diagonal_normal(d: Distribution) -> bool:
+    return (isinstance(d, Independent) and isinstance(d.base_dist, Normal)
+            and d.reinterpreted_batch_ndims == 1)
+
+
+def free_bits_kl(q: Distribution, prior: Distribution, kl: torch.Tensor,
+                 free_bits: float) -> torch.Tensor:
+    """The KL term with free bits λ = ``free_bits`` nats per latent dimension, [B].
+
+    The variant (Kingma et al. 2016, §C.8, one group per latent dimension): with KL_bj the
+    closed-form KL of dimension j for data point b (q and p(z) both diagonal Normal), the
+    batch's term is Σ_j max(λ, mean_b KL_bj). Returned per data point so that its batch mean
+    is exactly that: dimension j contributes KL_bj when mean_b KL_bj ≥ λ and the constant λ
+    (no gradient) otherwise. When q or p(z) does not factorize over dimensions (full
+    covariance, mixtures, flows, learned mixture priors) the whole latent vector is one group
+    with threshold λ · L applied to ``kl`` [B]. The batch is what the caller passes (under
+    torchrun, one rank's shard).
+    """
+    if free_bits <= 0:
+        return kl
+    if _is_diagonal_normal(q) and _is_diagonal_normal(prior):
+        groups, threshold = kl_divergence(q.base_dist, prior.base_dist), free_bits
+    else:
+        groups, threshold = kl[:, None], free_bits * q.event_shape.numel()
+    below = groups.detach().mean(0) < threshold
+    return torch.where(below, torch.full_like(groups, threshold), groups).sum(-1)
+
+
+def path_log_prob(q: Distribution, z: torch.Tensor) -> torch.Tensor:
+    """log q(z) with only its gradient through z: value log q(z), score term removed.
+
+    d/dφ log q_φ(z(φ)) = ∂log q/∂z · dz/dφ + ∂log q_φ/∂φ |_z; the second part is the gradient
+    of log q_φ(z.detach()), so log q(z) − log q(z.detach()) + stop(log q(z.detach())) keeps the
+    value and the first part only (Roeder et al. 2017; Tucker et al. 2019). Works for any q
+    (costs a second log_prob; a flow q must invert z for it).
+    """
+    log_q = q.log_prob(z)
+    if not (torch.is_grad_enabled() and z.requires_grad):
+        return log_q
+    fixed = q.log_prob(z.detach())
+    return log_q - fixed + fixed.detach()
+
+
+def _elbo_objective(model: GenerativeModel, q: Distribution, x: torch.Tensor,
+                    num_samples: int, kl_weight: float, free_bits: float) -> TrainingTerms:
+    terms = elbo_terms(model, q, x, num_samples, validate=False)
+    kl = free_bits_kl(q, model.prior(), terms.kl, free_bits)
+    value = terms.expected_log_likelihood - kl_weight * kl
+    return TrainingTerms(value, value.detach(), _detached(terms))
+
+
+def _detached(terms: ELBOTerms) -> ELBOTerms:
+    return ELBOTerms(*(t.detach() for t in terms))
+
+
+def _iwae_objective(model: GenerativeModel, q: Distribution, x: torch.Tensor,
+                    num_samples: int, kl_weight: float, dreg: bool) -> TrainingTerms:
+    """IWAE / DReG on K = ``num_samples`` reparameterized draws from a non-mixture q."""
+    if not q.has_rsample:
+        raise TypeError(f"q: the IWAE objectives need a reparameterizable q, got {describe(q)}")
+    z = q.rsample((num_samples,))                                  # [K, B, L]
+    log_lik = model.decode(z).log_prob(x)                          # [K, B]
+    log_p_z = model.prior().log_prob(z)
+    log_q = path_log_prob(q, z) if dreg else q.log_prob(z)
+    lw = log_lik + kl_weight * (log_p_z - log_q)
+    bound = lw.logsumexp(0) - math.log(num_samples)
+    surrogate = bound
+    if dreg:
+        w = torch.softmax(lw.detach(), 0)                          # w̃_i, [K, B]
+        if z.requires_grad:    # the path gradient into q's parameters: w̃_i ((1 − β) + β w̃_i)
+            scale = ((1.0 - kl_weight) + kl_weight * w)[..., None]
+            z.register_hook(lambda grad: grad * scale)
+        surrogate = (w * lw).sum(0)
+    with torch.no_grad():
+        expected = log_lik.mean(0)
+        kl = _kl(q, model.prior(), z, None, "auto")
+    terms = ELBOTerms((expected - kl).detach(), expected.detach(), kl.detach())
+    return TrainingTerms(surrogate, bound.detach(), terms)
+
+
+def _stratified_iwae_objective(model: GenerativeModel, q: MixtureSameFamily, x: torch.Tensor,
+                               num_samples: int, kl_weight: float) -> TrainingTerms:
+    """SIWAE on ``num_samples`` draws per component; the stratified ELBO from the same draws."""
+    log_lik, log_ratio, log_pi, _ = _stratified_draws(model, q, x, num_samples)
+    lw = log_lik + kl_weight * log_ratio
+    bound = (log_pi + lw).flatten(0, 1).logsumexp(0) - math.log(num_samples)
+    with torch.no_grad():
+        pi = log_pi.exp()
+        expected = (pi * log_lik.mean(0)).sum(0)
+        kl = -(pi * log_ratio.mean(0)).sum(0)
+    return TrainingTerms(bound, bound.detach(), ELBOTerms(expected - kl, expected, kl))
+
+
+def training_terms(model: GenerativeModel, q: Distribution, x: torch.Tensor, *,
+                   objective: str = "elbo", num_samples: int = 1, kl_weight: float = 1.0,
+                   free_bits: float = 0.0, validate: bool = True) -> TrainingTerms:
+    """The training objective's surrogate, its value and the true ELBO terms, each [B].
+
+    Args:
+        model, q, x: as in :func:`elbo_terms` (q batch [B], event [L]; x [B, D]).
+        objective: ``"elbo"``, ``"iwae"`` or ``"iwae-dreg"`` (see the module docstring).
+        num_samples: Monte Carlo samples for the ELBO; K for the IWAE objectives (per mixture
+            component for a mixture q).
+        kl_weight: β ≥ 0, the weight of the KL term (tempering the log-weights for IWAE).
+        free_bits: λ ≥ 0 nats per latent dimension (``"elbo"`` only; see :func:`free_bits_kl`).
+        validate: check the inputs first.
+
+    Raises:
+        ValueError: unknown objective, negative β or λ, free bits with an IWAE objective,
+            ``"iwae-dreg"`` with a mixture q (its DReG form is not derived here).
+    """
+    objective = _checks.one_of("objective", objective, OBJECTIVES)
+    if validate:
+        x = check_inputs(model, q, x, num_samples)
+        for name, value in (("kl_weight", kl_weight), ("free_bits", free_bits)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
+    if objective == "elbo":
+        return _elbo_objective(model, q, x, num_samples, kl_weight, free_bits)
+    if free_bits > 0:
+        raise ValueError(f"free_bits: applies to objective 'elbo' only; expected 0 with "
+                         f"objective {objective!r}, got {free_bits}")
+    if is_stratifiable(q):
+        if objective == "iwae-dreg":
+            raise ValueError("objective: 'iwae-dreg' is not available for a mixture q (the "
+                             "doubly-reparameterized form of the stratified bound is not "
+                             "derived here); expected 'iwae' (stratified IWAE) or 'elbo'")
+        return _stratified_iwae_objective(model, q, x, num_samples, kl_weight)
+    return _iwae_objective(model, q, x, num_samples, kl_weight, objective == "iwae-dreg")
