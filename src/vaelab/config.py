@@ -21,13 +21,19 @@ from pathlib import Path
 from vaelab import _checks
 
 LIKELIHOOD_NAMES = ("bernoulli", "gaussian")
-PRIOR_NAMES = ("standard_normal", "learned_normal")
-FAMILY_NAMES = ("diagonal_normal", "full_covariance_normal")
+PRIOR_NAMES = ("standard_normal", "learned_normal", "mog", "vamp", "flow")
+FAMILY_NAMES = ("diagonal_normal", "full_covariance_normal", "mixture", "iaf")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of an MLP VAE: x [D] → hidden → q(z|x); z [L] → reversed hidden → p(x|z)."""
+    """Architecture of an MLP VAE: x [D] → hidden → q(z|x); z [L] → reversed hidden → p(x|z).
+
+    ``family`` (q): diagonal_normal, full_covariance_normal, mixture (``q_components`` K
+    diagonal Gaussians), iaf (``q_flow_steps`` IAF steps); ``prior``: standard_normal,
+    learned_normal, mog (``prior_components`` Gaussians), vamp (``prior_components``
+    pseudo-inputs), flow (``prior_flow_steps`` MAF steps). Names may be kebab-case.
+    """
 
     data_dim: int | None = None
     latent_dim: int = 20
@@ -38,6 +44,10 @@ class ModelConfig:
     min_scale: float = 1e-3
     prior: str = "standard_normal"
     family: str = "diagonal_normal"
+    q_components: int = 4
+    q_flow_steps: int = 2
+    prior_components: int = 10
+    prior_flow_steps: int = 2
     image_shape: tuple[int, ...] | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -51,8 +61,12 @@ class ModelConfig:
         _checks.one_of("likelihood", self.likelihood, LIKELIHOOD_NAMES)
         _checks.one_of("gaussian_scale", self.gaussian_scale, ("network", "learned", "fixed"))
         _checks.positive_float("min_scale", self.min_scale)
-        _checks.one_of("prior", self.prior, PRIOR_NAMES)
-        _checks.one_of("family", self.family, FAMILY_NAMES)
+        for name, names in (("prior", PRIOR_NAMES), ("family", FAMILY_NAMES)):
+            value = getattr(self, name)   # kebab-case (CLI style) is accepted and normalized
+            value = value.replace("-", "_") if isinstance(value, str) else value
+            object.__setattr__(self, name, _checks.one_of(name, value, names))
+        for name in ("q_components", "q_flow_steps", "prior_components", "prior_flow_steps"):
+            _checks.positive_int(name, getattr(self, name))
         if self.image_shape is not None:
             object.__setattr__(self, "image_shape", _image_shape(self.image_shape))
 
@@ -128,6 +142,17 @@ def _non_negative_float(name: str, value: object) -> float:
     return float(value)
 
 
+def _classes(value: object) -> tuple[int, ...]:
+    """A non-empty sequence of class labels >= 0 → sorted tuple without repeats."""
+    ok = not isinstance(value, (str, bytes)) and hasattr(value, "__iter__")
+    labels = tuple(value) if ok else ()
+    if not labels or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                             for c in labels):
+        raise ValueError(f"classes: expected a non-empty list of integer labels >= 0 such as "
+                         f"[0, 1], got {value!r}")
+    return tuple(sorted(set(labels)))
+
+
 def _betas(value: object) -> tuple[float, float]:
     ok = not isinstance(value, (str, bytes)) and hasattr(value, "__len__") and len(value) == 2
     if ok and all(isinstance(b, Real) and not isinstance(b, bool) for b in value):
@@ -141,8 +166,11 @@ def _betas(value: object) -> tuple[float, float]:
 class TrainConfig:
     """Everything about a training run except the architecture.
 
-    Data: ``data`` (a dataset name or a path, see ``vaelab.data.load_dataset``), ``limit``
-    (first N training examples), ``val_fraction`` (held out by a seeded split; 0 disables
+    Data: ``data`` (a dataset name or a path, see ``vaelab.data.load_dataset``), ``classes``
+    (train only on examples with these labels: the one-class protocol), ``limit`` (first N
+    training examples, after ``classes``), ``perturb_fraction`` (μ: replace that fraction of
+    the values by uniform noise, one seeded draw; the background model of Ren et al. 2019),
+    ``val_fraction`` (held out by a seeded split; 0 disables
     validation), ``binarize`` ("dynamic": a fresh Bernoulli draw per visit, "static": one
     seeded draw, "none": the grey levels themselves).
 
@@ -171,6 +199,8 @@ class TrainConfig:
 
     data: str = "fashion-mnist"
     limit: int | None = None
+    classes: tuple[int, ...] | None = None
+    perturb_fraction: float = 0.0
     val_fraction: float = 0.05
     epochs: int = 15
     batch_size: int = 128
@@ -202,7 +232,10 @@ class TrainConfig:
                             f"got {self.data!r}")
         if self.limit is not None:
             _checks.positive_int("limit", self.limit)
+        if self.classes is not None:
+            object.__setattr__(self, "classes", _classes(self.classes))
         _fraction("val_fraction", self.val_fraction)
+        _fraction("perturb_fraction", self.perturb_fraction)
         for name in ("epochs", "batch_size", "num_samples", "max_nonfinite_steps"):
             _checks.positive_int(name, getattr(self, name))
         for name in ("seed", "phi_steps", "refine_steps"):
@@ -253,6 +286,8 @@ class TrainConfig:
         data = _known_keys("train", data, cls)
         if isinstance(data.get("betas"), list):
             data["betas"] = tuple(data["betas"])
+        if isinstance(data.get("classes"), list):
+            data["classes"] = tuple(data["classes"])
         return cls(**data)
 
 

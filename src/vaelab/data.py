@@ -23,7 +23,7 @@ import urllib.request
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from numbers import Real
 from pathlib import Path
@@ -601,6 +601,45 @@ def train_val_split(ds: Dataset, val_fraction: float, seed: int) -> tuple[Datase
                          f"got {val_fraction}, which puts {n_val} in validation")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return ds.subset(perm[n_val:].sort().values), ds.subset(perm[:n_val].sort().values)
+
+
+def select_classes(ds: Dataset, classes: Sequence[int] | None) -> Dataset:
+    """The rows of ``ds`` whose label is in ``classes`` (None: ``ds`` itself), order kept.
+
+    The one-class protocol of anomaly detection trains on the "normal" classes only. Raises
+    ValueError naming ``classes`` when ``ds`` has no labels or a class has no example.
+    """
+    if classes is None:
+        return ds
+    if ds.labels is None:
+        raise ValueError(f"classes: expected a dataset with class labels, got {ds.name!r}, "
+                         f"which has none")
+    wanted = torch.tensor(sorted(set(classes)), dtype=torch.int64)
+    missing = [int(c) for c in wanted if not bool((ds.labels == c).any())]
+    if missing:
+        present = sorted(int(c) for c in ds.labels.unique())
+        raise ValueError(f"classes: expected labels present in {ds.name!r} ({present}), got "
+                         f"{missing} with no example")
+    return ds.subset(torch.isin(ds.labels, wanted))
+
+
+def perturb(ds: Dataset, fraction: float, seed: int) -> Dataset:
+    """Replace a random ``fraction`` μ of the entries of x by uniform noise (one seeded draw).
+
+    The background model of Ren et al. (2019, "Likelihood Ratios for Out-of-Distribution
+    Detection") is trained on inputs where each value is, with probability μ, replaced by a
+    draw from U[lo, hi], the range of x ([0, 1] for images). μ = 0 returns ``ds`` itself.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 <= fraction < 1:
+        raise ValueError(f"perturb_fraction: expected a number in [0, 1), got {fraction!r}")
+    if fraction == 0:
+        return ds
+    generator = torch.Generator().manual_seed(_checks.non_negative_int("seed", seed))
+    x = ds.x
+    lo, hi = float(x.min()), float(x.max())
+    hit = torch.rand(x.shape, generator=generator) < fraction
+    noise = lo + (hi - lo) * torch.rand(x.shape, generator=generator)
+    return replace(ds, x=torch.where(hit.to(x.device), noise.to(x), x))
 
 
 # --------------------------------------------------------------------------- batching

@@ -204,14 +204,17 @@ def _load_data(config: RunConfig, dataset: data_.Dataset | None) -> _Data:
     """Load, check, split and (statically) binarize the data."""
     tc = config.train
     if dataset is None:
-        dataset = data_.load_dataset(tc.data, "train", limit=tc.limit)
+        dataset = data_.load_dataset(tc.data, "train",
+                                     limit=tc.limit if tc.classes is None else None)
     elif not isinstance(dataset, data_.Dataset):
         raise TypeError(f"dataset: expected a vaelab.data.Dataset or None, "
                         f"got {type(dataset).__name__}")
-    elif tc.limit is not None and tc.limit < len(dataset):
+    dataset = data_.select_classes(dataset, tc.classes)     # the one-class protocol
+    if tc.limit is not None and tc.limit < len(dataset):
         dataset = dataset.subset(slice(0, tc.limit))
     dataset = replace(dataset, x=dataset.x.to(torch.float32))
     _check_range(dataset, config)
+    dataset = data_.perturb(dataset, tc.perturb_fraction, tc.seed)   # a background model
     train, val = dataset, None
     if tc.val_fraction > 0:
         train, val = data_.train_val_split(dataset, tc.val_fraction, tc.seed)
