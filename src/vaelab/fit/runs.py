@@ -54,9 +54,12 @@ STATE_JSON = "state.json"
 FIGURES = ("samples.png", "reconstructions.png", "curves.png", "latent.png")
 RUN_FORMAT = "vaelab-run/1"
 CHECKPOINT_FORMAT = "vaelab-checkpoint/1"
+#: Results other commands write into a run (evaluate, gaps, report, --tensorboard): they
+#: describe the old model, so ``--overwrite`` deletes them with the run.
+RESULT_FILES = ("eval.json", "gaps.json", "gaps.png", "report.html", "tensorboard")
 #: What a run directory may hold; config.json first, so a half-cleared folder is no run.
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, METRICS_FILE, CHECKPOINT_DIR, CHECKPOINT_DIR + ".new",
-             CHECKPOINT_DIR + ".old", *FIGURES)
+             CHECKPOINT_DIR + ".old", *FIGURES, *RESULT_FILES)
 
 
 class RunError(ValueError):

@@ -248,6 +248,7 @@ class _Trainer(Checkpointed):
     """One training run; built by :func:`train`."""
 
     figures: FigureWriter | None = None
+    on_epoch: Callable[[dict], object] | None = None
 
     def __init__(self, config: RunConfig, run_dir: Path, data: _Data, dist: _Dist,
                  device: torch.device, *, progress: bool, log: Callable[[str], object]) -> None:
@@ -389,6 +390,8 @@ class _Trainer(Checkpointed):
         self.save()
         if self.dist.main:
             self.log(_describe(row, self.tc.epochs))
+            if self.on_epoch is not None:
+                self.on_epoch(row)
         return row
 
     def finish(self) -> None:
@@ -421,7 +424,8 @@ def _describe(row: dict, epochs: int) -> str:
 def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume: bool = False,
           overwrite: bool = False, progress: bool = True, dataset: data_.Dataset | None = None,
           log: Callable[[str], object] | None = print,
-          figures: FigureWriter | None = None) -> TrainResult:
+          figures: FigureWriter | None = None,
+          on_epoch: Callable[[dict], object] | None = None) -> TrainResult:
     """Train a VAE and write a run directory (see ``vaelab.fit.runs`` for its format).
 
     Args:
@@ -440,6 +444,8 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
             metrics, log=log)`` to draw the run's pictures; the CLI passes
             ``vaelab.show.plots.write_run_figures`` (injected, because ``fit`` sits below
             ``show`` in the import order). None draws nothing.
+        on_epoch: called on rank 0 with each epoch's metrics row once it is saved (e.g. the
+            CLI's ``--tensorboard`` logger).
 
     Raises:
         ValueError / TypeError: invalid config or data; ``runs.RunError`` (a ValueError) for a
@@ -462,7 +468,7 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     if stored is not None:
         check_resumable(stored, config, run_dir)
     trainer = _Trainer(config, run_dir, data, dist, device, progress=progress, log=log)
-    trainer.figures = figures
+    trainer.figures, trainer.on_epoch = figures, on_epoch
     if config.train.inference == "per-datapoint" and data.val is not None:
         log("note: inference='per-datapoint' trains no encoder, so no validation ELBO is "
             "reported (val_* are null)")

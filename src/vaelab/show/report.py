@@ -1,0 +1,316 @@
+"""``vaelab report``: one self-contained HTML page for one run or a comparison of several.
+
+Role in vaelab: the place to look at what the other commands measured. For each run: what it
+is (data, model, objective, training time), its test metrics with standard errors
+(``eval.json``), its inference gaps (``gaps.json``), any other JSON result a command wrote
+into the run (anomaly scores, clustering, imputation, AIS...; shown as tables of their
+numbers), and every picture (learning curves, samples, reconstructions, latent view, gaps...).
+With several runs, a comparison table with the *paired* difference of test log p̂(x) against
+the first run where both were evaluated on the same examples (see
+:mod:`vaelab.show.runinfo`) and the ELBO curves overlaid.
+
+The page is rendered by Jinja2 from ``templates/report.html.j2`` with autoescaping; images
+are embedded as ``data:`` URIs, so the file opens from disk with no server and no network.
+It is written atomically (no half-written page is ever left).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from markupsafe import Markup, escape
+
+from vaelab._files import atomic_write_bytes
+from vaelab.show.runinfo import (
+    RUN_PICTURES,
+    RunInfo,
+    paired_difference,
+    read_run,
+    stat,
+)
+
+TEMPLATE = "report.html.j2"
+UNDEFINED = Markup('<span class="undefined">undefined</span>')
+#: Largest picture embedded (bytes); larger ones are linked by path instead.
+MAX_EMBED_BYTES = 8 << 20
+
+
+def fmt(value: float | None, digits: int = 3) -> Markup:
+    """A number for a table cell: fixed digits; None → 'undefined'; NaN/inf said plainly."""
+    if value is None:
+        return UNDEFINED
+    if not math.isfinite(value):
+        return Markup(f'<span class="undefined">non-finite ({escape(str(value))})</span>')
+    return Markup(f"{value:.{digits}f}")
+
+
+def _png_uri(path: Path) -> str | None:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if len(data) > MAX_EMBED_BYTES or not data.startswith(b"\x89PNG"):
+        return None
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+# --------------------------------------------------------------------------- per run
+
+
+def _about(run: RunInfo) -> list[tuple[str, str]]:
+    config = run.config or {}
+    model, train = config.get("model") or {}, config.get("train") or {}
+    dataset = config.get("dataset") or {}
+    rows = []
+    if dataset:
+        rows.append(("data", f"{dataset.get('name', train.get('data', '?'))}: "
+                             f"{dataset.get('num_train', '?')} train, "
+                             f"{dataset.get('num_val', '?')} validation examples"))
+    elif train.get("data"):
+        rows.append(("data", str(train["data"])))
+    if model:
+        skip = {"data_dim", "image_shape"}
+        parts = [f"{k} = {v}" for k, v in model.items() if k not in skip and v is not None]
+        rows.append(("model", ", ".join(parts)))
+    objective = train.get("objective", "elbo")
+    rows.append(("objective", f"{objective}" + (f", {train['num_samples']} samples"
+                                                 if train.get("num_samples") else "")))
+    if train:
+        rows.append(("training", f"{train.get('epochs', '?')} epochs of batch "
+                                 f"{train.get('batch_size', '?')}, lr {train.get('lr', '?')}, "
+                                 f"inference {train.get('inference', 'amortized')}, binarize "
+                                 f"{train.get('binarize', '?')}, seed {train.get('seed', '?')}"))
+    seconds = run.training_seconds()
+    done = len(run.metrics)
+    rows.append(("progress", f"{done} epoch{'s' if done != 1 else ''} finished"
+                             + (f" in {seconds:.1f} s" if seconds is not None else "")))
+    val = run.last_metric("val_elbo")
+    rows.append(("final validation ELBO", "none recorded" if val is None else f"{val:.3f} nats"))
+    if run.config is None:
+        rows.insert(0, ("config", "config.json is missing or unreadable"))
+    return rows
+
+
+def _evaluation(evaluation: dict | None) -> dict | None:
+    if not evaluation:
+        return None
+    normalised = evaluation.get("log_likelihood_normalised", True) is not False
+    ll_label = "log p̂(x) (nats)" if normalised else "unnormalised log-score (nats, not log p(x))"
+    rows = [(label, *map(fmt, stat(evaluation, key))) for key, label in (
+        ("elbo", "ELBO (nats)"), ("rate", "rate KL(q‖p) (nats)"),
+        ("distortion", "distortion (nats)"))]
+    rows.append((ll_label, *map(fmt, stat(evaluation, "log_likelihood"))))
+    if normalised and "nll_bits_per_dim" in evaluation:
+        mean, se = stat(evaluation, "nll_bits_per_dim")
+        rows.append(("NLL (bits/dim)", fmt(mean, 4), fmt(se, 4)))
+    rows.append(("log p̂(x) − ELBO (nats)", *map(fmt, stat(evaluation, "gap"))))
+    ess = evaluation.get("ess") or {}
+    for key in ("mean", "min"):
+        if key in ess:
+            value = ess[key] if isinstance(ess[key], (int, float)) else None
+            rows.append((f"ESS ({key} over examples, of k)", fmt(value, 1), UNDEFINED))
+    units = evaluation.get("active_units")
+    rows.append(("active units", Markup(escape(f"{units if units is not None else 'n/a'} of "
+                                               f"{evaluation.get('latent_dim', '?')}")),
+                 UNDEFINED))
+    notes = [str(n) for n in evaluation.get("warnings", []) if isinstance(n, str)]
+    if not normalised:
+        notes.append("The likelihood is not a normalised probability of these data, so no "
+                     "log p(x) or bits/dim is reported.")
+    caption = (f"Test metrics: {evaluation.get('data', '?')} {evaluation.get('split', '')}, "
+               f"{evaluation.get('num_examples', '?')} of {evaluation.get('population_size', '?')}"
+               f" examples, k = {evaluation.get('num_samples', '?')} importance samples")
+    return {"rows": rows, "notes": notes, "caption": caption}
+
+
+def _gaps(gaps: dict | None) -> dict | None:
+    summary = (gaps or {}).get("summary")
+    if not isinstance(summary, dict):
+        return None
+    rows = []
+    for key, entry in summary.items():
+        if isinstance(entry, dict):
+            mean = entry.get("mean")
+            se = entry.get("stderr", entry.get("se"))
+            rows.append((key.replace("_", " "),
+                         fmt(mean if isinstance(mean, (int, float)) else None),
+                         fmt(se if isinstance(se, (int, float)) else None)))
+    caption = (f"{gaps.get('num_examples', '?')} examples, {gaps.get('num_samples', '?')} "
+               f"samples, {gaps.get('optimizer_steps', '?')} optimizer steps")
+    return {"rows": rows, "caption": caption}
+
+
+def _flatten(value: object, prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
+    """Scalars of a JSON result as (dotted key, text); long lists summarised, not dumped."""
+    if isinstance(value, dict) and depth < 4:
+        rows = []
+        for key, sub in value.items():
+            rows.extend(_flatten(sub, f"{prefix}.{key}" if prefix else str(key), depth + 1))
+        return rows
+    if isinstance(value, list):
+        if len(value) <= 10 and all(not isinstance(v, (dict, list)) for v in value):
+            return [(prefix, ", ".join(_scalar(v) for v in value))]
+        return [(prefix, f"[{len(value)} entries]")]
+    return [(prefix, _scalar(value))]
+
+
+def _scalar(value: object) -> str:
+    if value is None:
+        return "undefined"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else f"non-finite ({value})"
+    return str(value)
+
+
+def _extra(run: RunInfo) -> list[dict]:
+    results = []
+    for name, value in sorted(run.extra.items()):
+        rows = _flatten(value)[:200]
+        results.append({"title": f"{name}", "rows": rows})
+    return results
+
+
+def _pictures(run: RunInfo) -> list[dict]:
+    captions = dict(RUN_PICTURES)
+    order = [n for n, _ in RUN_PICTURES if n in run.pictures]
+    order += sorted(n for n in run.pictures if n not in captions)
+    pictures = []
+    for name in order:
+        src = _png_uri(run.pictures[name])
+        if src is None:
+            run.problems.append(f"{name}: not a readable PNG (or larger than "
+                                f"{MAX_EMBED_BYTES >> 20} MB), not shown")
+            continue
+        caption = captions.get(name, name)
+        pictures.append({"src": src, "caption": f"{caption} ({name})",
+                         "alt": f"{caption} — {run.name}/{name}"})
+    return pictures
+
+
+def _run_view(run: RunInfo) -> dict:
+    pictures = _pictures(run)  # may add problems
+    return {"name": run.name, "path": str(run.path),
+            "modified": run.modified.strftime("%Y-%m-%d %H:%M UTC") if run.modified else None,
+            "about": _about(run), "evaluation": _evaluation(run.evaluation),
+            "gaps": _gaps(run.gaps), "extra": _extra(run), "pictures": pictures,
+            "problems": list(run.problems)}
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def _mean_se(result: dict | None, key: str, digits: int = 3) -> Markup:
+    mean, se = stat(result, key)
+    if mean is None:
+        return UNDEFINED if result else Markup('<span class="missing">not computed</span>')
+    return Markup(f"{fmt(mean, digits)} ± {fmt(se, digits)}")
+
+
+def comparison_rows(runs: Sequence[RunInfo]) -> tuple[list[str], list[list], list[str]]:
+    """(headers, rows, notes) of the comparison table; the first run is the reference."""
+    headers = ["run", "data", "test log p̂(x) ± SE (nats)", "paired Δ vs first ± SE (nats)",
+               "NLL (bits/dim)", "test ELBO ± SE", "rate (nats)", "active units",
+               "samples/s", "training (s)"]
+    reference = runs[0].evaluation
+    rows, notes = [], []
+    for i, run in enumerate(runs):
+        ev = run.evaluation
+        if i == 0:
+            delta = Markup("reference")
+        else:
+            diff = paired_difference(ev, reference)
+            delta = (Markup(f"{fmt(diff.mean)} ± {fmt(diff.se)}") if diff is not None
+                     else UNDEFINED)
+            if diff is None and ev and reference:
+                notes.append(f"{run.name}: no paired difference — not evaluated on the same "
+                             f"examples as {runs[0].name} (or without per-example values).")
+        units = (ev or {}).get("active_units")
+        speed = run.last_metric("samples_per_s")
+        seconds = run.training_seconds()
+        data = (ev or {}).get("data") or ((run.config or {}).get("dataset") or {}).get("name")
+        rows.append([run.name, escape(str(data or "?")),
+                     _mean_se(ev, "log_likelihood"), delta,
+                     _mean_se(ev, "nll_bits_per_dim", 4), _mean_se(ev, "elbo"),
+                     _mean_se(ev, "rate"),
+                     escape(str(units)) if units is not None else UNDEFINED,
+                     fmt(speed, 0), fmt(seconds, 1)])
+    return headers, rows, notes
+
+
+def _curves_uri(runs: Sequence[RunInfo]) -> str | None:
+    """Overlaid ELBO curves (validation where present, else training) as a PNG data URI."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.6), dpi=110)
+    ax = fig.add_subplot()
+    drawn = 0
+    for run in runs:
+        key = "val_elbo" if run.last_metric("val_elbo") is not None else "train_elbo"
+        points = [(r.get("epoch"), r.get(key)) for r in run.metrics]
+        points = [(e, v) for e, v in points if isinstance(e, (int, float))
+                  and isinstance(v, (int, float)) and math.isfinite(v)]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", ms=3,
+                    label=f"{run.name} ({key.split('_')[0]})")
+            drawn += 1
+    if not drawn:
+        return None
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ELBO (nats)")
+    ax.grid(alpha=.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def render_report(run_dirs: Sequence[str | os.PathLike], title: str | None = None) -> str:
+    """The report's HTML for one or more run directories (first = reference).
+
+    Raises:
+        ValueError: no run given, or a path that is not a folder.
+    """
+    import jinja2
+
+    from vaelab import __version__
+
+    if not run_dirs:
+        raise ValueError("RUN: expected at least one run directory, got none")
+    runs = [read_run(path) for path in run_dirs]
+    env = jinja2.Environment(loader=jinja2.PackageLoader("vaelab.show", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    comparison = None
+    if len(runs) > 1:
+        headers, rows, notes = comparison_rows(runs)
+        comparison = {"headers": headers, "rows": rows, "notes": notes,
+                      "curves": _curves_uri(runs)}
+    title = title or ("vaelab report: " + ", ".join(r.name for r in runs))
+    written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return env.get_template(TEMPLATE).render(
+        title=title, version=__version__, written=written,
+        runs=[_run_view(r) for r in runs], comparison=comparison)
+
+
+def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
+                 title: str | None = None) -> Path:
+    """Render :func:`render_report` and write it atomically to ``out`` (an .html path).
+
+    Raises:
+        ValueError: as :func:`render_report`, or ``out`` not ending in .html/.htm.
+    """
+    out = Path(out).expanduser()
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"--out: expected a path ending in .html, got {str(out)!r}")
+    html = render_report(run_dirs, title)
+    atomic_write_bytes(out, html.encode("utf-8"))
+    return out

@@ -1,0 +1,254 @@
+"""What a run directory holds, read without touching the model: config, metrics, results.
+
+Role in vaelab: the one reader behind ``vaelab runs`` (a table of runs) and ``vaelab report``
+(one HTML page per run or per comparison). It reads JSON and PNG files only — never weights,
+never pickles — and tolerates anything missing or unreadable: a run that lacks a result says
+so, and a file that cannot be parsed is listed as unreadable with the reason, never raised.
+
+Paired comparisons (what a researcher should read before "model A beats model B"): two runs
+evaluated by ``vaelab evaluate`` on the same examples (same data, split, seed, binarization
+and the same first n rows) have per-example log p̂(x_i) in ``eval.json``; the difference of the
+means is then estimated from the paired differences d_i = log p̂_A(x_i) − log p̂_B(x_i), with
+standard error sd(d) / √n (Monte Carlo noise of each estimate is part of the spread of d).
+Unpaired runs get no paired SE: it is shown as undefined, never as 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+MODEL_FILE = "model.safetensors"
+EVAL_FILE = "eval.json"
+GAPS_FILE = "gaps.json"
+#: Pictures a training run writes, in the order a reader wants them, with their captions.
+RUN_PICTURES = (
+    ("curves.png", "Learning curves: ELBO, rate KL(q‖p) and distortion per epoch"),
+    ("samples.png", "Samples x ~ p(x) drawn ancestrally from the prior"),
+    ("reconstructions.png", "Reconstructions E[x | z = mean of q(z|x)] of held-out images"),
+    ("latent.png", "Latent view: encoder means E_q[z|x] (2-D PCA), coloured by label"),
+    ("gaps.png", "Inference gaps: approximation and amortization, with paired SEs"),
+)
+#: Result files other commands may add, with the command that makes each (for "not computed").
+KNOWN_RESULTS = (
+    (EVAL_FILE, "test log-likelihood", "vaelab evaluate RUN"),
+    (GAPS_FILE, "inference gaps", "vaelab gaps RUN"),
+)
+
+
+@dataclass
+class RunInfo:
+    """Everything readable in one run directory (missing pieces are None / empty).
+
+    Attributes:
+        path: the run directory.
+        config: config.json as a dict, or None.
+        metrics: the rows of metrics.jsonl (possibly empty).
+        evaluation: eval.json, or None.
+        gaps: gaps.json, or None.
+        extra: other ``*.json`` results in the folder (name → parsed dict).
+        pictures: PNG files in the folder (name → path).
+        problems: one line per file that exists but could not be read.
+        modified: the newest modification time of the run's files (UTC).
+    """
+
+    path: Path
+    config: dict | None = None
+    metrics: list[dict] = field(default_factory=list)
+    evaluation: dict | None = None
+    gaps: dict | None = None
+    extra: dict[str, dict] = field(default_factory=dict)
+    pictures: dict[str, Path] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    modified: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name or str(self.path)
+
+    def last_metric(self, key: str) -> float | None:
+        """The last finite value of ``key`` in metrics.jsonl, or None."""
+        for row in reversed(self.metrics):
+            value = row.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                return float(value)
+        return None
+
+    def training_seconds(self) -> float | None:
+        seconds = [r.get("seconds") for r in self.metrics]
+        finite = [s for s in seconds if isinstance(s, (int, float)) and math.isfinite(s)]
+        return float(sum(finite)) if finite else None
+
+
+def _read_json(path: Path, problems: list[str]) -> object | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.append(f"{path.name}: unreadable ({type(exc).__name__}: {exc})")
+        return None
+
+
+def _read_metrics(path: Path, problems: list[str]) -> list[dict]:
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{path.name}: unreadable ({type(exc).__name__}: {exc})")
+        return rows
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path.name}: line {number} unreadable ({exc})")
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def is_run(path: Path) -> bool:
+    """True for a folder holding a vaelab config.json."""
+    return path.is_dir() and (path / CONFIG_FILE).is_file()
+
+
+def read_run(path: str | Path) -> RunInfo:
+    """Read a run directory's JSON results and list its pictures; never raises on content.
+
+    Raises:
+        ValueError: ``path`` is not a folder.
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"RUN: expected a run directory, got {str(path)!r} "
+                         f"({'a file' if path.exists() else 'it does not exist'})")
+    info = RunInfo(path)
+    special = {CONFIG_FILE: "config", EVAL_FILE: "evaluation", GAPS_FILE: "gaps"}
+    times = []
+    for file in sorted(path.iterdir()):
+        if not file.is_file():
+            continue
+        times.append(file.stat().st_mtime)
+        if file.suffix == ".png":
+            info.pictures[file.name] = file
+        elif file.name == METRICS_FILE:
+            info.metrics = _read_metrics(file, info.problems)
+        elif file.suffix == ".json":
+            value = _read_json(file, info.problems)
+            if value is not None and not isinstance(value, dict):
+                info.problems.append(f"{file.name}: expected a JSON object, got "
+                                     f"{type(value).__name__}")
+                value = None
+            if file.name in special:
+                setattr(info, special[file.name], value)
+            elif value is not None:
+                info.extra[file.name] = value
+    if times:
+        info.modified = datetime.fromtimestamp(max(times), tz=timezone.utc)
+    _flag_stale(path, info)
+    return info
+
+
+def _flag_stale(path: Path, info: RunInfo) -> None:
+    """A result computed before the model's weights were last written describes an older
+    model (the run was resumed or retrained since): say so, do not hide it."""
+    model = path / MODEL_FILE
+    if not model.is_file():
+        return
+    for name, what, command in KNOWN_RESULTS:
+        result = path / name
+        if result.is_file() and result.stat().st_mtime < model.stat().st_mtime:
+            info.problems.append(f"{name} ({what}) was computed before the model was last "
+                                 f"written, so it may describe an older model: run "
+                                 f"`{command.replace('RUN', str(path))}` again")
+
+
+def find_runs(root: str | Path, max_depth: int = 3) -> list[RunInfo]:
+    """Every run directory at or below ``root`` (to ``max_depth`` levels), newest first.
+
+    Raises:
+        ValueError: ``root`` is not a folder.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"DIR: expected a folder, got {str(root)!r} "
+                         f"({'a file' if root.exists() else 'it does not exist'})")
+    found, frontier = [], [(root, 0)]
+    while frontier:
+        folder, depth = frontier.pop()
+        if is_run(folder):
+            found.append(read_run(folder))
+            continue
+        if depth < max_depth:
+            try:
+                children = sorted(p for p in folder.iterdir() if p.is_dir())
+            except OSError:
+                continue
+            frontier.extend((child, depth + 1) for child in children)
+    oldest = datetime.min.replace(tzinfo=timezone.utc)
+    return sorted(found, key=lambda r: r.modified or oldest, reverse=True)
+
+
+# --------------------------------------------------------------------------- key numbers
+
+
+def stat(result: dict | None, key: str) -> tuple[float | None, float | None]:
+    """(mean, se) of ``result[key]`` ({"mean", "se"}); None where missing or not finite."""
+    entry = (result or {}).get(key)
+    if not isinstance(entry, dict):
+        return None, None
+
+    def finite(v: object) -> float | None:
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+    return finite(entry.get("mean")), finite(entry.get("se"))
+
+
+def evaluation_key(evaluation: dict | None) -> tuple | None:
+    """What must match for two evaluations to be on the same examples, or None."""
+    if not evaluation:
+        return None
+    per = evaluation.get("per_example")
+    if not isinstance(per, dict) or not isinstance(per.get("log_likelihood"), list):
+        return None
+    return (evaluation.get("data"), evaluation.get("split"), evaluation.get("seed"),
+            evaluation.get("binarized"), evaluation.get("num_examples"),
+            evaluation.get("population_size"))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """mean_i(a_i − b_i) over n shared examples, with SE sd(d)/√n (None when n < 2)."""
+
+    mean: float
+    se: float | None
+    n: int
+
+
+def paired_difference(a: dict | None, b: dict | None,
+                      key: str = "log_likelihood") -> PairedDifference | None:
+    """Paired difference of per-example ``key`` between two eval.json dicts, or None when
+    they were not evaluated on the same examples (or lack per-example values)."""
+    ka, kb = evaluation_key(a), evaluation_key(b)
+    if ka is None or ka != kb:
+        return None
+    va, vb = a["per_example"].get(key), b["per_example"].get(key)
+    if not isinstance(va, list) or not isinstance(vb, list) or len(va) != len(vb):
+        return None
+    diffs = [x - y for x, y in zip(va, vb, strict=True)
+             if isinstance(x, (int, float)) and isinstance(y, (int, float))
+             and math.isfinite(x) and math.isfinite(y)]
+    n = len(diffs)
+    if n == 0 or n != len(va):
+        return None
+    mean = sum(diffs) / n
+    if n < 2:
+        return PairedDifference(mean, None, n)
+    var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
+    return PairedDifference(mean, math.sqrt(var / n), n)
