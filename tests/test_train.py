@@ -221,6 +221,9 @@ def test_overwrite_replaces_the_old_run(fashion, tmp_path):
     result = train(tiny(epochs=1), out, dataset=fashion, overwrite=True, log=None)
     assert len(runs.read_metrics(out)) == 1 and runs.read_config(out) == result.config
     assert not (out / "samples.png").exists() and (out / "notes.txt").read_text() == "mine"
+    stale = [n for n in ("eval.json", "gaps.json", "report.html", "tensorboard")
+             if (out / n).exists()]
+    assert stale == []  # nothing that described the old model survives
 
 
 def test_unwritable_or_missing_paths(fashion, tmp_path, monkeypatch):
