@@ -218,6 +218,9 @@ def test_overwrite_replaces_the_old_run(fashion, tmp_path):
     train(tiny(epochs=2), out, dataset=fashion, log=None)
     (out / "samples.png").write_bytes(b"old figure")
     (out / "notes.txt").write_text("mine")
+    for name in ("eval.json", "gaps.json", "report.html"):  # results of the old model
+        (out / name).write_text("{}")
+    (out / "tensorboard").mkdir()
     result = train(tiny(epochs=1), out, dataset=fashion, overwrite=True, log=None)
     assert len(runs.read_metrics(out)) == 1 and runs.read_config(out) == result.config
     assert not (out / "samples.png").exists() and (out / "notes.txt").read_text() == "mine"
