@@ -16,7 +16,8 @@ from torch.distributions import Categorical, Independent, MultivariateNormal, No
 
 import vaelab
 from vaelab.config import ModelConfig
-from vaelab.model import exact, families, likelihoods, priors
+from vaelab.model import exact, families, likelihoods, nets, priors
+from vaelab.model.vae import Encoder
 
 DTYPES = [torch.float32, torch.float64]
 LATENT = 3
@@ -32,27 +33,56 @@ def family(request) -> families.Family:
     return families.FAMILIES[request.param](LATENT)
 
 
+def _draw(q, n: int) -> torch.Tensor:
+    """n draws [n, *batch, L]: rsample when q has it, else sample (a mixture q)."""
+    return q.rsample((n,)) if q.has_rsample else q.sample((n,))
+
+
+def _away_from_init(family: families.Family) -> families.Family:
+    """The family in float64 with its own parameters (IAF's MADEs, zero-initialized so that
+    they start as the identity) moved to seeded random values, so every input matters."""
+    family = family.double()
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in family.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return family
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_family_shapes_and_dtype(family, dtype):
+    family = family.to(dtype)
     raw = torch.randn(BATCH, family.param_size, dtype=dtype)
     q = family(raw)
     assert q.batch_shape == (BATCH,) and q.event_shape == (LATENT,)
-    z = q.rsample((7,))
+    z = _draw(q, 7)
     assert z.shape == (7, BATCH, LATENT) and z.dtype == dtype
     assert q.log_prob(z).shape == (7, BATCH)
     assert q.mean.shape == (BATCH, LATENT)
     q2 = family(torch.randn(2, BATCH, family.param_size, dtype=dtype))
-    assert q2.batch_shape == (2, BATCH) and q2.rsample((3,)).shape == (3, 2, BATCH, LATENT)
+    assert q2.batch_shape == (2, BATCH) and _draw(q2, 3).shape == (3, 2, BATCH, LATENT)
+    if not q.has_rsample:   # a mixture: reparameterized draws from every component instead
+        K = q.mixture_distribution.logits.shape[-1]
+        assert q.component_distribution.rsample((3,)).shape == (3, BATCH, K, LATENT)
 
 
 def test_family_rsample_gradients_reach_every_raw_parameter(family):
+    family = _away_from_init(family)
     raw = torch.randn(BATCH, family.param_size, dtype=torch.float64, requires_grad=True)
-    z = family(raw).rsample((4,))
-    (grad,) = torch.autograd.grad((z * torch.randn_like(z)).sum(), raw)
+    q = family(raw)
+    if q.has_rsample:
+        z = q.rsample((4,))
+        value = (z * torch.randn_like(z)).sum()
+    else:   # the stratified form Σ_k π_k f(z_k), z_k ~ q_k reparameterized
+        z = q.component_distribution.rsample((4,))
+        f = (z * torch.randn_like(z)).sum(-1)
+        value = (q.mixture_distribution.probs * f).sum()
+    (grad,) = torch.autograd.grad(value, raw)
     assert bool((grad != 0).all()), grad
 
 
 def test_family_log_prob_gradients_reach_every_raw_parameter(family):
+    family = _away_from_init(family)
     raw = torch.randn(BATCH, family.param_size, dtype=torch.float64, requires_grad=True)
     z = torch.randn(BATCH, LATENT, dtype=torch.float64)
     (grad,) = torch.autograd.grad(family(raw).log_prob(z).sum(), raw)
@@ -63,11 +93,16 @@ def test_family_log_prob_gradients_reach_every_raw_parameter(family):
 def test_family_log_prob_finite_at_extreme_raw_parameters(family, magnitude, dtype):
     g = torch.Generator().manual_seed(3)
     signs = torch.randint(0, 2, (64, family.param_size), generator=g) * 2 - 1
-    q = family((magnitude * signs).to(dtype))
+    q = family.to(dtype)((magnitude * signs).to(dtype))
     z = torch.randn(64, LATENT, generator=g).to(dtype)
     assert bool(torch.isfinite(q.log_prob(z)).all())
-    assert bool(torch.isfinite(q.log_prob(q.rsample((2,)))).all())
-    kl = torch.distributions.kl_divergence(q, priors.StandardNormal(LATENT).to(dtype)())
+    assert bool(torch.isfinite(q.log_prob(_draw(q, 2))).all())
+    p = priors.StandardNormal(LATENT).to(dtype)()
+    try:
+        kl = torch.distributions.kl_divergence(q, p)
+    except NotImplementedError:   # no closed form (mixture, IAF): the Monte Carlo estimate
+        draws = _draw(q, 2)
+        kl = (q.log_prob(draws) - p.log_prob(draws)).mean(0)
     assert bool(torch.isfinite(kl).all())
 
 
@@ -94,8 +129,13 @@ def test_family_initial_params_give_standard_normal(family, dtype):
     raw = family.initial_params(2, BATCH, dtype=dtype)
     assert raw.shape == (2, BATCH, family.param_size) and raw.dtype == dtype
     assert family.initial_params(BATCH).dtype == torch.get_default_dtype()
-    q = family(raw)
+    q = family.to(dtype)(raw)
     tol = 1e-6 if dtype == torch.float32 else 1e-12
+    if isinstance(q, torch.distributions.TransformedDistribution):   # a flow (IAF): no closed
+        z = torch.randn(2, BATCH, LATENT, dtype=dtype)                # mean; compare densities
+        want = Independent(Normal(torch.zeros_like(z), torch.ones_like(z)), 1).log_prob(z)
+        torch.testing.assert_close(q.log_prob(z), want, rtol=0, atol=tol)
+        return
     torch.testing.assert_close(q.mean, torch.zeros(2, BATCH, LATENT, dtype=dtype),
                                rtol=0, atol=tol)
     cov = MultivariateNormal(q.mean, scale_tril=_scale_tril(q)).covariance_matrix
@@ -106,6 +146,8 @@ def test_family_initial_params_give_standard_normal(family, dtype):
 def _scale_tril(q) -> torch.Tensor:
     if isinstance(q, MultivariateNormal):
         return q.scale_tril
+    if isinstance(q, torch.distributions.MixtureSameFamily):   # components all N(0, I) here
+        return torch.diag_embed(q.variance.sqrt())
     return torch.diag_embed(q.base_dist.scale)
 
 
@@ -141,17 +183,30 @@ def test_full_covariance_maps_raw_parameters_to_a_cholesky_factor():
 # --------------------------------------------------------------------------- priors
 
 
+#: Priors that start at N(0, I) exactly; a learned mixture starts with its components apart
+#: (mog) or at the encoder's q of random pseudo-inputs (vamp).
+STARTS_STANDARD = {"standard_normal", "learned_normal", "flow"}
+
+
 @pytest.fixture(params=sorted(priors.PRIORS))
 def prior(request):
+    if request.param == "vamp":   # the encoder is injected (priors never import families)
+        encoder = Encoder(nets.MLP(DATA, [8], 2 * LATENT), families.DiagonalNormal(LATENT))
+        return priors.VampPrior(LATENT, 6, DATA, encoder)
     return priors.PRIORS[request.param](LATENT)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_prior_shapes_dtype_and_initial_standard_normal(prior, dtype):
+    if isinstance(prior, priors.VampPrior):
+        prior._encoder[0].to(dtype)      # held by reference: moved with the VAE, here by hand
     p = prior.to(dtype)()
     assert p.batch_shape == () and p.event_shape == (LATENT,)
     z = p.sample((7, BATCH))
     assert z.shape == (7, BATCH, LATENT) and z.dtype == dtype
+    assert p.log_prob(z).shape == (7, BATCH) and bool(torch.isfinite(p.log_prob(z)).all())
+    if prior.name not in STARTS_STANDARD:
+        return
     reference = Independent(Normal(torch.zeros(LATENT, dtype=dtype),
                                    torch.ones(LATENT, dtype=dtype)), 1)
     torch.testing.assert_close(p.log_prob(z), reference.log_prob(z))
@@ -298,7 +353,7 @@ def test_gaussian_rejects_bad_arguments_by_name(kwargs, error, match):
 @pytest.mark.parametrize("module, config, match", [
     (likelihoods, {"name": "poisson"}, "likelihood: expected one of"),
     (families, {"name": "flow", "latent_dim": 2}, "family: expected one of"),
-    (priors, {"name": "vamp", "latent_dim": 2}, "prior: expected one of"),
+    (priors, {"name": "autoregressive", "latent_dim": 2}, "prior: expected one of"),
 ])
 def test_from_config_rejects_unknown_names(module, config, match):
     with pytest.raises(ValueError, match=match):

@@ -125,6 +125,7 @@ def _add_train(commands) -> None:
     p.add_argument("--hidden", type=hidden_sizes, metavar="N,N,...",
                    help="hidden layer sizes, e.g. 512,256")
     p.add_argument("--likelihood", choices=("bernoulli", "gaussian"))
+    _add_family_and_prior(p)
     p.add_argument("--binarize", choices=("dynamic", "static", "none"))
     p.add_argument("--seed", type=non_negative_int, metavar="N")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
@@ -148,6 +149,38 @@ def _add_train(commands) -> None:
                         "with bf16 units; weights and Adam stay float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(func=cmd_train)
+
+
+FAMILY_CHOICES = ("diagonal-normal", "full-covariance-normal", "mixture", "iaf")
+PRIOR_CHOICES = ("standard-normal", "learned-normal", "mog", "vamp", "flow")
+
+
+def _add_family_and_prior(p: argparse.ArgumentParser) -> None:
+    """--family/--q-* (the variational family) and --prior/--prior-* (p(z))."""
+    p.add_argument("--family", choices=FAMILY_CHOICES,
+                   help="q(z|x): diagonal-normal (default), full-covariance-normal, mixture "
+                        "(K diagonal Gaussians, stratified estimator), iaf (inverse "
+                        "autoregressive flow with encoder context)")
+    p.add_argument("--q-components", type=positive_int, metavar="K",
+                   help="components of --family mixture (default 4)")
+    p.add_argument("--q-flow-steps", type=positive_int, metavar="T",
+                   help="IAF steps of --family iaf (default 2)")
+    p.add_argument("--prior", choices=PRIOR_CHOICES,
+                   help="p(z): standard-normal (default), learned-normal, mog (learned "
+                        "mixture of Gaussians), vamp (VampPrior), flow (MAF from N(0, I))")
+    p.add_argument("--prior-components", type=positive_int, metavar="K",
+                   help="Gaussians of --prior mog, pseudo-inputs of --prior vamp (default 10)")
+    p.add_argument("--prior-flow-steps", type=positive_int, metavar="T",
+                   help="MAF steps of --prior flow (default 2)")
+
+
+def _family_and_prior(args: argparse.Namespace) -> dict:
+    """The q and prior flags as ModelConfig fields (None = not given)."""
+    return {"family": args.family and args.family.replace("-", "_"),
+            "q_components": args.q_components, "q_flow_steps": args.q_flow_steps,
+            "prior": args.prior and args.prior.replace("-", "_"),
+            "prior_components": args.prior_components,
+            "prior_flow_steps": args.prior_flow_steps}
 
 
 def _add_run_data(p: argparse.ArgumentParser) -> None:
@@ -349,7 +382,7 @@ def _train_overrides(args: argparse.Namespace) -> dict:
     """The flags given on the command line as a config dict (None = not given)."""
     compile_ = {"auto": "auto", "on": True, "off": False, None: None}[args.compile]
     return {"model": {"latent_dim": args.latent_dim, "hidden": args.hidden,
-                      "likelihood": args.likelihood},
+                      "likelihood": args.likelihood, **_family_and_prior(args)},
             "train": {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
                       "lr": args.lr, "binarize": args.binarize, "seed": args.seed,
                       "device": args.device, "limit": args.limit, "inference": args.inference,

@@ -21,13 +21,19 @@ from pathlib import Path
 from vaelab import _checks
 
 LIKELIHOOD_NAMES = ("bernoulli", "gaussian")
-PRIOR_NAMES = ("standard_normal", "learned_normal")
-FAMILY_NAMES = ("diagonal_normal", "full_covariance_normal")
+PRIOR_NAMES = ("standard_normal", "learned_normal", "mog", "vamp", "flow")
+FAMILY_NAMES = ("diagonal_normal", "full_covariance_normal", "mixture", "iaf")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of an MLP VAE: x [D] → hidden → q(z|x); z [L] → reversed hidden → p(x|z)."""
+    """Architecture of an MLP VAE: x [D] → hidden → q(z|x); z [L] → reversed hidden → p(x|z).
+
+    ``family`` (q): diagonal_normal, full_covariance_normal, mixture (``q_components`` K
+    diagonal Gaussians), iaf (``q_flow_steps`` IAF steps); ``prior``: standard_normal,
+    learned_normal, mog (``prior_components`` Gaussians), vamp (``prior_components``
+    pseudo-inputs), flow (``prior_flow_steps`` MAF steps). Names may be kebab-case.
+    """
 
     data_dim: int | None = None
     latent_dim: int = 20
@@ -38,6 +44,10 @@ class ModelConfig:
     min_scale: float = 1e-3
     prior: str = "standard_normal"
     family: str = "diagonal_normal"
+    q_components: int = 4
+    q_flow_steps: int = 2
+    prior_components: int = 10
+    prior_flow_steps: int = 2
     image_shape: tuple[int, ...] | None = field(default=None)
 
     def __post_init__(self) -> None:
@@ -51,8 +61,12 @@ class ModelConfig:
         _checks.one_of("likelihood", self.likelihood, LIKELIHOOD_NAMES)
         _checks.one_of("gaussian_scale", self.gaussian_scale, ("network", "learned", "fixed"))
         _checks.positive_float("min_scale", self.min_scale)
-        _checks.one_of("prior", self.prior, PRIOR_NAMES)
-        _checks.one_of("family", self.family, FAMILY_NAMES)
+        for name, names in (("prior", PRIOR_NAMES), ("family", FAMILY_NAMES)):
+            value = getattr(self, name)   # kebab-case (CLI style) is accepted and normalized
+            value = value.replace("-", "_") if isinstance(value, str) else value
+            object.__setattr__(self, name, _checks.one_of(name, value, names))
+        for name in ("q_components", "q_flow_steps", "prior_components", "prior_flow_steps"):
+            _checks.positive_int(name, getattr(self, name))
         if self.image_shape is not None:
             object.__setattr__(self, "image_shape", _image_shape(self.image_shape))
 

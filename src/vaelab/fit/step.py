@@ -173,9 +173,13 @@ class TrainStep:
         self.theta = _unique(model.generative_parameters())
         theta_ids = {id(p) for p in self.theta}
         self.phi = [p for p in _unique(inference.parameters()) if id(p) not in theta_ids]
-        if inference.sparse:
-            self.phi_opt = torch.optim.SparseAdam(self.phi, lr=phi_lr, betas=betas)
-            self.theta_opt = fused_adam(self.theta, lr, betas)
+        if inference.sparse:   # sparse rows → SparseAdam; dense φ (e.g. IAF's MADEs) → Adam
+            rows = {id(m.weight) for m in inference.modules()
+                    if isinstance(m, nn.Embedding) and m.sparse}
+            self.phi_opt = torch.optim.SparseAdam([p for p in self.phi if id(p) in rows],
+                                                  lr=phi_lr, betas=betas)
+            self.theta_opt = fused_adam(self.theta + [p for p in self.phi if id(p) not in rows],
+                                        lr, betas)
         elif self.schedule == "joint":
             self.theta_opt = fused_adam(self.theta + self.phi, lr, betas)
             self.phi_opt = None

@@ -7,6 +7,12 @@ Kingma & Welling 2014), so the same ELBO code serves all of them.
 * :class:`DiagonalNormal` — N(loc, diag scale²), the standard VAE posterior.
 * :class:`FullCovarianceNormal` — N(loc, L Lᵀ) with a Cholesky factor L, a richer q that can
   represent correlated posteriors (it is exact for linear-Gaussian models).
+* :class:`MixtureNormal` — Σ_k π_k N(loc_k, diag scale_k²), K diagonal components
+  (``MixtureSameFamily``; no ``rsample``: train it with the stratified estimator, Roeder, Grant,
+  Phillips, Dalton & Marks 2017, Morningstar, Vikram, Ham, Gallagher & Dillon 2021).
+* :class:`IAFNormal` — a diagonal Normal pushed through T inverse autoregressive flow steps
+  whose MADEs also read a context vector h from the encoder (Kingma, Salimans, Jozefowicz,
+  Chen, Sutskever & Welling 2016; MADE: Germain et al. 2015), see ``vaelab.model.flows``.
 
 This module also registers closed-form KL divergences between a full-covariance Normal and an
 ``Independent(Normal)`` so ``kl_divergence`` works for every Gaussian pairing.
@@ -19,10 +25,19 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
+from torch.distributions import (
+    Categorical,
+    Distribution,
+    Independent,
+    MixtureSameFamily,
+    MultivariateNormal,
+    Normal,
+    TransformedDistribution,
+)
 from torch.distributions.kl import register_kl
 
 from vaelab import _checks
+from vaelab.model import flows
 
 
 class Family(nn.Module):
@@ -129,9 +144,145 @@ class FullCovarianceNormal(Family):
         return {**super().config(), "min_scale": self.min_scale}
 
 
+def _softplus_inverse_one(min_scale: float) -> float:
+    """raw with softplus(raw) + min_scale = 1."""
+    return math.log(math.expm1(1.0 - min_scale))
+
+
+class MixtureNormal(Family):
+    """q(z) = Σ_k π_k N(z; loc_k, diag scale_k²), K components, a ``MixtureSameFamily``.
+
+    raw [..., K + 2KL] = [logits (K), then per component [loc (L), raw_scale (L)]];
+    π = softmax(logits), scale = softplus(raw_scale) + ``min_scale``. With K = 1 it is
+    :class:`DiagonalNormal` of raw[..., 1:] exactly.
+
+    Interface for the stratified estimator (Morningstar et al. 2021): the returned q has
+    ``q.component_distribution`` = Independent(Normal), batch [..., B, K], event [L], whose
+    ``rsample`` gives reparameterized draws from every component, and
+    ``q.mixture_distribution.logits`` [..., B, K] (normalized log π). ``q.log_prob`` is the
+    mixture density; ``q.sample`` draws from the mixture (not reparameterizable: q has no
+    ``rsample``, so an ELBO must take the stratified expectation
+    Σ_k π_k E_{q_k}[log p(x, z) − log q(z)]).
+    """
+
+    name = "mixture"
+
+    def __init__(self, latent_dim: int, components: int = 4, min_scale: float = 1e-5) -> None:
+        super().__init__(latent_dim)
+        self.components = _checks.positive_int("components", components)
+        self.min_scale = float(min_scale)
+
+    @property
+    def param_size(self) -> int:
+        return self.components * (1 + 2 * self.latent_dim)
+
+    def forward(self, raw: torch.Tensor) -> MixtureSameFamily:
+        """raw [..., P] → MixtureSameFamily, batch [...], event [L]."""
+        K = self.components
+        logits, rest = raw[..., :K], raw[..., K:].unflatten(-1, (K, 2 * self.latent_dim))
+        loc, raw_scale = rest.chunk(2, dim=-1)
+        components = DiagonalNormal.from_params(loc, F.softplus(raw_scale) + self.min_scale)
+        return MixtureSameFamily(Categorical(logits=logits, validate_args=False), components,
+                                 validate_args=False)
+
+    def initial_params(self, *batch: int, dtype: torch.dtype | None = None,
+                       device: torch.device | str | None = None) -> torch.Tensor:
+        """Every component N(0, I) with equal weights (the draws break the symmetry)."""
+        raw = torch.zeros(*batch, self.components, 2 * self.latent_dim, dtype=dtype,
+                          device=device)
+        raw[..., self.latent_dim:] = _softplus_inverse_one(self.min_scale)
+        logits = torch.zeros(*batch, self.components, dtype=dtype, device=device)
+        return torch.cat([logits, raw.flatten(-2)], dim=-1)
+
+    def config(self) -> dict:
+        return {**super().config(), "components": self.components, "min_scale": self.min_scale}
+
+
+MEAN_SAMPLES = 256
+
+
+class IAFDistribution(TransformedDistribution):
+    """A ``TransformedDistribution`` whose ``mean`` is a seeded Monte Carlo estimate.
+
+    E_q[z] has no closed form for a flow; ``mean`` averages ``MEAN_SAMPLES`` draws made with a
+    private generator (seed 0), so it is deterministic, leaves torch's global RNG alone and has
+    a standard error of about std(z) / 16 per coordinate.
+    """
+
+    @property
+    def mean(self) -> torch.Tensor:
+        base = self.base_dist.base_dist
+        generator = torch.Generator(device=base.loc.device).manual_seed(0)
+        shape = (MEAN_SAMPLES, *base.loc.shape)
+        eps = torch.randn(shape, generator=generator, dtype=base.loc.dtype,
+                          device=base.loc.device)
+        z = base.loc + base.scale * eps
+        for transform in self.transforms:
+            z = transform(z)
+        return z.mean(0)
+
+
+class IAFNormal(Family):
+    """q(z | x): z_0 ~ N(loc, diag scale²), z_t = μ_t + exp(s_t) ⊙ z_{t−1}, t = 1..T.
+
+    (μ_t, s_t) = MADE_t(z_{t−1}, h) with the autoregressive order reversed at every step
+    (Kingma et al. 2016, eq. 10, with the context h). log q(z_T) = log N(z_0) − Σ_t Σ_i s_{t,i}.
+    raw [..., 2L + C] = [loc, raw_scale, h]; the MADEs are this module's parameters (shared
+    by all data points: φ). Every step starts as the identity (zero output layers), so
+    :meth:`initial_params` gives q = N(0, I) before training. No KL has a closed form: the
+    objectives use the Monte Carlo KL. Density of a point not drawn from q costs L MADE passes
+    per step (the draws themselves are cached).
+
+    Args:
+        latent_dim: L. steps: T ≥ 1 (``--q-flow-steps``). context_dim: C (default max(2L, 16)).
+        hidden: MADE hidden sizes (default two layers of max(4L, 32)). min_scale: as
+            :class:`DiagonalNormal`.
+    """
+
+    name = "iaf"
+
+    def __init__(self, latent_dim: int, steps: int = 2, context_dim: int | None = None,
+                 hidden: tuple[int, ...] | list[int] | None = None,
+                 min_scale: float = 1e-5) -> None:
+        super().__init__(latent_dim)
+        self.steps = _checks.positive_int("steps", steps)
+        L = self.latent_dim
+        self.context_dim = _checks.positive_int(
+            "context_dim", max(2 * L, 16) if context_dim is None else context_dim)
+        width = max(4 * L, 32)
+        self.hidden = tuple((width, width) if hidden is None else hidden)
+        self.min_scale = float(min_scale)
+        self.mades = flows.made_stack(L, self.steps, self.hidden, self.context_dim)
+
+    @property
+    def param_size(self) -> int:
+        return 2 * self.latent_dim + self.context_dim
+
+    def forward(self, raw: torch.Tensor) -> IAFDistribution:
+        """raw [..., 2L + C] → IAFDistribution, batch [...], event [L] (rsample, log_prob)."""
+        L = self.latent_dim
+        base = DiagonalNormal.from_params(raw[..., :L],
+                                          F.softplus(raw[..., L:2 * L]) + self.min_scale)
+        context = raw[..., 2 * L:]
+        steps = [flows.AffineAutoregressive(made, context, "input") for made in self.mades]
+        return IAFDistribution(base, steps, validate_args=False)
+
+    def initial_params(self, *batch: int, dtype: torch.dtype | None = None,
+                       device: torch.device | str | None = None) -> torch.Tensor:
+        raw = torch.zeros(*batch, self.param_size, dtype=dtype, device=device)
+        raw[..., self.latent_dim:2 * self.latent_dim] = _softplus_inverse_one(self.min_scale)
+        return raw
+
+    def config(self) -> dict:
+        return {**super().config(), "steps": self.steps, "context_dim": self.context_dim,
+                "hidden": list(self.hidden), "min_scale": self.min_scale}
+
+
 FAMILIES: dict[str, type[Family]] = {
     "diagonal_normal": DiagonalNormal,
     "full_covariance_normal": FullCovarianceNormal,
+    "mixture": MixtureNormal,
+    "iaf": IAFNormal,
 }
 
 
@@ -140,6 +291,20 @@ def from_config(config: dict) -> Family:
     config = dict(config)
     name = _checks.one_of("family", config.pop("name", None), tuple(FAMILIES))
     return FAMILIES[name](**config)
+
+
+def build(name: str, latent_dim: int, *, components: int = 4, flow_steps: int = 2) -> Family:
+    """The family called ``name`` (a key of :data:`FAMILIES`; '-' may stand for '_').
+
+    ``components`` is the mixture's K (``--q-components``), ``flow_steps`` the IAF's T
+    (``--q-flow-steps``); each is ignored by the families that have no such part.
+    """
+    name = _checks.one_of("family", str(name).replace("-", "_"), tuple(FAMILIES))
+    if name == "mixture":
+        return MixtureNormal(latent_dim, components)
+    if name == "iaf":
+        return IAFNormal(latent_dim, flow_steps)
+    return FAMILIES[name](latent_dim)
 
 
 def _is_diagonal_normal(d: Distribution) -> bool:

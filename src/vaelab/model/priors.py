@@ -3,6 +3,11 @@
 * :class:`StandardNormal` — N(0, I), the lecture's simplest prior.
 * :class:`LearnedNormal` — N(μ, diag σ²) with learned μ, σ (the lecture's "the parameters of
   that Gaussian are learned").
+* :class:`MixtureOfGaussians` — Σ_k π_k N(μ_k, diag σ_k²), all learned (``--prior mog``).
+* :class:`VampPrior` — (1/K) Σ_k q_φ(z | u_k): the encoder's q at K learned pseudo-inputs u_k
+  (Tomczak & Welling 2018, "VAE with a VampPrior"); the encoder is injected, never imported.
+* :class:`FlowPrior` — a masked autoregressive flow over z starting from N(0, I)
+  (Papamakarios, Pavlakou & Murray 2017), the lecture's "autoregressive model for z".
 
 A prior has batch_shape [] and event_shape [latent_dim]; buffers and parameters follow the
 module to its device and dtype.
@@ -13,9 +18,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import (
+    Categorical,
+    Distribution,
+    Independent,
+    MixtureSameFamily,
+    Normal,
+    TransformedDistribution,
+)
 
 from vaelab import _checks
+from vaelab.model import flows
+
+_SOFTPLUS_INV_ONE = 0.5413248546129181   # softplus(x) = 1
 
 
 class StandardNormal(nn.Module):
@@ -46,7 +61,7 @@ class LearnedNormal(StandardNormal):
     def __init__(self, latent_dim: int) -> None:
         super().__init__(latent_dim)
         self.learned_loc = nn.Parameter(torch.zeros(self.latent_dim))
-        self.raw_scale = nn.Parameter(torch.full((self.latent_dim,), 0.5413248546129181))
+        self.raw_scale = nn.Parameter(torch.full((self.latent_dim,), _SOFTPLUS_INV_ONE))
 
     def forward(self) -> Distribution:
         scale = F.softplus(self.raw_scale)
@@ -54,13 +69,148 @@ class LearnedNormal(StandardNormal):
                            validate_args=False)
 
 
+class MixtureOfGaussians(StandardNormal):
+    """p(z) = Σ_k π_k N(z; μ_k, diag σ_k²), π = softmax(logits), σ = softplus(ρ), all learned.
+
+    Initialized with equal weights, σ_k = 1 and μ_k ~ N(0, I) (torch's global RNG), so the
+    components start apart. With K = 1 it equals :class:`LearnedNormal` with the same μ, ρ.
+    The KL to it has no closed form: the objectives use the Monte Carlo KL.
+    """
+
+    name = "mog"
+
+    def __init__(self, latent_dim: int, components: int = 10) -> None:
+        super().__init__(latent_dim)
+        self.components = _checks.positive_int("components", components)
+        self.logits = nn.Parameter(torch.zeros(self.components))
+        self.component_loc = nn.Parameter(torch.randn(self.components, self.latent_dim))
+        self.raw_scale = nn.Parameter(
+            torch.full((self.components, self.latent_dim), _SOFTPLUS_INV_ONE))
+
+    def forward(self) -> MixtureSameFamily:
+        """→ MixtureSameFamily: batch [], event [L]; component batch [K]."""
+        comp = Independent(Normal(self.component_loc, F.softplus(self.raw_scale),
+                                  validate_args=False), 1, validate_args=False)
+        return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False), comp,
+                                 validate_args=False)
+
+    def config(self) -> dict:
+        return {**super().config(), "components": self.components}
+
+
+class VampPrior(StandardNormal):
+    """p(z) = (1/K) Σ_k q_φ(z | u_k), the encoder's q at K learned pseudo-inputs u [K, D].
+
+    Tomczak & Welling (2018). The encoder (x [K, D] → q with batch [K], event [L]; any family)
+    is injected with :meth:`set_encoder` and held by reference, not as a submodule, so its
+    weights are saved once, under the VAE's encoder. The prior's own parameters are the
+    pseudo-inputs, initialized uniform on [0, 1) (torch's global RNG); the encoder's φ gets
+    gradients from log p(z) too and is trained by whichever optimizer trains the encoder (with
+    per-datapoint inference none does, so there the component map stays the initial encoder
+    and only the pseudo-inputs are learned). Every prior evaluation runs the encoder on K
+    pseudo-inputs: the paper's cost.
+
+    Args:
+        latent_dim: L. components: K (``--prior-components``). data_dim: D.
+        encoder: optional; otherwise call :meth:`set_encoder` before use.
+    """
+
+    name = "vamp"
+
+    def __init__(self, latent_dim: int, components: int = 10, data_dim: int = 1,
+                 encoder: nn.Module | None = None) -> None:
+        super().__init__(latent_dim)
+        self.components = _checks.positive_int("components", components)
+        self.data_dim = _checks.positive_int("data_dim", data_dim)
+        self.pseudo_inputs = nn.Parameter(torch.rand(self.components, self.data_dim))
+        self._encoder: tuple[nn.Module, ...] = ()
+        if encoder is not None:
+            self.set_encoder(encoder)
+
+    def set_encoder(self, encoder: nn.Module) -> None:
+        """Inject the encoder x [K, D] → q(z | x), batch [K], event [L]."""
+        if not callable(encoder):
+            raise TypeError(f"encoder: expected a module mapping x [K, D] to q(z | x), "
+                            f"got {type(encoder).__name__}")
+        self._encoder = (encoder,)
+
+    def forward(self) -> MixtureSameFamily:
+        """→ MixtureSameFamily(uniform Categorical over K, encoder(u)): batch [], event [L]."""
+        if not self._encoder:
+            raise ValueError("encoder: the VampPrior needs the encoder (set_encoder), got none")
+        q = self._encoder[0](self.pseudo_inputs)
+        if tuple(q.batch_shape) != (self.components,) or tuple(q.event_shape) != (
+                self.latent_dim,):
+            raise ValueError(f"encoder: expected q with batch [{self.components}] and event "
+                             f"[{self.latent_dim}], got batch {list(q.batch_shape)} and event "
+                             f"{list(q.event_shape)}")
+        uniform = Categorical(logits=self.pseudo_inputs.new_zeros(self.components),
+                              validate_args=False)
+        return MixtureSameFamily(uniform, q, validate_args=False)
+
+    def config(self) -> dict:
+        return {**super().config(), "components": self.components, "data_dim": self.data_dim}
+
+
+class FlowPrior(StandardNormal):
+    """p(z): u ~ N(0, I), z = T_T ∘ … ∘ T_1(u), each T_t a MAF step (Papamakarios et al. 2017).
+
+    T_t: z_i = μ_i(z_{<i}) + exp(α_i(z_{<i})) u_i with a MADE (Germain et al. 2015) reading the
+    output, the order reversed at every step; log p(z) = log N(u) − Σ_t Σ_i α_{t,i}, one MADE
+    pass per step; sampling takes L passes per step. Starts as N(0, I) exactly (zero output
+    layers). Args: latent_dim L; steps T (``--prior-flow-steps``); hidden MADE sizes (default
+    two layers of max(4L, 32)).
+    """
+
+    name = "flow"
+
+    def __init__(self, latent_dim: int, steps: int = 2,
+                 hidden: tuple[int, ...] | list[int] | None = None) -> None:
+        super().__init__(latent_dim)
+        self.steps = _checks.positive_int("steps", steps)
+        width = max(4 * self.latent_dim, 32)
+        self.hidden = tuple((width, width) if hidden is None else hidden)
+        self.mades = flows.made_stack(self.latent_dim, self.steps, self.hidden)
+
+    def forward(self) -> TransformedDistribution:
+        """→ TransformedDistribution(N(0, I), MAF steps): batch [], event [L]."""
+        steps = [flows.AffineAutoregressive(made, None, "output") for made in self.mades]
+        return TransformedDistribution(super().forward(), steps, validate_args=False)
+
+    def config(self) -> dict:
+        return {**super().config(), "steps": self.steps, "hidden": list(self.hidden)}
+
+
 PRIORS: dict[str, type[StandardNormal]] = {
     "standard_normal": StandardNormal, "learned_normal": LearnedNormal,
+    "mog": MixtureOfGaussians, "vamp": VampPrior, "flow": FlowPrior,
 }
 
 
-def from_config(config: dict) -> StandardNormal:
-    """Rebuild a prior from its ``config()``."""
+def from_config(config: dict, encoder: nn.Module | None = None) -> StandardNormal:
+    """Rebuild a prior from its ``config()`` (``encoder``: injected into a VampPrior)."""
     config = dict(config)
     name = _checks.one_of("prior", config.pop("name", None), tuple(PRIORS))
+    if name == "vamp":
+        config["encoder"] = encoder
     return PRIORS[name](**config)
+
+
+def build(name: str, latent_dim: int, *, components: int = 10, flow_steps: int = 2,
+          data_dim: int | None = None, encoder: nn.Module | None = None) -> StandardNormal:
+    """The prior called ``name`` (a key of :data:`PRIORS`; '-' may stand for '_').
+
+    ``components`` is K of ``mog`` and ``vamp`` (``--prior-components``), ``flow_steps`` T of
+    ``flow`` (``--prior-flow-steps``); ``vamp`` also needs ``data_dim`` and the ``encoder``.
+    """
+    name = _checks.one_of("prior", str(name).replace("-", "_"), tuple(PRIORS))
+    if name == "mog":
+        return MixtureOfGaussians(latent_dim, components)
+    if name == "vamp":
+        if data_dim is None or encoder is None:
+            raise ValueError("prior: 'vamp' needs data_dim and the encoder, got "
+                             f"data_dim={data_dim} and encoder={type(encoder).__name__}")
+        return VampPrior(latent_dim, components, data_dim, encoder)
+    if name == "flow":
+        return FlowPrior(latent_dim, flow_steps)
+    return PRIORS[name](latent_dim)

@@ -161,7 +161,8 @@ def build_vae(config: ModelConfig) -> VAE:
     if config.data_dim is None:
         raise ValueError("config.data_dim: expected an integer >= 1 (resolve it from the data "
                          "with config.with_data(...)), got None")
-    family = families_.FAMILIES[config.family](config.latent_dim)
+    family = families_.build(config.family, config.latent_dim, components=config.q_components,
+                             flow_steps=config.q_flow_steps)
     if config.likelihood == "gaussian":
         lik: likelihoods.Likelihood = likelihoods.Gaussian(
             data_dim=config.data_dim, scale=config.gaussian_scale, min_scale=config.min_scale)
@@ -170,7 +171,10 @@ def build_vae(config: ModelConfig) -> VAE:
     encoder_net = nets.MLP(config.data_dim, config.hidden, family.param_size, config.activation)
     decoder_net = nets.MLP(config.latent_dim, tuple(reversed(config.hidden)),
                            config.data_dim * lik.params_per_dim, config.activation)
-    prior = priors_.PRIORS[config.prior](config.latent_dim)
-    model = VAE(prior, Decoder(decoder_net, lik), Encoder(encoder_net, family))
+    encoder = Encoder(encoder_net, family)
+    prior = priors_.build(config.prior, config.latent_dim, components=config.prior_components,
+                          flow_steps=config.prior_flow_steps, data_dim=config.data_dim,
+                          encoder=encoder)
+    model = VAE(prior, Decoder(decoder_net, lik), encoder)
     model.config = config
     return model
