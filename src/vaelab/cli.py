@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gaps(commands)
     _add_complete(commands)
     _add_figures(commands)
+    _add_report(commands)
+    _add_runs(commands)
     return parser
 
 
@@ -148,6 +150,8 @@ def _add_train(commands) -> None:
                    help="bf16: the step's forward pass under bfloat16 autocast (fast on GPUs "
                         "with bf16 units; weights and Adam stay float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--tensorboard", action="store_true", help="also log the per-epoch metrics "
+                   "to RUN/tensorboard (needs the tensorboard package)")
     p.set_defaults(func=cmd_train)
 
 
@@ -287,6 +291,29 @@ def _add_figures(commands) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     p.add_argument("--small", action="store_true", help="quick, low-resolution versions")
     p.set_defaults(func=cmd_figures)
+
+
+def _add_report(commands) -> None:
+    p = commands.add_parser("report", help="one HTML page for one run, or comparing several",
+                            description="Write a self-contained HTML report (images embedded, "
+                            "opens from disk): what each run is, its test metrics with standard "
+                            "errors, gaps, other results and pictures; with several runs, a "
+                            "comparison table with paired differences against the first run.")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories (the "
+                   "first is the reference of the comparison)")
+    p.add_argument("--out", type=Path, metavar="FILE.html", help="where to write the page "
+                   "(default: RUN/report.html for one run, ./vaelab-report.html for several)")
+    p.add_argument("--title", metavar="TEXT", help="the page's title")
+    p.set_defaults(func=cmd_report)
+
+
+def _add_runs(commands) -> None:
+    p = commands.add_parser("runs", help="a table of the runs under a folder, newest first",
+                            description="List the run directories at or below DIR (3 levels) "
+                            "with their key numbers, newest first.")
+    p.add_argument("dir", type=Path, nargs="?", default=Path("runs"), metavar="DIR",
+                   help="folder to search (default: runs)")
+    p.set_defaults(func=cmd_runs)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -443,10 +470,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     log = _printer(args.quiet)
     from vaelab.show.plots import write_run_figures
 
+    logger = None
+    if args.tensorboard:
+        from vaelab.show import tensorboard
+
+        logger = tensorboard.open_logger(run_dir)  # one line if tensorboard is missing
     try:
         result = train_.train(config, run_dir, resume=args.resume is not None,
                               overwrite=args.overwrite, progress=not args.quiet, log=log,
-                              figures=write_run_figures)
+                              figures=write_run_figures, on_epoch=logger)
     except BaseException as exc:
         _remove_empty(run_dir, created)
         if isinstance(exc, KeyboardInterrupt) and (run_dir / runs.CONFIG_FILE).is_file():
@@ -454,6 +486,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"`vaelab train --resume {run_dir}`", file=sys.stderr)
             raise SystemExit(EXIT_INTERRUPTED) from None
         raise
+    finally:
+        if logger is not None:
+            logger.close()
     _report_run(result.run_dir, config.train.inference)
     return 0
 
@@ -627,6 +662,29 @@ def cmd_complete(args: argparse.Namespace) -> int:
           f"{result['baseline_accuracy']:.3f}, another image's completion "
           f"{result['mismatched_accuracy']:.3f}; {result['num_images']} images)")
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``vaelab report``: the HTML page."""
+    from vaelab.show import report
+
+    for run in args.runs:
+        if not run.is_dir():
+            state = "is a file" if run.exists() else "does not exist"
+            raise ValueError(f"RUN: expected a run directory, got {str(run)!r}, which {state}")
+    out = args.out or (args.runs[0] / "report.html" if len(args.runs) == 1
+                       else Path("vaelab-report.html"))
+    path = report.write_report(args.runs, out, title=args.title)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """``vaelab runs``: the table of runs."""
+    from vaelab.show import runs_table
+
+    print(runs_table.format_runs(args.dir))
     return 0
 
 
