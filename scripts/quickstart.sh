@@ -7,6 +7,7 @@ bash scripts/setup.sh
 RUN=${1:-runs/quickstart}
 .venv/bin/vaelab train --out "$RUN" --overwrite
 .venv/bin/vaelab evaluate "$RUN"
+.venv/bin/vaelab report "$RUN"
 echo
 echo "pictures:"
 ls -1 "$RUN"/*.png
