@@ -26,6 +26,7 @@ from torch.distributions import Distribution
 
 from vaelab import _checks
 from vaelab.infer.objectives import GenerativeModel, check_inputs, elbo_terms, log_weights
+from vaelab.measure import honest
 
 #: Elements of the largest per-chunk tensor ([chunk, B, D]) when chunk_size is automatic.
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
@@ -135,23 +136,39 @@ def _batch_measures(model: GenerativeModel, infer: Callable[[torch.Tensor], Dist
             "ll_stderr": est.stderr, "ess": est.ess, "q_mean": q.mean}
 
 
-def _summary(values: torch.Tensor) -> dict[str, float]:
-    """Mean, per-example standard deviation and standard error of the mean of values [n]."""
-    values = values.double()
-    n = values.shape[0]
-    std = float(values.std()) if n > 1 else 0.0
-    return {"mean": float(values.mean()), "std": std, "se": std / math.sqrt(n)}
+def _summary(values: torch.Tensor) -> dict:
+    """Mean, per-example standard deviation and standard error of the mean of values [n];
+    std and se are None with a reason when n = 1 (``vaelab.measure.honest``)."""
+    return honest.mean_std_se(values)
 
 
-def _log_likelihood_summary(ll: torch.Tensor, stderr: torch.Tensor,
-                            population_size: int) -> dict[str, float]:
-    """Mean log p̂(x) over n examples with its standard error (see :func:`evaluate_model`)."""
+def _log_likelihood_summary(ll: torch.Tensor, stderr: torch.Tensor, population_size: int,
+                            num_samples: int) -> dict:
+    """Mean log p̂(x) over n examples with its standard error (see :func:`evaluate_model`).
+
+    Undefined parts are None with a reason (``vaelab.measure.honest``): se_mc with k = 1 (no
+    per-example Monte Carlo error), se_data with n = 1 unless every row is evaluated (then it
+    is exactly 0), and se whenever one of them is. Non-finite values stay for ``json_safe``.
+    """
     n = ll.shape[0]
     out = _summary(ll)
-    se_mc = float(stderr.double().nan_to_num(0.0).square().sum().sqrt()) / n
+    reasons = out.pop(honest.UNDEFINED, {})
+    reasons.pop("se", None)
+    se_mc = None if num_samples == 1 else float(stderr.double().square().sum().sqrt()) / n
+    if se_mc is None:
+        reasons["se_mc"] = ("one importance sample per example (k = 1): no Monte Carlo "
+                            "error can be computed")
     fpc = 1.0 - n / population_size
-    se_data = out["std"] * math.sqrt(fpc / n)
-    out.update(se=math.hypot(se_mc, se_data), se_mc=se_mc, se_data=se_data)
+    se_data = 0.0 if fpc == 0 else None if out["std"] is None else out["std"] * math.sqrt(
+        fpc / n)
+    if se_data is None:
+        reasons["se_data"] = reasons["std"]
+    se = None if se_mc is None or se_data is None else math.hypot(se_mc, se_data)
+    if se is None:
+        reasons["se"] = reasons.get("se_mc") or reasons["se_data"]
+    out.update(se=se, se_mc=se_mc, se_data=se_data)
+    if reasons:
+        out[honest.UNDEFINED] = reasons
     return out
 
 
@@ -182,7 +199,8 @@ def _report(m: dict[str, torch.Tensor], population_size: int, num_samples: int,
             elbo_samples: int, threshold: float) -> dict:
     """The JSON-ready result dict of :func:`evaluate_model` from per-example measures."""
     n, data_dim = m["elbo"].shape[0], None
-    ll = _log_likelihood_summary(m["log_likelihood"], m["ll_stderr"], population_size)
+    ll = _log_likelihood_summary(m["log_likelihood"], m["ll_stderr"], population_size,
+                                 num_samples)
     count, activity = active_units(m["q_mean"], threshold) if n > 1 else (
         None, torch.full((m["q_mean"].shape[1],), math.nan))
     return {"num_examples": n, "population_size": population_size,
@@ -191,21 +209,33 @@ def _report(m: dict[str, torch.Tensor], population_size: int, num_samples: int,
             "elbo": _summary(m["elbo"]), "rate": _summary(m["rate"]),
             "distortion": _summary(m["distortion"]), "log_likelihood": ll,
             "gap": _summary(m["log_likelihood"] - m["elbo"]),
-            "ess": {"mean": float(m["ess"].mean()), "min": float(m["ess"].min())},
+            "ess": honest.ess_summary(m["ess"], num_samples),
             "active_units": count, "active_threshold": threshold,
-            "unit_activity": [_json_float(a) for a in activity.tolist()]}
+            "unit_activity": activity.tolist(),
+            **({} if count is not None else {honest.UNDEFINED: dict.fromkeys(
+                ("active_units", "unit_activity"),
+                "needs at least 2 examples to measure Var_x E[z|x], got 1")}),
+            "warnings": _warnings(m, num_samples)}
 
 
-def _json_float(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def _warnings(m: dict[str, torch.Tensor], num_samples: int) -> list[str]:
+    """Lines for a diverged model and for unreliable importance sampling (may be empty)."""
+    diverged = honest.divergence_warning(
+        {"ELBO": m["elbo"], "log p(x)": m["log_likelihood"], "ESS": m["ess"]})
+    lines = [] if diverged is None else [diverged]
+    return lines + honest.reliability_warnings(m["ess"], m["ll_stderr"], num_samples)
 
 
 def _add_bits_per_dim(report: dict, data_dim: int) -> dict:
     """Fill in data_dim and the NLL / negative ELBO in bits per dimension."""
     ll = report["log_likelihood"]
     report["data_dim"] = data_dim
-    report["nll_bits_per_dim"] = {"mean": bits_per_dim(-ll["mean"], data_dim),
-                                  "se": bits_per_dim(ll["se"], data_dim)}
+    nll = {"mean": bits_per_dim(-ll["mean"], data_dim)}
+    if ll["se"] is None:
+        nll.update(se=None, undefined={"se": ll["undefined"]["se"]})
+    else:
+        nll["se"] = bits_per_dim(ll["se"], data_dim)
+    report["nll_bits_per_dim"] = nll
     report["neg_elbo_bits_per_dim"] = bits_per_dim(-report["elbo"]["mean"], data_dim)
     return report
 
@@ -247,7 +277,6 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
         per_example: also return ``"per_example"``: {elbo, rate, distortion, log_likelihood,
             ll_stderr, ess} as lists over the n rows (e.g. log p̂(x) as anomaly scores).
         progress: show a tqdm progress bar on stderr.
-
     Returns:
         A JSON-serializable dict (nats per example unless said otherwise)::
 
@@ -257,9 +286,17 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
             log_likelihood:               {"mean", "std", "se", "se_mc", "se_data"}
             nll_bits_per_dim:             {"mean", "se"}   (−log p̂ / (D ln 2))
             neg_elbo_bits_per_dim:        float
-            ess:                          {"mean", "min"}  (effective sample size, ≤ k)
+            ess:                          {"mean", "min", "median", "num_tiny", "tiny_below",
+                                           "num_samples"}  (effective sample size, ≤ k)
             active_units: int (None if n = 1), active_threshold, unit_activity: [L]
+            warnings:                     lines: a diverged model (non-finite values), tiny
+                                          ESS, huge Monte Carlo error, k = 1
             per_example:                  only with ``per_example=True``
+
+        Honest numbers (``vaelab.measure.honest``): a statistic that is undefined (std and se
+        with n = 1, se_mc with k = 1) or not finite (a diverged model) is ``None``, and the
+        dict holding it says why in its ``"undefined"`` mapping, ``{key: reason}``; the
+        result always passes ``json.dumps(..., allow_nan=False)``.
     """
     x = model.check_data(x, "x")
     if x.shape[0] == 0:
@@ -276,7 +313,6 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
                             chunk_size=chunk_size, elbo_samples=elbo_samples)
     report = _report(measures, population, num_samples, elbo_samples, threshold)
     if per_example:
-        report["per_example"] = {k: [_json_float(v) for v in measures[k].double().tolist()]
-                                 for k in PER_EXAMPLE_KEYS}
-    return _add_bits_per_dim(report, x.shape[1])
+        report["per_example"] = {k: measures[k].double().tolist() for k in PER_EXAMPLE_KEYS}
+    return honest.json_safe(_add_bits_per_dim(report, x.shape[1]))
 

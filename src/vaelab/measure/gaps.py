@@ -46,6 +46,7 @@ from vaelab import _checks
 from vaelab._files import atomic_write_json
 from vaelab.infer.objectives import GenerativeModel, elbo
 from vaelab.infer.schemes import optimize_q
+from vaelab.measure import honest
 from vaelab.measure.evaluate import auto_chunk_size, log_likelihood
 from vaelab.model.vae import Encoder
 
@@ -54,14 +55,9 @@ QUANTITIES = ("log_likelihood", "elbo_optimized", "elbo_amortized",
 
 
 def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
-    n = values.numel()
-    sd = values.std().item() if n > 1 else math.nan
-    return values.mean().item(), sd / math.sqrt(n)
-
-
-def _finite_or_none(value: float) -> float | None:
-    """JSON has no NaN: a standard error of one example becomes null."""
-    return value if math.isfinite(value) else None
+    """(mean, std/√n) of values [n] in float64; the standard error is NaN when n = 1."""
+    stats = honest.mean_std_se(values)
+    return stats["mean"], math.nan if stats["se"] is None else stats["se"]
 
 
 @dataclass(frozen=True)
@@ -101,27 +97,47 @@ class GapReport:
         """{quantity: (mean over examples, standard error)} for every quantity."""
         return {name: _mean_stderr(getattr(self, name)) for name in QUANTITIES}
 
+    def _stats(self) -> dict[str, dict]:
+        """{quantity: {"mean", "stderr"}} with None + reason where undefined or non-finite."""
+        out = {}
+        for name in QUANTITIES:
+            stats = honest.mean_std_se(getattr(self, name))
+            reasons = stats.get(honest.UNDEFINED, {})
+            entry = {"mean": stats["mean"], "stderr": stats["se"]}
+            if "se" in reasons:
+                entry[honest.UNDEFINED] = {"stderr": reasons["se"]}
+            out[name] = entry
+        return honest.json_safe(out)
+
+    def warnings(self) -> list[str]:
+        """A line when some bound is non-finite (the model appears to have diverged)."""
+        line = honest.divergence_warning({name: getattr(self, name) for name in QUANTITIES[:3]})
+        return [] if line is None else [line]
+
     def to_dict(self) -> dict:
-        """JSON-serializable: summary (mean, stderr) plus the per-example values."""
-        return {
+        """JSON-serializable (strict: no NaN): summary (mean, stderr), per-example values,
+        warnings; undefined or non-finite numbers are null with their reason beside them in
+        an ``"undefined"`` mapping (``vaelab.measure.honest``)."""
+        return honest.json_safe({
             "num_examples": int(self.log_likelihood.numel()),
             "num_samples": self.num_samples,
             "optimizer_steps": self.optimizer_steps,
-            "summary": {k: {"mean": _finite_or_none(m), "stderr": _finite_or_none(s)}
-                        for k, (m, s) in self.summary().items()},
-            "per_example": {k: getattr(self, k).tolist() for k in QUANTITIES},
-        }
+            "summary": self._stats(),
+            "per_example": {k: getattr(self, k).double().tolist() for k in QUANTITIES},
+            "warnings": self.warnings(),
+        })
 
     def table(self) -> str:
-        """Plain-text table of means ± standard errors, in nats."""
+        """Plain-text table of means ± standard errors, in nats ("undefined" where none)."""
         rows = [f"{'quantity':<20} {'mean (nats)':>12} {'± stderr':>10}"]
         labels = {"log_likelihood": "log p(x)", "elbo_optimized": "L[q*]",
                   "elbo_amortized": "L[q_phi]"}
-        for name, (mean, se) in self.summary().items():
-            rows.append(f"{labels.get(name, name):<20} {mean:>12.3f} {se:>10.3f}")
+        for name, stats in self._stats().items():
+            rows.append(f"{labels.get(name, name):<20} {honest.cell(stats, 'mean', '.3f'):>12} "
+                        f"{honest.cell(stats, 'stderr', '.3f'):>10}")
         rows.append(f"({int(self.log_likelihood.numel())} examples, {self.num_samples} samples, "
                     f"{self.optimizer_steps} optimizer steps)")
-        return "\n".join(rows)
+        return "\n".join(rows + self.warnings())
 
 
 def mean_elbo(model: GenerativeModel, q: Distribution, x: torch.Tensor, num_samples: int,
@@ -244,6 +260,6 @@ def report_gaps(model: GenerativeModel, x: torch.Tensor, *, num_samples: int = 5
     report = gaps(model, x, num_samples=num_samples, steps=steps, **options)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "gaps.json", report.to_dict(), allow_nan=True)
+    atomic_write_json(out_dir / "gaps.json", report.to_dict())
     plot_gaps(report, out_dir / "gaps.png")
     return report
