@@ -578,21 +578,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def format_evaluation(r: dict) -> str:
-    """A short plain-text table of an :func:`evaluate_model` result."""
-    ll, bpd = r["log_likelihood"], r["nll_bits_per_dim"]
+    """A short plain-text table of an :func:`evaluate_model` result.
+
+    An undefined statistic prints as "undefined" and a non-finite one as what it is (-inf,
+    nan), never as a number it is not; the result's warnings follow the table.
+    """
+    from vaelab.measure.honest import cell
+
+    ll, bpd, ess = r["log_likelihood"], r["nll_bits_per_dim"], r["ess"]
     lines = [f"{r.get('data', 'data')} {r.get('split', '')}: {r['num_examples']} of "
              f"{r['population_size']} examples, k = {r['num_samples']} importance samples",
              f"{'quantity':<26}{'mean':>12}{'± SE':>10}"]
-    for name, label in (("elbo", "ELBO (nats)"), ("rate", "rate KL(q‖p) (nats)"),
-                        ("distortion", "distortion (nats)")):
-        lines.append(f"{label:<26}{r[name]['mean']:>12.3f}{r[name]['se']:>10.3f}")
-    lines.append(f"{'log p(x) (nats)':<26}{ll['mean']:>12.3f}{ll['se']:>10.3f}")
-    lines.append(f"{'NLL (bits/dim)':<26}{bpd['mean']:>12.4f}{bpd['se']:>10.4f}")
-    lines.append(f"{'log p(x) − ELBO (nats)':<26}{r['gap']['mean']:>12.3f}{r['gap']['se']:>10.3f}")
+    for stats, label, fmt in ((r["elbo"], "ELBO (nats)", ".3f"),
+                              (r["rate"], "rate KL(q‖p) (nats)", ".3f"),
+                              (r["distortion"], "distortion (nats)", ".3f"),
+                              (ll, "log p(x) (nats)", ".3f"), (bpd, "NLL (bits/dim)", ".4f"),
+                              (r["gap"], "log p(x) − ELBO (nats)", ".3f")):
+        lines.append(f"{label:<26}{cell(stats, 'mean', fmt):>12}{cell(stats, 'se', fmt):>10}")
+    lines.append(f"{'ESS (of k)':<26}{cell(ess, 'mean', '.1f'):>12}  min "
+                 f"{cell(ess, 'min', '.3g')}, median {cell(ess, 'median', '.3g')}")
     units = "n/a" if r["active_units"] is None else str(r["active_units"])
     lines.append(f"{'active units':<26}{units:>12}  of {r['latent_dim']} "
                  f"(Var_x E[z_u|x] > {r['active_threshold']})")
-    return "\n".join(lines)
+    return "\n".join(lines + list(r.get("warnings", ())))
 
 
 # --------------------------------------------------------------------------- pictures
