@@ -5,6 +5,7 @@
 * fault 3 — every statistic of eval.json and gaps.json that is undefined (one example, one
   importance sample) is null with a reason, printed as "undefined", never "± 0.000"; tiny ESS
   gets a warning line;
+* fault 6 — gaps.png's error bars are the paired standard errors of the differences;
 * the standard errors themselves against hand-computed values (0, 1, 2, 3 → mean 1.5,
   SE = sd/√n = 1.2910/2 = 0.6455), so SD/n or SD/√(n−1) fail.
 """
@@ -21,8 +22,8 @@ import torch
 from safetensors.torch import save_file
 
 from vaelab import ModelConfig, build_vae, cli
-from vaelab.measure import evaluate
-from vaelab.measure.gaps import GapReport
+from vaelab.measure import evaluate, honest
+from vaelab.measure.gaps import GapReport, gap_panels
 from vaelab.model.families import DiagonalNormal
 
 SE_0123 = math.sqrt(5 / 3) / 2          # sd of 0, 1, 2, 3 (n − 1 denominator) / √4
@@ -217,3 +218,26 @@ def test_gap_report_standard_errors_by_hand():
     assert summary["amortization_gap"] == (1.0, 0.0)
     stats = report.to_dict()["summary"]["inference_gap"]
     assert stats["mean"] == pytest.approx(2.5) and stats["stderr"] == pytest.approx(SE_0123)
+
+
+# --------------------------------------------------------------------------- fault 6
+
+
+def test_gaps_figure_shows_paired_standard_errors_not_the_spread_between_examples():
+    g = torch.Generator().manual_seed(0)
+    level = 120 * torch.randn(100, generator=g, dtype=torch.float64)      # examples differ a lot
+    amortized = level
+    optimized = level + 2.0 + 0.3 * torch.randn(100, generator=g, dtype=torch.float64)
+    loglik = optimized + 0.5 + 0.1 * torch.randn(100, generator=g, dtype=torch.float64)
+    report = GapReport(loglik, optimized, amortized, 100, 50)
+    panels = gap_panels(report)
+    _, means, errs = panels["ladder"]
+    paired = [0.0, float((optimized - amortized).std() / 10),
+              float((loglik - amortized).std() / 10)]
+    assert means[0] == 0.0
+    assert means[1] == pytest.approx(float((optimized - amortized).mean()), rel=1e-12)
+    assert errs == pytest.approx(paired, rel=1e-12)
+    assert max(errs) < 0.05 < float(level.std() / 10)                   # not the ±12-nat spread
+    labels, means, errs = panels["gaps"]
+    assert errs == pytest.approx([float((loglik - optimized).std() / 10), paired[1]], rel=1e-12)
+    assert honest.json_safe({"a": [1.0, math.nan]})["undefined"]["a"].startswith("1 of 2")

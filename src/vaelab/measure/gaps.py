@@ -222,32 +222,51 @@ def gaps(model: GenerativeModel, x: torch.Tensor, *, encoder: Encoder | None = N
     return GapReport(estimate.log_likelihood, optimized, amortized, num_samples, len(history))
 
 
+def gap_panels(report: GapReport) -> dict[str, tuple[list[str], list[float], list[float]]]:
+    """What :func:`plot_gaps` draws: {panel: (labels, means, paired standard errors)}.
+
+    Every bar is a *paired* difference on the same examples, with the standard error of that
+    difference (std of the per-example differences / √n), not the spread of the bounds across
+    examples, which is much larger and would hide them (issue 9, fault 6): "ladder" is each
+    bound minus L[q_φ] (0, the amortization gap, the inference gap), "gaps" the two parts.
+    """
+    s = report.summary()
+    ladder = [("L[q_φ]\n(encoder)", 0.0, 0.0),
+              ("L[q*]\n(optimized)", *s["amortization_gap"]),
+              ("log p̂(x)", *s["inference_gap"])]
+    parts = [("approximation\nlog p̂ − L[q*]", *s["approximation_gap"]),
+             ("amortization\nL[q*] − L[q_φ]", *s["amortization_gap"])]
+    return {name: tuple(list(column) for column in zip(*rows, strict=True))
+            for name, rows in (("ladder", ladder), ("gaps", parts))}
+
+
 def plot_gaps(report: GapReport, path: str | os.PathLike) -> Path:
-    """The three bounds and the two gaps (means ± standard errors) → PNG at ``path``."""
+    """The bounds above L[q_φ] and the two gaps, as paired means ± s.e. → PNG at ``path``."""
     from matplotlib.figure import Figure
 
     from vaelab._files import save_figure
 
-    s = report.summary()
+    panels, n = gap_panels(report), int(report.log_likelihood.numel())
+    base, _ = report.summary()["elbo_amortized"]
     fig = Figure(figsize=(9, 3.6), layout="constrained")
     left, right = fig.subplots(1, 2)
-    names = ["elbo_amortized", "elbo_optimized", "log_likelihood"]
-    means, errs = zip(*(s[n] for n in names), strict=True)
-    colors = ["tab:orange", "tab:green", "tab:blue"]
-    for i, (mean, err, color) in enumerate(zip(means, errs, colors, strict=True)):
-        left.errorbar([i], [mean], yerr=[err], fmt="o", color=color, ms=9, capsize=5, lw=2)
-        left.annotate(f"{mean:.2f}", (i, mean), xytext=(12, -4), textcoords="offset points")
-    left.set_xticks(range(3), ["L[q_φ]\n(encoder)", "L[q*]\n(optimized)", "log p̂(x)"])
+    labels, means, errs = panels["ladder"]
+    for i, (mean, err, color) in enumerate(zip(means, errs, ["tab:orange", "tab:green",
+                                                             "tab:blue"], strict=True)):
+        left.errorbar([i], [mean], yerr=[0 if math.isnan(err) else err], fmt="o",
+                      color=color, ms=9, capsize=5, lw=2)
+        left.annotate(f"{mean:+.2f}", (i, mean), xytext=(12, -4), textcoords="offset points")
+    left.set_xticks(range(3), labels)
     left.set_xlim(-0.5, 2.9)
-    left.set_ylabel("nats per example (mean ± s.e.)")
-    left.set_title("bounds on log p(x), averaged over examples")
-    gap_names = ["approximation_gap", "amortization_gap"]
-    means, errs = zip(*(s[n] for n in gap_names), strict=True)
-    right.bar(["approximation\nlog p̂ − L[q*]", "amortization\nL[q*] − L[q_φ]"], means,
-              yerr=errs, color=["tab:purple", "tab:red"], capsize=4)
+    left.set_ylabel("nats above L[q_φ] (paired mean ± s.e.)")
+    left.set_title(f"bounds on log p(x), relative to L[q_φ] = {base:.2f}", fontsize=10)
+    labels, means, errs = panels["gaps"]
+    right.bar(labels, means, yerr=[0 if math.isnan(e) else e for e in errs],
+              color=["tab:purple", "tab:red"], capsize=4)
     right.axhline(0, color="black", lw=0.8)
-    right.set_ylabel("nats per example (mean ± s.e.)")
-    right.set_title(f"gaps ({int(report.log_likelihood.numel())} examples)")
+    right.set_ylabel("nats per example (paired mean ± s.e.)")
+    right.set_title(f"gaps ({n} examples" + (", s.e. undefined)" if n < 2 else ")"),
+                    fontsize=10)
     return save_figure(fig, path, dpi=120)
 
 
