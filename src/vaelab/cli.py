@@ -140,8 +140,7 @@ def _add_train(commands) -> None:
     p.add_argument("--phi-lr", type=positive_float, metavar="X",
                    help="φ's own learning rate (per-datapoint rows, alternating schedule); "
                         "default: --lr; ~0.05 suits per-datapoint rows")
-    p.add_argument("--kl-warmup", type=non_negative_float, metavar="EPOCHS",
-                   help="ramp the KL weight from 0 to 1 over this many epochs")
+    _add_objective(p)
     p.add_argument("--grad-clip", type=positive_float, metavar="X", help="clip the gradient norm")
     p.add_argument("--early-stopping", type=positive_int, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without a better validation ELBO")
@@ -185,6 +184,47 @@ def _family_and_prior(args: argparse.Namespace) -> dict:
             "prior": args.prior and args.prior.replace("-", "_"),
             "prior_components": args.prior_components,
             "prior_flow_steps": args.prior_flow_steps}
+
+
+OBJECTIVE_CHOICES = ("elbo", "iwae", "iwae-dreg")
+KL_SCHEDULE_CHOICES = ("constant", "linear", "cyclical")
+ratio_in_0_1 = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+
+def _add_objective(p: argparse.ArgumentParser) -> None:
+    """--objective, --num-samples, --beta, --kl-schedule and its knobs, --free-bits."""
+    p.add_argument("--objective", choices=OBJECTIVE_CHOICES,
+                   help="what training maximizes: elbo (default); iwae, the importance-"
+                        "weighted bound with --num-samples K (Burda et al. 2016); iwae-dreg, "
+                        "the same bound with the doubly-reparameterized encoder gradient "
+                        "(Tucker et al. 2019). Metrics and evaluate always report the true "
+                        "ELBO and log p(x)")
+    p.add_argument("--num-samples", type=positive_int, metavar="K",
+                   help="z samples per example: Monte Carlo samples of the ELBO, K of the "
+                        "IWAE bound (per component for --family mixture); default 1")
+    p.add_argument("--beta", type=non_negative_float, metavar="X",
+                   help="KL weight β (default 1): maximize E log p(x|z) − β KL; for the IWAE "
+                        "objectives it tempers the log-weights")
+    p.add_argument("--kl-schedule", choices=KL_SCHEDULE_CHOICES,
+                   help="the KL weight over training: constant (β), linear (0 → β over "
+                        "--kl-warmup epochs), cyclical (--kl-cycles cycles over the run, each "
+                        "rising 0 → β over its first --kl-ratio, then flat; Fu et al. 2019)")
+    p.add_argument("--kl-warmup", type=non_negative_float, metavar="EPOCHS",
+                   help="length of the linear ramp; given alone it means --kl-schedule linear")
+    p.add_argument("--kl-cycles", type=positive_int, metavar="M",
+                   help="cycles of --kl-schedule cyclical over the whole run (default 4)")
+    p.add_argument("--kl-ratio", type=ratio_in_0_1, metavar="R",
+                   help="fraction of each cycle spent rising (default 0.5)")
+    p.add_argument("--free-bits", type=non_negative_float, metavar="NATS",
+                   help="free bits λ (Kingma et al. 2016), --objective elbo only: the KL of "
+                        "each latent dimension, averaged over the batch, counts as at least λ")
+
+
+def _objective(args: argparse.Namespace) -> dict:
+    """The objective flags as TrainConfig fields (None = not given)."""
+    return {"objective": args.objective, "num_samples": args.num_samples, "beta": args.beta,
+            "kl_schedule": args.kl_schedule, "kl_warmup_epochs": args.kl_warmup,
+            "kl_cycles": args.kl_cycles, "kl_ratio": args.kl_ratio, "free_bits": args.free_bits}
 
 
 def _add_run_data(p: argparse.ArgumentParser) -> None:
@@ -415,7 +455,7 @@ def _train_overrides(args: argparse.Namespace) -> dict:
                       "device": args.device, "limit": args.limit, "inference": args.inference,
                       "schedule": args.schedule, "phi_steps": args.phi_steps,
                       "phi_lr": args.phi_lr,
-                      "kl_warmup_epochs": args.kl_warmup, "grad_clip": args.grad_clip,
+                      **_objective(args), "grad_clip": args.grad_clip,
                       "early_stopping_patience": args.early_stopping, "compile": compile_,
                       "precision": args.precision}}
 

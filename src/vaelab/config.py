@@ -122,6 +122,10 @@ INFERENCE_NAMES = ("amortized", "per-datapoint", "semi-amortized")
 TRAIN_SCHEDULES = ("joint", "alternating")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+#: The same names as ``vaelab.infer.objectives.OBJECTIVES`` and
+#: ``vaelab.fit.kl_schedule.KL_SCHEDULES`` (config is a leaf and imports neither).
+OBJECTIVES = ("elbo", "iwae", "iwae-dreg")
+KL_SCHEDULES = ("constant", "linear", "cyclical")
 
 
 def _fraction(name: str, value: object) -> float:
@@ -176,9 +180,18 @@ class TrainConfig:
 
     Optimization: ``epochs``, ``batch_size``, Adam ``lr``/``betas``, ``grad_clip`` (global norm),
     ``lr_schedule`` ("constant"; "cosine" from lr to 0 over all steps; "exponential": lr ×
-    lr_decay^epoch), ``kl_warmup_epochs`` (the KL weight ramps linearly 0 → 1 over that many
-    epochs, step by step), ``num_samples`` (z samples per example), ``early_stopping_patience``
-    (stop after that many epochs without a better validation ELBO; keeps the best weights).
+    lr_decay^epoch), ``num_samples`` (z samples per example; K for the IWAE objectives),
+    ``early_stopping_patience`` (stop after that many epochs without a better validation ELBO;
+    keeps the best weights).
+
+    Objective (``vaelab.infer.objectives.training_terms``, ``vaelab.fit.kl_schedule``):
+    ``objective`` ("elbo"; "iwae", Burda et al. 2016; "iwae-dreg", Tucker et al. 2019), the KL
+    weight ``beta`` with ``kl_schedule`` ("constant"; "linear": 0 → beta over
+    ``kl_warmup_epochs`` epochs, step by step; "cyclical": ``kl_cycles`` cycles over the run,
+    each rising 0 → beta over its first ``kl_ratio`` and then flat, Fu et al. 2019), and
+    ``free_bits`` (λ nats per latent dimension, objective "elbo" only, Kingma et al. 2016).
+    ``kl_warmup_epochs`` > 0 alone means the "linear" schedule (the older spelling). Metrics
+    always report the true ELBO (β = 1, no free bits).
 
     Inference: ``inference`` ("amortized", "per-datapoint", "semi-amortized"), ``schedule``
     ("joint" or "alternating" with ``phi_steps`` φ-steps per θ-step), ``phi_lr`` (φ's own
@@ -208,6 +221,12 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     seed: int = 0
     kl_warmup_epochs: float = 0.0
+    beta: float = 1.0
+    kl_schedule: str = "constant"
+    kl_cycles: int = 4
+    kl_ratio: float = 0.5
+    free_bits: float = 0.0
+    objective: str = "elbo"
     grad_clip: float | None = None
     early_stopping_patience: int | None = None
     lr_schedule: str = "constant"
@@ -252,6 +271,30 @@ class TrainConfig:
         if self.early_stopping_patience is not None:
             _checks.positive_int("early_stopping_patience", self.early_stopping_patience)
         self._check_choices()
+        self._check_objective()
+
+    def _check_objective(self) -> None:
+        _checks.one_of("objective", self.objective, OBJECTIVES)
+        _checks.one_of("kl_schedule", self.kl_schedule, KL_SCHEDULES)
+        for name in ("beta", "free_bits"):
+            object.__setattr__(self, name, _non_negative_float(name, getattr(self, name)))
+        _checks.positive_int("kl_cycles", self.kl_cycles)
+        ratio = _checks.positive_float("kl_ratio", self.kl_ratio)
+        if ratio > 1:
+            raise ValueError(f"kl_ratio: expected a number in (0, 1], got {ratio}")
+        if self.kl_warmup_epochs > 0 and self.kl_schedule == "constant":
+            object.__setattr__(self, "kl_schedule", "linear")   # the older spelling of linear
+        if self.kl_schedule == "linear" and self.kl_warmup_epochs == 0:
+            raise ValueError("kl_warmup_epochs (--kl-warmup): kl_schedule 'linear' ramps the KL "
+                             "weight over that many epochs; expected a number > 0, got 0")
+        if self.kl_schedule == "cyclical" and self.kl_warmup_epochs > 0:
+            raise ValueError(f"kl_warmup_epochs (--kl-warmup): kl_schedule 'cyclical' sets its "
+                             f"own ramps (--kl-cycles, --kl-ratio); expected 0, "
+                             f"got {self.kl_warmup_epochs}")
+        if self.free_bits > 0 and self.objective != "elbo":
+            raise ValueError(f"free_bits (--free-bits): applies to objective 'elbo' only; "
+                             f"expected 0 with objective {self.objective!r}, "
+                             f"got {self.free_bits}")
 
     def _check_choices(self) -> None:
         _checks.one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
@@ -308,6 +351,11 @@ class RunConfig:
             raise TypeError(f"model: expected a ModelConfig, got {type(self.model).__name__}")
         if not isinstance(self.train, TrainConfig):
             raise TypeError(f"train: expected a TrainConfig, got {type(self.train).__name__}")
+        if self.train.objective == "iwae-dreg" and self.model.family == "mixture":
+            raise ValueError("objective (--objective): 'iwae-dreg' is not available with "
+                             "family 'mixture' "
+                             "(the stratified bound's DReG form is not derived); expected "
+                             "'iwae' (stratified IWAE) or 'elbo'")
 
     def to_dict(self) -> dict:
         """``{"model": {...}, "train": {...}}``, JSON-serializable."""
