@@ -117,6 +117,11 @@ def _known_keys(section: str, data: object, cls: type) -> dict:
 
 
 LR_SCHEDULES = ("constant", "cosine", "exponential")
+#: schedule='alternating' trains q only in its phi_steps; with 0 the encoder never learns.
+ALTERNATING_NEEDS_PHI_STEPS = (
+    "phi_steps: --schedule alternating takes --phi-steps N steps on q (the encoder or the "
+    "per-datapoint rows) before each step on the decoder; with 0 q is never trained; "
+    "expected --phi-steps >= 1 (e.g. --phi-steps 1), got 0")
 BINARIZE_MODES = ("dynamic", "static", "none")
 INFERENCE_NAMES = ("amortized", "per-datapoint", "semi-amortized")
 TRAIN_SCHEDULES = ("joint", "alternating")
@@ -304,6 +309,8 @@ class TrainConfig:
         _checks.one_of("binarize", self.binarize, BINARIZE_MODES)
         _checks.one_of("inference", self.inference, INFERENCE_NAMES)
         _checks.one_of("schedule", self.schedule, TRAIN_SCHEDULES)
+        if self.schedule == "alternating" and self.phi_steps == 0:
+            raise ValueError(ALTERNATING_NEEDS_PHI_STEPS)
         _checks.one_of("device", self.device, DEVICES)
         _checks.one_of("precision", self.precision, PRECISIONS)
         if not isinstance(self.refine_backprop, bool):

@@ -130,7 +130,8 @@ class TrainStep:
             see one update per epoch, or the alternating schedule); None: ``lr``.
         grad_clip: clip the global gradient norm to this value (None: no clipping).
         schedule: ``"joint"`` or ``"alternating"``.
-        phi_steps: φ steps before each θ step when alternating.
+        phi_steps: φ steps before each θ step when alternating (>= 1 there: with 0, φ would
+            never be trained, so it is refused).
         num_samples: Monte Carlo samples of z per data point.
         compile: ``True`` — run the standard VAE's loss through ``torch.compile`` (after a
             few eager steps; falls back to eager, with a warning, if compiling fails);
@@ -160,6 +161,10 @@ class TrainStep:
         self.precision = _checks.one_of("precision", precision, PRECISIONS)
         self.schedule = _checks.one_of("schedule", schedule, SCHEDULES)
         self.phi_steps = _checks.non_negative_int("phi_steps", phi_steps)
+        if self.schedule == "alternating" and self.phi_steps == 0:
+            raise ValueError("phi_steps: schedule='alternating' trains φ only in its phi_steps "
+                             "steps before each θ step; expected phi_steps >= 1, got 0 (φ "
+                             "would never change)")
         self.num_samples = _checks.positive_int("num_samples", num_samples)
         self.grad_clip = None if grad_clip is None else _checks.positive_float(
             "grad_clip", grad_clip)
