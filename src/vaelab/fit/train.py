@@ -475,6 +475,7 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     checkpoint = runs.read_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         trainer.restore(*checkpoint)
+        check_resume_epochs(trainer.state.epoch, stored, config, run_dir)
         trainer.write_outputs()
         log(f"resuming {run_dir} after epoch {trainer.state.epoch}")
     if dist.main and (stored is None or stored != config):
@@ -501,6 +502,29 @@ def speed_notes(config: TrainConfig, device: torch.device) -> list[str]:
         notes.append("note: --compile on a CPU spends about a minute compiling the step, "
                      "which then runs no faster than the default eager step")
     return notes
+
+
+def check_resume_epochs(finished: int, stored: RunConfig | None, config: RunConfig,
+                        run_dir: Path) -> None:
+    """RunError (nothing written yet) unless resuming to ``config.train.epochs`` keeps the
+    run directory consistent with itself (issue 9, fault 5).
+
+    Fewer epochs than the ``finished`` ones are refused: the weights and metrics.jsonl hold
+    them, and config.json would say otherwise. More epochs extend the run, except with the
+    cosine learning-rate schedule, whose finished epochs decayed towards the old end.
+    """
+    wanted = config.train.epochs
+    if wanted < finished:
+        raise runs.RunError(f"epochs (--epochs): the run at {str(run_dir)!r} has already "
+                            f"finished {finished} epochs (its weights and metrics.jsonl hold "
+                            f"them); expected --epochs >= {finished} to extend it, got {wanted}")
+    old = None if stored is None else stored.train.epochs
+    if (old is not None and wanted != old and finished > 0
+            and config.train.lr_schedule == "cosine"):
+        raise runs.RunError(f"epochs (--epochs): the run at {str(run_dir)!r} decays its "
+                            f"learning rate on a cosine over {old} epochs, {finished} of them "
+                            f"done; changing it to {wanted} would contradict them; expected "
+                            f"--epochs {old}, or start a new run")
 
 
 def _data_info(data: _Data) -> dict:
