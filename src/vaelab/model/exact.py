@@ -6,6 +6,9 @@ runs on them through the same code, and the tests compare estimates with exact a
 * :class:`LinearGaussian` — probabilistic PCA / factor analysis (Tipping & Bishop 1999):
   p(z) = N(0, I), p(x | z) = N(W z + b, diag σ²); p(x) = N(b, W Wᵀ + diag σ²) and p(z | x) is
   Gaussian with covariance (I + Wᵀ D⁻¹ W)⁻¹.
+* :class:`TwoLayerLinearGaussian` — z_2 ~ N(0, I), z_1 | z_2 ~ N(A z_2 + a, D_1),
+  x | z_1 ~ N(B z_1 + b, D_0): a two-layer hierarchy (``vaelab.model.hierarchical``) whose
+  log p(x) and joint posterior p(z_1, z_2 | x) are Gaussian in closed form.
 * :class:`GaussianMixture` — p(z) = Categorical(π), p(x | z = k) = N(μ_k, diag σ_k²), with exact
   responsibilities p(z | x) and EM (Dempster, Laird & Rubin 1977): the E-step sets q to the
   posterior, which makes the ELBO equal log p(x) (the lecture's tight bound).
@@ -26,6 +29,7 @@ from torch.distributions import (
 )
 
 from vaelab import _checks
+from vaelab.model.hierarchical import LayeredDistribution
 from vaelab.model.vae import LatentVariableModel
 
 
@@ -218,3 +222,76 @@ class GaussianMixture(LatentVariableModel):
                 break
         return history
 
+
+
+class TwoLayerLinearGaussian(LatentVariableModel):
+    """z_2 ~ N(0, I), z_1 | z_2 ~ N(A z_2 + a, diag d_1²), x | z_1 ~ N(B z_1 + b, diag d_0²).
+
+    The two-layer linear-Gaussian hierarchy, the exact reference for
+    ``vaelab.model.hierarchical``: z = [z_1, z_2] (event [L_1 + L_2]) and the prior is the same
+    layered distribution the neural hierarchy uses, so every objective and estimator runs on
+    it unchanged. (x, z_1, z_2) is jointly Gaussian, so log p(x) and p(z_1, z_2 | x) are exact.
+
+    Args:
+        top_weight: A, [L_1, L_2]; top_bias: a, [L_1]; top_scale: d_1 (number or [L_1]).
+        weight: B, [D, L_1]; bias: b, [D]; noise_scale: d_0 (number or [D]).
+    """
+
+    def __init__(self, top_weight: torch.Tensor, top_bias: torch.Tensor,
+                 top_scale: float | torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                 noise_scale: float | torch.Tensor) -> None:
+        super().__init__()
+        self.lower = LinearGaussian(weight, bias, noise_scale)          # p(x | z_1)
+        self.upper = LinearGaussian(top_weight, top_bias, top_scale)    # p(z_1 | z_2)
+        if self.upper.data_dim != self.lower.latent_dim:
+            raise ValueError(f"top_weight: expected shape [{self.lower.latent_dim}, L_2] "
+                             f"(rows = weight's columns), got {list(top_weight.shape)}")
+        self.sizes = (self.lower.latent_dim, self.upper.latent_dim)
+        self.data_dim, self.latent_dim = self.lower.data_dim, sum(self.sizes)
+
+    def prior(self) -> Distribution:
+        """p(z_1, z_2) = p(z_2) p(z_1 | z_2), a layered distribution (batch [], event [L])."""
+        def step(i: int, layers: dict[int, torch.Tensor]) -> Distribution:
+            return self.upper.prior() if i == 1 else self.upper.decode(layers[1])
+
+        return LayeredDistribution(self.sizes, (1, 0), step)
+
+    def decode(self, z: torch.Tensor) -> Distribution:
+        """p(x | z_1) for z [..., L_1 + L_2] → batch [...], event [D]."""
+        return self.lower.decode(z[..., :self.sizes[0]])
+
+    def joint_prior(self) -> MultivariateNormal:
+        """p(z_1, z_2) as one Gaussian: mean [a, 0], cov [[A Aᵀ + D_1, A], [Aᵀ, I]]."""
+        A, L2 = self.upper.weight, self.sizes[1]
+        cov_top = torch.eye(L2, dtype=A.dtype)
+        cov = torch.cat([torch.cat([self.upper.marginal().covariance_matrix, A], 1),
+                         torch.cat([A.T, cov_top], 1)], 0)
+        return MultivariateNormal(torch.cat([self.upper.bias, A.new_zeros(L2)]),
+                                  covariance_matrix=cov)
+
+    def marginal(self) -> MultivariateNormal:
+        """p(x) = N(B a + b, B (A Aᵀ + D_1) Bᵀ + D_0), event [D]."""
+        B, z1 = self.lower.weight, self.upper.marginal()
+        cov = B @ z1.covariance_matrix @ B.T + torch.diag(self.lower.noise_scale**2)
+        return MultivariateNormal(B @ z1.mean + self.lower.bias, covariance_matrix=cov)
+
+    def log_marginal(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact log p(x) for x [B, D] → [B]."""
+        return self.marginal().log_prob(self.check_data(x))
+
+    def posterior(self, x: torch.Tensor) -> MultivariateNormal:
+        """Exact p(z_1, z_2 | x): batch [B], event [L_1 + L_2].
+
+        Precision = the prior's joint precision + Bᵀ D_0⁻¹ B on the z_1 block; mean =
+        covariance · (prior precision · prior mean + [Bᵀ D_0⁻¹ (x − b); 0]).
+        """
+        x = self.check_data(x)
+        prior, L1 = self.joint_prior(), self.sizes[0]
+        B_scaled = self.lower.weight / self.lower.noise_scale[:, None] ** 2   # D_0⁻¹ B
+        precision = prior.precision_matrix.clone()
+        precision[:L1, :L1] = precision[:L1, :L1] + self.lower.weight.T @ B_scaled
+        cov = torch.cholesky_inverse(torch.linalg.cholesky(precision))
+        evidence = torch.cat([(x - self.lower.bias) @ B_scaled,
+                              x.new_zeros(x.shape[0], self.sizes[1])], -1)    # [B, L]
+        loc = (evidence + prior.precision_matrix @ prior.mean) @ cov
+        return MultivariateNormal(loc, scale_tril=torch.linalg.cholesky(cov))

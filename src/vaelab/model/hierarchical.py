@@ -1,0 +1,449 @@
+"""Hierarchical VAEs: stacked Gaussian latent layers, with bottom-up or ladder inference.
+
+The generative model (the lecture's "stack another VAE"), layers numbered bottom to top:
+
+    p(x, z_1, …, z_n) = p(z_n) p(z_{n−1} | z_{n−1+1}) … p(z_1 | z_2) p(x | z_1),
+
+p(z_i | z_{i+1}) = N(μ_i(z_{i+1}), diag σ_i²(z_{i+1})) from an MLP, p(z_n) any prior of
+``vaelab.model.priors`` and p(x | z_1) any likelihood. Two inference structures:
+
+* ``"bottom-up"`` (Burda, Grosse & Salakhutdinov 2016, "Importance Weighted Autoencoders"):
+  q(z | x) = q(z_1 | x) q(z_2 | z_1) … q(z_n | z_{n−1}), each a diagonal Normal from an MLP;
+* ``"ladder"`` (Sønderby, Raiko, Maaløe, Sønderby & Winther 2016, "Ladder Variational
+  Autoencoders"): a deterministic bottom-up pass d_i(x) gives (μ̂_i, σ̂_i) per layer, and q is
+  sampled top-down through the generative path: q(z_n | x) = N(μ̂_n, σ̂_n²),
+  q(z_i | z_{i+1}, x) = N(μ_q, σ_q²) with the precision-weighted merge
+  σ_q⁻² = σ̂_i⁻² + σ_p⁻², μ_q = (μ̂_i σ̂_i⁻² + μ_p σ_p⁻²) σ_q², (μ_p, σ_p) = p(z_i | z_{i+1}).
+
+Both q and the prior are presented to the rest of vaelab as one distribution over the
+concatenated latent z = [z_1, …, z_n] (event [Σ L_i]): :class:`LayeredDistribution`, with
+``rsample`` (ancestral, layer by layer), ``log_prob`` (the sum of the layers' conditional
+log-densities) and the per-layer terms, so ``elbo``, ``iwae_bound``, ``log_likelihood`` and the
+training objectives run unchanged (KL(q ‖ p) has no closed form here: it is Monte Carlo). The
+rate of layer i is E_q[log q(z_i | ·) − log p(z_i | z_{i+1})] (:func:`layer_rates`); these sum
+to the KL. ``mean`` of a layered q is the plug-in path (each layer's conditional mean given
+the means of its parents), exact for linear-Gaussian conditionals; it is what ``encode`` and
+the active-unit count use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.distributions import (
+    Distribution,
+    Independent,
+    MultivariateNormal,
+    Normal,
+    constraints,
+)
+
+from vaelab import _checks
+from vaelab.model import families as families_
+from vaelab.model import likelihoods, nets
+from vaelab.model import priors as priors_
+
+HIERARCHIES = ("bottom-up", "ladder")
+
+#: step(i, layers) → the distribution of layer i given the layers sampled so far (a dict
+#: index → tensor [..., L_j]); it reads only layer i's parents.
+LayerStep = Callable[[int, dict[int, torch.Tensor]], Distribution]
+
+
+class LayeredDistribution(Distribution):
+    """A distribution over z = [z_1, …, z_n] (concatenated) sampled one layer at a time.
+
+    Args:
+        sizes: L_1, …, L_n (event [Σ L_i]).
+        order: the order in which layers are sampled (each layer's parents come earlier).
+        step: :data:`LayerStep`; its distributions have event [L_i] and a batch that
+            broadcasts to ``sample_shape + batch_shape``.
+        batch_shape: [B] for a q, [] for a prior.
+
+    ``rsample(shape)`` → [*shape, *batch, Σ L]; ``log_prob(z)`` and :meth:`layer_log_probs`
+    take z [..., *batch, Σ L] → [..., *batch].
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, sizes: Sequence[int], order: Sequence[int], step: LayerStep,
+                 batch_shape: torch.Size | tuple[int, ...] = ()) -> None:
+        self.sizes = tuple(int(s) for s in sizes)
+        self.order = tuple(int(i) for i in order)
+        if sorted(self.order) != list(range(len(self.sizes))):
+            raise ValueError(f"order: expected a permutation of 0..{len(self.sizes) - 1}, "
+                             f"got {list(self.order)}")
+        self.step = step
+        super().__init__(torch.Size(batch_shape), torch.Size([sum(self.sizes)]),
+                         validate_args=False)
+
+    def split(self, z: torch.Tensor) -> dict[int, torch.Tensor]:
+        """z [..., Σ L] → {i: z_i [..., L_i]}."""
+        return dict(enumerate(z.split(self.sizes, dim=-1)))
+
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        layers: dict[int, torch.Tensor] = {}
+        for i in self.order:
+            d = self.step(i, layers)
+            if d.batch_shape != shape:
+                d = d.expand(shape)
+            layers[i] = d.rsample()
+        return torch.cat([layers[i] for i in range(len(self.sizes))], dim=-1)
+
+    def layer_log_probs(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """[log density of layer i given its parents, for i = 0 … n−1], each [...]."""
+        layers = self.split(z)
+        return [self.step(i, layers).log_prob(layers[i]) for i in range(len(self.sizes))]
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return torch.stack(self.layer_log_probs(value)).sum(0)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """The plug-in path: each layer's conditional mean at its parents' means, [*batch, Σ L]."""
+        layers: dict[int, torch.Tensor] = {}
+        for i in self.order:
+            layers[i] = self.step(i, layers).mean.expand(*self.batch_shape, self.sizes[i])
+        return torch.cat([layers[i] for i in range(len(self.sizes))], dim=-1)
+
+    def layer_means(self) -> list[torch.Tensor]:
+        """:attr:`mean` split by layer: [[*batch, L_i] for each layer]."""
+        return list(self.mean.split(self.sizes, dim=-1))
+
+
+def layer_rates(q: LayeredDistribution, prior: LayeredDistribution,
+                num_samples: int = 1) -> torch.Tensor:
+    """Monte Carlo rate per layer, E_q[log q(z_i | ·) − log p(z_i | parents)]; → [B, n].
+
+    The n columns sum to the Monte Carlo estimate of KL(q ‖ p(z)) from the same draws.
+    """
+    num_samples = _checks.positive_int("num_samples", num_samples)
+    z = q.rsample((num_samples,))
+    lq, lp = q.layer_log_probs(z), prior.layer_log_probs(z)
+    return torch.stack([(a - b).mean(0) for a, b in zip(lq, lp, strict=True)], dim=-1)
+
+
+# --------------------------------------------------------------------------- networks
+
+
+def _diagonal(raw: torch.Tensor, min_scale: float) -> Distribution:
+    """raw [..., 2L] = [loc, raw scale] → N(loc, diag (softplus + min_scale)²), event [L]."""
+    loc, raw_scale = raw.chunk(2, dim=-1)
+    scale = nn.functional.softplus(raw_scale) + min_scale
+    return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
+
+
+class GaussianConditional(nn.Module):
+    """z_in [..., in_dim] → N(μ(z_in), diag σ²(z_in)), event [out_dim], from one MLP."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int,
+                 activation: str = "relu", min_scale: float = 1e-3) -> None:
+        super().__init__()
+        self.net = nets.MLP(in_dim, hidden, 2 * out_dim, activation)
+        self.min_scale = float(min_scale)
+
+    def forward(self, z: torch.Tensor) -> Distribution:
+        return _diagonal(self.net(z), self.min_scale)
+
+
+class LikelihoodDecoder(nn.Module):
+    """z_1 [..., L_1] → p(x | z_1) = ``likelihood(net(z_1))`` (same duck type as vae.Decoder)."""
+
+    def __init__(self, net: nn.Module, likelihood: likelihoods.Likelihood, data_dim: int):
+        super().__init__()
+        self.net, self.likelihood = net, likelihood
+        self.data_dim = _checks.positive_int("data_dim", data_dim)
+
+    def forward(self, z: torch.Tensor) -> Distribution:
+        return self.likelihood(self.net(z))
+
+
+class BottomUpEncoder(nn.Module):
+    """q(z | x) = q(z_1 | x) Π_i q(z_{i+1} | z_i) (Burda et al. 2016); x [B, D] → layered q."""
+
+    def __init__(self, first: nn.Module, upper: Sequence[nn.Module], sizes: Sequence[int]):
+        super().__init__()
+        self.first, self.upper = first, nn.ModuleList(upper)
+        self.sizes = tuple(sizes)
+        self.latent_dim = sum(self.sizes)
+
+    def forward(self, x: torch.Tensor) -> LayeredDistribution:
+        def step(i: int, layers: dict[int, torch.Tensor]) -> Distribution:
+            return self.first(x) if i == 0 else self.upper[i - 1](layers[i - 1])
+
+        return LayeredDistribution(self.sizes, range(len(self.sizes)), step, x.shape[:1])
+
+
+def merge_gaussians(a: Normal, b: Normal) -> Normal:
+    """The normalised product of two Normals: precision-weighted mean, summed precisions."""
+    pa, pb = a.scale.pow(-2), b.scale.pow(-2)
+    precision = pa + pb
+    loc = (a.loc * pa + b.loc * pb) / precision
+    return Normal(loc, precision.rsqrt(), validate_args=False)
+
+
+class LadderEncoder(nn.Module):
+    """Ladder inference (Sønderby et al. 2016): bottom-up evidence merged into the top-down path.
+
+    ``trunks[i]`` maps the previous deterministic state (x for i = 0) to d_i; ``heads[i]`` maps
+    d_i to (μ̂_i, σ̂_i). The generative conditionals p(z_i | z_{i+1}) (``conditionals[i]``) are
+    shared with the model by reference, not registered here, so their parameters stay θ and
+    are stored once.
+    """
+
+    def __init__(self, trunks: Sequence[nn.Module], heads: Sequence[nn.Module],
+                 sizes: Sequence[int], conditionals: nn.ModuleList,
+                 min_scale: float = 1e-3) -> None:
+        super().__init__()
+        self.trunks, self.heads = nn.ModuleList(trunks), nn.ModuleList(heads)
+        self.sizes = tuple(sizes)
+        self.latent_dim = sum(self.sizes)
+        self._shared = (conditionals,)        # a tuple: not a registered submodule
+        self.min_scale = float(min_scale)
+
+    def evidence(self, x: torch.Tensor) -> list[Distribution]:
+        """The bottom-up pass: [N(μ̂_i, σ̂_i²) for each layer], batch [B], event [L_i]."""
+        out, h = [], x
+        for trunk, head in zip(self.trunks, self.heads, strict=True):
+            h = trunk(h)
+            out.append(_diagonal(head(h), self.min_scale))
+        return out
+
+    def forward(self, x: torch.Tensor) -> LayeredDistribution:
+        evidence, cond = self.evidence(x), self._shared[0]
+        top = len(self.sizes) - 1
+
+        def step(i: int, layers: dict[int, torch.Tensor]) -> Distribution:
+            if i == top:
+                return evidence[i]
+            merged = merge_gaussians(evidence[i].base_dist, cond[i](layers[i + 1]).base_dist)
+            return Independent(merged, 1, validate_args=False)
+
+        return LayeredDistribution(self.sizes, range(top, -1, -1), step, x.shape[:1])
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class HierarchicalVAE(nn.Module):
+    """p(z_n) Π_i p(z_i | z_{i+1}) p(x | z_1) with an amortized layered q (module docstring).
+
+    The model protocol of ``vaelab.model.vae``: ``prior()`` is the layered p(z) (batch [],
+    event [Σ L_i]), ``decode(z)`` reads z_1 = z[..., :L_1], ``log_joint`` and ``check_data`` as
+    for a VAE; plus ``encode``, ``reconstruct``, ``sample`` (ancestral from the top) and
+    ``generative_parameters``.
+
+    Args:
+        sizes: latent sizes L_1, …, L_n, bottom to top (n ≥ 2).
+        top_prior: a module returning p(z_n) (``vaelab.model.priors``), event [L_n].
+        conditionals: n − 1 modules, ``conditionals[i](z_{i+1})`` = p(z_i | z_{i+1}).
+        decoder: :class:`LikelihoodDecoder` (p(x | z_1)).
+        encoder: :class:`BottomUpEncoder` or :class:`LadderEncoder` (or None).
+    """
+
+    def __init__(self, sizes: Sequence[int], top_prior: nn.Module,
+                 conditionals: Sequence[nn.Module], decoder: LikelihoodDecoder,
+                 encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.sizes = tuple(_checks.positive_int("latent_dim", s) for s in sizes)
+        if len(self.sizes) < 2 or len(conditionals) != len(self.sizes) - 1:
+            raise ValueError(f"conditionals: expected {len(self.sizes) - 1} (one per layer below "
+                             f"the top of {len(self.sizes)} >= 2 layers), got {len(conditionals)}")
+        self.top_prior = top_prior
+        self.conditionals = conditionals if isinstance(conditionals, nn.ModuleList) else (
+            nn.ModuleList(conditionals))
+        self.decoder, self.encoder = decoder, encoder
+        self.latent_dim, self.data_dim = sum(self.sizes), decoder.data_dim
+        self.config = None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.sizes)
+
+    def prior(self) -> LayeredDistribution:
+        top, cond = self.num_layers - 1, self.conditionals
+
+        def step(i: int, layers: dict[int, torch.Tensor]) -> Distribution:
+            return self.top_prior() if i == top else cond[i](layers[i + 1])
+
+        return LayeredDistribution(self.sizes, range(top, -1, -1), step)
+
+    def decode(self, z: torch.Tensor) -> Distribution:
+        """p(x | z_1) for z [..., B, Σ L] (or z_1 alone, [..., B, L_1]); batch [..., B]."""
+        return self.decoder(z[..., :self.sizes[0]])
+
+    def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x, z) = log p(z_n) + Σ_i log p(z_i | z_{i+1}) + log p(x | z_1); → [..., B]."""
+        return self.prior().log_prob(z) + self.decode(z).log_prob(x)
+
+    def check_data(self, x: object, name: str = "x") -> torch.Tensor:
+        x = _checks.data_batch(name, x, self.data_dim)
+        return self.decoder.likelihood.check_support(x, name)
+
+    def generative_parameters(self) -> list[nn.Parameter]:
+        """θ: the top prior's, the conditionals' and the decoder's parameters."""
+        return [*self.top_prior.parameters(), *self.conditionals.parameters(),
+                *self.decoder.parameters()]
+
+    def encode(self, x: torch.Tensor) -> LayeredDistribution:
+        """q(z | x) for x [B, D]: batch [B], event [Σ L] (``mean``: every layer's mean)."""
+        if self.encoder is None:
+            raise ValueError("encoder: this model has no encoder")
+        return self.encoder(self.check_data(x))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x | z_1 = the plug-in mean of q], [B, D]."""
+        return self.decode(self.encode(x).mean).mean
+
+    @torch.no_grad()
+    def sample(self, n: int, *, mean: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws x ~ p(x), ancestrally from the top: z_n, …, z_1, then x; → [n, D]."""
+        n = _checks.positive_int("n", n)
+        with torch.random.fork_rng(devices=[], enabled=generator is not None):
+            if generator is not None:
+                torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+            px = self.decode(self.prior().sample((n,)))
+            return px.mean if mean else px.sample()
+
+    def layer_rates(self, q: LayeredDistribution, num_samples: int = 1) -> torch.Tensor:
+        """Per-layer Monte Carlo rate, [B, num_layers] (:func:`layer_rates`)."""
+        return layer_rates(q, self.prior(), num_samples)
+
+    def split(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """z [..., Σ L] → [z_1, …, z_n]."""
+        return list(z.split(self.sizes, dim=-1))
+
+
+# --------------------------------------------------------------------------- building
+
+
+#: Floor on every layer's standard deviation (q and the conditionals of p).
+MIN_SCALE = 1e-4
+
+
+def _act(activation: str) -> nn.Module:
+    return nets.ACTIVATIONS[_checks.one_of("activation", activation, tuple(nets.ACTIVATIONS))]()
+
+
+def _encoder(hierarchy: str, sizes: tuple[int, ...], data_dim: int, hidden: tuple[int, ...],
+             activation: str, conditionals: nn.ModuleList) -> nn.Module:
+    """The inference network of ``hierarchy``; x-level nets use ``hidden``, latent-level nets
+    two layers of width hidden[-1]."""
+    width = hidden[-1]
+    if hierarchy == "bottom-up":
+        first = GaussianConditional(data_dim, hidden, sizes[0], activation, MIN_SCALE)
+        upper = [GaussianConditional(a, (width, width), b, activation, MIN_SCALE)
+                 for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        return BottomUpEncoder(first, upper, sizes)
+    trunks = [nn.Sequential(nets.MLP(data_dim, hidden[:-1], width, activation),
+                            _act(activation))]
+    trunks += [nn.Sequential(nets.MLP(width, (width,), width, activation), _act(activation))
+               for _ in sizes[1:]]
+    heads = [nn.Linear(width, 2 * s) for s in sizes]
+    return LadderEncoder(trunks, heads, sizes, conditionals, MIN_SCALE)
+
+
+def build_hierarchical(config, likelihood: likelihoods.Likelihood) -> HierarchicalVAE:
+    """A :class:`HierarchicalVAE` from a ``ModelConfig`` whose ``latent_dim`` is a tuple.
+
+    Sizes come from ``config.latent_dim`` (bottom to top), the inference structure from
+    ``config.hierarchy``, the top prior from ``config.prior``; ``likelihood`` is built by the
+    caller (``vaelab.model.vae.build_vae``). The decoder is z_1 → reversed(hidden) → x, each
+    p(z_i | z_{i+1}) and each bottom-up q(z_{i+1} | z_i) an MLP with two hidden layers of
+    width hidden[-1].
+
+    Raises ValueError naming the field for a family other than "diagonal_normal" (each layer
+    is a diagonal Normal) or a prior that cannot be built for the top layer alone.
+    """
+    sizes = tuple(config.latent_dim)
+    hierarchy = _checks.one_of("hierarchy", config.hierarchy, HIERARCHIES)
+    if config.family != "diagonal_normal":
+        raise ValueError(f"family: a hierarchical model (latent_dim {list(sizes)}) uses a "
+                         f"diagonal Normal per layer; expected 'diagonal_normal', "
+                         f"got {config.family!r}")
+    hidden, act, width = tuple(config.hidden), config.activation, config.hidden[-1]
+    conditionals = nn.ModuleList(
+        GaussianConditional(above, (width, width), below, act, MIN_SCALE)
+        for below, above in zip(sizes[:-1], sizes[1:], strict=True))
+    try:
+        top = priors_.PRIORS[config.prior](sizes[-1])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"prior: {config.prior!r} cannot be the top prior of a hierarchical "
+                         f"model ({exc})") from None
+    decoder_net = nets.MLP(sizes[0], tuple(reversed(hidden)),
+                           config.data_dim * likelihood.params_per_dim, act)
+    decoder = LikelihoodDecoder(decoder_net, likelihood, config.data_dim)
+    encoder = _encoder(hierarchy, sizes, config.data_dim, hidden, act, conditionals)
+    model = HierarchicalVAE(sizes, top, conditionals, decoder, encoder)
+    model.config = config
+    return model
+
+
+class LinearGaussianBottomUp(families_.Family):
+    """Free (per-example) bottom-up q with full-covariance linear-Gaussian conditionals.
+
+    q(z_1) = N(m_1, T_1 T_1ᵀ), q(z_{i+1} | z_i) = N(C_i z_i + c_i, T_{i+1} T_{i+1}ᵀ), T lower
+    triangular with softplus + ``min_scale`` on the diagonal. It contains the exact posterior of
+    a linear-Gaussian hierarchy (``vaelab.model.exact.TwoLayerLinearGaussian``: given z_1, z_2
+    is independent of x, and every conditional of a Gaussian is linear-Gaussian), so
+    ``vaelab.infer.schemes.optimize_q`` with it can reach log p(x). raw [..., param_size] →
+    :class:`LayeredDistribution`, batch [...], event [Σ L_i].
+    """
+
+    name = "linear_gaussian_bottom_up"
+
+    def __init__(self, sizes: Sequence[int], min_scale: float = 1e-5) -> None:
+        self.sizes = tuple(_checks.positive_int("sizes", s) for s in sizes)
+        super().__init__(sum(self.sizes))
+        self.min_scale = float(min_scale)
+        parts = []
+        for i, size in enumerate(self.sizes):
+            parts += [size * self.sizes[i - 1] if i else 0, size, size * (size + 1) // 2]
+        self.parts = tuple(parts)            # per layer: C_i, c_i (or m_1), lower triangle
+
+    @property
+    def param_size(self) -> int:
+        return sum(self.parts)
+
+    def _tril(self, tri: torch.Tensor, size: int) -> torch.Tensor:
+        rows, cols = torch.tril_indices(size, size, device=tri.device)
+        tril = tri.new_zeros(*tri.shape[:-1], size, size)
+        tril[..., rows, cols] = tri
+        diag = nn.functional.softplus(tril.diagonal(dim1=-2, dim2=-1)) + self.min_scale
+        return tril.tril(-1) + torch.diag_embed(diag)
+
+    def forward(self, raw: torch.Tensor) -> LayeredDistribution:
+        chunks = raw.split(self.parts, dim=-1)
+        layers = [chunks[3 * i:3 * i + 3] for i in range(len(self.sizes))]
+
+        def step(i: int, z: dict[int, torch.Tensor]) -> Distribution:
+            weight, bias, tri = layers[i]
+            loc = bias
+            if i:
+                w = weight.unflatten(-1, (self.sizes[i], self.sizes[i - 1]))
+                loc = (w @ z[i - 1].unsqueeze(-1)).squeeze(-1) + bias
+            tril = self._tril(tri, self.sizes[i])
+            return MultivariateNormal(loc, scale_tril=tril, validate_args=False)
+
+        return LayeredDistribution(self.sizes, range(len(self.sizes)), step, raw.shape[:-1])
+
+    def initial_params(self, *batch: int, dtype: torch.dtype | None = None,
+                       device: torch.device | str | None = None) -> torch.Tensor:
+        """Raw parameters giving q = N(0, I) for every layer (C_i = 0)."""
+        chunks = [torch.zeros(*batch, n, dtype=dtype, device=device) for n in self.parts]
+        for i, size in enumerate(self.sizes):
+            tri = chunks[3 * i + 2]
+            rows, cols = torch.tril_indices(size, size)
+            tri[..., rows == cols] = math.log(math.expm1(1.0 - self.min_scale))
+        return torch.cat(chunks, -1)
+
+    def config(self) -> dict:
+        return {"name": self.name, "sizes": list(self.sizes), "min_scale": self.min_scale}
