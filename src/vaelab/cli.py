@@ -653,7 +653,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     trained = _load_run(args.run, args.device)
     out = _png_path(args.out or args.run / f"samples-{args.n}.png", "--out")
     path = plots.write_samples(trained.model, out, args.n, trained.config.model.image_shape,
-                               seed=args.seed, nrow=args.nrow)
+                               seed=args.seed, nrow=args.nrow,
+                               value_range=(0.0, 1.0) if trained.config.train.data in (
+                                   "fashion-mnist", "mnist") else None)
     print(f"wrote {path}")
     return 0
 
@@ -671,7 +673,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     index = torch.randperm(len(dataset), generator=generator)[:args.n]
     x = dataset.x[index.sort().values].to(trained.device)
-    path = plots.write_reconstructions(trained.model, x, out, trained.config.model.image_shape)
+    path = plots.write_reconstructions(trained.model, x, out, trained.config.model.image_shape,
+                                       binarized=trained.config.train.binarize != "none",
+                                       value_range=plots.data_range(dataset))
     print(f"wrote {path}")
     return 0
 

@@ -44,13 +44,35 @@ CURVE_METRICS = (("elbo", "ELBO (nats)"), ("rate", "rate KL(q‖p) (nats)"),
 # --------------------------------------------------------------------------- image grids
 
 
-def _to_hwc(images: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
-    """Rows [N, D] → displayable [N, H, W] (one channel) or [N, H, W, 3] in [0, 1]."""
+def display_range(images: np.ndarray,
+                  value_range: tuple[float, float] | None) -> tuple[float, float]:
+    """The (low, high) values shown as black and white.
+
+    ``value_range`` (the data's range, e.g. (0, 1) for images) when given; else (0, 1) when
+    every value lies in it, else the images' own min and max.
+    """
+    if value_range is not None:
+        low, high = (float(v) for v in value_range)
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError(f"value_range: expected finite (low, high) with low < high, "
+                             f"got {value_range!r}")
+        return low, high
+    finite = images[np.isfinite(images)]
+    if finite.size == 0 or (finite.min() >= 0 and finite.max() <= 1):
+        return 0.0, 1.0
+    return float(finite.min()), float(max(finite.max(), finite.min() + 1e-12))
+
+
+def _to_hwc(images: np.ndarray, image_shape: Sequence[int],
+            value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """Rows [N, D] → displayable [N, H, W] (one channel) or [N, H, W, 3] in [0, 1].
+
+    ``value_range`` = (low, high) maps to (0, 1), values beyond it are clipped, so the data's
+    0 stays black whatever the images hold (a Gaussian decoder's means overshoot it).
+    """
     c, h, w = image_shape
-    images = images.reshape(-1, c, h, w)
-    if images.min() < 0 or images.max() > 1:    # e.g. Gaussian data: rescale for display
-        low, high = images.min(), images.max()
-        images = (images - low) / max(high - low, 1e-12)
+    low, high = value_range
+    images = np.clip((images.reshape(-1, c, h, w) - low) / (high - low), 0.0, 1.0)
     if c == 3:
         return images.transpose(0, 2, 3, 1)
     return images[:, 0]                           # grey, or the first channel otherwise
@@ -82,15 +104,21 @@ def _check_images(images: object, image_shape: object) -> tuple[np.ndarray, tupl
 
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], path: str | os.PathLike,
                nrow: int = 8, *, title: str | None = None,
-               row_labels: Sequence[str] | None = None) -> Path:
+               row_labels: Sequence[str] | None = None,
+               value_range: tuple[float, float] | None = None) -> Path:
     """Write images [N, D] (rows of C·H·W values) as a grid PNG with ``nrow`` per row.
 
-    Values outside [0, 1] are rescaled to it for display; C = 3 is shown in colour, other C
-    by the first channel in grey. ``row_labels`` name the rows on the left.
+    ``value_range`` (low, high) is shown black to white, values beyond it clipped: pass the
+    data's range so every grid of a run shares one scale (None: (0, 1) when the images lie in
+    it, else their own min and max, said in the title). C = 3 is shown in colour, other C by
+    the first channel in grey. ``row_labels`` name the rows on the left.
     """
     array, image_shape = _check_images(images, image_shape)
     nrow = min(_checks.positive_int("nrow", nrow), array.shape[0])
-    mosaic = _tile(_to_hwc(array, image_shape), nrow)
+    shown = display_range(array, value_range)
+    if value_range is None and shown != (0.0, 1.0):
+        title = f"{title or ''} (black..white = {shown[0]:.3g}..{shown[1]:.3g})".strip()
+    mosaic = _tile(_to_hwc(array, image_shape, shown), nrow)
     scale = max(1.0, 3.0 * 28 / image_shape[1])          # about 3 screen pixels per MNIST pixel
     height, width = mosaic.shape[0] * scale / 100, mosaic.shape[1] * scale / 100
     extra = 0.3 if title else 0.0
@@ -122,9 +150,11 @@ def _generator(seed: int | None) -> torch.Generator | None:
 
 def write_samples(model, path: str | os.PathLike, n: int = 64,
                   image_shape: Sequence[int] | None = None, *, seed: int | None = None,
-                  nrow: int | None = None) -> Path:
+                  nrow: int | None = None, value_range: tuple[float, float] | None = None
+                  ) -> Path:
     """Draw n samples z ~ p(z) and write the grid of E[x | z] (the decoder's mean) to path.
 
+    ``value_range``: the data's range, shown black to white (see :func:`image_grid`).
     Non-image data (``image_shape`` None): a scatter of the first two coordinates of the
     samples (a histogram when D = 1).
     """
@@ -135,14 +165,18 @@ def write_samples(model, path: str | os.PathLike, n: int = 64,
     if image_shape is None:
         return scatter_points({"samples E[x|z]": x}, path, title=title)
     nrow = nrow or max(1, round(math.sqrt(n)))
-    return image_grid(x, image_shape, path, nrow, title=title)
+    return image_grid(x, image_shape, path, nrow, title=title, value_range=value_range)
 
 
 def write_reconstructions(model, x: torch.Tensor, path: str | os.PathLike,
-                          image_shape: Sequence[int] | None = None, *, ncol: int = 8) -> Path:
+                          image_shape: Sequence[int] | None = None, *, ncol: int = 8,
+                          binarized: bool = False,
+                          value_range: tuple[float, float] | None = None) -> Path:
     """Write originals x [N, D] with their reconstructions E[x | z = E_q z] below them.
 
-    Rows alternate: ``ncol`` originals, then their reconstructions. Non-image data: a scatter
+    Rows alternate: ``ncol`` originals, then their reconstructions. ``binarized``: x is one
+    binarized draw of the data (as the model saw it), and the rows and title say so.
+    ``value_range``: the data's range, shown black to white. Non-image data: a scatter
     of reconstructed against original values (on the diagonal when perfect).
     """
     x = _checks.tensor("x", x)
@@ -157,9 +191,12 @@ def write_reconstructions(model, x: torch.Tensor, path: str | os.PathLike,
         orig, rec = x[start:start + ncol], recon[start:start + ncol]
         blank = torch.ones(ncol - orig.shape[0], x.shape[1])
         rows += [torch.cat([orig, blank]), torch.cat([rec, blank])]
-        labels += ["original", "reconstruction"]
-    return image_grid(torch.cat(rows), image_shape, path, ncol,
-                      title="originals above their reconstructions", row_labels=labels)
+        labels += ["input (binarized)" if binarized else "original", "reconstruction"]
+    title = ("inputs (one binarized draw of each image, as the model sees them) above their "
+             "reconstructions E[x|z] at z = E_q[z|x]" if binarized else
+             "originals above their reconstructions E[x|z] at z = E_q[z|x]")
+    return image_grid(torch.cat(rows), image_shape, path, ncol, title=title, row_labels=labels,
+                      value_range=value_range)
 
 
 def _write_recon_scatter(x: torch.Tensor, recon: torch.Tensor, path) -> Path:
@@ -345,11 +382,25 @@ def _trained_encoder(run_dir: Path, model, encode: Callable | None) -> bool:
         return True
     if getattr(model, "encoder", None) is None:
         return False
+    return _run_setting(run_dir, "inference", "amortized") != "per-datapoint"
+
+
+def _run_setting(run_dir: Path, key: str, default: object) -> object:
+    """config.json's train.<key> (``default`` when the file or the key is missing)."""
     try:
         config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        return config["train"]["inference"] != "per-datapoint"
+        return config["train"][key]
     except (OSError, ValueError, KeyError, TypeError):
-        return True
+        return default
+
+
+def data_range(dataset) -> tuple[float, float]:
+    """The range shown black to white: (0, 1) for data in it, else the data's min and max."""
+    x = dataset.x
+    low, high = float(x.min()), float(x.max())
+    if low >= 0 and high <= 1 or not (math.isfinite(low) and math.isfinite(high)) or low == high:
+        return 0.0, 1.0
+    return low, high
 
 
 def write_run_figures(run_dir: str | os.PathLike, model, dataset, metrics: Sequence[dict], *,
@@ -366,16 +417,20 @@ def write_run_figures(run_dir: str | os.PathLike, model, dataset, metrics: Seque
     run_dir = Path(run_dir)
     log = log or (lambda _line: None)
     image_shape = getattr(dataset, "image_shape", None)
+    shown = data_range(dataset)
     if image_shape is None:
         written = [_write_vector_samples(model, dataset, run_dir / "samples.png")]
         log("figures: the data are not images; samples/reconstructions are scatter plots")
     else:
-        written = [write_samples(model, run_dir / "samples.png", 64, image_shape, seed=0)]
+        written = [write_samples(model, run_dir / "samples.png", 64, image_shape, seed=0,
+                                 value_range=shown)]
     has_encoder = _trained_encoder(run_dir, model, encode)
     if has_encoder:
         x = _pick_rows(dataset, 16).x
+        binarized = _run_setting(run_dir, "binarize", "none") != "none"
         written.append(write_reconstructions(model, x, run_dir / "reconstructions.png",
-                                             image_shape))
+                                             image_shape, binarized=binarized,
+                                             value_range=shown))
     else:
         log("figures: reconstructions.png and latent.png skipped (the run has no encoder)")
     written.append(write_curves(list(metrics), run_dir / "curves.png"))
