@@ -126,7 +126,17 @@ def _add_train(commands) -> None:
     p.add_argument("--latent-dim", type=positive_int, metavar="N")
     p.add_argument("--hidden", type=hidden_sizes, metavar="N,N,...",
                    help="hidden layer sizes, e.g. 512,256")
-    p.add_argument("--likelihood", choices=("bernoulli", "gaussian"))
+    p.add_argument("--likelihood", choices=(
+        "bernoulli", "gaussian", "continuous-bernoulli", "discretized-logistic",
+        "discretized-logistic-mixture"), help="p(x|z): bernoulli (binary data), "
+        "discretized-logistic[-mixture] (8-bit data), gaussian (real data; dequantized on 8-bit "
+        "data), continuous-bernoulli (data in [0, 1]); default bernoulli")
+    p.add_argument("--likelihood-components", type=positive_int, metavar="K",
+                   help="mixture components of discretized-logistic-mixture (default 5)")
+    p.add_argument("--net", choices=("mlp", "conv"), help="encoder/decoder networks: mlp "
+                   "(default) or conv (residual convolutional nets, image data only)")
+    p.add_argument("--conv-channels", type=hidden_sizes, metavar="N,N,...",
+                   help="channels per stage of --net conv (default 32,64)")
     _add_family_and_prior(p)
     p.add_argument("--binarize", choices=("dynamic", "static", "none"))
     p.add_argument("--seed", type=non_negative_int, metavar="N")
@@ -449,7 +459,9 @@ def _train_overrides(args: argparse.Namespace) -> dict:
     """The flags given on the command line as a config dict (None = not given)."""
     compile_ = {"auto": "auto", "on": True, "off": False, None: None}[args.compile]
     return {"model": {"latent_dim": args.latent_dim, "hidden": args.hidden,
-                      "likelihood": args.likelihood, **_family_and_prior(args)},
+                      "likelihood": args.likelihood, "net": args.net,
+                      "likelihood_components": args.likelihood_components,
+                      "conv_channels": args.conv_channels, **_family_and_prior(args)},
             "train": {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
                       "lr": args.lr, "binarize": args.binarize, "seed": args.seed,
                       "device": args.device, "limit": args.limit, "inference": args.inference,
@@ -606,15 +618,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         result = evaluate_model(trained.model, dataset.x.to(trained.device), num_samples=args.k,
                                 batch_size=args.batch_size, limit=args.limit or None,
+                                data_kind=dataset.kind,
                                 infer=infer, progress=not args.quiet and sys.stderr.isatty())
     result = {"run": str(args.run), "data": dataset.name, "split": split,
               "binarized": trained.config.train.binarize != "none", "seed": args.seed,
               "seconds": round(time.perf_counter() - start, 2), **result}
     for path in targets:
         runs.atomic_write_json(path, result)
-    print(format_evaluation(result))
+    print(_with_meaning(format_evaluation(result), result))
     print("written: " + "  ".join(str(p) for p in targets))
     return 0
+
+
+def _with_meaning(table: str, r: dict) -> str:
+    """Relabel the table by what log p̂ means (``likelihood_meaning``), then say it in a line."""
+    meaning = r.get("likelihood_meaning") or {}
+    if meaning.get("meaning") == "score":
+        table = (table.replace("log p(x) − ELBO (nats)", "score − ELBO-score     ")
+                 .replace("log p(x) (nats)", "unnormalised score").replace("ELBO (nats)",
+                                                                           "ELBO-score (nats)"))
+    elif meaning.get("meaning") == "density":
+        table = table.replace("log p(x) (nats)", "log density (nats)")
+    return table + (f"\nnote: {meaning['note']}" if meaning else "")
 
 
 def format_evaluation(r: dict) -> str:

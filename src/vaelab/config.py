@@ -20,7 +20,10 @@ from pathlib import Path
 
 from vaelab import _checks
 
-LIKELIHOOD_NAMES = ("bernoulli", "gaussian")
+LIKELIHOOD_NAMES = ("bernoulli", "gaussian", "continuous-bernoulli", "discretized-logistic",
+                    "discretized-logistic-mixture")
+NET_NAMES = ("mlp", "conv")
+DATA_KINDS = ("binary", "8-bit", "unit-interval", "continuous")   # = vaelab.data.DATA_KINDS
 PRIOR_NAMES = ("standard_normal", "learned_normal", "mog", "vamp", "flow")
 FAMILY_NAMES = ("diagonal_normal", "full_covariance_normal", "mixture", "iaf")
 
@@ -49,6 +52,14 @@ class ModelConfig:
     prior_components: int = 10
     prior_flow_steps: int = 2
     image_shape: tuple[int, ...] | None = field(default=None)
+    #: Networks (``--net``): "mlp" (``hidden``) or "conv" (``conv_channels``, images only).
+    net: str = "mlp"
+    conv_channels: tuple[int, ...] = (32, 64)
+    #: K of ``--likelihood discretized-logistic-mixture`` (``--likelihood-components``).
+    likelihood_components: int = 5
+    #: The kind of data the model was trained on (recorded from the data: binary, 8-bit,
+    #: unit-interval, continuous); decides what its log-likelihood means.
+    data_kind: str | None = None
 
     def __post_init__(self) -> None:
         if self.data_dim is not None:  # None: resolved from the data at train time
@@ -69,8 +80,25 @@ class ModelConfig:
             _checks.positive_int(name, getattr(self, name))
         if self.image_shape is not None:
             object.__setattr__(self, "image_shape", _image_shape(self.image_shape))
+        self._check_data_model()
 
-    def with_data(self, data_dim: int, image_shape: tuple[int, ...] | None) -> ModelConfig:
+    def _check_data_model(self) -> None:
+        """net, conv_channels, likelihood_components, data_kind (issue 13)."""
+        _checks.one_of("net", self.net, NET_NAMES)
+        channels = self.conv_channels
+        if isinstance(channels, (str, bytes)) or not hasattr(channels, "__iter__"):
+            raise TypeError(f"conv_channels: expected a sequence of integers such as (32, 64), "
+                            f"got {channels!r}")
+        channels = tuple(_checks.positive_int("conv_channels", c) for c in channels)
+        if not channels:
+            raise ValueError("conv_channels: expected at least one integer, got ()")
+        object.__setattr__(self, "conv_channels", channels)
+        _checks.positive_int("likelihood_components", self.likelihood_components)
+        if self.data_kind is not None:
+            _checks.one_of("data_kind", self.data_kind, DATA_KINDS)
+
+    def with_data(self, data_dim: int, image_shape: tuple[int, ...] | None,
+                  data_kind: str | None = None) -> ModelConfig:
         """This config with ``data_dim``/``image_shape`` taken from the data.
 
         Raises ValueError if the config already fixes a different ``data_dim``.
@@ -78,7 +106,9 @@ class ModelConfig:
         if self.data_dim is not None and self.data_dim != data_dim:
             raise ValueError(f"data_dim: the model config says {self.data_dim}, but the data "
                              f"have {data_dim} values per example")
-        return dataclasses.replace(self, data_dim=data_dim, image_shape=image_shape)
+        kind = self.data_kind if data_kind is None else data_kind
+        return dataclasses.replace(self, data_dim=data_dim, image_shape=image_shape,
+                                   data_kind=kind)
 
     def to_dict(self) -> dict:
         """JSON-serializable dict (tuples become lists)."""

@@ -9,6 +9,23 @@ Named datasets are Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, arXiv:1708.07747)
 are trained on grey levels turned into {0, 1} by a Bernoulli draw, either once ("static"
 binarization, :func:`static_binarize`) or afresh every time an example is seen ("dynamic"
 binarization, :class:`Batches`).
+
+**Data kinds and ranges (one rule).** Every dataset has a kind (:data:`DATA_KINDS`):
+
+* ``"8-bit"`` — uint8 arrays and images, and integer arrays whose values all lie in 0–255
+  (other than 0/1 only): read as k/255 ∈ [0, 1], and vaelab says so (:attr:`Dataset.notes`);
+  float arrays in [0, 1] whose values are all multiples of 1/255 are 8-bit data too (that is
+  how vaelab's own loaders hand them over);
+* ``"binary"`` — bool arrays and any values all in {0, 1};
+* ``"unit-interval"`` — other floats in [0, 1];
+* ``"continuous"`` — any other finite real values (floats are never rescaled; integers
+  outside 0–255 are taken as the numbers they are).
+
+A likelihood then accepts or refuses the data by its support (``vaelab.model.likelihoods``),
+and reports log p(x) and bits/dim only where its log_prob is normalised on that kind.
+8-bit data may stay uint8 in memory (``load_dataset(..., keep_uint8=True)``, 4× less memory),
+converted to float per batch by :class:`Batches`; ``.npy`` files may be memory-mapped
+(``mmap=True``).
 """
 
 from __future__ import annotations
@@ -38,6 +55,8 @@ SPLITS = ("train", "test")
 BINARIZE_MODES = ("dynamic", "static", "none")
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")  # Debian's dataset-fashion-mnist installs here
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+DATA_KINDS = ("binary", "8-bit", "unit-interval", "continuous")
+EIGHT_BIT_NOTE = "values 0–255 read as 8-bit data and scaled to [0, 1] as k/255"
 
 
 @dataclass(frozen=True)
@@ -88,20 +107,31 @@ class Dataset:
 
     Attributes:
         x: [N, D] floating tensor (float32 from the loaders); images are scaled to [0, 1].
+            With kind "8-bit" it may instead be uint8 holding k (``keep_uint8``); use
+            :func:`to_unit` or :meth:`floats` for the float values k/255.
         labels: [N] int64 class labels, or None.
         image_shape: (C, H, W) with C*H*W == D when the rows are images (for plotting), else None.
         name: a short name for logs and figures.
+        kind: one of :data:`DATA_KINDS` (None: not known; :func:`kind_of` infers it).
+        notes: what the loader did to the values (e.g. scaled 0–255 to [0, 1]), for the user.
     """
 
     x: torch.Tensor
     labels: torch.Tensor | None
     image_shape: tuple[int, int, int] | None
     name: str
+    kind: str | None = None
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         x = self.x
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
-            raise ValueError(f"x: expected a floating tensor of shape [N, D], got {_describe(x)}")
+        uint8 = isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and self.kind == "8-bit"
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or not (x.is_floating_point()
+                                                                   or uint8):
+            raise ValueError(f"x: expected a floating tensor of shape [N, D] (or uint8 with "
+                             f"kind '8-bit'), got {_describe(x)}")
+        if self.kind is not None:
+            _checks.one_of("kind", self.kind, DATA_KINDS)
         n, d = x.shape
         labels = self.labels
         if labels is not None and (
@@ -123,6 +153,58 @@ class Dataset:
         """Rows chosen by ``index``: a slice, int64 indices [M] or a bool mask [N] → M rows."""
         labels = None if self.labels is None else self.labels[index]
         return replace(self, x=self.x[index], labels=labels)
+
+    def floats(self) -> Dataset:
+        """This dataset with x as float32 values (uint8 k → k/255); itself if already float."""
+        return self if self.x.is_floating_point() else replace(self, x=to_unit(self.x))
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 k [...] → float32 k/255 [...]; a floating tensor is returned unchanged."""
+    return x if x.is_floating_point() else x.to(torch.float32).div_(255)
+
+
+def infer_kind(x: torch.Tensor | np.ndarray) -> str:
+    """The kind (:data:`DATA_KINDS`) of finite values x, by the rule of this module.
+
+    uint8 → "8-bit"; bool or values all in {0, 1} → "binary"; other integers in 0–255 →
+    "8-bit"; floats in [0, 1] all multiples of 1/255 (to 1e-4 of a level) → "8-bit", other
+    floats in [0, 1] → "unit-interval"; anything else → "continuous".
+    """
+    array = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if array.dtype == np.uint8:
+        return "8-bit"
+    if array.size == 0 or array.dtype == np.bool_:
+        return "binary"
+    lo, hi, binary, lattice = _scan(array.reshape(array.shape[0] if array.ndim else 1, -1))
+    if binary:
+        return "binary"
+    if array.dtype.kind in "iu":
+        return "8-bit" if lo >= 0 and hi <= 255 else "continuous"
+    if lo >= 0 and hi <= 1:
+        return "8-bit" if lattice else "unit-interval"
+    return "continuous"
+
+
+def _scan(flat: np.ndarray, rows: int = 4096) -> tuple[float, float, bool, bool]:
+    """(min, max, all in {0, 1}, all floats on the k/255 lattice) of flat [N, D], in row chunks
+    (so a memory-mapped array is read a piece at a time)."""
+    lo, hi, binary, lattice = math.inf, -math.inf, True, True
+    for start in range(0, flat.shape[0], rows):
+        part = np.asarray(flat[start:start + rows])
+        if part.size == 0:
+            continue
+        lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+        binary = binary and bool(np.all((part == 0) | (part == 1)))
+        if lattice and part.dtype.kind == "f":
+            k = part.astype(np.float64) * 255
+            lattice = bool(np.all(np.abs(k - np.round(k)) < 1e-4))
+    return lo, hi, binary, lattice
+
+
+def kind_of(ds: Dataset) -> str:
+    """``ds.kind``, or the kind inferred from its values when the dataset does not say."""
+    return ds.kind if ds.kind is not None else infer_kind(ds.x)
 
 
 def _describe(value: object) -> str:
@@ -272,7 +354,7 @@ def _download_or_explain(name: str, split: str, root: str | os.PathLike | None,
 
 
 def _load_named(name: str, split: str, root: str | os.PathLike | None,
-                download: bool) -> Dataset:
+                download: bool, keep_uint8: bool = False) -> Dataset:
     """Load split ``split`` of the named IDX dataset ``name``: [N, H*W] in [0, 1], labels [N]."""
     paths = _locate(name, split, root) or _download_or_explain(name, split, root, download)
     images, labels = read_idx(paths[0]), read_idx(paths[1])
@@ -283,21 +365,62 @@ def _load_named(name: str, split: str, root: str | os.PathLike | None,
         raise ValueError(f"IDX file {paths[1]}: expected {images.shape[0]} uint8 labels "
                          f"(one per image in {paths[0]}), got {_describe(labels)}")
     n, h, w = images.shape
-    x = np.divide(images.reshape(n, h * w), np.float32(255), dtype=np.float32)
+    x = images.reshape(n, h * w)
+    x = x.copy() if keep_uint8 else np.divide(x, np.float32(255), dtype=np.float32)
     y = torch.from_numpy(labels.astype(np.int64))
-    return Dataset(torch.from_numpy(x), y, (1, h, w), name)
+    return Dataset(torch.from_numpy(x), y, (1, h, w), name, "8-bit")
 
 
 # --------------------------------------------------------------------------- user data
 
 
-def _to_float32(x: np.ndarray, where: str) -> np.ndarray:
-    """[N, D] array → float32: uint8 scaled by 1/255, bool/int/float values kept as they are."""
-    if x.dtype == np.uint8:
-        return np.divide(x, np.float32(255), dtype=np.float32)
+def _convert(x: np.ndarray, where: str,
+             keep_uint8: bool) -> tuple[np.ndarray, str, tuple[str, ...]]:
+    """[N, D] array → (values, kind, notes) by the rule in the module docstring.
+
+    8-bit data become float32 k/255 (or stay uint8 k with ``keep_uint8``); everything else
+    becomes float32 with its values unchanged. Raises ValueError for non-numeric dtypes.
+    """
     if x.dtype.kind not in "biuf":
         raise ValueError(f"{where}: expected numeric data, got dtype {x.dtype}")
-    return x.astype(np.float32)
+    if x.dtype.kind == "f":
+        if isinstance(x, np.memmap):
+            _check_finite_chunked(x, where)
+        else:
+            _check_finite(x.astype(np.float32), x.shape, where)
+    kind = infer_kind(x)
+    if kind != "8-bit" or x.dtype.kind == "f":
+        return _as_float32(x), kind, ()
+    note = f"{where}: {x.dtype} {EIGHT_BIT_NOTE}"
+    if x.dtype != np.uint8:
+        x = x.astype(np.uint8)
+    if keep_uint8:
+        return x, kind, (note,)
+    return np.divide(x, np.float32(255), dtype=np.float32), kind, (note,)
+
+
+def _as_float32(x: np.ndarray) -> np.ndarray:
+    """float32 view of x (no copy when it already is float32, e.g. a memory-mapped file)."""
+    return x if x.dtype == np.float32 else x.astype(np.float32)
+
+
+def _check_finite_chunked(flat: np.ndarray, where: str, rows: int = 4096) -> None:
+    """:func:`_check_finite` a block of rows at a time (memory-mapped arrays stay on disk)."""
+    for start in range(0, flat.shape[0], rows):
+        part = np.asarray(flat[start:start + rows])
+        if not np.all(np.isfinite(part)):
+            bad = np.flatnonzero(~np.isfinite(part.reshape(-1)))
+            first = np.unravel_index(int(bad[0]), part.shape)
+            raise ValueError(f"{where}: expected finite values, got "
+                             f"{int((~np.isfinite(flat)).sum())} non-finite (NaN or inf) values, "
+                             f"the first at index {(start + int(first[0]), int(first[1]))}"
+                             f"{MISSING_HINT}")
+
+
+#: How to opt in to missing values (issue 15), appended to the errors about NaN / empty cells.
+MISSING_HINT = ("; to train on incomplete data (NaN or empty CSV cells marking missing entries) "
+                "pass --missing mask to vaelab train (Python: load_dataset(..., "
+                "allow_missing=True))")
 
 
 def _check_finite(flat: np.ndarray, shape: tuple[int, ...], where: str) -> None:
@@ -307,7 +430,7 @@ def _check_finite(flat: np.ndarray, shape: tuple[int, ...], where: str) -> None:
     if count:
         first = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bad)[0]), shape))
         raise ValueError(f"{where}: expected finite values, got {count} non-finite "
-                         f"(NaN or inf) values, the first at index {first}")
+                         f"(NaN or inf) values, the first at index {first}{MISSING_HINT}")
 
 
 def _to_labels(labels: np.ndarray, n: int, where: str) -> torch.Tensor:
@@ -325,20 +448,36 @@ def _to_labels(labels: np.ndarray, n: int, where: str) -> torch.Tensor:
     return torch.from_numpy(labels.astype(np.int64))
 
 
+def _channels_first(x: np.ndarray, where: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """N×C×H×W stays; N×H×W×C (C = 1, 3 or 4 last, not second) is transposed (a copy)."""
+    if x.ndim != 4 or x.shape[1] in (1, 3, 4) or x.shape[3] not in (1, 3, 4):
+        return x, ()
+    note = f"{where}: read shape {x.shape} as N×H×W×C (channels last)"
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), (note,)
+
+
 def _arrays_to_dataset(x: np.ndarray, labels: np.ndarray | None, name: str,
-                       where: str) -> Dataset:
-    """N×D, N×H×W or N×C×H×W array (+ labels [N]) → Dataset with rows flattened to [N, D]."""
+                       where: str, keep_uint8: bool = False) -> Dataset:
+    """N×D, N×H×W, N×C×H×W or N×H×W×C array (+ labels [N]) → Dataset with rows [N, D].
+
+    The kind and scaling follow the module's rule (:func:`_convert`); a C-contiguous
+    memory-mapped array stays memory-mapped when no conversion is needed (uint8 with
+    ``keep_uint8``, or float32).
+    """
     if x.ndim not in (2, 3, 4):
-        raise ValueError(f"{where}: expected data of shape N×D, N×H×W or N×C×H×W, "
+        raise ValueError(f"{where}: expected data of shape N×D, N×H×W, N×C×H×W or N×H×W×C, "
                          f"got {x.ndim} dims (shape {x.shape})")
     if x.size == 0:
         raise ValueError(f"{where}: expected at least one example with at least one value, "
                          f"got an empty dataset (shape {x.shape})")
+    x, notes = _channels_first(x, where)
     image_shape = None if x.ndim == 2 else ((1, *x.shape[1:]) if x.ndim == 3 else x.shape[1:])
-    flat = _to_float32(x.reshape(x.shape[0], -1), where)
-    _check_finite(flat, x.shape, where)
+    flat, kind, more = _convert(x.reshape(x.shape[0], -1), where, keep_uint8)
     y = None if labels is None else _to_labels(labels, x.shape[0], where)
-    return Dataset(torch.from_numpy(flat), y, image_shape, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)    # read-only memory map: never written
+        tensor = torch.from_numpy(flat)
+    return Dataset(tensor, y, image_shape, name, kind, notes + more)
 
 
 def _whole_file_only(split: str, path: Path) -> None:
@@ -348,11 +487,11 @@ def _whole_file_only(split: str, path: Path) -> None:
                          f"x_{split}/{split}/ part), so expected split='train', got {split!r}")
 
 
-def _read_npy(path: Path, split: str) -> tuple[np.ndarray, None]:
-    """A .npy file → (data, no labels); never unpickles."""
+def _read_npy(path: Path, split: str, mmap: bool = False) -> tuple[np.ndarray, None]:
+    """A .npy file → (data, no labels), memory-mapped read-only with ``mmap``; never unpickles."""
     _whole_file_only(split, path)
     try:
-        return np.load(path, allow_pickle=False), None
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None), None
     except (ValueError, OSError, EOFError) as err:
         raise ValueError(f"{path}: expected a readable .npy array, got an error: {err}") from err
 
@@ -426,7 +565,8 @@ def _read_csv(path: Path, split: str,
             warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
             table = np.loadtxt(path, delimiter=",", skiprows=int(header is not None), ndmin=2)
     except ValueError as err:
-        raise ValueError(f"{path}: expected a CSV of numbers, got: {err}") from err
+        hint = MISSING_HINT if "''" in str(err) else ""
+        raise ValueError(f"{path}: expected a CSV of numbers, got: {err}{hint}") from err
     if label_column is None or table.size == 0:
         return table, None
     col = _label_index(label_column, header, table.shape[1], path)
@@ -483,7 +623,8 @@ def _read_image_folder(path: Path, split: str) -> tuple[np.ndarray, np.ndarray |
     return _stack_images(files), labels
 
 
-def _load_path(path: Path, split: str, label_column: str | int | None) -> Dataset:
+def _load_path(path: Path, split: str, label_column: str | int | None,
+               keep_uint8: bool = False, mmap: bool = False) -> Dataset:
     """User data at ``path`` (.npy, .npz, .csv or a folder of images) → Dataset."""
     if not path.exists():
         raise FileNotFoundError(f"source: expected a dataset name ({', '.join(NAMED_SOURCES)}) "
@@ -496,7 +637,7 @@ def _load_path(path: Path, split: str, label_column: str | int | None) -> Datase
     if path.is_dir():
         x, labels = _read_image_folder(path, split)
     elif suffix == ".npy":
-        x, labels = _read_npy(path, split)
+        x, labels = _read_npy(path, split, mmap)
     elif suffix == ".npz":
         x, labels = _read_npz(path, split)
     elif suffix == ".csv":
@@ -504,7 +645,8 @@ def _load_path(path: Path, split: str, label_column: str | int | None) -> Datase
     else:
         raise ValueError(f"source: expected a .npy, .npz or .csv file or a folder of images, "
                          f"got {str(path)!r} (unknown format {suffix or 'without suffix'!r})")
-    return _arrays_to_dataset(x, labels, path.stem if path.is_file() else path.name, str(path))
+    return _arrays_to_dataset(x, labels, path.stem if path.is_file() else path.name, str(path),
+                              keep_uint8)
 
 
 def _named(source: str | os.PathLike) -> str | None:
@@ -518,7 +660,9 @@ def _named(source: str | os.PathLike) -> str | None:
 
 def load_dataset(source: str | os.PathLike = DEFAULT_DATASET, split: str = "train", *,
                  root: str | os.PathLike | None = None, download: bool = True,
-                 limit: int | None = None, label_column: str | int | None = None) -> Dataset:
+                 limit: int | None = None, label_column: str | int | None = None,
+                 keep_uint8: bool = False, mmap: bool = False,
+                 allow_missing: bool = False) -> Dataset:
     """Load a named dataset or user data as a :class:`Dataset` with rows x [N, D].
 
     Args:
@@ -528,13 +672,22 @@ def load_dataset(source: str | os.PathLike = DEFAULT_DATASET, split: str = "trai
             labels "y" or "labels"), a .csv of numbers (header row auto-detected) or a folder
             of same-size png/jpg images (class sub-folders give labels). A str that is a
             dataset name is the named dataset; write "./mnist" for a local path of that name.
-            uint8 data is scaled to [0, 1]; other numeric data is kept as it is.
+            Kinds and scaling follow the module's rule: 8-bit data (uint8, integers 0–255)
+            become k/255 in [0, 1] and ``notes`` says so; floats are kept as they are.
+            4-dim arrays may be N×C×H×W or N×H×W×C (C = 1, 3 or 4 last).
         split: "train" or "test". User data is one "train" split (the whole file) unless it
             has its own: npz keys x_train/x_test (y_train/y_test), or train/ and test/ folders.
         root: folder searched first for the IDX files of a named dataset.
         download: fetch a missing named dataset (MD5-checked, written atomically).
         limit: keep only the first ``limit`` examples.
         label_column: for .csv only, the header name or index of an integer label column.
+        keep_uint8: keep 8-bit data as uint8 k in memory (4× less; :func:`to_unit` and
+            :class:`Batches` convert per batch).
+        mmap: memory-map a .npy file (read-only) instead of reading it; with float32 data, or
+            uint8 data and ``keep_uint8``, the rows stay on disk until a batch needs them.
+        allow_missing: keep NaN (and empty CSV cells, read as NaN) in user .npy/.npz/.csv
+            data as marks of missing entries (:func:`_load_with_missing`); otherwise they are
+            an error that says how to opt in.
     """
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"source: expected a dataset name or a path, got {_describe(source)}")
@@ -546,14 +699,46 @@ def load_dataset(source: str | os.PathLike = DEFAULT_DATASET, split: str = "trai
         raise ValueError(f"label_column: only applies to .csv files, got {label_column!r} for "
                          f"the named dataset {name!r}")
     if name is not None:
-        dataset = _load_named(name, split, root, download)
+        dataset = _load_named(name, split, root, download, keep_uint8)
+    elif allow_missing:
+        dataset = _load_with_missing(Path(source), split, label_column)
     else:
-        dataset = _load_path(Path(source), split, label_column)
+        dataset = _load_path(Path(source), split, label_column, keep_uint8, mmap)
     if limit is not None and limit < len(dataset):
         dataset = dataset.subset(slice(0, limit))
         labels = None if dataset.labels is None else dataset.labels.clone()
         dataset = replace(dataset, x=dataset.x.clone(), labels=labels)  # free the full arrays
     return dataset
+
+
+def _load_with_missing(path: Path, split: str, label_column: str | int | None) -> Dataset:
+    """User data where NaN (or an empty CSV cell) marks a missing entry → float32 with NaN.
+
+    The observed values follow the module's rule (the kind is that of the observed values:
+    missing entries are read as 0 for it, a value every kind contains). ±inf stays an error.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".csv" and path.is_file():
+        _whole_file_only(split, path)
+        header = _csv_header(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            table = np.genfromtxt(path, delimiter=",", skip_header=int(header is not None),
+                                  ndmin=2, filling_values=np.nan)
+        x, labels = table, None
+        if label_column is not None and table.size:
+            col = _label_index(label_column, header, table.shape[1], path)
+            x, labels = np.delete(table, col, axis=1), table[:, col]
+    elif path.is_file() and suffix in (".npy", ".npz"):
+        x, labels = _read_npy(path, split) if suffix == ".npy" else _read_npz(path, split)
+    else:
+        return _load_path(path, split, label_column)
+    x = np.asarray(x)
+    missing = np.isnan(x) if x.dtype.kind == "f" else np.zeros(x.shape, bool)
+    ds = _arrays_to_dataset(np.where(missing, 0, x), labels, path.stem, str(path))
+    values = ds.x.to(torch.float32)
+    values[torch.from_numpy(missing.reshape(values.shape))] = math.nan
+    return replace(ds, x=values)
 
 
 # --------------------------------------------------------------------------- binarization
@@ -579,7 +764,8 @@ def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
 def static_binarize(ds: Dataset, seed: int) -> Dataset:
     """``ds`` with x replaced by one Bernoulli draw seeded by ``seed`` (same seed, same draw)."""
     seed = _checks.non_negative_int("seed", seed)
-    return replace(ds, x=binarize(ds.x, torch.Generator().manual_seed(seed)))
+    return replace(ds, x=binarize(to_unit(ds.x), torch.Generator().manual_seed(seed)),
+                   kind="binary")
 
 
 def train_val_split(ds: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
@@ -679,6 +865,9 @@ class _UniformStream:
 class Batches:
     """In-memory mini-batches of the rows of x [N, D], deterministic per (seed, epoch).
 
+    x may be uint8 (8-bit data k kept as bytes, possibly memory-mapped): each batch is then
+    converted to float32 k/255 as it is drawn (:func:`to_unit`).
+
     Epoch e uses the permutation ``randperm(N)`` drawn from a generator seeded by (seed, e)
     alone, the same on every rank, so a run resumed at an epoch boundary sees exactly the same
     batches. Dynamic binarization draws Bernoulli(x_batch) as 1{u < x} with u ~ U[0, 1) from a
@@ -696,7 +885,8 @@ class Batches:
     def __init__(self, x: torch.Tensor, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                  binarize: str = "none", drop_last: bool = False, rank: int = 0,
                  world_size: int = 1, device: torch.device | str = "cpu") -> None:
-        x = _checks.tensor("x", x)
+        if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8):
+            x = _checks.tensor("x", x)
         if x.dim() != 2 or x.shape[0] == 0:
             raise ValueError(f"x: expected a tensor of shape [N, D] with N >= 1, got shape "
                              f"{list(x.shape)}")
@@ -707,7 +897,7 @@ class Batches:
             raise ValueError(f"rank: expected 0 <= rank < world_size = {self.world_size}, "
                              f"got {self.rank}")
         self.binarize = _checks.one_of("binarize", binarize, BINARIZE_MODES)
-        if self.binarize == "dynamic":
+        if self.binarize == "dynamic" and x.is_floating_point():
             _check_probabilities("x", x)
         self.seed = _checks.non_negative_int("seed", seed)
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
@@ -759,7 +949,7 @@ class Batches:
             chunk = order[start : start + global_batch]
             share = chunk.shape[0] // self.world_size
             index = chunk[self.rank * share : (self.rank + 1) * share]
-            x_batch = self.x.index_select(0, index)
+            x_batch = to_unit(self.x.index_select(0, index))
             if uniform is not None:          # Bernoulli(x): 1 where u < x, u ~ U[0, 1)
                 x_batch = x_batch.gt_(uniform.like(x_batch))
             yield x_batch, index

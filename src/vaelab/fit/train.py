@@ -186,25 +186,45 @@ class _Data:
         return hashlib.sha256(x.numpy().data).hexdigest()
 
 
-def _check_range(ds: data_.Dataset, config: RunConfig) -> None:
+def _check_range(ds: data_.Dataset, config: RunConfig) -> str | None:
+    """Refuse data the run cannot use, naming CLI flags (the rule of ``vaelab.data``); → a
+    note when the likelihood gives only an unnormalised score on them (else None)."""
+    from vaelab.model import likelihoods
+
     x = ds.x
-    if not bool(torch.isfinite(x).all()):
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"data: expected finite values, got {int((~torch.isfinite(x)).sum())} "
                          f"non-finite entries in {ds.name!r}")
-    lo, hi = float(x.min()), float(x.max())
-    if (lo < 0 or hi > 1) and config.train.binarize != "none":
-        raise ValueError(f"binarize: {config.train.binarize!r} needs data in [0, 1], got values "
-                         f"in [{lo:g}, {hi:g}]; use binarize='none'")
-    if (lo < 0 or hi > 1) and config.model.likelihood == "bernoulli":
-        raise ValueError(f"data: likelihood='bernoulli' needs values in [0, 1], got values in "
-                         f"[{lo:g}, {hi:g}]; use likelihood='gaussian' or rescale the data")
+    lo, hi = float(data_.to_unit(x.min())), float(data_.to_unit(x.max()))
+    binarize = config.train.binarize
+    if (lo < 0 or hi > 1) and binarize != "none":
+        raise ValueError(f"data: --binarize {binarize} needs values in [0, 1], got "
+                         f"{data_.kind_of(ds)} data with values in [{lo:g}, {hi:g}]; pass "
+                         f"--binarize none (and --likelihood gaussian for real-valued data)")
+    return likelihoods.check_data_kind(config.model.likelihood, _model_kind(ds, config.train),
+                                       lo, hi)
+
+
+def _model_kind(ds: data_.Dataset, tc: TrainConfig) -> str:
+    """The kind of data the model sees: binary when binarized, else the dataset's kind."""
+    if tc.binarize != "none":
+        return "binary"
+    return data_.infer_kind(ds.x) if getattr(tc, "perturb_fraction", 0) else data_.kind_of(ds)
+
+
+def _model_input(ds: data_.Dataset, tc: TrainConfig) -> data_.Dataset:
+    """8-bit data stay uint8 in memory (converted per batch by ``data.Batches``) unless the
+    inputs are perturbed; everything else becomes float32."""
+    if ds.x.dtype == torch.uint8 and not getattr(tc, "perturb_fraction", 0):
+        return ds
+    return replace(ds.floats(), x=ds.floats().x.to(torch.float32))
 
 
 def _load_data(config: RunConfig, dataset: data_.Dataset | None) -> _Data:
     """Load, check, split and (statically) binarize the data."""
     tc = config.train
     if dataset is None:
-        dataset = data_.load_dataset(tc.data, "train",
+        dataset = data_.load_dataset(tc.data, "train", keep_uint8=True,
                                      limit=tc.limit if tc.classes is None else None)
     elif not isinstance(dataset, data_.Dataset):
         raise TypeError(f"dataset: expected a vaelab.data.Dataset or None, "
@@ -212,7 +232,7 @@ def _load_data(config: RunConfig, dataset: data_.Dataset | None) -> _Data:
     dataset = data_.select_classes(dataset, tc.classes)     # the one-class protocol
     if tc.limit is not None and tc.limit < len(dataset):
         dataset = dataset.subset(slice(0, tc.limit))
-    dataset = replace(dataset, x=dataset.x.to(torch.float32))
+    dataset = _model_input(dataset, tc)
     _check_range(dataset, config)
     dataset = data_.perturb(dataset, tc.perturb_fraction, tc.seed)   # a background model
     train, val = dataset, None
@@ -222,7 +242,7 @@ def _load_data(config: RunConfig, dataset: data_.Dataset | None) -> _Data:
         train = data_.static_binarize(train, tc.seed)
     if val is not None and tc.binarize != "none":  # one fixed draw: comparable across epochs
         val = data_.static_binarize(val, tc.seed + 1)
-    return _Data(train, val)
+    return _Data(train, None if val is None else val.floats())
 
 
 # --------------------------------------------------------------------------- the loop
@@ -403,7 +423,7 @@ class _Trainer(Checkpointed):
             if self.tc.inference == "per-datapoint":  # its encoder was never trained
                 model = VAE(self.model.prior_module, self.model.decoder, None)
             if self.figures is not None:
-                self.figures(self.run_dir, model, self.data.val or self.data.train,
+                self.figures(self.run_dir, model, self.data.val or self.data.train.floats(),
                              self.state.metrics, log=self.log)
 
 
@@ -463,7 +483,11 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
         run_dir = runs.prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     data = _load_data(config, dataset)
     config = replace(config, model=config.model.with_data(
-        data.train.x.shape[1], data.train.image_shape))
+        data.train.x.shape[1], data.train.image_shape, _model_kind(data.train, config.train)))
+    if dist.main:
+        for note in (*data.train.notes, _check_range(data.train, config)):
+            if note:
+                log(note)
     stored = runs.read_config(run_dir) if resume else None
     if stored is not None:
         check_resumable(stored, config, run_dir)

@@ -240,12 +240,64 @@ def _add_bits_per_dim(report: dict, data_dim: int) -> dict:
     return report
 
 
+#: What log p̂ is, by the rule of ``vaelab.model.likelihoods``: what is reported for each.
+MEANING_NOTES = {
+    "probability": "log p(x) is a normalised log-probability of these {kind} data "
+                   "({likelihood}): nats and bits/dim are reported",
+    "bound": "log p(x) is a lower bound on the log-probability of these {kind} data "
+             "({likelihood} on uniformly dequantized values, change of scale included): "
+             "nats and bits/dim (an upper bound) are reported",
+    "density": "log p(x) is a log-density of these {kind} (real-valued) data ({likelihood}): "
+               "nats of density are reported, not bits/dim (a density is not a probability)",
+    "score": "the {likelihood} likelihood is not a normalised probability or density of "
+             "{kind} data: the numbers are an unnormalised score, not log p(x), and no "
+             "bits/dim are reported; {remedy}",
+}
+
+
+def likelihood_meaning(model: object, x: torch.Tensor, data_kind: str | None = None) -> dict:
+    """What log p̂(x) of ``model`` on data x [N, D] of ``data_kind`` is, as a JSON-ready dict.
+
+    ``data_kind`` (``vaelab.data.DATA_KINDS``; None: inferred from x by
+    ``vaelab.data.infer_kind``) and the decoder's likelihood give the meaning
+    (``Likelihood.meaning_on``): "probability", "bound", "density" or "score". Models without
+    a ``decoder.likelihood`` (the closed-form Gaussian models of ``vaelab.model.exact``) are
+    densities on real-valued data and scores on binary or 8-bit data.
+    → {"data_kind", "likelihood", "meaning", "note"}.
+    """
+    from vaelab.data import DATA_KINDS, infer_kind
+
+    kind = infer_kind(x) if data_kind is None else _checks.one_of("data_kind", data_kind,
+                                                                   DATA_KINDS)
+    lik = getattr(getattr(model, "decoder", None), "likelihood", None)
+    if hasattr(lik, "meaning_on"):
+        name, meaning, remedy = lik.name, lik.meaning_on(kind), lik.remedy()
+    else:
+        name = type(model).__name__
+        meaning = "density" if kind in ("continuous", "unit-interval") else "score"
+        remedy = "fit a model of discrete data"
+    note = MEANING_NOTES[meaning].format(kind=kind, likelihood=name, remedy=remedy)
+    return {"data_kind": kind, "likelihood": name, "meaning": meaning, "note": note}
+
+
+def _apply_meaning(report: dict, meaning: dict) -> dict:
+    """Record the meaning; bits/dim only for "probability" and "bound" (None otherwise)."""
+    report["likelihood_meaning"] = meaning
+    report["log_likelihood_normalised"] = meaning["meaning"] != "score"
+    if meaning["meaning"] in ("density", "score"):
+        why = dict.fromkeys(("mean", "se"), meaning["note"])
+        report["nll_bits_per_dim"] = {"mean": None, "se": None, "undefined": why}
+        report["neg_elbo_bits_per_dim"] = None
+        report.setdefault("undefined", {})["neg_elbo_bits_per_dim"] = meaning["note"]
+    return report
+
+
 def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int = 1000,
                    chunk_size: int | None = None, batch_size: int = 100,
                    limit: int | None = None, elbo_samples: int = 10,
                    infer: Callable[[torch.Tensor], Distribution] | None = None,
                    threshold: float = 1e-2, per_example: bool = False,
-                   progress: bool = False) -> dict:
+                   progress: bool = False, data_kind: str | None = None) -> dict:
     """The test protocol on data x [N, D]: ELBO, rate, distortion, log p(x), bits/dim, AU.
 
     Per example i (batched over data, chunked over samples, under ``torch.inference_mode``
@@ -277,6 +329,11 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
         per_example: also return ``"per_example"``: {elbo, rate, distortion, log_likelihood,
             ll_stderr, ess} as lists over the n rows (e.g. log p̂(x) as anomaly scores).
         progress: show a tqdm progress bar on stderr.
+        data_kind: the kind of x (``vaelab.data.DATA_KINDS``), None: inferred from x. With the
+            likelihood it decides what log p̂ means (:func:`likelihood_meaning`, recorded as
+            ``likelihood_meaning``): bits/dim are reported only for a probability or a bound
+            on one (binary or 8-bit data), not for a density and not for an unnormalised score
+            (e.g. Bernoulli on grey levels), where ``nll_bits_per_dim`` holds None with why.
     Returns:
         A JSON-serializable dict (nats per example unless said otherwise)::
 
@@ -314,5 +371,5 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
     report = _report(measures, population, num_samples, elbo_samples, threshold)
     if per_example:
         report["per_example"] = {k: measures[k].double().tolist() for k in PER_EXAMPLE_KEYS}
-    return honest.json_safe(_add_bits_per_dim(report, x.shape[1]))
-
+    return honest.json_safe(_apply_meaning(
+        _add_bits_per_dim(report, x.shape[1]), likelihood_meaning(model, x, data_kind)))

@@ -5,7 +5,19 @@ batch_shape [..., B] and event_shape [D]:
 
 * :class:`Bernoulli` — logits; for binary data or grey levels in [0, 1] (Kingma & Welling 2014).
 * :class:`Gaussian` — N(μ_θ(z), diag σ²) where σ comes from the network (the lecture's
-  σ_θ(z)), is a learned per-dimension parameter, or is fixed.
+  σ_θ(z)), is a learned per-dimension parameter, or is fixed; with ``dequantize=True`` a
+  density on uniformly dequantized 8-bit data (Theis, van den Oord & Bethge 2016).
+* :class:`ContinuousBernoulli` — the normalised [0, 1] density (Loaiza-Ganem & Cunningham 2019).
+* :class:`DiscretizedLogistic` / :class:`DiscretizedLogisticMixture` — probabilities of 8-bit
+  values (Salimans, Karpathy, Chen & Kingma 2017, PixelCNN++).
+
+**What log_prob means (one rule).** Each likelihood declares, in :attr:`Likelihood.meaning`,
+for which data kinds (``vaelab.data.DATA_KINDS``: binary, 8-bit, unit-interval, continuous)
+its ``log_prob`` is a normalised log-*probability* of the data as given ("probability"), a
+lower bound on one ("bound"), or a normalised log-*density* of continuous data ("density").
+On any other kind it is an unnormalised *score* (:meth:`Likelihood.meaning_on` says "score"),
+and ``vaelab.measure.evaluate`` then reports neither log p(x) nor bits/dim. Bits/dim are
+reported only for "probability" and "bound". 8-bit data are x = k/255, k ∈ {0, …, 255}.
 """
 
 from __future__ import annotations
@@ -21,12 +33,32 @@ from torch.distributions import Normal as TorchNormal
 
 from vaelab import _checks
 
+MEANINGS = ("probability", "bound", "density", "score")
+#: How 8-bit data are represented: x = k / EIGHT_BIT_MAX for k = 0, …, 255.
+EIGHT_BIT_MAX = 255
+
 
 class Likelihood(nn.Module):
-    """Base: ``params_per_dim`` raw numbers per data dimension → a Distribution over x."""
+    """Base: ``params_per_dim`` raw numbers per data dimension → a Distribution over x.
+
+    Raw parameters are laid out parameter-major: raw [..., P·D] is read as [..., P, D].
+    """
 
     name: str = "likelihood"
     params_per_dim: int = 1
+    #: data kind → "probability" | "bound" | "density"; every other kind is a "score".
+    meaning: dict[str, str] = {}
+
+    def meaning_on(self, kind: str | None) -> str:
+        """What ``log_prob`` is on data of ``kind``: one of :data:`MEANINGS`."""
+        return self.meaning.get(kind, "score")
+
+    def remedy(self) -> str:
+        """One line telling a CLI user what to use when this likelihood gives only a score."""
+        return ("for binary data use --likelihood bernoulli (with --binarize dynamic on grey "
+                "levels); for 8-bit data --likelihood discretized-logistic, "
+                "discretized-logistic-mixture or gaussian (dequantized); for data in [0, 1] "
+                "--likelihood continuous-bernoulli; for other real data --likelihood gaussian")
 
     def forward(self, raw: torch.Tensor) -> Distribution:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -44,10 +76,12 @@ class Bernoulli(Likelihood):
     """p(x | z) = ∏_d Bernoulli(x_d; sigmoid(logits_d)); x_d ∈ [0, 1].
 
     For grey levels in (0, 1) ``log_prob`` is the negative binary cross-entropy, the usual
-    (unnormalized) objective on non-binarized images.
+    *unnormalized* objective on non-binarized images (each pixel's "density" integrates to at
+    most 1/2 over [0, 1]): a score, not log p(x). Normalised on binary data only.
     """
 
     name = "bernoulli"
+    meaning = {"binary": "probability"}
 
     def forward(self, raw: torch.Tensor) -> Distribution:
         """raw: logits [..., D] → Independent Bernoulli, event_shape [D]."""
@@ -88,8 +122,14 @@ class Gaussian(Likelihood):
         transform: str = "softplus",
         min_scale: float = 1e-3,
         fixed_scale: float = 1.0,
+        dequantize: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(dequantize, bool):
+            raise TypeError(f"dequantize: expected True or False, got {dequantize!r}")
+        self.dequantize = dequantize
+        self.meaning = ({"8-bit": "bound", "binary": "bound"} if dequantize
+                        else {"continuous": "density", "unit-interval": "density"})
         self.scale_mode = _checks.one_of("scale", scale, SCALE_MODES)
         self.transform = _checks.one_of("transform", transform, TRANSFORMS)
         self.min_scale = float(min_scale) if min_scale == 0 else _checks.positive_float(
@@ -121,17 +161,221 @@ class Gaussian(Likelihood):
             loc, scale = raw, self.positive(self.raw_scale).expand_as(raw)
         else:
             loc, scale = raw, torch.full_like(raw, self.fixed_scale)
+        if self.dequantize:
+            return DequantizedNormal(loc, scale)
         return Independent(TorchNormal(loc, scale, validate_args=False), 1, validate_args=False)
+
+    def check_support(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        return check_eight_bit(x, name, self.name) if self.dequantize else x
 
     def config(self) -> dict:
         return {
             "name": self.name, "data_dim": self.data_dim, "scale": self.scale_mode,
             "transform": self.transform, "min_scale": self.min_scale,
-            "fixed_scale": self.fixed_scale,
+            "fixed_scale": self.fixed_scale, "dequantize": self.dequantize,
         }
 
 
-LIKELIHOODS: dict[str, type[Likelihood]] = {"bernoulli": Bernoulli, "gaussian": Gaussian}
+def check_eight_bit(x: torch.Tensor, name: str, likelihood: str) -> torch.Tensor:
+    """Raise ValueError unless every x is k/255 for an integer k in [0, 255] (8-bit data)."""
+    if x.numel() == 0:
+        return x
+    k = x.detach() * EIGHT_BIT_MAX
+    off = (k - k.round()).abs().max().item()
+    low, high = x.min().item(), x.max().item()
+    if low < 0 or high > 1 or off > 1e-3:
+        raise ValueError(
+            f"{name}: the {likelihood} likelihood expects 8-bit data (k/255 for integers k in "
+            f"0..255, as vaelab loads uint8 data), got values in [{low:g}, {high:g}]"
+            + (f" of which some are not multiples of 1/255 (off by up to {off / 255:.3g})"
+               if off > 1e-3 else ""))
+    return x
+
+
+class DequantizedNormal(Distribution):
+    """N(loc, diag scale²) over y = (k + u) / 256, u ~ U[0, 1)^D, for 8-bit data x = k/255.
+
+    ``log_prob(x)`` draws u afresh (torch's global generator, one u per element of the
+    broadcast of x with loc: every importance sample gets its own) and returns
+
+        log p_Y((k + u)/256) − D·log 256,
+
+    the change of scale from y back to the integer lattice being exactly D·log 256 nats
+    (a = 256: y ∈ [0, 1)). Its expectation over u is a lower bound on the log-probability
+    log P(k) = log ∫_{[0,1)^D} p_Y((k + u)/256) du / 256^D (Jensen; Theis et al. 2016), and
+    the importance-sampling average of exp(log_prob) is unbiased for P(k) itself. P is
+    sub-normalised (the Gaussian's mass outside [0, 1)^D is lost), so it stays a bound on a
+    normalised model. Batch [..., B], event [D].
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
+        self.base = Independent(TorchNormal(loc, scale, validate_args=False), 1,
+                                validate_args=False)
+        super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=False)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Approximate E[x] = clamp((256·loc − 1/2) / 255, 0, 1), [..., D]."""
+        loc = self.base.base_dist.loc
+        return ((256 * loc - 0.5) / EIGHT_BIT_MAX).clamp(0, 1)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """value x = k/255 [..., D] → log p_Y((k + u)/256) − D log 256, shape [..., B]."""
+        loc = self.base.base_dist.loc
+        k = torch.round(value * EIGHT_BIT_MAX)
+        shape = torch.broadcast_shapes(k.shape, loc.shape)
+        u = torch.rand(shape, dtype=loc.dtype, device=loc.device)
+        y = (k + u) / 256
+        return self.base.log_prob(y) - loc.shape[-1] * math.log(256)
+
+    def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
+        """y ~ N, then k = clamp(floor(256 y), 0, 255); → x = k/255 [*sample_shape, ..., D]."""
+        y = self.base.sample(sample_shape)
+        return (256 * y).floor().clamp(0, EIGHT_BIT_MAX) / EIGHT_BIT_MAX
+
+
+def _log_bin_mass(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """log P(bin of x) under Logistic(loc, scale) discretized to the 256 bins of width 1/255.
+
+    Bin k covers [x − h, x + h] with h = 1/(2·255); bin 0 extends to −∞ and bin 255 to +∞
+    (Salimans et al. 2017). With a = (x + h − loc)/s, b = (x − h − loc)/s,
+    σ(a) − σ(b) = σ(a)·σ(−b)·(1 − e^{−(a−b)}), computed in log space (stable for any s).
+    """
+    half = 0.5 / EIGHT_BIT_MAX
+    upper = (x + half - loc) / scale
+    lower = (x - half - loc) / scale
+    interior = (F.logsigmoid(upper) + F.logsigmoid(-lower)
+                + torch.log(-torch.expm1(-(upper - lower))))
+    first = x < half                      # k = 0
+    last = x > 1 - half                   # k = 255
+    return torch.where(first, F.logsigmoid(upper),
+                       torch.where(last, F.logsigmoid(-lower), interior))
+
+
+class DiscretizedLogisticMixtureDistribution(Distribution):
+    """Per dimension, a K-component mixture of logistics discretized to 8-bit values.
+
+    Parameters [..., D, K]: ``logits`` (mixture weights), ``loc``, ``scale`` > 0, on the data
+    scale x = k/255. ``log_prob(x)`` for x [..., D] → Σ_d log Σ_j π_j P_j(bin of x_d), [...].
+    Batch [...], event [D]. Dimensions are independent given z (no PixelCNN++ channel
+    coupling: the decoder has the latent code, not the other channels).
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> None:
+        self.logits, self.loc, self.scale = logits, loc, scale
+        super().__init__(loc.shape[:-2], loc.shape[-2:-1], validate_args=False)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Σ_j π_j clamp(loc_j, 0, 1) [..., D] (approximate: ignores rounding to the bins)."""
+        return (self.logits.softmax(-1) * self.loc.clamp(0, 1)).sum(-1)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """x [..., D] (k/255 values) → log P(x) [...], summed over the D dimensions."""
+        per = _log_bin_mass(value.unsqueeze(-1), self.loc, self.scale)     # [..., D, K]
+        return (per + self.logits.log_softmax(-1)).logsumexp(-1).sum(-1)
+
+    def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
+        """Component j ~ π, logistic draw, rounded to the nearest bin; → [*shape, ..., D]."""
+        with torch.no_grad():
+            shape = torch.Size(sample_shape) + self.loc.shape
+            gumbel = -torch.log(-torch.log(torch.rand(shape, dtype=self.loc.dtype,
+                                                      device=self.loc.device)))
+            pick = (self.logits + gumbel).argmax(-1, keepdim=True)
+            loc = self.loc.expand(shape).gather(-1, pick).squeeze(-1)
+            scale = self.scale.expand(shape).gather(-1, pick).squeeze(-1)
+            u = torch.rand_like(loc).clamp(1e-6, 1 - 1e-6)
+            x = loc + scale * (torch.log(u) - torch.log1p(-u))
+            return (x * EIGHT_BIT_MAX).round().clamp(0, EIGHT_BIT_MAX) / EIGHT_BIT_MAX
+
+
+class DiscretizedLogisticMixture(Likelihood):
+    """p(x | z) = ∏_d Σ_j π_dj DiscretizedLogistic(x_d; μ_dj, s_dj), x_d ∈ {0, 1/255, …, 1}.
+
+    The decoder gives 3·K numbers per dimension, laid out [logits | loc | raw scale] × K × D;
+    s = softplus(raw) + ``min_scale``. A normalised probability of 8-bit data (and of binary
+    data, as values 0 and 255): bits/dim are reported. Salimans et al. (2017).
+    """
+
+    name = "discretized-logistic-mixture"
+    meaning = {"8-bit": "probability", "binary": "probability"}
+
+    def __init__(self, components: int = 5, min_scale: float = 1e-4) -> None:
+        super().__init__()
+        self.components = _checks.positive_int("components", components)
+        self.min_scale = _checks.positive_float("min_scale", min_scale)
+        self.params_per_dim = 3 * self.components
+
+    def forward(self, raw: torch.Tensor) -> Distribution:
+        """raw [..., 3K·D] → distribution with batch [...], event [D]."""
+        k = self.components
+        raw = raw.unflatten(-1, (3, k, raw.shape[-1] // (3 * k))).movedim(-1, -2)
+        logits, loc, raw_scale = raw.unbind(-3)                       # each [..., D, K]
+        return DiscretizedLogisticMixtureDistribution(
+            logits, loc, F.softplus(raw_scale) + self.min_scale)
+
+    def check_support(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        return check_eight_bit(x, name, self.name)
+
+    def config(self) -> dict:
+        return {"name": self.name, "components": self.components, "min_scale": self.min_scale}
+
+
+class DiscretizedLogistic(DiscretizedLogisticMixture):
+    """The one-component case: p(x_d | z) = DiscretizedLogistic(x_d; μ_d, s_d); 2 numbers per
+    dimension [loc | raw scale] × D. Salimans et al. (2017)."""
+
+    name = "discretized-logistic"
+
+    def __init__(self, min_scale: float = 1e-4) -> None:
+        super().__init__(1, min_scale)
+        self.params_per_dim = 2
+
+    def forward(self, raw: torch.Tensor) -> Distribution:
+        loc, raw_scale = raw.unflatten(-1, (2, raw.shape[-1] // 2)).unsqueeze(-1).unbind(-3)
+        return DiscretizedLogisticMixtureDistribution(
+            torch.zeros_like(loc), loc, F.softplus(raw_scale) + self.min_scale)
+
+    def config(self) -> dict:
+        return {"name": self.name, "min_scale": self.min_scale}
+
+
+class ContinuousBernoulli(Likelihood):
+    """p(x | z) = ∏_d C(λ_d) λ_d^{x_d} (1 − λ_d)^{1−x_d}, x_d ∈ [0, 1], λ = sigmoid(logits):
+    the Bernoulli made a normalised density on [0, 1] (Loaiza-Ganem & Cunningham 2019), with
+    C(λ) = 2 atanh(1 − 2λ)/(1 − 2λ) (C(1/2) = 2, a Taylor expansion near 1/2, as
+    ``torch.distributions.ContinuousBernoulli`` does). A density: on data in [0, 1] vaelab
+    reports nats of density, not bits/dim.
+    """
+
+    name = "continuous-bernoulli"
+    meaning = {"unit-interval": "density"}
+
+    def forward(self, raw: torch.Tensor) -> Distribution:
+        """raw: logits [..., D] → Independent ContinuousBernoulli, event_shape [D]."""
+        from torch.distributions import ContinuousBernoulli as TorchCB
+
+        return Independent(TorchCB(logits=raw, validate_args=False), 1, validate_args=False)
+
+    def check_support(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        low, high = x.min().item(), x.max().item()
+        if low < 0.0 or high > 1.0:
+            raise ValueError(f"{name}: the continuous-bernoulli likelihood expects values in "
+                             f"[0, 1], got values in [{low:g}, {high:g}]")
+        return x
+
+
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    "bernoulli": Bernoulli, "gaussian": Gaussian, "continuous-bernoulli": ContinuousBernoulli,
+    "discretized-logistic": DiscretizedLogistic,
+    "discretized-logistic-mixture": DiscretizedLogisticMixture,
+}
 
 
 def from_config(config: dict) -> Likelihood:
@@ -139,3 +383,55 @@ def from_config(config: dict) -> Likelihood:
     config = dict(config)
     name = _checks.one_of("likelihood", config.pop("name", None), tuple(LIKELIHOODS))
     return LIKELIHOODS[name](**config)
+
+
+def from_model_config(config) -> Likelihood:
+    """The likelihood of a ``vaelab.config.ModelConfig``: ``likelihood`` by name; the
+    Gaussian is dequantized when ``data_kind`` is "8-bit"; the mixture has
+    ``likelihood_components`` components."""
+    name = _checks.one_of("likelihood", config.likelihood, tuple(LIKELIHOODS))
+    if name == "gaussian":
+        return Gaussian(data_dim=config.data_dim, scale=config.gaussian_scale,
+                        min_scale=config.min_scale,
+                        dequantize=getattr(config, "data_kind", None) == "8-bit")
+    if name == "discretized-logistic-mixture":
+        return DiscretizedLogisticMixture(getattr(config, "likelihood_components", 5))
+    return LIKELIHOODS[name]()
+
+
+def check_data_kind(likelihood: str, kind: str, low: float, high: float) -> str | None:
+    """Refuse data outside the support of ``likelihood`` (by kind and range), naming CLI flags.
+
+    Args:
+        likelihood: a name of :data:`LIKELIHOODS`; kind: the data's kind as the model will see
+        them (after binarization); low, high: their smallest and largest values.
+
+    Returns:
+        None, or a one-line note when the data are accepted but ``log_prob`` on them is only
+        an unnormalised score (so evaluate will report no log p(x) or bits/dim).
+
+    Raises:
+        ValueError naming ``--likelihood`` and what to use instead.
+    """
+    span = f"{kind} data with values in [{low:g}, {high:g}]"
+    if likelihood in ("bernoulli", "continuous-bernoulli") and (low < 0 or high > 1):
+        raise ValueError(f"data: --likelihood {likelihood} needs values in [0, 1], got {span}; "
+                         f"pass --likelihood gaussian for real-valued data, or rescale them")
+    if likelihood.startswith("discretized") and kind not in ("8-bit", "binary"):
+        raise ValueError(f"data: --likelihood {likelihood} needs 8-bit data (uint8 or integers "
+                         f"0–255, read as k/255), got {span}; pass --likelihood gaussian or "
+                         f"continuous-bernoulli, or store 8-bit values as uint8")
+    lik = from_model_config(_Names(likelihood, kind))
+    if lik.meaning_on(kind) != "score":
+        return None
+    return (f"note: --likelihood {likelihood} on {kind} data is not a normalised probability "
+            f"or density, so its log-likelihood is an unnormalised score: evaluate will report "
+            f"no log p(x) or bits/dim; {lik.remedy()}")
+
+
+class _Names:
+    """The few ModelConfig fields :func:`from_model_config` reads, for :func:`check_data_kind`."""
+
+    def __init__(self, likelihood: str, kind: str) -> None:
+        self.likelihood, self.data_kind, self.data_dim = likelihood, kind, None
+        self.gaussian_scale, self.min_scale, self.likelihood_components = "network", 1e-3, 1

@@ -76,3 +76,115 @@ def has_hooks(*modules: nn.Module) -> bool:
             if p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None):
                 return True
     return False
+
+
+# --------------------------------------------------------------------------- convolutional nets
+
+
+def _halvings(size: tuple[int, int], times: int) -> list[tuple[int, int]]:
+    """[(H, W), (⌈H/2⌉, ⌈W/2⌉), …]: the resolutions of ``times`` stride-2 steps (odd sizes ok)."""
+    sizes = [size]
+    for _ in range(times):
+        h, w = sizes[-1]
+        sizes.append(((h + 1) // 2, (w + 1) // 2))
+    return sizes
+
+
+class ResidualBlock(nn.Module):
+    """x + conv3×3(act(conv3×3(act(x)))), channels and size kept (He et al. 2016, pre-act.)."""
+
+    def __init__(self, channels: int, activation: str = "relu") -> None:
+        super().__init__()
+        act = ACTIVATIONS[_checks.one_of("activation", activation, tuple(ACTIVATIONS))]
+        self.body = nn.Sequential(act(), nn.Conv2d(channels, channels, 3, padding=1),
+                                  act(), nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
+    shape = tuple(image_shape) if image_shape is not None else ()
+    if len(shape) != 3:
+        raise ValueError(f"image_shape: expected (C, H, W) for a convolutional net (--net conv "
+                         f"needs image data), got {image_shape!r}")
+    return tuple(_checks.positive_int("image_shape", s) for s in shape)
+
+
+class ConvEncoder(nn.Module):
+    """x [..., C·H·W] → [..., out_features]: 3×3 stem, then per entry of ``channels`` a 3×3
+    stride-2 convolution (H → ⌈H/2⌉) and a residual block, then a linear layer.
+
+    Any C, H, W (odd sizes too): the flattened rows of an image dataset, (C, H, W) order.
+    """
+
+    def __init__(self, image_shape: Sequence[int], channels: Sequence[int], out_features: int,
+                 activation: str = "relu") -> None:
+        super().__init__()
+        self.image_shape = _image_shape(image_shape)
+        channels = [_checks.positive_int("channels", c) for c in channels]
+        act = ACTIVATIONS[_checks.one_of("activation", activation, tuple(ACTIVATIONS))]
+        c, h, w = self.image_shape
+        layers: list[nn.Module] = [nn.Conv2d(c, channels[0], 3, padding=1)]
+        for a, b in zip([channels[0], *channels[:-1]], channels, strict=True):
+            layers += [act(), nn.Conv2d(a, b, 3, stride=2, padding=1), ResidualBlock(b, activation)]
+        self.body = nn.Sequential(*layers, act(), nn.Flatten())
+        last = _halvings((h, w), len(channels))[-1]
+        self.head = nn.Linear(channels[-1] * last[0] * last[1], out_features)
+        self.in_features = c * h * w
+        self.out_features = _checks.positive_int("out_features", out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        out = self.head(self.body(x.reshape(-1, *self.image_shape)))
+        return out.reshape(*lead, self.out_features)
+
+
+class ConvDecoder(nn.Module):
+    """z [..., L] → [..., P·C·H·W], the mirror of :class:`ConvEncoder`: a linear layer to the
+    smallest resolution, then per stage a residual block, nearest-neighbour upsampling to the
+    encoder's size at that stage (exact for odd sizes) and a 3×3 convolution, and a final 3×3
+    convolution to P·C channels. Output laid out [P, C, H, W] flattened: ``params_per_dim`` P
+    numbers per data dimension, parameter-major as ``vaelab.model.likelihoods`` reads them.
+    """
+
+    def __init__(self, latent_dim: int, image_shape: Sequence[int], channels: Sequence[int],
+                 params_per_dim: int = 1, activation: str = "relu") -> None:
+        super().__init__()
+        self.image_shape = _image_shape(image_shape)
+        channels = [_checks.positive_int("channels", c) for c in channels]
+        self.act = ACTIVATIONS[_checks.one_of("activation", activation, tuple(ACTIVATIONS))]()
+        c, h, w = self.image_shape
+        self.sizes = _halvings((h, w), len(channels))
+        self.start = (channels[-1], *self.sizes[-1])
+        self.head = nn.Linear(_checks.positive_int("latent_dim", latent_dim),
+                              channels[-1] * self.sizes[-1][0] * self.sizes[-1][1])
+        outs = [channels[0], *channels[:-1]]
+        self.blocks = nn.ModuleList(ResidualBlock(ch, activation) for ch in channels[::-1])
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1)
+                                   for a, b in zip(channels[::-1], outs[::-1], strict=True))
+        self.out = nn.Conv2d(channels[0], params_per_dim * c, 3, padding=1)
+        self.in_features = latent_dim
+        self.out_features = params_per_dim * c * h * w
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]
+        y = self.head(z.reshape(-1, z.shape[-1])).reshape(-1, *self.start)
+        for i, (block, conv) in enumerate(zip(self.blocks, self.convs, strict=True)):
+            size = self.sizes[len(self.sizes) - 2 - i]
+            y = conv(self.act(nn.functional.interpolate(block(y), size=size, mode="nearest")))
+        return self.out(self.act(y)).reshape(*lead, self.out_features)
+
+
+def build_nets(config, family_params: int, params_per_dim: int) -> tuple[nn.Module, nn.Module]:
+    """(encoder net, decoder net) of a ``vaelab.config.ModelConfig``: ``net`` "mlp" (x → hidden
+    → family params; z → reversed hidden → likelihood params) or "conv" (:class:`ConvEncoder`,
+    :class:`ConvDecoder` over ``image_shape`` with ``conv_channels``)."""
+    if getattr(config, "net", "mlp") == "conv":
+        channels = config.conv_channels
+        return (ConvEncoder(config.image_shape, channels, family_params, config.activation),
+                ConvDecoder(config.latent_dim, config.image_shape, channels, params_per_dim,
+                            config.activation))
+    return (MLP(config.data_dim, config.hidden, family_params, config.activation),
+            MLP(config.latent_dim, tuple(reversed(config.hidden)),
+                config.data_dim * params_per_dim, config.activation))

@@ -163,14 +163,8 @@ def build_vae(config: ModelConfig) -> VAE:
                          "with config.with_data(...)), got None")
     family = families_.build(config.family, config.latent_dim, components=config.q_components,
                              flow_steps=config.q_flow_steps)
-    if config.likelihood == "gaussian":
-        lik: likelihoods.Likelihood = likelihoods.Gaussian(
-            data_dim=config.data_dim, scale=config.gaussian_scale, min_scale=config.min_scale)
-    else:
-        lik = likelihoods.Bernoulli()
-    encoder_net = nets.MLP(config.data_dim, config.hidden, family.param_size, config.activation)
-    decoder_net = nets.MLP(config.latent_dim, tuple(reversed(config.hidden)),
-                           config.data_dim * lik.params_per_dim, config.activation)
+    lik: likelihoods.Likelihood = likelihoods.from_model_config(config)
+    encoder_net, decoder_net = nets.build_nets(config, family.param_size, lik.params_per_dim)
     encoder = Encoder(encoder_net, family)
     prior = priors_.build(config.prior, config.latent_dim, components=config.prior_components,
                           flow_steps=config.prior_flow_steps, data_dim=config.data_dim,
