@@ -82,6 +82,17 @@ def hidden_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def latent_sizes(text: str) -> int | tuple[int, ...]:
+    """``"20"`` → 20; ``"64,32"`` → (64, 32) (latent layers bottom to top); integers >= 1."""
+    try:
+        sizes = hidden_sizes(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 1 or comma-separated integers >= 1 such as 64,32 "
+            f"(latent sizes, bottom to top), got {text!r}") from None
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -123,7 +134,13 @@ def _add_train(commands) -> None:
     p.add_argument("--epochs", type=positive_int, metavar="N")
     p.add_argument("--batch-size", type=positive_int, metavar="N")
     p.add_argument("--lr", type=positive_float, metavar="X", help="Adam learning rate")
-    p.add_argument("--latent-dim", type=positive_int, metavar="N")
+    p.add_argument("--latent-dim", type=latent_sizes, metavar="N[,N,...]",
+                   help="latent size; several sizes (bottom to top, e.g. 64,32) stack latent "
+                        "layers into a hierarchical VAE")
+    p.add_argument("--hierarchy", choices=("bottom-up", "ladder"),
+                   help="inference for several latent layers: bottom-up q(z1|x) q(z2|z1)... "
+                        "(Burda et al. 2016) or ladder, top-down with bottom-up evidence "
+                        "(Sønderby et al. 2016); default bottom-up")
     p.add_argument("--hidden", type=hidden_sizes, metavar="N,N,...",
                    help="hidden layer sizes, e.g. 512,256")
     p.add_argument("--likelihood", choices=(
@@ -459,6 +476,7 @@ def _train_overrides(args: argparse.Namespace) -> dict:
     """The flags given on the command line as a config dict (None = not given)."""
     compile_ = {"auto": "auto", "on": True, "off": False, None: None}[args.compile]
     return {"model": {"latent_dim": args.latent_dim, "hidden": args.hidden,
+                      "hierarchy": args.hierarchy,
                       "likelihood": args.likelihood, "net": args.net,
                       "likelihood_components": args.likelihood_components,
                       "conv_channels": args.conv_channels, **_family_and_prior(args)},

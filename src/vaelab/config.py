@@ -39,7 +39,7 @@ class ModelConfig:
     """
 
     data_dim: int | None = None
-    latent_dim: int = 20
+    latent_dim: int | tuple[int, ...] = 20
     hidden: tuple[int, ...] = (512, 256)
     activation: str = "relu"
     likelihood: str = "bernoulli"
@@ -60,11 +60,13 @@ class ModelConfig:
     #: The kind of data the model was trained on (recorded from the data: binary, 8-bit,
     #: unit-interval, continuous); decides what its log-likelihood means.
     data_kind: str | None = None
+    hierarchy: str = "bottom-up"
 
     def __post_init__(self) -> None:
         if self.data_dim is not None:  # None: resolved from the data at train time
             _checks.positive_int("data_dim", self.data_dim)
-        _checks.positive_int("latent_dim", self.latent_dim)
+        object.__setattr__(self, "latent_dim", latent_sizes(self.latent_dim))
+        _checks.one_of("hierarchy", self.hierarchy, HIERARCHIES)
         if isinstance(self.hidden, (str, bytes)) or not hasattr(self.hidden, "__iter__"):
             raise TypeError(f"hidden: expected a sequence of integers, got {self.hidden!r}")
         object.__setattr__(self, "hidden",
@@ -118,9 +120,25 @@ class ModelConfig:
     def from_dict(cls, data: dict) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
         data = _known_keys("model", data, cls)
-        if isinstance(data.get("hidden"), list):
-            data["hidden"] = tuple(data["hidden"])
+        for key in ("hidden", "latent_dim"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
         return cls(**data)
+
+
+HIERARCHIES = ("bottom-up", "ladder")
+
+
+def latent_sizes(value: object) -> int | tuple[int, ...]:
+    """``latent_dim``: an integer (one latent layer) or latent sizes bottom to top (a hierarchy,
+    ``vaelab.model.hierarchical``); a one-element sequence is that integer."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError("latent_dim: expected an integer or a non-empty list of integers "
+                             "(latent sizes, bottom to top), got []")
+        sizes = tuple(_checks.positive_int("latent_dim", v) for v in value)
+        return sizes[0] if len(sizes) == 1 else sizes
+    return _checks.positive_int("latent_dim", value)
 
 
 def _lists(data: dict) -> dict:

@@ -18,7 +18,7 @@ from torch.distributions import Distribution
 from vaelab import _checks
 from vaelab.config import ModelConfig
 from vaelab.model import families as families_
-from vaelab.model import likelihoods, nets
+from vaelab.model import hierarchical, likelihoods, nets
 from vaelab.model import priors as priors_
 
 
@@ -154,13 +154,15 @@ class VAE(LatentVariableModel):
         return build_vae(config)
 
 
-def build_vae(config: ModelConfig) -> VAE:
+def build_vae(config: ModelConfig) -> VAE | hierarchical.HierarchicalVAE:
     """MLP encoder x → hidden → family params; MLP decoder z → reversed hidden → likelihood."""
     if not isinstance(config, ModelConfig):
         raise TypeError(f"config: expected a ModelConfig, got {type(config).__name__}")
     if config.data_dim is None:
         raise ValueError("config.data_dim: expected an integer >= 1 (resolve it from the data "
                          "with config.with_data(...)), got None")
+    if isinstance(config.latent_dim, tuple):   # latent sizes bottom to top: a hierarchy
+        return hierarchical.build_hierarchical(config, likelihoods.from_model_config(config))
     family = families_.build(config.family, config.latent_dim, components=config.q_components,
                              flow_steps=config.q_flow_steps)
     lik: likelihoods.Likelihood = likelihoods.from_model_config(config)
