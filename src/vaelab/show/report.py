@@ -274,6 +274,15 @@ def _curves_uri(runs: Sequence[RunInfo]) -> str | None:
 # --------------------------------------------------------------------------- the page
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vaelab")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def render_report(run_dirs: Sequence[str | os.PathLike], title: str | None = None) -> str:
     """The report's HTML for one or more run directories (first = reference).
 
@@ -281,8 +290,6 @@ def render_report(run_dirs: Sequence[str | os.PathLike], title: str | None = Non
         ValueError: no run given, or a path that is not a folder.
     """
     import jinja2
-
-    from vaelab import __version__
 
     if not run_dirs:
         raise ValueError("RUN: expected at least one run directory, got none")
@@ -297,7 +304,7 @@ def render_report(run_dirs: Sequence[str | os.PathLike], title: str | None = Non
     title = title or ("vaelab report: " + ", ".join(r.name for r in runs))
     written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return env.get_template(TEMPLATE).render(
-        title=title, version=__version__, written=written,
+        title=title, version=_version(), written=written,
         runs=[_run_view(r) for r in runs], comparison=comparison)
 
 
