@@ -5,9 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 RUN=${1:-runs/quickstart}
+START=$SECONDS
 .venv/bin/vaelab train --out "$RUN" --overwrite
 .venv/bin/vaelab evaluate "$RUN"
 .venv/bin/vaelab report "$RUN"
 echo
 echo "pictures:"
 ls -1 "$RUN"/*.png
+echo
+.venv/bin/python scripts/run_summary.py "$RUN" "$((SECONDS - START))"

@@ -68,6 +68,7 @@ non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 non_negative_float = _number(float, lambda v: math.isfinite(v) and v >= 0,
                              "a finite number >= 0")
+fraction = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def hidden_sizes(text: str) -> tuple[int, ...]:
@@ -160,6 +161,9 @@ def _add_train(commands) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--limit", type=positive_int, metavar="N",
                    help="use only the first N training examples")
+    p.add_argument("--val-fraction", type=fraction, metavar="F",
+                   help="fraction of the training examples held out (seeded) for the "
+                        "validation ELBO and early stopping (default 0.05; 0: none)")
     p.add_argument("--inference", choices=("amortized", "per-datapoint", "semi-amortized"))
     p.add_argument("--schedule", choices=("joint", "alternating"))
     p.add_argument("--phi-steps", type=non_negative_int, metavar="N",
@@ -483,6 +487,7 @@ def _train_overrides(args: argparse.Namespace) -> dict:
             "train": {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
                       "lr": args.lr, "binarize": args.binarize, "seed": args.seed,
                       "device": args.device, "limit": args.limit, "inference": args.inference,
+                      "val_fraction": args.val_fraction,
                       "schedule": args.schedule, "phi_steps": args.phi_steps,
                       "phi_lr": args.phi_lr,
                       **_objective(args), "grad_clip": args.grad_clip,
@@ -586,6 +591,8 @@ def _remove_empty(path: Path, created: Path | None) -> None:
 
 
 def _report_run(run_dir: Path, inference: str = "amortized") -> None:
+    if int(os.environ.get("RANK", "0") or 0) != 0:   # torchrun: the summary once, on rank 0
+        return
     names = ("samples.png", "reconstructions.png", "curves.png", "latent.png")
     pictures = [str(run_dir / n) for n in names if (run_dir / n).is_file()]
     print(f"run directory: {run_dir}")

@@ -367,8 +367,8 @@ class TrainConfig:
         if not (self.compile == "auto" or isinstance(self.compile, bool)):
             raise ValueError(f"compile: expected 'auto', true or false, got {self.compile!r}")
         if self.early_stopping_patience is not None and self.val_fraction == 0:
-            raise ValueError("early_stopping_patience: needs a validation set, but "
-                             "val_fraction is 0")
+            raise ValueError("early_stopping_patience (--early-stopping): needs a validation "
+                             "set, but val_fraction (--val-fraction) is 0")
         if self.early_stopping_patience is not None and self.inference == "per-datapoint":
             raise ValueError("early_stopping_patience: needs a validation ELBO, which "
                              "inference='per-datapoint' does not provide (it trains no "

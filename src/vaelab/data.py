@@ -96,7 +96,9 @@ NAMED_SOURCES: dict[str, NamedSource] = {
             "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
             "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
         },
-        install_hint="set VAELAB_DATA (or pass root) to a folder holding the IDX files",
+        install_hint="put the four IDX files (train-images-idx3-ubyte.gz, ...) in a folder and "
+        "set VAELAB_DATA to it (e.g. `VAELAB_DATA=~/mnist vaelab train --data mnist`), or go "
+        "online for the checked download",
     ),
 }
 
@@ -311,6 +313,7 @@ def download_file(url: str, dest: str | os.PathLike, md5: str, *, timeout: float
     ValueError, a network failure the ``OSError`` of urllib.
     """
     dest = Path(dest)
+    created = _first_missing(dest.parent)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
@@ -325,8 +328,33 @@ def download_file(url: str, dest: str | os.PathLike, md5: str, *, timeout: float
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        _remove_empty_dirs(dest.parent, created)
         raise
     return dest
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost not-yet-existing folder on the way to ``folder`` (None: it exists)."""
+    missing = None
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            break
+        missing = parent
+    return missing
+
+
+def _remove_empty_dirs(folder: Path, created: Path | None) -> None:
+    """Remove ``folder`` and its parents up to ``created`` (a failed download made them)
+    while they are empty, so an offline attempt leaves no empty cache folders behind."""
+    if created is None:
+        return
+    for parent in (folder, *folder.parents):
+        try:
+            parent.rmdir()             # only ever removes an empty folder
+        except OSError:
+            return
+        if parent == created:
+            return
 
 
 def _download_or_explain(name: str, split: str, root: str | os.PathLike | None,
@@ -783,8 +811,9 @@ def train_val_split(ds: Dataset, val_fraction: float, seed: int) -> tuple[Datase
     n = len(ds)
     n_val = round(val_fraction * n)
     if not 1 <= n_val <= n - 1:
-        raise ValueError(f"val_fraction: expected at least one of the {n} examples in each part, "
-                         f"got {val_fraction}, which puts {n_val} in validation")
+        raise ValueError(f"val_fraction: expected at least one of the {n} examples in each "
+                         f"part, got {val_fraction}, which puts {n_val} in validation (set "
+                         f"--val-fraction; 0 turns validation off)")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return ds.subset(perm[n_val:].sort().values), ds.subset(perm[:n_val].sort().values)
 

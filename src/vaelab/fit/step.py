@@ -59,6 +59,9 @@ AUTO_COMPILE_MIN_STEPS = 20_000
 AUTO_COMPILE_DEVICES = ("cuda",)
 #: Eager steps before compiling (the first calls settle shapes; a failure shows early).
 COMPILE_AFTER_STEPS = 5
+#: torch.compile imports torch.utils.mkldnn, whose class bodies use the deprecated
+#: torch.jit.script_method: 14 DeprecationWarnings from torch itself (2.13), silenced here.
+TORCH_INTERNAL_DEPRECATION = r"`torch\.jit\.script_method` is deprecated"
 
 
 @dataclass(frozen=True)
@@ -360,8 +363,11 @@ class TrainStep:
         rng = torch.get_rng_state()
         start = time.perf_counter()
         try:
-            self._compiled = torch.compile(self._fast, dynamic=False)
-            result = self._fast_step(x, kl_weight)
+            with warnings.catch_warnings():   # torch's own deprecation, not the user's
+                warnings.filterwarnings("ignore", TORCH_INTERNAL_DEPRECATION,
+                                        DeprecationWarning)
+                self._compiled = torch.compile(self._fast, dynamic=False)
+                result = self._fast_step(x, kl_weight)
         except Exception as exc:  # compiling is an optimization, never a failure
             warnings.warn(f"TrainStep: torch.compile of the step failed "
                           f"({type(exc).__name__}: {exc}); continuing eagerly",
