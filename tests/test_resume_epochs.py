@@ -49,8 +49,8 @@ def test_fewer_epochs_than_finished_is_refused_and_nothing_changes(blobs, tmp_pa
     run = tmp_path / "run"
     train(config(3), run, blobs)
     before = snapshot(run)
-    with pytest.raises(runs.RunError, match=r"already finished 3 epochs.*--epochs >= 3 to extend it, "
-                                            r"got 1"):
+    with pytest.raises(runs.RunError,
+                       match=r"already finished 3 epochs.*--epochs >= 3 to extend it, got 1"):
         train(config(1), run, blobs, resume=True)
     assert snapshot(run) == before
     assert runs.read_config(run).train.epochs == 3
