@@ -1,0 +1,88 @@
+"""Shared pieces of the anomaly and clustering benchmarks (issue 14): data sets, training,
+baselines on pixels. Imported by benchmarks/anomaly.py and benchmarks/clustering.py."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vaelab import data
+from vaelab.config import RunConfig
+from vaelab.fit.train import train
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def train_model(out: Path, seed: int, epochs: int, **train_options) -> torch.nn.Module:
+    """Train the default 784-512-256-20 Bernoulli VAE (dynamic binarization) → model (eval)."""
+    model_options = train_options.pop("model", {})
+    config = RunConfig.from_dict({"model": model_options, "train": {
+        "epochs": epochs, "seed": seed, "compile": False, "device": "cpu", **train_options}})
+    start = time.perf_counter()
+    result = train(config, out, overwrite=True, progress=False, log=None)
+    last = result.metrics[-1]
+    print(f"  trained {out.name}: {len(result.metrics)} epochs, val ELBO "
+          f"{last.get('val_elbo')}, {time.perf_counter() - start:.0f} s", flush=True)
+    return result.model.eval()
+
+
+def test_set(seed: int = 0) -> data.Dataset:
+    """The Fashion-MNIST test split, statically binarized with ``seed`` (the model's input)."""
+    return data.static_binarize(data.load_dataset("fashion-mnist", "test"), seed)
+
+
+def digits_28(n: int | None = None) -> np.ndarray:
+    """scikit-learn's 8×8 handwritten digits (1797) as MNIST-like 28×28 images in [0, 1].
+
+    Each 8×8 image (levels 0..16) is resized to 20×20 (bilinear) and centred in a 28×28 frame,
+    as MNIST centres its 20×20 digits; → float32 [N, 784].
+    """
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images[:n] / 16.0
+    out = np.zeros((len(images), 28, 28), dtype=np.float32)
+    for i, image in enumerate(images):
+        small = Image.fromarray((image * 255).astype(np.uint8)).resize((20, 20),
+                                                                     Image.BILINEAR)
+        out[i, 4:24, 4:24] = np.asarray(small, dtype=np.float32) / 255
+    return out.reshape(len(images), 784)
+
+
+def binarize(x: np.ndarray | torch.Tensor, seed: int) -> torch.Tensor:
+    """One seeded Bernoulli draw of grey levels x [N, D] in [0, 1]."""
+    x = torch.as_tensor(x, dtype=torch.float32)
+    return data.binarize(x, torch.Generator().manual_seed(seed))
+
+
+def baselines(train_x: np.ndarray, test_x: np.ndarray, dim: int, seed: int) -> dict:
+    """Pixel-space anomaly scores (higher = anomalous): IsolationForest, PCA, kNN distance."""
+    from sklearn.decomposition import PCA
+    from sklearn.ensemble import IsolationForest
+    from sklearn.neighbors import NearestNeighbors
+
+    forest = IsolationForest(n_estimators=200, random_state=seed).fit(train_x)
+    pca = PCA(dim, random_state=seed).fit(train_x)
+    recon = pca.inverse_transform(pca.transform(test_x))
+    knn = NearestNeighbors(n_neighbors=5).fit(train_x)
+    return {"isolation-forest": -forest.score_samples(test_x),
+            "pca-reconstruction": ((test_x - recon) ** 2).sum(1),
+            "knn-distance": knn.kneighbors(test_x)[0].mean(1)}
+
+
+def machine() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads()}
+
+
+def write(name: str, result: dict, table: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{name}.txt").write_text(table + "\n")
+    print(table)

@@ -1,0 +1,201 @@
+"""Anomaly and out-of-distribution scores of a trained latent-variable model, one per example.
+
+Every score here is oriented the same way: **higher = more anomalous**. In nats unless said.
+
+* ``elbo`` → ``neg_elbo`` = −ELBO(x) (Kingma & Welling 2014), ``elbo_samples`` draws of z.
+* ``log-likelihood`` → ``nll`` = −log p̂(x), importance sampled with k draws from q
+  (:func:`vaelab.measure.evaluate.log_likelihood`), and its delta-method standard error
+  ``nll_se``. A model trained on Fashion-MNIST gives *higher* likelihood to MNIST digits
+  (Nalisnick et al. 2019, "Do deep generative models know what they don't know?"), hence:
+* ``input-complexity`` → ``input_complexity`` = −log₂ p̂(x) − L(x) in **bits**, with L(x) the
+  length in bits of x's lossless compression (PNG through Pillow for images, zlib otherwise)
+  (Serrà et al. 2020, "Input complexity and out-of-distribution detection with likelihood-based
+  generative models", their S(x) = −ℓ_M(x) − L(x)). Simple inputs have high likelihood *and*
+  short codes, so the difference removes the complexity bias.
+* ``likelihood-ratio`` → ``neg_llr`` = log p̂_bg(x) − log p̂(x), with a background model trained
+  on inputs where a fraction μ of the values is replaced by noise (Ren et al. 2019, "Likelihood
+  ratios for out-of-distribution detection"; their LLR is −``neg_llr``).
+* ``regret`` → ``regret`` = ELBO(x; q*) − ELBO(x; q_φ(x)), the gain from fitting q's
+  parameters to x alone by :func:`vaelab.infer.schemes.optimize_q` (Xiao, Yan & Amit 2020,
+  "Likelihood regret"; they re-fit the encoder's weights per example, here q's own parameters:
+  the same optimum for an encoder that can output any q of its family). Both ELBOs use the
+  same noise draws (common random numbers), so the difference carries little Monte Carlo
+  noise; it is ≥ 0 up to that noise.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.distributions import Distribution
+
+from vaelab import _checks
+from vaelab.infer.objectives import elbo_terms
+from vaelab.infer.schemes import optimize_q
+from vaelab.measure.evaluate import log_likelihood
+
+#: Score names (CLI values) → the CSV column holding that anomaly score.
+SCORE_COLUMNS = {"elbo": "neg_elbo", "log-likelihood": "nll", "input-complexity":
+                 "input_complexity", "likelihood-ratio": "neg_llr", "regret": "regret"}
+SCORE_NAMES = tuple(SCORE_COLUMNS)
+_NEEDS_LL = ("log-likelihood", "input-complexity", "likelihood-ratio")
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Sample sizes and optimizer settings of :func:`anomaly_scores`.
+
+    num_samples: importance samples k for log p̂(x); elbo_samples: z draws for the ELBO;
+    regret_steps / regret_lr / regret_samples: :func:`optimize_q`'s caps, Adam step and
+    per-step draws; batch_size: examples scored at once.
+    """
+
+    num_samples: int = 100
+    elbo_samples: int = 16
+    regret_steps: int = 100
+    regret_lr: float = 1e-2
+    regret_samples: int = 4
+    batch_size: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "elbo_samples", "regret_steps", "regret_samples",
+                     "batch_size"):
+            _checks.positive_int(name, getattr(self, name))
+        _checks.positive_float("regret_lr", self.regret_lr)
+
+
+def check_names(names: Sequence[str]) -> tuple[str, ...]:
+    """Validate score names (kebab-case, see :data:`SCORE_NAMES`); duplicates dropped."""
+    if isinstance(names, str) or not names:
+        raise ValueError(f"scores: expected a non-empty list of names from {list(SCORE_NAMES)}, "
+                         f"got {names!r}")
+    for name in names:
+        _checks.one_of("score", name, SCORE_NAMES)
+    return tuple(dict.fromkeys(names))
+
+
+def compressed_bits(x: torch.Tensor, image_shape: Sequence[int] | None = None) -> torch.Tensor:
+    """L(x): bits of each row's lossless compression, [B] float64 (Serrà et al. 2020).
+
+    x [B, D] in [0, 1] is quantized to 8 bits (round(255 x)); with ``image_shape`` (C, H, W),
+    C ∈ {1, 3}, each row is a PNG written by Pillow at its strongest compression, else a zlib
+    stream (level 9) of the D bytes. Raises ValueError for values outside [0, 1].
+    """
+    from PIL import Image
+
+    x = _checks.tensor("x", x).detach().cpu()
+    if x.dim() != 2 or (x.numel() and (float(x.min()) < 0 or float(x.max()) > 1)):
+        raise ValueError("x: input-complexity compresses 8-bit images: expected [B, D] values "
+                         "in [0, 1], got " + (f"shape {list(x.shape)}" if x.dim() != 2 else
+                                              f"values in [{float(x.min()):g}, "
+                                              f"{float(x.max()):g}]"))
+    pixels = (x.double() * 255).round().to(torch.uint8).numpy()
+    out = np.empty(len(pixels))
+    for i, row in enumerate(pixels):
+        if image_shape is not None and image_shape[0] in (1, 3):
+            c, h, w = image_shape
+            image = Image.fromarray(row.reshape(c, h, w).transpose(1, 2, 0).squeeze(-1)
+                                    if c == 1 else row.reshape(c, h, w).transpose(1, 2, 0))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", optimize=True, compress_level=9)
+            out[i] = 8 * len(buffer.getvalue())
+        else:
+            out[i] = 8 * len(zlib.compress(row.tobytes(), 9))
+    return torch.from_numpy(out)
+
+
+def likelihood_regret(model, x: torch.Tensor, init_raw: torch.Tensor, family, *,
+                      steps: int = 100, lr: float = 1e-2, num_samples: int = 4,
+                      eval_samples: int = 16, seed: int = 0) -> torch.Tensor:
+    """ELBO(x; q*) − ELBO(x; family(init_raw)) per example, [B] nats (Xiao et al. 2020).
+
+    q* = family(raw*) with raw* from :func:`optimize_q` started at ``init_raw`` [B, P]. Both
+    ELBOs are estimated with ``eval_samples`` draws from the same seeded noise.
+    """
+    raw_star, _ = optimize_q(model, x, init_raw, family, steps=steps, lr=lr,
+                             num_samples=num_samples)
+    values = []
+    for raw in (init_raw.detach(), raw_star):
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            values.append(elbo_terms(model, family(raw), x, eval_samples, validate=False).elbo)
+    return values[1] - values[0]
+
+
+def _batch_scores(names, model, encoder, x, background, image_shape,
+                  options: ScoreOptions) -> dict[str, torch.Tensor]:
+    """The score columns of one batch x [B, D]: each a float64 tensor [B]."""
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        q: Distribution = encoder(x)
+    if "elbo" in names:
+        with torch.no_grad():
+            out["neg_elbo"] = -elbo_terms(model, q, x, options.elbo_samples, validate=False).elbo
+    if any(n in names for n in _NEEDS_LL):
+        est = log_likelihood(model, q, x, options.num_samples)
+        out["nll"], out["nll_se"] = -est.log_likelihood, est.stderr
+    if "input-complexity" in names:
+        out["compressed_bits"] = compressed_bits(x, image_shape)
+        out["input_complexity"] = out["nll"].double().cpu() / math.log(2) - out["compressed_bits"]
+    if "likelihood-ratio" in names:
+        bg_model, bg_encoder = background
+        with torch.no_grad():
+            q_bg = bg_encoder(x)
+        out["nll_background"] = -log_likelihood(bg_model, q_bg, x,
+                                                options.num_samples).log_likelihood
+        out["neg_llr"] = out["nll"] - out["nll_background"]
+    if "regret" in names:
+        with torch.no_grad():
+            raw = encoder.net(x)
+        out["regret"] = likelihood_regret(
+            model, x, raw, encoder.family, steps=options.regret_steps, lr=options.regret_lr,
+            num_samples=options.regret_samples, eval_samples=options.elbo_samples)
+    return {k: v.detach().double().cpu() for k, v in out.items()}
+
+
+def anomaly_scores(model, x: torch.Tensor, names: Sequence[str], *, encoder=None,
+                   background: tuple | None = None,
+                   image_shape: Sequence[int] | None = None,
+                   options: ScoreOptions | None = None,
+                   progress: Callable | None = None) -> dict[str, np.ndarray]:
+    """Anomaly scores of every row of x [N, D] (higher = more anomalous; module docstring).
+
+    Args:
+        model: generative model (``prior``, ``decode``, ``log_joint``, ``check_data``).
+        x: data [N, D] in the likelihood's support.
+        names: score names from :data:`SCORE_NAMES`.
+        encoder: x → q(z | x), with ``.net`` (x → raw [B, P]) and ``.family`` (raw → q) for
+            ``regret``; default ``model.encoder``.
+        background: (model, encoder) of the background model, needed by ``likelihood-ratio``.
+        image_shape: (C, H, W) of the rows, for PNG compression in ``input-complexity``.
+        options: :class:`ScoreOptions`.
+        progress: optional wrapper of the batch iterator (e.g. tqdm).
+
+    Returns:
+        column name → float64 array [N]: the score columns of :data:`SCORE_COLUMNS` and their
+        companions (``nll_se``, ``compressed_bits``, ``nll_background``). Noise comes from
+        torch's global RNG (seed it for reproducible scores).
+    """
+    names = check_names(names)
+    options = options or ScoreOptions()
+    encoder = encoder if encoder is not None else getattr(model, "encoder", None)
+    if encoder is None:
+        raise ValueError("encoder: scoring new data needs q(z | x); the model has no encoder")
+    if "likelihood-ratio" in names and background is None:
+        raise ValueError("background: the likelihood-ratio score needs a background model "
+                         "(train one with `vaelab train --background-of RUN`), got None")
+    x = model.check_data(x, "x")
+    starts = range(0, x.shape[0], options.batch_size)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in (progress(starts) if progress else starts):
+        batch = _batch_scores(names, model, encoder, x[start:start + options.batch_size],
+                              background, image_shape, options)
+        for key, value in batch.items():
+            parts.setdefault(key, []).append(value)
+    return {key: torch.cat(values).numpy() for key, values in parts.items()}
