@@ -1,0 +1,126 @@
+"""Clusters and representations from latent codes: k-means, mixture-prior assignments, scores.
+
+The lecture calls inferring z given x "an extension of k-means". Two ways to cluster:
+
+* :func:`kmeans` — scikit-learn's k-means (Lloyd's algorithm, k-means++ starts) on codes
+  [N, L], e.g. the posterior means of :func:`vaelab.use.encode.encode`;
+* :func:`prior_responsibilities` — when the prior is a mixture p(z) = Σ_c π_c p(z | c) (a
+  ``torch.distributions.MixtureSameFamily``, e.g. ``--prior mog``), the responsibilities
+  p(c | z) ∝ π_c p(z | c) at z = each example's posterior mean, as VaDE (Jiang et al. 2017)
+  and GMVAE (Dilokthanakul et al. 2016) assign clusters; the argmax is the cluster.
+
+Against class labels (:func:`cluster_metrics`): accuracy under the best one-to-one matching of
+clusters to classes (Hungarian algorithm, :func:`scipy.optimize.linear_sum_assignment`; with
+more clusters than classes the unmatched clusters count as errors), normalized mutual
+information and adjusted Rand index (scikit-learn). :func:`linear_probe_accuracy` measures how
+linearly decodable the classes are from the codes (cross-validated logistic regression).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.distributions import Distribution, MixtureSameFamily
+
+from vaelab import _checks
+
+
+def _codes(z: object, name: str = "z") -> np.ndarray:
+    z = np.asarray(z.detach().cpu() if isinstance(z, torch.Tensor) else z, dtype=np.float64)
+    if z.ndim != 2 or z.shape[0] < 2 or not np.isfinite(z).all():
+        raise ValueError(f"{name}: expected finite codes of shape [N >= 2, L], got shape "
+                         f"{list(z.shape)}" + ("" if np.isfinite(z).all() else " with non-finite "
+                                               "values"))
+    return z
+
+
+def _labels(labels: object, n: int, name: str = "labels") -> np.ndarray:
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    if labels.shape != (n,) or labels.dtype.kind not in "iub":
+        raise ValueError(f"{name}: expected {n} integer labels, one per example, got shape "
+                         f"{labels.shape} of dtype {labels.dtype}")
+    return labels.astype(np.int64)
+
+
+def kmeans(z: object, clusters: int, *, seed: int = 0, n_init: int = 10) -> np.ndarray:
+    """sklearn.cluster.KMeans on codes z [N, L] → cluster index per example, int64 [N]."""
+    from sklearn.cluster import KMeans
+
+    z = _codes(z)
+    clusters = _checks.positive_int("clusters", clusters)
+    if clusters > z.shape[0]:
+        raise ValueError(f"clusters: expected at most the number of examples ({z.shape[0]}), "
+                         f"got {clusters}")
+    model = KMeans(clusters, n_init=n_init, random_state=_checks.non_negative_int("seed", seed))
+    return model.fit_predict(z).astype(np.int64)
+
+
+def is_mixture(prior: Distribution) -> bool:
+    """Whether p(z) is a finite mixture whose components can be told apart (MixtureSameFamily)."""
+    return isinstance(prior, MixtureSameFamily)
+
+
+def prior_responsibilities(prior: Distribution, z: torch.Tensor) -> torch.Tensor:
+    """p(c | z) = π_c p(z | c) / Σ_c' π_c' p(z | c') for z [N, L] → [N, K] (rows sum to 1).
+
+    Uses the mixture's own ``mixture_distribution`` logits and ``component_distribution``
+    log-densities (torch's). Raises ValueError when ``prior`` is not a MixtureSameFamily.
+    """
+    if not is_mixture(prior):
+        raise ValueError(f"prior: expected a mixture prior (MixtureSameFamily, e.g. --prior mog),"
+                         f" got {type(prior).__name__}")
+    z = _checks.tensor("z", z)
+    with torch.no_grad():
+        log_pi = prior.mixture_distribution.logits.log_softmax(-1)               # [K]
+        log_comp = prior.component_distribution.log_prob(z.unsqueeze(-2))        # [N, K]
+        return (log_pi + log_comp).softmax(-1)
+
+
+def matched_accuracy(labels: object, assignments: object) -> float:
+    """Accuracy of cluster assignments [N] under the best one-to-one cluster → class map."""
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.metrics.cluster import contingency_matrix
+
+    assignments = np.asarray(assignments)
+    labels = _labels(labels, assignments.shape[0])
+    table = contingency_matrix(labels, _labels(assignments, labels.shape[0], "assignments"))
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return float(table[rows, cols].sum() / labels.shape[0])
+
+
+def cluster_metrics(labels: object, assignments: object) -> dict[str, float]:
+    """``{"accuracy", "nmi", "ari"}`` of assignments [N] against class labels [N]."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    assignments = np.asarray(assignments)
+    labels = _labels(labels, assignments.shape[0])
+    assignments = _labels(assignments, labels.shape[0], "assignments")
+    return {"accuracy": matched_accuracy(labels, assignments),
+            "nmi": float(normalized_mutual_info_score(labels, assignments)),
+            "ari": float(adjusted_rand_score(labels, assignments))}
+
+
+def linear_probe_accuracy(z: object, labels: object, *, folds: int = 5, seed: int = 0) -> float:
+    """Mean held-out accuracy of a logistic regression z → label over stratified folds.
+
+    Codes are standardized inside each fold (sklearn Pipeline: StandardScaler, then
+    LogisticRegression, lbfgs, max_iter 1000); ``folds`` stratified shuffled splits.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    z = _codes(z)
+    labels = _labels(labels, z.shape[0])
+    folds = _checks.positive_int("folds", folds)
+    counts = np.unique(labels, return_counts=True)[1]
+    if counts.shape[0] < 2:
+        raise ValueError(f"labels: expected at least two classes, got only {labels[0]}")
+    smallest = int(counts.min())
+    if folds < 2 or smallest < folds:
+        raise ValueError(f"folds: expected 2 <= folds <= the smallest class size ({smallest}), "
+                         f"got {folds}")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(probe, z, labels, cv=split).mean())

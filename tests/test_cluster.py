@@ -1,0 +1,119 @@
+"""Clusters and codes (vaelab.use.cluster, vaelab.use.encode).
+
+Oracles: hand-counted matched accuracy, NMI and ARI on tiny labelings (permutation
+invariance, the perfect and the independent cases, a value worked out by hand); mixture
+responsibilities against Bayes' rule written with scipy's normal densities; k-means and the
+linear probe on blobs whose answer is known; codes equal to the encoder's own means.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+from vaelab.use.cluster import (
+    cluster_metrics,
+    kmeans,
+    linear_probe_accuracy,
+    matched_accuracy,
+    prior_responsibilities,
+)
+from vaelab.use.encode import encode
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_matched_accuracy_uses_the_best_one_to_one_map():
+    labels = [0, 0, 1, 1, 2, 2]
+    # best map: cluster 1 → class 0 (2 right), then 0 → 1 and 2 → 2 (1 each), or the swap
+    assert matched_accuracy(labels, [1, 1, 0, 2, 2, 0]) == pytest.approx(4 / 6)
+    # cluster 1 → 0, 0 → 1 (2 right), 2 → 2 (1 right; the last 0 is class 2's error)
+    assert matched_accuracy(labels, [1, 1, 0, 0, 2, 0]) == pytest.approx(5 / 6)
+    # one-to-one: two clusters cannot both map to class 0
+    assert matched_accuracy([0, 0, 0, 0], [0, 0, 1, 1]) == pytest.approx(0.5)
+    # more clusters than classes: the unmatched cluster's examples are errors
+    assert matched_accuracy([0, 0, 1, 1], [0, 1, 2, 2]) == pytest.approx(3 / 4)
+
+
+def test_cluster_metrics_perfect_permuted_and_hand_computed():
+    labels = np.repeat([0, 1, 2], 4)
+    perfect = cluster_metrics(labels, (labels + 1) % 3)
+    assert perfect == pytest.approx({"accuracy": 1.0, "nmi": 1.0, "ari": 1.0})
+    # ARI of [0,0,1,1] vs [0,0,1,2]: pair counts Σ C(n_ij,2) = 1, rows 2, cols 1, C(4,2) = 6
+    # → (1 − 2·1/6) / (½(2 + 1) − 2·1/6) = (2/3) / (7/6) = 4/7
+    ari = cluster_metrics([0, 0, 1, 1], [0, 0, 1, 2])["ari"]
+    assert ari == pytest.approx(4 / 7, abs=1e-12)
+    # NMI (arithmetic mean): I = ln 2, H(labels) = ln 2, H(clusters) = 1.5 ln 2 → 2/2.5 = 0.8
+    assert cluster_metrics([0, 0, 1, 1], [0, 0, 1, 2])["nmi"] == pytest.approx(0.8, abs=1e-12)
+    # independent labelings: NMI 0, ARI ≤ 0
+    independent = cluster_metrics([0, 0, 1, 1], [0, 1, 0, 1])
+    assert independent["nmi"] == pytest.approx(0, abs=1e-12) and independent["ari"] <= 0
+
+
+def test_metric_inputs_are_checked():
+    with pytest.raises(ValueError, match="labels: expected 3 integer labels"):
+        cluster_metrics([0, 1], [0, 1, 1])
+    with pytest.raises(ValueError, match="clusters: expected at most the number of examples"):
+        kmeans(np.zeros((3, 2)), 5)
+    with pytest.raises(ValueError, match="z: expected finite codes"):
+        kmeans(np.array([[0.0, math.nan], [1.0, 1.0]]), 2)
+
+
+def _blobs(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(3), n // 3)
+    centers = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    return centers[labels] + rng.normal(size=(n, 2)), labels
+
+
+def test_kmeans_recovers_separated_blobs_and_is_seeded():
+    z, labels = _blobs()
+    assignments = kmeans(z, 3, seed=0)
+    assert cluster_metrics(labels, assignments)["accuracy"] == 1.0
+    assert (kmeans(z, 3, seed=0) == assignments).all()
+
+
+def test_linear_probe_separable_and_random_labels():
+    z, labels = _blobs(90)
+    assert linear_probe_accuracy(z, labels, folds=3) == 1.0
+    shuffled = np.random.default_rng(1).permutation(labels)
+    assert linear_probe_accuracy(z, shuffled, folds=3) < 0.6
+    with pytest.raises(ValueError, match="folds: expected 2 <= folds <= the smallest class"):
+        linear_probe_accuracy(z, labels, folds=40)
+
+
+def test_responsibilities_follow_bayes_rule():
+    weights = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    loc = torch.tensor([[-2.0, 0.0], [0.0, 1.0], [3.0, -1.0]], dtype=torch.float64)
+    scale = torch.tensor([[1.0, 0.5], [2.0, 1.0], [0.7, 1.5]], dtype=torch.float64)
+    prior = MixtureSameFamily(Categorical(probs=weights), Independent(Normal(loc, scale), 1))
+    z = torch.tensor([[0.0, 0.0], [-2.0, 0.1], [2.5, -1.0], [10.0, 3.0]], dtype=torch.float64)
+    got = prior_responsibilities(prior, z)
+    joint = weights.numpy() * np.prod(norm.pdf(z.numpy()[:, None, :], loc.numpy(),
+                                               scale.numpy()), axis=-1)
+    np.testing.assert_allclose(got.numpy(), joint / joint.sum(1, keepdims=True), rtol=1e-10)
+    with pytest.raises(ValueError, match="prior: expected a mixture prior"):
+        prior_responsibilities(Independent(Normal(loc[0], scale[0]), 1), z)
+
+
+def test_encode_gives_the_encoder_means_or_seeded_draws():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(5, 4)
+
+    def infer(x):
+        loc, raw = net(x).chunk(2, -1)
+        return Independent(Normal(loc, torch.nn.functional.softplus(raw)), 1)
+
+    x = torch.randn(7, 5)
+    means = encode(infer, x, batch_size=3)
+    torch.testing.assert_close(means, infer(x).mean)
+    a = encode(infer, x, sample=True, generator=torch.Generator().manual_seed(1))
+    b = encode(infer, x, sample=True, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.allclose(a, means)
+    with pytest.raises(ValueError, match="x: expected at least one example"):
+        encode(infer, x[:0])
