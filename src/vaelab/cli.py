@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reconstruct(commands)
     _add_gaps(commands)
     _add_complete(commands)
+    _add_impute(commands)
     _add_figures(commands)
     _add_report(commands)
     _add_runs(commands)
@@ -156,6 +157,12 @@ def _add_train(commands) -> None:
     p.add_argument("--conv-channels", type=hidden_sizes, metavar="N,N,...",
                    help="channels per stage of --net conv (default 32,64)")
     _add_family_and_prior(p)
+    p.add_argument("--missing", choices=("none", "mask"),
+                   help="mask: NaN (and empty CSV cells) mark missing entries; train on the "
+                        "observed ones only (MIWAE; use --objective iwae --num-samples 20)")
+    p.add_argument("--missing-model", choices=("none", "self-masking"),
+                   help="self-masking: also learn p(missing | x) per feature, for data "
+                        "missing not at random (not-MIWAE); needs --missing mask")
     p.add_argument("--binarize", choices=("dynamic", "static", "none"))
     p.add_argument("--seed", type=non_negative_int, metavar="N")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
@@ -355,6 +362,26 @@ def _add_complete(commands) -> None:
     p.set_defaults(func=cmd_complete)
 
 
+def _add_impute(commands) -> None:
+    p = commands.add_parser("impute", help="fill in missing entries (a run trained with "
+                            "--missing mask)", description="Fill in the NaN / empty entries "
+                            "of a .npy or .csv file: the importance-weighted conditional mean "
+                            "(the mode for binary data), or with --draws M, M imputations by "
+                            "sampling importance resampling ([M, N, D], .npy only). Observed "
+                            "entries are copied unchanged.")
+    p.add_argument("run", type=Path, metavar="RUN")
+    p.add_argument("--data", type=Path, required=True, metavar="FILE",
+                   help=".npy or .csv with NaN (or empty cells) marking missing entries")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.npy|FILE.csv")
+    p.add_argument("--draws", type=positive_int, metavar="M",
+                   help="M multiple imputations instead of one")
+    p.add_argument("--k", type=positive_int, metavar="K", default=1000,
+                   help="importance samples per row (default 1000)")
+    p.add_argument("--seed", type=non_negative_int, metavar="N", default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.set_defaults(func=cmd_impute)
+
+
 def _add_figures(commands) -> None:
     p = commands.add_parser("figures", help="the lecture's figures (no run needed)",
                             description="Draw the figures that illustrate the lecture: "
@@ -483,7 +510,8 @@ def _train_overrides(args: argparse.Namespace) -> dict:
                       "hierarchy": args.hierarchy,
                       "likelihood": args.likelihood, "net": args.net,
                       "likelihood_components": args.likelihood_components,
-                      "conv_channels": args.conv_channels, **_family_and_prior(args)},
+                      "conv_channels": args.conv_channels, **_family_and_prior(args),
+                      "missing": args.missing, "missing_model": args.missing_model},
             "train": {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
                       "lr": args.lr, "binarize": args.binarize, "seed": args.seed,
                       "device": args.device, "limit": args.limit, "inference": args.inference,
@@ -764,6 +792,22 @@ def cmd_complete(args: argparse.Namespace) -> int:
           f"{result['baseline_accuracy']:.3f}, another image's completion "
           f"{result['mismatched_accuracy']:.3f}; {result['num_images']} images)")
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_impute(args: argparse.Namespace) -> int:
+    """``vaelab impute``: fill in the missing entries of a table (issue 15)."""
+    from vaelab.use import impute
+
+    trained = _load_run(args.run, args.device)
+    if trained.config.model.missing == "none":
+        raise ValueError(f"RUN: `impute` needs a run trained with --missing mask, got "
+                         f"{str(args.run)!r} (trained on complete data; for images see "
+                         f"`vaelab complete`)")
+    result = impute.impute_file(trained, args.data, args.out, draws=args.draws,
+                                num_samples=args.k, seed=args.seed)
+    print(f"imputed {result['missing']} missing entries in {result['rows']} rows; wrote "
+          f"{result['out']} (shape {result['shape']})")
     return 0
 
 

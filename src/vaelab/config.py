@@ -61,6 +61,10 @@ class ModelConfig:
     #: unit-interval, continuous); decides what its log-likelihood means.
     data_kind: str | None = None
     hierarchy: str = "bottom-up"
+    #: Incomplete data (issue 15): "mask" — NaN marks missing entries (MIWAE, Mattei & Frellsen
+    #: 2019); ``missing_model`` "self-masking" adds p(missing | x) (not-MIWAE, Ipsen et al. 2021).
+    missing: str = "none"
+    missing_model: str = "none"
 
     def __post_init__(self) -> None:
         if self.data_dim is not None:  # None: resolved from the data at train time
@@ -83,6 +87,11 @@ class ModelConfig:
         if self.image_shape is not None:
             object.__setattr__(self, "image_shape", _image_shape(self.image_shape))
         self._check_data_model()
+        _checks.one_of("missing", self.missing, ("none", "mask"))
+        _checks.one_of("missing_model", self.missing_model, ("none", "self-masking"))
+        if self.missing_model != "none" and self.missing != "mask":
+            raise ValueError(f"missing_model: {self.missing_model!r} needs missing='mask', "
+                             f"got missing={self.missing!r}")
 
     def _check_data_model(self) -> None:
         """net, conv_channels, likelihood_components, data_kind (issue 13)."""

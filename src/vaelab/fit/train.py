@@ -60,6 +60,7 @@ from tqdm import tqdm
 from vaelab import data as data_
 from vaelab.config import RunConfig, TrainConfig
 from vaelab.fit import distributed, runs
+from vaelab.fit.masked import MaskedTrainStep, build_masked_model, load_masked_data
 from vaelab.fit.resume import (
     Checkpointed,
     RunState,
@@ -192,6 +193,8 @@ def _check_range(ds: data_.Dataset, config: RunConfig) -> str | None:
     from vaelab.model import likelihoods
 
     x = ds.x
+    if config.model.missing != "none" and x.is_floating_point():   # check observed entries
+        x = x[~torch.isnan(x)]
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"data: expected finite values, got {int((~torch.isfinite(x)).sum())} "
                          f"non-finite entries in {ds.name!r}")
@@ -223,6 +226,8 @@ def _model_input(ds: data_.Dataset, tc: TrainConfig) -> data_.Dataset:
 def _load_data(config: RunConfig, dataset: data_.Dataset | None) -> _Data:
     """Load, check, split and (statically) binarize the data."""
     tc = config.train
+    if config.model.missing != "none":      # NaN marks missing entries (issue 15)
+        return _Data(*load_masked_data(config, dataset))
     if dataset is None:
         dataset = data_.load_dataset(tc.data, "train", keep_uint8=True,
                                      limit=tc.limit if tc.classes is None else None)
@@ -275,11 +280,13 @@ class _Trainer(Checkpointed):
         self.config, self.tc, self.run_dir, self.data = config, config.train, run_dir, data
         self.dist, self.device, self.progress, self.log = dist, device, progress, log
         torch.manual_seed(self.tc.seed)
-        self.model = build_vae(config.model).to(device)
+        masked = config.model.missing != "none"       # issue 15: vaelab.fit.masked
+        self.model = (build_masked_model(config, data.train.x) if masked
+                      else build_vae(config.model)).to(device)
         self.inference = self._build_inference().to(device)
         self.batches = data_.Batches(
             data.train.x, self.tc.batch_size, seed=self.tc.seed, device=device,
-            binarize="dynamic" if self.tc.binarize == "dynamic" else "none",
+            binarize="dynamic" if self.tc.binarize == "dynamic" and not masked else "none",
             rank=dist.rank, world_size=dist.world_size)
         self.step = TrainStep(self.model, self.inference, lr=self.tc.lr, betas=self.tc.betas,
                               grad_clip=self.tc.grad_clip, schedule=self.tc.schedule,
@@ -289,6 +296,9 @@ class _Trainer(Checkpointed):
                               expected_steps=self.tc.epochs * len(self.batches),
                               reduce_gradients=(distributed.average_gradients
                                                 if dist.world_size > 1 else None))
+        if masked:   # the masked bound instead of the ELBO; no fast path
+            self.step = MaskedTrainStep(self.step, objective=self.tc.objective,
+                                        dynamic_binarize=self.tc.binarize == "dynamic")
         self.val_x = None if data.val is None else data.val.x[dist.rank::dist.world_size]
         self.val_x = None if self.val_x is None else self.val_x.to(device)
         self.state = RunState()
@@ -367,8 +377,9 @@ class _Trainer(Checkpointed):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.tc.seed + 7919)
             for x in self.val_x.split(VAL_BATCH_SIZE):
-                terms = elbo_terms(self.model, self.inference(x, None), x,
-                                   self.tc.num_samples, validate=False)
+                terms = (self.step.terms(x) if isinstance(self.step, MaskedTrainStep) else
+                         elbo_terms(self.model, self.inference(x, None), x,
+                                    self.tc.num_samples, validate=False))
                 sums += torch.stack([terms.elbo.sum(), terms.kl.sum(),
                                      -terms.expected_log_likelihood.sum(),
                                      torch.tensor(x.shape[0], device=self.device)]).double()

@@ -18,7 +18,8 @@ from vaelab.fit.runs import CONFIG_FILE, RunError, read_config, read_metrics, re
 from vaelab.infer.objectives import elbo_terms
 from vaelab.infer.schemes import build_inference
 from vaelab.measure.evaluate import LogLikelihoodEstimate, log_likelihood
-from vaelab.model.vae import VAE, build_vae
+from vaelab.model.masked import build_model
+from vaelab.model.vae import VAE
 
 
 class TrainedModel:
@@ -111,7 +112,7 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu") -> TrainedM
     if config.model.data_dim is None:
         raise RunError(f"config: {str(run_dir / CONFIG_FILE)!r} has no data_dim (not written "
                        f"by a training run)")
-    model = build_vae(config.model)
+    model = build_model(config.model)     # a MaskedVAE for runs on incomplete data
     read_model(run_dir, model)
     model.to(device).eval()
     return TrainedModel(model, config, run_dir, read_metrics(run_dir))

@@ -1,0 +1,165 @@
+"""A VAE for incomplete data: the encoder sees the zero-filled values and the mask (MIWAE).
+
+Mattei & Frellsen (2019), "MIWAE: Deep generative modelling and imputation of incomplete data
+sets", §3: with x = (x_obs, x_mis) and the mask m (True = observed here), the encoder reads
+ι(x) = [x ⊙ m, m] (missing values set to 0, the mask appended), q(z | x_obs) = family(net(ι(x))),
+and the decoder is the ordinary p_θ(x | z); only the observed entries enter the likelihood
+(``vaelab.infer.masked``). Missing entries are NaN everywhere in vaelab.
+
+Real-valued tables are standardized per column on their observed entries (mean and standard
+deviation, :func:`fit_standardization`); the two vectors live in the model's weights
+(``encoder.net.loc``/``scale``, saved with the run). The encoder sees (x − loc)/scale and the
+decoder's Gaussian is mapped back, p(x | z) = N(loc + scale·μ, (scale·σ)²), so every density,
+sample and imputation is on the data's own scale (the Jacobian is part of the density).
+With loc = 0, scale = 1 (binary and image data) both maps are the identity, bit for bit.
+Optional: a model of the missingness p(m | x) (``vaelab.model.missingness``, not-MIWAE).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributions import Distribution, Independent, Normal
+
+from vaelab import _checks
+from vaelab.config import ModelConfig
+from vaelab.model import missingness as missingness_
+from vaelab.model import nets
+from vaelab.model.vae import VAE, Encoder, build_vae
+
+MISSING_MODES = ("none", "mask")
+
+
+class MaskedInput(nn.Module):
+    """x [..., D] with NaN for missing → net([(x − loc)/scale ⊙ m, m]) (Mattei & Frellsen 2019).
+
+    ``loc`` and ``scale`` [D] are buffers (saved with the weights); ``net`` takes 2·D inputs.
+    """
+
+    def __init__(self, net: nn.Module, data_dim: int) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("loc", torch.zeros(data_dim))
+        self.register_buffer("scale", torch.ones(data_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        observed = ~torch.isnan(x)
+        values = torch.where(observed, (x - self.loc) / self.scale, torch.zeros_like(x))
+        return self.net(torch.cat([values, observed.to(x.dtype)], dim=-1))
+
+
+class MaskedVAE(VAE):
+    """A :class:`~vaelab.model.vae.VAE` whose encoder reads (values, mask); NaN = missing.
+
+    Args:
+        prior, decoder: as for VAE.
+        encoder: an Encoder whose ``net`` is a :class:`MaskedInput`.
+        missingness: None (MIWAE: missing at random) or a model of p(m | x) such as
+            :class:`~vaelab.model.missingness.SelfMasking` (not-MIWAE), fed standardized values.
+    """
+
+    def __init__(self, prior: nn.Module, decoder: nn.Module, encoder: Encoder,
+                 missingness: nn.Module | None = None) -> None:
+        super().__init__(prior, decoder, encoder)
+        if not isinstance(encoder.net, MaskedInput):
+            raise TypeError(f"encoder.net: expected a MaskedInput, got "
+                            f"{type(encoder.net).__name__}")
+        self.missingness = missingness
+
+    @property
+    def data_loc(self) -> torch.Tensor:
+        """Per-column mean of the observed training values, [D] (0 when not standardized)."""
+        return self.encoder.net.loc
+
+    @property
+    def data_scale(self) -> torch.Tensor:
+        """Per-column standard deviation of the observed training values, [D] (1: none)."""
+        return self.encoder.net.scale
+
+    def decode(self, z: torch.Tensor) -> Distribution:
+        """p(x | z) on the data's scale: a Gaussian is mapped back from standardized units."""
+        px = self.decoder(z)
+        base = getattr(px, "base_dist", None)
+        if type(px) is Independent and type(base) is Normal:
+            loc, scale = self.data_loc, self.data_scale
+            px = Independent(Normal(base.loc * scale + loc, base.scale * scale,
+                                    validate_args=False), 1, validate_args=False)
+        return px
+
+    def generative_parameters(self) -> list[nn.Parameter]:
+        """θ: prior, decoder and the missingness model (trained jointly, Ipsen et al. 2021)."""
+        extra = [] if self.missingness is None else list(self.missingness.parameters())
+        return [*super().generative_parameters(), *extra]
+
+    def missing_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of P(m_d = 1 (missing) | x) for values x [..., D] on the data's scale."""
+        if self.missingness is None:
+            raise ValueError("missing_model: this model has no missingness model "
+                             "(train with missing_model='self-masking')")
+        return self.missingness((x - self.data_loc) / self.data_scale)
+
+    def check_masked(self, x: object, name: str = "x") -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, D] with NaN for missing → (values with 0 for missing [B, D], observed bool)."""
+        return split_missing(x, self.data_dim, name, self.decoder.likelihood.check_support)
+
+    def encode(self, x: torch.Tensor) -> Distribution:
+        """q(z | x_obs) for x [B, D] with NaN marking missing entries: batch [B], event [L]."""
+        self.check_masked(x)
+        return self.encoder(x)
+
+
+def split_missing(x: object, data_dim: int, name: str = "x",
+                  check_support=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a batch with NaN for missing entries → (zero-filled values, observed mask).
+
+    Raises TypeError for a non-float tensor and ValueError for a wrong shape, ±inf, or observed
+    values outside the likelihood's support (``check_support(values, name)``).
+    """
+    x = _checks.tensor(name, x)
+    if x.dim() != 2 or x.shape[-1] != data_dim:
+        raise ValueError(f"{name}: expected shape [batch, {data_dim}], got {list(x.shape)}")
+    if bool(torch.isinf(x).any()):
+        raise ValueError(f"{name}: expected finite values or NaN (missing), got "
+                         f"{int(torch.isinf(x).sum())} infinite values")
+    observed = ~torch.isnan(x)
+    values = torch.where(observed, x, torch.zeros_like(x))
+    if check_support is not None and values.numel():
+        check_support(values, name)
+    return values, observed
+
+
+@torch.no_grad()
+def fit_standardization(model: MaskedVAE, x: torch.Tensor) -> None:
+    """Set the model's per-column loc/scale from the observed (non-NaN) entries of x [N, D].
+
+    Columns with fewer than 2 observed values or zero spread keep scale 1 (and loc = their
+    mean, or 0 when nothing is observed).
+    """
+    observed = ~torch.isnan(x)
+    count = observed.sum(0).to(torch.float64)
+    values = torch.where(observed, x, torch.zeros_like(x)).to(torch.float64)
+    mean = values.sum(0) / count.clamp_min(1)
+    var = (torch.where(observed, values - mean, torch.zeros_like(values)) ** 2).sum(0)
+    std = (var / (count - 1).clamp_min(1)).sqrt()
+    std = torch.where((count >= 2) & (std > 0), std, torch.ones_like(std))
+    model.encoder.net.loc.copy_(mean)
+    model.encoder.net.scale.copy_(std)
+
+
+def build_model(config: ModelConfig) -> VAE:
+    """``build_vae(config)``, or a :class:`MaskedVAE` when ``config.missing == "mask"``."""
+    if getattr(config, "missing", "none") == "none":
+        return build_vae(config)
+    if isinstance(config.latent_dim, tuple) or getattr(config, "net", "mlp") != "mlp":
+        raise ValueError("missing: 'mask' is implemented for one latent layer and MLP networks "
+                         f"(net='mlp'), got latent_dim={config.latent_dim!r}, "
+                         f"net={getattr(config, 'net', 'mlp')!r}")
+    model = build_vae(config)
+    encoder = model.encoder
+    d = config.data_dim
+    encoder.net = MaskedInput(nets.MLP(2 * d, config.hidden, encoder.family.param_size,
+                                       config.activation), d)
+    masked = MaskedVAE(model.prior_module, model.decoder, encoder,
+                       missingness_.build(getattr(config, "missing_model", "none"), d))
+    masked.config = config
+    return masked

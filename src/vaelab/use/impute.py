@@ -1,0 +1,215 @@
+"""Imputation: fill in the missing entries of x from a model trained on incomplete data.
+
+Mattei & Frellsen (2019), "MIWAE", §4: with K draws z_k ~ q(z | x_obs) and self-normalized
+importance weights w̃_k ∝ p(x_obs, z_k) / q(z_k | x_obs),
+
+* single imputation, the conditional mean: E[x_mis | x_obs] ≈ Σ_k w̃_k E[x_mis | z_k]
+  (consistent as K → ∞); for binary data the per-entry mode, 1{E[x_d | x_obs] > 1/2};
+* multiple imputation by sampling importance resampling: pick k with probability w̃_k, then
+  x_mis ~ p(x_mis | z_k); M independent picks give M draws from ≈ p(x_mis | x_obs).
+
+With a missingness model (not-MIWAE, Ipsen, Mattei & Frellsen 2021) the weights also carry
+log p(m | x_obs, x̃_mis,k) and the imputations are the weighted x̃_mis,k (E[x | z_k, m] for a
+Bernoulli decoder), i.e. draws from p(x_mis | x_obs, m). Observed entries are copied from the
+input, bit for bit; only NaN entries change. Shapes: x [N, D] (or [N, *image_shape]) →
+[N, D]-shaped like x, or [M, *x.shape] with ``draws=M``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.distributions import Distribution
+
+from vaelab import _checks
+from vaelab._files import atomic_write_bytes
+from vaelab.infer.masked import MissingLogits, check_mask, masked_draws
+from vaelab.model.masked import MaskedVAE
+from vaelab.model.vae import LatentVariableModel
+
+#: Rows per forward pass (each holds K × rows × D numbers).
+DEFAULT_BATCH = 128
+
+
+def impute_with(model: LatentVariableModel, q: Distribution, x: torch.Tensor,
+                mask: torch.Tensor, num_samples: int, *, draws: int | None = None,
+                missing_logits: MissingLogits | None = None,
+                binary: bool = False) -> torch.Tensor:
+    """Imputations of one batch from a given q(z | x_obs) (the generic core; any model).
+
+    Args:
+        model: a generative model whose decoder factorizes over D.
+        q: q(z | x_obs), batch [B], with rsample.
+        x: values [B, D] (anything finite where ``mask`` is False).
+        mask: bool [B, D], True = observed.
+        num_samples: K importance draws.
+        draws: None → the single imputation [B, D]; M → M SIR draws [M, B, D].
+        missing_logits: the missingness model's logits (not-MIWAE) or None.
+        binary: return the mode 1{mean > 1/2} (single imputation of binary data).
+
+    Returns the model's guesses for every entry; the caller keeps the observed ones.
+    """
+    check_mask(mask, x)
+    d = masked_draws(model, q, x, mask, num_samples, missing_logits=missing_logits,
+                     want_imputations=True)
+    weights = d.log_weights.detach().softmax(0)                     # [K, B]
+    if draws is None:
+        mean = (weights.unsqueeze(-1) * d.mean.detach()).sum(0)     # [B, D]
+        return (mean > 0.5).to(mean.dtype) if binary else mean
+    pick = torch.multinomial(weights.T, draws, replacement=True)   # [B, M]
+    rows = torch.arange(x.shape[0], device=x.device)
+    return d.sample.detach()[pick.T, rows]                          # [M, B, D]
+
+
+def _as_rows(model: MaskedVAE, x: object) -> tuple[torch.Tensor, tuple]:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    x = _checks.tensor("x", x)
+    shape = tuple(x.shape)
+    if x.dim() > 2:
+        x = x.reshape(x.shape[0], -1)
+    model.check_masked(x.to(torch.float32), "x")
+    return x, shape
+
+
+def impute(model: object, x: object, *, num_samples: int = 1000, draws: int | None = None,
+           binary: bool | None = None, seed: int | None = None,
+           batch_size: int = DEFAULT_BATCH) -> torch.Tensor | np.ndarray:
+    """Fill in the NaN entries of x with a model trained with ``missing="mask"``.
+
+    Args:
+        model: a :class:`~vaelab.model.masked.MaskedVAE` or a loaded run
+            (``vaelab.load(run)``, whose ``.model`` is one).
+        x: [N, D] or [N, *image_shape] floats (tensor or numpy) with NaN for missing entries.
+        num_samples: K importance draws per row (more: closer to the exact conditional mean).
+        draws: None → single imputation shaped like x; M → M imputations [M, *x.shape].
+        binary: the mode instead of the mean; None → when the likelihood is Bernoulli and
+            every observed value is 0 or 1.
+        seed: seed torch's RNG for the draws (None: the current global RNG).
+        batch_size: rows per forward pass.
+
+    Returns the same type and dtype as x; observed entries are x's own, bit for bit.
+    Raises TypeError/ValueError naming the argument (not a masked model, wrong shape, ±inf,
+    observed values outside the likelihood's support, bad num_samples/draws).
+    """
+    model = getattr(model, "model", model)
+    if not isinstance(model, MaskedVAE):
+        raise TypeError(f"model: expected a model trained with missing='mask' (a MaskedVAE or "
+                        f"its loaded run), got {type(model).__name__}")
+    num_samples = _checks.positive_int("num_samples", num_samples)
+    draws = None if draws is None else _checks.positive_int("draws", draws)
+    batch_size = _checks.positive_int("batch_size", batch_size)
+    as_numpy = isinstance(x, np.ndarray)
+    rows, shape = _as_rows(model, x)
+    if binary is None:
+        observed = rows[~torch.isnan(rows)]
+        binary = (model.decoder.likelihood.name == "bernoulli"
+                  and bool(((observed == 0) | (observed == 1)).all()))
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        if seed is not None:
+            torch.manual_seed(_checks.non_negative_int("seed", seed))
+        guesses = torch.cat([_impute_rows(model, part, num_samples, draws, binary)
+                             for part in rows.split(batch_size)], dim=-2)
+    filled = torch.where(~torch.isnan(rows), rows, guesses.to(rows.dtype))
+    filled = filled.reshape((draws, *shape) if draws is not None else shape)
+    return filled.numpy() if as_numpy else filled
+
+
+def _impute_rows(model: MaskedVAE, rows: torch.Tensor, num_samples: int, draws: int | None,
+                 binary: bool) -> torch.Tensor:
+    device = next(model.parameters()).device
+    x = rows.to(device, torch.float32)
+    observed = ~torch.isnan(x)
+    values = torch.where(observed, x, torch.zeros_like(x))
+    logits = model.missing_logits if model.missingness is not None else None
+    out = impute_with(model, model.encoder(x), values, observed, num_samples, draws=draws,
+                      missing_logits=logits, binary=binary)
+    return out.cpu()
+
+
+# --------------------------------------------------------------------------- files (CLI)
+
+TABLE_SUFFIXES = (".npy", ".csv")
+
+
+def _read_table(path: Path, flag: str) -> tuple[np.ndarray, str | None]:
+    """A .npy array or a .csv of numbers (optional header; empty cells → NaN), as float64."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag}: expected an existing .npy or .csv file, got "
+                                f"{str(path)!r}")
+    if path.suffix.lower() == ".npy":
+        array = np.load(path, allow_pickle=False)
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"{flag}: expected numbers, got dtype {array.dtype} in {path}")
+        return array, None
+    with open(path, encoding="utf-8") as handle:
+        first = handle.readline().strip()
+    header = None
+    try:
+        [float(v) for v in first.split(",") if v.strip()]
+    except ValueError:
+        header = first
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        table = np.genfromtxt(path, delimiter=",", skip_header=int(header is not None),
+                              ndmin=2, filling_values=np.nan, dtype=np.float64)
+    return table, header
+
+
+def _check_out(out: Path, draws: int | None) -> None:
+    suffix = out.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise ValueError(f"--out: expected a .npy or .csv file name, got {str(out)!r}")
+    if suffix == ".csv" and draws is not None:
+        raise ValueError(f"--out: a .csv holds one table; with --draws {draws} write a .npy "
+                         f"([M, N, D]), got {str(out)!r}")
+    if out.is_dir():
+        raise ValueError(f"--out: expected a file name, got the folder {str(out)!r}")
+    folder = out.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ValueError(f"--out: expected a file in an existing, writable folder, got "
+                         f"{str(out)!r}")
+
+
+def impute_file(trained: object, data: str | Path, out: str | Path, *,
+                draws: int | None = None, num_samples: int = 1000,
+                seed: int = 0) -> dict:
+    """``vaelab impute``: read ``data`` (.npy or .csv, NaN / empty cells missing), impute with
+    the loaded run ``trained``, write ``out`` (.npy: x's shape or [M, *x.shape]; .csv: the
+    single imputation, with the input's header), atomically. Everything is checked before
+    anything is computed. → a summary dict (rows, missing entries, output shape).
+    """
+    data, out = Path(data).expanduser(), Path(out).expanduser()
+    _check_out(out, draws)
+    if data.suffix.lower() not in TABLE_SUFFIXES:
+        raise ValueError(f"--data: expected a .npy or .csv file with NaN (or empty cells) "
+                         f"marking missing entries, got {str(data)!r}")
+    array, header = _read_table(data, "--data")
+    model = getattr(trained, "model", trained)
+    rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array[None]
+    if rows.shape[1] != getattr(model, "data_dim", rows.shape[1]):
+        raise ValueError(f"--data: expected {model.data_dim} values per row (the run's "
+                         f"data_dim), got {rows.shape[1]} in {data}")
+    filled = impute(trained, rows.astype(np.float64), num_samples=num_samples, draws=draws,
+                    seed=seed)
+    shape = array.shape if draws is None else (draws, *array.shape)
+    filled = filled.reshape(shape)
+    _write(out, filled, header)
+    return {"rows": int(rows.shape[0]), "missing": int(np.isnan(rows).sum()),
+            "shape": list(filled.shape), "out": str(out)}
+
+
+def _write(out: Path, filled: np.ndarray, header: str | None) -> None:
+    if out.suffix.lower() == ".npy":
+        buffer = io.BytesIO()
+        np.save(buffer, filled, allow_pickle=False)
+        atomic_write_bytes(out, buffer.getvalue())
+        return
+    lines = [] if header is None else [header]      # repr: the shortest exact decimal
+    lines += [",".join(map(repr, row)) for row in filled.reshape(filled.shape[0], -1).tolist()]
+    atomic_write_bytes(out, ("\n".join(lines) + "\n").encode("utf-8"))
