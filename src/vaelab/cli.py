@@ -718,7 +718,23 @@ def format_evaluation(r: dict) -> str:
     units = "n/a" if r["active_units"] is None else str(r["active_units"])
     lines.append(f"{'active units':<26}{units:>12}  of {r['latent_dim']} "
                  f"(Var_x E[z_u|x] > {r['active_threshold']})")
-    return "\n".join(lines + list(r.get("warnings", ())))
+    return "\n".join(lines + _layer_lines(r) + list(r.get("warnings", ())))
+
+
+def _layer_lines(r: dict) -> list[str]:
+    """A hierarchical model's rate and active units per latent layer, and a collapse warning."""
+    if "rate_per_layer" not in r:
+        return []
+    from vaelab.model.hierarchical import collapse_warning
+
+    lines = []
+    for i, (rate, au, size) in enumerate(zip(r["rate_per_layer"], r["active_units_per_layer"],
+                                             r["units_per_layer"], strict=True)):
+        se = "undefined" if rate["se"] is None else f"{rate['se']:.3f}"
+        lines.append(f"{f'  layer {i + 1} rate (nats)':<26}{rate['mean']:>12.3f}{se:>10}  "
+                     f"active units {'n/a' if au is None else au} of {size}")
+    warning = collapse_warning(r["collapsed_layers"], r["units_per_layer"])
+    return lines + ([] if warning is None else [warning])
 
 
 # --------------------------------------------------------------------------- pictures
@@ -764,6 +780,10 @@ def cmd_gaps(args: argparse.Namespace) -> int:
 
     trained = _load_run(args.run, args.device)
     _infer(trained)
+    if isinstance(trained.config.model.latent_dim, tuple):
+        raise ValueError("RUN: `gaps` is not available for a hierarchical model (--latent-dim "
+                         "with several layers): q* of the same bottom-up or ladder structure, "
+                         "fitted per example, is not implemented")
     out = _writable_dir(args.out or args.run, "--out")
     dataset, _ = _held_out(trained, args.data, args.split, args.seed, _printer(False))
     x = dataset.x[:args.limit].to(trained.device)

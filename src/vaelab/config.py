@@ -420,6 +420,11 @@ class RunConfig:
                              "family 'mixture' "
                              "(the stratified bound's DReG form is not derived); expected "
                              "'iwae' (stratified IWAE) or 'elbo'")
+        if isinstance(self.model.latent_dim, tuple) and self.train.inference != "amortized":
+            raise ValueError(f"inference (--inference): a hierarchical model (latent_dim "
+                             f"{list(self.model.latent_dim)}) is trained with its bottom-up or "
+                             f"ladder encoder; expected 'amortized', got "
+                             f"{self.train.inference!r}")
 
     def to_dict(self) -> dict:
         """``{"model": {...}, "train": {...}}``, JSON-serializable."""

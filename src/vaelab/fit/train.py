@@ -70,6 +70,7 @@ from vaelab.fit.resume import (
 from vaelab.fit.step import TrainStep, nan_to_none
 from vaelab.infer.objectives import elbo_terms
 from vaelab.infer.schemes import Inference, build_inference
+from vaelab.model.hierarchical import HierarchicalVAE, collapse_warning, layer_metrics
 from vaelab.model.vae import VAE, build_vae
 
 #: Validation rows per forward pass.
@@ -399,6 +400,25 @@ class _Trainer(Checkpointed):
         patience = self.tc.early_stopping_patience
         s.stopped_early = patience is not None and s.epochs_since_best >= patience
 
+    @torch.no_grad()
+    def _layer_metrics(self) -> dict:
+        """val_rate_per_layer / val_active_units_per_layer of a hierarchical model, else {}."""
+        if not isinstance(self.model, HierarchicalVAE) or self.val_x is None:
+            return {}
+        self.model.eval()
+        self.inference.eval()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.tc.seed + 7919)
+            qs = (self.inference(x, None) for x in self.val_x.split(VAL_BATCH_SIZE))
+            out = layer_metrics(self.model, qs, self.tc.num_samples, self.dist.all_reduce_sum)
+        warning = collapse_warning(
+            [i + 1 for i, a in enumerate(out.get("val_active_units_per_layer") or []) if a == 0],
+            self.model.sizes)
+        if warning is not None and self.dist.main and self.state.epoch == self.tc.epochs:
+            self.log(warning + " (validation set)")
+        return out
+
     def run_epoch(self) -> dict:
         """Train, validate, early-stopping bookkeeping, checkpoint, log; → the metrics row."""
         epoch, start = self.state.epoch, time.perf_counter()
@@ -416,6 +436,7 @@ class _Trainer(Checkpointed):
         row.pop("train_seconds")
         row = {k: nan_to_none(row[k]) if isinstance(row[k], float) else row[k]
                for k in METRIC_KEYS}
+        row.update(self._layer_metrics())      # a hierarchy: rate and active units per layer
         self._early_stopping(row["val_elbo"])
         self.state.metrics.append(row)
         self.save()

@@ -327,17 +327,21 @@ def free_bits_kl(q: Distribution, prior: Distribution, kl: torch.Tensor,
     is exactly that: dimension j contributes KL_bj when mean_b KL_bj ≥ λ and the constant λ
     (no gradient) otherwise. When q or p(z) does not factorize over dimensions (full
     covariance, mixtures, flows, learned mixture priors) the whole latent vector is one group
-    with threshold λ · L applied to ``kl`` [B]. The batch is what the caller passes (under
+    with threshold λ · L applied to ``kl`` [B], except a hierarchical q
+    (``vaelab.model.hierarchical``), whose groups are its latent layers: layer i's Monte Carlo
+    rate against λ · L_i. The batch is what the caller passes (under
     torchrun, one rank's shard).
     """
     if free_bits <= 0:
         return kl
     if _is_diagonal_normal(q) and _is_diagonal_normal(prior):
         groups, threshold = kl_divergence(q.base_dist, prior.base_dist), free_bits
+    elif hasattr(q, "free_bits_groups"):    # a hierarchy: one group per latent layer, λ · L_i
+        groups, threshold = q.free_bits_groups(prior, free_bits)
     else:
         groups, threshold = kl[:, None], free_bits * q.event_shape.numel()
     below = groups.detach().mean(0) < threshold
-    return torch.where(below, torch.full_like(groups, threshold), groups).sum(-1)
+    return torch.where(below, torch.zeros_like(groups) + threshold, groups).sum(-1)
 
 
 def path_log_prob(q: Distribution, z: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from torch.distributions import Distribution
 from vaelab import _checks
 from vaelab.infer.objectives import GenerativeModel, check_inputs, elbo_terms, log_weights
 from vaelab.measure import honest
+from vaelab.model import hierarchical
 
 #: Elements of the largest per-chunk tensor ([chunk, B, D]) when chunk_size is automatic.
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
@@ -131,9 +132,12 @@ def _batch_measures(model: GenerativeModel, infer: Callable[[torch.Tensor], Dist
     with torch.inference_mode():
         terms = elbo_terms(model, q, x, elbo_samples, validate=False)
         est = log_likelihood(model, q, x, num_samples, chunk_size)
+        layers = hierarchical.layer_rates(q, model.prior(), elbo_samples) if isinstance(
+            q, hierarchical.LayeredDistribution) else None     # per-layer rates, [B, n]
     return {"rate": terms.kl, "distortion": terms.distortion,
             "elbo": -(terms.kl + terms.distortion), "log_likelihood": est.log_likelihood,
-            "ll_stderr": est.stderr, "ess": est.ess, "q_mean": q.mean}
+            "ll_stderr": est.stderr, "ess": est.ess, "q_mean": q.mean,
+            **({} if layers is None else {"layer_rates": layers})}
 
 
 def _summary(values: torch.Tensor) -> dict:
@@ -369,6 +373,9 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
     measures = _measure_all(model, infer, x, batch_size, progress, num_samples=num_samples,
                             chunk_size=chunk_size, elbo_samples=elbo_samples)
     report = _report(measures, population, num_samples, elbo_samples, threshold)
+    if "layer_rates" in measures:    # a hierarchy: rate and active units per latent layer
+        report.update(hierarchical.layer_diagnostics(
+            model.sizes, measures["layer_rates"], measures["q_mean"], threshold))
     if per_example:
         report["per_example"] = {k: measures[k].double().tolist() for k in PER_EXAMPLE_KEYS}
     return honest.json_safe(_apply_meaning(

@@ -29,7 +29,7 @@ the active-unit count use.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -111,6 +111,12 @@ class LayeredDistribution(Distribution):
         for i in self.order:
             layers[i] = self.step(i, layers).mean.expand(*self.batch_shape, self.sizes[i])
         return torch.cat([layers[i] for i in range(len(self.sizes))], dim=-1)
+
+    def free_bits_groups(self, prior: LayeredDistribution, free_bits: float
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-layer free-bits groups for ``vaelab.infer.objectives.free_bits_kl``
+        (:func:`free_bits_groups`): rates [B, n] and thresholds λ · L_i [n]."""
+        return free_bits_groups(self, prior, free_bits)
 
     def layer_means(self) -> list[torch.Tensor]:
         """:attr:`mean` split by layer: [[*batch, L_i] for each layer]."""
@@ -366,18 +372,19 @@ def build_hierarchical(config, likelihood: likelihoods.Likelihood) -> Hierarchic
     sizes = tuple(config.latent_dim)
     hierarchy = _checks.one_of("hierarchy", config.hierarchy, HIERARCHIES)
     if config.family != "diagonal_normal":
-        raise ValueError(f"family: a hierarchical model (latent_dim {list(sizes)}) uses a "
-                         f"diagonal Normal per layer; expected 'diagonal_normal', "
+        raise ValueError(f"family (--family): a hierarchical model (latent_dim {list(sizes)}) "
+                         f"uses a diagonal Normal per layer; expected 'diagonal_normal', "
                          f"got {config.family!r}")
     hidden, act, width = tuple(config.hidden), config.activation, config.hidden[-1]
     conditionals = nn.ModuleList(
         GaussianConditional(above, (width, width), below, act, MIN_SCALE)
         for below, above in zip(sizes[:-1], sizes[1:], strict=True))
-    try:
-        top = priors_.PRIORS[config.prior](sizes[-1])
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"prior: {config.prior!r} cannot be the top prior of a hierarchical "
-                         f"model ({exc})") from None
+    if config.prior == "vamp":
+        raise ValueError("prior (--prior): 'vamp' needs an encoder of the top layer alone, which "
+                         "a hierarchical model does not have; expected standard_normal, "
+                         "learned_normal, mog or flow, got 'vamp'")
+    top = priors_.build(config.prior, sizes[-1], components=config.prior_components,
+                        flow_steps=config.prior_flow_steps)
     decoder_net = nets.MLP(sizes[0], tuple(reversed(hidden)),
                            config.data_dim * likelihood.params_per_dim, act)
     decoder = LikelihoodDecoder(decoder_net, likelihood, config.data_dim)
@@ -447,3 +454,80 @@ class LinearGaussianBottomUp(families_.Family):
 
     def config(self) -> dict:
         return {"name": self.name, "sizes": list(self.sizes), "min_scale": self.min_scale}
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def free_bits_groups(q: LayeredDistribution, prior: LayeredDistribution, free_bits: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Free bits per latent layer (Kingma et al. 2016, §C.8, one group per layer).
+
+    Returns (the Monte Carlo rate of every layer from one fresh draw of q, [B, n]; the
+    thresholds λ · L_i, [n]): a layer whose batch-mean rate is below λ · L_i costs the
+    constant λ · L_i (no gradient), so λ stays "nats per latent unit" as for one layer.
+    """
+    rates = layer_rates(q, prior, 1)
+    return rates, free_bits * torch.tensor(q.sizes, dtype=rates.dtype, device=rates.device)
+
+
+def active_units_per_layer(sizes: Sequence[int], q_means: torch.Tensor,
+                           threshold: float = 1e-2) -> list[int]:
+    """Active units of every layer: Var_x(E_q[z_u | x]) > threshold (Burda et al. 2016).
+
+    ``q_means`` [N ≥ 2, Σ L_i] (the plug-in means of q, :attr:`LayeredDistribution.mean`).
+    """
+    activity = q_means.double().var(0)
+    return [int((a > threshold).sum()) for a in activity.split(tuple(sizes))]
+
+
+def layer_diagnostics(sizes: Sequence[int], rates: torch.Tensor, q_means: torch.Tensor,
+                      threshold: float = 1e-2) -> dict:
+    """Per-layer report (JSON-ready) from per-example rates [N, n] and q means [N, Σ L].
+
+    ``rate_per_layer``: [{"mean", "se"}] in nats (Monte Carlo; the layers' rates sum to the
+    rate); ``active_units_per_layer`` and ``units_per_layer``: lists; ``collapsed_layers``:
+    1-based indices (bottom = 1) of layers with no active unit.
+    """
+    rates = rates.double()
+    n = rates.shape[0]
+    se = rates.std(0) / n**0.5 if n > 1 else torch.full((rates.shape[1],), float("nan"))
+    au = active_units_per_layer(sizes, q_means, threshold) if n > 1 else [None] * len(sizes)
+    return {"rate_per_layer": [{"mean": float(m), "se": float(s) if s == s else None}
+                               for m, s in zip(rates.mean(0), se, strict=True)],
+            "active_units_per_layer": au, "units_per_layer": list(sizes),
+            "collapsed_layers": [i + 1 for i, a in enumerate(au) if a == 0]}
+
+
+def collapse_warning(collapsed: Sequence[int], sizes: Sequence[int]) -> str | None:
+    """One line naming the latent layers with no active unit, or None."""
+    if not collapsed:
+        return None
+    names = ", ".join(f"layer {i} ({sizes[i - 1]} units)" for i in collapsed)
+    return (f"warning: latent {names} collapsed: no active unit (Var_x E_q[z_u|x] <= 0.01), "
+            f"so that layer carries no information about x; try a KL warm-up (--kl-schedule "
+            f"linear), free bits (--free-bits) or fewer layers")
+
+
+def layer_metrics(model: HierarchicalVAE, qs: Iterable[LayeredDistribution], num_samples: int,
+                  all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+    """Training-curve metrics of a hierarchy over batches of q (e.g. the validation set).
+
+    → ``{"val_rate_per_layer": [n floats, nats], "val_active_units_per_layer": [n ints]}``.
+    Rates are Monte Carlo (``num_samples`` draws) means over every example, summed across
+    processes by ``all_reduce_sum`` when given; active units use this process's examples.
+    """
+    sums, means = None, []
+    for q in qs:
+        rates = layer_rates(q, model.prior(), num_samples)
+        part = torch.cat([rates.sum(0), rates.new_tensor([rates.shape[0]])]).double()
+        sums = part if sums is None else sums + part
+        means.append(q.mean)
+    if sums is None:
+        return {}
+    if all_reduce_sum is not None:
+        sums = all_reduce_sum(sums)
+    means = torch.cat(means)
+    active = active_units_per_layer(model.sizes, means) if means.shape[0] > 1 else None
+    return {"val_rate_per_layer": (sums[:-1] / sums[-1]).tolist(),
+            "val_active_units_per_layer": active}

@@ -276,6 +276,8 @@ def write_curves(metrics: Sequence[dict], path: str | os.PathLike) -> Path:
                         label="train (mean over the epoch)" if split == "train"
                         else "validation (end of epoch)")
                 drawn = True
+        if name == "rate":       # a hierarchy: the validation rate of every latent layer
+            drawn = _layer_rate_curves(ax, metrics) or drawn
         ax.set(xlabel="epoch", title=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if drawn:
@@ -284,6 +286,18 @@ def write_curves(metrics: Sequence[dict], path: str | os.PathLike) -> Path:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         ax.grid(alpha=0.3)
     return save_figure(fig, path)
+
+
+def _layer_rate_curves(ax: Axes, metrics: Sequence[dict]) -> bool:
+    """Dotted validation-rate curves per latent layer (``val_rate_per_layer``); → drawn."""
+    rows = [(m["epoch"], m["val_rate_per_layer"]) for m in metrics
+            if isinstance(m, dict) and m.get("val_rate_per_layer") and "epoch" in m]
+    if not rows:
+        return False
+    for i in range(len(rows[0][1])):
+        ax.plot([e for e, _ in rows], [r[i] for _, r in rows], ":", marker="." if
+                len(rows) < 30 else None, label=f"validation, layer {i + 1}")
+    return True
 
 
 # --------------------------------------------------------------------------- latent space

@@ -1,0 +1,270 @@
+"""The neural hierarchy (vaelab.model.hierarchical): densities against scipy, the ladder merge,
+per-layer rates and free bits, the fast-path exclusions, config/CLI wiring, resume and load.
+
+Densities are recomputed from the networks' raw outputs with scipy.stats.norm in float64, so the
+layered q / prior and the model's log p(x, z) are checked against an independent formula.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import norm
+
+from vaelab.config import ModelConfig, RunConfig
+from vaelab.fit.step import TrainStep
+from vaelab.infer.objectives import elbo_terms, free_bits_kl, iwae_bound
+from vaelab.infer.schemes import Amortized
+from vaelab.model import _bernoulli_fast
+from vaelab.model import hierarchical as H
+from vaelab.model.vae import build_vae
+
+F64 = torch.float64
+
+
+def make(hierarchy: str, sizes=(6, 4, 3), data_dim: int = 12, prior: str = "standard_normal"):
+    torch.manual_seed(1)
+    cfg = ModelConfig(data_dim=data_dim, latent_dim=sizes, hidden=(16, 8),
+                      hierarchy=hierarchy, prior=prior)
+    return build_vae(cfg).double()
+
+
+def binary(n: int = 5, d: int = 12, seed: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, d, generator=g) > 0.5).to(F64)
+
+
+def raw_normal(raw: torch.Tensor, min_scale: float = H.MIN_SCALE):
+    loc, r = raw.chunk(2, -1)
+    return loc.detach().numpy(), (F.softplus(r) + min_scale).detach().numpy()
+
+
+def logpdf(z: torch.Tensor, loc, scale) -> np.ndarray:
+    return norm.logpdf(z.detach().numpy(), loc, scale).sum(-1)
+
+
+def test_bottom_up_q_density_matches_scipy():
+    m = make("bottom-up")
+    x = binary()
+    q = m.encode(x)
+    z = q.rsample((3,))
+    z1, z2, z3 = m.split(z)
+    expected = logpdf(z1, *raw_normal(m.encoder.first.net(x)))
+    expected += logpdf(z2, *raw_normal(m.encoder.upper[0].net(z1)))
+    expected += logpdf(z3, *raw_normal(m.encoder.upper[1].net(z2)))
+    np.testing.assert_allclose(q.log_prob(z).detach().numpy(), expected, rtol=0, atol=1e-10)
+    assert tuple(q.batch_shape) == (5,) and tuple(q.event_shape) == (13,)
+
+
+def _merged(ev_raw, p_raw):
+    (la, sa), (lb, sb) = raw_normal(ev_raw), raw_normal(p_raw)
+    prec = sa**-2 + sb**-2
+    return (la * sa**-2 + lb * sb**-2) / prec, prec**-0.5
+
+
+def test_ladder_q_density_is_the_precision_weighted_merge():
+    m = make("ladder")
+    x = binary()
+    q = m.encode(x)
+    z = q.rsample((3,))
+    z1, z2, z3 = m.split(z)
+    enc = m.encoder
+    h1 = enc.trunks[0](x)
+    h2 = enc.trunks[1](h1)
+    h3 = enc.trunks[2](h2)
+    expected = logpdf(z3, *raw_normal(enc.heads[2](h3)))
+    expected += logpdf(z2, *_merged(enc.heads[1](h2), m.conditionals[1].net(z3)))
+    expected += logpdf(z1, *_merged(enc.heads[0](h1), m.conditionals[0].net(z2)))
+    np.testing.assert_allclose(q.log_prob(z).detach().numpy(), expected, rtol=0, atol=1e-10)
+
+
+def test_merge_is_the_normalised_product_of_two_gaussians():
+    a = torch.distributions.Normal(torch.tensor(0.3, dtype=F64), torch.tensor(0.7, dtype=F64))
+    b = torch.distributions.Normal(torch.tensor(-1.1, dtype=F64), torch.tensor(1.9, dtype=F64))
+    c = H.merge_gaussians(a, b)
+    z = torch.linspace(-4, 4, 9, dtype=F64)
+    gap = c.log_prob(z) - a.log_prob(z) - b.log_prob(z)
+    const = -norm.logpdf(0.3, -1.1, math.hypot(0.7, 1.9))      # 1 / ∫ N(z; a) N(z; b) dz
+    np.testing.assert_allclose(gap.numpy(), const, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("hierarchy", ["bottom-up", "ladder"])
+def test_log_joint_matches_scipy_and_bernoulli(hierarchy):
+    m = make(hierarchy)
+    x = binary()
+    z = torch.randn(4, 5, 13, dtype=F64)
+    z1, z2, z3 = m.split(z)
+    expected = norm.logpdf(z3.numpy()).sum(-1)
+    expected += logpdf(z2, *raw_normal(m.conditionals[1].net(z3)))
+    expected += logpdf(z1, *raw_normal(m.conditionals[0].net(z2)))
+    logits = m.decoder.net(z1).detach().numpy()
+    xn = x.numpy()
+    expected += (xn * logits - np.logaddexp(0, logits)).sum(-1)
+    np.testing.assert_allclose(m.log_joint(x, z).detach().numpy(), expected, rtol=0, atol=1e-9)
+
+
+def test_mean_is_the_plug_in_path():
+    m = make("bottom-up")
+    x = binary()
+    mean = m.encode(x).mean
+    loc1 = m.encoder.first.net(x).chunk(2, -1)[0]
+    loc2 = m.encoder.upper[0].net(loc1).chunk(2, -1)[0]
+    loc3 = m.encoder.upper[1].net(loc2).chunk(2, -1)[0]
+    torch.testing.assert_close(mean, torch.cat([loc1, loc2, loc3], -1))
+
+
+def test_layer_rates_sum_to_the_monte_carlo_kl_of_the_same_draws():
+    m = make("ladder")
+    x = binary()
+    q = m.encode(x)
+    torch.manual_seed(7)
+    rates = m.layer_rates(q, 4)
+    torch.manual_seed(7)
+    kl = elbo_terms(m, q, x, 4, kl="mc").kl
+    assert rates.shape == (5, 3)
+    torch.testing.assert_close(rates.sum(-1), kl, rtol=0, atol=1e-10)
+
+
+def test_free_bits_are_applied_per_layer():
+    m = make("bottom-up")
+    x = binary(64)
+    q, prior = m.encode(x), m.prior()
+    kl = elbo_terms(m, q, x, 1, kl="mc").kl
+    assert torch.equal(free_bits_kl(q, prior, kl, 0.0), kl)
+    torch.manual_seed(3)
+    rates = H.layer_rates(q, prior, 1).detach()              # the groups free_bits_kl draws
+    lam = 0.5 * float(rates.mean(0)[0]) / 6                  # layer 1 stays above λ · 6
+    torch.manual_seed(3)
+    out = free_bits_kl(q, prior, kl, lam)
+    thresholds = lam * torch.tensor([6.0, 4.0, 3.0], dtype=F64)
+    below = rates.mean(0) < thresholds
+    assert not below[0]
+    expected = torch.where(below, thresholds.expand_as(rates), rates).sum(-1)
+    torch.testing.assert_close(out.detach(), expected, rtol=0, atol=1e-12)
+    big = free_bits_kl(q, prior, kl, 100.0)                  # every layer clamped: a constant
+    torch.testing.assert_close(big.detach(), torch.full_like(big, 100.0 * 13))
+    grads = torch.autograd.grad(big.sum(), list(m.encoder.parameters()), allow_unused=True,
+                                materialize_grads=True)
+    assert all(float(g.abs().sum()) == 0 for g in grads)
+
+
+def test_fast_paths_do_not_apply_and_a_step_trains_every_parameter():
+    m = make("ladder").float()
+    x = binary().float()
+    inference = Amortized(m.encoder)
+    assert not _bernoulli_fast.applies(m, m.encode(x), x)
+    step = TrainStep(m, inference, compile=False)
+    assert step._fast is None and step._grad is None
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    result = step(x)
+    assert not result.skipped and math.isfinite(result.elbo)
+    unchanged = [k for k, v in m.state_dict().items() if torch.equal(v, before[k])]
+    assert unchanged == []
+
+
+def test_iwae_bound_rises_with_k_on_average():
+    m = make("bottom-up")
+    x = binary(20).repeat(100, 1)                            # 100 replicates of 20 examples
+    torch.manual_seed(0)
+    with torch.no_grad():
+        q = m.encode(x)
+        l1, l20 = iwae_bound(m, q, x, 1), iwae_bound(m, q, x, 20)
+    diff = l20 - l1
+    assert float(diff.mean()) > 4 * float(diff.std()) / math.sqrt(diff.numel())
+
+
+def test_sample_is_ancestral_from_the_top():
+    m = make("bottom-up")
+    g = torch.Generator().manual_seed(4)
+    a = m.sample(3, generator=g)
+    g = torch.Generator().manual_seed(4)
+    b = m.sample(3, generator=g)
+    assert a.shape == (3, 12) and torch.equal(a, b)
+    assert set(a.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_top_prior_can_be_a_mixture():
+    m = make("ladder", prior="mog")
+    x = binary()
+    assert torch.isfinite(elbo_terms(m, m.encode(x), x, 2).elbo).all()
+
+
+def test_config_latent_sizes_round_trip_and_errors():
+    c = ModelConfig(latent_dim=[64, 32], hierarchy="ladder")
+    assert c.latent_dim == (64, 32)
+    assert ModelConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    assert ModelConfig(latent_dim=[7]).latent_dim == 7
+    with pytest.raises(ValueError, match="latent_dim"):
+        ModelConfig(latent_dim=[])
+    with pytest.raises(ValueError, match="latent_dim"):
+        ModelConfig(latent_dim=(4, 0))
+    with pytest.raises(ValueError, match="hierarchy"):
+        ModelConfig(latent_dim=(4, 2), hierarchy="sideways")
+    with pytest.raises(ValueError, match="--inference"):
+        RunConfig.from_dict({"latent_dim": [4, 2], "inference": "per-datapoint"})
+    with pytest.raises(ValueError, match="--family"):
+        build_vae(ModelConfig(data_dim=5, latent_dim=(4, 2), family="full_covariance_normal"))
+
+
+def test_layer_diagnostics_and_collapse_warning():
+    rates = torch.tensor([[1.0, 0.1], [3.0, 0.1]])
+    means = torch.tensor([[0.0, 1.0, 5.0], [1.0, -1.0, 5.0]])   # layer 2 (1 unit) constant
+    d = H.layer_diagnostics((2, 1), rates, means)
+    assert d["active_units_per_layer"] == [2, 0] and d["collapsed_layers"] == [2]
+    assert d["rate_per_layer"][0] == {"mean": 2.0, "se": pytest.approx(1.0)}
+    assert "layer 2 (1 units) collapsed" in H.collapse_warning([2], (2, 1))
+    assert H.collapse_warning([], (2, 1)) is None
+
+
+# --------------------------------------------------------------------------- CLI, resume, load
+
+TRAIN = ["--limit", "256", "--batch-size", "64", "--latent-dim", "8,4", "--hierarchy",
+         "ladder", "--hidden", "32", "--quiet"]
+
+
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+    from vaelab import cli
+
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _fashion_mnist() -> bool:
+    from vaelab import data
+
+    return any((d / "t10k-images-idx3-ubyte.gz").is_file()
+               for d in data.search_dirs("fashion-mnist"))
+
+
+@pytest.mark.skipif(not _fashion_mnist(), reason="Fashion-MNIST is not installed")
+def test_cli_train_resume_evaluate_load(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    import vaelab
+
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert _cli(capsys, "train", "--out", whole, "--epochs", "2", *TRAIN)[0] == 0
+    assert _cli(capsys, "train", "--out", part, "--epochs", "1", *TRAIN)[0] == 0
+    assert _cli(capsys, "train", "--resume", part, "--epochs", "2", "--quiet")[0] == 0
+    a, b = load_file(whole / "model.safetensors"), load_file(part / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert [len(r["val_rate_per_layer"]) for r in rows] == [2, 2]
+    assert all(len(r["val_active_units_per_layer"]) == 2 for r in rows)
+    assert math.isclose(sum(rows[-1]["val_rate_per_layer"]), rows[-1]["val_rate"], rel_tol=0.5)
+    code, out, _ = _cli(capsys, "evaluate", whole, "--k", "5", "--limit", "20", "--quiet")
+    assert code == 0 and "layer 2 rate" in out
+    report = json.loads((whole / "eval.json").read_text())
+    assert len(report["rate_per_layer"]) == 2 and report["units_per_layer"] == [8, 4]
+    trained = vaelab.load(whole)
+    assert isinstance(trained.model, H.HierarchicalVAE) and trained.model.sizes == (8, 4)
+    assert trained.encode(torch.zeros(3, 784)).mean.shape == (3, 12)
+    assert trained.sample(2).shape == (2, 784)
+    code, _, err = _cli(capsys, "gaps", whole)
+    assert code != 0 and "hierarchical" in err and "Traceback" not in err
