@@ -525,9 +525,28 @@ def _read_npy(path: Path, split: str, mmap: bool = False) -> tuple[np.ndarray, N
     """A .npy file → (data, no labels), memory-mapped read-only with ``mmap``; never unpickles."""
     _whole_file_only(split, path)
     try:
+        _check_npy_size(path)
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None), None
-    except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"{path}: expected a readable .npy array, got an error: {err}") from err
+    except (ValueError, OSError, EOFError, MemoryError) as err:
+        raise ValueError(f"{path}: expected a readable .npy array, got an error: "
+                         f"{' '.join(str(err).split()) or type(err).__name__}") from err
+
+
+def _check_npy_size(path: Path) -> None:
+    """ValueError when a .npy header declares more data than the file holds (a truncated or
+    forged header would otherwise make numpy allocate it all before failing)."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            return                                   # numpy's own error follows
+        shape, _, dtype = read_header(handle)
+        available = path.stat().st_size - handle.tell()
+    needed = math.prod(shape) * dtype.itemsize
+    if not dtype.hasobject and needed > available:
+        raise ValueError(f"the header declares shape {shape} of {dtype} ({needed} bytes) but "
+                         f"the file holds {available} bytes after it (truncated or corrupt)")
 
 
 def _npz_keys(keys: list[str], split: str, path: Path) -> tuple[str, str | None]:
@@ -552,10 +571,15 @@ def _read_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: expected a readable .npz archive, got an error: {err}") from err
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, MemoryError) as err:
+        raise ValueError(f"{path}: expected a readable .npz archive, got an error: "
+                         f"{' '.join(str(err).split()) or type(err).__name__}") from err
     if not arrays:
         raise ValueError(f"{path}: expected at least one array, got an empty .npz archive")
+    foreign = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))
+    if foreign:                          # np.load returns members that are not .npy as bytes
+        raise ValueError(f"{path}: expected .npy arrays in the archive, got other files "
+                         f"{foreign}")
     x_key, y_key = _npz_keys(sorted(arrays), split, path)
     return arrays[x_key], None if y_key is None else arrays[y_key]
 
