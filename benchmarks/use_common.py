@@ -20,8 +20,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def train_model(out: Path, seed: int, epochs: int, **train_options) -> torch.nn.Module:
-    """Train the default 784-512-256-20 Bernoulli VAE (dynamic binarization) → model (eval)."""
-    model_options = train_options.pop("model", {})
+    """Train a 784-256-16 Bernoulli MLP VAE (small: the machine is shared) → model (eval)."""
+    model_options = {"hidden": [256], "latent_dim": 16, **train_options.pop("model", {})}
     config = RunConfig.from_dict({"model": model_options, "train": {
         "epochs": epochs, "seed": seed, "compile": False, "device": "cpu", **train_options}})
     start = time.perf_counter()

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_complete(commands)
     _add_impute(commands)
     _add_figures(commands)
+    _add_score(commands)
+    _add_encode(commands)
+    _add_cluster(commands)
     _add_report(commands)
     _add_runs(commands)
     return parser
@@ -168,6 +171,14 @@ def _add_train(commands) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--limit", type=positive_int, metavar="N",
                    help="use only the first N training examples")
+    p.add_argument("--classes", type=class_list, metavar="C,C,...",
+                   help="train only on examples of these classes (one-class anomaly detection)")
+    p.add_argument("--background-of", type=Path, metavar="RUN", help="train RUN's config on "
+                   "inputs with a fraction --perturb-fraction of pixels replaced by noise: the "
+                   "background model of `vaelab score --background` (Ren et al. 2019)")
+    p.add_argument("--perturb-fraction", type=non_negative_float, metavar="MU",
+                   help="fraction of input values replaced by uniform noise (default 0; 0.2 "
+                        "with --background-of)")
     p.add_argument("--val-fraction", type=fraction, metavar="F",
                    help="fraction of the training examples held out (seeded) for the "
                         "validation ELBO and early stopping (default 0.05; 0: none)")
@@ -514,7 +525,8 @@ def _train_overrides(args: argparse.Namespace) -> dict:
                       "missing": args.missing, "missing_model": args.missing_model},
             "train": {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
                       "lr": args.lr, "binarize": args.binarize, "seed": args.seed,
-                      "device": args.device, "limit": args.limit, "inference": args.inference,
+                      "device": args.device, "limit": args.limit, "classes": args.classes,
+                      "perturb_fraction": args.perturb_fraction, "inference": args.inference,
                       "val_fraction": args.val_fraction,
                       "schedule": args.schedule, "phi_steps": args.phi_steps,
                       "phi_lr": args.phi_lr,
@@ -530,10 +542,28 @@ def _train_config(args: argparse.Namespace, run_dir: Path):
     base: dict = {}
     if args.resume is not None:
         base = config_.load_config_file(run_dir / "config.json")
+    if args.background_of is not None:
+        base = _background_base(args, config_)
     if args.config is not None:
         base = config_.merge(base, config_.load_config_file(args.config))
     merged = config_.merge(base, _train_overrides(args))
     return config_.RunConfig.from_dict(merged)
+
+
+def _background_base(args: argparse.Namespace, config_) -> dict:
+    """--background-of RUN: RUN's config, perturbed inputs (μ = --perturb-fraction or 0.2)."""
+    if args.resume is not None:
+        raise UsageError("--background-of and --resume: expected at most one of them, got both")
+    if not (args.background_of / "config.json").is_file():
+        raise ValueError(f"--background-of: expected a run directory written by `vaelab "
+                         f"train`, got {str(args.background_of)!r} (no config.json)")
+    base = config_.load_config_file(args.background_of / "config.json")
+    if args.perturb_fraction is None:
+        args.perturb_fraction = 0.2
+    if args.perturb_fraction == 0:
+        raise ValueError("--perturb-fraction: a background model needs perturbed inputs, "
+                         "expected a number in (0, 1), got 0")
+    return base
 
 
 def _default_out() -> Path:
@@ -861,6 +891,357 @@ def cmd_figures(args: argparse.Namespace) -> int:
     out = _writable_dir(args.out, "--out")
     for path in figures.make_all(out, small=args.small):
         print(f"wrote {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- score, encode, cluster
+
+SCORE_CHOICES = ("elbo", "log-likelihood", "input-complexity", "likelihood-ratio", "regret")
+
+
+def class_list(text: str) -> tuple[int, ...]:
+    """``"0,1"`` → (0, 1); every label an integer >= 0."""
+    try:
+        labels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        labels = ()
+    if not labels or min(labels) < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated class labels >= 0 such as 0,1, got {text!r}")
+    return labels
+
+
+def _add_score(commands) -> None:
+    p = commands.add_parser(
+        "score", help="anomaly / out-of-distribution scores, one row per example",
+        description="Score every example for anomaly (higher = more anomalous): neg_elbo, nll "
+        "(−log p̂(x), importance sampled, with its SE), input_complexity (−log₂ p̂(x) minus the "
+        "PNG/zlib length in bits, Serrà et al. 2020), neg_llr (log p̂_background − log p̂, Ren "
+        "et al. 2019; needs --background), regret (ELBO gain of re-fitting q to the example, "
+        "Xiao et al. 2020). Writes a CSV; with labels (1 = anomalous) also AUROC, AUPRC, FPR "
+        "at 95% TPR (a JSON beside the CSV) and an ROC figure.")
+    p.add_argument("run", type=Path, metavar="RUN")
+    _add_run_data(p)
+    p.add_argument("--score", nargs="+", choices=SCORE_CHOICES, metavar="NAME",
+                   help=f"scores to compute, from {', '.join(SCORE_CHOICES)} (default: all; "
+                        "likelihood-ratio only with --background)")
+    p.add_argument("--labels", type=Path, metavar="FILE", help="0 (normal) or 1 (anomalous) "
+                   "per example, in a .npy, .txt or .csv file")
+    p.add_argument("--normal-classes", type=class_list, metavar="C,C,...", help="labels from "
+                   "the data's own classes: 0 for these classes, 1 for every other")
+    p.add_argument("--background", type=Path, metavar="RUN", help="the background model of "
+                   "likelihood-ratio (trained by `vaelab train --background-of RUN`)")
+    p.add_argument("--out", type=Path, metavar="FILE.csv", help="default: RUN/scores.csv")
+    p.add_argument("--roc", type=Path, metavar="FILE.png",
+                   help="ROC figure with labels (default: <out>-roc.png)")
+    p.add_argument("--k", type=positive_int, metavar="K", default=100,
+                   help="importance samples per example (default 100)")
+    p.add_argument("--regret-steps", type=positive_int, metavar="N", default=100,
+                   help="most Adam steps re-fitting q for regret (default 100)")
+    p.add_argument("--limit", type=non_negative_int, metavar="N", default=0,
+                   help="score the first N examples, 0 = all (default 0)")
+    p.add_argument("--seed", type=non_negative_int, metavar="N", default=0,
+                   help="seeds the binarization of the data and the sampling")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_score)
+
+
+def _add_encode(commands) -> None:
+    p = commands.add_parser("encode", help="latent codes of data as a .npy array",
+                            description="Encode data with the run's q(z | x) and write an N × L "
+                            "float32 array: posterior means E_q[z | x], or one draw each with "
+                            "--sample (a hierarchical run: every layer, concatenated bottom "
+                            "to top).")
+    p.add_argument("run", type=Path, metavar="RUN")
+    _add_run_data(p)
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.npy")
+    p.add_argument("--sample", action="store_true", help="draw z ~ q(z | x) instead of its mean")
+    p.add_argument("--limit", type=non_negative_int, metavar="N", default=0,
+                   help="encode the first N examples, 0 = all (default 0)")
+    p.add_argument("--seed", type=non_negative_int, metavar="N", default=0)
+    p.set_defaults(func=cmd_encode)
+
+
+def _add_cluster(commands) -> None:
+    p = commands.add_parser(
+        "cluster", help="clusters in latent space, scored against class labels",
+        description="Cluster the codes E_q[z | x]: k-means (scikit-learn), or the mixture "
+        "prior's responsibilities p(c | z) for a run trained with --prior mog (as VaDE). With "
+        "labels (--labels, else the data's own) prints accuracy under the best one-to-one "
+        "cluster → class map, NMI, ARI and the linear-probe accuracy of the codes.")
+    p.add_argument("run", type=Path, metavar="RUN")
+    _add_run_data(p)
+    p.add_argument("--labels", type=Path, metavar="FILE",
+                   help="integer class per example (.npy, .txt, .csv); default: the data's own")
+    p.add_argument("--clusters", type=positive_int, metavar="K",
+                   help="k-means clusters (default: the number of classes, else 10)")
+    p.add_argument("--method", choices=("auto", "kmeans", "prior"), default="auto",
+                   help="auto: prior for a --prior mog run, else kmeans")
+    p.add_argument("--limit", type=non_negative_int, metavar="N", default=0,
+                   help="the first N examples, 0 = all (default 0)")
+    p.add_argument("--seed", type=non_negative_int, metavar="N", default=0)
+    p.add_argument("--out", type=Path, metavar="FILE.csv",
+                   help="also write each example's cluster (and label)")
+    p.set_defaults(func=cmd_cluster)
+
+
+def _out_path(path: Path, suffix: str, flag: str) -> Path:
+    """``path`` checked to end in ``suffix``, not a folder, in a writable folder."""
+    if path.suffix.lower() != suffix or path.is_dir():
+        raise ValueError(f"{flag}: expected a {suffix} file name, got {str(path)!r}")
+    _writable_dir(path.parent, flag)
+    return path
+
+
+def _read_labels(path: Path, flag: str):
+    """One number per example from a .npy (never unpickled), .txt or .csv file → array [N]."""
+    import warnings
+
+    import numpy as np
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # an empty file: reported by the caller
+            if path.suffix.lower() == ".npy":
+                values = np.load(path, allow_pickle=False)
+            else:
+                values = np.loadtxt(path, ndmin=1,
+                                    delimiter="," if path.suffix.lower() == ".csv" else None)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{flag}: cannot read one number per example from {str(path)!r}: "
+                         f"{_one_line(exc)}") from None
+    values = values.reshape(-1) if values.ndim == 2 and 1 in values.shape else values
+    if values.ndim != 1:
+        raise ValueError(f"{flag}: expected one value per example, got shape "
+                         f"{list(values.shape)} from {str(path)!r}")
+    return values
+
+
+def _examples(args: argparse.Namespace, trained):
+    """The data a use-command works on: (Dataset, split), the first --limit rows."""
+    dataset, split = _held_out(trained, args.data, args.split, args.seed, _printer(False))
+    if args.limit:
+        dataset = dataset.subset(slice(0, args.limit))
+    return dataset, split
+
+
+def _anomaly_labels(args: argparse.Namespace, dataset):
+    """0/1 labels from --labels or --normal-classes (None without either), checked."""
+    from vaelab.use.detect import check_labels
+
+    if args.labels is not None and args.normal_classes is not None:
+        raise UsageError("--labels and --normal-classes: expected at most one, got both")
+    if args.labels is not None:
+        values = _read_labels(args.labels, "--labels")
+        return check_labels(values, len(dataset), "--labels")
+    if args.normal_classes is None:
+        return None
+    if dataset.labels is None:
+        raise ValueError(f"--normal-classes: expected data with class labels, got "
+                         f"{dataset.name!r}, which has none; pass --labels FILE")
+    import torch
+
+    normal = torch.isin(dataset.labels, torch.tensor(args.normal_classes))
+    return check_labels((~normal).long().numpy(), len(dataset), "--normal-classes")
+
+
+def _score_names(args: argparse.Namespace) -> tuple[str, ...]:
+    if args.score is None:
+        names = [n for n in SCORE_CHOICES if n != "likelihood-ratio" or args.background]
+        return tuple(names)
+    if "likelihood-ratio" in args.score and args.background is None:
+        raise ValueError("--score likelihood-ratio: needs --background RUN (a model trained "
+                         "by `vaelab train --background-of RUN`), got none")
+    return tuple(dict.fromkeys(args.score))
+
+
+def _background_model(args: argparse.Namespace, trained, note: Callable):
+    background = _load_run(args.background, args.device)
+    if background.model.data_dim != trained.model.data_dim:
+        raise ValueError(f"--background: expected a model of {trained.model.data_dim} values "
+                         f"per example (RUN's), got {background.model.data_dim}")
+    if background.config.train.perturb_fraction == 0:
+        note(f"note: {args.background} was not trained on perturbed inputs "
+             f"(perturb_fraction 0); Ren et al.'s background model is")
+    return background.model, background.model.encoder
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """``vaelab score``: anomaly scores per example → CSV; metrics and ROC with labels."""
+    import torch
+
+    from vaelab.use import scores as scores_
+
+    note = _printer(False)
+    trained = _load_run(args.run, args.device)
+    _infer(trained)
+    names = _score_names(args)
+    out = _out_path(args.out or args.run / "scores.csv", ".csv", "--out")
+    roc = _out_path(args.roc or out.with_name(out.stem + "-roc.png"), ".png", "--roc")
+    background = (_background_model(args, trained, note) if "likelihood-ratio" in names
+                  else None)
+    dataset, _ = _examples(args, trained)
+    labels = _anomaly_labels(args, dataset)
+    options = scores_.ScoreOptions(num_samples=args.k, regret_steps=args.regret_steps)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        columns = scores_.anomaly_scores(
+            trained.model, dataset.x.to(trained.device), names, background=background,
+            image_shape=trained.config.model.image_shape, options=options,
+            progress=None if args.quiet or not sys.stderr.isatty() else _progress("score"))
+    _write_scores_csv(out, columns, labels)
+    print(f"wrote {out}: {len(dataset)} rows, columns {', '.join(columns)} "
+          "(higher = more anomalous)")
+    _likelihood_note(trained, dataset.x, note)
+    if labels is not None:
+        _report_detection(out, roc, names, columns, labels, dataset.name)
+    return 0
+
+
+def _progress(desc: str) -> Callable:
+    from tqdm.auto import tqdm
+
+    return lambda items: tqdm(items, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+
+
+def _likelihood_note(trained, x, note: Callable) -> None:
+    from vaelab.measure.evaluate import likelihood_meaning
+
+    meaning = likelihood_meaning(trained.model, x)
+    if meaning["meaning"] == "score":
+        note(f"note: nll is not −log p(x) here: {meaning['note']}")
+
+
+def _write_scores_csv(path: Path, columns: dict, labels) -> None:
+    from vaelab._files import atomic_write_bytes
+
+    names = list(columns)
+    header = ["index", *(["label"] if labels is not None else []), *names]
+    lines = [",".join(header)]
+    for i in range(len(next(iter(columns.values())))):
+        cells = [str(i), *([str(int(labels[i]))] if labels is not None else [])]
+        lines.append(",".join(cells + [repr(float(columns[n][i])) for n in names]))
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def _report_detection(out: Path, roc: Path, names, columns: dict, labels, data: str) -> None:
+    """Print and write (JSON beside the CSV) each score's metrics; draw the ROC figure."""
+    import numpy as np
+
+    from vaelab._files import atomic_write_json
+    from vaelab.show.roc import write_roc
+    from vaelab.use.detect import anomaly_metrics, roc_points
+    from vaelab.use.scores import SCORE_COLUMNS
+
+    results, curves = {}, {}
+    print(f"{'score':<18}{'column':<18}{'AUROC':>8}{'AUPRC':>8}{'FPR@95%TPR':>12}")
+    for name in names:
+        values = columns[SCORE_COLUMNS[name]]
+        if np.isnan(values).any():
+            results[name] = {"undefined": f"{int(np.isnan(values).sum())} NaN scores"}
+            print(f"{name:<18}{SCORE_COLUMNS[name]:<18}{'undefined':>8}  "
+                  f"({results[name]['undefined']})")
+            continue
+        m = results[name] = anomaly_metrics(values, labels)
+        print(f"{name:<18}{SCORE_COLUMNS[name]:<18}{m['auroc']:>8.3f}{m['auprc']:>8.3f}"
+              f"{m['fpr_at_95_tpr']:>12.3f}")
+        curves[name] = (*roc_points(values, labels), m["auroc"])
+    print(f"{int(labels.sum())} anomalous and {int((labels == 0).sum())} normal examples")
+    metrics = atomic_write_json(out.with_suffix(".json"), {"data": data, "metrics": results})
+    written = [str(metrics)]
+    if curves:
+        written.append(str(write_roc(roc, curves, f"ROC on {data}")))
+    print("wrote " + "  ".join(written))
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    """``vaelab encode``: codes E_q[z | x] (or draws) of the data → an N × L .npy array."""
+    import io
+
+    import numpy as np
+    import torch
+
+    from vaelab._files import atomic_write_bytes
+    from vaelab.use.encode import encode
+
+    trained = _load_run(args.run, args.device)
+    _infer(trained)
+    out = _out_path(args.out, ".npy", "--out")
+    dataset, _ = _examples(args, trained)
+    z = encode(trained.encode, dataset.x, sample=args.sample,
+               generator=torch.Generator().manual_seed(args.seed))
+    buffer = io.BytesIO()
+    np.save(buffer, z.detach().cpu().numpy().astype(np.float32), allow_pickle=False)
+    atomic_write_bytes(out, buffer.getvalue())
+    what = "one draw z ~ q(z | x)" if args.sample else "posterior means E_q[z | x]"
+    layers = trained.config.model.latent_dim
+    layers = f" (layers {list(layers)}, bottom first)" if isinstance(layers, tuple) else ""
+    print(f"wrote {out}: {z.shape[0]} × {z.shape[1]} float32, {what}{layers}")
+    return 0
+
+
+def _cluster_labels(args: argparse.Namespace, dataset):
+    if args.labels is None:
+        return None if dataset.labels is None else dataset.labels.numpy()
+    values = _read_labels(args.labels, "--labels")
+    if values.shape[0] != len(dataset) or not (values == values.round()).all():
+        raise ValueError(f"--labels: expected {len(dataset)} integer class labels, one per "
+                         f"example, got {values.shape[0]} values from {str(args.labels)!r}")
+    return values.astype("int64")
+
+
+def _assign(args: argparse.Namespace, trained, z, labels):
+    """(method, number of clusters, assignments [N]) for the codes z [N, L]."""
+    from vaelab.use import cluster
+
+    method = args.method
+    if method == "auto":
+        method = "prior" if trained.config.model.prior == "mog" else "kmeans"
+    if method == "prior":
+        prior = trained.model.prior()
+        if not cluster.is_mixture(prior):
+            raise ValueError(f"--method prior: expected a run trained with --prior mog, got "
+                             f"prior {trained.config.model.prior!r}; use --method kmeans")
+        resp = cluster.prior_responsibilities(prior, z)
+        if args.clusters is not None and args.clusters != resp.shape[1]:
+            raise ValueError(f"--clusters: the run's mixture prior has {resp.shape[1]} "
+                             f"components, got {args.clusters}; drop --clusters")
+        return "mixture prior p(c | z)", resp.shape[1], resp.argmax(1).cpu().numpy()
+    import numpy as np
+
+    k = args.clusters or (len(np.unique(labels)) if labels is not None else 10)
+    return "k-means", k, cluster.kmeans(z.cpu().numpy(), k, seed=args.seed)
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """``vaelab cluster``: clusters of E_q[z | x]; metrics against class labels."""
+    import numpy as np
+
+    from vaelab.use import cluster
+    from vaelab.use.encode import encode
+
+    trained = _load_run(args.run, args.device)
+    _infer(trained)
+    out = None if args.out is None else _out_path(args.out, ".csv", "--out")
+    dataset, _ = _examples(args, trained)
+    labels = _cluster_labels(args, dataset)
+    z = encode(trained.encode, dataset.x)
+    method, k, assignments = _assign(args, trained, z, labels)
+    print(f"{len(dataset)} examples of {dataset.name}, {method}: {k} clusters, "
+          f"{len(np.unique(assignments))} used")
+    if labels is not None:
+        m = cluster.cluster_metrics(labels, assignments)
+        probe = cluster.linear_probe_accuracy(z.cpu().numpy(), labels, seed=args.seed)
+        print(f"accuracy (best one-to-one map) {m['accuracy']:.4f}  NMI {m['nmi']:.4f}  "
+              f"ARI {m['ari']:.4f}  linear-probe accuracy (5-fold) {probe:.4f}")
+    if out is not None:
+        from vaelab._files import atomic_write_bytes
+
+        rows = ["index,cluster" + (",label" if labels is not None else "")]
+        rows += [f"{i},{c}" + (f",{labels[i]}" if labels is not None else "")
+                 for i, c in enumerate(assignments)]
+        atomic_write_bytes(out, ("\n".join(rows) + "\n").encode())
+        print(f"wrote {out}")
     return 0
 
 

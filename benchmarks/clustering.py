@@ -1,0 +1,108 @@
+"""Clustering Fashion-MNIST in latent space (issue 14), over several seeds, beside pixel k-means.
+
+Per seed: k-means (K = 10, scikit-learn) on the test images' grey pixels, on their PCA
+projection to the latent dimension, and on the posterior means E_q[z | x] of a standard-prior
+VAE; and a VAE trained with the mixture-of-Gaussians prior (``prior="mog"``, 10 components)
+whose own assignments argmax_c p(c | z = E_q[z | x]) are the clusters (as VaDE / GMVAE), plus
+k-means on its codes. Scores against the true classes: accuracy under the best one-to-one
+cluster → class map (Hungarian), NMI, ARI; and the 5-fold linear-probe accuracy of each
+representation. The VAEs read statically binarized images (as ``vaelab cluster``); pixels and
+PCA read grey levels. Reported as mean ± sd over seeds.
+
+Run: ``nice -n 10 .venv/bin/python benchmarks/clustering.py`` (results in
+benchmarks/results/clustering.{json,txt}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from use_common import machine, train_model, write
+from vaelab import data
+from vaelab.use import cluster
+from vaelab.use.encode import encode
+
+METHODS = ("k-means on pixels", "k-means on PCA", "k-means on VAE codes",
+           "k-means on mog-VAE codes", "mog prior assignments")
+
+
+def _row(labels, assignments, codes=None, seed: int = 0) -> dict:
+    row = cluster.cluster_metrics(labels, assignments)
+    if codes is not None:
+        row["probe"] = cluster.linear_probe_accuracy(codes, labels, seed=seed)
+    return row
+
+
+def one_seed(args, seed: int, work: Path) -> dict:
+    from sklearn.decomposition import PCA
+
+    test = data.load_dataset("fashion-mnist", "test").subset(slice(0, args.n_test))
+    labels = test.labels.numpy()
+    grey = test.x.numpy()
+    x = data.static_binarize(test, seed).x
+    pca = PCA(args.latent, random_state=seed).fit_transform(grey)
+    rows = {"k-means on pixels": _row(labels, cluster.kmeans(grey, 10, seed=seed, n_init=3)),
+            "k-means on PCA": _row(labels, cluster.kmeans(pca, 10, seed=seed), pca, seed)}
+    options = {"limit": args.n_train, "model": {"latent_dim": args.latent}}
+    vae = train_model(work / f"std-{seed}", seed, args.epochs, **options)
+    z = encode(vae.encoder, x).numpy()
+    rows["k-means on VAE codes"] = _row(labels, cluster.kmeans(z, 10, seed=seed), z, seed)
+    options["model"] |= {"prior": "mog", "prior_components": 10}
+    mog = train_model(work / f"mog-{seed}", seed, args.epochs, **options)
+    zm = encode(mog.encoder, x)
+    rows["k-means on mog-VAE codes"] = _row(labels, cluster.kmeans(zm.numpy(), 10, seed=seed),
+                                            zm.numpy(), seed)
+    assign = cluster.prior_responsibilities(mog.prior(), zm).argmax(1).numpy()
+    rows["mog prior assignments"] = _row(labels, assign) | {
+        "clusters_used": int(len(np.unique(assign)))}
+    return rows
+
+
+def _table(per_seed: list[dict]) -> str:
+    lines = ["Clustering Fashion-MNIST test images (10 classes): mean ± sd over "
+             f"{len(per_seed)} seeds",
+             f"{'method':<28}{'accuracy':>16}{'NMI':>16}{'ARI':>16}{'linear probe':>16}"]
+    for method in METHODS:
+        cells = []
+        for key in ("accuracy", "nmi", "ari", "probe"):
+            values = [rows[method][key] for rows in per_seed if key in rows[method]]
+            cells.append(f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+                         if len(values) > 1 else (f"{values[0]:.3f}" if values else "—"))
+        lines.append(f"{method:<28}" + "".join(f"{c:>16}" for c in cells))
+    used = [rows["mog prior assignments"]["clusters_used"] for rows in per_seed]
+    lines.append(f"mog prior: clusters used per seed {used}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--n-train", type=int, default=20000)
+    p.add_argument("--n-test", type=int, default=5000)
+    p.add_argument("--latent", type=int, default=10)
+    args = p.parse_args()
+    start, per_seed = time.perf_counter(), []
+    settings = dict(vars(args))
+    with tempfile.TemporaryDirectory() as work:
+        for seed in range(args.seeds):
+            torch.manual_seed(seed)
+            per_seed.append(one_seed(args, seed, Path(work)))
+            print(f"seed {seed}: {per_seed[-1]}", flush=True)
+            seconds = round(time.perf_counter() - start)
+            table = _table(per_seed) + (
+                f"\nsettings: {settings}; 784-256-L Bernoulli VAEs (L = --latent), {seconds} s "
+                f"on {machine()}\ncommand: nice -n 10 .venv/bin/python benchmarks/clustering.py "
+                + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items()))
+            write("clustering", {"settings": settings, "seconds": seconds, "machine": machine(),
+                                 "per_seed": per_seed}, table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""``vaelab train --classes / --background-of``, ``score``, ``encode`` and ``cluster`` end to end.
+
+Tiny runs on real Fashion-MNIST (400 trouser images, one epoch, 32 hidden units) through
+``cli.main`` in-process. The files written are checked against independent recomputations
+(sklearn's roc_auc_score on the CSV's own columns, the reloaded encoder's means), and every
+bad input must give one ``vaelab: error`` line naming the flag, a non-zero exit and no file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from vaelab import cli, data
+from vaelab.use import scores
+from vaelab.use.trained import load
+
+pytestmark = pytest.mark.skipif(
+    not any((d / "t10k-images-idx3-ubyte.gz").is_file() or (d / "t10k-images-idx3-ubyte").is_file()
+            for d in data.search_dirs("fashion-mnist")),
+    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+
+TINY = ["--limit", "400", "--epochs", "1", "--hidden", "32", "--latent-dim", "3", "--quiet",
+        "--compile", "off", "--device", "cpu"]
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("use")
+    paths = {"run": folder / "run", "bg": folder / "bg", "mog": folder / "mog"}
+    assert cli.main(["train", "--classes", "1", "--out", str(paths["run"]), *TINY]) == 0
+    assert cli.main(["train", "--background-of", str(paths["run"]), "--out",
+                     str(paths["bg"]), "--quiet"]) == 0
+    assert cli.main(["train", "--prior", "mog", "--prior-components", "3", "--out",
+                     str(paths["mog"]), *TINY]) == 0
+    return paths
+
+
+def test_classes_and_background_of_are_recorded(runs):
+    config = json.loads((runs["run"] / "config.json").read_text())
+    assert config["train"]["classes"] == [1] and config["train"]["perturb_fraction"] == 0
+    assert config["dataset"]["num_train"] + config["dataset"]["num_val"] == 400
+    background = json.loads((runs["bg"] / "config.json").read_text())
+    assert background["train"]["perturb_fraction"] == 0.2
+    for key in ("classes", "limit", "epochs", "seed"):
+        assert background["train"][key] == config["train"][key]
+    assert background["model"] == config["model"]
+
+
+def test_train_classes_keeps_only_those_rows():
+    train = data.load_dataset("fashion-mnist", "train")
+    chosen = data.select_classes(train, [1, 7])
+    assert set(chosen.labels.unique().tolist()) == {1, 7}
+    assert len(chosen) == int(((train.labels == 1) | (train.labels == 7)).sum())
+    with pytest.raises(ValueError, match=r"classes: expected labels present .* got \[11\]"):
+        data.select_classes(train, [1, 11])
+
+
+def test_perturb_replaces_about_mu_of_the_values_with_uniform_noise():
+    x = 0.25 + 0.5 * torch.rand(200, 50, generator=torch.Generator().manual_seed(0))
+    x[0, 0], x[0, 1] = 0.0, 1.0                        # the range [lo, hi] of x is [0, 1]
+    ds = data.Dataset(x, None, None, "u")
+    noisy = data.perturb(ds, 0.2, seed=3).x
+    changed = noisy != x
+    assert abs(changed.float().mean().item() - 0.2) < 0.015   # 10,000 draws: sd 0.004
+    replaced = noisy[changed]                                  # U[0, 1]: a quarter below 0.25
+    assert 0 <= replaced.min() and replaced.max() <= 1
+    assert abs((replaced < 0.25).float().mean().item() - 0.25) < 0.04
+    assert torch.equal(data.perturb(ds, 0.3, seed=1).x, data.perturb(ds, 0.3, seed=1).x)
+    assert data.perturb(ds, 0.0, seed=1) is ds
+    with pytest.raises(ValueError, match="perturb_fraction: expected a number in"):
+        data.perturb(ds, 1.0, seed=1)
+
+
+def test_score_writes_csv_metrics_and_roc(runs, tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    code, stdout, err = run_cli(capsys, "score", runs["run"], "--limit", "200", "--k", "10",
+                                "--regret-steps", "5", "--normal-classes", "1", "--background",
+                                runs["bg"], "--out", out)
+    assert code == 0, err
+    table = np.genfromtxt(out, delimiter=",", names=True)
+    assert table.shape == (200,)
+    test = data.load_dataset("fashion-mnist", "test").labels[:200].numpy()
+    np.testing.assert_array_equal(table["label"], (test != 1).astype(int))
+    metrics = json.loads(out.with_suffix(".json").read_text())["metrics"]
+    assert set(metrics) == set(scores.SCORE_NAMES)
+    for name, column in scores.SCORE_COLUMNS.items():
+        assert metrics[name]["auroc"] == pytest.approx(roc_auc_score(table["label"],
+                                                                     table[column]))
+    assert (tmp_path / "s-roc.png").is_file()
+    assert "likelihood-ratio  neg_llr" in stdout
+    # a trouser model: inverted-looking classes aside, the ELBO alone separates classes well
+    assert metrics["elbo"]["auroc"] > 0.7
+
+
+def test_score_with_a_labels_file_and_a_subset_of_scores(runs, tmp_path, capsys):
+    labels = np.r_[np.zeros(10), np.ones(10)].astype(np.int64)
+    np.save(tmp_path / "l.npy", labels)
+    code, stdout, err = run_cli(capsys, "score", runs["run"], "--limit", "20", "--k", "5",
+                                "--score", "elbo", "--labels", tmp_path / "l.npy",
+                                "--out", tmp_path / "t.csv")
+    assert code == 0, err
+    header = (tmp_path / "t.csv").read_text().splitlines()[0]
+    assert header == "index,label,neg_elbo"
+
+
+@pytest.mark.parametrize("extra, message, exit_code", [
+    (["--score", "likelihood"], "argument --score: invalid choice: 'likelihood'", 2),
+    (["--score", "likelihood-ratio"], "--score likelihood-ratio: needs --background", 1),
+    (["--labels", "LABELS3"], "--labels: expected one label per example, shape (20,), got "
+     "shape (3,)", 1),
+    (["--labels", "LABELS2"], "--labels: expected 0 (normal) or 1 (anomalous)", 1),
+    (["--labels", "LABELS2", "--normal-classes", "1"], "--labels and --normal-classes", 2),
+    (["--normal-classes", "1,x"], "argument --normal-classes: expected comma-separated", 2),
+    (["--out", "OUT.txt"], "--out: expected a .csv file name", 1),
+])
+def test_score_errors_name_the_flag_and_write_nothing(runs, tmp_path, capsys, extra, message,
+                                                      exit_code):
+    np.savetxt(tmp_path / "three.txt", [0, 1, 1])
+    np.savetxt(tmp_path / "twos.csv", np.r_[np.zeros(10), 2 * np.ones(10)])
+    swap = {"LABELS3": tmp_path / "three.txt", "LABELS2": tmp_path / "twos.csv",
+            "OUT.txt": tmp_path / "o.txt"}
+    extra = [swap.get(a, a) for a in extra]
+    argv = ["score", runs["run"], "--limit", "20", "--k", "2", *extra]
+    if "--out" not in extra:
+        argv += ["--out", tmp_path / "never.csv"]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == exit_code
+    assert err.startswith("vaelab: error: ") and message in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["three.txt", "twos.csv"]
+
+
+def test_background_of_refuses_resume_and_a_missing_run(runs, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--background-of", runs["run"], "--resume",
+                           runs["bg"])
+    assert code == 2 and "--background-of and --resume" in err
+    code, _, err = run_cli(capsys, "train", "--background-of", tmp_path / "none", "--out",
+                           tmp_path / "x")
+    assert code == 1 and "--background-of: expected a run directory" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_encode_writes_the_encoder_means_and_seeded_draws(runs, tmp_path, capsys):
+    code, stdout, _ = run_cli(capsys, "encode", runs["run"], "--limit", "50", "--out",
+                              tmp_path / "z.npy")
+    assert code == 0 and "50 × 3 float32, posterior means" in stdout
+    z = np.load(tmp_path / "z.npy")
+    test = data.static_binarize(data.load_dataset("fashion-mnist", "test"), 0).x[:50]
+    expected = load(runs["run"]).encode(test).mean.numpy()
+    np.testing.assert_allclose(z, expected, rtol=1e-5, atol=1e-6)
+    for name in ("a", "b"):
+        assert run_cli(capsys, "encode", runs["run"], "--limit", "50", "--sample", "--seed",
+                       "4", "--out", tmp_path / f"{name}.npy")[0] == 0
+    a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+    assert np.array_equal(a, b) and not np.allclose(a, z)
+    code, _, err = run_cli(capsys, "encode", runs["run"], "--out", tmp_path / "z.txt")
+    assert code == 1 and "--out: expected a .npy file name" in err
+
+
+def test_cluster_kmeans_and_the_mixture_prior(runs, tmp_path, capsys):
+    code, stdout, err = run_cli(capsys, "cluster", runs["run"], "--limit", "300", "--out",
+                                tmp_path / "c.csv")
+    assert code == 0, err
+    assert "k-means: 10 clusters" in stdout and "NMI" in stdout and "linear-probe" in stdout
+    table = np.genfromtxt(tmp_path / "c.csv", delimiter=",", names=True, dtype=np.int64)
+    test = data.load_dataset("fashion-mnist", "test").labels[:300].numpy()
+    assert (table["label"] == test).all() and set(table["cluster"]) <= set(range(10))
+    code, stdout, err = run_cli(capsys, "cluster", runs["mog"], "--limit", "300")
+    assert code == 0, err
+    assert "mixture prior p(c | z): 3 clusters" in stdout
+    code, _, err = run_cli(capsys, "cluster", runs["run"], "--method", "prior", "--limit", "30")
+    assert code == 1 and "--method prior: expected a run trained with --prior mog" in err
+    code, _, err = run_cli(capsys, "cluster", runs["mog"], "--clusters", "5", "--limit", "30")
+    assert code == 1 and "--clusters: the run's mixture prior has 3 components, got 5" in err
+
+
+def test_cli_score_names_match_the_library():
+    assert cli.SCORE_CHOICES == scores.SCORE_NAMES
