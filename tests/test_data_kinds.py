@@ -97,7 +97,7 @@ def test_channels_last_colour_arrays_are_transposed(tmp_path):
 
 
 def test_sklearn_colour_patches_load_as_8_bit_images(tmp_path):
-    from sklearn.datasets import load_sample_images    # a dependency (pyproject.toml)
+    from sklearn.datasets import load_sample_images  # a dependency (pyproject.toml)
 
     images = np.stack(load_sample_images().images)      # 2 × 427 × 640 × 3 uint8
     patches = images[:, :64, :96].reshape(2, 2, 32, 3, 32, 3).transpose(0, 1, 3, 2, 4, 5)

@@ -17,6 +17,8 @@ from vaelab.measure.evaluate import evaluate_model, likelihood_meaning
 from vaelab.model import likelihoods
 from vaelab.model.vae import build_vae
 
+pytestmark = pytest.mark.usefixtures("one_thread")   # small tensors, shared cores
+
 #: The rule, written out: (likelihood, data kind) → meaning; every other pair is a score.
 EXPECTED = {
     ("bernoulli", "binary"): "probability",
