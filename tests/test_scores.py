@@ -217,6 +217,8 @@ def test_scoring_needs_what_each_score_needs():
         anomaly_scores(model, x, ["likelihood-ratio"], encoder=exact_encoder(model))
     with pytest.raises(ValueError, match="encoder: scoring new data needs q"):
         anomaly_scores(model, x, ["elbo"])
+    with pytest.raises(ValueError, match="score: regret re-fits q's parameters"):
+        anomaly_scores(model, x, ["regret"], encoder=model.posterior)
 
 
 # --------------------------------------------------------------------------- real data

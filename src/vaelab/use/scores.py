@@ -190,6 +190,9 @@ def anomaly_scores(model, x: torch.Tensor, names: Sequence[str], *, encoder=None
     if "likelihood-ratio" in names and background is None:
         raise ValueError("background: the likelihood-ratio score needs a background model "
                          "(train one with `vaelab train --background-of RUN`), got None")
+    if "regret" in names and not (hasattr(encoder, "net") and hasattr(encoder, "family")):
+        raise ValueError(f"score: regret re-fits q's parameters, so it needs an encoder of the "
+                         f"form family(net(x)), got {type(encoder).__name__}")
     x = model.check_data(x, "x")
     starts = range(0, x.shape[0], options.batch_size)
     parts: dict[str, list[torch.Tensor]] = {}
