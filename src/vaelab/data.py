@@ -451,12 +451,6 @@ MISSING_HINT = ("; to train on incomplete data (NaN or empty CSV cells marking m
                 "allow_missing=True))")
 
 
-#: How to opt in to missing values (issue 15), appended to the errors about NaN / empty cells.
-MISSING_HINT = ("; to train on incomplete data (NaN or empty CSV cells marking missing entries) "
-                "pass --missing mask to vaelab train (Python: load_dataset(..., "
-                "allow_missing=True))")
-
-
 def _check_finite(flat: np.ndarray, shape: tuple[int, ...], where: str) -> None:
     """Raise ValueError with the count and first index (in ``shape``) of non-finite values."""
     bad = ~np.isfinite(flat)
@@ -767,36 +761,6 @@ def load_dataset(source: str | os.PathLike = DEFAULT_DATASET, split: str = "trai
         labels = None if dataset.labels is None else dataset.labels.clone()
         dataset = replace(dataset, x=dataset.x.clone(), labels=labels)  # free the full arrays
     return dataset
-
-
-def _load_with_missing(path: Path, split: str, label_column: str | int | None) -> Dataset:
-    """User data where NaN (or an empty CSV cell) marks a missing entry → float32 with NaN.
-
-    The observed values follow the module's rule (the kind is that of the observed values:
-    missing entries are read as 0 for it, a value every kind contains). ±inf stays an error.
-    """
-    suffix = path.suffix.lower()
-    if suffix == ".csv" and path.is_file():
-        _whole_file_only(split, path)
-        header = _csv_header(path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            table = np.genfromtxt(path, delimiter=",", skip_header=int(header is not None),
-                                  ndmin=2, filling_values=np.nan)
-        x, labels = table, None
-        if label_column is not None and table.size:
-            col = _label_index(label_column, header, table.shape[1], path)
-            x, labels = np.delete(table, col, axis=1), table[:, col]
-    elif path.is_file() and suffix in (".npy", ".npz"):
-        x, labels = _read_npy(path, split) if suffix == ".npy" else _read_npz(path, split)
-    else:
-        return _load_path(path, split, label_column)
-    x = np.asarray(x)
-    missing = np.isnan(x) if x.dtype.kind == "f" else np.zeros(x.shape, bool)
-    ds = _arrays_to_dataset(np.where(missing, 0, x), labels, path.stem, str(path))
-    values = ds.x.to(torch.float32)
-    values[torch.from_numpy(missing.reshape(values.shape))] = math.nan
-    return replace(ds, x=values)
 
 
 def _load_with_missing(path: Path, split: str, label_column: str | int | None) -> Dataset:
