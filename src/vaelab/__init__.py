@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # what static tools see; at run time the names resolve lazily
     from vaelab.measure.evaluate import LogLikelihoodEstimate, evaluate_model, log_likelihood
     from vaelab.measure.gaps import GapReport, report_gaps
     from vaelab.model.vae import VAE, Decoder, Encoder, LatentVariableModel, build_vae
+    from vaelab.use.impute import impute
     from vaelab.use.trained import TrainedModel, load
 
 __version__ = "0.1.0"
@@ -43,6 +44,7 @@ _EXPORTS = {
     "vaelab.measure.evaluate": ("LogLikelihoodEstimate", "evaluate_model", "log_likelihood"),
     "vaelab.measure.gaps": ("GapReport", "report_gaps"),
     "vaelab.model.vae": ("VAE", "Decoder", "Encoder", "LatentVariableModel", "build_vae"),
+    "vaelab.use.impute": ("impute",),
     "vaelab.use.trained": ("TrainedModel", "load"),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -84,6 +86,7 @@ __all__ = [
     "elbo",
     "elbo_terms",
     "evaluate_model",
+    "impute",
     "iwae_bound",
     "load",
     "load_dataset",
