@@ -304,7 +304,24 @@ def _add_evaluate(commands) -> None:
                    help="seeds the binarization of the test data and the sampling")
     p.add_argument("--out", type=Path, metavar="FILE.json", help="also write the results here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_estimator(p)
     p.set_defaults(func=cmd_evaluate)
+
+
+def _add_estimator(p: argparse.ArgumentParser) -> None:
+    """--estimator, --proposal, --ais-steps, --chains, --leapfrog (vaelab.measure.estimators)."""
+    p.add_argument("--estimator", choices=("is", "ais", "bdmc"), default="is",
+                   help="log p(x) by importance sampling (default), annealed importance "
+                   "sampling with HMC, or AIS plus a BDMC sandwich on simulated data")
+    p.add_argument("--proposal", choices=("encoder", "refined", "mixture"),
+                   help="IS proposal: the encoder's q (default), q refined per example, or "
+                   "the mixture 1/2 refined + 1/2 encoder (--estimator is only)")
+    p.add_argument("--ais-steps", type=positive_int, metavar="T",
+                   help="AIS intermediate distributions (default 100)")
+    p.add_argument("--chains", type=positive_int, metavar="C",
+                   help="AIS chains per example (default 16)")
+    p.add_argument("--leapfrog", type=positive_int, metavar="L",
+                   help="leapfrog steps per HMC transition (default 10)")
 
 
 def _add_sample(commands) -> None:
@@ -690,6 +707,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from vaelab.measure.evaluate import evaluate_model
 
     note = _printer(False)
+    estimator = _estimator(args)
     trained = _load_run(args.run, args.device)
     infer = _infer(trained)
     targets = _eval_targets(args, note)
@@ -699,16 +717,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
-        result = evaluate_model(trained.model, dataset.x.to(trained.device), num_samples=args.k,
+        result = evaluate_model(trained.model, dataset.x.to(trained.device),
+                                num_samples=estimator.draws, seed=args.seed,
+                                estimator=None if estimator.is_plain else estimator,
                                 batch_size=args.batch_size, limit=args.limit or None,
                                 data_kind=dataset.kind,
                                 infer=infer, progress=not args.quiet and sys.stderr.isatty())
     result = {"run": str(args.run), "data": dataset.name, "split": split,
               "binarized": trained.config.train.binarize != "none", "seed": args.seed,
-              "seconds": round(time.perf_counter() - start, 2), **result}
+              "seconds": round(time.perf_counter() - start, 2),
+              "estimator": estimator.describe(), **result, **_sandwich(trained, estimator, args)}
+    from vaelab.measure import shard
+
+    if not shard.is_main_process():   # torchrun: every rank computed; rank 0 reports
+        return 0
     for path in targets:
         runs.atomic_write_json(path, result)
     print(_with_meaning(format_evaluation(result), result))
+    print(_estimator_lines(result))
     print("written: " + "  ".join(str(p) for p in targets))
     return 0
 
@@ -723,6 +749,50 @@ def _with_meaning(table: str, r: dict) -> str:
     elif meaning.get("meaning") == "density":
         table = table.replace("log p(x) (nats)", "log density (nats)")
     return table + (f"\nnote: {meaning['note']}" if meaning else "")
+
+
+def _estimator(args: argparse.Namespace):
+    """The log p(x) estimator of ``vaelab evaluate`` from its flags, checked."""
+    from vaelab.measure.estimators import Estimator
+
+    if args.proposal not in (None, "encoder") and args.estimator != "is":
+        raise ValueError(f"--proposal: applies to --estimator is only, got --proposal "
+                         f"{args.proposal} with --estimator {args.estimator}")
+    given = [flag for flag, value in (("--ais-steps", args.ais_steps), ("--chains", args.chains),
+                                      ("--leapfrog", args.leapfrog)) if value is not None]
+    if given and args.estimator == "is":
+        raise ValueError(f"{given[0]}: applies to --estimator ais or bdmc, got --estimator is")
+    return Estimator(args.estimator, args.proposal or "encoder", num_samples=args.k,
+                     steps=args.ais_steps or 100, chains=args.chains or 16,
+                     leapfrog=args.leapfrog or 10)
+
+
+def _estimator_lines(r: dict) -> str:
+    """What estimated log p(x) (and, for bdmc, the sandwich), in one or two lines."""
+    e = r["estimator"]
+    cost = e["cost_per_example"]
+    what = (f"IS, {e['proposal']} proposal, k = {e['num_samples']}" if e["name"] == "is" else
+            f"AIS from q, T = {e['steps']} steps, C = {e['chains']} chains "
+            f"(\"k\" above = C), L = {e['leapfrog']} leapfrog")
+    lines = [f"log p(x) estimator: {what}; a stochastic lower bound; per example "
+             f"{cost['forward']} log p(x,z) evaluations + {cost['gradient']} with gradient"]
+    if "bdmc" in r:
+        b = r["bdmc"]
+        lines.append(f"BDMC on {b['num_examples']} simulated examples: lower "
+                     f"{b['lower']['mean']:.3f}, upper {b['upper']['mean']:.3f}, gap "
+                     f"{b['gap']['mean']:.3f} nats (max {b['gap']['max']:.3f})")
+    return "\n".join(lines)
+
+
+def _sandwich(trained, estimator, args: argparse.Namespace) -> dict:
+    """``bdmc``: the sandwich on as many simulated examples as were evaluated (at most 100)."""
+    if estimator.name != "bdmc":
+        return {}
+    from vaelab.measure.estimators import simulated_sandwich
+
+    n = min(args.limit or 100, 100)
+    return {"bdmc": simulated_sandwich(trained.model, n, estimator, seed=args.seed,
+                                       batch_size=args.batch_size)}
 
 
 def format_evaluation(r: dict) -> str:

@@ -26,7 +26,7 @@ from torch.distributions import Distribution
 
 from vaelab import _checks
 from vaelab.infer.objectives import GenerativeModel, check_inputs, elbo_terms, log_weights
-from vaelab.measure import honest
+from vaelab.measure import honest, shard
 from vaelab.model import hierarchical
 
 #: Elements of the largest per-chunk tensor ([chunk, B, D]) when chunk_size is automatic.
@@ -121,7 +121,8 @@ def active_units(q_means: torch.Tensor, threshold: float = 1e-2) -> tuple[int, t
 
 def _batch_measures(model: GenerativeModel, infer: Callable[[torch.Tensor], Distribution],
                     x: torch.Tensor, num_samples: int, chunk_size: int | None,
-                    elbo_samples: int) -> dict[str, torch.Tensor]:
+                    elbo_samples: int, estimator: Callable | None = None
+                    ) -> dict[str, torch.Tensor]:
     """Per-example measures of one batch x [B, D]: each value a tensor [B] (q_mean [B, L]).
 
     q = infer(x) runs under ``no_grad`` only (a refining q, e.g. semi-amortized, needs
@@ -131,7 +132,8 @@ def _batch_measures(model: GenerativeModel, infer: Callable[[torch.Tensor], Dist
         q = infer(x)
     with torch.inference_mode():
         terms = elbo_terms(model, q, x, elbo_samples, validate=False)
-        est = log_likelihood(model, q, x, num_samples, chunk_size)
+        est = (log_likelihood(model, q, x, num_samples, chunk_size) if estimator is None
+               else estimator(model, q, x))   # vaelab.measure.estimators (AIS, proposals)
         layers = hierarchical.layer_rates(q, model.prior(), elbo_samples) if isinstance(
             q, hierarchical.LayeredDistribution) else None     # per-layer rates, [B, n]
     return {"rate": terms.kl, "distortion": terms.distortion,
@@ -301,7 +303,8 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
                    limit: int | None = None, elbo_samples: int = 10,
                    infer: Callable[[torch.Tensor], Distribution] | None = None,
                    threshold: float = 1e-2, per_example: bool = False,
-                   progress: bool = False, data_kind: str | None = None) -> dict:
+                   progress: bool = False, data_kind: str | None = None,
+                   estimator: Callable | None = None, seed: int | None = None) -> dict:
     """The test protocol on data x [N, D]: ELBO, rate, distortion, log p(x), bits/dim, AU.
 
     Per example i (batched over data, chunked over samples, under ``torch.inference_mode``
@@ -333,11 +336,18 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
         per_example: also return ``"per_example"``: {elbo, rate, distortion, log_likelihood,
             ll_stderr, ess} as lists over the n rows (e.g. log p̂(x) as anomaly scores).
         progress: show a tqdm progress bar on stderr.
+        estimator: ``estimator(model, q, x) → LogLikelihoodEstimate`` replacing encoder-q
+            importance sampling per batch (``vaelab.measure.estimators.Estimator``: IS with a
+            refined or mixture proposal, AIS); None: :func:`log_likelihood` with q.
+        seed: seed every batch from (seed, its first row) and shard the batches over torchrun
+            ranks, gathering the results (``vaelab.measure.shard``): the same numbers on any
+            number of processes. None: one process, the global random state.
         data_kind: the kind of x (``vaelab.data.DATA_KINDS``), None: inferred from x. With the
             likelihood it decides what log p̂ means (:func:`likelihood_meaning`, recorded as
             ``likelihood_meaning``): bits/dim are reported only for a probability or a bound
             on one (binary or 8-bit data), not for a density and not for an unnormalised score
             (e.g. Bernoulli on grey levels), where ``nll_bits_per_dim`` holds None with why.
+
     Returns:
         A JSON-serializable dict (nats per example unless said otherwise)::
 
@@ -370,8 +380,14 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
     batch_size = _checks.positive_int("batch_size", batch_size)
     threshold = _checks.positive_float("threshold", threshold)
     infer = model.encode if infer is None else infer
-    measures = _measure_all(model, infer, x, batch_size, progress, num_samples=num_samples,
-                            chunk_size=chunk_size, elbo_samples=elbo_samples)
+    options = dict(num_samples=num_samples, chunk_size=chunk_size, elbo_samples=elbo_samples,
+                   estimator=estimator)
+    if seed is None:
+        measures = _measure_all(model, infer, x, batch_size, progress, **options)
+    else:   # seeded per batch, sharded over torchrun ranks (vaelab.measure.shard)
+        measures = shard.measure_batches(
+            lambda a, b: _batch_measures(model, infer, x[a:b], **options), x.shape[0],
+            batch_size, _checks.non_negative_int("seed", seed), progress)
     report = _report(measures, population, num_samples, elbo_samples, threshold)
     if "layer_rates" in measures:    # a hierarchy: rate and active units per latent layer
         report.update(hierarchical.layer_diagnostics(
@@ -380,3 +396,4 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
         report["per_example"] = {k: measures[k].double().tolist() for k in PER_EXAMPLE_KEYS}
     return honest.json_safe(_apply_meaning(
         _add_bits_per_dim(report, x.shape[1]), likelihood_meaning(model, x, data_kind)))
+
