@@ -231,6 +231,15 @@ class DequantizedNormal(Distribution):
         y = (k + u) / 256
         return self.base.log_prob(y) - loc.shape[-1] * math.log(256)
 
+    def log_prob_per_dim(self, value: torch.Tensor) -> torch.Tensor:
+        """The terms of :meth:`log_prob` per dimension, [..., B, D] (the same u draws for the
+        same RNG state); masked bounds sum them over observed entries (vaelab.infer.masked)."""
+        loc = self.base.base_dist.loc
+        k = torch.round(value * EIGHT_BIT_MAX)
+        shape = torch.broadcast_shapes(k.shape, loc.shape)
+        u = torch.rand(shape, dtype=loc.dtype, device=loc.device)
+        return self.base.base_dist.log_prob((k + u) / 256) - math.log(256)
+
     def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
         """y ~ N, then k = clamp(floor(256 y), 0, 255); → x = k/255 [*sample_shape, ..., D]."""
         y = self.base.sample(sample_shape)
@@ -280,6 +289,11 @@ class DiscretizedLogisticMixtureDistribution(Distribution):
         """x [..., D] (k/255 values) → log P(x) [...], summed over the D dimensions."""
         per = _log_bin_mass(value.unsqueeze(-1), self.loc, self.scale)     # [..., D, K]
         return (per + self.logits.log_softmax(-1)).logsumexp(-1).sum(-1)
+
+    def log_prob_per_dim(self, value: torch.Tensor) -> torch.Tensor:
+        """log P(x_d) per dimension, [..., D] (masked bounds sum it over observed entries)."""
+        per = _log_bin_mass(value.unsqueeze(-1), self.loc, self.scale)     # [..., D, K]
+        return (per + self.logits.log_softmax(-1)).logsumexp(-1)
 
     def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
         """Component j ~ π, logistic draw, rounded to the nearest bin; → [*shape, ..., D]."""

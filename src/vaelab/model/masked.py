@@ -12,6 +12,7 @@ deviation, :func:`fit_standardization`); the two vectors live in the model's wei
 decoder's Gaussian is mapped back, p(x | z) = N(loc + scale·μ, (scale·σ)²), so every density,
 sample and imputation is on the data's own scale (the Jacobian is part of the density).
 With loc = 0, scale = 1 (binary and image data) both maps are the identity, bit for bit.
+With ``net="conv"`` the encoder reads [values, mask] as an image of 2·C channels.
 Optional: a model of the missingness p(m | x) (``vaelab.model.missingness``, not-MIWAE).
 """
 
@@ -150,15 +151,18 @@ def build_model(config: ModelConfig) -> VAE:
     """``build_vae(config)``, or a :class:`MaskedVAE` when ``config.missing == "mask"``."""
     if getattr(config, "missing", "none") == "none":
         return build_vae(config)
-    if isinstance(config.latent_dim, tuple) or getattr(config, "net", "mlp") != "mlp":
-        raise ValueError("missing: 'mask' is implemented for one latent layer and MLP networks "
-                         f"(net='mlp'), got latent_dim={config.latent_dim!r}, "
-                         f"net={getattr(config, 'net', 'mlp')!r}")
+    if isinstance(config.latent_dim, tuple):
+        raise ValueError(f"missing: 'mask' is implemented for one latent layer, got "
+                         f"latent_dim={config.latent_dim!r}")
     model = build_vae(config)
     encoder = model.encoder
-    d = config.data_dim
-    encoder.net = MaskedInput(nets.MLP(2 * d, config.hidden, encoder.family.param_size,
-                                       config.activation), d)
+    d, out = config.data_dim, encoder.family.param_size
+    if getattr(config, "net", "mlp") == "conv":   # [values, mask] = an image of 2C channels
+        c, h, w = config.image_shape
+        net = nets.ConvEncoder((2 * c, h, w), config.conv_channels, out, config.activation)
+    else:
+        net = nets.MLP(2 * d, config.hidden, out, config.activation)
+    encoder.net = MaskedInput(net, d)
     masked = MaskedVAE(model.prior_module, model.decoder, encoder,
                        missingness_.build(getattr(config, "missing_model", "none"), d))
     masked.config = config
