@@ -268,3 +268,17 @@ def test_cli_train_resume_evaluate_load(tmp_path, capsys):
     assert trained.sample(2).shape == (2, 784)
     code, _, err = _cli(capsys, "gaps", whole)
     assert code != 0 and "hierarchical" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("objective", ["elbo", "iwae", "iwae-dreg"])
+def test_training_objectives_reach_every_parameter(objective):
+    from vaelab.infer.objectives import training_terms
+
+    m = make("ladder")
+    x = binary(8)
+    q = m.encode(x)
+    out = training_terms(m, q, x, objective=objective, num_samples=3,
+                         free_bits=0.05 if objective == "elbo" else 0.0)
+    assert torch.isfinite(out.surrogate).all() and torch.isfinite(out.terms.elbo).all()
+    grads = torch.autograd.grad(out.surrogate.sum(), list(m.parameters()), allow_unused=True)
+    assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
