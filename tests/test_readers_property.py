@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
@@ -182,6 +182,7 @@ CELLS = st.one_of(st.integers(-10**20, 10**20).map(str), st.floats(allow_nan=Tru
 
 
 @SETTINGS
+@example(rows=[["0"]], header=True, encoding="utf-8", label="label")   # was an IndexError
 @given(rows=st.lists(st.lists(CELLS, min_size=0, max_size=5), min_size=0, max_size=6),
        header=st.booleans(), encoding=st.sampled_from(["utf-8", "utf-16", "latin-1"]),
        label=st.one_of(st.none(), st.just("label"), st.integers(-2, 6)))

@@ -619,6 +619,9 @@ def _read_csv(path: Path, split: str,
     except ValueError as err:
         hint = MISSING_HINT if "''" in str(err) else ""
         raise ValueError(f"{path}: expected a CSV of numbers, got: {err}{hint}") from err
+    if header is not None and table.size and len(header) != table.shape[1]:
+        raise ValueError(f"{path}: expected every row to have the header's {len(header)} "
+                         f"columns, got rows of {table.shape[1]}")
     if label_column is None or table.size == 0:
         return table, None
     col = _label_index(label_column, header, table.shape[1], path)
