@@ -95,6 +95,9 @@ def build_masked_model(config: RunConfig, x_train: torch.Tensor) -> MaskedVAE:
     if config.train.inference != "amortized":
         raise ValueError(f"inference: missing='mask' needs 'amortized' inference (the encoder "
                          f"reads the mask), got {config.train.inference!r}")
+    if config.train.schedule != "joint":
+        raise ValueError(f"schedule: missing='mask' trains θ and φ jointly, got "
+                         f"{config.train.schedule!r}")
     model = build_model(config.model)
     observed = x_train[~torch.isnan(x_train)]
     real = observed.numel() > 0 and (float(observed.min()) < 0 or float(observed.max()) > 1)
@@ -141,7 +144,8 @@ class MaskedTrainStep:
         if self.dynamic_binarize:
             x = _binarize_keep_nan(x)
         inner._zero_grad()
-        d = self._draws(x, index)
+        with inner._autocast():          # --precision bf16: the forward pass under autocast
+            d = self._draws(x, index)
         kl = d.log_q - d.log_prior
         if self.objective == "elbo":
             loss = -(d.log_likelihood - kl_weight * kl).mean()
