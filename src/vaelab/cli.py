@@ -726,6 +726,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = {"run": str(args.run), "data": dataset.name, "split": split,
               "binarized": trained.config.train.binarize != "none", "seed": args.seed,
               "seconds": round(time.perf_counter() - start, 2),
+              "trained_with": trained_with(trained.config.train),
               "estimator": estimator.describe(), **result, **_sandwich(trained, estimator, args)}
     from vaelab.measure import shard
 
@@ -735,8 +736,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         runs.atomic_write_json(path, result)
     print(_with_meaning(format_evaluation(result), result))
     print(_estimator_lines(result))
+    tw = result["trained_with"]
+    print(f"trained with: objective {tw['objective']} (K = {tw['num_samples']}), β {tw['beta']:g} "
+          f"({tw['kl_schedule']}), free bits {tw['free_bits']:g}; the ELBO above is the true "
+          f"one (β = 1, no free bits)")
     print("written: " + "  ".join(str(p) for p in targets))
     return 0
+
+
+def trained_with(tc) -> dict:
+    """What objective trained a run (eval.json's ``trained_with``); the ELBO and log p̂(x)
+    reported beside it are always the true ones (β = 1, no free bits)."""
+    return {"objective": tc.objective, "num_samples": tc.num_samples, "beta": tc.beta,
+            "kl_schedule": tc.kl_schedule, "kl_warmup_epochs": tc.kl_warmup_epochs,
+            "kl_cycles": tc.kl_cycles, "kl_ratio": tc.kl_ratio, "free_bits": tc.free_bits}
 
 
 def _with_meaning(table: str, r: dict) -> str:

@@ -21,7 +21,10 @@ and a ``Bernoulli`` decoder — the step computes the same numbers without torch
 * other networks: :class:`_GaussianBernoulliELBO` on plain tensors through autograd, and with
   ``compile`` that function through ``torch.compile`` (forward and backward fused by Inductor).
 
-Every other combination goes through ``vaelab.infer.objectives.elbo_terms`` unchanged. Adam is the
+Every other combination, and every objective but the plain ELBO without free bits (IWAE,
+DReG: Burda et al. 2016, Tucker et al. 2019), goes through
+``vaelab.infer.objectives.training_terms`` and autograd; the step reports the true ELBO (β = 1,
+no free bits) whatever it optimizes. Adam is the
 fused single-kernel implementation where torch has one for the device, and one fused
 finiteness test of all the gradients replaces one test per parameter.
 """
@@ -41,7 +44,7 @@ from torch import nn
 from vaelab import _checks
 from vaelab.fit._elbo_grad import GaussianBernoulliELBOGrad
 from vaelab.fit.adam import DirectFusedAdam, fused_adam
-from vaelab.infer.objectives import elbo_terms
+from vaelab.infer.objectives import OBJECTIVES, training_terms
 from vaelab.infer.schemes import Amortized, Inference
 from vaelab.model.families import DiagonalNormal
 from vaelab.model.likelihoods import Bernoulli
@@ -135,7 +138,10 @@ class TrainStep:
         schedule: ``"joint"`` or ``"alternating"``.
         phi_steps: φ steps before each θ step when alternating (>= 1 there: with 0, φ would
             never be trained, so it is refused).
-        num_samples: Monte Carlo samples of z per data point.
+        num_samples: Monte Carlo samples of z per data point (K for the IWAE objectives).
+        objective: ``"elbo"``, ``"iwae"`` or ``"iwae-dreg"``
+            (``vaelab.infer.objectives.training_terms``); the step's ``kl_weight`` is β.
+        free_bits: λ nats per latent dimension (objective ``"elbo"`` only).
         compile: ``True`` — run the standard VAE's loss through ``torch.compile`` (after a
             few eager steps; falls back to eager, with a warning, if compiling fails);
             ``False`` — eager; ``"auto"`` — compile only on a CUDA device and when
@@ -155,6 +161,7 @@ class TrainStep:
     def __init__(self, model: VAE, inference: Inference, *, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), grad_clip: float | None = None,
                  schedule: str = "joint", phi_steps: int = 0, num_samples: int = 1,
+                 objective: str = "elbo", free_bits: float = 0.0,
                  compile: str | bool = "auto", expected_steps: int | None = None,
                  phi_lr: float | None = None,
                  reduce_gradients: Callable[[list[nn.Parameter]], None] | None = None,
@@ -169,6 +176,12 @@ class TrainStep:
                              "steps before each θ step; expected phi_steps >= 1, got 0 (φ "
                              "would never change)")
         self.num_samples = _checks.positive_int("num_samples", num_samples)
+        self.objective = _checks.one_of("objective", objective, OBJECTIVES)
+        self.free_bits = float(free_bits)
+        if not (math.isfinite(self.free_bits) and self.free_bits >= 0) or (
+                self.free_bits > 0 and self.objective != "elbo"):
+            raise ValueError(f"free_bits: expected a finite number >= 0, and 0 unless "
+                             f"objective='elbo'; got {free_bits} with objective {objective!r}")
         self.grad_clip = None if grad_clip is None else _checks.positive_float(
             "grad_clip", grad_clip)
         lr = _checks.positive_float("lr", lr)
@@ -195,7 +208,8 @@ class TrainStep:
             self.theta_opt = fused_adam(self.theta, lr, betas)
             self.phi_opt = fused_adam(self.phi, phi_lr, betas)
         self._fast = None
-        if self.schedule == "joint" and _GaussianBernoulliELBO.matches(model, inference):
+        if (self.schedule == "joint" and self.objective == "elbo" and self.free_bits == 0
+                and _GaussianBernoulliELBO.matches(model, inference)):
             encoder = inference.encoder
             self._fast = _GaussianBernoulliELBO(encoder.net, model.decoder.net,
                                                 encoder.family.min_scale)
@@ -297,8 +311,10 @@ class TrainStep:
         self._zero_grad()
         with self._autocast():
             q = self.inference(x, index)
-            terms = elbo_terms(self.model, q, x, self.num_samples, validate=False)
-            loss = (terms.kl * kl_weight - terms.expected_log_likelihood).mean()
+            out = training_terms(self.model, q, x, objective=self.objective,
+                                 num_samples=self.num_samples, kl_weight=kl_weight,
+                                 free_bits=self.free_bits, validate=False)
+            loss, terms = -out.surrogate.mean(), out.terms
         stats = torch.stack([loss, terms.elbo.mean(), terms.kl.mean(),
                              terms.expected_log_likelihood.mean()]).detach().tolist()
         ok = math.isfinite(stats[0])

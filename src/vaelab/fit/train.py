@@ -4,9 +4,11 @@
 builds the VAE and the inference scheme (amortized, per-datapoint or semi-amortized), and runs
 ``vaelab.fit.step.TrainStep`` over deterministic per-epoch batches (``vaelab.data.Batches``) with
 
-* KL warm-up: the KL term's weight ramps linearly from 0 to 1 over ``kl_warmup_epochs``, step
-  by step (Bowman et al. 2016; Sønderby et al. 2016), so the reported ELBO is always the true
-  one while the optimized objective is E_q[log p(x|z)] − w·KL;
+* the objective (``objective``: ELBO, IWAE or IWAE-DReG, ``vaelab.infer.objectives``) with
+  the KL weight β_t of ``vaelab.fit.kl_schedule`` (constant β, linear warm-up over
+  ``kl_warmup_epochs``, Bowman et al. 2016, or cyclical, Fu et al. 2019) and free bits; the
+  reported ELBO is always the true one while the optimized objective is e.g.
+  E_q[log p(x|z)] − β_t·KL;
 * a learning-rate schedule (constant, cosine over all steps, or exponential per epoch);
 * the validation ELBO, rate and distortion after every epoch, with early stopping on it that
   keeps the best weights;
@@ -60,6 +62,7 @@ from tqdm import tqdm
 from vaelab import data as data_
 from vaelab.config import RunConfig, TrainConfig
 from vaelab.fit import distributed, runs
+from vaelab.fit.kl_schedule import kl_weight_for
 from vaelab.fit.masked import MaskedTrainStep, build_masked_model, load_masked_data
 from vaelab.fit.resume import (
     Checkpointed,
@@ -107,9 +110,10 @@ class TrainResult:
 
 
 def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Weight of the KL term at global step ``step`` (0-based): min(1, step / warm-up steps)."""
-    warmup = config.kl_warmup_epochs * steps_per_epoch
-    return 1.0 if warmup <= 0 else min(1.0, step / warmup)
+    """Weight β_t of the KL term at global step ``step`` (0-based): the config's beta and
+    kl_schedule (``vaelab.fit.kl_schedule.kl_weight_for``; linear: β · min(1, step / warm-up
+    steps))."""
+    return kl_weight_for(config, step, steps_per_epoch)
 
 
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -292,7 +296,8 @@ class _Trainer(Checkpointed):
         self.step = TrainStep(self.model, self.inference, lr=self.tc.lr, betas=self.tc.betas,
                               grad_clip=self.tc.grad_clip, schedule=self.tc.schedule,
                               phi_steps=self.tc.phi_steps, phi_lr=self.tc.phi_lr,
-                              num_samples=self.tc.num_samples,
+                              num_samples=self.tc.num_samples, objective=self.tc.objective,
+                              free_bits=self.tc.free_bits,
                               compile=self.tc.compile, precision=self.tc.precision,
                               expected_steps=self.tc.epochs * len(self.batches),
                               reduce_gradients=(distributed.average_gradients
