@@ -45,7 +45,7 @@ from vaelab.model.vae import build_vae
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = {"train": 8000, "test": 500, "k": 200, "epochs": 8, "batch": 128, "latent": 16,
-         "hidden": (256,), "channels": (16, 32), "components": 5, "speed_rounds": 5,
+         "hidden": (256,), "channels": (16, 32), "components": 5, "speed_rounds": 10,
          "speed_steps": 5, "threads": 1}
 QUICK = {"train": 600, "test": 40, "k": 10, "epochs": 1, "speed_rounds": 2, "speed_steps": 2}
 
@@ -257,6 +257,8 @@ def speed(sizes: dict, train: torch.Tensor) -> dict:
     return {"vaelab_samples_per_s": statistics.median(t["vaelab"] for t in rounds),
             "hand_samples_per_s": statistics.median(t["hand"] for t in rounds),
             "ratio_median": statistics.median(ratios),
+            "ratio_mean": statistics.mean(ratios),
+            "ratio_se": statistics.stdev(ratios) / math.sqrt(len(ratios)),
             "ratio_rounds": ratios}
 
 
