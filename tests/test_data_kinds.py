@@ -188,3 +188,25 @@ def test_train_records_the_kind_and_says_when_it_scales(tmp_path, capsys):
     assert result["likelihood_meaning"]["meaning"] == "score"
     assert result["nll_bits_per_dim"]["mean"] is None
     assert "log p(x) (nats)" not in out and "unnormalised score" in out
+
+
+def test_training_reads_a_uint8_npy_through_a_memory_map(tmp_path):
+    """train() keeps 8-bit .npy data memory-mapped (no validation split, no limit): the rows
+    it trains on are the file's pages, and its batches are their k/255 values."""
+    from vaelab.config import RunConfig
+    from vaelab.fit import train as train_
+
+    x = np.random.default_rng(5).integers(0, 256, (30, 8), dtype=np.uint8)
+    np.save(tmp_path / "big.npy", x)
+    config = RunConfig.from_dict({"train": {"data": str(tmp_path / "big.npy"),
+                                            "val_fraction": 0, "binarize": "none"},
+                                  "model": {"likelihood": "discretized-logistic"}})
+    loaded = train_._load_data(config, None)
+    assert loaded.train.x.dtype == torch.uint8 and loaded.train.kind == "8-bit"
+    size = (tmp_path / "big.npy").stat().st_size
+    with open(tmp_path / "big.npy", "r+b") as handle:
+        handle.seek(size - 1)
+        handle.write(bytes([(int(x[-1, -1]) + 7) % 256]))
+    assert int(loaded.train.x[-1, -1]) == (int(x[-1, -1]) + 7) % 256
+    batch, index = next(iter(data.Batches(loaded.train.x, 30, shuffle=False).epoch(0)))
+    assert torch.equal(batch, loaded.train.x.float() / 255)

@@ -234,7 +234,7 @@ def _load_data(config: RunConfig, dataset: data_.Dataset | None) -> _Data:
     if config.model.missing != "none":      # NaN marks missing entries (issue 15)
         return _Data(*load_masked_data(config, dataset))
     if dataset is None:
-        dataset = data_.load_dataset(tc.data, "train", keep_uint8=True,
+        dataset = data_.load_dataset(tc.data, "train", keep_uint8=True, mmap=True,
                                      limit=tc.limit if tc.classes is None else None)
     elif not isinstance(dataset, data_.Dataset):
         raise TypeError(f"dataset: expected a vaelab.data.Dataset or None, "
