@@ -138,7 +138,7 @@ def _cli(capsys, *argv):
     return code, out, err
 
 
-PYTHON_ARGUMENT = re.compile(r"\b(binarize|likelihood|net)\s*=\s*'")
+PYTHON_ARGUMENT = re.compile(r"\b(binarize|likelihood|net|split)\s*=\s*'")
 
 
 @pytest.mark.parametrize("extra, flags", [

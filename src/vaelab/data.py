@@ -512,7 +512,8 @@ def _whole_file_only(split: str, path: Path) -> None:
     """User data without its own splits is the train split; anything else is an error."""
     if split != "train":
         raise ValueError(f"split: {path} holds no {split!r} split (one dataset, no "
-                         f"x_{split}/{split}/ part), so expected split='train', got {split!r}")
+                         f"x_{split}/{split}/ part), so expected split 'train' (--split train), "
+                         f"got {split!r}")
 
 
 def _read_npy(path: Path, split: str, mmap: bool = False) -> tuple[np.ndarray, None]:
