@@ -167,6 +167,11 @@ def test_single_run_metrics_table_and_unnormalised_label(tmp_path):
     score = _run(tmp_path / "s", _eval([-3.0, -5.0], log_likelihood_normalised=False))
     html = report.render_report([score])
     assert "unnormalised log-score" in html and "NLL (bits/dim)" not in html
+    density = _run(tmp_path / "d", _eval([-3.0, -5.0], likelihood_meaning={
+        "meaning": "density", "note": "nats of density are reported, not bits/dim"}))
+    html = report.render_report([density])
+    assert "log density p̂(x) (nats, not a probability)" in html
+    assert "NLL (bits/dim)" not in html and "nats of density are reported" in html
 
 
 def test_stale_evaluation_is_flagged(tmp_path):

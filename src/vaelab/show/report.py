@@ -37,6 +37,11 @@ from vaelab.show.runinfo import (
 
 TEMPLATE = "report.html.j2"
 UNDEFINED = Markup('<span class="undefined">undefined</span>')
+#: The log-likelihood row's label by what log p̂ means (``measure.evaluate.likelihood_meaning``).
+LL_LABELS = {"probability": "log p̂(x) (nats)",
+             "bound": "log p̂(x), a lower bound (nats, dequantized)",
+             "density": "log density p̂(x) (nats, not a probability)",
+             "score": "unnormalised log-score (nats, not log p(x))"}
 #: Largest picture embedded (bytes); larger ones are linked by path instead.
 MAX_EMBED_BYTES = 8 << 20
 
@@ -101,12 +106,16 @@ def _evaluation(evaluation: dict | None) -> dict | None:
     if not evaluation:
         return None
     normalised = evaluation.get("log_likelihood_normalised", True) is not False
-    ll_label = "log p̂(x) (nats)" if normalised else "unnormalised log-score (nats, not log p(x))"
+    meaning = evaluation.get("likelihood_meaning") or {}
+    kind = meaning.get("meaning") if isinstance(meaning, dict) else None
+    if not normalised or kind == "score":
+        normalised, kind = False, "score"
+    ll_label = LL_LABELS.get(kind, LL_LABELS["probability"])
     rows = [(label, *map(fmt, stat(evaluation, key))) for key, label in (
         ("elbo", "ELBO (nats)"), ("rate", "rate KL(q‖p) (nats)"),
         ("distortion", "distortion (nats)"))]
     rows.append((ll_label, *map(fmt, stat(evaluation, "log_likelihood"))))
-    if normalised and "nll_bits_per_dim" in evaluation:
+    if kind in (None, "probability", "bound") and "nll_bits_per_dim" in evaluation:
         mean, se = stat(evaluation, "nll_bits_per_dim")
         rows.append(("NLL (bits/dim)", fmt(mean, 4), fmt(se, 4)))
     rows.append(("log p̂(x) − ELBO (nats)", *map(fmt, stat(evaluation, "gap"))))
@@ -119,8 +128,10 @@ def _evaluation(evaluation: dict | None) -> dict | None:
     rows.append(("active units", Markup(escape(f"{units if units is not None else 'n/a'} of "
                                                f"{evaluation.get('latent_dim', '?')}")),
                  UNDEFINED))
-    notes = [str(n) for n in evaluation.get("warnings", []) if isinstance(n, str)]
-    if not normalised:
+    notes = [str(n) for n in evaluation.get("warnings") or [] if isinstance(n, str)]
+    if isinstance(meaning, dict) and meaning.get("note") and kind != "probability":
+        notes.append(str(meaning["note"]))
+    elif not normalised:
         notes.append("The likelihood is not a normalised probability of these data, so no "
                      "log p(x) or bits/dim is reported.")
     caption = (f"Test metrics: {evaluation.get('data', '?')} {evaluation.get('split', '')}, "
