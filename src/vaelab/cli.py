@@ -722,7 +722,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                 estimator=None if estimator.is_plain else estimator,
                                 batch_size=args.batch_size, limit=args.limit or None,
                                 data_kind=dataset.kind,
-                                infer=infer, progress=not args.quiet and sys.stderr.isatty())
+                                infer=infer, per_example=True,
+                                progress=not args.quiet and sys.stderr.isatty())
     result = {"run": str(args.run), "data": dataset.name, "split": split,
               "binarized": trained.config.train.binarize != "none", "seed": args.seed,
               "seconds": round(time.perf_counter() - start, 2),
@@ -1348,14 +1349,22 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _command_names(parser: argparse.ArgumentParser) -> str:
+    """'train, evaluate, ... or runs': every sub-command, in the order of ``--help``."""
+    names = [name for action in parser._subparsers._group_actions
+             for name in action.choices]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``vaelab`` command with ``argv`` (default: sys.argv[1:]); → exit code."""
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        args, extra = build_parser().parse_known_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
         if args.command is None:
-            raise UsageError("expected a command: train, evaluate, sample, reconstruct, gaps, "
-                             "complete or figures (see `vaelab --help`)")
+            raise UsageError(f"expected a command: {_command_names(parser)} "
+                             f"(see `vaelab --help`)")
         if extra:
             raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see `vaelab "
                              f"{args.command} --help`)")
