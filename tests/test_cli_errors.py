@@ -375,3 +375,11 @@ def test_precision_flag_reaches_the_run_config(tmp_path, capsys, npy_images):
     code, _, err = run_cli(capsys, "train", "--data", npy_images, "--out", tmp_path / "x",
                            "--precision", "fp16", *TINY)
     assert code == 2 and "--precision" in err and "fp16" in err
+
+
+def test_missing_command_lists_every_command(capsys):
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err
+    for name in ("train", "evaluate", "gaps", "impute", "score", "encode", "cluster", "report",
+                 "runs", "figures"):
+        assert f" {name}," in err or f" {name} " in err, name
