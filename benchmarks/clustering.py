@@ -87,6 +87,7 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=20000)
     p.add_argument("--n-test", type=int, default=5000)
     p.add_argument("--latent", type=int, default=10)
+    p.add_argument("--name", default="clustering", help="results file name (no suffix)")
     args = p.parse_args()
     start, per_seed = time.perf_counter(), []
     settings = dict(vars(args))
@@ -100,7 +101,7 @@ def main() -> None:
                 f"\nsettings: {settings}; 784-256-L Bernoulli VAEs (L = --latent), {seconds} s "
                 f"on {machine()}\ncommand: nice -n 10 .venv/bin/python benchmarks/clustering.py "
                 + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items()))
-            write("clustering", {"settings": settings, "seconds": seconds, "machine": machine(),
+            write(args.name, {"settings": settings, "seconds": seconds, "machine": machine(),
                                  "per_seed": per_seed}, table)
 
 
