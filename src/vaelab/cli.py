@@ -319,9 +319,9 @@ def _add_estimator(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ais-steps", type=positive_int, metavar="T",
                    help="AIS intermediate distributions (default 100)")
     p.add_argument("--chains", type=positive_int, metavar="C",
-                   help="AIS chains per example (default 16)")
+                   help="AIS chains per example (default 8)")
     p.add_argument("--leapfrog", type=positive_int, metavar="L",
-                   help="leapfrog steps per HMC transition (default 10)")
+                   help="leapfrog steps per HMC transition (default 3)")
 
 
 def _add_sample(commands) -> None:
@@ -777,8 +777,8 @@ def _estimator(args: argparse.Namespace):
     if given and args.estimator == "is":
         raise ValueError(f"{given[0]}: applies to --estimator ais or bdmc, got --estimator is")
     return Estimator(args.estimator, args.proposal or "encoder", num_samples=args.k,
-                     steps=args.ais_steps or 100, chains=args.chains or 16,
-                     leapfrog=args.leapfrog or 10)
+                     steps=args.ais_steps or 100, chains=args.chains or 8,
+                     leapfrog=args.leapfrog or 3)
 
 
 def _estimator_lines(r: dict) -> str:

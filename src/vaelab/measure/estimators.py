@@ -56,8 +56,8 @@ class Estimator:
     proposal: str = "encoder"
     num_samples: int = 1000
     steps: int = 100
-    chains: int = 16
-    leapfrog: int = 10
+    chains: int = 8
+    leapfrog: int = 3
     ais_init: str = "encoder"
     refine_steps: int = 100
     refine_lr: float = 5e-2
