@@ -210,3 +210,20 @@ def test_training_reads_a_uint8_npy_through_a_memory_map(tmp_path):
     assert int(loaded.train.x[-1, -1]) == (int(x[-1, -1]) + 7) % 256
     batch, index = next(iter(data.Batches(loaded.train.x, 30, shuffle=False).epoch(0)))
     assert torch.equal(batch, loaded.train.x.float() / 255)
+
+
+def test_evaluate_refuses_data_outside_the_runs_support_naming_the_flag(tmp_path, capsys):
+    x = np.random.default_rng(6).integers(0, 256, (40, 6), dtype=np.uint8)
+    np.save(tmp_path / "u8.npy", x)
+    code, out, err = _cli(capsys, "train", "--data", tmp_path / "u8.npy", "--epochs", "1",
+                          "--binarize", "none", "--likelihood", "discretized-logistic",
+                          "--hidden", "8", "--latent-dim", "2", "--out", tmp_path / "run",
+                          "--compile", "off", "--quiet")
+    assert code == 0, err
+    np.save(tmp_path / "grey.npy", np.full((5, 6), 0.5, np.float32))      # not 8-bit values
+    code, out, err = _cli(capsys, "evaluate", tmp_path / "run", "--data", tmp_path / "grey.npy",
+                          "--k", "2")
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("vaelab: error: --data: the discretized-logistic likelihood expects "
+                          "8-bit data")
+    assert not (tmp_path / "run" / "eval.json").exists()

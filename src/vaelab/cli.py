@@ -506,6 +506,9 @@ def _held_out(trained, source: str | None, split: str | None, seed: int, note: C
                          f"example, got {dataset.x.shape[1]} from {source!r}")
     if tc.binarize != "none":
         dataset = data.static_binarize(dataset, seed)
+    likelihood = getattr(getattr(trained.model, "decoder", None), "likelihood", None)
+    if hasattr(likelihood, "check_support"):          # values outside its support: one line
+        likelihood.check_support(dataset.x, "--data")
     return dataset, split
 
 
