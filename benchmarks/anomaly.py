@@ -172,7 +172,7 @@ def main() -> None:
                   f"{machine()}\ncommand: nice -n 10 .venv/bin/python benchmarks/anomaly.py "
                   + " ".join(f"--{k.replace('_', '-')} "
                              f"{','.join(map(str, v)) if isinstance(v, list) else v}"
-                             for k, v in settings.items()))
+                             for k, v in settings.items() if v is not None))
         write(f"anomaly-{args.part}-{args.input}", {"settings": settings, "seconds": seconds,
                                                     "machine": machine(), "auroc": rows}, table)
 
