@@ -117,3 +117,14 @@ def test_encode_gives_the_encoder_means_or_seeded_draws():
     assert torch.equal(a, b) and not torch.allclose(a, means)
     with pytest.raises(ValueError, match="x: expected at least one example"):
         encode(infer, x[:0])
+
+
+def test_encode_a_hierarchical_model_gives_every_layer():
+    from vaelab.config import ModelConfig
+    from vaelab.model.vae import build_vae
+
+    model = build_vae(ModelConfig(data_dim=20, latent_dim=(4, 2), hidden=(16,)))
+    x = (torch.rand(5, 20, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    codes = encode(model.encoder, x, batch_size=2)
+    assert codes.shape == (5, 6)
+    torch.testing.assert_close(codes, model.encoder(x).mean)
