@@ -267,12 +267,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     parser.add_argument("--part", choices=("all", "quality", "speed"), default="all",
                         help="quality: codecs and models; speed: training samples/s")
+    parser.add_argument("--train", type=int, help=f"training images (default {SIZES['train']})")
+    parser.add_argument("--epochs", type=int, help=f"epochs (default {SIZES['epochs']})")
     args = parser.parse_args()
     sizes = {**SIZES, **(QUICK if args.quick else {})}
+    sizes.update({k: v for k, v in (("train", args.train), ("epochs", args.epochs)) if v})
     torch.set_num_threads(sizes["threads"])   # 2 threads ran 4-9× slower on the shared machine
     train, test, test_u8 = load(sizes)
+    tag = "".join(f" --{k} {getattr(args, k)}" for k in ("train", "epochs") if getattr(args, k))
     result = {"command": f"nice -n 10 .venv/bin/python benchmarks/images.py --part {args.part}"
-              + (" --quick" if args.quick else ""), "sizes": sizes,
+              + (" --quick" if args.quick else "") + tag, "sizes": sizes,
               "torch": torch.__version__, "threads": torch.get_num_threads()}
     if args.part in ("all", "quality"):
         result["codecs_bits_per_pixel"] = codecs(test_u8)
@@ -281,7 +285,8 @@ def main() -> None:
         result["speed"] = speed(sizes, train)
     if args.part in ("all", "quality"):
         result["quality"] = quality(sizes, train, test)
-    name = f"images-{args.part}{'-quick' if args.quick else ''}.json"
+    name = (f"images-{args.part}{'-quick' if args.quick else ''}"
+            f"{tag.replace(' --', '-').replace(' ', '')}.json")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / name).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {RESULTS / name}", file=sys.stderr)
