@@ -12,6 +12,7 @@ import math
 import os
 import re
 import time
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -141,6 +142,35 @@ def test_two_runs_comparison_table_holds_the_right_numbers(tmp_path):
                for img in page.images) and page.images  # the overlaid curves
 
 
+def test_comparison_never_sets_different_quantities_side_by_side(tmp_path):
+    a = _run(tmp_path / "a", _eval([-10.0, -12.0]))
+    score = _run(tmp_path / "score", _eval([-9.0, -11.0], log_likelihood_normalised=False))
+    other = _run(tmp_path / "wine", _eval([-25.0, -26.0], data="wine.csv", likelihood_meaning={
+        "meaning": "density", "data_kind": "continuous", "note": "density"}))
+    ais = _run(tmp_path / "ais", _eval([-9.5, -11.5], estimator={
+        "name": "ais", "steps": 100, "chains": 8, "leapfrog": 3}))
+    html = unescape(report.render_report([a, score, other, ais]))
+    rows = _parse(html).tables["comparison-table"]
+    assert rows[0][-1] == "log p̂ estimated by" and rows[1][-1] == "IS, k = 10, encoder proposal"
+    assert rows[2][2].endswith("(score, not log p(x))") and rows[2][3] == "undefined"
+    assert rows[3][2].endswith("(density)") and rows[3][3] == "undefined"
+    assert rows[4][3] == "0.500 ± 0.000"            # d = 0.5, 0.5: a computed SE of 0
+    assert rows[4][-1] == "AIS, 100 steps × 8 chains, 3 leapfrog"
+    assert "score's log p̂ is a score while a's is a probability" in html
+    assert "wine was evaluated on other data (wine.csv test continuous)" in html
+
+
+def test_model_row_lists_only_settings_in_use(tmp_path):
+    run = _run(tmp_path / "r", config={"model": {
+        "latent_dim": 2, "family": "diagonal_normal", "q_components": 4, "prior": "mog",
+        "prior_components": 10, "net": "mlp", "conv_channels": [32, 64], "likelihood":
+        "bernoulli", "likelihood_components": 5, "hierarchy": "ladder"}, "train": {}})
+    html = report.render_report([run])
+    assert "prior_components = 10" in html and "q_components" not in html
+    assert "conv_channels" not in html and "likelihood_components" not in html
+    assert "hierarchy" not in html and "2 epochs finished" in html
+
+
 def test_a_run_with_missing_and_broken_pieces_still_renders(tmp_path):
     run = _run(tmp_path / "bare", metrics=[])
     (run / "gaps.json").write_text("{not json")
@@ -163,7 +193,7 @@ def test_single_run_metrics_table_and_unnormalised_label(tmp_path):
                if t and t[0] == ["quantity", "mean", "± SE"]][0]
     assert ["log p̂(x) (nats)", "-4.000", "0.500"] in metrics
     assert ["NLL (bits/dim)", "0.5000", "0.0010"] in metrics
-    assert ["ESS (min over examples, of k)", "1.2", "undefined"] in metrics
+    assert ["ESS (min over examples)", "1.2", "—"] in metrics        # a minimum has no SE
     score = _run(tmp_path / "s", _eval([-3.0, -5.0], log_likelihood_normalised=False))
     html = report.render_report([score])
     assert "unnormalised log-score" in html and "NLL (bits/dim)" not in html
@@ -190,6 +220,8 @@ def test_write_report_is_atomic_and_checks_its_arguments(tmp_path):
         report.write_report([tmp_path / "missing"], tmp_path / "x.html")
     with pytest.raises(ValueError, match="at least one run"):
         report.render_report([])
+    with pytest.raises(ValueError, match=r"--out: cannot write '.*nowhere/r\.html'"):
+        report.write_report([run], tmp_path / "nowhere" / "r.html")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # nothing half-written
 
 

@@ -37,6 +37,8 @@ from vaelab.show.runinfo import (
 
 TEMPLATE = "report.html.j2"
 UNDEFINED = Markup('<span class="undefined">undefined</span>')
+#: The SE cell of a quantity that is not a mean over examples (a count, a minimum).
+NOT_AN_AVERAGE = Markup('<span class="undefined">—</span>')
 #: The log-likelihood row's label by what log p̂ means (``measure.evaluate.likelihood_meaning``).
 LL_LABELS = {"probability": "log p̂(x) (nats)",
              "bound": "log p̂(x), a lower bound (nats, dequantized)",
@@ -80,12 +82,12 @@ def _about(run: RunInfo) -> list[tuple[str, str]]:
     elif train.get("data"):
         rows.append(("data", str(train["data"])))
     if model:
-        skip = {"data_dim", "image_shape"}
-        parts = [f"{k} = {v}" for k, v in model.items() if k not in skip and v is not None]
+        parts = [f"{k} = {v}" for k, v in model.items()
+                 if v is not None and _model_setting_used(k, model)]
         rows.append(("model", ", ".join(parts)))
     objective = train.get("objective", "elbo")
-    rows.append(("objective", f"{objective}" + (f", {train['num_samples']} samples"
-                                                 if train.get("num_samples") else "")))
+    k = train.get("num_samples")
+    rows.append(("objective", f"{objective}" + (f", num_samples = {k}" if k else "")))
     if train:
         rows.append(("training", f"{train.get('epochs', '?')} epochs of batch "
                                  f"{train.get('batch_size', '?')}, lr {train.get('lr', '?')}, "
@@ -93,7 +95,7 @@ def _about(run: RunInfo) -> list[tuple[str, str]]:
                                  f"{train.get('binarize', '?')}, seed {train.get('seed', '?')}"))
     seconds = run.training_seconds()
     done = len(run.metrics)
-    rows.append(("progress", f"{done} epoch{'s' if done != 1 else ''} finished"
+    rows.append(("progress", f"{done} epoch{'' if done == 1 else 's'} finished"
                              + (f" in {seconds:.1f} s" if seconds is not None else "")))
     val = run.last_metric("val_elbo")
     rows.append(("final validation ELBO", "none recorded" if val is None else f"{val:.3f} nats"))
@@ -102,14 +104,69 @@ def _about(run: RunInfo) -> list[tuple[str, str]]:
     return rows
 
 
+#: Model settings that only matter with another setting: (key, setting, values that use it).
+CONDITIONAL_SETTINGS = {
+    "q_components": ("family", ("mixture",)),
+    "q_flow_steps": ("family", ("iaf",)),
+    "prior_components": ("prior", ("mog", "vamp")),
+    "prior_flow_steps": ("prior", ("flow",)),
+    "likelihood_components": ("likelihood", ("discretized_logistic_mixture",
+                                             "discretized-logistic-mixture")),
+    "conv_channels": ("net", ("conv",)),
+    "gaussian_scale": ("likelihood", ("gaussian",)),
+    "hierarchy": ("latent_dim", None),
+    "missing_model": ("missing", None),
+}
+
+
+def _model_setting_used(key: str, model: dict) -> bool:
+    """False for bookkeeping keys and settings that the model's other choices make unused."""
+    if key in ("data_dim", "image_shape"):
+        return False
+    if key not in CONDITIONAL_SETTINGS:
+        return True
+    other, values = CONDITIONAL_SETTINGS[key]
+    if key == "hierarchy":
+        return isinstance(model.get("latent_dim"), list) and len(model["latent_dim"]) > 1
+    if key == "missing_model":
+        return model.get("missing") not in (None, "none")
+    return str(model.get(other, "")).replace("-", "_") in {v.replace("-", "_")
+                                                           for v in values}
+
+
+def estimator_text(evaluation: dict | None) -> str:
+    """How log p̂ was estimated, in words: 'IS, k = 1000, encoder proposal' or
+    'AIS, 100 steps × 8 chains, 3 leapfrog' (older eval.json: IS with its num_samples)."""
+    if not evaluation:
+        return "not computed"
+    est = evaluation.get("estimator")
+    if not isinstance(est, dict):
+        return f"IS, k = {evaluation.get('num_samples', '?')}, encoder proposal"
+    name = str(est.get("name", "is"))
+    if name == "is":
+        return (f"IS, k = {est.get('num_samples', evaluation.get('num_samples', '?'))}, "
+                f"{est.get('proposal', 'encoder')} proposal")
+    return (f"{name.upper()}, {est.get('steps', '?')} steps × {est.get('chains', '?')} chains, "
+            f"{est.get('leapfrog', '?')} leapfrog")
+
+
+def meaning_of(evaluation: dict | None) -> str | None:
+    """'probability', 'bound', 'density' or 'score' (None when not evaluated)."""
+    if not evaluation:
+        return None
+    meaning = evaluation.get("likelihood_meaning")
+    kind = meaning.get("meaning") if isinstance(meaning, dict) else None
+    if evaluation.get("log_likelihood_normalised", True) is False:
+        return "score"
+    return kind or "probability"
+
+
 def _evaluation(evaluation: dict | None) -> dict | None:
     if not evaluation:
         return None
-    normalised = evaluation.get("log_likelihood_normalised", True) is not False
     meaning = evaluation.get("likelihood_meaning") or {}
-    kind = meaning.get("meaning") if isinstance(meaning, dict) else None
-    if not normalised or kind == "score":
-        normalised, kind = False, "score"
+    kind = meaning_of(evaluation)
+    normalised = kind != "score"
     ll_label = LL_LABELS.get(kind, LL_LABELS["probability"])
     rows = [(label, *map(fmt, stat(evaluation, key))) for key, label in (
         ("elbo", "ELBO (nats)"), ("rate", "rate KL(q‖p) (nats)"),
@@ -123,11 +180,11 @@ def _evaluation(evaluation: dict | None) -> dict | None:
     for key in ("mean", "min"):
         if key in ess:
             value = ess[key] if isinstance(ess[key], (int, float)) else None
-            rows.append((f"ESS ({key} over examples, of k)", fmt(value, 1), UNDEFINED))
+            rows.append((f"ESS ({key} over examples)", fmt(value, 1), NOT_AN_AVERAGE))
     units = evaluation.get("active_units")
     rows.append(("active units", Markup(escape(f"{units if units is not None else 'n/a'} of "
                                                f"{evaluation.get('latent_dim', '?')}")),
-                 UNDEFINED))
+                 NOT_AN_AVERAGE))
     notes = [str(n) for n in evaluation.get("warnings") or [] if isinstance(n, str)]
     if isinstance(meaning, dict) and meaning.get("note") and kind != "probability":
         notes.append(str(meaning["note"]))
@@ -136,7 +193,7 @@ def _evaluation(evaluation: dict | None) -> dict | None:
                      "log p(x) or bits/dim is reported.")
     caption = (f"Test metrics: {evaluation.get('data', '?')} {evaluation.get('split', '')}, "
                f"{evaluation.get('num_examples', '?')} of {evaluation.get('population_size', '?')}"
-               f" examples, k = {evaluation.get('num_samples', '?')} importance samples")
+               f" examples; log p̂ by {estimator_text(evaluation)}")
     return {"rows": rows, "notes": notes, "caption": caption}
 
 
@@ -227,31 +284,65 @@ def comparison_rows(runs: Sequence[RunInfo]) -> tuple[list[str], list[list], lis
     """(headers, rows, notes) of the comparison table; the first run is the reference."""
     headers = ["run", "data", "test log p̂(x) ± SE (nats)", "paired Δ vs first ± SE (nats)",
                "NLL (bits/dim)", "test ELBO ± SE", "rate (nats)", "active units",
-               "samples/s", "training (s)"]
+               "samples/s", "training (s)", "log p̂ estimated by"]
     reference = runs[0].evaluation
     rows, notes = [], []
     for i, run in enumerate(runs):
         ev = run.evaluation
+        kind = meaning_of(ev)
         if i == 0:
             delta = Markup("reference")
         else:
             diff = paired_difference(ev, reference)
+            if kind != meaning_of(reference):
+                diff = None
             delta = (Markup(f"{fmt(diff.mean)} ± {fmt(diff.se)}") if diff is not None
                      else UNDEFINED)
-            if diff is None and ev and reference:
-                notes.append(f"{run.name}: no paired difference — not evaluated on the same "
-                             f"examples as {runs[0].name} (or without per-example values).")
+            notes.extend(_comparability(run, runs[0], diff))
         units = (ev or {}).get("active_units")
         speed = run.last_metric("samples_per_s")
         seconds = run.training_seconds()
         data = (ev or {}).get("data") or ((run.config or {}).get("dataset") or {}).get("name")
-        rows.append([run.name, escape(str(data or "?")),
-                     _mean_se(ev, "log_likelihood"), delta,
+        ll = _mean_se(ev, "log_likelihood")
+        if kind in MEANING_MARKS and stat(ev, "log_likelihood")[0] is not None:
+            ll = Markup(f"{ll} {MEANING_MARKS[kind]}")
+        rows.append([run.name, escape(str(data or "?")), ll, delta,
                      _mean_se(ev, "nll_bits_per_dim", 4), _mean_se(ev, "elbo"),
                      _mean_se(ev, "rate"),
                      escape(str(units)) if units is not None else UNDEFINED,
-                     fmt(speed, 0), fmt(seconds, 1)])
+                     fmt(speed, 0), fmt(seconds, 1), escape(estimator_text(ev))])
     return headers, rows, notes
+
+
+#: How a log p̂ that is not a probability is marked in the comparison table.
+MEANING_MARKS = {"score": "(score, not log p(x))", "density": "(density)",
+                 "bound": "(dequantized bound)"}
+
+
+def _data_of(ev: dict | None) -> tuple:
+    meaning = (ev or {}).get("likelihood_meaning")
+    kind = meaning.get("data_kind") if isinstance(meaning, dict) else None
+    return (ev or {}).get("data"), (ev or {}).get("split"), kind
+
+
+def _comparability(run: RunInfo, first: RunInfo, diff: object) -> list[str]:
+    """Notes on why ``run``'s numbers cannot be set against the first run's."""
+    a, b = run.evaluation, first.evaluation
+    if not a or not b:
+        return []
+    notes = []
+    if _data_of(a) != _data_of(b):
+        data_a = " ".join(str(v) for v in _data_of(a) if v)
+        data_b = " ".join(str(v) for v in _data_of(b) if v)
+        notes.append(f"{run.name} was evaluated on other data ({data_a}) than {first.name} "
+                     f"({data_b}): its numbers are not comparable with the reference's.")
+    elif meaning_of(a) != meaning_of(b):
+        notes.append(f"{run.name}'s log p̂ is a {meaning_of(a)} while {first.name}'s is a "
+                     f"{meaning_of(b)}: they are different quantities, not compared.")
+    elif diff is None:
+        notes.append(f"{run.name}: no paired difference — not evaluated on the same examples "
+                     f"as {first.name} (or without per-example values).")
+    return notes
 
 
 def _curves_uri(runs: Sequence[RunInfo]) -> str | None:
@@ -330,5 +421,8 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
     if out.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"--out: expected a path ending in .html, got {str(out)!r}")
     html = render_report(run_dirs, title)
-    atomic_write_bytes(out, html.encode("utf-8"))
+    try:
+        atomic_write_bytes(out, html.encode("utf-8"))
+    except OSError as exc:
+        raise ValueError(f"--out: cannot write {str(out)!r}: {exc.strerror or exc}") from None
     return out
