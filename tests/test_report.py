@@ -241,6 +241,11 @@ def test_runs_table_newest_first_with_honest_gaps(tmp_path):
     assert "-4.00 ± 0.50" in lines[3] and "0.5000" in lines[3]
     assert lines[2].count("—") >= 2 and "-270.00" in lines[2]  # not evaluated: shown as —
     assert new.name == "new"
+    broken = _run(tmp_path / "broken", metrics=[{"epoch": 1, "val_elbo": -3.6e30}])
+    (broken / "eval.json").write_text('{"log_lik')
+    row = [r for r in runs_table.format_runs(tmp_path).splitlines() if r.startswith("broken")]
+    assert "-3.6e+30" in row[0] and "unreadable  " in row[0]
+    assert row[0].rstrip().endswith("eval.json unreadable")
     (tmp_path / "empty").mkdir()
     assert runs_table.format_runs(tmp_path / "empty").startswith("no runs under")
 

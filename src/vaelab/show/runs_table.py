@@ -14,7 +14,7 @@ import os
 from vaelab.show.runinfo import RunInfo, find_runs, stat
 
 COLUMNS = ("run", "written (UTC)", "data", "model", "epochs", "val ELBO",
-           "test log p̂(x) ± SE", "bits/dim")
+           "test log p̂(x) ± SE", "bits/dim", "problems")
 MISSING = "—"
 
 
@@ -30,7 +30,9 @@ def _model(run: RunInfo) -> str:
 
 
 def _number(value: float | None, digits: int) -> str:
-    return MISSING if value is None else f"{value:.{digits}f}"
+    if value is None:
+        return MISSING
+    return f"{value:.{digits}f}" if abs(value) < 1e6 else f"{value:.3g}"
 
 
 def run_row(run: RunInfo, root: str | os.PathLike) -> list[str]:
@@ -43,16 +45,18 @@ def run_row(run: RunInfo, root: str | os.PathLike) -> list[str]:
     data = (config.get("dataset") or {}).get("name") or (config.get("train") or {}).get("data")
     ll, ll_se = stat(run.evaluation, "log_likelihood")
     bpd, _ = stat(run.evaluation, "nll_bits_per_dim")
+    unreadable = sorted({p.split(":", 1)[0] for p in run.problems if "unreadable" in p})
     if ll is None:
-        test = MISSING
+        test = "unreadable" if "eval.json" in unreadable else MISSING
     else:
-        test = f"{ll:.2f} ± {'undefined' if ll_se is None else f'{ll_se:.2f}'}"
+        test = f"{_number(ll, 2)} ± {'undefined' if ll_se is None else _number(ll_se, 2)}"
     normalised = (run.evaluation or {}).get("log_likelihood_normalised", True) is not False
     if not normalised and ll is not None:
         test, bpd = f"{test} (score)", None
     return [name or ".", run.modified.strftime("%Y-%m-%d %H:%M") if run.modified else MISSING,
             str(data or MISSING), _model(run), str(len(run.metrics)),
-            _number(run.last_metric("val_elbo"), 2), test, _number(bpd, 4)]
+            _number(run.last_metric("val_elbo"), 2), test, _number(bpd, 4),
+            ", ".join(f"{name} unreadable" for name in unreadable) or ""]
 
 
 def format_runs(root: str | os.PathLike) -> str:
