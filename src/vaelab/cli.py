@@ -1001,17 +1001,22 @@ def class_list(text: str) -> tuple[int, ...]:
 def _add_score(commands) -> None:
     p = commands.add_parser(
         "score", help="anomaly / out-of-distribution scores, one row per example",
-        description="Score every example for anomaly (higher = more anomalous): neg_elbo, nll "
-        "(−log p̂(x), importance sampled, with its SE), input_complexity (−log₂ p̂(x) minus the "
-        "PNG/zlib length in bits, Serrà et al. 2020), neg_llr (log p̂_background − log p̂, Ren "
-        "et al. 2019; needs --background), regret (ELBO gain of re-fitting q to the example, "
-        "Xiao et al. 2020). Writes a CSV; with labels (1 = anomalous) also AUROC, AUPRC, FPR "
-        "at 95% TPR (a JSON beside the CSV) and an ROC figure.")
+        description="Score every example for anomaly (higher = more anomalous); --score NAME "
+        "→ CSV column: elbo → neg_elbo; log-likelihood → nll (−log p̂(x), importance sampled) "
+        "and nll_se (its SE, an empty cell where undefined, e.g. --k 1); input-complexity → "
+        "input_complexity (−log₂ p̂(x) minus the PNG/zlib length in bits, Serrà et al. 2020; "
+        "8-bit or binary data only); likelihood-ratio → neg_llr (log p̂_background − log p̂, "
+        "Ren et al. 2019; needs --background); regret → regret (ELBO gain of re-fitting q to "
+        "the example, Xiao et al. 2020). Writes a CSV; with labels (1 = anomalous) also AUROC, "
+        "AUPRC, FPR at 95% TPR (a JSON beside the CSV) and an ROC figure.")
     p.add_argument("run", type=Path, metavar="RUN")
     _add_run_data(p)
     p.add_argument("--score", nargs="+", choices=SCORE_CHOICES, metavar="NAME",
-                   help=f"scores to compute, from {', '.join(SCORE_CHOICES)} (default: all; "
-                        "likelihood-ratio only with --background)")
+                   help="scores to compute (NAME → CSV column): elbo → neg_elbo, "
+                        "log-likelihood → nll and nll_se, input-complexity → "
+                        "input_complexity, likelihood-ratio → neg_llr, regret → regret "
+                        "(default: all; likelihood-ratio only with --background, "
+                        "input-complexity only on 8-bit or binary data)")
     p.add_argument("--labels", type=Path, metavar="FILE", help="0 (normal) or 1 (anomalous) "
                    "per example, in a .npy, .txt or .csv file")
     p.add_argument("--normal-classes", type=class_list, metavar="C,C,...", help="labels from "
@@ -1142,6 +1147,21 @@ def _score_names(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(dict.fromkeys(args.score))
 
 
+def _names_for_data(args: argparse.Namespace, names, dataset, note: Callable):
+    """``names`` without input-complexity (X3) when the data are not 8-bit or binary values."""
+    from vaelab.data import kind_of
+
+    kind = kind_of(dataset)
+    if "input-complexity" not in names or kind in ("8-bit", "binary"):
+        return names
+    if args.score is not None:
+        raise ValueError(f"--score input-complexity: expected 8-bit or binary data (it "
+                         f"compresses them as 8-bit images), got {kind} data; drop it")
+    note(f"note: input-complexity skipped: it needs 8-bit or binary data (it compresses them "
+         f"as 8-bit images), got {kind} data")
+    return tuple(n for n in names if n != "input-complexity")
+
+
 def _background_model(args: argparse.Namespace, trained, note: Callable):
     background = _load_run(args.background, args.device)
     if background.model.data_dim != trained.model.data_dim:
@@ -1168,6 +1188,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     background = (_background_model(args, trained, note) if "likelihood-ratio" in names
                   else None)
     dataset, _ = _examples(args, trained)
+    names = _names_for_data(args, names, dataset, note)
     labels = _anomaly_labels(args, dataset)
     options = scores_.ScoreOptions(num_samples=args.k, regret_steps=args.regret_steps)
     with torch.random.fork_rng(devices=[]):
@@ -1207,7 +1228,8 @@ def _write_scores_csv(path: Path, columns: dict, labels) -> None:
     lines = [",".join(header)]
     for i in range(len(next(iter(columns.values())))):
         cells = [str(i), *([str(int(labels[i]))] if labels is not None else [])]
-        lines.append(",".join(cells + [repr(float(columns[n][i])) for n in names]))
+        values = (float(columns[n][i]) for n in names)    # X3: NaN (undefined) → empty cell
+        lines.append(",".join(cells + ["" if v != v else repr(v) for v in values]))
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
@@ -1318,9 +1340,20 @@ def cmd_cluster(args: argparse.Namespace) -> int:
           f"{len(np.unique(assignments))} used")
     if labels is not None:
         m = cluster.cluster_metrics(labels, assignments)
-        probe = cluster.linear_probe_accuracy(z.cpu().numpy(), labels, seed=args.seed)
-        print(f"accuracy (best one-to-one map) {m['accuracy']:.4f}  NMI {m['nmi']:.4f}  "
-              f"ARI {m['ari']:.4f}  linear-probe accuracy (5-fold) {probe:.4f}")
+        line = (f"accuracy (best one-to-one map) {m['accuracy']:.4f}  NMI {m['nmi']:.4f}  "
+                f"ARI {m['ari']:.4f}")
+        folds = cluster.probe_folds(labels)       # X3: fewer than 5 folds for small classes
+        if folds:
+            probe = cluster.linear_probe_accuracy(z.cpu().numpy(), labels, folds=folds,
+                                                  seed=args.seed)
+            line += f"  linear-probe accuracy ({folds}-fold) {probe:.4f}"
+        print(line)
+        if not folds:
+            print("note: linear probe skipped: it needs two classes with at least 2 examples "
+                  "each (stratified 2-fold); use a larger --limit")
+        elif folds < 5:
+            print(f"note: linear probe on {folds} folds, not 5: the smallest class has "
+                  f"{folds} examples")
     if out is not None:
         from vaelab._files import atomic_write_bytes
 

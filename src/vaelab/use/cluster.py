@@ -124,3 +124,15 @@ def linear_probe_accuracy(z: object, labels: object, *, folds: int = 5, seed: in
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     split = StratifiedKFold(folds, shuffle=True, random_state=seed)
     return float(cross_val_score(probe, z, labels, cv=split).mean())
+
+
+def probe_folds(labels: object, folds: int = 5) -> int:
+    """The folds the linear probe can use on labels [N]: min(folds, smallest class size).
+
+    0 when there are fewer than two classes or a class has a single example (no stratified
+    split into two folds exists); the caller then skips the probe and says why.
+    """
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    counts = np.unique(labels, return_counts=True)[1]
+    usable = min(_checks.positive_int("folds", folds), int(counts.min()) if counts.size else 0)
+    return usable if counts.shape[0] >= 2 and usable >= 2 else 0
