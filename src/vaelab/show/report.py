@@ -363,6 +363,9 @@ def _curves_uri(runs: Sequence[RunInfo]) -> str | None:
             drawn += 1
     if not drawn:
         return None
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO (nats)")
     ax.grid(alpha=.3)
