@@ -96,15 +96,20 @@ def train_vaelab(x: np.ndarray, *, missing_model: str, likelihood: str, hidden, 
     inner = TrainStep(model, Amortized(model.encoder), lr=lr, num_samples=k, compile=False)
     step = MaskedTrainStep(inner, objective="iwae")
     batches = data_.Batches(xt, batch, seed=seed)
+    _take_steps(step, batches, steps)
+    return model.eval()
+
+
+def _take_steps(step, batches, steps: int) -> None:
+    """Run ``steps`` training steps over the batches' successive epochs."""
     done, epoch = 0, 0
     while done < steps:
         for xb, index in batches.epoch(epoch):
             step(xb, index)
             done += 1
             if done >= steps:
-                break
+                return
         epoch += 1
-    return model.eval()
 
 
 def rmse(filled: np.ndarray, truth: np.ndarray, miss: np.ndarray) -> float:
@@ -245,14 +250,7 @@ def _complete_data_vae(train: np.ndarray, steps: int):
     model = build_vae(mc)
     step = TrainStep(model, Amortized(model.encoder), lr=1e-3, compile=False)
     batches = data_.Batches(torch.from_numpy(train.astype(np.float32)), 64, seed=0)
-    done, epoch = 0, 0
-    while done < steps:
-        for xb, index in batches.epoch(epoch):
-            step(xb, index)
-            done += 1
-            if done >= steps:
-                break
-        epoch += 1
+    _take_steps(step, batches, steps)
     return model.eval()
 
 

@@ -113,6 +113,15 @@ def _read_metrics(path: Path, problems: list[str]) -> list[dict]:
     return rows
 
 
+def _folder(path: str | Path, flag: str, expected: str) -> Path:
+    """``path`` as a Path; ValueError naming ``flag`` unless it is an existing folder."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"{flag}: expected {expected}, got {str(path)!r} "
+                         f"({'a file' if path.exists() else 'it does not exist'})")
+    return path
+
+
 def is_run(path: Path) -> bool:
     """True for a folder holding a vaelab config.json."""
     return path.is_dir() and (path / CONFIG_FILE).is_file()
@@ -124,10 +133,7 @@ def read_run(path: str | Path) -> RunInfo:
     Raises:
         ValueError: ``path`` is not a folder.
     """
-    path = Path(path).expanduser()
-    if not path.is_dir():
-        raise ValueError(f"RUN: expected a run directory, got {str(path)!r} "
-                         f"({'a file' if path.exists() else 'it does not exist'})")
+    path = _folder(path, "RUN", "a run directory")
     info = RunInfo(path)
     special = {CONFIG_FILE: "config", EVAL_FILE: "evaluation", GAPS_FILE: "gaps"}
     times = []
@@ -175,10 +181,7 @@ def find_runs(root: str | Path, max_depth: int = 3) -> list[RunInfo]:
     Raises:
         ValueError: ``root`` is not a folder.
     """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise ValueError(f"DIR: expected a folder, got {str(root)!r} "
-                         f"({'a file' if root.exists() else 'it does not exist'})")
+    root = _folder(root, "DIR", "a folder")
     found, frontier = [], [(root, 0)]
     while frontier:
         folder, depth = frontier.pop()
