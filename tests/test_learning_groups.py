@@ -59,7 +59,7 @@ def test_every_parameter_meant_to_learn_changes(scheme, schedule, prior):
 
 
 def test_alternating_with_zero_phi_steps_is_refused_everywhere(tmp_path, capsys):
-    with pytest.raises(ValueError, match=r"--phi-steps >= 1"):
+    with pytest.raises(ValueError, match=r"--schedule alternating needs --phi-steps K >= 1"):
         TrainConfig(schedule="alternating")
     assert TrainConfig(schedule="alternating", phi_steps=1).phi_steps == 1
     model = build_vae(ModelConfig(data_dim=12, latent_dim=3, hidden=(8,)))
@@ -69,5 +69,6 @@ def test_alternating_with_zero_phi_steps_is_refused_everywhere(tmp_path, capsys)
     code = cli.main(["train", "--schedule", "alternating", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code != 0 and err.count("\n") == 1
-    assert err.startswith("vaelab: error: phi_steps: --schedule alternating")
+    assert err.startswith("vaelab: error: phi_steps (--phi-steps): --schedule alternating "
+                          "needs --phi-steps K >= 1")   # X2 item 3
     assert not (tmp_path / "run").exists()

@@ -183,9 +183,12 @@ def _add_train(commands) -> None:
                    help="fraction of the training examples held out (seeded) for the "
                         "validation ELBO and early stopping (default 0.05; 0: none)")
     p.add_argument("--inference", choices=("amortized", "per-datapoint", "semi-amortized"))
-    p.add_argument("--schedule", choices=("joint", "alternating"))
+    p.add_argument("--schedule", choices=("joint", "alternating"),
+                   help="joint (default): θ and φ step together; alternating: --phi-steps K "
+                        "steps on q before each step on the decoder (needs --phi-steps K >= 1)")
     p.add_argument("--phi-steps", type=non_negative_int, metavar="N",
-                   help="φ steps per θ step with --schedule alternating")
+                   help="φ steps per θ step with --schedule alternating (required there, "
+                        "--phi-steps K >= 1)")
     p.add_argument("--phi-lr", type=positive_float, metavar="X",
                    help="φ's own learning rate (per-datapoint rows, alternating schedule); "
                         "default: --lr; ~0.05 suits per-datapoint rows")
@@ -244,7 +247,8 @@ def _add_objective(p: argparse.ArgumentParser) -> None:
     """--objective, --num-samples, --beta, --kl-schedule and its knobs, --free-bits."""
     p.add_argument("--objective", choices=OBJECTIVE_CHOICES,
                    help="what training maximizes: elbo (default); iwae, the importance-"
-                        "weighted bound with --num-samples K (Burda et al. 2016); iwae-dreg, "
+                        "weighted bound with --num-samples K >= 2, refused with K = 1, where it "
+                        "is the ELBO (Burda et al. 2016); iwae-dreg, "
                         "the same bound with the doubly-reparameterized encoder gradient "
                         "(Tucker et al. 2019). Metrics and evaluate always report the true "
                         "ELBO and log p(x)")
@@ -567,7 +571,55 @@ def _train_config(args: argparse.Namespace, run_dir: Path):
     if args.config is not None:
         base = config_.merge(base, config_.load_config_file(args.config))
     merged = config_.merge(base, _train_overrides(args))
-    return config_.RunConfig.from_dict(merged)
+    config = config_.RunConfig.from_dict(merged)
+    _check_given_flags(args, config)    # X2: flags the run would silently ignore
+    return config
+
+
+def _kebab(value: object) -> str:
+    return str(value).replace("_", "-")
+
+
+def _check_given_flags(args: argparse.Namespace, config) -> None:
+    """X2 items 1-2: refuse a flag given on the command line that this run would ignore.
+
+    Only flags the user gave are checked (a config file's values are left alone): one line
+    naming the flag, what it needs, and what the run has instead.
+    """
+    m, t = config.model, config.train
+    if args.kl_schedule == "constant" and t.kl_warmup_epochs > 0:
+        raise UsageError(f"--kl-warmup {t.kl_warmup_epochs:g} and --kl-schedule constant: a "
+                         f"warm-up ramps the KL weight, a constant schedule has none; expected "
+                         f"--kl-schedule linear (or no --kl-schedule), got --kl-schedule constant")
+    layers = isinstance(m.latent_dim, tuple)
+    checks = (
+        ("--hierarchy ladder", args.hierarchy == "ladder", layers,
+         "several latent sizes (--latent-dim N,N,...)", f"--latent-dim {m.latent_dim}"),
+        ("--q-components", args.q_components, m.family == "mixture",
+         "--family mixture", f"--family {_kebab(m.family)}"),
+        ("--q-flow-steps", args.q_flow_steps, m.family == "iaf",
+         "--family iaf", f"--family {_kebab(m.family)}"),
+        ("--prior-components", args.prior_components, m.prior in ("mog", "vamp"),
+         "--prior mog or --prior vamp", f"--prior {_kebab(m.prior)}"),
+        ("--prior-flow-steps", args.prior_flow_steps, m.prior == "flow",
+         "--prior flow", f"--prior {_kebab(m.prior)}"),
+        ("--kl-cycles", args.kl_cycles, t.kl_schedule == "cyclical",
+         "--kl-schedule cyclical", f"--kl-schedule {t.kl_schedule}"),
+        ("--kl-ratio", args.kl_ratio, t.kl_schedule == "cyclical",
+         "--kl-schedule cyclical", f"--kl-schedule {t.kl_schedule}"),
+        ("--likelihood-components", args.likelihood_components,
+         m.likelihood == "discretized-logistic-mixture",
+         "--likelihood discretized-logistic-mixture", f"--likelihood {m.likelihood}"),
+        ("--conv-channels", args.conv_channels, m.net == "conv", "--net conv",
+         f"--net {m.net}"),
+        (f"--objective {t.objective}", args.objective is not None or args.num_samples is not None,
+         t.objective == "elbo" or t.num_samples > 1,
+         "--num-samples K >= 2 (with K = 1 it is the plain ELBO: use --objective elbo)",
+         f"--num-samples {t.num_samples}"),
+    )
+    for flag, given, applies, needs, got in checks:
+        if given not in (None, False) and not applies:
+            raise UsageError(f"{flag}: needs {needs}, got {got}")
 
 
 def _background_base(args: argparse.Namespace, config_) -> dict:
@@ -642,6 +694,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         if logger is not None:
             logger.close()
+    if getattr(result, "nothing_to_do", None):   # X2 item 5: a finished run, untouched
+        if args.quiet:
+            print(result.nothing_to_do)
+        return 0
     _report_run(result.run_dir, config.train.inference)
     return 0
 

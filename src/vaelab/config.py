@@ -175,10 +175,10 @@ def _known_keys(section: str, data: object, cls: type) -> dict:
 
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 #: schedule='alternating' trains q only in its phi_steps; with 0 the encoder never learns.
-ALTERNATING_NEEDS_PHI_STEPS = (
-    "phi_steps: --schedule alternating takes --phi-steps N steps on q (the encoder or the "
-    "per-datapoint rows) before each step on the decoder; with 0 q is never trained; "
-    "expected --phi-steps >= 1 (e.g. --phi-steps 1), got 0")
+ALTERNATING_NEEDS_PHI_STEPS = (   # X2 item 3: say what to pass
+    "phi_steps (--phi-steps): --schedule alternating needs --phi-steps K >= 1 (K steps on q, "
+    "the encoder or the per-datapoint rows, before each step on the decoder; with 0 q is "
+    "never trained), got --phi-steps 0")
 BINARIZE_MODES = ("dynamic", "static", "none")
 INFERENCE_NAMES = ("amortized", "per-datapoint", "semi-amortized")
 TRAIN_SCHEDULES = ("joint", "alternating")

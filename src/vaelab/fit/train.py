@@ -104,6 +104,9 @@ class TrainResult:
     metrics: list[dict]
     stopped_early: bool
     best_epoch: int | None
+    #: resume=True on a run that had already finished all its epochs: the line saying so
+    #: (nothing was trained or written; X2 item 5); None otherwise.
+    nothing_to_do: str | None = None
 
 
 # --------------------------------------------------------------------------- schedules
@@ -446,7 +449,7 @@ class _Trainer(Checkpointed):
         self.state.metrics.append(row)
         self.save()
         if self.dist.main:
-            self.log(_describe(row, self.tc.epochs))
+            self.log(_describe(row, self.tc.epochs, n * self.dist.world_size))
             if self.on_epoch is not None:
                 self.on_epoch(row)
         return row
@@ -464,15 +467,34 @@ class _Trainer(Checkpointed):
                              self.state.metrics, log=self.log)
 
 
-def _describe(row: dict, epochs: int) -> str:
+#: An ELBO below this (nats per example) means training has blown up (X2 item 4).
+ASTRONOMICAL_ELBO = -1e8
+
+
+def divergence_warning(row: dict, steps_per_epoch: int) -> str | None:
+    """X2 item 4: why this epoch's numbers cannot be trusted (most steps skipped as
+    non-finite, or an astronomically low ELBO), or None."""
+    skipped = row["skipped_steps"]
+    if steps_per_epoch > 0 and 2 * skipped > steps_per_epoch:
+        return (f"training diverged: {skipped} of {steps_per_epoch} steps skipped (non-finite) "
+                f"in epoch {row['epoch']}; try a smaller --lr or --grad-clip")
+    low = [v for v in (row["train_elbo"], row["val_elbo"]) if v is not None]
+    if any(v < ASTRONOMICAL_ELBO for v in low):
+        return (f"training diverged: ELBO {min(low):.6g} in epoch {row['epoch']}; try a "
+                f"smaller --lr or --grad-clip")
+    return None
+
+
+def _describe(row: dict, epochs: int, steps_per_epoch: int = 0) -> str:
     def fmt(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.2f}"
+        return "n/a" if v is None else f"{v:.6g}" if abs(v) >= 1e6 else f"{v:.2f}"
 
     val = "" if row["val_elbo"] is None else f"  val ELBO {fmt(row['val_elbo'])}"
+    warning = divergence_warning(row, steps_per_epoch)
     return (f"epoch {row['epoch']}/{epochs}  ELBO {fmt(row['train_elbo'])}{val}  "
             f"rate {fmt(row['train_rate'])}  distortion {fmt(row['train_distortion'])}  "
             f"{row['samples_per_s']:.0f} samples/s  skipped {row['skipped_steps']}  "
-            f"{row['seconds']:.1f} s")
+            f"{row['seconds']:.1f} s" + ("" if warning is None else f"  WARNING: {warning}"))
 
 
 # --------------------------------------------------------------------------- entry point
@@ -515,8 +537,8 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     device = _device(config.train.device)
     dist = _distributed(device)
     if dist.main:
-        for note in speed_notes(config.train, device):
-            log(note)
+        for note in speed_notes(config.train, device):   # stderr even when log is silent
+            print(note, file=sys.stderr, flush=True)
         run_dir = runs.prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     data = _load_data(config, dataset)
     config = replace(config, model=config.model.with_data(
@@ -537,6 +559,8 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     if checkpoint is not None:
         trainer.restore(*checkpoint)
         check_resume_epochs(trainer.state.epoch, stored, config, run_dir)
+        if trainer.state.epoch >= config.train.epochs or trainer.state.stopped_early:
+            return _nothing_to_do(trainer, log)
         trainer.write_outputs()
         log(f"resuming {run_dir} after epoch {trainer.state.epoch}")
     if dist.main and (stored is None or stored != config):
@@ -593,6 +617,38 @@ def _data_info(data: _Data) -> dict:
             "num_val": 0 if data.val is None else len(data.val)}
 
 
+def _nothing_to_do(trainer: _Trainer, log: Callable[[str], object]) -> TrainResult:
+    """X2 item 5: resume of a finished run trains and writes nothing (unless its outputs lag
+    behind its checkpoint, after a kill between the two)."""
+    state, run_dir = trainer.state, trainer.run_dir
+    try:
+        stale = len(runs.read_metrics(run_dir)) != len(state.metrics)
+    except ValueError:
+        stale = True
+    if stale:
+        trainer.write_outputs()
+    if state.stopped_early and state.epoch < trainer.tc.epochs:
+        line = (f"nothing to do: {run_dir} stopped early after {state.epoch} epochs "
+                f"(--early-stopping); start a new run to train it further")
+    else:
+        line = (f"nothing to do: {run_dir} already finished {state.epoch} epochs (pass "
+                f"--epochs M > {state.epoch} to extend it)")
+    log(line)
+    return TrainResult(run_dir, trainer.config, trainer.model, trainer.inference,
+                       list(state.metrics), state.stopped_early, state.best_epoch,
+                       nothing_to_do=line)
+
+
+def _divergence_summary(metrics: list[dict], steps_per_epoch: int) -> str | None:
+    """One line for the end of training when some epochs diverged (X2 item 4), else None."""
+    bad = [row["epoch"] for row in metrics if divergence_warning(row, steps_per_epoch)]
+    if not bad:
+        return None
+    return (f"warning: training diverged in epoch(s) {', '.join(map(str, bad))} of "
+            f"{len(metrics)} (most steps skipped as non-finite or an astronomically low ELBO); "
+            f"the weights are not trustworthy: try a smaller --lr or --grad-clip")
+
+
 def _run(trainer: _Trainer) -> TrainResult:
     state = trainer.state
     while state.epoch < trainer.tc.epochs and not state.stopped_early:
@@ -601,6 +657,10 @@ def _run(trainer: _Trainer) -> TrainResult:
         trainer.log(f"early stopping after epoch {state.epoch}: best val ELBO "
                     f"{state.best_val_elbo:.2f} at epoch {state.best_epoch}")
     trainer.finish()
+    summary = _divergence_summary(state.metrics,   # skipped: summed over ranks
+                                  len(trainer.batches) * trainer.dist.world_size)
+    if summary is not None and trainer.dist.main:   # stderr even under --quiet
+        print(summary, file=sys.stderr, flush=True)
     trainer.dist.barrier()
     return TrainResult(trainer.run_dir, trainer.config, trainer.model, trainer.inference,
                        list(state.metrics), state.stopped_early, state.best_epoch)
