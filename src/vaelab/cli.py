@@ -812,15 +812,19 @@ def trained_with(tc) -> dict:
             "kl_cycles": tc.kl_cycles, "kl_ratio": tc.kl_ratio, "free_bits": tc.free_bits}
 
 
+def _meaning_labels(r: dict) -> tuple[str, str, str]:
+    """X3: the (log p̂, ELBO, gap) row labels of the evaluate table by what log p̂ means."""
+    meaning = (r.get("likelihood_meaning") or {}).get("meaning")
+    if meaning == "score":
+        return "unnormalised score", "ELBO-score (nats)", "score − ELBO-score"
+    if meaning == "density":
+        return "log density (nats)", "ELBO (nats)", "log p(x) − ELBO (nats)"
+    return "log p(x) (nats)", "ELBO (nats)", "log p(x) − ELBO (nats)"
+
+
 def _with_meaning(table: str, r: dict) -> str:
-    """Relabel the table by what log p̂ means (``likelihood_meaning``), then say it in a line."""
+    """The table (already labelled by what log p̂ means, X3), then that meaning in a line."""
     meaning = r.get("likelihood_meaning") or {}
-    if meaning.get("meaning") == "score":
-        table = (table.replace("log p(x) − ELBO (nats)", "score − ELBO-score     ")
-                 .replace("log p(x) (nats)", "unnormalised score").replace("ELBO (nats)",
-                                                                           "ELBO-score (nats)"))
-    elif meaning.get("meaning") == "density":
-        table = table.replace("log p(x) (nats)", "log density (nats)")
     return table + (f"\nnote: {meaning['note']}" if meaning else "")
 
 
@@ -845,9 +849,11 @@ def _estimator_lines(r: dict) -> str:
     e = r["estimator"]
     cost = e["cost_per_example"]
     what = (f"IS, {e['proposal']} proposal, k = {e['num_samples']}" if e["name"] == "is" else
-            f"AIS from q, T = {e['steps']} steps, C = {e['chains']} chains "
-            f"(\"k\" above = C), L = {e['leapfrog']} leapfrog")
-    lines = [f"log p(x) estimator: {what}; a stochastic lower bound; per example "
+            f"AIS from q, T = {e['steps']} steps, C = {e['chains']} chains, "
+            f"L = {e['leapfrog']} leapfrog")    # X3: the header names chains itself
+    quantity = {"score": "unnormalised score", "density": "log density"}.get(
+        (r.get("likelihood_meaning") or {}).get("meaning"), "log p(x)")    # X3
+    lines = [f"{quantity} estimator: {what}; a stochastic lower bound on it; per example "
              f"{cost['forward']} log p(x,z) evaluations + {cost['gradient']} with gradient"]
     if "bdmc" in r:
         b = r["bdmc"]
@@ -877,16 +883,21 @@ def format_evaluation(r: dict) -> str:
     from vaelab.measure.honest import cell
 
     ll, bpd, ess = r["log_likelihood"], r["nll_bits_per_dim"], r["ess"]
+    ais = (r.get("estimator") or {}).get("name", "is") != "is"   # X3: chains, not samples
+    draws = f"C = {r['num_samples']} AIS chains" if ais else (
+        f"k = {r['num_samples']} importance samples")
     lines = [f"{r.get('data', 'data')} {r.get('split', '')}: {r['num_examples']} of "
-             f"{r['population_size']} examples, k = {r['num_samples']} importance samples",
+             f"{r['population_size']} examples, {draws}",
              f"{'quantity':<26}{'mean':>12}{'± SE':>10}"]
-    for stats, label, fmt in ((r["elbo"], "ELBO (nats)", ".3f"),
+    ll_label, elbo_label, gap_label = _meaning_labels(r)   # X3: relabelled before padding
+    for stats, label, fmt in ((r["elbo"], elbo_label, ".3f"),
                               (r["rate"], "rate KL(q‖p) (nats)", ".3f"),
                               (r["distortion"], "distortion (nats)", ".3f"),
-                              (ll, "log p(x) (nats)", ".3f"), (bpd, "NLL (bits/dim)", ".4f"),
-                              (r["gap"], "log p(x) − ELBO (nats)", ".3f")):
+                              (ll, ll_label, ".3f"), (bpd, "NLL (bits/dim)", ".4f"),
+                              (r["gap"], gap_label, ".3f")):
         lines.append(f"{label:<26}{cell(stats, 'mean', fmt):>12}{cell(stats, 'se', fmt):>10}")
-    lines.append(f"{'ESS (of k)':<26}{cell(ess, 'mean', '.1f'):>12}  min "
+    ess_label = "ESS (of C)" if ais else "ESS (of k)"
+    lines.append(f"{ess_label:<26}{cell(ess, 'mean', '.1f'):>12}  min "
                  f"{cell(ess, 'min', '.3g')}, median {cell(ess, 'median', '.3g')}")
     units = "n/a" if r["active_units"] is None else str(r["active_units"])
     lines.append(f"{'active units':<26}{units:>12}  of {r['latent_dim']} "
@@ -961,7 +972,8 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     dataset, _ = _held_out(trained, args.data, args.split, args.seed, _printer(False))
     x = dataset.x[:args.limit].to(trained.device)
     report = gaps.report_gaps(trained.model, x, num_samples=args.k, steps=args.steps,
-                              out_dir=out, seed=args.seed)
+                              out_dir=out, seed=args.seed,
+                              data_kind=dataset.kind)    # X3: log p(x) or a score
     print(report.table())
     print(f"wrote {out / 'gaps.json'}  {out / 'gaps.png'}")
     return 0

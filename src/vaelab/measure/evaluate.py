@@ -202,8 +202,9 @@ PER_EXAMPLE_KEYS = ("elbo", "rate", "distortion", "log_likelihood", "ll_stderr",
 
 
 def _report(m: dict[str, torch.Tensor], population_size: int, num_samples: int,
-            elbo_samples: int, threshold: float) -> dict:
-    """The JSON-ready result dict of :func:`evaluate_model` from per-example measures."""
+            elbo_samples: int, threshold: float, **wording) -> dict:
+    """The JSON-ready result dict of :func:`evaluate_model` from per-example measures;
+    ``wording`` (quantity, ais) goes to ``honest.reliability_warnings`` (X3)."""
     n, data_dim = m["elbo"].shape[0], None
     ll = _log_likelihood_summary(m["log_likelihood"], m["ll_stderr"], population_size,
                                  num_samples)
@@ -221,15 +222,16 @@ def _report(m: dict[str, torch.Tensor], population_size: int, num_samples: int,
             **({} if count is not None else {honest.UNDEFINED: dict.fromkeys(
                 ("active_units", "unit_activity"),
                 "needs at least 2 examples to measure Var_x E[z|x], got 1")}),
-            "warnings": _warnings(m, num_samples)}
+            "warnings": _warnings(m, num_samples, **wording)}
 
 
-def _warnings(m: dict[str, torch.Tensor], num_samples: int) -> list[str]:
+def _warnings(m: dict[str, torch.Tensor], num_samples: int, **wording) -> list[str]:
     """Lines for a diverged model and for unreliable importance sampling (may be empty)."""
     diverged = honest.divergence_warning(
         {"ELBO": m["elbo"], "log p(x)": m["log_likelihood"], "ESS": m["ess"]})
     lines = [] if diverged is None else [diverged]
-    return lines + honest.reliability_warnings(m["ess"], m["ll_stderr"], num_samples)
+    return lines + honest.reliability_warnings(m["ess"], m["ll_stderr"], num_samples,
+                                               **wording)   # X3: chains / score wording
 
 
 def _add_bits_per_dim(report: dict, data_dim: int) -> dict:
@@ -388,12 +390,15 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
         measures = shard.measure_batches(
             lambda a, b: _batch_measures(model, infer, x[a:b], **options), x.shape[0],
             batch_size, _checks.non_negative_int("seed", seed), progress)
-    report = _report(measures, population, num_samples, elbo_samples, threshold)
+    meaning = likelihood_meaning(model, x, data_kind)
+    wording = {"quantity": "unnormalised score" if meaning["meaning"] == "score" else "log p(x)",
+               "ais": estimator is not None and estimator.name != "is"}    # X3
+    report = _report(measures, population, num_samples, elbo_samples, threshold, **wording)
     if "layer_rates" in measures:    # a hierarchy: rate and active units per latent layer
         report.update(hierarchical.layer_diagnostics(
             model.sizes, measures["layer_rates"], measures["q_mean"], threshold))
     if per_example:
         report["per_example"] = {k: measures[k].double().tolist() for k in PER_EXAMPLE_KEYS}
     return honest.json_safe(_apply_meaning(
-        _add_bits_per_dim(report, x.shape[1]), likelihood_meaning(model, x, data_kind)))
+        _add_bits_per_dim(report, x.shape[1]), meaning))
 

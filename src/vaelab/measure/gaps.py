@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -47,7 +47,7 @@ from vaelab._files import atomic_write_json
 from vaelab.infer.objectives import GenerativeModel, elbo
 from vaelab.infer.schemes import optimize_q
 from vaelab.measure import honest
-from vaelab.measure.evaluate import auto_chunk_size, log_likelihood
+from vaelab.measure.evaluate import auto_chunk_size, likelihood_meaning, log_likelihood
 from vaelab.model.vae import Encoder
 
 QUANTITIES = ("log_likelihood", "elbo_optimized", "elbo_amortized",
@@ -70,6 +70,10 @@ class GapReport:
         elbo_amortized: L[q_φ], the encoder's q.
         num_samples: samples behind every estimate.
         optimizer_steps: Adam steps taken to find q*.
+        ess, stderr: effective sample size and delta-method SE of log p̂(x), [B] (None: not
+            known); they drive the k = 1 / tiny-ESS warnings of ``vaelab.measure.honest``.
+        likelihood_meaning: what log p̂ is on these data
+            (:func:`vaelab.measure.evaluate.likelihood_meaning`; None: not said).
     """
 
     log_likelihood: torch.Tensor
@@ -77,6 +81,9 @@ class GapReport:
     elbo_amortized: torch.Tensor
     num_samples: int
     optimizer_steps: int
+    ess: torch.Tensor | None = None
+    stderr: torch.Tensor | None = None
+    likelihood_meaning: dict | None = None
 
     @property
     def approximation_gap(self) -> torch.Tensor:
@@ -109,10 +116,33 @@ class GapReport:
             out[name] = entry
         return honest.json_safe(out)
 
+    @property
+    def quantity(self) -> str:
+        """What log p̂ is called: "log p(x)", "log density" or "unnormalised score"."""
+        meaning = (self.likelihood_meaning or {}).get("meaning")
+        return {"score": "unnormalised score", "density": "log density"}.get(meaning,
+                                                                               "log p(x)")
+
     def warnings(self) -> list[str]:
-        """A line when some bound is non-finite (the model appears to have diverged)."""
+        """Lines for a diverged model (non-finite bounds), k = 1 or tiny ESS (as ``evaluate``),
+        one example (no standard errors) and negative mean gaps (Monte Carlo noise)."""
         line = honest.divergence_warning({name: getattr(self, name) for name in QUANTITIES[:3]})
-        return [] if line is None else [line]
+        lines = [] if line is None else [line]
+        if self.ess is not None and self.stderr is not None:
+            lines += honest.reliability_warnings(self.ess, self.stderr, self.num_samples,
+                                                 quantity=self.quantity)
+        n = self.log_likelihood.numel()
+        if n == 1:
+            lines.append("warning: 1 example: the standard errors across examples are "
+                         "undefined and one example says little about the gaps; raise --limit")
+        negative = [name for name in QUANTITIES[3:]
+                    if float(getattr(self, name).double().mean()) < 0]
+        if negative:
+            lines.append(f"warning: negative mean {', '.join(negative)}: the true gaps are "
+                         f">= 0, so this is estimation error (k = {self.num_samples}, n = {n}, "
+                         f"{self.optimizer_steps} optimizer steps); raise --k, --limit or "
+                         f"--steps")
+        return lines
 
     def to_dict(self) -> dict:
         """JSON-serializable (strict: no NaN): summary (mean, stderr), per-example values,
@@ -122,6 +152,8 @@ class GapReport:
             "num_examples": int(self.log_likelihood.numel()),
             "num_samples": self.num_samples,
             "optimizer_steps": self.optimizer_steps,
+            **({} if self.likelihood_meaning is None
+               else {"likelihood_meaning": self.likelihood_meaning}),
             "summary": self._stats(),
             "per_example": {k: getattr(self, k).double().tolist() for k in QUANTITIES},
             "warnings": self.warnings(),
@@ -130,14 +162,15 @@ class GapReport:
     def table(self) -> str:
         """Plain-text table of means ± standard errors, in nats ("undefined" where none)."""
         rows = [f"{'quantity':<20} {'mean (nats)':>12} {'± stderr':>10}"]
-        labels = {"log_likelihood": "log p(x)", "elbo_optimized": "L[q*]",
+        labels = {"log_likelihood": self.quantity, "elbo_optimized": "L[q*]",
                   "elbo_amortized": "L[q_phi]"}
         for name, stats in self._stats().items():
             rows.append(f"{labels.get(name, name):<20} {honest.cell(stats, 'mean', '.3f'):>12} "
                         f"{honest.cell(stats, 'stderr', '.3f'):>10}")
         rows.append(f"({int(self.log_likelihood.numel())} examples, {self.num_samples} samples, "
                     f"{self.optimizer_steps} optimizer steps)")
-        return "\n".join(rows + self.warnings())
+        note = (self.likelihood_meaning or {}).get("note")
+        return "\n".join(rows + self.warnings() + ([f"note: {note}"] if note else []))
 
 
 def mean_elbo(model: GenerativeModel, q: Distribution, x: torch.Tensor, num_samples: int,
@@ -219,7 +252,8 @@ def gaps(model: GenerativeModel, x: torch.Tensor, *, encoder: Encoder | None = N
         optimized = mean_elbo(model, family(raw_star), x, num_samples, chunk_size)
         proposal = DeterministicMixture(family(raw_phi), family(raw_star))
         estimate = log_likelihood(model, proposal, x, num_samples, chunk_size)
-    return GapReport(estimate.log_likelihood, optimized, amortized, num_samples, len(history))
+    return GapReport(estimate.log_likelihood, optimized, amortized, num_samples, len(history),
+                     ess=estimate.ess, stderr=estimate.stderr)
 
 
 def gap_panels(report: GapReport) -> dict[str, tuple[list[str], list[float], list[float]]]:
@@ -271,12 +305,16 @@ def plot_gaps(report: GapReport, path: str | os.PathLike) -> Path:
 
 
 def report_gaps(model: GenerativeModel, x: torch.Tensor, *, num_samples: int = 5000,
-                steps: int = 2000, out_dir: str | os.PathLike, **options) -> GapReport:
+                steps: int = 2000, out_dir: str | os.PathLike, data_kind: str | None = None,
+                **options) -> GapReport:
     """:func:`gaps`, then write ``out_dir/gaps.json`` and ``out_dir/gaps.png`` atomically.
 
     ``options`` go to :func:`gaps` (encoder, lr, optimizer_samples, patience, chunk_size, seed).
+    The report records what log p̂ means on x of ``data_kind`` (None: inferred from x),
+    :func:`vaelab.measure.evaluate.likelihood_meaning`.
     """
     report = gaps(model, x, num_samples=num_samples, steps=steps, **options)
+    report = replace(report, likelihood_meaning=likelihood_meaning(model, x, data_kind))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "gaps.json", report.to_dict())

@@ -116,36 +116,51 @@ def divergence_warning(named: dict[str, torch.Tensor]) -> str | None:
             + " (reported as null in the JSON)")
 
 
+def tiny_ess_below(num_samples: int) -> float:
+    """The ESS called tiny out of ``num_samples`` draws (importance samples or AIS chains):
+    :data:`MIN_RELIABLE_ESS`, or half the draws when there are fewer than 20 of them (an ESS
+    can never exceed the number of draws, so a fixed 10 would flag every run of 8 chains)."""
+    return min(MIN_RELIABLE_ESS, num_samples / 2)
+
+
 def ess_summary(ess: torch.Tensor, num_samples: int) -> dict:
     """{"mean", "min", "median", "num_tiny" (ESS < tiny_below), "tiny_below", "num_samples"}
     of per-example effective sample sizes ess [n ≥ 1] out of k = num_samples."""
     ess = ess.detach().double()
+    below = tiny_ess_below(num_samples)
     return {"mean": float(ess.mean()), "min": float(ess.min()), "median": float(ess.median()),
-            "num_tiny": int((ess < MIN_RELIABLE_ESS).sum()), "tiny_below": MIN_RELIABLE_ESS,
+            "num_tiny": int((ess < below).sum()), "tiny_below": below,
             "num_samples": num_samples}
 
 
-def reliability_warnings(ess: torch.Tensor, stderr: torch.Tensor, num_samples: int) -> list[str]:
+def reliability_warnings(ess: torch.Tensor, stderr: torch.Tensor, num_samples: int, *,
+                         quantity: str = "log p(x)", ais: bool = False) -> list[str]:
     """Warning lines about the importance-sampling estimates behind log p̂(x).
 
     Args:
         ess: per-example effective sample sizes [n].
         stderr: per-example delta-method standard errors of log p̂ [n] (NaN when k = 1).
-        num_samples: k.
+        num_samples: k importance samples, or the number of AIS chains with ``ais``.
+        quantity: what the estimate is called ("log p(x)", or "unnormalised score" where the
+            likelihood is not normalised on the data).
+        ais: the draws are AIS chains (raised by --chains), not importance samples (--k).
     """
     n, lines = ess.numel(), []
+    count, unit, flag, enough = (("C", "AIS chain", "--chains", 16) if ais
+                                 else ("k", "importance sample", "--k", 1000))
     if num_samples == 1:
-        lines.append("warning: k = 1 importance sample: log p(x) is a single-sample bound and "
-                     "its Monte Carlo standard error is undefined; use --k 1000 or more")
+        lines.append(f"warning: {count} = 1 {unit}: {quantity} is a single-sample bound and "
+                     f"its Monte Carlo standard error is undefined; use {flag} {enough} or more")
         return lines
-    tiny = int((ess < MIN_RELIABLE_ESS).sum())
+    below = tiny_ess_below(num_samples)
+    tiny = int((ess < below).sum())
     if tiny:
-        lines.append(f"warning: tiny effective sample size (ESS < {MIN_RELIABLE_ESS:g} of "
-                     f"k = {num_samples}) for {tiny} of {n} examples (min ESS "
-                     f"{float(ess.min()):.3g}): their log p(x) rests on a few weights and may "
-                     f"be far too low; raise --k")
+        lines.append(f"warning: tiny effective sample size (ESS < {below:g} of "
+                     f"{count} = {num_samples} {unit}s) for {tiny} of {n} examples (min ESS "
+                     f"{float(ess.min()):.3g}): their {quantity} rests on a few weights and "
+                     f"may be far too low; raise {flag}")
     huge = int((stderr > MAX_RELIABLE_MC_SE).sum())
     if huge:
-        lines.append(f"warning: Monte Carlo standard error of log p(x) above "
-                     f"{MAX_RELIABLE_MC_SE:g} nat for {huge} of {n} examples; raise --k")
+        lines.append(f"warning: Monte Carlo standard error of {quantity} above "
+                     f"{MAX_RELIABLE_MC_SE:g} nat for {huge} of {n} examples; raise {flag}")
     return lines

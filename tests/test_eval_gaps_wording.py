@@ -1,0 +1,86 @@
+"""What evaluate and gaps print (QA round X3): AIS named as chains with a tiny-ESS threshold
+scaled to them, score-only runs worded as scores with aligned rows, and gaps with evaluate's
+k = 1 / tiny-ESS / n = 1 warnings and the likelihood's meaning.
+
+Tiny runs on Fashion-MNIST (300 images, one epoch) through ``cli.main`` in-process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vaelab import cli, data
+from vaelab.measure import honest
+
+pytestmark = pytest.mark.skipif(
+    not any((d / "t10k-images-idx3-ubyte.gz").is_file() or (d / "t10k-images-idx3-ubyte").is_file()
+            for d in data.search_dirs("fashion-mnist")),
+    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+
+TINY = ["--limit", "300", "--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--quiet",
+        "--compile", "off", "--device", "cpu"]
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("wording")
+    paths = {"binary": folder / "binary", "score": folder / "score"}
+    assert cli.main(["train", "--out", str(paths["binary"]), *TINY]) == 0
+    assert cli.main(["train", "--binarize", "none", "--out", str(paths["score"]), *TINY]) == 0
+    return paths
+
+
+def test_tiny_ess_threshold_scales_with_the_draws_and_ais_names_chains():
+    assert honest.tiny_ess_below(8) == 4 and honest.tiny_ess_below(1000) == 10
+    stderr = torch.zeros(3)
+    assert honest.reliability_warnings(torch.full((3,), 5.0), stderr, 8, ais=True) == []
+    (line,) = honest.reliability_warnings(torch.tensor([2.0, 5, 6]), stderr, 8, ais=True)
+    assert "C = 8 AIS chains" in line and "raise --chains" in line and "--k" not in line
+    (line,) = honest.reliability_warnings(torch.ones(2), stderr, 1, quantity="unnormalised score")
+    assert "unnormalised score is a single-sample bound" in line and "log p(x)" not in line
+
+
+def test_evaluate_with_ais_names_chains(runs, capsys):
+    code, out, err = run_cli(capsys, "evaluate", runs["binary"], "--estimator", "ais",
+                             "--ais-steps", "2", "--chains", "8", "--limit", "3", "--quiet")
+    assert code == 0, err
+    assert "C = 8 AIS chains" in out and "importance samples" not in out
+    assert "ESS < 10" not in out and "raise --k" not in out
+
+
+def test_score_run_rows_are_aligned_and_worded_as_a_score(runs, capsys):
+    code, out, err = run_cli(capsys, "evaluate", runs["score"], "--k", "1", "--limit", "3",
+                             "--quiet")
+    assert code == 0, err
+    rows = {line.split("  ")[0]: line for line in out.splitlines()}
+    for label in ("ELBO-score (nats)", "unnormalised score", "score − ELBO-score"):
+        assert len(rows[label]) == len(rows["rate KL(q‖p) (nats)"]), label
+    assert "log p(x) (nats)" not in out and "ELBO (nats)" not in out
+    warning = next(line for line in out.splitlines() if line.startswith("warning: k = 1"))
+    assert "unnormalised score is a single-sample bound" in warning
+    assert "unnormalised score estimator:" in out and "log p(x) estimator" not in out
+
+
+def test_gaps_warn_like_evaluate_and_say_what_log_p_means(runs, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "gaps", runs["binary"], "--limit", "1", "--k", "1",
+                             "--steps", "3", "--out", tmp_path / "a")
+    assert code == 0, err
+    assert "warning: k = 1 importance sample" in out and "warning: 1 example" in out
+    meaning = json.loads((tmp_path / "a" / "gaps.json").read_text())["likelihood_meaning"]
+    assert meaning["meaning"] == "probability"
+    code, out, err = run_cli(capsys, "gaps", runs["score"], "--limit", "3", "--k", "4",
+                             "--steps", "3", "--out", tmp_path / "b")
+    assert code == 0, err
+    assert "unnormalised score" in out and "log p(x) " not in out.split("note:")[0]
+    report = json.loads((tmp_path / "b" / "gaps.json").read_text())
+    assert report["likelihood_meaning"]["meaning"] == "score"
