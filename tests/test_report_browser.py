@@ -123,7 +123,7 @@ def test_one_run_page_loads_with_every_image(runs, tmp_path):
     _cli("report", runs["small"], "--out", page)
     dom, stderr, shot = _open(page, tmp_path)
     _assert_loaded(dom, stderr, shot)
-    assert "Inference gaps (5 examples" in dom and "comparison-table" not in dom
+    assert "Inference gaps (5 examples" in dom and 'id="comparison-table"' not in dom
 
 
 def test_comparison_page_holds_the_paired_numbers(runs, tmp_path):
