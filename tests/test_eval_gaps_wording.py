@@ -84,3 +84,14 @@ def test_gaps_warn_like_evaluate_and_say_what_log_p_means(runs, tmp_path, capsys
     assert "unnormalised score" in out and "log p(x) " not in out.split("note:")[0]
     report = json.loads((tmp_path / "b" / "gaps.json").read_text())
     assert report["likelihood_meaning"]["meaning"] == "score"
+
+
+def test_continuous_bernoulli_on_8_bit_data_recommends_a_discrete_likelihood():
+    from vaelab.model.likelihoods import check_data_kind
+
+    note = check_data_kind("continuous-bernoulli", "8-bit", 0.0, 1.0)
+    assert note is not None and "unnormalised score" in note
+    assert "--likelihood continuous-bernoulli" not in note.split("score:")[-1]
+    assert "discrete" in note and "--likelihood discretized-logistic" in note
+    assert "--binarize dynamic" in note
+    assert check_data_kind("continuous-bernoulli", "unit-interval", 0.1, 0.9) is None

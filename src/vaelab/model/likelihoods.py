@@ -371,6 +371,13 @@ class ContinuousBernoulli(Likelihood):
     name = "continuous-bernoulli"
     meaning = {"unit-interval": "density"}
 
+    def remedy(self) -> str:
+        """X3: never recommend itself — on 8-bit or binary data (discrete) it is a score."""
+        return ("8-bit and binary data are discrete, so a density on [0, 1] does not give "
+                "their probability: for 8-bit data use a discretized likelihood (--likelihood "
+                "discretized-logistic) or dynamic binarization (--binarize dynamic with "
+                "--likelihood bernoulli); for binary data --likelihood bernoulli")
+
     def forward(self, raw: torch.Tensor) -> Distribution:
         """raw: logits [..., D] → Independent ContinuousBernoulli, event_shape [D]."""
         from torch.distributions import ContinuousBernoulli as TorchCB
