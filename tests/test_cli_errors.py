@@ -359,7 +359,7 @@ def test_real_process_prints_no_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("vaelab: error: source:")
+    assert proc.stderr.startswith("vaelab: error: --data:")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -106,10 +106,10 @@ def test_nan_without_the_flag_is_one_line_saying_how_to_opt_in(table, capsys, tm
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--missing-model", "self-masking"], "missing_model: 'self-masking' needs missing='mask'"),
-    (["--missing", "mask", "--inference", "per-datapoint"], "inference: missing='mask' needs"),
+    (["--missing-model", "self-masking"], "--missing-model self-masking: needs --missing mask"),
+    (["--missing", "mask", "--inference", "per-datapoint"], "--inference: --missing mask needs"),
     (["--missing", "mask", "--schedule", "alternating", "--phi-steps", "1"],
-     "schedule: missing='mask' trains"),
+     "--schedule: --missing mask trains"),
 ])
 def test_train_refuses_bad_missing_options(table, capsys, tmp_path, argv, message):
     folder = table[0]

@@ -491,28 +491,63 @@ def _load_run(run_dir: Path, device: str = "cpu"):
     return load(run_dir, device=device)
 
 
-def _held_out(trained, source: str | None, split: str | None, seed: int, note: Callable):
-    """The run's evaluation data: (Dataset, split), binarized once (seeded) like training."""
+def _masked_run(trained) -> bool:
+    """X1 item 3: whether the run was trained with --missing mask (its encoder reads NaN)."""
+    return getattr(trained.config.model, "missing", "none") == "mask"
+
+
+def _load_held_out(trained, source: str, split: str, allow_missing: bool):
+    """load_dataset, with one line for a --missing mask run given incomplete data (X1 item 3)."""
+    from vaelab import data
+
+    try:
+        return data.load_dataset(source, split, allow_missing=allow_missing)
+    except ValueError as err:
+        if not _masked_run(trained) or data.MISSING_HINT not in str(err):
+            raise
+        raise ValueError(f"--data: expected complete held-out data (no NaN or empty cells) for "
+                         f"this command, got missing entries in {source!r} (this run was "
+                         f"trained on it with --missing mask); pass --data FILE with complete "
+                         f"examples (`vaelab impute RUN --data {source} --out FILE` fills in "
+                         f"the missing ones; `vaelab encode` reads incomplete data)") from None
+
+
+def _held_out(trained, source: str | None, split: str | None, seed: int, note: Callable,
+              allow_missing: bool = False):
+    """The run's evaluation data: (Dataset, split), binarized once (seeded) like training.
+
+    ``allow_missing``: NaN / empty cells stay as missing entries (X1: encode of a masked run).
+    """
     from vaelab import data
 
     tc = trained.config.train
     source = source or tc.data
     try:
-        dataset = data.load_dataset(source, split or "test")
+        dataset = _load_held_out(trained, source, split or "test", allow_missing)
         split = split or "test"
     except ValueError:
         if split is not None or not Path(source).exists():   # only user files lack splits
             raise
-        dataset, split = data.load_dataset(source, "train"), "train"
+        dataset, split = _load_held_out(trained, source, "train", allow_missing), "train"
         note(f"note: {source} has no test split; using all of its examples")
     if dataset.x.shape[1] != trained.model.data_dim:
         raise ValueError(f"data: the run's model expects {trained.model.data_dim} values per "
                          f"example, got {dataset.x.shape[1]} from {source!r}")
-    if tc.binarize != "none":
+    if tc.binarize != "none" and allow_missing:       # X1: one seeded draw, NaN kept
+        from dataclasses import replace
+
+        import torch
+
+        from vaelab.fit.masked import _binarize_keep_nan
+
+        x = _binarize_keep_nan(dataset.x.float(), torch.Generator().manual_seed(seed))
+        dataset = replace(dataset, x=x, kind="binary")
+    elif tc.binarize != "none":
         dataset = data.static_binarize(dataset, seed)
     likelihood = getattr(getattr(trained.model, "decoder", None), "likelihood", None)
     if hasattr(likelihood, "check_support"):          # values outside its support: one line
-        likelihood.check_support(dataset.x, "--data")
+        likelihood.check_support(dataset.x.nan_to_num(0.0) if allow_missing else dataset.x,
+                                 "--data")
     return dataset, split
 
 
@@ -698,7 +733,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.quiet:
             print(result.nothing_to_do)
         return 0
-    _report_run(result.run_dir, config.train.inference)
+    _report_run(result.run_dir, config.train.inference, config.model.missing == "mask")  # X1
     return 0
 
 
@@ -724,7 +759,7 @@ def _remove_empty(path: Path, created: Path | None) -> None:
             return
 
 
-def _report_run(run_dir: Path, inference: str = "amortized") -> None:
+def _report_run(run_dir: Path, inference: str = "amortized", masked: bool = False) -> None:
     if int(os.environ.get("RANK", "0") or 0) != 0:   # torchrun: the summary once, on rank 0
         return
     names = ("samples.png", "reconstructions.png", "curves.png", "latent.png")
@@ -736,6 +771,9 @@ def _report_run(run_dir: Path, inference: str = "amortized") -> None:
     if inference == "per-datapoint":   # no encoder: q(z|x) exists for the training rows only
         print(f"next: vaelab sample {run_dir}  (a per-datapoint run has no encoder for new "
               "data, so evaluate, reconstruct and gaps do not apply)")
+    elif masked:        # X1 item 3: evaluate needs complete held-out data
+        print(f"next: vaelab impute {run_dir} --data FILE --out FILE  (fill in missing "
+              f"entries), or vaelab evaluate {run_dir} --data COMPLETE_FILE")
     else:
         print(f"next: vaelab evaluate {run_dir}")
 
@@ -1177,9 +1215,10 @@ def _read_labels(path: Path, flag: str):
     return values
 
 
-def _examples(args: argparse.Namespace, trained):
+def _examples(args: argparse.Namespace, trained, allow_missing: bool = False):
     """The data a use-command works on: (Dataset, split), the first --limit rows."""
-    dataset, split = _held_out(trained, args.data, args.split, args.seed, _printer(False))
+    dataset, split = _held_out(trained, args.data, args.split, args.seed, _printer(False),
+                               allow_missing)
     if args.limit:
         dataset = dataset.subset(slice(0, args.limit))
     return dataset, split
@@ -1344,8 +1383,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
     trained = _load_run(args.run, args.device)
     _infer(trained)
     out = _out_path(args.out, ".npy", "--out")
-    dataset, _ = _examples(args, trained)
-    z = encode(trained.encode, dataset.x, sample=args.sample,
+    masked = _masked_run(trained)       # X1 item 3: its encoder reads NaN as missing
+    dataset, _ = _examples(args, trained, allow_missing=masked)
+    encoder = trained.encode if not masked else (
+        lambda x: trained.model.encode(x.to(trained.device, torch.float32)))
+    z = encode(encoder, dataset.x, sample=args.sample,
                generator=torch.Generator().manual_seed(args.seed))
     buffer = io.BytesIO()
     np.save(buffer, z.detach().cpu().numpy().astype(np.float32), allow_pickle=False)
@@ -1445,6 +1487,37 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+#: X1 item 4: config field names (Python) → the train flag that sets them, for CLI messages.
+_FIELD_FLAGS = {"missing_model": "--missing-model", "missing": "--missing", "source": "--data",
+                "latent_dim": "--latent-dim", "inference": "--inference",
+                "classes": "--classes", "perturb_fraction": "--perturb-fraction",
+                "binarize": "--binarize", "schedule": "--schedule"}
+_FIELD = "|".join(_FIELD_FLAGS)
+
+
+def _flag_value(value: str) -> str:
+    """'self-masking' → self-masking; (4, 2) → 4,2 (a value as typed after its flag)."""
+    value = value.strip("'\"")
+    if value.startswith("(") and value.endswith(")"):
+        value = ",".join(v.strip() for v in value[1:-1].split(",") if v.strip())
+    return _kebab(value)
+
+
+def _cli_words(text: str) -> str:
+    """A library message in CLI words: ``missing_model: 'x'`` → ``--missing-model x``,
+    ``missing='mask'`` → ``--missing mask``, ``image_shape: ...`` → ``--net conv: ...``."""
+    import re  # X1 item 4
+
+    if text.startswith("image_shape: expected (C, H, W) for a convolutional net"):
+        return ("--net conv: expected image data (--data of images, or a .npy of shape "
+                "N × C × H × W), got data without an image shape (N × D)")
+    text = re.sub(rf"^({_FIELD}): '([^']*)'",
+                  lambda m: f"{_FIELD_FLAGS[m.group(1)]} {_flag_value(m.group(2))}:", text)
+    text = re.sub(rf"^({_FIELD}):", lambda m: f"{_FIELD_FLAGS[m.group(1)]}:", text)
+    return re.sub(rf"\b({_FIELD})=('[^']*'|\([^)]*\)|[\w.-]+)",
+                  lambda m: f"{_FIELD_FLAGS[m.group(1)]} {_flag_value(m.group(2))}", text)
+
+
 def _known_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ValueError, TypeError, OSError, UsageError]
     training_error = getattr(sys.modules.get("vaelab.fit.train"), "TrainingError", None)
@@ -1483,6 +1556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         code = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
         message = _one_line(exc)
+        message = _cli_words(message)    # X1 item 4: flags, not Python arguments
         if not isinstance(exc, _known_errors()):
             message = (f"unexpected {type(exc).__name__}: {message} (set {DEBUG_ENV}=1 for "
                        f"the traceback)")

@@ -34,6 +34,7 @@ import gzip
 import hashlib
 import math
 import os
+import re
 import struct
 import tempfile
 import urllib.request
@@ -584,7 +585,7 @@ def _csv_header(path: Path) -> list[str] | None:
     with open(path, newline="", encoding="utf-8", errors="replace") as handle:
         cells = [c.strip().strip('"').strip() for c in handle.readline().split(",")]
     try:
-        [float(c) for c in cells]
+        [float(c) for c in cells if c]      # X1: an empty cell is data (missing), not a name
     except ValueError:
         return cells
     return None
@@ -608,18 +609,45 @@ def _label_index(label_column: str | int, header: list[str] | None, ncols: int,
     return label_column % ncols
 
 
+def _missing_cell(text: str) -> float:
+    """One CSV cell under allow_missing: empty or nan → NaN; any other text must be a number."""
+    text = text.strip()
+    if text == "" or text.lower() == "nan":
+        return math.nan
+    return float(text)      # "foo" raises, and loadtxt names its row and column
+
+
+def _csv_position(err: ValueError) -> str:
+    """numpy's "... to float64 at row R, column C." (R 0-based, C 1-based) → both 1-based."""
+    def one_based(m: re.Match) -> str:
+        return f"at data row {int(m.group(1)) + 1}, column {m.group(2)} (1-based, header excluded)"
+    text = str(err).rstrip(".").replace(" to float64", "")
+    return re.sub(r"at row (\d+), column (\d+)", one_based, text)
+
+
+def read_csv_numbers(path: Path, skip_header: bool, allow_missing: bool = False) -> np.ndarray:
+    """The numbers of a CSV as a float64 table [rows, columns] (X1 item 1-2).
+
+    With ``allow_missing`` only an empty cell or ``nan`` reads as NaN; any other text is an
+    error naming it with its 1-based data row and column, as without it.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
+            return np.loadtxt(path, delimiter=",", skiprows=int(skip_header), ndmin=2,
+                              converters=_missing_cell if allow_missing else None)
+    except ValueError as err:
+        hint = MISSING_HINT if "''" in str(err) and not allow_missing else ""
+        raise ValueError(f"{path}: expected a CSV of numbers, got: {_csv_position(err)}"
+                         f"{hint}") from err
+
+
 def _read_csv(path: Path, split: str,
               label_column: str | int | None) -> tuple[np.ndarray, np.ndarray | None]:
     """A CSV of numbers (optional header row) → (float64 table, labels column or None)."""
     _whole_file_only(split, path)
     header = _csv_header(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
-            table = np.loadtxt(path, delimiter=",", skiprows=int(header is not None), ndmin=2)
-    except ValueError as err:
-        hint = MISSING_HINT if "''" in str(err) else ""
-        raise ValueError(f"{path}: expected a CSV of numbers, got: {err}{hint}") from err
+    table = read_csv_numbers(path, header is not None)
     if header is not None and table.size and len(header) != table.shape[1]:
         raise ValueError(f"{path}: expected every row to have the header's {len(header)} "
                          f"columns, got rows of {table.shape[1]}")
@@ -777,10 +805,7 @@ def _load_with_missing(path: Path, split: str, label_column: str | int | None) -
     if suffix == ".csv" and path.is_file():
         _whole_file_only(split, path)
         header = _csv_header(path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            table = np.genfromtxt(path, delimiter=",", skip_header=int(header is not None),
-                                  ndmin=2, filling_values=np.nan)
+        table = read_csv_numbers(path, header is not None, allow_missing=True)
         x, labels = table, None
         if label_column is not None and table.size:
             col = _label_index(label_column, header, table.shape[1], path)

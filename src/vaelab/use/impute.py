@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -154,10 +153,12 @@ def _read_table(path: Path, flag: str) -> tuple[np.ndarray, str | None]:
         [float(v) for v in first.split(",") if v.strip()]
     except ValueError:
         header = first
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        table = np.genfromtxt(path, delimiter=",", skip_header=int(header is not None),
-                              ndmin=2, filling_values=np.nan, dtype=np.float64)
+    from vaelab.data import read_csv_numbers
+
+    try:        # X1: only empty cells and nan are missing; other text is an error
+        table = read_csv_numbers(path, header is not None, allow_missing=True)
+    except ValueError as err:
+        raise ValueError(f"{flag}: {err}") from None
     return table, header
 
 
