@@ -71,3 +71,27 @@ def linear_encoder(data_dim: int, family: families.Family, seed: int = 7,
         net.weight.copy_(scale * torch.randn(net.weight.shape, generator=g, dtype=F64))
         net.bias.zero_()
     return models.Encoder(net, family)
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """``vaelab`` in-process: (exit code, stdout, stderr)."""
+    from vaelab import cli
+
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _fashion_mnist_installed() -> bool:
+    from vaelab import data
+
+    return any((d / "t10k-images-idx3-ubyte.gz").is_file()
+               or (d / "t10k-images-idx3-ubyte").is_file()
+               for d in data.search_dirs("fashion-mnist"))
+
+
+#: Mark for tests that read the real Fashion-MNIST files.
+needs_fashion_mnist = pytest.mark.skipif(
+    not _fashion_mnist_installed(),
+    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+

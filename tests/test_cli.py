@@ -17,25 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs_fashion_mnist, run_cli
 from PIL import Image
 
 import vaelab
 from vaelab import cli, data
 
-pytestmark = pytest.mark.skipif(
-    not any((d / "t10k-images-idx3-ubyte.gz").is_file() or (d / "t10k-images-idx3-ubyte").is_file()
-            for d in data.search_dirs("fashion-mnist")),
-    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+pytestmark = needs_fashion_mnist
 
 TRAIN = ["--limit", "512", "--epochs", "1", "--batch-size", "64", "--latent-dim", "2",
          "--quiet"]
 FIGURES = ("samples.png", "reconstructions.png", "curves.png", "latent.png")
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -12,23 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_fashion_mnist, run_cli
 
-from vaelab import cli, data
+from vaelab import cli
 from vaelab.measure import honest
 
-pytestmark = pytest.mark.skipif(
-    not any((d / "t10k-images-idx3-ubyte.gz").is_file() or (d / "t10k-images-idx3-ubyte").is_file()
-            for d in data.search_dirs("fashion-mnist")),
-    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+pytestmark = needs_fashion_mnist
 
 TINY = ["--limit", "300", "--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--quiet",
         "--compile", "off", "--device", "cpu"]
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 from vaelab import cli
 from vaelab.use.impute import impute
 from vaelab.use.trained import load
 
 N, D = 160, 5
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

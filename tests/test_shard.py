@@ -12,14 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_fashion_mnist
 
-from vaelab import cli, data
+from vaelab import cli
 from vaelab.measure import shard
 
-pytestmark = pytest.mark.skipif(
-    not any((d / "t10k-images-idx3-ubyte.gz").is_file() or (d / "t10k-images-idx3-ubyte").is_file()
-            for d in data.search_dirs("fashion-mnist")),
-    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+pytestmark = needs_fashion_mnist
 
 EVALS = {"is": ["--k", "20"],
          "ais": ["--estimator", "ais", "--ais-steps", "3", "--chains", "3", "--leapfrog", "2"]}

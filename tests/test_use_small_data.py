@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from vaelab import cli, data
 from vaelab.use.cluster import probe_folds
@@ -19,12 +20,6 @@ TINY = ["--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--quiet", "--co
 HAS_FASHION = any((d / "t10k-images-idx3-ubyte.gz").is_file()
                   or (d / "t10k-images-idx3-ubyte").is_file()
                   for d in data.search_dirs("fashion-mnist"))
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
-from vaelab import cli, data
+from vaelab import data
 
 TINY = ["--limit", "300", "--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--quiet"]
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
