@@ -8,9 +8,9 @@ RUN=${1:-runs/quickstart}
 START=$SECONDS
 .venv/bin/vaelab train --out "$RUN" --overwrite
 .venv/bin/vaelab evaluate "$RUN"
-.venv/bin/vaelab report "$RUN"
 echo
 echo "pictures:"
 ls -1 "$RUN"/*.png
+.venv/bin/vaelab report "$RUN"
 echo
 .venv/bin/python scripts/run_summary.py "$RUN" "$((SECONDS - START))"
