@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-MODEL_FILE = "model.safetensors"
+from vaelab.fit.runs import CONFIG_FILE, METRICS_FILE, MODEL_FILE
+
 EVAL_FILE = "eval.json"
 GAPS_FILE = "gaps.json"
 #: Pictures a training run writes, in the order a reader wants them, with their captions.
