@@ -70,8 +70,8 @@ def measure_batches(measure: Callable[[int, int], dict[str, torch.Tensor]], n: i
 
         starts = tqdm(starts, desc="evaluate", unit="batch", leave=False, dynamic_ncols=True)
     mine: dict[int, dict[str, torch.Tensor]] = {}
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     for start in starts:
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(batch_seed(seed, start))
             mine[start] = {k: v.detach().cpu() for k, v in
