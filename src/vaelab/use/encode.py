@@ -37,7 +37,6 @@ def encode(infer: Callable[[torch.Tensor], Distribution], x: torch.Tensor, *,
     for start in range(0, x.shape[0], batch_size):
         with torch.no_grad():
             q = infer(x[start:start + batch_size])
-        with torch.no_grad():
             parts.append(_draw(q, generator) if sample else _mean(q, generator))
     if not parts:
         raise ValueError("x: expected at least one example, got an empty tensor")
