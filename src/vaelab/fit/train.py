@@ -331,20 +331,24 @@ class _Trainer(Checkpointed):
         return tqdm(total=len(self.batches), desc=f"epoch {epoch + 1}/{self.tc.epochs}",
                     leave=False, disable=not enabled, unit="batch", dynamic_ncols=True)
 
-    def _one_step(self, x: torch.Tensor, index: torch.Tensor, sums: torch.Tensor) -> None:
+    def _one_step(self, x: torch.Tensor, index: torch.Tensor, sums: list[float]) -> None:
+        """One step; adds to ``sums`` in place (Python floats: no tensor per step)."""
         n = len(self.batches)
         lr = learning_rate(self.tc, self.state.step, n)
         self.step.set_lr(lr)
         result = self.step(x, index, kl_weight(self.tc, self.state.step, n))
         self.state.step += 1
         b = x.shape[0]
+        sums[5] += b
         if not result.skipped:
             self.state.consecutive_nonfinite = 0
-            sums += torch.tensor([result.elbo * b, result.rate * b, result.distortion * b,
-                                  b, 0, b], dtype=torch.float64)
+            sums[0] += result.elbo * b
+            sums[1] += result.rate * b
+            sums[2] += result.distortion * b
+            sums[3] += b
             return
         self.state.consecutive_nonfinite += 1
-        sums += torch.tensor([0, 0, 0, 0, 1, b], dtype=torch.float64)
+        sums[4] += 1
         if self.state.consecutive_nonfinite >= self.tc.max_nonfinite_steps:
             raise TrainingError(
                 f"training diverged: {self.state.consecutive_nonfinite} consecutive steps had a "
@@ -356,7 +360,7 @@ class _Trainer(Checkpointed):
         """Run one epoch; → its training metrics (all-reduced over ranks)."""
         self.model.train()
         self.inference.train()
-        sums = torch.zeros(6, dtype=torch.float64)  # elbo, rate, distortion, n ok, skipped, n
+        sums = [0.0] * 6   # elbo, rate, distortion, n ok, skipped, n
         torch.manual_seed(noise_seed(self.tc.seed, epoch, self.dist.rank))
         start = time.perf_counter()
         with self._progress_bar(epoch) as bar:
@@ -368,7 +372,8 @@ class _Trainer(Checkpointed):
                     bar.set_postfix(elbo=f"{sums[0] / sums[3]:.2f}",
                                     samples_s=f"{sums[5] * self.dist.world_size / seconds:.0f}")
         seconds = time.perf_counter() - start
-        sums = self.dist.all_reduce_sum(sums.to(self.device)).cpu()
+        sums = self.dist.all_reduce_sum(
+            torch.tensor(sums, dtype=torch.float64, device=self.device)).cpu()
         mean = (sums[:3] / sums[3]).tolist() if sums[3] > 0 else [math.nan] * 3
         return {"train_elbo": mean[0], "train_rate": mean[1], "train_distortion": mean[2],
                 "samples_per_s": float(sums[5]) / seconds, "skipped_steps": int(sums[4]),
