@@ -231,9 +231,9 @@ def _add_family_and_prior(p: argparse.ArgumentParser) -> None:
 
 def _family_and_prior(args: argparse.Namespace) -> dict:
     """The q and prior flags as ModelConfig fields (None = not given)."""
-    return {"family": args.family and args.family.replace("-", "_"),
+    return {"family": args.family,       # kebab-case: ModelConfig normalizes it
             "q_components": args.q_components, "q_flow_steps": args.q_flow_steps,
-            "prior": args.prior and args.prior.replace("-", "_"),
+            "prior": args.prior,
             "prior_components": args.prior_components,
             "prior_flow_steps": args.prior_flow_steps}
 
@@ -493,7 +493,7 @@ def _load_run(run_dir: Path, device: str = "cpu"):
 
 def _masked_run(trained) -> bool:
     """X1 item 3: whether the run was trained with --missing mask (its encoder reads NaN)."""
-    return getattr(trained.config.model, "missing", "none") == "mask"
+    return trained.config.model.missing == "mask"
 
 
 def _load_held_out(trained, source: str, split: str, allow_missing: bool):
@@ -1043,7 +1043,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
     from vaelab.use import impute
 
     trained = _load_run(args.run, args.device)
-    if trained.config.model.missing == "none":
+    if not _masked_run(trained):
         raise ValueError(f"RUN: `impute` needs a run trained with --missing mask, got "
                          f"{str(args.run)!r} (trained on complete data; for images see "
                          f"`vaelab complete`)")
