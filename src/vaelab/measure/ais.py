@@ -43,6 +43,7 @@ from torch.distributions import Distribution
 from vaelab import _checks
 from vaelab.infer.objectives import GenerativeModel
 from vaelab.measure import hmc
+from vaelab.measure.evaluate import from_log_sums
 
 SCHEDULES = ("sigmoid", "linear")
 DIRECTIONS = ("forward", "reverse")
@@ -93,14 +94,7 @@ class AISResult(NamedTuple):
 
 def log_mean_exp_and_se(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log-mean-exp over dim 0, delta-method SE, ESS) of log-weights [C, B] → three [B]."""
-    c = log_w.shape[0]
-    lse1, lse2 = log_w.logsumexp(0), (2 * log_w).logsumexp(0)
-    ess = (2 * lse1 - lse2).exp()
-    if c > 1:
-        se = ((c / ess - 1).clamp_min(0) / (c - 1)).sqrt()
-    else:
-        se = torch.full_like(ess, math.nan)
-    return lse1 - math.log(c), se, ess
+    return from_log_sums(log_w.logsumexp(0), (2 * log_w).logsumexp(0), log_w.shape[0])
 
 
 class _Initial:

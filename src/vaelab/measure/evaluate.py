@@ -86,13 +86,19 @@ def log_likelihood(model: GenerativeModel, q: Distribution, x: torch.Tensor,
             c1, c2 = lw.logsumexp(0), (2 * lw).logsumexp(0)
             lse1 = c1 if lse1 is None else torch.logaddexp(lse1, c1)
             lse2 = c2 if lse2 is None else torch.logaddexp(lse2, c2)
-        k = num_samples
-        ess = (2 * lse1 - lse2).exp()
-        if k > 1:
-            stderr = ((k / ess - 1).clamp_min(0) / (k - 1)).sqrt()
-        else:
-            stderr = torch.full_like(ess, math.nan)
-        return LogLikelihoodEstimate(lse1 - math.log(k), stderr, ess, k)
+        return LogLikelihoodEstimate(*from_log_sums(lse1, lse2, num_samples), num_samples)
+
+
+def from_log_sums(lse1: torch.Tensor, lse2: torch.Tensor, k: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log p̂ = log-mean-exp, delta-method SE, ESS), each [B], from lse1 = log Σ w and
+    lse2 = log Σ w² over k weights (SE NaN when k = 1; module docstring)."""
+    ess = (2 * lse1 - lse2).exp()
+    if k > 1:
+        stderr = ((k / ess - 1).clamp_min(0) / (k - 1)).sqrt()
+    else:
+        stderr = torch.full_like(ess, math.nan)
+    return lse1 - math.log(k), stderr, ess
 
 
 def bits_per_dim(nats_per_example: float | torch.Tensor, data_dim: int) -> float | torch.Tensor:
