@@ -154,7 +154,7 @@ class MaskedTrainStep:
             loss = -(lw.logsumexp(0) - math.log(lw.shape[0])).mean()
         stats = torch.stack([loss, (d.log_likelihood - kl).mean(), kl.mean(),
                              d.log_likelihood.mean()]).detach().tolist()
-        params = inner.theta + inner.phi
+        params = inner.params
         ok = math.isfinite(stats[0])
         if ok:
             loss.backward()

@@ -194,6 +194,7 @@ class TrainStep:
         self.theta = _unique(model.generative_parameters())
         theta_ids = {id(p) for p in self.theta}
         self.phi = [p for p in _unique(inference.parameters()) if id(p) not in theta_ids]
+        self.params = self.theta + self.phi      # θ then φ, built once for the hot path
         if inference.sparse:   # sparse rows → SparseAdam; dense φ (e.g. IAF's MADEs) → Adam
             rows = {id(m.weight) for m in inference.modules()
                     if isinstance(m, nn.Embedding) and m.sparse}
@@ -202,7 +203,7 @@ class TrainStep:
             self.theta_opt = fused_adam(self.theta + [p for p in self.phi if id(p) not in rows],
                                         lr, betas)
         elif self.schedule == "joint":
-            self.theta_opt = fused_adam(self.theta + self.phi, lr, betas)
+            self.theta_opt = fused_adam(self.params, lr, betas)
             self.phi_opt = None
         else:
             self.theta_opt = fused_adam(self.theta, lr, betas)
@@ -214,7 +215,7 @@ class TrainStep:
             self._fast = _GaussianBernoulliELBO(encoder.net, model.decoder.net,
                                                 encoder.family.min_scale)
         self.compile = compile
-        device = next(iter(self.theta + self.phi), torch.empty(0)).device
+        device = next(iter(self.params), torch.empty(0)).device
         self._want_compile = self._fast is not None and (
             compile is True or (compile == "auto" and device.type in AUTO_COMPILE_DEVICES
                                 and expected_steps is not None
@@ -227,7 +228,7 @@ class TrainStep:
             grad = GaussianBernoulliELBOGrad(inference.encoder.net, model.decoder.net,
                                              inference.encoder.family.min_scale,
                                              inference.encoder.latent_dim)
-            if {id(p) for p in grad.parameters} == {id(p) for p in self.theta + self.phi}:
+            if {id(p) for p in grad.parameters} == {id(p) for p in self.params}:
                 self._grad = grad
         self._adam = DirectFusedAdam(self.theta_opt)
         self._device_type = device.type
@@ -260,7 +261,7 @@ class TrainStep:
                 _, ok = self._backward(x, index, kl_weight, self.phi)
                 if ok:
                     self.phi_opt.step()
-        result, ok = self._backward(x, index, kl_weight, self.theta + self.phi)
+        result, ok = self._backward(x, index, kl_weight, self.params)
         if ok:
             if self.schedule == "alternating" and self.phi_opt is not None:
                 self.theta_opt.step()
@@ -342,8 +343,8 @@ class TrainStep:
         ok = math.isfinite(loss_v)
         if ok:
             loss.backward()
-            self._reduce(self.theta + self.phi)
-            ok = self._grads_ok(self.theta + self.phi)
+            self._reduce(self.params)
+            ok = self._grads_ok(self.params)
             if ok:
                 self.theta_opt.step()
         return StepResult(ll_v - kl_v, kl_v, -ll_v, not ok)
