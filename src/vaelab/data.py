@@ -642,12 +642,13 @@ def read_csv_numbers(path: Path, skip_header: bool, allow_missing: bool = False)
                          f"{hint}") from err
 
 
-def _read_csv(path: Path, split: str,
-              label_column: str | int | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """A CSV of numbers (optional header row) → (float64 table, labels column or None)."""
+def _read_csv(path: Path, split: str, label_column: str | int | None,
+              allow_missing: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """A CSV of numbers (optional header row) → (float64 table, labels column or None);
+    ``allow_missing``: empty cells and ``nan`` read as NaN (:func:`read_csv_numbers`)."""
     _whole_file_only(split, path)
     header = _csv_header(path)
-    table = read_csv_numbers(path, header is not None)
+    table = read_csv_numbers(path, header is not None, allow_missing)
     if header is not None and table.size and len(header) != table.shape[1]:
         raise ValueError(f"{path}: expected every row to have the header's {len(header)} "
                          f"columns, got rows of {table.shape[1]}")
@@ -803,13 +804,7 @@ def _load_with_missing(path: Path, split: str, label_column: str | int | None) -
     """
     suffix = path.suffix.lower()
     if suffix == ".csv" and path.is_file():
-        _whole_file_only(split, path)
-        header = _csv_header(path)
-        table = read_csv_numbers(path, header is not None, allow_missing=True)
-        x, labels = table, None
-        if label_column is not None and table.size:
-            col = _label_index(label_column, header, table.shape[1], path)
-            x, labels = np.delete(table, col, axis=1), table[:, col]
+        x, labels = _read_csv(path, split, label_column, allow_missing=True)
     elif path.is_file() and suffix in (".npy", ".npz"):
         x, labels = _read_npy(path, split) if suffix == ".npy" else _read_npz(path, split)
     else:
