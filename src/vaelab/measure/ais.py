@@ -88,8 +88,14 @@ class AISResult(NamedTuple):
 
     @property
     def gradient_evaluations(self) -> int:
-        """Evaluations of log p(x, z) with its gradient per example: C (1 + (T − 1) L)."""
-        return self.num_chains * (1 + (self.num_steps - 1) * self.num_leapfrog)
+        """Evaluations of log p(x, z) with its gradient per example (:func:`cost`)."""
+        return cost(self.num_chains, self.num_steps, self.num_leapfrog)
+
+
+def cost(chains: int, steps: int, leapfrog: int) -> int:
+    """Evaluations of log p(x, z) with its gradient per example of one AIS run:
+    C (1 + (T − 1) L) (the last transition is skipped)."""
+    return chains * (1 + (steps - 1) * leapfrog)
 
 
 def log_mean_exp_and_se(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -53,9 +53,8 @@ def summarize(lower: torch.Tensor, upper: torch.Tensor, chains: int, steps: int,
         se = float(v.std() / v.numel() ** 0.5) if v.numel() > 1 else None
         out[name] = {"mean": float(v.mean()), "se": se}
     out["gap"]["max"] = float((upper - lower).max())
-    per_direction = chains * (1 + (steps - 1) * leapfrog)
     out.update(num_examples=int(lower.numel()), chains=chains, steps=steps, leapfrog=leapfrog,
-               gradient_evaluations_per_example=2 * per_direction)
+               gradient_evaluations_per_example=2 * ais_.cost(chains, steps, leapfrog))
     return out
 
 

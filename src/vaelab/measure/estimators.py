@@ -100,8 +100,7 @@ class Estimator:
         if self.name == "is":
             grad = 0 if self.proposal == "encoder" else self.refine_steps * 8
             return {"forward": self.num_samples, "gradient": grad}
-        grad = self.chains * (1 + (self.steps - 1) * self.leapfrog)
-        return {"forward": 0, "gradient": grad}
+        return {"forward": 0, "gradient": ais_.cost(self.chains, self.steps, self.leapfrog)}
 
     def describe(self) -> dict:
         """JSON-ready: the options, what the number is, and the cost per example."""
