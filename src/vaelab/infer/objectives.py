@@ -362,7 +362,8 @@ def path_log_prob(q: Distribution, z: torch.Tensor) -> torch.Tensor:
 def _elbo_objective(model: GenerativeModel, q: Distribution, x: torch.Tensor,
                     num_samples: int, kl_weight: float, free_bits: float) -> TrainingTerms:
     terms = elbo_terms(model, q, x, num_samples, validate=False)
-    kl = free_bits_kl(q, model.prior(), terms.kl, free_bits)
+    # p(z) is built again only when free bits need it (a VampPrior's is an encoder pass)
+    kl = terms.kl if free_bits <= 0 else free_bits_kl(q, model.prior(), terms.kl, free_bits)
     value = terms.expected_log_likelihood - kl_weight * kl
     return TrainingTerms(value, value.detach(), _detached(terms))
 
@@ -378,7 +379,8 @@ def _iwae_objective(model: GenerativeModel, q: Distribution, x: torch.Tensor,
         raise TypeError(f"q: the IWAE objectives need a reparameterizable q, got {describe(q)}")
     z = q.rsample((num_samples,))                                  # [K, B, L]
     log_lik = model.decode(z).log_prob(x)                          # [K, B]
-    log_p_z = model.prior().log_prob(z)
+    prior = model.prior()
+    log_p_z = prior.log_prob(z)
     log_q = path_log_prob(q, z) if dreg else q.log_prob(z)
     lw = log_lik + kl_weight * (log_p_z - log_q)
     bound = lw.logsumexp(0) - math.log(num_samples)
@@ -391,7 +393,7 @@ def _iwae_objective(model: GenerativeModel, q: Distribution, x: torch.Tensor,
         surrogate = (w * lw).sum(0)
     with torch.no_grad():
         expected = log_lik.mean(0)
-        kl = _kl(q, model.prior(), z, None, "auto")
+        kl = _kl(q, prior, z, None, "auto")
     terms = ELBOTerms((expected - kl).detach(), expected.detach(), kl.detach())
     return TrainingTerms(surrogate, bound.detach(), terms)
 
