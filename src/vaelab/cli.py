@@ -461,12 +461,10 @@ def _writable_dir(path: Path, what: str) -> Path:
 
 
 def _png_path(path: Path, what: str) -> Path:
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"{what}: expected a .png file name, got {str(path)!r}")
-    if path.is_dir():
+    """:func:`_out_path` for a .png, naming a folder called *.png as a folder."""
+    if path.suffix.lower() == ".png" and path.is_dir():
         raise ValueError(f"{what}: expected a file name, got the folder {str(path)!r}")
-    _writable_dir(path.parent, what)
-    return path
+    return _out_path(path, ".png", what)
 
 
 def _load_run(run_dir: Path, device: str = "cpu"):
