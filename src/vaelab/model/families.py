@@ -66,6 +66,11 @@ class Family(nn.Module):
         return {"name": self.name, "latent_dim": self.latent_dim}
 
 
+def _softplus_inverse_one(min_scale: float) -> float:
+    """raw with softplus(raw) + min_scale = 1."""
+    return math.log(math.expm1(1.0 - min_scale))
+
+
 class DiagonalNormal(Family):
     """q(z) = N(z; loc, diag(scale²)); raw [..., 2L] = [loc, raw_scale], scale = softplus + floor.
 
@@ -97,7 +102,7 @@ class DiagonalNormal(Family):
     def initial_params(self, *batch: int, dtype: torch.dtype | None = None,
                        device: torch.device | str | None = None) -> torch.Tensor:
         raw = torch.zeros(*batch, self.param_size, dtype=dtype, device=device)
-        raw[..., self.latent_dim:] = math.log(math.expm1(1.0 - self.min_scale))
+        raw[..., self.latent_dim:] = _softplus_inverse_one(self.min_scale)
         return raw
 
     def config(self) -> dict:
@@ -137,16 +142,11 @@ class FullCovarianceNormal(Family):
                        device: torch.device | str | None = None) -> torch.Tensor:
         raw = torch.zeros(*batch, self.param_size, dtype=dtype, device=device)
         diag_pos = self.latent_dim + torch.nonzero(self._rows == self._cols).squeeze(-1)
-        raw[..., diag_pos] = math.log(math.expm1(1.0 - self.min_scale))
+        raw[..., diag_pos] = _softplus_inverse_one(self.min_scale)
         return raw
 
     def config(self) -> dict:
         return {**super().config(), "min_scale": self.min_scale}
-
-
-def _softplus_inverse_one(min_scale: float) -> float:
-    """raw with softplus(raw) + min_scale = 1."""
-    return math.log(math.expm1(1.0 - min_scale))
 
 
 class MixtureNormal(Family):
