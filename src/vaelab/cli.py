@@ -696,6 +696,7 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``vaelab train``: validate everything, train, then say where the results are."""
+    from vaelab.data import first_missing, remove_empty_dirs
     from vaelab.fit import runs
 
     train_ = importlib.import_module("vaelab.fit.train")   # the module, whatever vaelab re-exports
@@ -704,7 +705,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is None and not args.overwrite and runs.run_exists(run_dir):
         raise ValueError(f"--out: {str(run_dir)!r} already holds a run; pass --resume "
                          f"{run_dir} to continue it or --overwrite to replace it")
-    created = _first_missing(run_dir)
+    created = first_missing(run_dir)
     log = _printer(args.quiet)
     from vaelab.show.plots import write_run_figures
 
@@ -718,7 +719,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                               overwrite=args.overwrite, progress=not args.quiet, log=log,
                               figures=write_run_figures, on_epoch=logger)
     except BaseException as exc:
-        _remove_empty(run_dir, created)
+        remove_empty_dirs(run_dir, created)
         if isinstance(exc, KeyboardInterrupt) and (run_dir / runs.CONFIG_FILE).is_file():
             print(f"vaelab: interrupted; every finished epoch is saved: continue with "
                   f"`vaelab train --resume {run_dir}`", file=sys.stderr)
@@ -733,28 +734,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     _report_run(result.run_dir, config.train.inference, config.model.missing == "mask")  # X1
     return 0
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The outermost folder of ``path`` that does not exist yet (None if path exists)."""
-    missing = None
-    for folder in (path, *path.parents):
-        if folder.exists():
-            break
-        missing = folder
-    return missing
-
-
-def _remove_empty(path: Path, created: Path | None) -> None:
-    """Remove the folders from ``path`` up to ``created`` that a failed run left empty."""
-    if created is None:
-        return
-    for folder in (path, *path.parents):
-        if not folder.is_dir() or any(folder.iterdir()):
-            return
-        folder.rmdir()
-        if folder == created:
-            return
 
 
 def _report_run(run_dir: Path, inference: str = "amortized", masked: bool = False) -> None:

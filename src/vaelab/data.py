@@ -314,7 +314,7 @@ def download_file(url: str, dest: str | os.PathLike, md5: str, *, timeout: float
     ValueError, a network failure the ``OSError`` of urllib.
     """
     dest = Path(dest)
-    created = _first_missing(dest.parent)
+    created = first_missing(dest.parent)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
@@ -329,12 +329,12 @@ def download_file(url: str, dest: str | os.PathLike, md5: str, *, timeout: float
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        _remove_empty_dirs(dest.parent, created)
+        remove_empty_dirs(dest.parent, created)
         raise
     return dest
 
 
-def _first_missing(folder: Path) -> Path | None:
+def first_missing(folder: Path) -> Path | None:
     """The outermost not-yet-existing folder on the way to ``folder`` (None: it exists)."""
     missing = None
     for parent in (folder, *folder.parents):
@@ -344,9 +344,9 @@ def _first_missing(folder: Path) -> Path | None:
     return missing
 
 
-def _remove_empty_dirs(folder: Path, created: Path | None) -> None:
-    """Remove ``folder`` and its parents up to ``created`` (a failed download made them)
-    while they are empty, so an offline attempt leaves no empty cache folders behind."""
+def remove_empty_dirs(folder: Path, created: Path | None) -> None:
+    """Remove ``folder`` and its parents up to ``created`` (a failed download or run made them)
+    while they are empty, so a failed attempt leaves no empty folders behind."""
     if created is None:
         return
     for parent in (folder, *folder.parents):
