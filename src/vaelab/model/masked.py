@@ -28,8 +28,6 @@ from vaelab.model import missingness as missingness_
 from vaelab.model import nets
 from vaelab.model.vae import VAE, Encoder, build_vae
 
-MISSING_MODES = ("none", "mask")
-
 
 class MaskedInput(nn.Module):
     """x [..., D] with NaN for missing → net([(x − loc)/scale ⊙ m, m]) (Mattei & Frellsen 2019).
