@@ -88,13 +88,7 @@ class Bernoulli(Likelihood):
         return Independent(TorchBernoulli(logits=raw, validate_args=False), 1, validate_args=False)
 
     def check_support(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
-        low, high = x.min().item(), x.max().item()
-        if low < 0.0 or high > 1.0:
-            raise ValueError(
-                f"{name}: the Bernoulli likelihood expects values in [0, 1], "
-                f"got values in [{low:g}, {high:g}]"
-            )
-        return x
+        return check_unit_interval(x, name, "Bernoulli")
 
 
 SCALE_MODES = ("network", "learned", "fixed")
@@ -174,6 +168,15 @@ class Gaussian(Likelihood):
             "transform": self.transform, "min_scale": self.min_scale,
             "fixed_scale": self.fixed_scale, "dequantize": self.dequantize,
         }
+
+
+def check_unit_interval(x: torch.Tensor, name: str, likelihood: str) -> torch.Tensor:
+    """Raise ValueError unless every x lies in [0, 1]."""
+    low, high = x.min().item(), x.max().item()
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"{name}: the {likelihood} likelihood expects values in [0, 1], "
+                         f"got values in [{low:g}, {high:g}]")
+    return x
 
 
 def check_eight_bit(x: torch.Tensor, name: str, likelihood: str) -> torch.Tensor:
@@ -385,11 +388,7 @@ class ContinuousBernoulli(Likelihood):
         return Independent(TorchCB(logits=raw, validate_args=False), 1, validate_args=False)
 
     def check_support(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
-        low, high = x.min().item(), x.max().item()
-        if low < 0.0 or high > 1.0:
-            raise ValueError(f"{name}: the continuous-bernoulli likelihood expects values in "
-                             f"[0, 1], got values in [{low:g}, {high:g}]")
-        return x
+        return check_unit_interval(x, name, self.name)
 
 
 LIKELIHOODS: dict[str, type[Likelihood]] = {
