@@ -336,7 +336,7 @@ MIN_SCALE = 1e-4
 
 
 def _act(activation: str) -> nn.Module:
-    return nets.ACTIVATIONS[_checks.one_of("activation", activation, tuple(nets.ACTIVATIONS))]()
+    return nets.activation_class(activation)()
 
 
 def _encoder(hierarchy: str, sizes: tuple[int, ...], data_dim: int, hidden: tuple[int, ...],

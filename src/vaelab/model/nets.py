@@ -24,6 +24,11 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+def activation_class(name: str) -> type[nn.Module]:
+    """The activation module class called ``name`` (a key of :data:`ACTIVATIONS`)."""
+    return ACTIVATIONS[_checks.one_of("activation", name, tuple(ACTIVATIONS))]
+
+
 class MLP(nn.Sequential):
     """Multi-layer perceptron ``in_features → hidden[0] → … → out_features``.
 
@@ -41,7 +46,7 @@ class MLP(nn.Sequential):
         in_features = _checks.positive_int("in_features", in_features)
         out_features = _checks.positive_int("out_features", out_features)
         hidden = [_checks.positive_int("hidden", h) for h in hidden]
-        act = ACTIVATIONS[_checks.one_of("activation", activation, tuple(ACTIVATIONS))]
+        act = activation_class(activation)
         layers: list[nn.Module] = []
         sizes = [in_features, *hidden]
         for a, b in zip(sizes[:-1], sizes[1:], strict=True):
@@ -95,7 +100,7 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, channels: int, activation: str = "relu") -> None:
         super().__init__()
-        act = ACTIVATIONS[_checks.one_of("activation", activation, tuple(ACTIVATIONS))]
+        act = activation_class(activation)
         self.body = nn.Sequential(act(), nn.Conv2d(channels, channels, 3, padding=1),
                                   act(), nn.Conv2d(channels, channels, 3, padding=1))
 
@@ -123,7 +128,7 @@ class ConvEncoder(nn.Module):
         super().__init__()
         self.image_shape = _image_shape(image_shape)
         channels = [_checks.positive_int("channels", c) for c in channels]
-        act = ACTIVATIONS[_checks.one_of("activation", activation, tuple(ACTIVATIONS))]
+        act = activation_class(activation)
         c, h, w = self.image_shape
         layers: list[nn.Module] = [nn.Conv2d(c, channels[0], 3, padding=1)]
         for a, b in zip([channels[0], *channels[:-1]], channels, strict=True):
@@ -153,7 +158,7 @@ class ConvDecoder(nn.Module):
         super().__init__()
         self.image_shape = _image_shape(image_shape)
         channels = [_checks.positive_int("channels", c) for c in channels]
-        self.act = ACTIVATIONS[_checks.one_of("activation", activation, tuple(ACTIVATIONS))]()
+        self.act = activation_class(activation)()
         c, h, w = self.image_shape
         self.sizes = _halvings((h, w), len(channels))
         self.start = (channels[-1], *self.sizes[-1])
