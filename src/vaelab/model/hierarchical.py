@@ -28,7 +28,6 @@ the active-unit count use.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -449,7 +448,7 @@ class LinearGaussianBottomUp(families_.Family):
         for i, size in enumerate(self.sizes):
             tri = chunks[3 * i + 2]
             rows, cols = torch.tril_indices(size, size)
-            tri[..., rows == cols] = math.log(math.expm1(1.0 - self.min_scale))
+            tri[..., rows == cols] = families_._softplus_inverse_one(self.min_scale)
         return torch.cat(chunks, -1)
 
     def config(self) -> dict:
