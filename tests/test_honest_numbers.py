@@ -241,3 +241,14 @@ def test_gaps_figure_shows_paired_standard_errors_not_the_spread_between_example
     labels, means, errs = panels["gaps"]
     assert errs == pytest.approx([float((loglik - optimized).std() / 10), paired[1]], rel=1e-12)
     assert honest.json_safe({"a": [1.0, math.nan]})["undefined"]["a"].startswith("1 of 2")
+
+
+def test_divergence_warning_for_an_astronomically_low_but_finite_elbo():
+    from vaelab.infer.objectives import DIVERGED_ELBO
+    from vaelab.measure.honest import divergence_warning
+
+    ok = torch.tensor([-300.0, -250.0])
+    assert divergence_warning({"ELBO": ok, "log p(x)": ok}) is None
+    low = torch.tensor([-300.0, 10 * DIVERGED_ELBO])
+    line = divergence_warning({"ELBO": low, "log p(x)": low})
+    assert line.startswith("warning: the model appears to have diverged: ELBO down to -1e+09")

@@ -71,7 +71,7 @@ from vaelab.fit.resume import (
     check_resumable,
 )
 from vaelab.fit.step import TrainStep, nan_to_none
-from vaelab.infer.objectives import elbo_terms
+from vaelab.infer.objectives import DIVERGED_ELBO, elbo_terms
 from vaelab.infer.schemes import Inference, build_inference
 from vaelab.model.hierarchical import HierarchicalVAE, collapse_warning, layer_metrics
 from vaelab.model.vae import VAE, build_vae
@@ -472,10 +472,6 @@ class _Trainer(Checkpointed):
                              self.state.metrics, log=self.log)
 
 
-#: An ELBO below this (nats per example) means training has blown up (X2 item 4).
-ASTRONOMICAL_ELBO = -1e8
-
-
 def divergence_warning(row: dict, steps_per_epoch: int) -> str | None:
     """X2 item 4: why this epoch's numbers cannot be trusted (most steps skipped as
     non-finite, or an astronomically low ELBO), or None."""
@@ -484,7 +480,7 @@ def divergence_warning(row: dict, steps_per_epoch: int) -> str | None:
         return (f"training diverged: {skipped} of {steps_per_epoch} steps skipped (non-finite) "
                 f"in epoch {row['epoch']}; try a smaller --lr or --grad-clip")
     low = [v for v in (row["train_elbo"], row["val_elbo"]) if v is not None]
-    if any(v < ASTRONOMICAL_ELBO for v in low):
+    if any(v < DIVERGED_ELBO for v in low):
         return (f"training diverged: ELBO {min(low):.6g} in epoch {row['epoch']}; try a "
                 f"smaller --lr or --grad-clip")
     return None

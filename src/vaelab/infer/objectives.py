@@ -69,6 +69,11 @@ from vaelab.model import _bernoulli_fast
 KL_MODES = ("auto", "analytic", "mc")
 OBJECTIVES = ("elbo", "iwae", "iwae-dreg")
 
+#: An ELBO below this (nats per example) means the model has diverged: no data set a model has
+#: learned gives such a bound. Training (``vaelab.fit.train``) and evaluation
+#: (``vaelab.measure.honest``) both warn on it.
+DIVERGED_ELBO = -1e8
+
 
 class GenerativeModel(Protocol):
     """What the objectives need of a model p(x, z)."""

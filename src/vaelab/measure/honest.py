@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from vaelab.infer.objectives import DIVERGED_ELBO
+
 #: ESS below this many samples is called tiny (log p̂ then rests on a handful of weights).
 MIN_RELIABLE_ESS = 10.0
 #: A per-example Monte Carlo standard error of log p̂ above this (nats) is called huge.
@@ -101,7 +103,8 @@ def cell(stats: dict, key: str, fmt: str) -> str:
 
 
 def divergence_warning(named: dict[str, torch.Tensor]) -> str | None:
-    """One line when any per-example value is non-finite (the model appears to have diverged).
+    """One line when any per-example value is non-finite, or the ELBO is below
+    ``DIVERGED_ELBO`` nats (the model appears to have diverged); else None.
 
     ``named`` maps a label (e.g. "ELBO") to per-example values [n].
     """
@@ -110,10 +113,15 @@ def divergence_warning(named: dict[str, torch.Tensor]) -> str | None:
         bad = int((~torch.isfinite(values.detach())).sum())
         if bad:
             parts.append(f"{label} for {bad} of {values.numel()} examples")
-    if not parts:
-        return None
-    return ("warning: the model appears to have diverged: non-finite " + ", ".join(parts)
-            + " (reported as null in the JSON)")
+    if parts:
+        return ("warning: the model appears to have diverged: non-finite " + ", ".join(parts)
+                + " (reported as null in the JSON)")
+    elbo = named.get("ELBO")
+    if elbo is not None and elbo.numel() and float(elbo.min()) < DIVERGED_ELBO:
+        return (f"warning: the model appears to have diverged: ELBO down to "
+                f"{float(elbo.min()):.3g} nats (below {DIVERGED_ELBO:.0e}); its numbers are "
+                f"not trustworthy")
+    return None
 
 
 def tiny_ess_below(num_samples: int) -> float:
