@@ -252,3 +252,5 @@ def test_divergence_warning_for_an_astronomically_low_but_finite_elbo():
     low = torch.tensor([-300.0, 10 * DIVERGED_ELBO])
     line = divergence_warning({"ELBO": low, "log p(x)": low})
     assert line.startswith("warning: the model appears to have diverged: ELBO down to -1e+09")
+    gaps = divergence_warning({"log_likelihood": ok, "elbo_amortized": low})   # gaps' names
+    assert gaps is not None and "-1e+09" in gaps

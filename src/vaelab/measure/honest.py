@@ -103,10 +103,11 @@ def cell(stats: dict, key: str, fmt: str) -> str:
 
 
 def divergence_warning(named: dict[str, torch.Tensor]) -> str | None:
-    """One line when any per-example value is non-finite, or the ELBO is below
+    """One line when any per-example value is non-finite, or an ELBO is below
     ``DIVERGED_ELBO`` nats (the model appears to have diverged); else None.
 
-    ``named`` maps a label (e.g. "ELBO") to per-example values [n].
+    ``named`` maps a label (e.g. "ELBO", "elbo_amortized") to per-example values [n]; labels
+    containing "elbo" are the ELBOs.
     """
     parts = []
     for label, values in named.items():
@@ -116,11 +117,10 @@ def divergence_warning(named: dict[str, torch.Tensor]) -> str | None:
     if parts:
         return ("warning: the model appears to have diverged: non-finite " + ", ".join(parts)
                 + " (reported as null in the JSON)")
-    elbo = named.get("ELBO")
-    if elbo is not None and elbo.numel() and float(elbo.min()) < DIVERGED_ELBO:
-        return (f"warning: the model appears to have diverged: ELBO down to "
-                f"{float(elbo.min()):.3g} nats (below {DIVERGED_ELBO:.0e}); its numbers are "
-                f"not trustworthy")
+    lows = [float(v.min()) for label, v in named.items() if "elbo" in label.lower() and v.numel()]
+    if lows and min(lows) < DIVERGED_ELBO:
+        return (f"warning: the model appears to have diverged: ELBO down to {min(lows):.3g} "
+                f"nats (below {DIVERGED_ELBO:.0e}); its numbers are not trustworthy")
     return None
 
 
