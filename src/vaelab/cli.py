@@ -979,10 +979,6 @@ def cmd_gaps(args: argparse.Namespace) -> int:
 
     trained = _load_run(args.run, args.device)
     _infer(trained)
-    if isinstance(trained.config.model.latent_dim, tuple):
-        raise ValueError("RUN: `gaps` is not available for a hierarchical model (--latent-dim "
-                         "with several layers): q* of the same bottom-up or ladder structure, "
-                         "fitted per example, is not implemented")
     out = _writable_dir(args.out or args.run, "--out")
     dataset, _ = _held_out(trained, args.data, args.split, args.seed, _printer(False))
     x = dataset.x[:args.limit].to(trained.device)

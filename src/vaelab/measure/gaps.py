@@ -48,7 +48,6 @@ from vaelab.infer.objectives import GenerativeModel, elbo
 from vaelab.infer.schemes import optimize_q
 from vaelab.measure import honest
 from vaelab.measure.evaluate import auto_chunk_size, likelihood_meaning, log_likelihood
-from vaelab.model.vae import Encoder
 
 QUANTITIES = ("log_likelihood", "elbo_optimized", "elbo_amortized",
               "approximation_gap", "amortization_gap", "inference_gap")
@@ -218,11 +217,17 @@ class DeterministicMixture(Distribution):
         return torch.logaddexp(self.q_a.log_prob(value), self.q_b.log_prob(value)) - math.log(2)
 
 
-def gaps(model: GenerativeModel, x: torch.Tensor, *, encoder: Encoder | None = None,
+def gaps(model: GenerativeModel, x: torch.Tensor, *, encoder: torch.nn.Module | None = None,
          num_samples: int = 5000, steps: int = 2000, lr: float = 1e-2,
          optimizer_samples: int = 8, patience: int = 100, chunk_size: int | None = None,
          seed: int | None = None) -> GapReport:
     """Per-example approximation and amortization gaps of ``encoder`` on x [B, D].
+
+    q* is the best q of the encoder's own structure for each example: ``encoder.per_example``
+    gives the family with its x-dependent parameters free per example and the encoder's
+    values as the start (``vaelab.model.vae.Encoder``: the family's raw parameters; a
+    hierarchical encoder, ``vaelab.model.hierarchical``: the bottom-up first layer's
+    parameters plus offsets of the upper conditionals, or the ladder's per-layer evidence).
 
     Args:
         model: generative model; ``encoder`` defaults to ``model.encoder``.
@@ -234,8 +239,9 @@ def gaps(model: GenerativeModel, x: torch.Tensor, *, encoder: Encoder | None = N
         seed: seeds the sampling (reproducible report) without touching the global RNG.
     """
     encoder = getattr(model, "encoder", None) if encoder is None else encoder
-    if not isinstance(encoder, Encoder):
-        raise TypeError(f"encoder: expected a vaelab.model.vae.Encoder (or a model with one), "
+    if not callable(getattr(encoder, "per_example", None)):
+        raise TypeError(f"encoder: expected a vaelab.model.vae.Encoder or a hierarchical "
+                        f"encoder (anything with per_example(x)), or a model with one, "
                         f"got {type(encoder).__name__}")
     x = model.check_data(x)
     num_samples = _checks.positive_int("num_samples", num_samples)
@@ -243,9 +249,7 @@ def gaps(model: GenerativeModel, x: torch.Tensor, *, encoder: Encoder | None = N
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(_checks.non_negative_int("seed", seed))
-        family = encoder.family
-        with torch.no_grad():
-            raw_phi = encoder.net(x)
+        family, raw_phi = encoder.per_example(x)
         raw_star, history = optimize_q(model, x, raw_phi, family, steps=steps, lr=lr,
                                        num_samples=optimizer_samples, patience=patience)
         amortized = mean_elbo(model, family(raw_phi), x, num_samples, chunk_size)

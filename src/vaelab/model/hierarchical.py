@@ -169,6 +169,39 @@ class LikelihoodDecoder(nn.Module):
         return self.likelihood(self.net(z))
 
 
+class PerExampleLayers:
+    """A layered q whose x-dependent parameters are free per example: raw [B, P] → q.
+
+    What a hierarchical encoder's ``per_example(x)`` returns (with the encoder's raw for x),
+    so that ``vaelab.infer.schemes.optimize_q`` can fit q* of the *same structure* for the
+    gaps of Cremer et al. (2018). ``raw`` is split into one chunk per layer (``chunks``
+    numbers each); ``step(i, chunk_i, layers)`` gives layer i's distribution given its chunk
+    and the layers sampled so far. Duck-types a ``vaelab.model.families.Family``
+    (``param_size``, call); the encoder's networks inside ``step`` are not optimized.
+    """
+
+    def __init__(self, sizes: Sequence[int], order: Sequence[int], chunks: Sequence[int],
+                 step: Callable[[int, torch.Tensor, dict[int, torch.Tensor]], Distribution]):
+        self.sizes, self.order, self.chunks = tuple(sizes), tuple(order), tuple(chunks)
+        self.latent_dim = sum(self.sizes)
+        self._step = step
+
+    @property
+    def param_size(self) -> int:
+        return sum(self.chunks)
+
+    def __call__(self, raw: torch.Tensor) -> LayeredDistribution:
+        if raw.shape[-1] != self.param_size:
+            raise ValueError(f"raw: expected last dimension {self.param_size}, "
+                             f"got {list(raw.shape)}")
+        parts = raw.split(self.chunks, dim=-1)
+
+        def step(i: int, layers: dict[int, torch.Tensor]) -> Distribution:
+            return self._step(i, parts[i], layers)
+
+        return LayeredDistribution(self.sizes, self.order, step, raw.shape[:-1])
+
+
 class BottomUpEncoder(nn.Module):
     """q(z | x) = q(z_1 | x) Π_i q(z_{i+1} | z_i) (Burda et al. 2016); x [B, D] → layered q."""
 
@@ -183,6 +216,29 @@ class BottomUpEncoder(nn.Module):
             return self.first(x) if i == 0 else self.upper[i - 1](layers[i - 1])
 
         return LayeredDistribution(self.sizes, range(len(self.sizes)), step, x.shape[:1])
+
+    def per_example(self, x: torch.Tensor) -> tuple[PerExampleLayers, torch.Tensor]:
+        """(family, raw [B, Σ 2 L_i]) with ``family(raw)`` = this encoder's q(z | x).
+
+        The per-example form of the bottom-up structure: q(z_1) = N(μ, diag σ²) with its own
+        (μ, raw σ) per example (the encoder's output as the start), and each
+        q(z_{i+1} | z_i) = the encoder's conditional network with a free per-example offset
+        added to its raw output (location and pre-softplus scale; zero at the start). The
+        upper conditionals do not see x, so an offset is what "a different φ per data point"
+        means for them. raw is detached.
+        """
+        sizes = self.sizes
+        with torch.no_grad():
+            raw = torch.cat([self.first.net(x)]
+                            + [x.new_zeros(x.shape[0], 2 * s) for s in sizes[1:]], dim=-1)
+
+        def step(i: int, chunk: torch.Tensor, layers: dict[int, torch.Tensor]) -> Distribution:
+            if i == 0:
+                return _diagonal(chunk, self.first.min_scale)
+            cond = self.upper[i - 1]
+            return _diagonal(cond.net(layers[i - 1]) + chunk, cond.min_scale)
+
+        return PerExampleLayers(sizes, range(len(sizes)), [2 * s for s in sizes], step), raw
 
 
 def merge_gaussians(a: Normal, b: Normal) -> Normal:
@@ -212,25 +268,53 @@ class LadderEncoder(nn.Module):
         self._shared = (conditionals,)        # a tuple: not a registered submodule
         self.min_scale = float(min_scale)
 
-    def evidence(self, x: torch.Tensor) -> list[Distribution]:
-        """The bottom-up pass: [N(μ̂_i, σ̂_i²) for each layer], batch [B], event [L_i]."""
+    def evidence_raw(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The bottom-up pass: [raw (μ̂_i, pre-softplus σ̂_i), [B, 2 L_i], for each layer]."""
         out, h = [], x
         for trunk, head in zip(self.trunks, self.heads, strict=True):
             h = trunk(h)
-            out.append(_diagonal(head(h), self.min_scale))
+            out.append(head(h))
         return out
 
+    def evidence(self, x: torch.Tensor) -> list[Distribution]:
+        """The bottom-up pass: [N(μ̂_i, σ̂_i²) for each layer], batch [B], event [L_i]."""
+        return [_diagonal(raw, self.min_scale) for raw in self.evidence_raw(x)]
+
+    def _merged(self, i: int, evidence: Distribution, layers: dict[int, torch.Tensor]
+                ) -> Distribution:
+        """q(z_i | z_{i+1}, x): the evidence of layer i merged with p(z_i | z_{i+1})."""
+        if i == len(self.sizes) - 1:
+            return evidence
+        prior = self._shared[0][i](layers[i + 1]).base_dist
+        return Independent(merge_gaussians(evidence.base_dist, prior), 1, validate_args=False)
+
     def forward(self, x: torch.Tensor) -> LayeredDistribution:
-        evidence, cond = self.evidence(x), self._shared[0]
-        top = len(self.sizes) - 1
+        evidence = self.evidence(x)
 
         def step(i: int, layers: dict[int, torch.Tensor]) -> Distribution:
-            if i == top:
-                return evidence[i]
-            merged = merge_gaussians(evidence[i].base_dist, cond[i](layers[i + 1]).base_dist)
-            return Independent(merged, 1, validate_args=False)
+            return self._merged(i, evidence[i], layers)
 
+        top = len(self.sizes) - 1
         return LayeredDistribution(self.sizes, range(top, -1, -1), step, x.shape[:1])
+
+    def per_example(self, x: torch.Tensor) -> tuple[PerExampleLayers, torch.Tensor]:
+        """(family, raw [B, Σ 2 L_i]) with ``family(raw)`` = this encoder's q(z | x).
+
+        The per-example form of the ladder structure: x enters q only through each layer's
+        evidence (μ̂_i, σ̂_i), so those become free per example (the bottom-up pass's output
+        as the start); the top-down merge with the model's p(z_i | z_{i+1}) stays. This family
+        contains the exact posterior whenever p(x | z_1) is a diagonal Gaussian factor in z_1
+        and the conditionals are linear-Gaussian and diagonal. raw is detached.
+        """
+        with torch.no_grad():
+            raw = torch.cat(self.evidence_raw(x), dim=-1)
+
+        def step(i: int, chunk: torch.Tensor, layers: dict[int, torch.Tensor]) -> Distribution:
+            return self._merged(i, _diagonal(chunk, self.min_scale), layers)
+
+        top = len(self.sizes) - 1
+        return PerExampleLayers(self.sizes, range(top, -1, -1), [2 * s for s in self.sizes],
+                                step), raw
 
 
 # --------------------------------------------------------------------------- the model

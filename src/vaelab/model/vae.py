@@ -76,6 +76,15 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> Distribution:
         return self.family(self.net(x))
 
+    def per_example(self, x: torch.Tensor) -> tuple[families_.Family, torch.Tensor]:
+        """(family, raw [B, family.param_size]) with ``family(raw)`` = this encoder's q(z | x).
+
+        The per-example form of q: the same family with its parameters free for each example
+        (what ``vaelab.measure.gaps`` optimizes into q*, Cremer et al. 2018); raw is detached.
+        """
+        with torch.no_grad():
+            return self.family, self.net(x)
+
 
 class Decoder(nn.Module):
     """z [..., B, L] → p_θ(x | z) = ``likelihood(net(z))``, batch [..., B], event [D]."""
