@@ -48,35 +48,80 @@ def _mlp_parts(s: Shapes, weights: dict) -> tuple[nn.Module, nn.Module]:
 # --------------------------------------------------------------------------- pythae
 
 
-def build_pythae(s: Shapes, weights: dict):
-    """pythae's VAE (its BCE loss, log-variance encoder) with our 784-400-20 MLPs."""
-    from pythae.models import VAE, VAEConfig
+def pythae_nets(encoder_net: nn.Module, decoder_net: nn.Module, *, scale: str = "log_var",
+                min_scale: float = 0.0):
+    """pythae's ``BaseEncoder`` and ``BaseDecoder`` around plain torch networks → (enc, dec).
+
+    encoder_net: x [B, D] → [B, 2L] = [loc, s]. With ``scale="log_var"`` s is pythae's own
+    log-variance; with ``scale="softplus"`` s is vaelab's raw scale (σ = softplus(s) +
+    min_scale, handed to pythae as log σ²), so the pythae model's q is vaelab's, number for
+    number. decoder_net: z [B, L] → Bernoulli logits [B, D]; ``forward`` returns
+    sigmoid(logits) as ``reconstruction`` (what pythae's BCE loss and ``get_nll`` read, clamped
+    at log 0 = −100 by ``F.binary_cross_entropy``) and ``logits(z)`` gives the logits for an
+    exact log p(x | z).
+    """
     from pythae.models.base.base_utils import ModelOutput
     from pythae.models.nn import BaseDecoder, BaseEncoder
 
-    enc_mods, dec_mods = _mlp_parts(s, weights)
+    if scale not in ("log_var", "softplus"):
+        raise ValueError(f"scale: expected 'log_var' or 'softplus', got {scale!r}")
 
     class Encoder(BaseEncoder):
         def __init__(self):
             BaseEncoder.__init__(self)
-            self.layers = enc_mods
+            self.net = encoder_net
 
         def forward(self, x):
-            h = F.relu(self.layers["enc1"](x.reshape(x.shape[0], -1)))
-            loc, log_var = self.layers["enc2"](h).chunk(2, dim=-1)
-            return ModelOutput(embedding=loc, log_covariance=log_var)
+            loc, s = self.net(x.reshape(x.shape[0], -1)).chunk(2, dim=-1)
+            if scale == "softplus":
+                s = 2 * torch.log(F.softplus(s) + min_scale)
+            return ModelOutput(embedding=loc, log_covariance=s)
 
     class Decoder(BaseDecoder):
         def __init__(self):
             BaseDecoder.__init__(self)
-            self.layers = dec_mods
+            self.net = decoder_net
+
+        def logits(self, z):
+            return self.net(z)
 
         def forward(self, z):
-            logits = self.layers["dec2"](F.relu(self.layers["dec1"](z)))
-            return ModelOutput(reconstruction=torch.sigmoid(logits))
+            return ModelOutput(reconstruction=torch.sigmoid(self.net(z)))
 
+    return Encoder(), Decoder()
+
+
+def build_pythae(s: Shapes, weights: dict):
+    """pythae's VAE (its BCE loss, log-variance encoder) with our 784-400-20 MLPs."""
+    from pythae.models import VAE, VAEConfig
+
+    enc, dec = _mlp_parts(s, weights)
+    encoder, decoder = pythae_nets(nn.Sequential(enc["enc1"], nn.ReLU(), enc["enc2"]),
+                                   nn.Sequential(dec["dec1"], nn.ReLU(), dec["dec2"]))
     config = VAEConfig(input_dim=(s.data_dim,), latent_dim=s.latent, reconstruction_loss="bce")
-    return VAE(config, encoder=Encoder(), decoder=Decoder())
+    return VAE(config, encoder=encoder, decoder=decoder)
+
+
+def pythae_vae_from_vaelab(model):
+    """pythae's VAE holding copies of a vaelab VAE's networks: the same q (diagonal Normal,
+    vaelab's softplus scale), the same N(0, I) prior and Bernoulli decoder, so its ``get_nll``
+    and vaelab's evaluation estimate the same log p(x) with the same proposal."""
+    import copy
+
+    from pythae.models import VAE, VAEConfig
+
+    family, lik = model.encoder.family, model.decoder.likelihood
+    if (type(family).__name__ != "DiagonalNormal" or lik.name != "bernoulli"
+            or type(model.prior_module).__name__ != "StandardNormal"):
+        raise ValueError("pythae_vae_from_vaelab: needs a diagonal-Normal q, N(0, I) prior and "
+                         f"Bernoulli decoder, got {type(family).__name__}, "
+                         f"{type(model.prior_module).__name__}, {lik.name}")
+    encoder, decoder = pythae_nets(copy.deepcopy(model.encoder.net),
+                                   copy.deepcopy(model.decoder.net), scale="softplus",
+                                   min_scale=family.min_scale)
+    config = VAEConfig(input_dim=(model.data_dim,), latent_dim=family.latent_dim,
+                       reconstruction_loss="bce")
+    return VAE(config, encoder=encoder, decoder=decoder).eval()
 
 
 class PythaeTrainer:

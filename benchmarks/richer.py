@@ -21,11 +21,21 @@ wall time of the epoch, evaluation excluded), and its ratio to the VAE's in the 
 shared machine compare ratios, not absolute numbers; the load average is recorded.
 
 A row whose family/prior/objective this vaelab does not have yet is reported as missing.
-pythae peers (VAMP, VAE_IAF, IWAE) are not run here (see the results file for why).
+
+Peers (``--peers``, needs pythae: run with benchmarks/setup.sh's .bench/venv): pythae's VAE,
+IWAE K=5 and K=50, VAE_IAF (T=2) and VAMP (K=50) at the same architecture, data, epochs, batch
+and lr, trained by pythae's BaseTrainer and evaluated by the same vaelab evaluator on the same
+images (``peers_richer``: how, and which densities), in the same run as the vaelab rows. A
+second table pairs each peer with vaelab's same model: paired Δ log p̂ (vaelab − pythae) and
+the samples/s ratio vaelab / pythae; pythae's own ``get_nll`` is run on ``--nll-check`` images
+as a cross-check of the evaluation adapter.
 
 Run (writes benchmarks/results/richer-<tag>.{txt,json}):
 
     nohup nice -n 10 .venv/bin/python benchmarks/richer.py --tag cpu-2core > /tmp/richer.log 2>&1 &
+    OMP_NUM_THREADS=1 nohup nice -n 10 .bench/venv/bin/python benchmarks/richer.py \
+        --rows 'VAE,IWAE K=5,IAF q (T=2),VampPrior (K=50)' --peers --tag peers-cpu-2core \
+        > /tmp/richer-peers.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -84,6 +94,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="", help="results/richer-<tag>.{txt,json}; '' = no files")
+    p.add_argument("--peers", nargs="?", const="all", default="",
+                   help="pythae peer rows: comma-separated names from peers_richer.PEERS, or "
+                        "'all' (the bare flag)")
+    p.add_argument("--nll-check", type=int, default=10,
+                   help="test images for the cross-check against pythae's own get_nll (0: none)")
     return p.parse_args(argv)
 
 
@@ -115,7 +130,16 @@ def run_row(name: str, config: RunConfig, train_ds, x_test, args, workdir: Path)
                    dataset=train_ds, log=None)
     train_seconds = time.perf_counter() - start
     speeds = [row["samples_per_s"] for row in result.metrics]
-    model = result.model.eval()
+    return {"name": name, "config": config.to_dict(),
+            "samples_per_s": statistics.median(speeds), "samples_per_s_epochs": speeds,
+            "train_seconds": round(train_seconds, 1),
+            "train_elbo_last_epoch": result.metrics[-1]["train_elbo"],
+            **evaluate_row(result.model.eval(), x_test, args)}
+
+
+def evaluate_row(model, x_test, args) -> dict:
+    """The row's test measures: vaelab's evaluator, the same images, k and seed for every row
+    (a vaelab model or a pythae peer behind ``peers_richer.PythaeAsVaelab``)."""
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed + 99)
@@ -123,10 +147,7 @@ def run_row(name: str, config: RunConfig, train_ds, x_test, args, workdir: Path)
                                 per_example=True)
     eval_seconds = time.perf_counter() - start
     per, ll = report["per_example"], report["log_likelihood"]
-    return {"name": name, "config": config.to_dict(),
-            "samples_per_s": statistics.median(speeds), "samples_per_s_epochs": speeds,
-            "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
-            "train_elbo_last_epoch": result.metrics[-1]["train_elbo"],
+    return {"eval_seconds": round(eval_seconds, 1),
             "test_elbo": report["elbo"]["mean"], "test_log_likelihood": ll["mean"],
             "test_log_likelihood_se": math.hypot(ll["std"] / math.sqrt(len(x_test)),
                                                  ll["se_mc"]),
@@ -134,6 +155,24 @@ def run_row(name: str, config: RunConfig, train_ds, x_test, args, workdir: Path)
             "active_units": report["active_units"],
             "per_example": {"log_likelihood": per["log_likelihood"],
                             "ll_stderr": per["ll_stderr"], "elbo": per["elbo"]}}
+
+
+def run_peer(name: str, train_ds, x_test, args) -> dict:
+    """A pythae peer row: pythae's model at this architecture, pythae's trainer, our evaluator."""
+    import peers_richer
+
+    hidden = [int(h) for h in args.hidden.split(",")]
+    model, config = peers_richer.build_peer(name, x_test.shape[1], hidden, args.latent,
+                                            args.seed)
+    trained = peers_richer.train_peer(model, train_ds.x.float(), epochs=args.epochs,
+                                      batch_size=args.batch_size, lr=1e-3, seed=args.seed)
+    row = {"name": name, "peer": True, "same_model_as": peers_richer.SAME_MODEL[name],
+           "config": {"class": type(model).__name__, **config.to_dict()}, **trained,
+           **evaluate_row(peers_richer.PythaeAsVaelab(model), x_test, args)}
+    if args.nll_check:
+        n = min(args.nll_check, x_test.shape[0])
+        row["get_nll_check"] = peers_richer.get_nll_check(model, x_test[:n], args.k)
+    return row
 
 
 def paired(row: dict, ref: dict) -> tuple[float, float]:
@@ -167,6 +206,43 @@ def table(rows: list[dict], missing: dict[str, str]) -> str:
                      + f"{r['test_elbo']:>10.2f}{r['samples_per_s']:>11.0f}{speed:>7.2f}")
     for name, why in missing.items():
         lines.append(f"{name:<{w}}  {why}")
+    if any(r.get("peer") for r in rows):
+        lines += ["", peer_table(rows)]
+    return "\n".join(lines)
+
+
+def peer_table(rows: list[dict]) -> str:
+    """Each pythae peer against vaelab's same model: paired Δ log p̂ (vaelab − pythae) ± SE,
+    samples/s of both and the ratio (target: Δ > 0, ratio ≥ 1.5), and the get_nll check."""
+    by_name = {r["name"]: r for r in rows}
+    head = (f"{'vaelab row vs pythae peer':<44}{'Δ log p̂':>9}{'± SE':>7}{'> 3 SE':>8}"
+            f"{'vaelab/s':>10}{'pythae/s':>10}{'ratio':>7}{'≥ 1.5':>7}")
+    lines = ["Same model, vaelab − pythae (paired on the same images):", head,
+             "-" * len(head)]
+    checks = []
+    for peer in (r for r in rows if r.get("peer")):
+        c = peer.get("get_nll_check")
+        if c:
+            checks.append(f"  {peer['name']}: adapter {c['adapter']:.3f}, pythae get_nll "
+                          f"{c['pythae_get_nll']:.3f}, max |difference| per image "
+                          f"{c['max_abs_difference']:.1e}; {c['images']} images, k = {c['k']}")
+        mine = by_name.get(peer["same_model_as"])
+        if mine is None:
+            lines.append(f"{peer['same_model_as'] + ' vs ' + peer['name']:<44}"
+                         "  (vaelab row not in this run)")
+            continue
+        delta, se = paired(mine, peer)
+        ratio = mine["samples_per_s"] / peer["samples_per_s"]
+        sig = "yes" if delta > 3 * se else ("worse" if delta < -3 * se else "no")
+        peer.update(vaelab_minus_pythae=delta, vaelab_minus_pythae_se=se,
+                    speed_ratio_vaelab_over_pythae=ratio)
+        lines.append(f"{mine['name'] + ' vs ' + peer['name']:<44}{delta:>+9.2f}{se:>7.2f}"
+                     f"{sig:>8}{mine['samples_per_s']:>10.0f}{peer['samples_per_s']:>10.0f}"
+                     f"{ratio:>7.2f}{'yes' if ratio >= 1.5 else 'no':>7}")
+    if checks:
+        lines += ["Cross-check of the evaluation adapter against pythae's own get_nll (mean "
+                  "log p̂ over the first test images, both seeded alike per image so they "
+                  "weigh the same draws):", *checks]
     return "\n".join(lines)
 
 
@@ -178,20 +254,22 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         raise SystemExit(f"--rows: unknown {unknown}; expected names from {list(ROWS)}")
+    peer_names = _peer_names(args.peers)
     started, load_start = time.time(), _load()
     train_ds = data_.load_dataset("fashion-mnist", "train", limit=args.train_limit)
     x_test = test_images(args)
     rows, missing = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in names:
-            config = config_for(name, args)
+        for name, is_peer in _schedule(names, peer_names):
+            config = None if is_peer else config_for(name, args)
             if isinstance(config, str):
                 missing[name] = config
                 print(f"[richer] {name}: {config}", flush=True)
                 continue
             try:
-                rows.append(run_row(name, config, train_ds, x_test, args, Path(tmp)))
-            except Exception as exc:   # one broken row is reported, the rest still run
+                rows.append(run_peer(name, train_ds, x_test, args) if is_peer else
+                            run_row(name, config, train_ds, x_test, args, Path(tmp)))
+            except Exception as exc:   # one broken row (or a missing pythae) is reported
                 missing[name] = f"failed: {type(exc).__name__}: {exc}"
                 print(f"[richer] {name}: {missing[name]}", flush=True)
                 continue
@@ -202,6 +280,34 @@ def main(argv=None) -> int:
             write(args, rows, missing, started, load_start, done=False)
     print(write(args, rows, missing, started, load_start, done=True))
     return 0
+
+
+def _schedule(names: list[str], peer_names: list[str]) -> list[tuple[str, bool]]:
+    """(name, is_peer) in run order: each vaelab row followed at once by its pythae peer (so
+    the pair trains under the same machine load), then any peer whose row is not run."""
+    from_peer = {}
+    if peer_names:
+        from peers_richer import SAME_MODEL
+
+        from_peer = {p: SAME_MODEL[p] for p in peer_names}
+    order: list[tuple[str, bool]] = []
+    for name in names:
+        order.append((name, False))
+        order += [(p, True) for p, row in from_peer.items() if row == name]
+    return order + [(p, True) for p, row in from_peer.items() if row not in names]
+
+
+def _peer_names(spec: str) -> list[str]:
+    """--peers: '' → none, 'all' → every peer, else the comma-separated names (checked)."""
+    if not spec:
+        return []
+    from peers_richer import PEERS
+
+    names = list(PEERS) if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise SystemExit(f"--peers: unknown {unknown}; expected names from {list(PEERS)}")
+    return names
 
 
 def write(args, rows: list[dict], missing: dict[str, str], started: float,
@@ -222,6 +328,9 @@ def write(args, rows: list[dict], missing: dict[str, str], started: float,
 
 
 def _header(args, started: float, load_start: list[float]) -> str:
+    peers = (f"peers: {args.peers} (pythae {_pythae_version()}; pythae's BaseTrainer, same "
+             f"data/epochs/batch/lr; evaluated by vaelab's evaluator through "
+             f"peers_richer.PythaeAsVaelab)\n") if args.peers else ""
     return (f"vaelab richer-models benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
             f", {round((time.time() - started) / 60, 1)} min)\n"
             f"command: {_command()}\nmachine: {_machine()}; load average start {load_start}, "
@@ -230,8 +339,14 @@ def _header(args, started: float, load_start: list[float]) -> str:
             f" many epochs): MLP {args.hidden}, {args.latent} latents, {args.train_limit} "
             f"training images, {args.epochs} epochs, batch {args.batch_size}, Adam 1e-3; test "
             f"log p̂ with k = {args.k} on {args.test} seeded test images (binarized once)\n"
-            f"Δ vs VAE: paired difference of log p̂ on the same images, ± its standard error "
-            f"(between-image + Monte Carlo); '> 3 SE': Δ > 3 paired SE")
+            f"{peers}Δ vs VAE: paired difference of log p̂ on the same images, ± its standard "
+            f"error (between-image + Monte Carlo); '> 3 SE': Δ > 3 paired SE")
+
+
+def _pythae_version() -> str:
+    from peers import availability
+
+    return availability()["pythae"]
 
 
 def _command() -> str:
