@@ -13,8 +13,9 @@ Frellsen 2021, not-MIWAE):
   finiteness test and clipping, checkpointed state) but computes the loss from
   ``vaelab.infer.masked``: objective "elbo" → −mean_b mean_k [log p(x_obs | z_k) − β (log q −
   log p(z_k))]; "iwae"/"iwae-dreg" → −mean_b log (1/K) Σ_k w_k with β-tempered weights (the
-  MIWAE bound for β = 1; plain IWAE gradients, no DReG). The fast paths never run: they
-  assume every entry is observed. Dynamic binarization happens here, with NaN kept, from
+  MIWAE bound for β = 1; "iwae-dreg" trains q's parameters with the doubly-reparameterized
+  gradient of that bound, ``vaelab.infer.objectives.dreg_surrogate``). The fast paths never
+  run: they assume every entry is observed. Dynamic binarization happens here, with NaN kept, from
   torch's RNG (which the trainer reseeds every epoch, so resumed runs stay bit-identical).
   Reported: the true masked ELBO (β = 1) from the same draws; rate = the Monte Carlo KL.
 """
@@ -30,6 +31,7 @@ from vaelab import data as data_
 from vaelab.config import RunConfig
 from vaelab.fit.step import StepResult, TrainStep
 from vaelab.infer.masked import ELBOTerms, masked_draws
+from vaelab.infer.objectives import dreg_surrogate
 from vaelab.model.masked import MaskedVAE, build_model, fit_standardization
 
 
@@ -112,7 +114,7 @@ class MaskedTrainStep:
     Args:
         step: the ordinary :class:`~vaelab.fit.step.TrainStep` built for the same model and
             inference (its optimizers and helpers are used; its own ``__call__`` never is).
-        objective: "elbo", "iwae" or "iwae-dreg" (the last trained as "iwae").
+        objective: "elbo", "iwae" or "iwae-dreg" (MIWAE's bound; DReG gradients for q).
         dynamic_binarize: draw Bernoulli(x) for the observed entries of every batch.
     """
 
@@ -128,14 +130,14 @@ class MaskedTrainStep:
             raise AttributeError(name)
         return getattr(self.inner, name)
 
-    def _draws(self, x: torch.Tensor, index: torch.Tensor | None):
+    def _draws(self, x: torch.Tensor, index: torch.Tensor | None, path_log_q: bool = False):
         model = self.inner.model
         mask = ~torch.isnan(x)
         values = torch.where(mask, x, torch.zeros_like(x))
         q = self.inner.inference(x, index)
         logits = model.missing_logits if model.missingness is not None else None
         return masked_draws(model, q, values, mask, self.inner.num_samples,
-                            missing_logits=logits)
+                            missing_logits=logits, path_log_q=path_log_q)
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor | None = None,
                  kl_weight: float = 1.0) -> StepResult:
@@ -145,12 +147,14 @@ class MaskedTrainStep:
             x = _binarize_keep_nan(x)
         inner._zero_grad()
         with inner._autocast():          # --precision bf16: the forward pass under autocast
-            d = self._draws(x, index)
+            d = self._draws(x, index, path_log_q=self.objective == "iwae-dreg")
         kl = d.log_q - d.log_prior
+        lw = d.log_likelihood - kl_weight * kl
         if self.objective == "elbo":
-            loss = -(d.log_likelihood - kl_weight * kl).mean()
+            loss = -lw.mean()
+        elif self.objective == "iwae-dreg":
+            loss = -dreg_surrogate(lw, d.z, kl_weight).mean()
         else:
-            lw = d.log_likelihood - kl_weight * kl
             loss = -(lw.logsumexp(0) - math.log(lw.shape[0])).mean()
         stats = torch.stack([loss, (d.log_likelihood - kl).mean(), kl.mean(),
                              d.log_likelihood.mean()]).detach().tolist()

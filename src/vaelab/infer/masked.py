@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli, Distribution, Independent
 
 from vaelab import _checks
-from vaelab.infer.objectives import ELBOTerms, GenerativeModel
+from vaelab.infer.objectives import ELBOTerms, GenerativeModel, path_log_prob
 
 #: logits of P(m_d = 1 (missing) | x) for values x [..., D] → [..., D].
 MissingLogits = Callable[[torch.Tensor], torch.Tensor]
@@ -49,6 +49,7 @@ class MaskedDraws(NamedTuple):
     log_q: torch.Tensor
     mean: torch.Tensor | None
     sample: torch.Tensor | None
+    z: torch.Tensor | None = None
 
     @property
     def log_weights(self) -> torch.Tensor:
@@ -112,7 +113,7 @@ def _missingness_term(px: Distribution, x: torch.Tensor, mask: torch.Tensor,
 
 def masked_draws(model: GenerativeModel, q: Distribution, x: torch.Tensor, mask: torch.Tensor,
                  num_samples: int, *, missing_logits: MissingLogits | None = None,
-                 want_imputations: bool = False) -> MaskedDraws:
+                 want_imputations: bool = False, path_log_q: bool = False) -> MaskedDraws:
     """K reparameterized draws z_k ~ q and their masked log-weight terms (see module doc).
 
     Args:
@@ -124,6 +125,9 @@ def masked_draws(model: GenerativeModel, q: Distribution, x: torch.Tensor, mask:
         num_samples: K.
         missing_logits: logits of P(missing | x) (not-MIWAE), or None (MIWAE).
         want_imputations: also return ``mean`` and ``sample`` [K, B, D].
+        path_log_q: ``log_q`` with its gradient through z only
+            (:func:`vaelab.infer.objectives.path_log_prob`, for DReG); ``z`` [K, B, L] is
+            returned either way.
     """
     _checks.positive_int("num_samples", num_samples)
     if not q.has_rsample:
@@ -137,7 +141,8 @@ def masked_draws(model: GenerativeModel, q: Distribution, x: torch.Tensor, mask:
         log_lik = log_lik + term
     elif want_imputations:
         mean, sample = px.mean, px.sample()
-    return MaskedDraws(log_lik, model.prior().log_prob(z), q.log_prob(z), mean, sample)
+    log_q = path_log_prob(q, z) if path_log_q else q.log_prob(z)
+    return MaskedDraws(log_lik, model.prior().log_prob(z), log_q, mean, sample, z)
 
 
 def masked_iwae_bound(model: GenerativeModel, q: Distribution, x: torch.Tensor,

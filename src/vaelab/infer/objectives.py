@@ -364,6 +364,22 @@ def path_log_prob(q: Distribution, z: torch.Tensor) -> torch.Tensor:
     return log_q - fixed + fixed.detach()
 
 
+def dreg_surrogate(lw: torch.Tensor, z: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
+    """The doubly-reparameterized IWAE surrogate (Tucker, Lawson, Gu & Maddison 2019), [B].
+
+    ``lw`` [K, B] are the log-weights log p(x | z_i) + β (log p(z_i) − log q(z_i)) computed
+    with :func:`path_log_prob` for log q, from the reparameterized draws ``z`` [K, B, L]. The
+    value Σ_i w̃_i lw_i (w̃ = softmax(lw), held fixed) has θ-gradient Σ_i w̃_i ∇_θ lw_i, the
+    IWAE gradient; a hook on z scales the path gradient into q's parameters by
+    w̃_i ((1 − β) + β w̃_i), DReG's w̃_i² for β = 1. The value itself is not the bound.
+    """
+    w = torch.softmax(lw.detach(), 0)                              # w̃_i, [K, B]
+    if z.requires_grad:
+        scale = ((1.0 - kl_weight) + kl_weight * w)[..., None]
+        z.register_hook(lambda grad: grad * scale)
+    return (w * lw).sum(0)
+
+
 def _elbo_objective(model: GenerativeModel, q: Distribution, x: torch.Tensor,
                     num_samples: int, kl_weight: float, free_bits: float) -> TrainingTerms:
     terms = elbo_terms(model, q, x, num_samples, validate=False)
@@ -389,13 +405,7 @@ def _iwae_objective(model: GenerativeModel, q: Distribution, x: torch.Tensor,
     log_q = path_log_prob(q, z) if dreg else q.log_prob(z)
     lw = log_lik + kl_weight * (log_p_z - log_q)
     bound = lw.logsumexp(0) - math.log(num_samples)
-    surrogate = bound
-    if dreg:
-        w = torch.softmax(lw.detach(), 0)                          # w̃_i, [K, B]
-        if z.requires_grad:    # the path gradient into q's parameters: w̃_i ((1 − β) + β w̃_i)
-            scale = ((1.0 - kl_weight) + kl_weight * w)[..., None]
-            z.register_hook(lambda grad: grad * scale)
-        surrogate = (w * lw).sum(0)
+    surrogate = dreg_surrogate(lw, z, kl_weight) if dreg else bound
     with torch.no_grad():
         expected = log_lik.mean(0)
         kl = _kl(q, prior, z, None, "auto")
