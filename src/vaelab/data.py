@@ -533,11 +533,19 @@ def _check_npy_size(path: Path) -> None:
     forged header would otherwise make numpy allocate it all before failing)."""
     with open(path, "rb") as handle:
         version = np.lib.format.read_magic(handle)
+        # 3.0 is 2.0's layout (a 4-byte header length) with a UTF-8 header; numpy has no
+        # public reader for it, and 2.0's reads the same shape and dtype from any ASCII header
         read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                       (2, 0): np.lib.format.read_array_header_2_0,
+                       (3, 0): np.lib.format.read_array_header_2_0}.get(version)
         if read_header is None:
             return                                   # numpy's own error follows
-        shape, _, dtype = read_header(handle)
+        try:
+            shape, _, dtype = read_header(handle)
+        except ValueError:
+            if version != (3, 0):
+                raise
+            return                                   # a non-ASCII 3.0 header: numpy decides
         available = path.stat().st_size - handle.tell()
     needed = math.prod(shape) * dtype.itemsize
     if not dtype.hasobject and needed > available:
