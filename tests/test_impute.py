@@ -126,10 +126,14 @@ def test_impute_refuses_bad_input_before_writing(run, table, capsys, tmp_path):
     np.save(tmp_path / "wide.npy", np.zeros((2, D + 1)))
     cases.append((["--data", tmp_path / "wide.npy", "--out", tmp_path / "x.npy"],
                   f"--data: expected {D} values per row"))
+    raw = (tmp_path / "wide.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(raw[:-8])          # the header promises 8 more bytes
+    cases.append((["--data", tmp_path / "cut.npy", "--out", tmp_path / "x.npy"],
+                  "truncated or corrupt"))
     for argv, message in cases:
         code, _, err = run_cli(capsys, "impute", run, *argv)
         assert code == 1 and message in err and err.count("\n") == 1, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.npy", "wide.npy"]
 
 
 def test_impute_refuses_a_run_trained_on_complete_data(table, capsys, tmp_path):

@@ -517,6 +517,14 @@ def _whole_file_only(split: str, path: Path) -> None:
                          f"got {split!r}")
 
 
+def read_npy(path: Path) -> np.ndarray:
+    """A .npy file's array, its declared size checked first; never unpickles.
+
+    Raises ValueError (one line) for an unreadable, truncated or pickled file.
+    """
+    return _read_npy(path, "train")[0]
+
+
 def _read_npy(path: Path, split: str, mmap: bool = False) -> tuple[np.ndarray, None]:
     """A .npy file → (data, no labels), memory-mapped read-only with ``mmap``; never unpickles."""
     _whole_file_only(split, path)
@@ -588,7 +596,7 @@ def _read_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray | None]:
     return arrays[x_key], None if y_key is None else arrays[y_key]
 
 
-def _csv_header(path: Path) -> list[str] | None:
+def csv_header(path: Path) -> list[str] | None:
     """Column names if the first row of a CSV has a non-number, else None."""
     with open(path, newline="", encoding="utf-8", errors="replace") as handle:
         cells = [c.strip().strip('"').strip() for c in handle.readline().split(",")]
@@ -655,7 +663,7 @@ def _read_csv(path: Path, split: str, label_column: str | int | None,
     """A CSV of numbers (optional header row) → (float64 table, labels column or None);
     ``allow_missing``: empty cells and ``nan`` read as NaN (:func:`read_csv_numbers`)."""
     _whole_file_only(split, path)
-    header = _csv_header(path)
+    header = csv_header(path)
     table = read_csv_numbers(path, header is not None, allow_missing)
     if header is not None and table.size and len(header) != table.shape[1]:
         raise ValueError(f"{path}: expected every row to have the header's {len(header)} "

@@ -27,6 +27,7 @@ from torch.distributions import Distribution
 
 from vaelab import _checks
 from vaelab._files import atomic_write_bytes
+from vaelab.data import csv_header, read_csv_numbers, read_npy
 from vaelab.infer.masked import MissingLogits, check_mask, masked_draws
 from vaelab.model.masked import MaskedVAE
 from vaelab.model.vae import LatentVariableModel
@@ -142,21 +143,17 @@ def _read_table(path: Path, flag: str) -> tuple[np.ndarray, str | None]:
         raise FileNotFoundError(f"{flag}: expected an existing .npy or .csv file, got "
                                 f"{str(path)!r}")
     if path.suffix.lower() == ".npy":
-        array = np.load(path, allow_pickle=False)
+        try:
+            array = read_npy(path)
+        except ValueError as err:
+            raise ValueError(f"{flag}: {err}") from None
         if array.dtype.kind not in "biuf":
             raise ValueError(f"{flag}: expected numbers, got dtype {array.dtype} in {path}")
         return array, None
-    with open(path, encoding="utf-8") as handle:
-        first = handle.readline().strip()
-    header = None
-    try:
-        [float(v) for v in first.split(",") if v.strip()]
-    except ValueError:
-        header = first
-    from vaelab.data import read_csv_numbers
-
+    names = csv_header(path)
+    header = None if names is None else ",".join(names)
     try:        # X1: only empty cells and nan are missing; other text is an error
-        table = read_csv_numbers(path, header is not None, allow_missing=True)
+        table = read_csv_numbers(path, names is not None, allow_missing=True)
     except ValueError as err:
         raise ValueError(f"{flag}: {err}") from None
     return table, header
