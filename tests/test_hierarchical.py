@@ -188,10 +188,43 @@ def test_sample_is_ancestral_from_the_top():
     assert set(a.unique().tolist()) <= {0.0, 1.0}
 
 
-def test_top_prior_can_be_a_mixture():
-    m = make("ladder", prior="mog")
+@pytest.mark.parametrize("prior", ["mog", "vamp", "flow"])
+def test_top_prior_can_be_a_richer_prior_and_samples(prior):
+    m = make("ladder", prior=prior)
     x = binary()
     assert torch.isfinite(elbo_terms(m, m.encode(x), x, 2).elbo).all()
+    g = torch.Generator().manual_seed(3)
+    drawn = m.sample(4, generator=g)                  # ancestral, through the richer top
+    assert drawn.shape == (4, 12) and set(drawn.unique().tolist()) <= {0.0, 1.0}
+    assert m.prior().sample((6,)).shape == (6, 13)
+
+
+def test_vamp_prior_at_the_top_of_a_ladder_is_the_mixture_of_top_evidence():
+    """p(z_n) = (1/K) Σ_k N(z_n; μ̂_n(u_k), σ̂_n(u_k)²) with (μ̂_n, σ̂_n) the ladder's top-layer
+    evidence at the pseudo-inputs u_k, recomputed from the networks with scipy; the
+    pseudo-inputs are saved as the prior's own parameters and a training step moves them."""
+    from scipy.special import logsumexp
+
+    m = make("ladder", prior="vamp")
+    u = m.top_prior.pseudo_inputs
+    assert u.shape == (m.config.prior_components, 12)
+    h = u
+    for trunk in m.encoder.trunks:
+        h = trunk(h)
+    loc, scale = raw_normal(m.encoder.heads[-1](h))           # [K, L_n] each
+    z = torch.randn(5, 3, dtype=F64)
+    per = norm.logpdf(z.numpy()[:, None, :], loc[None], scale[None]).sum(-1)   # [5, K]
+    expected = logsumexp(per, axis=1) - math.log(len(loc))
+    got = m.top_prior().log_prob(z).detach().numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
+    assert "top_prior.pseudo_inputs" in m.state_dict()
+    assert not any(k.startswith("top_prior._encoder") for k in m.state_dict())
+    x = binary()
+    lp = m.prior().log_prob(m.encode(x).rsample())
+    (grad,) = torch.autograd.grad(lp.sum(), [u])
+    assert float(grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="--hierarchy ladder with --prior vamp"):
+        make("bottom-up", prior="vamp")
 
 
 def test_config_latent_sizes_round_trip_and_errors():

@@ -85,15 +85,26 @@ class LayeredDistribution(Distribution):
         """z [..., Σ L] → {i: z_i [..., L_i]}."""
         return dict(enumerate(z.split(self.sizes, dim=-1)))
 
-    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+    def _draw(self, sample_shape: torch.Size | tuple[int, ...], reparameterized: bool
+              ) -> torch.Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
         layers: dict[int, torch.Tensor] = {}
         for i in self.order:
             d = self.step(i, layers)
             if d.batch_shape != shape:
                 d = d.expand(shape)
-            layers[i] = d.rsample()
+            layers[i] = d.rsample() if reparameterized else d.sample()
         return torch.cat([layers[i] for i in range(len(self.sizes))], dim=-1)
+
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+        """Reparameterized ancestral draw [*shape, *batch, Σ L]; every layer needs rsample."""
+        return self._draw(sample_shape, True)
+
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+        """Ancestral draw without gradients; layers without rsample (a mixture prior at the
+        top) are drawn with their own ``sample``."""
+        with torch.no_grad():
+            return self._draw(sample_shape, False)
 
     def layer_log_probs(self, z: torch.Tensor) -> list[torch.Tensor]:
         """[log density of layer i given its parents, for i = 0 … n−1], each [...]."""
@@ -280,6 +291,12 @@ class LadderEncoder(nn.Module):
         """The bottom-up pass: [N(μ̂_i, σ̂_i²) for each layer], batch [B], event [L_i]."""
         return [_diagonal(raw, self.min_scale) for raw in self.evidence_raw(x)]
 
+    def top_posterior(self, x: torch.Tensor) -> Distribution:
+        """q(z_n | x) = N(μ̂_n(x), σ̂_n(x)²), batch [B], event [L_n]: the top layer's marginal
+        under ladder inference, what a VampPrior on z_n mixes at its pseudo-inputs (the
+        hierarchical VampPrior of Tomczak & Welling 2018, §3.2)."""
+        return self.evidence(x)[-1]
+
     def _merged(self, i: int, evidence: Distribution, layers: dict[int, torch.Tensor]
                 ) -> Distribution:
         """q(z_i | z_{i+1}, x): the evidence of layer i merged with p(z_i | z_{i+1})."""
@@ -450,7 +467,8 @@ def build_hierarchical(config, likelihood: likelihoods.Likelihood) -> Hierarchic
     width hidden[-1].
 
     Raises ValueError naming the field for a family other than "diagonal_normal" (each layer
-    is a diagonal Normal) or a prior that cannot be built for the top layer alone.
+    is a diagonal Normal) or ``prior="vamp"`` without ladder inference (the VampPrior mixes
+    q(z_n | u_k), which only the ladder has in closed form: its top evidence).
     """
     sizes = tuple(config.latent_dim)
     hierarchy = _checks.one_of("hierarchy", config.hierarchy, HIERARCHIES)
@@ -462,16 +480,18 @@ def build_hierarchical(config, likelihood: likelihoods.Likelihood) -> Hierarchic
     conditionals = nn.ModuleList(
         GaussianConditional(above, (width, width), below, act, MIN_SCALE)
         for below, above in zip(sizes[:-1], sizes[1:], strict=True))
-    if config.prior == "vamp":
-        raise ValueError("prior (--prior): 'vamp' needs an encoder of the top layer alone, which "
-                         "a hierarchical model does not have; expected standard_normal, "
-                         "learned_normal, mog or flow, got 'vamp'")
+    if config.prior == "vamp" and hierarchy != "ladder":
+        raise ValueError("prior (--prior): 'vamp' needs q(z_top | x) in closed form, which the "
+                         "ladder has (its top layer's evidence) and bottom-up inference does not "
+                         "(its top q is a marginal over the layers below); expected "
+                         "--hierarchy ladder with --prior vamp, got --hierarchy bottom-up")
+    encoder = _encoder(hierarchy, sizes, config.data_dim, hidden, act, conditionals)
     top = priors_.build(config.prior, sizes[-1], components=config.prior_components,
-                        flow_steps=config.prior_flow_steps)
+                        flow_steps=config.prior_flow_steps, data_dim=config.data_dim,
+                        encoder=encoder.top_posterior if config.prior == "vamp" else None)
     decoder_net = nets.MLP(sizes[0], tuple(reversed(hidden)),
                            config.data_dim * likelihood.params_per_dim, act)
     decoder = LikelihoodDecoder(decoder_net, likelihood, config.data_dim)
-    encoder = _encoder(hierarchy, sizes, config.data_dim, hidden, act, conditionals)
     model = HierarchicalVAE(sizes, top, conditionals, decoder, encoder)
     model.config = config
     return model
