@@ -252,6 +252,16 @@ def test_layer_diagnostics_and_collapse_warning():
     assert d["rate_per_layer"][0] == {"mean": 2.0, "se": pytest.approx(1.0)}
     assert "layer 2 (1 units) collapsed" in H.collapse_warning([2], (2, 1))
     assert H.collapse_warning([], (2, 1)) is None
+    assert d["zero_rate_layers"] == []
+    # a middle layer whose q is its prior conditional: active (it follows z_3), zero rate
+    quiet = H.layer_diagnostics((2, 1, 1), torch.tensor([[1.0, 0.01, 2.0], [3.0, 0.0, 2.0]]),
+                                torch.tensor([[0.0, 1.0, 5.0, 1.0], [1.0, -1.0, 4.0, 2.0]]))
+    assert quiet["collapsed_layers"] == [] and quiet["zero_rate_layers"] == [2]
+    line = H.collapse_warning([], (2, 1, 1), [2.0, 0.005, 2.0])
+    assert "layer 2 (rate 0.005 nats) adds no information" in line and "\n" not in line
+    both = H.collapse_warning([3], (2, 1, 1), [2.0, 0.005, 0.0])
+    assert "layer 3 (1 units) collapsed" in both and "layer 2 (rate" in both
+    assert "layer 3 (rate" not in both
 
 
 # --------------------------------------------------------------------------- CLI, resume, load

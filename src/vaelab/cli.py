@@ -932,7 +932,8 @@ def _layer_lines(r: dict) -> list[str]:
         se = "undefined" if rate["se"] is None else f"{rate['se']:.3f}"
         lines.append(f"{f'  layer {i + 1} rate (nats)':<26}{rate['mean']:>12.3f}{se:>10}  "
                      f"active units {'n/a' if au is None else au} of {size}")
-    warning = collapse_warning(r["collapsed_layers"], r["units_per_layer"])
+    warning = collapse_warning(r["collapsed_layers"], r["units_per_layer"],
+                               [rate["mean"] for rate in r["rate_per_layer"]])
     return lines + ([] if warning is None else [warning])
 
 

@@ -427,7 +427,7 @@ class _Trainer(Checkpointed):
             out = layer_metrics(self.model, qs, self.tc.num_samples, self.dist.all_reduce_sum)
         warning = collapse_warning(
             [i + 1 for i, a in enumerate(out.get("val_active_units_per_layer") or []) if a == 0],
-            self.model.sizes)
+            self.model.sizes, out.get("val_rate_per_layer"))
         if warning is not None and self.dist.main and self.state.epoch == self.tc.epochs:
             self.log(warning + " (validation set)")
         return out

@@ -590,7 +590,9 @@ def layer_diagnostics(sizes: Sequence[int], rates: torch.Tensor, q_means: torch.
 
     ``rate_per_layer``: [{"mean", "se"}] in nats (Monte Carlo; the layers' rates sum to the
     rate); ``active_units_per_layer`` and ``units_per_layer``: lists; ``collapsed_layers``:
-    1-based indices (bottom = 1) of layers with no active unit.
+    1-based indices (bottom = 1) of layers with no active unit; ``zero_rate_layers``: those
+    whose mean rate is below :data:`ZERO_RATE` nats (q(z_i | ·) ≈ p(z_i | z_{i+1}): the layer
+    adds no information of its own even when its means vary with x through the layers above).
     """
     rates = rates.double()
     n = rates.shape[0]
@@ -599,17 +601,37 @@ def layer_diagnostics(sizes: Sequence[int], rates: torch.Tensor, q_means: torch.
     return {"rate_per_layer": [{"mean": float(m), "se": float(s) if s == s else None}
                                for m, s in zip(rates.mean(0), se, strict=True)],
             "active_units_per_layer": au, "units_per_layer": list(sizes),
-            "collapsed_layers": [i + 1 for i, a in enumerate(au) if a == 0]}
+            "collapsed_layers": [i + 1 for i, a in enumerate(au) if a == 0],
+            "zero_rate_layers": zero_rate_layers([float(m) for m in rates.mean(0)])}
 
 
-def collapse_warning(collapsed: Sequence[int], sizes: Sequence[int]) -> str | None:
-    """One line naming the latent layers with no active unit, or None."""
-    if not collapsed:
+#: A layer whose rate is below this many nats (in total, per example) adds no information.
+ZERO_RATE = 0.05
+
+
+def zero_rate_layers(rates: Sequence[float]) -> list[int]:
+    """1-based indices of layers whose mean rate is below :data:`ZERO_RATE` nats."""
+    return [i + 1 for i, r in enumerate(rates) if r < ZERO_RATE]
+
+
+def collapse_warning(collapsed: Sequence[int], sizes: Sequence[int],
+                     rates: Sequence[float] | None = None) -> str | None:
+    """One line naming the latent layers with no active unit and, given the per-layer mean
+    rates (nats), the layers with (almost) zero rate; None when there are none."""
+    parts = []
+    if collapsed:
+        names = ", ".join(f"layer {i} ({sizes[i - 1]} units)" for i in collapsed)
+        parts.append(f"latent {names} collapsed: no active unit (Var_x E_q[z_u|x] <= 0.01), "
+                     f"so that layer carries no information about x")
+    quiet = [i for i in zero_rate_layers(rates or []) if i not in collapsed]
+    if quiet:
+        names = ", ".join(f"layer {i} (rate {rates[i - 1]:.3f} nats)" for i in quiet)
+        parts.append(f"latent {names} adds no information of its own: q(z_i | .) = "
+                     f"p(z_i | z_(i+1)), its units vary with x only through the layers above")
+    if not parts:
         return None
-    names = ", ".join(f"layer {i} ({sizes[i - 1]} units)" for i in collapsed)
-    return (f"warning: latent {names} collapsed: no active unit (Var_x E_q[z_u|x] <= 0.01), "
-            f"so that layer carries no information about x; try a KL warm-up (--kl-schedule "
-            f"linear), free bits (--free-bits) or fewer layers")
+    return (f"warning: {'; '.join(parts)}; try a KL warm-up (--kl-schedule linear), free bits "
+            f"(--free-bits) or fewer layers")
 
 
 def layer_metrics(model: HierarchicalVAE, qs: Iterable[LayeredDistribution], num_samples: int,
