@@ -144,3 +144,20 @@ def load_average() -> list[float]:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return []
+
+
+def command_line() -> str:
+    """The command that ran this benchmark, shell-quoted."""
+    import shlex
+    import sys
+
+    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def machine() -> str:
+    """CPU, core count, torch version and threads, for a results header."""
+    import platform
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads")
+

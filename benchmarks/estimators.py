@@ -66,19 +66,25 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def is_row(model, x, k: int, proposal: str) -> dict:
+def is_row(model, x, k: int, proposal: str, steps: int = 100, samples: int = 8) -> dict:
+    """IS with ``proposal``; refined/mixture proposals spend at most ``steps`` Adam steps of
+    ``samples`` draws each (``steps`` × ``samples`` gradient evaluations) per example."""
     torch.manual_seed(k)
 
     def run():
         with torch.no_grad():
             q = model.encode(x)
-        prop, grads = build_proposal(proposal, model, q, x)
+        prop, grads = build_proposal(proposal, model, q, x, steps=steps,
+                                     optimizer_samples=samples)
         with torch.no_grad():
             return log_likelihood(model, prop, x, k).log_likelihood, grads
 
     (est, grads), sec = timed(run)
-    return {"estimator": f"IS {proposal}", "k": k, "values": est, "forward": k,
-            "gradient": grads, "seconds": sec}
+    row = {"estimator": f"IS {proposal}", "k": k, "values": est, "forward": k,
+           "gradient": grads, "seconds": sec}
+    if proposal != "encoder":
+        row["refine"] = f"{steps}x{samples}"
+    return row
 
 
 def ais_row(model, x, steps: int, chains: int, leapfrog: int) -> dict:
@@ -109,7 +115,12 @@ def summarize(row: dict, reference: torch.Tensor) -> dict:
     n = v.numel()
     return {**row, "mean": float(v.mean()), "diff_to_reference": float(d.mean()),
             "diff_se": float(d.std() / math.sqrt(n)), "diff_min": float(d.min()),
-            "evaluations": row["forward"] + row["gradient"]}
+            "evaluations": row["forward"] + row["gradient"],
+            "forward_equivalents": row["forward"] + GRADIENT_COST * row["gradient"]}
+
+
+#: A gradient evaluation of log p(x, z) costs about this many forward ones (forward + backward).
+GRADIENT_COST = 3
 
 
 def target(rows: list[dict], tol: float) -> dict:
@@ -123,6 +134,10 @@ def target(rows: list[dict], tol: float) -> dict:
            best_is, "closest_encoder_is": max(enc, key=lambda r: r["diff_to_reference"])}
     if best and best_is:
         out["evaluation_ratio"] = best_is["evaluations"] / best["evaluations"]
+        cheapest = min(close, key=lambda r: r["forward_equivalents"])
+        out["cheapest_within_forward_equivalents"] = cheapest
+        out["forward_equivalent_ratio"] = (best_is["forward_equivalents"]
+                                           / cheapest["forward_equivalents"])
     return out
 
 
@@ -132,6 +147,8 @@ def table(rows: list[dict]) -> str:
     lines = [head]
     for r in rows:
         setting = (f"k={r['k']}" if "k" in r else f"T={r['T']} C={r['C']} L={r['L']}")
+        if "refine" in r:
+            setting += f" ({r['refine']})"
         lines.append(f"{r['estimator']:<14}{setting:<18}{r['mean']:>11.3f}"
                      f"{r['diff_to_reference']:>9.3f}{r['diff_se']:>7.3f}{r['forward']:>10}"
                      f"{r['gradient']:>11}{r['seconds']:>9.1f}")
@@ -146,6 +163,10 @@ def main() -> None:
     p.add_argument("--n", type=int, default=40, help="test images")
     p.add_argument("--ks", default="10,50,100,500,1000,5000")
     p.add_argument("--refined-ks", default="10,100,1000")
+    p.add_argument("--refine-budgets", default="100x8",
+                   help="refinement budgets STEPSxDRAWS for the refined/mixture rows, comma "
+                        "list (each costs at most STEPS*DRAWS gradient evaluations)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--ais-steps", default="10,30,100,300")
     p.add_argument("--reference-steps", type=int, default=1000)
     p.add_argument("--chains", type=int, default=8)
@@ -155,6 +176,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True, help="results prefix (.json, .txt)")
     args = p.parse_args()
     ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
+    torch.set_num_threads(args.threads)
     model, run = get_model(args.run, args.work, args.epochs)
     model.requires_grad_(False)
     x = test_images(args.n, args.seed)
@@ -163,10 +185,12 @@ def main() -> None:
     for k in ints(args.ks):
         rows.append(is_row(model, x, k, "encoder"))
         print(rows[-1]["estimator"], k, f"{rows[-1]['seconds']:.1f}s", flush=True)
-    for proposal in ("refined", "mixture"):
-        for k in ints(args.refined_ks):
-            rows.append(is_row(model, x, k, proposal))
-            print(proposal, k, f"{rows[-1]['seconds']:.1f}s", flush=True)
+    budgets = [tuple(int(v) for v in b.split("x")) for b in args.refine_budgets.split(",")]
+    for steps, samples in budgets:
+        for proposal in ("refined", "mixture"):
+            for k in ints(args.refined_ks):
+                rows.append(is_row(model, x, k, proposal, steps, samples))
+                print(proposal, k, steps, samples, f"{rows[-1]['seconds']:.1f}s", flush=True)
     for steps in [*ints(args.ais_steps), args.reference_steps]:
         rows.append(ais_row(model, x, steps, args.chains, args.leapfrog))
         print("AIS", steps, f"{rows[-1]['seconds']:.1f}s", flush=True)

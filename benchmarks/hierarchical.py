@@ -53,6 +53,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--out", default="benchmarks/results/hierarchical")
     p.add_argument("--runs", default="/tmp/vaelab-hier-runs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch threads (1 when another process shares the 2 cores: "
+                        "oversubscribed OpenMP threads slow training by 10x or more)")
     p.add_argument("--kl-warmup", type=float, default=0.0,
                    help="epochs of linear KL warm-up (0: none, the default configuration)")
     return p.parse_args()
@@ -153,7 +156,7 @@ def table(rows: list[dict], args) -> str:
 
 def main() -> None:
     args = parse()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     x_test = test_subset(args.n_test, args.seed)
     rows = []
     for objective in args.objectives.split(","):

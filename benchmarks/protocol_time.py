@@ -27,16 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from common import command_line, load_average, machine
 from estimators import get_model, test_images
 from peers import _quiet, availability, pythae_log_likelihood, pythae_vae_from_vaelab
 from vaelab.measure.evaluate import evaluate_model
@@ -79,7 +76,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="results prefix (.json, .txt)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    load_start = _load()
+    load_start = load_average()
     model, run = get_model(args.run, args.work, args.epochs)
     x = test_images(args.n, args.seed).float()
     pyt = pythae_vae_from_vaelab(model)
@@ -103,9 +100,10 @@ def main(argv=None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".txt").write_text(text + "\n")
-        payload = {"settings": {k: str(v) for k, v in vars(args).items()}, "command": _command(),
-                   "machine": _machine(), "peers": availability(), "run": run,
-                   "load_average_start": load_start, "load_average_end": _load(),
+        payload = {"settings": {k: str(v) for k, v in vars(args).items()},
+                   "command": command_line(),
+                   "machine": machine(), "peers": availability(), "run": run,
+                   "load_average_start": load_start, "load_average_end": load_average(),
                    "summary": summary, "results": results}
         args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
     return 0
@@ -135,8 +133,8 @@ def summarize(results: dict, n: int) -> dict:
 def report(args, summary: dict, run: str, load_start: list[float]) -> str:
     lines = [f"Standard protocol time, vaelab evaluate vs pythae get_nll, same weights "
              f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
-             f"command: {_command()}", f"machine: {_machine()}; load average start "
-             f"{load_start}, end {_load()}",
+             f"command: {command_line()}", f"machine: {machine()}; load average start "
+             f"{load_start}, end {load_average()}",
              f"model: {run} (default 784-512-256-20 Bernoulli VAE, {args.epochs} epoch(s)); "
              f"{args.n} seeded test images (statically binarized), k = {args.k}; vaelab batch "
              f"{args.batch_size} images; median of {args.repeats} interleaved repetitions", "",
@@ -155,22 +153,6 @@ def report(args, summary: dict, run: str, load_start: list[float]) -> str:
                      f"{r['mean_log_likelihood']:>13.2f}{diff_s:>13}{se_s:>7}{full_s:>26}")
     lines.append("The last column is an extrapolation (s/image × 10,000), not a measurement.")
     return "\n".join(lines)
-
-
-def _command() -> str:
-    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
-
-
-def _machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-            f"{torch.__version__}, {torch.get_num_threads()} threads")
-
-
-def _load() -> list[float]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return []
 
 
 if __name__ == "__main__":

@@ -43,17 +43,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from common import command_line, load_average, machine
 from vaelab import data as data_
 from vaelab.config import ModelConfig, RunConfig, TrainConfig
 from vaelab.fit.train import train
@@ -255,7 +252,7 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"--rows: unknown {unknown}; expected names from {list(ROWS)}")
     peer_names = _peer_names(args.peers)
-    started, load_start = time.time(), _load()
+    started, load_start = time.time(), load_average()
     train_ds = data_.load_dataset("fashion-mnist", "train", limit=args.train_limit)
     x_test = test_images(args)
     rows, missing = [], {}
@@ -319,8 +316,8 @@ def write(args, rows: list[dict], missing: dict[str, str], started: float,
     if args.tag:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / f"richer-{args.tag}.txt").write_text(text + "\n")
-        payload = {"settings": vars(args), "command": _command(), "machine": _machine(),
-                   "load_average_start": load_start, "load_average_end": _load(),
+        payload = {"settings": vars(args), "command": command_line(), "machine": machine(),
+                   "load_average_start": load_start, "load_average_end": load_average(),
                    "minutes": round((time.time() - started) / 60, 1), "complete": done,
                    "rows": rows, "missing": missing}
         (RESULTS / f"richer-{args.tag}.json").write_text(json.dumps(payload, indent=1) + "\n")
@@ -333,8 +330,8 @@ def _header(args, started: float, load_start: list[float]) -> str:
              f"peers_richer.PythaeAsVaelab)\n") if args.peers else ""
     return (f"vaelab richer-models benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
             f", {round((time.time() - started) / 60, 1)} min)\n"
-            f"command: {_command()}\nmachine: {_machine()}; load average start {load_start}, "
-            f"end {_load()}\n"
+            f"command: {command_line()}\nmachine: {machine()}; load average start {load_start}, "
+            f"end {load_average()}\n"
             f"sizes (reduced from the issue's 784-512-256, 32 latents, k = 5000 on 2,000 images,"
             f" many epochs): MLP {args.hidden}, {args.latent} latents, {args.train_limit} "
             f"training images, {args.epochs} epochs, batch {args.batch_size}, Adam 1e-3; test "
@@ -347,22 +344,6 @@ def _pythae_version() -> str:
     from peers import availability
 
     return availability()["pythae"]
-
-
-def _command() -> str:
-    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
-
-
-def _machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-            f"{torch.__version__}, {torch.get_num_threads()} threads")
-
-
-def _load() -> list[float]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return []
 
 
 if __name__ == "__main__":
