@@ -29,26 +29,30 @@ from vaelab import _checks
 from vaelab.infer.objectives import GenerativeModel
 from vaelab.infer.schemes import optimize_q
 from vaelab.measure.gaps import DeterministicMixture
-from vaelab.model.vae import Encoder
 
 PROPOSALS = ("encoder", "refined", "mixture")
 
 
-def refine(model: GenerativeModel, x: torch.Tensor, encoder: Encoder, *, steps: int = 100,
-           lr: float = 5e-2, optimizer_samples: int = 8, patience: int = 20
+def refine(model: GenerativeModel, x: torch.Tensor, encoder: torch.nn.Module, *,
+           steps: int = 100, lr: float = 5e-2, optimizer_samples: int = 8, patience: int = 20
            ) -> tuple[Distribution, int]:
-    """q* for every row of x [B, D], from the encoder's output → (q*, Adam steps taken)."""
-    if not isinstance(encoder, Encoder):
-        raise TypeError(f"encoder: the refined and mixture proposals need a model with a "
-                        f"vaelab.model.vae.Encoder, got {type(encoder).__name__}")
+    """q* for every row of x [B, D], from the encoder's output → (q*, Adam steps taken).
+
+    ``encoder``: a ``vaelab.model.vae.Encoder`` or a hierarchical encoder — anything with
+    ``per_example(x)`` (the family with its x-dependent parameters free per example, and the
+    encoder's values to start from; :mod:`vaelab.measure.gaps`). Raises TypeError otherwise.
+    """
+    if not callable(getattr(encoder, "per_example", None)):
+        raise TypeError(f"encoder: the refined and mixture proposals need a model with an "
+                        f"encoder (vaelab.model.vae.Encoder or a hierarchical one), got "
+                        f"{type(encoder).__name__}")
     with torch.inference_mode(False), torch.enable_grad():
         x = x.clone()
-        with torch.no_grad():
-            raw = encoder.net(x)
-        raw_star, history = optimize_q(model, x, raw, encoder.family, steps=steps, lr=lr,
+        family, raw = encoder.per_example(x)
+        raw_star, history = optimize_q(model, x, raw, family, steps=steps, lr=lr,
                                        num_samples=optimizer_samples, patience=patience)
     with torch.no_grad():
-        return encoder.family(raw_star), len(history)
+        return family(raw_star), len(history)
 
 
 def build_proposal(name: str, model: GenerativeModel, q: Distribution, x: torch.Tensor, *,
