@@ -360,8 +360,9 @@ def _add_reconstruct(commands) -> None:
 def _add_gaps(commands) -> None:
     p = commands.add_parser("gaps", help="approximation and amortization gaps",
                             description="Split the inference gap log p(x) − ELBO into the "
-                            "approximation and amortization gaps (Cremer et al. 2018); writes "
-                            "gaps.json and gaps.png.")
+                            "approximation and amortization gaps (Cremer et al. 2018): q* is "
+                            "the encoder's own family (for a hierarchy, its bottom-up or ladder "
+                            "structure) fitted to each example; writes gaps.json and gaps.png.")
     p.add_argument("run", type=Path, metavar="RUN")
     _add_run_data(p)
     p.add_argument("--limit", type=positive_int, metavar="N", default=100,
