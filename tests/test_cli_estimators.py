@@ -3,7 +3,10 @@ before anything is loaded or written."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from conftest import needs_fashion_mnist, run_cli
 
 from vaelab import cli
 
@@ -28,3 +31,24 @@ def test_estimator_flags_are_in_the_help(capsys):
     out = capsys.readouterr().out
     for flag in ("--estimator", "--proposal", "--ais-steps", "--chains", "--leapfrog"):
         assert flag in out
+
+
+@needs_fashion_mnist
+def test_bdmc_from_the_cli_reports_the_sandwich_and_warns_when_it_is_wide(tmp_path, capsys):
+    """`vaelab evaluate --estimator bdmc`: eval.json holds the sandwich (its gap is upper −
+    lower), and a gap above 0.5 nat — a 2-step schedule usually leaves nats — is warned about
+    on screen and in eval.json's warnings, and only then."""
+    run = tmp_path / "run"
+    code, _, _ = run_cli(capsys, "train", "--data", "fashion-mnist", "--limit", "200",
+                         "--epochs", "1", "--hidden", "32", "--latent-dim", "4", "--quiet",
+                         "--out", str(run))
+    assert code == 0
+    code, out, _ = run_cli(capsys, "evaluate", str(run), "--estimator", "bdmc",
+                           "--ais-steps", "2", "--chains", "2", "--limit", "4", "--quiet")
+    assert code == 0 and "BDMC on 4 simulated examples" in out
+    report = json.loads((run / "eval.json").read_text())
+    b = report["bdmc"]
+    assert b["gap"]["mean"] == pytest.approx(b["upper"]["mean"] - b["lower"]["mean"], abs=1e-4)
+    wide = b["gap"]["mean"] > 0.5
+    assert any("BDMC gap" in w for w in report["warnings"]) == wide
+    assert ("warning: the BDMC gap" in out) == wide

@@ -262,6 +262,8 @@ def test_layer_diagnostics_and_collapse_warning():
     both = H.collapse_warning([3], (2, 1, 1), [2.0, 0.005, 0.0])
     assert "layer 3 (1 units) collapsed" in both and "layer 2 (rate" in both
     assert "layer 3 (rate" not in both
+    top = H.collapse_warning([], (16, 8), [1.0, 0.01])
+    assert "top latent layer 2 (rate 0.010 nats)" in top and "layers above" not in top
 
 
 # --------------------------------------------------------------------------- CLI, resume, load
@@ -328,3 +330,39 @@ def test_training_objectives_reach_every_parameter(objective):
     assert torch.isfinite(out.surrogate).all() and torch.isfinite(out.terms.elbo).all()
     grads = torch.autograd.grad(out.surrogate.sum(), list(m.parameters()), allow_unused=True)
     assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
+
+
+@pytest.mark.parametrize("seed", [None, 0])
+def test_evaluate_layer_rates_sum_to_the_reported_rate(seed):
+    """The per-layer rates in eval.json come from the same draws as the ELBO's Monte Carlo KL
+    (the RNG replayed), so they add up to the printed rate; log p̂ is unaffected by them."""
+    from vaelab.measure.evaluate import evaluate_model
+
+    m = make("ladder").float()
+    x = binary(30).float()
+    torch.manual_seed(3)
+    r = evaluate_model(m, x, num_samples=20, elbo_samples=3, seed=seed)
+    layers = sum(layer["mean"] for layer in r["rate_per_layer"])
+    assert layers == pytest.approx(r["rate"]["mean"], rel=1e-6)
+    expected = H.collapse_warning(r["collapsed_layers"], m.sizes,
+                                  [layer["mean"] for layer in r["rate_per_layer"]])
+    assert expected is None or expected in r["warnings"]        # saved, not only printed
+    torch.manual_seed(3)
+    again = evaluate_model(m, x, num_samples=20, elbo_samples=3, seed=seed)
+    assert again["log_likelihood"] == r["log_likelihood"]
+
+
+def test_evaluate_saves_the_collapse_warning_in_its_report():
+    """A ladder whose top evidence is N(0, I) for every x (top q = p(z_3)): the top layer has
+    rate 0 and no active unit; evaluate's report carries the warning, not only the screen."""
+    from vaelab.measure.evaluate import evaluate_model
+
+    m = make("ladder").float()
+    head = m.encoder.heads[-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[3:] = math.log(math.expm1(1.0 - H.MIN_SCALE))     # softplus + floor = 1
+    r = evaluate_model(m, binary(30).float(), num_samples=10, elbo_samples=2, seed=0)
+    assert 3 in r["collapsed_layers"] and r["rate_per_layer"][2]["mean"] == pytest.approx(0)
+    assert any("layer 3 (3 units)" in w and "collapsed" in w for w in r["warnings"])

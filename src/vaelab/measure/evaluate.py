@@ -136,12 +136,21 @@ def _batch_measures(model: GenerativeModel, infer: Callable[[torch.Tensor], Dist
     """
     with torch.no_grad():
         q = infer(x)
+    cuda = [x.device] if x.device.type == "cuda" else []
     with torch.inference_mode():
+        states = (torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in cuda))
         terms = elbo_terms(model, q, x, elbo_samples, validate=False)
+        layers = None
+        if isinstance(q, hierarchical.LayeredDistribution):
+            # per-layer rates [B, n] from the very draws of the ELBO's Monte Carlo KL (the RNG
+            # replayed), so they sum to the printed rate; the RNG then continues as before
+            with torch.random.fork_rng(devices=cuda):
+                torch.set_rng_state(states[0])
+                for device, state in zip(cuda, states[1:], strict=True):
+                    torch.cuda.set_rng_state(state, device)
+                layers = hierarchical.layer_rates(q, model.prior(), elbo_samples)
         est = (log_likelihood(model, q, x, num_samples, chunk_size) if estimator is None
                else estimator(model, q, x))   # vaelab.measure.estimators (AIS, proposals)
-        layers = hierarchical.layer_rates(q, model.prior(), elbo_samples) if isinstance(
-            q, hierarchical.LayeredDistribution) else None     # per-layer rates, [B, n]
     return {"rate": terms.kl, "distortion": terms.distortion,
             "elbo": -(terms.kl + terms.distortion), "log_likelihood": est.log_likelihood,
             "ll_stderr": est.stderr, "ess": est.ess, "q_mean": q.mean,
@@ -403,6 +412,11 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
     if "layer_rates" in measures:    # a hierarchy: rate and active units per latent layer
         report.update(hierarchical.layer_diagnostics(
             model.sizes, measures["layer_rates"], measures["q_mean"], threshold))
+        line = hierarchical.collapse_warning(
+            report["collapsed_layers"], model.sizes,
+            [layer["mean"] for layer in report["rate_per_layer"]])
+        if line is not None:
+            report["warnings"] = [*report.get("warnings", []), line]
     if per_example:
         report["per_example"] = {k: measures[k].double().tolist() for k in PER_EXAMPLE_KEYS}
     return honest.json_safe(_apply_meaning(

@@ -484,7 +484,8 @@ def build_hierarchical(config, likelihood: likelihoods.Likelihood) -> Hierarchic
         raise ValueError("prior (--prior): 'vamp' needs q(z_top | x) in closed form, which the "
                          "ladder has (its top layer's evidence) and bottom-up inference does not "
                          "(its top q is a marginal over the layers below); expected "
-                         "--hierarchy ladder with --prior vamp, got --hierarchy bottom-up")
+                         "--hierarchy ladder with --prior vamp, got --hierarchy bottom-up "
+                         "(the default)")
     encoder = _encoder(hierarchy, sizes, config.data_dim, hidden, act, conditionals)
     top = priors_.build(config.prior, sizes[-1], components=config.prior_components,
                         flow_steps=config.prior_flow_steps, data_dim=config.data_dim,
@@ -624,10 +625,15 @@ def collapse_warning(collapsed: Sequence[int], sizes: Sequence[int],
         parts.append(f"latent {names} collapsed: no active unit (Var_x E_q[z_u|x] <= 0.01), "
                      f"so that layer carries no information about x")
     quiet = [i for i in zero_rate_layers(rates or []) if i not in collapsed]
-    if quiet:
-        names = ", ".join(f"layer {i} (rate {rates[i - 1]:.3f} nats)" for i in quiet)
+    top = len(sizes)
+    below = [i for i in quiet if i != top]
+    if below:
+        names = ", ".join(f"layer {i} (rate {rates[i - 1]:.3f} nats)" for i in below)
         parts.append(f"latent {names} adds no information of its own: q(z_i | .) = "
                      f"p(z_i | z_(i+1)), its units vary with x only through the layers above")
+    if top in quiet:
+        parts.append(f"the top latent layer {top} (rate {rates[top - 1]:.3f} nats) carries no "
+                     f"information about x: q(z_{top} | x) = p(z_{top})")
     if not parts:
         return None
     return (f"warning: {'; '.join(parts)}; try a KL warm-up (--kl-schedule linear), free bits "
