@@ -937,6 +937,11 @@ def format_evaluation(r: dict) -> str:
     units = "n/a" if r["active_units"] is None else str(r["active_units"])
     lines.append(f"{'active units':<26}{units:>12}  of {r['latent_dim']} "
                  f"(Var_x E[z_u|x] > {r['active_threshold']})")
+    if r["num_examples"] == r["population_size"] and r["num_examples"] > 1:
+        lines.append(f"note: all {r['num_examples']} examples of the split were evaluated, so "
+                     f"the ± of {ll_label.split(' (')[0]} (and bits/dim) is Monte Carlo error only "
+                     f"(the split is the whole population); the other ± are the spread across "
+                     f"examples")
     return "\n".join(lines + _layer_lines(r) + list(r.get("warnings", ())))
 
 
