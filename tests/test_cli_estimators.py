@@ -15,6 +15,8 @@ from vaelab import cli
     (["--estimator", "ais", "--proposal", "refined"], "--proposal"),
     (["--chains", "4"], "--chains"),
     (["--estimator", "is", "--ais-steps", "5"], "--ais-steps"),
+    (["--refine-steps", "5"], "--refine-steps"),
+    (["--proposal", "encoder", "--refine-draws", "2"], "--refine-draws"),
 ])
 def test_bad_estimator_flags_name_the_flag(tmp_path, capsys, argv, flag):
     run = tmp_path / "no-run"
@@ -29,7 +31,8 @@ def test_bad_estimator_flags_name_the_flag(tmp_path, capsys, argv, flag):
 def test_estimator_flags_are_in_the_help(capsys):
     assert cli.main(["evaluate", "--help"]) == 0
     out = capsys.readouterr().out
-    for flag in ("--estimator", "--proposal", "--ais-steps", "--chains", "--leapfrog"):
+    for flag in ("--estimator", "--proposal", "--ais-steps", "--chains", "--leapfrog",
+                 "--refine-steps", "--refine-draws"):
         assert flag in out
 
 
@@ -68,3 +71,20 @@ def test_the_table_says_when_log_px_se_is_monte_carlo_only(tmp_path, capsys):
     r = json.loads((run / "eval.json").read_text())
     r["population_size"] = r["num_examples"]           # as when the whole split is evaluated
     assert "all 7 examples of the split were evaluated" in cli.format_evaluation(r)
+
+
+@needs_fashion_mnist
+def test_the_refinement_budget_is_set_from_the_cli(tmp_path, capsys):
+    """--refine-steps N --refine-draws M: the estimator records them, its cost is at most
+    N x M gradient evaluations, and the evaluation runs with them."""
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", "--data", "fashion-mnist", "--limit", "100", "--epochs",
+                   "1", "--hidden", "16", "--latent-dim", "2", "--quiet", "--out",
+                   str(run))[0] == 0
+    code, out, _ = run_cli(capsys, "evaluate", str(run), "--k", "5", "--limit", "6",
+                           "--proposal", "mixture", "--refine-steps", "3", "--refine-draws",
+                           "2", "--quiet")
+    assert code == 0 and "at most 6 with gradient" in out
+    e = json.loads((run / "eval.json").read_text())["estimator"]
+    assert (e["refine_steps"], e["refine_draws"]) == (3, 2)
+    assert e["cost_per_example"] == {"forward": 5, "gradient": 6}

@@ -320,6 +320,12 @@ def _add_estimator(p: argparse.ArgumentParser) -> None:
     p.add_argument("--proposal", choices=("encoder", "refined", "mixture"),
                    help="IS proposal: the encoder's q (default), q refined per example, or "
                    "the mixture 1/2 refined + 1/2 encoder (--estimator is only)")
+    p.add_argument("--refine-steps", type=positive_int, metavar="N",
+                   help="most Adam steps refining the refined/mixture proposal per example "
+                   "(default 100)")
+    p.add_argument("--refine-draws", type=positive_int, metavar="M",
+                   help="draws of z per refinement step (default 8); the refinement costs at "
+                   "most N x M gradient evaluations per example")
     p.add_argument("--ais-steps", type=positive_int, metavar="T",
                    help="AIS intermediate distributions (default 100)")
     p.add_argument("--chains", type=positive_int, metavar="C",
@@ -859,9 +865,15 @@ def _estimator(args: argparse.Namespace):
                                       ("--leapfrog", args.leapfrog)) if value is not None]
     if given and args.estimator == "is":
         raise ValueError(f"{given[0]}: applies to --estimator ais or bdmc, got --estimator is")
+    refine = [flag for flag, value in (("--refine-steps", args.refine_steps),
+                                       ("--refine-draws", args.refine_draws)) if value is not None]
+    if refine and args.proposal not in ("refined", "mixture"):
+        raise ValueError(f"{refine[0]}: applies to --proposal refined or mixture, got "
+                         f"--proposal {args.proposal or 'encoder'}")
     return Estimator(args.estimator, args.proposal or "encoder", num_samples=args.k,
                      steps=args.ais_steps or 100, chains=args.chains or 8,
-                     leapfrog=args.leapfrog or 3)
+                     leapfrog=args.leapfrog or 3, refine_steps=args.refine_steps or 100,
+                     refine_draws=args.refine_draws or 8)
 
 
 def _estimator_lines(r: dict) -> str:
@@ -873,8 +885,10 @@ def _estimator_lines(r: dict) -> str:
             f"L = {e['leapfrog']} leapfrog")    # X3: the header names chains itself
     quantity = {"score": "unnormalised score", "density": "log density"}.get(
         (r.get("likelihood_meaning") or {}).get("meaning"), "log p(x)")    # X3
+    bound = "at most " if e["name"] == "is" and e["proposal"] != "encoder" else ""
     lines = [f"{quantity} estimator: {what}; a stochastic lower bound on it; per example "
-             f"{cost['forward']} log p(x,z) evaluations + {cost['gradient']} with gradient"]
+             f"{cost['forward']} log p(x,z) evaluations + {bound}{cost['gradient']} with "
+             f"gradient"]
     if "bdmc" in r:
         b = r["bdmc"]
         lines.append(f"BDMC on {b['num_examples']} simulated examples: lower "

@@ -49,7 +49,8 @@ class Estimator:
         num_samples: k importance samples (``is``).
         steps, chains, leapfrog: AIS schedule length T, chains C, leapfrog steps L.
         ais_init: "encoder" (start AIS at q(z | x)) or "prior".
-        refine_steps, refine_lr: the refined proposal's Adam budget.
+        refine_steps, refine_draws, refine_lr: the refined proposal's Adam budget (at most
+            ``refine_steps`` steps of ``refine_draws`` draws each) and step size.
     """
 
     name: str = "is"
@@ -61,12 +62,14 @@ class Estimator:
     ais_init: str = "encoder"
     refine_steps: int = 100
     refine_lr: float = 5e-2
+    refine_draws: int = 8
 
     def __post_init__(self) -> None:
         _checks.one_of("estimator", self.name, ESTIMATORS)
         _checks.one_of("proposal", self.proposal, PROPOSALS)
         _checks.one_of("ais_init", self.ais_init, AIS_INITS)
-        for field in ("num_samples", "steps", "chains", "leapfrog", "refine_steps"):
+        for field in ("num_samples", "steps", "chains", "leapfrog", "refine_steps",
+                      "refine_draws"):
             _checks.positive_int(field, getattr(self, field))
         _checks.positive_float("refine_lr", self.refine_lr)
         if self.name != "is" and self.proposal != "encoder":
@@ -78,7 +81,7 @@ class Estimator:
         """log p̂(x) for x [B, D] given the encoder's q (batch [B]) → tensors [B]."""
         if self.name == "is":
             proposal, _ = build_proposal(self.proposal, model, q, x, steps=self.refine_steps,
-                                         lr=self.refine_lr)
+                                         lr=self.refine_lr, optimizer_samples=self.refine_draws)
             return log_likelihood(model, proposal, x, self.num_samples)
         r = ais_.ais(model, x, init=q if self.ais_init == "encoder" else None,
                      steps=self.steps, chains=self.chains, leapfrog=self.leapfrog)
@@ -98,7 +101,7 @@ class Estimator:
         """Evaluations of log p(x, z) per example: ``forward`` (no gradient) and ``gradient``
         (an upper bound for the refined proposals, whose optimizer may stop early)."""
         if self.name == "is":
-            grad = 0 if self.proposal == "encoder" else self.refine_steps * 8
+            grad = 0 if self.proposal == "encoder" else self.refine_steps * self.refine_draws
             return {"forward": self.num_samples, "gradient": grad}
         return {"forward": 0, "gradient": ais_.cost(self.chains, self.steps, self.leapfrog)}
 
