@@ -166,7 +166,10 @@ def _add_train(commands) -> None:
     p.add_argument("--missing-model", choices=("none", "self-masking"),
                    help="self-masking: also learn p(missing | x) per feature, for data "
                         "missing not at random (not-MIWAE); needs --missing mask")
-    p.add_argument("--binarize", choices=("dynamic", "static", "none"))
+    p.add_argument("--binarize", choices=("dynamic", "static", "none"),
+                   help="binarize [0, 1] data: a fresh Bernoulli draw per visit (dynamic, the "
+                   "default), one draw (static), or keep the values (none: for real-valued "
+                   "or 8-bit data)")
     p.add_argument("--seed", type=non_negative_int, metavar="N")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--limit", type=positive_int, metavar="N",
