@@ -111,3 +111,19 @@ def test_data_kind_is_inferred_when_not_given():
     assert likelihood_meaning(model, torch.tensor([[0.0, 1 / 255, 1, 0]]))["meaning"] == "score"
     with pytest.raises(ValueError, match="data_kind"):
         likelihood_meaning(model, torch.zeros(1, 4), "grey")
+
+
+@pytest.mark.parametrize("kind", ["binary", "8-bit"])
+def test_a_nats_only_report_does_not_promise_bits_per_dim(kind):
+    """gaps reports nats only: its note (bits_per_dim=False) keeps what log p(x) is but does
+    not say bits/dim are reported, while evaluate's note does."""
+    likelihood = "bernoulli" if kind == "binary" else "discretized-logistic"
+    model = build_vae(ModelConfig(data_dim=4, latent_dim=2, likelihood=likelihood))
+    x = torch.tensor([[0.0, 1.0, 1.0, 0.0]]) if kind == "binary" else torch.tensor(
+        [[0.0, 128.0, 255.0, 3.0]]) / 255
+    with_bits = likelihood_meaning(model, x, kind)
+    nats = likelihood_meaning(model, x, kind, bits_per_dim=False)
+    assert with_bits["meaning"] == nats["meaning"] in ("probability", "bound")
+    assert "bits/dim" in with_bits["note"] and "bits/dim" not in nats["note"]
+    assert nats["note"].endswith("reported in nats")
+    assert with_bits["note"].split(": ")[0] == nats["note"].split(": ")[0]

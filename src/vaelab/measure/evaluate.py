@@ -136,12 +136,14 @@ def _batch_measures(model: GenerativeModel, infer: Callable[[torch.Tensor], Dist
     """
     with torch.no_grad():
         q = infer(x)
-    cuda = [x.device] if x.device.type == "cuda" else []
+    layered = isinstance(q, hierarchical.LayeredDistribution)
+    cuda = [x.device] if layered and x.device.type == "cuda" else []
     with torch.inference_mode():
-        states = (torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in cuda))
+        states = (torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in cuda)
+                  ) if layered else ()
         terms = elbo_terms(model, q, x, elbo_samples, validate=False)
         layers = None
-        if isinstance(q, hierarchical.LayeredDistribution):
+        if layered:
             # per-layer rates [B, n] from the very draws of the ELBO's Monte Carlo KL (the RNG
             # replayed), so they sum to the printed rate; the RNG then continues as before
             with torch.random.fork_rng(devices=cuda):
@@ -266,10 +268,10 @@ def _add_bits_per_dim(report: dict, data_dim: int) -> dict:
 #: What log p̂ is, by the rule of ``vaelab.model.likelihoods``: what is reported for each.
 MEANING_NOTES = {
     "probability": "log p(x) is a normalised log-probability of these {kind} data "
-                   "({likelihood}): nats and bits/dim are reported",
+                   "({likelihood}): {reported}",
     "bound": "log p(x) is a lower bound on the log-probability of these {kind} data "
              "({likelihood} on uniformly dequantized values, change of scale included): "
-             "nats and bits/dim (an upper bound) are reported",
+             "{reported}",
     "density": "log p(x) is a log-density of these {kind} (real-valued) data ({likelihood}): "
                "nats of density are reported, not bits/dim (a density is not a probability)",
     "score": "the {likelihood} likelihood is not a normalised probability or density of "
@@ -277,8 +279,13 @@ MEANING_NOTES = {
              "bits/dim are reported; {remedy}",
 }
 
+#: What a report with bits/dim says it reports, for "probability" and "bound" (``{reported}``).
+REPORTED_BITS = {"probability": "nats and bits/dim are reported",
+                 "bound": "nats and bits/dim (an upper bound) are reported"}
 
-def likelihood_meaning(model: object, x: torch.Tensor, data_kind: str | None = None) -> dict:
+
+def likelihood_meaning(model: object, x: torch.Tensor, data_kind: str | None = None, *,
+                       bits_per_dim: bool = True) -> dict:
     """What log p̂(x) of ``model`` on data x [N, D] of ``data_kind`` is, as a JSON-ready dict.
 
     ``data_kind`` (``vaelab.data.DATA_KINDS``; None: inferred from x by
@@ -286,6 +293,8 @@ def likelihood_meaning(model: object, x: torch.Tensor, data_kind: str | None = N
     (``Likelihood.meaning_on``): "probability", "bound", "density" or "score". Models without
     a ``decoder.likelihood`` (the closed-form Gaussian models of ``vaelab.model.exact``) are
     densities on real-valued data and scores on binary or 8-bit data.
+    ``bits_per_dim``: whether the report the note goes into gives bits/dim (evaluate) or
+    nats only (gaps); the note says which.
     → {"data_kind", "likelihood", "meaning", "note"}.
     """
     from vaelab.data import DATA_KINDS, infer_kind
@@ -299,7 +308,9 @@ def likelihood_meaning(model: object, x: torch.Tensor, data_kind: str | None = N
         name = type(model).__name__
         meaning = "density" if kind in ("continuous", "unit-interval") else "score"
         remedy = "fit a model of discrete data"
-    note = MEANING_NOTES[meaning].format(kind=kind, likelihood=name, remedy=remedy)
+    reported = REPORTED_BITS.get(meaning, "") if bits_per_dim else "reported in nats"
+    note = MEANING_NOTES[meaning].format(kind=kind, likelihood=name, remedy=remedy,
+                                         reported=reported)
     return {"data_kind": kind, "likelihood": name, "meaning": meaning, "note": note}
 
 

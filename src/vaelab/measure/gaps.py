@@ -318,11 +318,8 @@ def report_gaps(model: GenerativeModel, x: torch.Tensor, *, num_samples: int = 5
     :func:`vaelab.measure.evaluate.likelihood_meaning`.
     """
     report = gaps(model, x, num_samples=num_samples, steps=steps, **options)
-    meaning = likelihood_meaning(model, x, data_kind)
-    if meaning["meaning"] in ("probability", "bound"):    # evaluate's note promises bits/dim
-        meaning = {**meaning, "note": meaning["note"].split(": nats")[0]
-                   + ": the bounds and gaps are reported in nats"}
-    report = replace(report, likelihood_meaning=meaning)
+    report = replace(report, likelihood_meaning=likelihood_meaning(
+        model, x, data_kind, bits_per_dim=False))       # gaps reports nats only
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "gaps.json", report.to_dict())
