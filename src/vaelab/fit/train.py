@@ -51,6 +51,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -62,6 +63,7 @@ from tqdm import tqdm
 from vaelab import data as data_
 from vaelab.config import RunConfig, TrainConfig
 from vaelab.fit import distributed, runs
+from vaelab.fit.ema import WeightAverage
 from vaelab.fit.kl_schedule import kl_weight_for
 from vaelab.fit.masked import MaskedTrainStep, build_masked_model, load_masked_data
 from vaelab.fit.resume import (
@@ -119,17 +121,25 @@ def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return kl_weight_for(config, step, steps_per_epoch)
 
 
-def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int,
+                  plateau_scale: float = 1.0) -> float:
     """Learning rate at global step ``step`` (0-based).
 
-    constant: lr; exponential: lr · lr_decay^epoch; cosine: lr · ½(1 + cos(π · step / total)).
+    constant: lr; exponential: lr · lr_decay^epoch; cosine: lr · ½(1 + cos(π · step / total));
+    plateau: lr · ``plateau_scale`` (halved by the loop after every ``lr_patience`` epochs
+    without a better validation ELBO). With ``lr_warmup_epochs`` W > 0 the result is also
+    multiplied by min(1, (step + 1) / (W · steps_per_epoch)).
     """
+    lr = config.lr
     if config.lr_schedule == "exponential":
-        return config.lr * config.lr_decay ** (step // steps_per_epoch)
-    if config.lr_schedule == "cosine":
+        lr = config.lr * config.lr_decay ** (step // steps_per_epoch)
+    elif config.lr_schedule == "cosine":
         total = config.epochs * steps_per_epoch
-        return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    return config.lr
+        lr = config.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    elif config.lr_schedule == "plateau":
+        lr = config.lr * plateau_scale
+    warmup = getattr(config, "lr_warmup_epochs", 0.0) * steps_per_epoch
+    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
 
 
 def noise_seed(seed: int, epoch: int, rank: int) -> int:
@@ -312,6 +322,8 @@ class _Trainer(Checkpointed):
         self.val_x = None if self.val_x is None else self.val_x.to(device)
         self.state = RunState()
         self.best: dict[str, torch.Tensor] | None = None
+        self.ema = (None if self.tc.ema_decay is None
+                    else WeightAverage(self._weights(), self.tc.ema_decay))
 
     def _build_inference(self) -> Inference:
         name = self.tc.inference
@@ -334,13 +346,15 @@ class _Trainer(Checkpointed):
     def _one_step(self, x: torch.Tensor, index: torch.Tensor, sums: list[float]) -> None:
         """One step; adds to ``sums`` in place (Python floats: no tensor per step)."""
         n = len(self.batches)
-        lr = learning_rate(self.tc, self.state.step, n)
+        lr = learning_rate(self.tc, self.state.step, n, self.state.lr_scale)
         self.step.set_lr(lr)
         result = self.step(x, index, kl_weight(self.tc, self.state.step, n))
         self.state.step += 1
         b = x.shape[0]
         sums[5] += b
         if not result.skipped:
+            if self.ema is not None:
+                self.ema.update()
             self.state.consecutive_nonfinite = 0
             sums[0] += result.elbo * b
             sums[1] += result.rate * b
@@ -407,11 +421,36 @@ class _Trainer(Checkpointed):
         elif s.best_val_elbo is None or val_elbo > s.best_val_elbo:
             s.best_val_elbo, s.best_epoch, s.epochs_since_best = val_elbo, s.epoch, 0
             if self.tc.early_stopping_patience is not None:
-                self.best = {k: v.detach().clone() for k, v in self._weights().items()}
+                self.best = {k: v.detach().clone() for k, v in self._eval_weights().items()}
         else:
             s.epochs_since_best += 1
         patience = self.tc.early_stopping_patience
         s.stopped_early = patience is not None and s.epochs_since_best >= patience
+        if self.tc.lr_schedule == "plateau" and s.epochs_since_best > 0:
+            s.plateau_epochs += 1
+            if s.plateau_epochs >= self.tc.lr_patience:   # halve, then wait again
+                s.lr_scale, s.plateau_epochs = s.lr_scale * 0.5, 0
+        elif self.tc.lr_schedule == "plateau":
+            s.plateau_epochs = 0
+
+    def _eval_weights(self) -> dict[str, torch.Tensor]:
+        """The weights that are validated, kept as best and saved: the moving average when
+        ``ema_decay`` is set, else the live weights."""
+        return self.ema.average if self.ema is not None else self._weights()
+
+    @contextmanager
+    def _averaged(self):
+        """Inside: the model holds the moving-average weights (no-op without EMA); the live
+        weights come back on exit."""
+        if self.ema is None:
+            yield
+            return
+        live = {k: v.detach().clone() for k, v in self._weights().items()}
+        self._load_weights(self.ema.average, "moving-average")
+        try:
+            yield
+        finally:
+            self._load_weights(live, "live")
 
     @torch.no_grad()
     def _layer_metrics(self) -> dict:
@@ -436,20 +475,22 @@ class _Trainer(Checkpointed):
         """Train, validate, early-stopping bookkeeping, checkpoint, log; → the metrics row."""
         epoch, start = self.state.epoch, time.perf_counter()
         row = self.train_epoch(epoch)
-        val = self.validate()
+        with self._averaged():
+            val = self.validate()
+            layers = self._layer_metrics()
         self.state.epoch = epoch + 1
         n = len(self.batches)
         row = {"epoch": epoch + 1, "step": self.state.step, **row,
                "val_elbo": None if val is None else val[0],
                "val_rate": None if val is None else val[1],
                "val_distortion": None if val is None else val[2],
-               "lr": learning_rate(self.tc, self.state.step - 1, n),
+               "lr": learning_rate(self.tc, self.state.step - 1, n, self.state.lr_scale),
                "kl_weight": kl_weight(self.tc, self.state.step - 1, n),
                "seconds": time.perf_counter() - start}
         row.pop("train_seconds")
         row = {k: nan_to_none(row[k]) if isinstance(row[k], float) else row[k]
                for k in METRIC_KEYS}
-        row.update(self._layer_metrics())      # a hierarchy: rate and active units per layer
+        row.update(layers)      # a hierarchy: rate and active units per layer
         self._early_stopping(row["val_elbo"])
         self.state.metrics.append(row)
         self.save()
@@ -463,6 +504,8 @@ class _Trainer(Checkpointed):
         """Restore the best weights (early stopping) and write the figures (rank 0)."""
         if self.best is not None:
             self._load_weights(self.best, "best")
+        elif self.ema is not None:
+            self._load_weights(self.ema.average, "moving-average")
         if self.dist.main:
             model = self.model
             if self.tc.inference == "per-datapoint":  # its encoder was never trained
@@ -528,8 +571,9 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
             CLI's ``--tensorboard`` logger).
 
     Raises:
-        ValueError / TypeError: invalid config or data; ``runs.RunError`` (a ValueError) for a
-        run directory that is taken, unwritable, corrupt or incompatible (nothing is touched).
+        ValueError: invalid config or data; ``runs.RunError`` (a ValueError) for a run
+            directory that is taken, unwritable, corrupt or incompatible (nothing is touched).
+        TypeError: a config value of the wrong type.
         TrainingError: training diverged (the last checkpoint is kept).
     """
     log = log or (lambda _line: None)
