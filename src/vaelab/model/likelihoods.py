@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Bernoulli as TorchBernoulli
-from torch.distributions import Distribution, Independent
+from torch.distributions import Distribution, Independent, constraints
 from torch.distributions import Normal as TorchNormal
 
 from vaelab import _checks
@@ -363,12 +363,91 @@ class DiscretizedLogistic(DiscretizedLogisticMixture):
         return {"name": self.name, "min_scale": self.min_scale}
 
 
+#: Below this |η| the continuous Bernoulli's log-normaliser and mean use their Taylor series
+#: (the closed forms divide 0 by 0 at η = 0 and lose digits just beside it); the series' first
+#: omitted term is below 1e-17 there.
+_CB_SERIES_BELOW = 0.1
+
+
+def continuous_bernoulli_log_normalizer(logits: torch.Tensor) -> torch.Tensor:
+    """A(η) = log ∫_0^1 e^{ηx} dx = log((e^η − 1)/η), elementwise, stable for every finite η.
+
+    Written as A(η) = max(η, 0) + log((1 − e^{−|η|})/|η|) (expm1: no overflow, no clamping
+    of σ(η)), and as η/2 + η²/24 − η⁴/2880 + η⁶/181440 − η⁸/9676800 for |η| < 0.1.
+    Its derivative is the mean, A'(η) = E[x] (autograd sees both branches without NaN).
+    """
+    small = logits.abs() < _CB_SERIES_BELOW
+    big = torch.where(small, torch.ones_like(logits), logits)        # keeps 0/0 out of autograd
+    a = big.abs()
+    direct = big.clamp(min=0) + torch.log(-torch.expm1(-a) / a)
+    t = torch.where(small, logits, torch.zeros_like(logits))
+    t2 = t * t
+    series = t / 2 + t2 * (1 / 24 + t2 * (-1 / 2880 + t2 * (1 / 181440 - t2 / 9676800)))
+    return torch.where(small, series, direct)
+
+
+def continuous_bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
+    """E[x] = A'(η) = 1/(1 − e^{−η}) − 1/η elementwise, stable for every finite η (1/2 at 0).
+
+    With a = |η|, g(a) = 1/a − 1/(e^a − 1) is the mean at −a and 1 − g(a) the mean at +a;
+    g(a) = 1/2 − a/12 + a³/720 − a⁵/30240 + a⁷/1209600 for a < 0.1.
+    """
+    a = logits.abs()
+    small = a < _CB_SERIES_BELOW
+    safe = torch.where(small, torch.ones_like(a), a)
+    direct = 1 / safe - 1 / torch.expm1(safe)
+    s = torch.where(small, a, torch.zeros_like(a))
+    s2 = s * s
+    series = 0.5 - s * (1 / 12 - s2 * (1 / 720 - s2 * (1 / 30240 - s2 / 1209600)))
+    g = torch.where(small, series, direct)
+    return torch.where(logits < 0, g, 1 - g)
+
+
+class ContinuousBernoulliDistribution(Distribution):
+    """p(x | η) = e^{ηx − A(η)} on [0, 1], elementwise (batch = logits' shape, event ()).
+
+    Loaiza-Ganem & Cunningham (2019)'s C(λ) λ^x (1 − λ)^{1−x} with λ = σ(η), written in the
+    natural parameter so that it stays a density for every finite η in float32 and float64
+    (``torch.distributions.ContinuousBernoulli`` clamps λ for its normaliser and mean but not
+    for the ηx term, so beyond |η| ≈ 16 in float32 it no longer integrates to one).
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.unit_interval
+    has_rsample = True
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+        super().__init__(logits.shape, validate_args=False)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return continuous_bernoulli_mean(self.logits)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """η x − A(η), broadcast of value with the logits."""
+        return self.logits * value - continuous_bernoulli_log_normalizer(self.logits)
+
+    def rsample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
+        """Inverse CDF: x = log(1 + u (e^η − 1))/η for η < 0 and 1 − (the same at −η, 1 − u)
+        for η > 0 (e^{−|η|} only: no overflow); x = u at η = 0. [*sample_shape, *batch]."""
+        shape = self._extended_shape(sample_shape)
+        u = torch.rand(shape, dtype=self.logits.dtype, device=self.logits.device)
+        eta = self.logits.expand(shape)
+        neg = -eta.abs()
+        zero = neg == 0
+        safe = torch.where(zero, -torch.ones_like(neg), neg)
+        v = torch.where(eta > 0, 1 - u, u)
+        x = torch.where(zero, v, torch.log1p(v * torch.expm1(safe)) / safe)
+        return torch.where(eta > 0, 1 - x, x).clamp(0, 1)
+
+
 class ContinuousBernoulli(Likelihood):
     """p(x | z) = ∏_d C(λ_d) λ_d^{x_d} (1 − λ_d)^{1−x_d}, x_d ∈ [0, 1], λ = sigmoid(logits):
     the Bernoulli made a normalised density on [0, 1] (Loaiza-Ganem & Cunningham 2019), with
-    C(λ) = 2 atanh(1 − 2λ)/(1 − 2λ) (C(1/2) = 2, a Taylor expansion near 1/2, as
-    ``torch.distributions.ContinuousBernoulli`` does). A density: on data in [0, 1] vaelab
-    reports nats of density, not bits/dim.
+    C(λ) = 2 atanh(1 − 2λ)/(1 − 2λ); computed as e^{ηx − A(η)} with the stable log-normaliser
+    :func:`continuous_bernoulli_log_normalizer` (η = logits), a density for every finite η. On
+    data in [0, 1] vaelab reports nats of density, not bits/dim.
     """
 
     name = "continuous-bernoulli"
@@ -382,10 +461,8 @@ class ContinuousBernoulli(Likelihood):
                 "--likelihood bernoulli); for binary data --likelihood bernoulli")
 
     def forward(self, raw: torch.Tensor) -> Distribution:
-        """raw: logits [..., D] → Independent ContinuousBernoulli, event_shape [D]."""
-        from torch.distributions import ContinuousBernoulli as TorchCB
-
-        return Independent(TorchCB(logits=raw, validate_args=False), 1, validate_args=False)
+        """raw: logits [..., D] → Independent continuous Bernoulli, event_shape [D]."""
+        return Independent(ContinuousBernoulliDistribution(raw), 1, validate_args=False)
 
     def check_support(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
         return check_unit_interval(x, name, self.name)
@@ -431,7 +508,7 @@ def check_data_kind(likelihood: str, kind: str, low: float, high: float) -> str 
         an unnormalised score (so evaluate will report no log p(x) or bits/dim).
 
     Raises:
-        ValueError naming ``--likelihood`` and what to use instead.
+        ValueError: naming ``--likelihood`` and what to use instead.
     """
     span = f"{kind} data with values in [{low:g}, {high:g}]"
     if likelihood in ("bernoulli", "continuous-bernoulli") and (low < 0 or high > 1):
