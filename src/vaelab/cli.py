@@ -142,10 +142,13 @@ def _add_train(commands) -> None:
     p.add_argument("--latent-dim", type=latent_sizes, metavar="N[,N,...]",
                    help="latent size; several sizes (bottom to top, e.g. 64,32) stack latent "
                         "layers into a hierarchical VAE")
-    p.add_argument("--hierarchy", choices=("bottom-up", "ladder"),
+    p.add_argument("--hierarchy", choices=("bottom-up", "ladder", "top-down"),
                    help="inference for several latent layers: bottom-up q(z1|x) q(z2|z1)... "
-                        "(Burda et al. 2016) or ladder, top-down with bottom-up evidence "
-                        "(Sønderby et al. 2016); default bottom-up")
+                        "(Burda et al. 2016), ladder, top-down with bottom-up evidence "
+                        "(Sønderby et al. 2016), or top-down q(z2|x) q(z1|x,z2) with a decoder "
+                        "reading every layer (Tomczak & Welling 2018); default bottom-up")
+    p.add_argument("--gated", action="store_true", default=None,
+                   help="gated dense hidden units h = (W1 x) * sigmoid(W2 x) in every MLP")
     p.add_argument("--hidden", type=hidden_sizes, metavar="N,N,...",
                    help="hidden layer sizes, e.g. 512,256")
     p.add_argument("--likelihood", choices=(
@@ -199,6 +202,17 @@ def _add_train(commands) -> None:
     p.add_argument("--grad-clip", type=positive_float, metavar="X", help="clip the gradient norm")
     p.add_argument("--early-stopping", type=positive_int, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without a better validation ELBO")
+    p.add_argument("--ema", type=ratio_in_0_1, metavar="DECAY",
+                   help="keep an exponential moving average (Polyak) of the weights with this "
+                        "decay (e.g. 0.999) and validate, sample and save with it")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine", "exponential", "plateau"),
+                   help="learning rate over training (default constant; plateau: halve it "
+                        "after --lr-patience epochs without a better validation ELBO)")
+    p.add_argument("--lr-patience", type=positive_int, metavar="EPOCHS",
+                   help="--lr-schedule plateau: epochs without a better validation ELBO "
+                        "before the learning rate is halved (default 10)")
+    p.add_argument("--lr-warmup", type=non_negative_float, metavar="EPOCHS",
+                   help="ramp the learning rate linearly from 0 over this many epochs")
     p.add_argument("--compile", choices=("auto", "on", "off"))
     p.add_argument("--precision", choices=("fp32", "bf16"),
                    help="bf16: the step's forward pass under bfloat16 autocast (fast on GPUs "
@@ -589,6 +603,7 @@ def _train_overrides(args: argparse.Namespace) -> dict:
                       "likelihood": args.likelihood, "net": args.net,
                       "likelihood_components": args.likelihood_components,
                       "conv_channels": args.conv_channels, **_family_and_prior(args),
+                      "gated": args.gated,
                       "missing": args.missing, "missing_model": args.missing_model},
             "train": {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
                       "lr": args.lr, "binarize": args.binarize, "seed": args.seed,
@@ -599,6 +614,8 @@ def _train_overrides(args: argparse.Namespace) -> dict:
                       "phi_lr": args.phi_lr,
                       **_objective(args), "grad_clip": args.grad_clip,
                       "early_stopping_patience": args.early_stopping, "compile": compile_,
+                      "ema_decay": args.ema, "lr_schedule": args.lr_schedule,
+                      "lr_warmup_epochs": args.lr_warmup, "lr_patience": args.lr_patience,
                       "precision": args.precision}}
 
 

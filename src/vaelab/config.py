@@ -61,6 +61,8 @@ class ModelConfig:
     #: unit-interval, continuous); decides what its log-likelihood means.
     data_kind: str | None = None
     hierarchy: str = "bottom-up"
+    #: Gated dense hidden units h = (W₁x + b₁) ⊙ σ(W₂x + b₂) in every MLP (``--gated``).
+    gated: bool = False
     #: Incomplete data (issue 15): "mask" — NaN marks missing entries (MIWAE, Mattei & Frellsen
     #: 2019); ``missing_model`` "self-masking" adds p(missing | x) (not-MIWAE, Ipsen et al. 2021).
     missing: str = "none"
@@ -87,6 +89,8 @@ class ModelConfig:
         if self.image_shape is not None:
             object.__setattr__(self, "image_shape", _image_shape(self.image_shape))
         self._check_data_model()
+        if not isinstance(self.gated, bool):
+            raise TypeError(f"gated: expected true or false, got {self.gated!r}")
         _checks.one_of("missing", self.missing, ("none", "mask"))
         _checks.one_of("missing_model", self.missing_model, ("none", "self-masking"))
         if self.missing_model != "none" and self.missing != "mask":
@@ -135,7 +139,7 @@ class ModelConfig:
         return cls(**data)
 
 
-HIERARCHIES = ("bottom-up", "ladder")
+HIERARCHIES = ("bottom-up", "ladder", "top-down")
 
 
 def latent_sizes(value: object) -> int | tuple[int, ...]:
@@ -173,7 +177,7 @@ def _known_keys(section: str, data: object, cls: type) -> dict:
     return dict(data)
 
 
-LR_SCHEDULES = ("constant", "cosine", "exponential")
+LR_SCHEDULES = ("constant", "cosine", "exponential", "plateau")
 #: schedule='alternating' trains q only in its phi_steps; with 0 the encoder never learns.
 ALTERNATING_NEEDS_PHI_STEPS = (   # X2 item 3: say what to pass
     "phi_steps (--phi-steps): --schedule alternating needs --phi-steps K >= 1 (K steps on q, "
@@ -242,7 +246,11 @@ class TrainConfig:
 
     Optimization: ``epochs``, ``batch_size``, Adam ``lr``/``betas``, ``grad_clip`` (global norm),
     ``lr_schedule`` ("constant"; "cosine" from lr to 0 over all steps; "exponential": lr ×
-    lr_decay^epoch), ``num_samples`` (z samples per example; K for the IWAE objectives),
+    lr_decay^epoch; "plateau": lr × 0.5 after every ``lr_patience`` epochs without a better
+    validation ELBO), ``lr_warmup_epochs`` (the rate ramps linearly from 0 over that many
+    epochs, on top of any schedule), ``ema_decay`` (keep an exponential moving average of the
+    weights, ``vaelab.fit.ema``, and validate, early-stop, sample and save with it; None: off),
+    ``num_samples`` (z samples per example; K for the IWAE objectives),
     ``early_stopping_patience`` (stop after that many epochs without a better validation ELBO;
     keeps the best weights).
 
@@ -293,6 +301,9 @@ class TrainConfig:
     early_stopping_patience: int | None = None
     lr_schedule: str = "constant"
     lr_decay: float = 0.95
+    lr_patience: int = 10
+    lr_warmup_epochs: float = 0.0
+    ema_decay: float | None = None
     binarize: str = "dynamic"
     num_samples: int = 1
     inference: str = "amortized"
@@ -360,6 +371,17 @@ class TrainConfig:
 
     def _check_choices(self) -> None:
         _checks.one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _checks.positive_int("lr_patience", self.lr_patience)
+        object.__setattr__(self, "lr_warmup_epochs",
+                           _non_negative_float("lr_warmup_epochs", self.lr_warmup_epochs))
+        if self.ema_decay is not None:
+            decay = _checks.positive_float("ema_decay", self.ema_decay)
+            if decay >= 1:
+                raise ValueError(f"ema_decay (--ema): expected a number in (0, 1) such as "
+                                 f"0.999, got {decay}")
+        if self.lr_schedule == "plateau" and self.val_fraction == 0:
+            raise ValueError("lr_schedule (--lr-schedule): 'plateau' watches the validation "
+                             "ELBO, but val_fraction (--val-fraction) is 0")
         decay = _checks.positive_float("lr_decay", self.lr_decay)
         if decay > 1:
             raise ValueError(f"lr_decay: expected a number in (0, 1], got {decay}")

@@ -39,6 +39,10 @@ class RunState:
     epochs_since_best: int = 0
     stopped_early: bool = False
     metrics: list[dict] = field(default_factory=list)
+    #: The "plateau" learning-rate schedule: the factor on lr, and epochs without a better
+    #: validation ELBO since the last halving.
+    lr_scale: float = 1.0
+    plateau_epochs: int = 0
 
 
 def check_resumable(stored: RunConfig, config: RunConfig, run_dir: Path) -> None:
@@ -89,9 +93,13 @@ class Checkpointed:
         tensors = dict(weights)
         if self.best is not None:
             tensors.update({f"best.{k}": v for k, v in self.best.items()})
+        ema = getattr(self, "ema", None)
+        if ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in ema.average.items()})
         skeleton = runs.pack_tree(self.step.state_dict(), tensors, "optimizer.")
         runs.write_checkpoint(self.run_dir, tensors, {
             **asdict(self.state), "optimizer": skeleton, "rng": self._rng(),
+            "ema_updates": None if ema is None else ema.updates,
             "num_train": len(self.data.train), "data_sha256": self.data.sha256,
             "config": self.config.to_dict()})
         self.write_outputs(weights)
@@ -104,7 +112,9 @@ class Checkpointed:
         """
         if not self.dist.main:
             return
-        final = self.best if self.best is not None else (weights or self._weights())
+        ema = getattr(self, "ema", None)
+        final = (self.best if self.best is not None else ema.average if ema is not None
+                 else weights or self._weights())
         runs.write_model(self.run_dir, runs.split_prefix(final, "model."),
                          runs.split_prefix(final, "inference."))
         runs.write_metrics(self.run_dir, self.state.metrics)
@@ -129,10 +139,14 @@ class Checkpointed:
                 self.best = runs.split_prefix(tensors, "best.")
                 runs.check_state("checkpoint best", self._weights(), self.best)
             self.step.load_state_dict(runs.unpack_tree(state["optimizer"], tensors))
+            ema = getattr(self, "ema", None)
+            if ema is not None:
+                ema.load_state(runs.split_prefix(tensors, "ema."), state["ema_updates"])
             torch.set_rng_state(runs.rng_from_json(state["rng"]["torch"]))
             if self.device.type == "cuda" and "cuda" in state["rng"]:
                 torch.cuda.set_rng_state(runs.rng_from_json(state["rng"]["cuda"]), self.device)
-            fields = {k: state[k] for k in RunState.__dataclass_fields__}
+            defaults = asdict(RunState())   # keys added later are absent from older runs
+            fields = {k: state.get(k, defaults[k]) for k in RunState.__dataclass_fields__}
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             if isinstance(exc, runs.RunError):
                 raise

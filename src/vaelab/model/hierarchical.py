@@ -45,7 +45,7 @@ from vaelab.model import families as families_
 from vaelab.model import likelihoods, nets
 from vaelab.model import priors as priors_
 
-HIERARCHIES = ("bottom-up", "ladder")
+HIERARCHIES = ("bottom-up", "ladder", "top-down")
 
 #: step(i, layers) → the distribution of layer i given the layers sampled so far (a dict
 #: index → tensor [..., L_j]); it reads only layer i's parents.
@@ -159,9 +159,9 @@ class GaussianConditional(nn.Module):
     """z_in [..., in_dim] → N(μ(z_in), diag σ²(z_in)), event [out_dim], from one MLP."""
 
     def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int,
-                 activation: str = "relu", min_scale: float = 1e-3) -> None:
+                 activation: str = "relu", min_scale: float = 1e-3, gated: bool = False) -> None:
         super().__init__()
-        self.net = nets.MLP(in_dim, hidden, 2 * out_dim, activation)
+        self.net = nets.mlp(in_dim, hidden, 2 * out_dim, activation, gated)
         self.min_scale = float(min_scale)
 
     def forward(self, z: torch.Tensor) -> Distribution:
@@ -381,7 +381,11 @@ class HierarchicalVAE(nn.Module):
         return LayeredDistribution(self.sizes, range(top, -1, -1), step)
 
     def decode(self, z: torch.Tensor) -> Distribution:
-        """p(x | z_1) for z [..., B, Σ L] (or z_1 alone, [..., B, L_1]); batch [..., B]."""
+        """p(x | z_1) for z [..., B, Σ L] (or z_1 alone, [..., B, L_1]); batch [..., B]. A
+        decoder with ``reads_all_layers`` (``vaelab.model.top_down.SkipDecoder``) gets the
+        whole z: p(x | z_1, …, z_n)."""
+        if getattr(self.decoder, "reads_all_layers", False):
+            return self.decoder(z)
         return self.decoder(z[..., :self.sizes[0]])
 
     def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -440,15 +444,22 @@ def _act(activation: str) -> nn.Module:
 
 
 def _encoder(hierarchy: str, sizes: tuple[int, ...], data_dim: int, hidden: tuple[int, ...],
-             activation: str, conditionals: nn.ModuleList) -> nn.Module:
+             activation: str, conditionals: nn.ModuleList, gated: bool = False) -> nn.Module:
     """The inference network of ``hierarchy``; x-level nets use ``hidden``, latent-level nets
     two layers of width hidden[-1]."""
     width = hidden[-1]
     if hierarchy == "bottom-up":
-        first = GaussianConditional(data_dim, hidden, sizes[0], activation, MIN_SCALE)
-        upper = [GaussianConditional(a, (width, width), b, activation, MIN_SCALE)
+        first = GaussianConditional(data_dim, hidden, sizes[0], activation, MIN_SCALE, gated)
+        upper = [GaussianConditional(a, (width, width), b, activation, MIN_SCALE, gated)
                  for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
         return BottomUpEncoder(first, upper, sizes)
+    if hierarchy == "top-down":
+        from vaelab.model.top_down import TopDownEncoder
+
+        top = nets.mlp(data_dim, hidden, 2 * sizes[-1], activation, gated)
+        lower = [nets.mlp(data_dim + above, hidden, 2 * below, activation, gated)
+                 for below, above in zip(sizes[:-1], sizes[1:], strict=True)]
+        return TopDownEncoder(top, lower, sizes, MIN_SCALE)
     trunks = [nn.Sequential(nets.MLP(data_dim, hidden[:-1], width, activation),
                             _act(activation))]
     trunks += [nn.Sequential(nets.MLP(width, (width,), width, activation), _act(activation))
@@ -477,22 +488,29 @@ def build_hierarchical(config, likelihood: likelihoods.Likelihood) -> Hierarchic
                          f"uses a diagonal Normal per layer; expected 'diagonal_normal', "
                          f"got {config.family!r}")
     hidden, act, width = tuple(config.hidden), config.activation, config.hidden[-1]
+    gated = bool(getattr(config, "gated", False))
     conditionals = nn.ModuleList(
-        GaussianConditional(above, (width, width), below, act, MIN_SCALE)
+        GaussianConditional(above, (width, width), below, act, MIN_SCALE, gated)
         for below, above in zip(sizes[:-1], sizes[1:], strict=True))
-    if config.prior == "vamp" and hierarchy != "ladder":
+    if config.prior == "vamp" and hierarchy == "bottom-up":
         raise ValueError("prior (--prior): 'vamp' needs q(z_top | x) in closed form, which the "
                          "ladder has (its top layer's evidence) and bottom-up inference does not "
                          "(its top q is a marginal over the layers below); expected "
-                         "--hierarchy ladder with --prior vamp, got --hierarchy bottom-up "
-                         "(the default)")
-    encoder = _encoder(hierarchy, sizes, config.data_dim, hidden, act, conditionals)
+                         "--hierarchy ladder or top-down with --prior vamp, got --hierarchy "
+                         "bottom-up (the default)")
+    encoder = _encoder(hierarchy, sizes, config.data_dim, hidden, act, conditionals, gated)
     top = priors_.build(config.prior, sizes[-1], components=config.prior_components,
                         flow_steps=config.prior_flow_steps, data_dim=config.data_dim,
                         encoder=encoder.top_posterior if config.prior == "vamp" else None)
-    decoder_net = nets.MLP(sizes[0], tuple(reversed(hidden)),
-                           config.data_dim * likelihood.params_per_dim, act)
-    decoder = LikelihoodDecoder(decoder_net, likelihood, config.data_dim)
+    out = config.data_dim * likelihood.params_per_dim
+    if hierarchy == "top-down":     # p(x | z_1, …, z_n): a skip path from every layer
+        from vaelab.model.top_down import SkipDecoder
+
+        net = nets.mlp(sum(sizes), tuple(reversed(hidden)), out, act, gated)
+        decoder: nn.Module = SkipDecoder(net, likelihood, config.data_dim)
+    else:
+        net = nets.mlp(sizes[0], tuple(reversed(hidden)), out, act, gated)
+        decoder = LikelihoodDecoder(net, likelihood, config.data_dim)
     model = HierarchicalVAE(sizes, top, conditionals, decoder, encoder)
     model.config = config
     return model

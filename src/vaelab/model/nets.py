@@ -60,6 +60,55 @@ class MLP(nn.Sequential):
         return super().forward(input)
 
 
+class GatedLinear(nn.Module):
+    """Gated dense unit h = (W₁x + b₁) ⊙ σ(W₂x + b₂) (Dauphin et al. 2017; the hidden layer of
+    the VampPrior code lineage, Tomczak & Welling 2018).
+
+    The sigmoid gate lets each unit switch itself off per input without a dead region: the
+    product has gradient through both paths wherever the gate is open. Shapes: [..., in] →
+    [..., out]. The two linear maps are held as one [2·out, in] layer (one matrix product).
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features = _checks.positive_int("in_features", in_features)
+        self.out_features = _checks.positive_int("out_features", out_features)
+        self.linear = nn.Linear(self.in_features, 2 * self.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, g = self.linear(x).chunk(2, dim=-1)
+        return h * torch.sigmoid(g)
+
+
+class GatedMLP(nn.Sequential):
+    """``in_features → hidden[0] → … → out_features`` with :class:`GatedLinear` hidden layers
+    (no other activation) and a linear last layer (raw distribution parameters).
+
+    Shapes as :class:`MLP`. A class of its own (not an MLP option) so that code specialised
+    to the plain MLP — the hand-derived training gradient — never mistakes it for one.
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int) -> None:
+        in_features = _checks.positive_int("in_features", in_features)
+        out_features = _checks.positive_int("out_features", out_features)
+        sizes = [in_features, *(_checks.positive_int("hidden", h) for h in hidden)]
+        pairs = zip(sizes[:-1], sizes[1:], strict=True)
+        layers: list[nn.Module] = [GatedLinear(a, b) for a, b in pairs]
+        layers.append(nn.Linear(sizes[-1], out_features))
+        super().__init__(*layers)
+        self.in_features = in_features
+        self.out_features = out_features
+
+
+def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: str = "relu",
+        gated: bool = False) -> nn.Module:
+    """An :class:`MLP` (``activation`` after each hidden layer) or, with ``gated``, a
+    :class:`GatedMLP` (``activation`` unused: the gate is the non-linearity)."""
+    if gated:
+        return GatedMLP(in_features, hidden, out_features)
+    return MLP(in_features, hidden, out_features, activation)
+
+
 def has_hooks(*modules: nn.Module) -> bool:
     """True when running ``modules`` by hand would skip a hook: a global module hook, a forward,
     pre-forward or backward hook on any of their submodules, or a tensor hook on a parameter.
@@ -190,6 +239,7 @@ def build_nets(config, family_params: int, params_per_dim: int) -> tuple[nn.Modu
         return (ConvEncoder(config.image_shape, channels, family_params, config.activation),
                 ConvDecoder(config.latent_dim, config.image_shape, channels, params_per_dim,
                             config.activation))
-    return (MLP(config.data_dim, config.hidden, family_params, config.activation),
-            MLP(config.latent_dim, tuple(reversed(config.hidden)),
-                config.data_dim * params_per_dim, config.activation))
+    gated = getattr(config, "gated", False)
+    return (mlp(config.data_dim, config.hidden, family_params, config.activation, gated),
+            mlp(config.latent_dim, tuple(reversed(config.hidden)),
+                config.data_dim * params_per_dim, config.activation, gated))
