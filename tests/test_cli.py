@@ -75,7 +75,7 @@ def test_train_reports_where_the_results_are(tmp_path, capsys, monkeypatch):
     train_ = importlib.import_module("vaelab.fit.train")
 
     def fake_train(config, out_dir, **kwargs):
-        out_dir.mkdir()
+        out_dir.mkdir(exist_ok=True)   # the CLI made it to lock it
         for name in FIGURES[:3]:
             (out_dir / name).write_bytes(b"png")
         return train_.TrainResult(out_dir, config, None, None, [], False, None)

@@ -191,7 +191,7 @@ def test_unwritable_run_folder(tmp_path, capsys, npy_images, where):
     (tmp_path / "file").write_text("not a folder")
     out = where if where.startswith("/") else tmp_path / where
     result = run_cli(capsys, "train", "--data", npy_images, "--out", out, *TINY)
-    assert_error(result, 1, "out_dir", "cannot write")
+    assert_error(result, 1, "--out", "cannot write")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 

@@ -513,6 +513,17 @@ def _load_run(run_dir: Path, device: str = "cpu"):
     return load(run_dir, device=device)
 
 
+def _claim(*paths: Path) -> None:
+    """Lock every run directory that one of ``paths`` (files about to be written) lies in:
+    one writer per run (``vaelab.fit.lock``); other folders need no lock."""
+    from vaelab.fit import lock, runs
+
+    for path in paths:
+        folder = path.parent
+        if (folder / runs.CONFIG_FILE).is_file():
+            lock.lock_run(folder)
+
+
 def _masked_run(trained) -> bool:
     """X1 item 3: whether the run was trained with --missing mask (its encoder reads NaN)."""
     return trained.config.model.missing == "mask"
@@ -729,23 +740,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_ = importlib.import_module("vaelab.fit.train")   # the module, whatever vaelab re-exports
     run_dir = _run_dir(args)
     config = _train_config(args, run_dir)
-    if args.resume is None and not args.overwrite and runs.run_exists(run_dir):
-        raise ValueError(f"--out: {str(run_dir)!r} already holds a run; pass --resume "
-                         f"{run_dir} to continue it or --overwrite to replace it")
     created = first_missing(run_dir)
+    from vaelab.fit import lock
+
     log = _printer(args.quiet)
     from vaelab.show.plots import write_run_figures
 
     logger = None
-    if args.tensorboard:
-        from vaelab.show import tensorboard
+    lock.lock_run(run_dir, "--resume" if args.resume is not None else "--out")
+    try:       # checked again under the lock: another writer may have just finished a run
+        if args.resume is None and not args.overwrite and runs.run_exists(run_dir):
+            raise ValueError(f"--out: {str(run_dir)!r} already holds a run; pass --resume "
+                             f"{run_dir} to continue it or --overwrite to replace it")
+        if args.tensorboard:
+            from vaelab.show import tensorboard
 
-        logger = tensorboard.open_logger(run_dir)  # one line if tensorboard is missing
-    try:
+            logger = tensorboard.open_logger(run_dir)  # one line if tensorboard is missing
         result = train_.train(config, run_dir, resume=args.resume is not None,
                               overwrite=args.overwrite, progress=not args.quiet, log=log,
                               figures=write_run_figures, on_epoch=logger)
     except BaseException as exc:
+        lock.unlock_run(run_dir)      # its file would keep a created folder from being removed
         remove_empty_dirs(run_dir, created)
         if isinstance(exc, KeyboardInterrupt) and (run_dir / runs.CONFIG_FILE).is_file():
             print(f"vaelab: interrupted; every finished epoch is saved: continue with "
@@ -812,6 +827,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     trained = _load_run(args.run, args.device)
     infer = _infer(trained)
     targets = _eval_targets(args, note)
+    _claim(*targets)
     dataset, split = _held_out(trained, args.data, args.split, args.seed, note)
     import torch
 
@@ -1001,6 +1017,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     trained = _load_run(args.run, args.device)
     out = _png_path(args.out or args.run / f"samples-{args.n}.png", "--out")
+    _claim(out)
     path = plots.write_samples(trained.model, out, args.n, trained.config.model.image_shape,
                                seed=args.seed, nrow=args.nrow,
                                value_range=(0.0, 1.0) if trained.config.train.data in (
@@ -1018,6 +1035,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     trained = _load_run(args.run, args.device)
     _infer(trained)
     out = _png_path(args.out or args.run / f"reconstructions-{args.n}.png", "--out")
+    _claim(out)
     dataset, _ = _held_out(trained, args.data, args.split, args.seed, _printer(False))
     generator = torch.Generator().manual_seed(args.seed)
     index = torch.randperm(len(dataset), generator=generator)[:args.n]
@@ -1036,6 +1054,7 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     trained = _load_run(args.run, args.device)
     _infer(trained)
     out = _writable_dir(args.out or args.run, "--out")
+    _claim(out / "gaps.json")
     dataset, _ = _held_out(trained, args.data, args.split, args.seed, _printer(False))
     x = dataset.x[:args.limit].to(trained.device)
     report = gaps.report_gaps(trained.model, x, num_samples=args.k, steps=args.steps,
@@ -1055,6 +1074,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     if trained.config.model.image_shape is None:
         raise ValueError("RUN: `complete` needs a run trained on images (image_shape is None)")
     out = _png_path(args.out or args.run / "completions.png", "--out")
+    _claim(out)
     dataset, _ = _held_out(trained, args.data, args.split, args.seed, _printer(False))
     x = dataset.x[:args.n].to(trained.device)
     result = missing.complete_top_half(trained.model, x, out, steps=args.steps,
@@ -1076,6 +1096,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
         raise ValueError(f"RUN: `impute` needs a run trained with --missing mask, got "
                          f"{str(args.run)!r} (trained on complete data; for images see "
                          f"`vaelab complete`)")
+    _claim(args.out)
     result = impute.impute_file(trained, args.data, args.out, draws=args.draws,
                                 num_samples=args.k, seed=args.seed)
     print(f"imputed {result['missing']} missing entries in {result['rows']} rows; wrote "
@@ -1093,6 +1114,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise ValueError(f"RUN: expected a run directory, got {str(run)!r}, which {state}")
     out = args.out or (args.runs[0] / "report.html" if len(args.runs) == 1
                        else Path("vaelab-report.html"))
+    _claim(out)
     path = report.write_report(args.runs, out, title=args.title)
     print(f"report: {path}")
     return 0
@@ -1321,6 +1343,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     names = _score_names(args)
     out = _out_path(args.out or args.run / "scores.csv", ".csv", "--out")
     roc = _out_path(args.roc or out.with_name(out.stem + "-roc.png"), ".png", "--roc")
+    _claim(out, roc)
     background = (_background_model(args, trained, note) if "likelihood-ratio" in names
                   else None)
     dataset, _ = _examples(args, trained)
@@ -1412,6 +1435,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     trained = _load_run(args.run, args.device)
     _infer(trained)
     out = _out_path(args.out, ".npy", "--out")
+    _claim(out)
     masked = _masked_run(trained)       # X1 item 3: its encoder reads NaN as missing
     dataset, _ = _examples(args, trained, allow_missing=masked)
     encoder = trained.encode if not masked else (
@@ -1471,6 +1495,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     trained = _load_run(args.run, args.device)
     _infer(trained)
     out = None if args.out is None else _out_path(args.out, ".csv", "--out")
+    if out is not None:
+        _claim(out)
     dataset, _ = _examples(args, trained)
     labels = _cluster_labels(args, dataset)
     z = encode(trained.encode, dataset.x)
@@ -1574,7 +1600,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra:
             raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see `vaelab "
                              f"{args.command} --help`)")
-        return args.func(args)
+        try:
+            return args.func(args)
+        finally:
+            if "vaelab.fit.lock" in sys.modules:      # one writer per run: release ours
+                sys.modules["vaelab.fit.lock"].unlock_all()
     except SystemExit as exc:        # --help, --version, or an exit code chosen above
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
