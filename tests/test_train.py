@@ -327,3 +327,62 @@ def test_torchrun_two_processes(fashion, tmp_path):
     trained = vaelab.load(out)
     weights = torch.cat([v.flatten() for v in trained.model.state_dict().values()])
     assert weights.double().sum().item() == float(results[0][0])
+
+
+# --------------------------------------------------------------------------- craft options
+
+
+def test_warmup_and_plateau_learning_rates_at_given_steps():
+    cfg = TrainConfig(lr=1e-3, lr_warmup_epochs=2, epochs=10)
+    assert learning_rate(cfg, 0, 50) == pytest.approx(1e-3 / 100)     # (0+1) / (2·50)
+    assert learning_rate(cfg, 49, 50) == pytest.approx(1e-3 / 2)
+    assert learning_rate(cfg, 99, 50) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 500, 50) == pytest.approx(1e-3)
+    plateau = TrainConfig(lr=1e-3, lr_schedule="plateau")
+    assert learning_rate(plateau, 123, 50, plateau_scale=0.25) == pytest.approx(2.5e-4)
+    cosine = TrainConfig(lr=1e-3, lr_schedule="cosine", lr_warmup_epochs=1, epochs=4)
+    step = 9    # in the warm-up: the cosine value times (step + 1) / 20
+    expected = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / 80)) * (step + 1) / 20
+    assert learning_rate(cosine, step, 20) == pytest.approx(expected)
+
+
+def test_plateau_halves_the_rate_the_step_receives(fashion, tmp_path, monkeypatch):
+    """A spy on the step: after lr_patience epochs without a better validation ELBO the rate
+    it is given halves (here the validation ELBO is forced to stall)."""
+    seen: list[float] = []
+    real = train_mod.TrainStep.set_lr
+    monkeypatch.setattr(train_mod.TrainStep, "set_lr",
+                        lambda self, lr: (seen.append(lr), real(self, lr))[1])
+    stalled = iter([-100.0, -101.0, -102.0, -99.0, -103.0])
+    monkeypatch.setattr(train_mod._Trainer, "validate",
+                        lambda self: (next(stalled), 1.0, 99.0))
+    cfg = tiny(epochs=5, lr_schedule="plateau", lr_patience=1, lr=1e-3)
+    result = train(cfg, tmp_path / "run", dataset=fashion, progress=False, log=None)
+    per_epoch = len(seen) // 5
+    firsts = [seen[e * per_epoch] for e in range(5)]
+    # epoch 1 best; 2 stalls → halve; 3 stalls → halve; 4 best; 5 stalls → halve
+    assert firsts == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4, 2.5e-4])
+    assert [row["lr"] for row in result.metrics] == pytest.approx(firsts)
+
+
+def test_ema_run_saves_and_validates_with_the_average(fashion, tmp_path):
+    cfg = tiny(epochs=2, ema_decay=0.9)
+    run = tmp_path / "ema"
+    result = train(cfg, run, dataset=fashion, progress=False, log=None)
+    saved = load_file(str(run / "model.safetensors"))
+    ckpt = load_file(str(run / "checkpoint" / "state.safetensors"))
+    live = result.model.state_dict()
+    for key, value in saved.items():
+        # the model handed back and the saved file hold the moving average ...
+        torch.testing.assert_close(value, live[key], rtol=0, atol=0)
+        torch.testing.assert_close(value, ckpt[f"ema.model.{key}"], rtol=0, atol=0)
+    # ... which differs from the live weights the checkpoint keeps for the optimizer
+    assert any(not torch.equal(ckpt[f"ema.model.{k}"], ckpt[f"model.{k}"]) for k in saved)
+    # and the validation ELBO of the last epoch is the average's
+    torch.manual_seed(0)
+    val = data.train_val_split(fashion.subset(slice(0, 600)), 0.1, 0)[1]
+    val = data.static_binarize(val, 1).floats()
+    torch.manual_seed(0 + 7919)
+    with torch.no_grad():
+        terms = elbo(result.model, result.model.encode(val.x), val.x)
+    assert float(terms.mean()) == pytest.approx(result.metrics[-1]["val_elbo"], abs=1e-3)
