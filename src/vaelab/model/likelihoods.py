@@ -221,9 +221,11 @@ class DequantizedNormal(Distribution):
 
     @property
     def mean(self) -> torch.Tensor:
-        """Approximate E[x] = clamp((256·loc − 1/2) / 255, 0, 1), [..., D]."""
-        loc = self.base.base_dist.loc
-        return ((256 * loc - 0.5) / EIGHT_BIT_MAX).clamp(0, 1)
+        """E[x] of :meth:`sample`'s x = clamp(floor(256 y), 0, 255)/255, exactly:
+        Σ_{j=1}^{255} P(y ≥ j/256) / 255, [..., D]."""
+        normal = self.base.base_dist
+        return _mean_of_levels(lambda edge: torch.special.ndtr((normal.loc - edge)
+                                                               / normal.scale), 256)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """value x = k/255 [..., D] → log p_Y((k + u)/256) − D log 256, shape [..., B]."""
@@ -247,6 +249,16 @@ class DequantizedNormal(Distribution):
         """y ~ N, then k = clamp(floor(256 y), 0, 255); → x = k/255 [*sample_shape, ..., D]."""
         y = self.base.sample(sample_shape)
         return (256 * y).floor().clamp(0, EIGHT_BIT_MAX) / EIGHT_BIT_MAX
+
+
+def _mean_of_levels(survival, per_unit: int, offset: float = 0.0) -> torch.Tensor:
+    """E[k]/255 for k ∈ {0, …, 255} from P(k ≥ j) = survival((j − offset)/per_unit), j = 1..255
+    (E[k] = Σ_j P(k ≥ j)); one level at a time, so memory stays that of one survival."""
+    total = None
+    for j in range(1, EIGHT_BIT_MAX + 1):
+        term = survival((j - offset) / per_unit)
+        total = term if total is None else total + term
+    return total / EIGHT_BIT_MAX
 
 
 def _log_bin_mass(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -285,8 +297,12 @@ class DiscretizedLogisticMixtureDistribution(Distribution):
 
     @property
     def mean(self) -> torch.Tensor:
-        """Σ_j π_j clamp(loc_j, 0, 1) [..., D] (approximate: ignores rounding to the bins)."""
-        return (self.logits.softmax(-1) * self.loc.clamp(0, 1)).sum(-1)
+        """E[x] = Σ_j π_j Σ_{k=1}^{255} P_j(x ≥ k/255) / 255 exactly (bin k starts at
+        (k − 1/2)/255), [..., D]."""
+        def survival(edge: float) -> torch.Tensor:
+            return (self.logits.softmax(-1)
+                    * torch.sigmoid((self.loc - edge) / self.scale)).sum(-1)
+        return _mean_of_levels(survival, EIGHT_BIT_MAX, offset=0.5)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """x [..., D] (k/255 values) → log P(x) [...], summed over the D dimensions."""
