@@ -25,16 +25,27 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 #: The API pages: page name → (title, the wings whose public modules it documents).
 API_PAGES = {
-    "index": ("The package and its configuration",
-              ("vaelab", "vaelab.config", "vaelab.catalogue")),
+    "index": ("The package, its configuration and its other top-level modules", ("vaelab",)),
     "model": ("vaelab.model: the parts of p and q", ("vaelab.model",)),
     "infer": ("vaelab.infer: bounds and inference schemes", ("vaelab.infer",)),
     "fit": ("vaelab.fit: training", ("vaelab.fit",)),
     "measure": ("vaelab.measure: how good a model is", ("vaelab.measure",)),
     "use": ("vaelab.use: what a trained model is for", ("vaelab.use",)),
-    "show": ("vaelab.show and vaelab.data: pictures, pages and datasets",
-             ("vaelab.show", "vaelab.data")),
+    "show": ("vaelab.show: pictures and pages", ("vaelab.show",)),
 }
+#: Not documented as API: the command line has its own, generated reference.
+NOT_API = ("vaelab.cli",)
+
+
+def top_level_modules() -> list[str]:
+    """``vaelab``'s own public modules and packages that no other API page documents (config,
+    data, the catalogue, ...), found by listing the package, so a new one is documented."""
+    if str(SRC) not in sys.path:
+        sys.path.insert(0, str(SRC))
+    wings = {p for _, packages in API_PAGES.values() for p in packages}
+    return sorted(f"vaelab.{info.name}" for info in pkgutil.iter_modules([str(SRC / "vaelab")])
+                  if not info.name.startswith("_")
+                  and f"vaelab.{info.name}" not in wings | set(NOT_API))
 
 
 def find_build_parser() -> Callable[[], argparse.ArgumentParser]:
@@ -151,10 +162,10 @@ def api_page(title: str, packages: tuple[str, ...]) -> str:
     lines = [f"# {title}", "",
              "Generated from the docstrings when the site is built.", ""]
     for package in packages:
-        try:
-            modules = public_modules(package) if package != "vaelab" else ["vaelab"]
-        except ModuleNotFoundError:
-            continue                      # e.g. a wing that is not there (yet)
+        if package == "vaelab":          # the re-exports, then every top-level module
+            modules = ["vaelab"] + [m for top in top_level_modules() for m in public_modules(top)]
+        else:
+            modules = public_modules(package)
         for module in modules:
             lines += [f"::: {module}", "    options:", "      members_order: source", ""]
     return "\n".join(lines) + "\n"
