@@ -31,9 +31,10 @@ def test_is_with_the_exact_posterior_is_exact(lg_with_encoder):
     torch.testing.assert_close(est.log_likelihood, exact_ll, rtol=0, atol=1e-10)
     assert (est.stderr < 1e-6).all()
     torch.testing.assert_close(est.ess, torch.full((6,), 50.0, dtype=F64))
-    for name in ("is", "ais"):
-        out = estimators.Estimator(name, num_samples=20, steps=4, chains=3, leapfrog=2)(
-            model, model.posterior(x), x)
+    for estimator in (estimators.build_estimator("is", num_samples=20),
+                      estimators.build_estimator("ais", steps=4, chains=3, leapfrog=2),
+                      estimators.build_estimator("bdmc", steps=4, chains=3, leapfrog=2)):
+        out = estimator(model, model.posterior(x), x)
         torch.testing.assert_close(out.log_likelihood, exact_ll, rtol=0, atol=1e-9)
 
 
@@ -66,8 +67,8 @@ def test_evaluate_model_dispatches_to_the_estimator(lg_with_encoder):
     model.encode = model.encoder.forward
     plain = evaluate_model(model, x, num_samples=100, per_example=True, seed=0)
     refined = evaluate_model(model, x, num_samples=100, per_example=True, seed=0,
-                             estimator=estimators.Estimator("is", "refined", num_samples=100,
-                                                            refine_steps=200))
+                             estimator=estimators.ImportanceSampling("refined", num_samples=100,
+                                                                     refine_steps=200))
     err = {name: (torch.tensor(r["per_example"]["log_likelihood"], dtype=F64) - exact_ll).abs()
            for name, r in (("plain", plain), ("refined", refined))}
     assert err["refined"].max() < 0.05 and 3 * err["refined"].mean() < err["plain"].mean()
@@ -86,17 +87,27 @@ def test_seeded_evaluation_depends_on_the_seed_not_the_batching_order(lg_with_en
 
 
 def test_estimator_options_are_checked_by_name(lg_with_encoder):
-    with pytest.raises(ValueError, match="proposal"):
-        estimators.Estimator("ais", "refined")
-    with pytest.raises(ValueError, match="estimator"):
-        estimators.Estimator("vi")
-    with pytest.raises(ValueError, match="chains"):
-        estimators.Estimator("ais", chains=0)
+    with pytest.raises(ValueError, match="estimator 'ais' has no option 'proposal'"):
+        estimators.build_estimator("ais", proposal="refined")
+    with pytest.raises(ValueError, match="estimator: expected one of 'is', 'ais', 'bdmc'"):
+        estimators.build_estimator("vi")
+    with pytest.raises(ValueError, match="chains: expected an integer >= 1, got 0"):
+        estimators.build_estimator("ais", chains=0)
+    with pytest.raises(ValueError, match="proposal: expected one of"):
+        estimators.ImportanceSampling("prior")
     model, x, _ = lg_with_encoder
     plain = make_linear_gaussian(5, 2)
     with pytest.raises(TypeError, match="encoder"):
         proposals.build_proposal("refined", plain, model.posterior(x), x)
-    e = estimators.Estimator("ais", steps=10, chains=4, leapfrog=3)
+    e = estimators.build_estimator("ais", steps=10, chains=4, leapfrog=3)
     assert e.cost() == {"forward": 0, "gradient": 4 * (1 + 9 * 3)} and e.draws == 4
-    assert estimators.Estimator("is", num_samples=7).cost() == {"forward": 7, "gradient": 0}
+    assert estimators.build_estimator("is", num_samples=7).cost() == {"forward": 7,
+                                                                      "gradient": 0}
+    refined = estimators.build_estimator("is", proposal="refined", num_samples=7,
+                                         refine_steps=5, refine_draws=3)
+    assert refined.cost() == {"forward": 7, "gradient": 15} and refined.draws == 7
+    assert refined.describe()["summary"] == "IS, k = 7, refined proposal"
+    assert estimators.summary_of({"name": "ais", "steps": 10, "chains": 4, "leapfrog": 3,
+                                  "ais_init": "prior"}) == ("AIS, 10 steps × 4 chains, "
+                                                            "3 leapfrog, from the prior")
     assert "lower bound" in e.describe()["meaning"]

@@ -891,37 +891,37 @@ def _with_meaning(table: str, r: dict) -> str:
 
 
 def _estimator(args: argparse.Namespace):
-    """The log p(x) estimator of ``vaelab evaluate`` from its flags, checked."""
-    from vaelab.measure.estimators import Estimator
+    """The log p(x) estimator of ``vaelab evaluate`` from its flags (``vaelab.catalogue``):
+    a flag given on the command line must belong to the chosen --estimator."""
+    from vaelab import catalogue
+    from vaelab.measure.estimators import build_estimator
 
-    if args.proposal not in (None, "encoder") and args.estimator != "is":
-        raise ValueError(f"--proposal: applies to --estimator is only, got --proposal "
-                         f"{args.proposal} with --estimator {args.estimator}")
-    given = [flag for flag, value in (("--ais-steps", args.ais_steps), ("--chains", args.chains),
-                                      ("--leapfrog", args.leapfrog)) if value is not None]
-    if given and args.estimator == "is":
-        raise ValueError(f"{given[0]}: applies to --estimator ais or bdmc, got --estimator is")
-    refine = [flag for flag, value in (("--refine-steps", args.refine_steps),
-                                       ("--refine-draws", args.refine_draws)) if value is not None]
+    entry = catalogue.get("estimator", args.estimator, "--estimator")
+    options = {}
+    for flag, (option, _) in catalogue.flags("estimator").items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if flag == "--k":              # a default of every evaluation: used where it applies
+            if any(o.name == option.name for o in entry.options):
+                options[option.name] = value
+            continue
+        if value is not None:
+            catalogue.check_flag_owner("estimator", flag, entry.name, "--estimator")
+            options[option.name] = value
+    refine = [flag for flag in ("--refine-steps", "--refine-draws")
+              if getattr(args, flag[2:].replace("-", "_")) is not None]
     if refine and args.proposal not in ("refined", "mixture"):
         raise ValueError(f"{refine[0]}: applies to --proposal refined or mixture, got "
                          f"--proposal {args.proposal or 'encoder'}")
-    return Estimator(args.estimator, args.proposal or "encoder", num_samples=args.k,
-                     steps=args.ais_steps or 100, chains=args.chains or 8,
-                     leapfrog=args.leapfrog or 3, refine_steps=args.refine_steps or 100,
-                     refine_draws=args.refine_draws or 8)
+    return build_estimator(entry.name, **options)
 
 
 def _estimator_lines(r: dict) -> str:
     """What estimated log p(x) (and, for bdmc, the sandwich), in one or two lines."""
     e = r["estimator"]
     cost = e["cost_per_example"]
-    what = (f"IS, {e['proposal']} proposal, k = {e['num_samples']}" if e["name"] == "is" else
-            f"AIS from q, T = {e['steps']} steps, C = {e['chains']} chains, "
-            f"L = {e['leapfrog']} leapfrog")    # X3: the header names chains itself
+    what, bound = e["summary"], e["gradient_bound"]
     quantity = {"score": "unnormalised score", "density": "log density"}.get(
         (r.get("likelihood_meaning") or {}).get("meaning"), "log p(x)")    # X3
-    bound = "at most " if e["name"] == "is" and e["proposal"] != "encoder" else ""
     lines = [f"{quantity} estimator: {what}; a stochastic lower bound on it; per example "
              f"{cost['forward']} log p(x,z) evaluations + {bound}{cost['gradient']} with "
              f"gradient"]
@@ -949,14 +949,10 @@ def _sandwich_warning(b: dict, estimator) -> str | None:
 
 
 def _sandwich(trained, estimator, args: argparse.Namespace) -> dict:
-    """``bdmc``: the sandwich on as many simulated examples as were evaluated (at most 100)."""
-    if estimator.name != "bdmc":
-        return {}
-    from vaelab.measure.estimators import simulated_sandwich
-
+    """What the estimator adds beyond log p̂ (bdmc: the sandwich on as many simulated
+    examples as were evaluated, at most 100)."""
     n = min(args.limit or 100, 100)
-    return {"bdmc": simulated_sandwich(trained.model, n, estimator, seed=args.seed,
-                                       batch_size=args.batch_size)}
+    return estimator.extra(trained.model, n, seed=args.seed, batch_size=args.batch_size)
 
 
 def format_evaluation(r: dict) -> str:
@@ -968,7 +964,7 @@ def format_evaluation(r: dict) -> str:
     from vaelab.measure.honest import cell
 
     ll, bpd, ess = r["log_likelihood"], r["nll_bits_per_dim"], r["ess"]
-    ais = (r.get("estimator") or {}).get("name", "is") != "is"   # X3: chains, not samples
+    ais = (r.get("estimator") or {}).get("unit") == "chain"   # X3: chains, not samples
     draws = f"C = {r['num_samples']} AIS chains" if ais else (
         f"k = {r['num_samples']} importance samples")
     lines = [f"{r.get('data', 'data')} {r.get('split', '')}: {r['num_examples']} of "

@@ -418,7 +418,7 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
             batch_size, _checks.non_negative_int("seed", seed), progress)
     meaning = likelihood_meaning(model, x, data_kind)
     wording = {"quantity": "unnormalised score" if meaning["meaning"] == "score" else "log p(x)",
-               "ais": estimator is not None and estimator.name != "is"}    # X3
+               "ais": getattr(estimator, "unit", "sample") == "chain"}    # X3
     report = _report(measures, population, num_samples, elbo_samples, threshold, **wording)
     if "layer_rates" in measures:    # a hierarchy: rate and active units per latent layer
         report.update(hierarchical.layer_diagnostics(

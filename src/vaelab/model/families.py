@@ -36,7 +36,7 @@ from torch.distributions import (
 )
 from torch.distributions.kl import register_kl
 
-from vaelab import _checks
+from vaelab import _checks, catalogue
 from vaelab.model import flows
 
 
@@ -44,10 +44,18 @@ class Family(nn.Module):
     """Base: ``param_size`` raw numbers per data point → q(z) with event_shape [latent_dim]."""
 
     name = "family"
+    #: A mixture q has no ``rsample``: objectives take the stratified expectation over its
+    #: components (the catalogue's ``mixture`` fact says the same for torch-free code).
+    is_mixture: bool = False
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
         self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
+
+    @classmethod
+    def from_options(cls, latent_dim: int) -> Family:
+        """This family over ``latent_dim`` latents from its catalogue options (none here)."""
+        return cls(latent_dim)
 
     @property
     def param_size(self) -> int:  # pragma: no cover - abstract
@@ -166,6 +174,12 @@ class MixtureNormal(Family):
     """
 
     name = "mixture"
+    is_mixture = True
+
+    @classmethod
+    def from_options(cls, latent_dim: int, *, components: int = 4) -> MixtureNormal:
+        """K = ``components`` (``--q-components``)."""
+        return cls(latent_dim, components)
 
     def __init__(self, latent_dim: int, components: int = 4, min_scale: float = 1e-5) -> None:
         super().__init__(latent_dim)
@@ -241,6 +255,11 @@ class IAFNormal(Family):
 
     name = "iaf"
 
+    @classmethod
+    def from_options(cls, latent_dim: int, *, flow_steps: int = 2) -> IAFNormal:
+        """T = ``flow_steps`` (``--q-flow-steps``)."""
+        return cls(latent_dim, flow_steps)
+
     def __init__(self, latent_dim: int, steps: int = 2, context_dim: int | None = None,
                  hidden: tuple[int, ...] | list[int] | None = None,
                  min_scale: float = 1e-5) -> None:
@@ -293,18 +312,10 @@ def from_config(config: dict) -> Family:
     return FAMILIES[name](**config)
 
 
-def build(name: str, latent_dim: int, *, components: int = 4, flow_steps: int = 2) -> Family:
-    """The family called ``name`` (a key of :data:`FAMILIES`; '-' may stand for '_').
-
-    ``components`` is the mixture's K (``--q-components``), ``flow_steps`` the IAF's T
-    (``--q-flow-steps``); each is ignored by the families that have no such part.
-    """
-    name = _checks.one_of("family", str(name).replace("-", "_"), tuple(FAMILIES))
-    if name == "mixture":
-        return MixtureNormal(latent_dim, components)
-    if name == "iaf":
-        return IAFNormal(latent_dim, flow_steps)
-    return FAMILIES[name](latent_dim)
+def build(name: str, latent_dim: int, **options: object) -> Family:
+    """The family called ``name`` (either spelling) with its catalogue options, e.g.
+    ``build("mixture", 20, components=4)``; an option the family lacks is an error."""
+    return catalogue.get("family", name).build(latent_dim, **options)
 
 
 def _is_diagonal_normal(d: Distribution) -> bool:

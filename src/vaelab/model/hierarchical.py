@@ -40,10 +40,9 @@ from torch.distributions import (
     constraints,
 )
 
-from vaelab import _checks
+from vaelab import _checks, catalogue
 from vaelab.model import families as families_
 from vaelab.model import likelihoods, nets
-from vaelab.model import priors as priors_
 
 HIERARCHIES = ("bottom-up", "ladder", "top-down")
 
@@ -492,16 +491,16 @@ def build_hierarchical(config, likelihood: likelihoods.Likelihood) -> Hierarchic
     conditionals = nn.ModuleList(
         GaussianConditional(above, (width, width), below, act, MIN_SCALE, gated)
         for below, above in zip(sizes[:-1], sizes[1:], strict=True))
-    if config.prior == "vamp" and hierarchy == "bottom-up":
+    prior, prior_options = catalogue.chosen(config, "prior")
+    if prior.resolve().needs_encoder and hierarchy == "bottom-up":
         raise ValueError("prior (--prior): 'vamp' needs q(z_top | x) in closed form, which the "
                          "ladder has (its top layer's evidence) and bottom-up inference does not "
                          "(its top q is a marginal over the layers below); expected "
                          "--hierarchy ladder or top-down with --prior vamp, got --hierarchy "
                          "bottom-up (the default)")
     encoder = _encoder(hierarchy, sizes, config.data_dim, hidden, act, conditionals, gated)
-    top = priors_.build(config.prior, sizes[-1], components=config.prior_components,
-                        flow_steps=config.prior_flow_steps, data_dim=config.data_dim,
-                        encoder=encoder.top_posterior if config.prior == "vamp" else None)
+    top = prior.build(sizes[-1], config.data_dim, getattr(encoder, "top_posterior", None),
+                      **prior_options)
     out = config.data_dim * likelihood.params_per_dim
     if hierarchy == "top-down":     # p(x | z_1, …, z_n): a skip path from every layer
         from vaelab.model.top_down import SkipDecoder

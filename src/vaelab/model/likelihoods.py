@@ -31,7 +31,7 @@ from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import Distribution, Independent, constraints
 from torch.distributions import Normal as TorchNormal
 
-from vaelab import _checks
+from vaelab import _checks, catalogue
 
 MEANINGS = ("probability", "bound", "density", "score")
 #: How 8-bit data are represented: x = k / EIGHT_BIT_MAX for k = 0, …, 255.
@@ -48,6 +48,15 @@ class Likelihood(nn.Module):
     params_per_dim: int = 1
     #: data kind → "probability" | "bound" | "density"; every other kind is a "score".
     meaning: dict[str, str] = {}
+    #: The values it accepts: "unit-interval" ([0, 1]), "8-bit" (k/255) or "real".
+    support: str = "real"
+
+    @classmethod
+    def from_options(cls, data_dim: int | None = None, data_kind: str | None = None
+                     ) -> Likelihood:
+        """This likelihood from its catalogue options (none here), for data of ``data_dim``
+        values per example and kind ``data_kind`` (what a likelihood may need of the data)."""
+        return cls()
 
     def meaning_on(self, kind: str | None) -> str:
         """What ``log_prob`` is on data of ``kind``: one of :data:`MEANINGS`."""
@@ -82,6 +91,7 @@ class Bernoulli(Likelihood):
 
     name = "bernoulli"
     meaning = {"binary": "probability"}
+    support = "unit-interval"
 
     def forward(self, raw: torch.Tensor) -> Distribution:
         """raw: logits [..., D] → Independent Bernoulli, event_shape [D]."""
@@ -108,6 +118,12 @@ class Gaussian(Likelihood):
     """
 
     name = "gaussian"
+
+    @classmethod
+    def from_options(cls, data_dim: int | None = None, data_kind: str | None = None, *,
+                     scale: str = "network", min_scale: float = 1e-3) -> Gaussian:
+        """σ from ``scale`` with floor ``min_scale``; dequantized on 8-bit data."""
+        return cls(data_dim, scale, min_scale=min_scale, dequantize=data_kind == "8-bit")
 
     def __init__(
         self,
@@ -338,6 +354,13 @@ class DiscretizedLogisticMixture(Likelihood):
 
     name = "discretized-logistic-mixture"
     meaning = {"8-bit": "probability", "binary": "probability"}
+    support = "8-bit"
+
+    @classmethod
+    def from_options(cls, data_dim: int | None = None, data_kind: str | None = None, *,
+                     components: int = 5) -> Likelihood:
+        """K = ``components`` (``--likelihood-components``)."""
+        return cls(components)
 
     def __init__(self, components: int = 5, min_scale: float = 1e-4) -> None:
         super().__init__()
@@ -365,6 +388,12 @@ class DiscretizedLogistic(DiscretizedLogisticMixture):
     dimension [loc | raw scale] × D. Salimans et al. (2017)."""
 
     name = "discretized-logistic"
+
+    @classmethod
+    def from_options(cls, data_dim: int | None = None, data_kind: str | None = None
+                     ) -> Likelihood:
+        """No options: one logistic per value."""
+        return cls()
 
     def __init__(self, min_scale: float = 1e-4) -> None:
         super().__init__(1, min_scale)
@@ -468,6 +497,7 @@ class ContinuousBernoulli(Likelihood):
 
     name = "continuous-bernoulli"
     meaning = {"unit-interval": "density"}
+    support = "unit-interval"
 
     def remedy(self) -> str:
         """X3: never recommend itself — on 8-bit or binary data (discrete) it is a score."""
@@ -499,17 +529,10 @@ def from_config(config: dict) -> Likelihood:
 
 
 def from_model_config(config) -> Likelihood:
-    """The likelihood of a ``vaelab.config.ModelConfig``: ``likelihood`` by name; the
-    Gaussian is dequantized when ``data_kind`` is "8-bit"; the mixture has
-    ``likelihood_components`` components."""
-    name = _checks.one_of("likelihood", config.likelihood, tuple(LIKELIHOODS))
-    if name == "gaussian":
-        return Gaussian(data_dim=config.data_dim, scale=config.gaussian_scale,
-                        min_scale=config.min_scale,
-                        dequantize=getattr(config, "data_kind", None) == "8-bit")
-    if name == "discretized-logistic-mixture":
-        return DiscretizedLogisticMixture(getattr(config, "likelihood_components", 5))
-    return LIKELIHOODS[name]()
+    """The likelihood a ``vaelab.config.ModelConfig`` chose, built from its options (the
+    Gaussian is dequantized when ``data_kind`` is "8-bit")."""
+    entry, options = catalogue.chosen(config, "likelihood")
+    return entry.build(config.data_dim, getattr(config, "data_kind", None), **options)
 
 
 def check_data_kind(likelihood: str, kind: str, low: float, high: float) -> str | None:
@@ -527,24 +550,16 @@ def check_data_kind(likelihood: str, kind: str, low: float, high: float) -> str 
         ValueError: naming ``--likelihood`` and what to use instead.
     """
     span = f"{kind} data with values in [{low:g}, {high:g}]"
-    if likelihood in ("bernoulli", "continuous-bernoulli") and (low < 0 or high > 1):
+    lik = catalogue.get("likelihood", likelihood, "--likelihood").build(None, kind)
+    if lik.support == "unit-interval" and (low < 0 or high > 1):
         raise ValueError(f"data: --likelihood {likelihood} needs values in [0, 1], got {span}; "
                          f"pass --likelihood gaussian for real-valued data, or rescale them")
-    if likelihood.startswith("discretized") and kind not in ("8-bit", "binary"):
+    if lik.support == "8-bit" and kind not in ("8-bit", "binary"):
         raise ValueError(f"data: --likelihood {likelihood} needs 8-bit data (uint8 or integers "
                          f"0–255, read as k/255), got {span}; pass --likelihood gaussian or "
                          f"continuous-bernoulli, or store 8-bit values as uint8")
-    lik = from_model_config(_Names(likelihood, kind))
     if lik.meaning_on(kind) != "score":
         return None
     return (f"note: --likelihood {likelihood} on {kind} data is not a normalised probability "
             f"or density, so its log-likelihood is an unnormalised score: evaluate will report "
             f"no log p(x) or bits/dim; {lik.remedy()}")
-
-
-class _Names:
-    """The few ModelConfig fields :func:`from_model_config` reads, for :func:`check_data_kind`."""
-
-    def __init__(self, likelihood: str, kind: str) -> None:
-        self.likelihood, self.data_kind, self.data_dim = likelihood, kind, None
-        self.gaussian_scale, self.min_scale, self.likelihood_components = "network", 1e-3, 1

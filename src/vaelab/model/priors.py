@@ -27,7 +27,7 @@ from torch.distributions import (
     TransformedDistribution,
 )
 
-from vaelab import _checks
+from vaelab import _checks, catalogue
 from vaelab.model import flows
 
 _SOFTPLUS_INV_ONE = 0.5413248546129181   # softplus(x) = 1
@@ -37,12 +37,23 @@ class StandardNormal(nn.Module):
     """p(z) = N(0, I_L)."""
 
     name = "standard_normal"
+    #: A VampPrior is built from the encoder (injected: priors never import families).
+    needs_encoder: bool = False
+    #: A mixture whose components are the clusters of ``vaelab cluster --method prior``.
+    clusters: bool = False
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
         self.latent_dim = _checks.positive_int("latent_dim", latent_dim)
         self.register_buffer("loc", torch.zeros(self.latent_dim), persistent=False)
         self.register_buffer("scale", torch.ones(self.latent_dim), persistent=False)
+
+    @classmethod
+    def from_options(cls, latent_dim: int, data_dim: int | None = None,
+                     encoder: nn.Module | None = None) -> StandardNormal:
+        """This prior from its catalogue options (none here); ``data_dim`` and ``encoder``
+        are what a prior may need from the model (only :class:`VampPrior` uses them)."""
+        return cls(latent_dim)
 
     def forward(self) -> Distribution:
         """→ Independent(Normal(0, 1), 1): batch [], event [L]."""
@@ -78,6 +89,14 @@ class MixtureOfGaussians(StandardNormal):
     """
 
     name = "mog"
+    clusters = True
+
+    @classmethod
+    def from_options(cls, latent_dim: int, data_dim: int | None = None,
+                     encoder: nn.Module | None = None, *,
+                     components: int = 10) -> MixtureOfGaussians:
+        """K = ``components`` (``--prior-components``)."""
+        return cls(latent_dim, components)
 
     def __init__(self, latent_dim: int, components: int = 10) -> None:
         super().__init__(latent_dim)
@@ -116,6 +135,17 @@ class VampPrior(StandardNormal):
     """
 
     name = "vamp"
+    needs_encoder = True
+
+    @classmethod
+    def from_options(cls, latent_dim: int, data_dim: int | None = None,
+                     encoder: nn.Module | None = None, *, components: int = 10) -> VampPrior:
+        """K = ``components`` pseudo-inputs (``--prior-components``) of ``data_dim`` values,
+        mapped by ``encoder``; both are required."""
+        if data_dim is None or encoder is None:
+            raise ValueError("prior: 'vamp' needs data_dim and the encoder, got "
+                             f"data_dim={data_dim} and encoder={type(encoder).__name__}")
+        return cls(latent_dim, components, data_dim, encoder)
 
     def __init__(self, latent_dim: int, components: int = 10, data_dim: int = 1,
                  encoder: nn.Module | None = None) -> None:
@@ -164,6 +194,12 @@ class FlowPrior(StandardNormal):
 
     name = "flow"
 
+    @classmethod
+    def from_options(cls, latent_dim: int, data_dim: int | None = None,
+                     encoder: nn.Module | None = None, *, flow_steps: int = 2) -> FlowPrior:
+        """T = ``flow_steps`` MAF steps (``--prior-flow-steps``)."""
+        return cls(latent_dim, flow_steps)
+
     def __init__(self, latent_dim: int, steps: int = 2,
                  hidden: tuple[int, ...] | list[int] | None = None) -> None:
         super().__init__(latent_dim)
@@ -191,26 +227,13 @@ def from_config(config: dict, encoder: nn.Module | None = None) -> StandardNorma
     """Rebuild a prior from its ``config()`` (``encoder``: injected into a VampPrior)."""
     config = dict(config)
     name = _checks.one_of("prior", config.pop("name", None), tuple(PRIORS))
-    if name == "vamp":
+    if PRIORS[name].needs_encoder:
         config["encoder"] = encoder
     return PRIORS[name](**config)
 
 
-def build(name: str, latent_dim: int, *, components: int = 10, flow_steps: int = 2,
-          data_dim: int | None = None, encoder: nn.Module | None = None) -> StandardNormal:
-    """The prior called ``name`` (a key of :data:`PRIORS`; '-' may stand for '_').
-
-    ``components`` is K of ``mog`` and ``vamp`` (``--prior-components``), ``flow_steps`` T of
-    ``flow`` (``--prior-flow-steps``); ``vamp`` also needs ``data_dim`` and the ``encoder``.
-    """
-    name = _checks.one_of("prior", str(name).replace("-", "_"), tuple(PRIORS))
-    if name == "mog":
-        return MixtureOfGaussians(latent_dim, components)
-    if name == "vamp":
-        if data_dim is None or encoder is None:
-            raise ValueError("prior: 'vamp' needs data_dim and the encoder, got "
-                             f"data_dim={data_dim} and encoder={type(encoder).__name__}")
-        return VampPrior(latent_dim, components, data_dim, encoder)
-    if name == "flow":
-        return FlowPrior(latent_dim, flow_steps)
-    return PRIORS[name](latent_dim)
+def build(name: str, latent_dim: int, data_dim: int | None = None,
+          encoder: nn.Module | None = None, **options: object) -> StandardNormal:
+    """The prior called ``name`` (either spelling) with its catalogue options, e.g.
+    ``build("vamp", 20, 784, encoder, components=50)``; an option it lacks is an error."""
+    return catalogue.get("prior", name).build(latent_dim, data_dim, encoder, **options)

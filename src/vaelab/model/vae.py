@@ -15,11 +15,10 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
-from vaelab import _checks
+from vaelab import _checks, catalogue
 from vaelab.config import ModelConfig
 from vaelab.model import families as families_
 from vaelab.model import hierarchical, likelihoods, nets
-from vaelab.model import priors as priors_
 
 
 class LatentVariableModel(nn.Module):
@@ -172,14 +171,13 @@ def build_vae(config: ModelConfig) -> VAE | hierarchical.HierarchicalVAE:
                          "with config.with_data(...)), got None")
     if isinstance(config.latent_dim, tuple):   # latent sizes bottom to top: a hierarchy
         return hierarchical.build_hierarchical(config, likelihoods.from_model_config(config))
-    family = families_.build(config.family, config.latent_dim, components=config.q_components,
-                             flow_steps=config.q_flow_steps)
+    entry, options = catalogue.chosen(config, "family")
+    family = entry.build(config.latent_dim, **options)
     lik: likelihoods.Likelihood = likelihoods.from_model_config(config)
     encoder_net, decoder_net = nets.build_nets(config, family.param_size, lik.params_per_dim)
     encoder = Encoder(encoder_net, family)
-    prior = priors_.build(config.prior, config.latent_dim, components=config.prior_components,
-                          flow_steps=config.prior_flow_steps, data_dim=config.data_dim,
-                          encoder=encoder)
+    entry, options = catalogue.chosen(config, "prior")
+    prior = entry.build(config.latent_dim, config.data_dim, encoder, **options)
     model = VAE(prior, Decoder(decoder_net, lik), encoder)
     model.config = config
     return model

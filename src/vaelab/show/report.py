@@ -135,19 +135,15 @@ def _model_setting_used(key: str, model: dict) -> bool:
 
 
 def estimator_text(evaluation: dict | None) -> str:
-    """How log p̂ was estimated, in words: 'IS, k = 1000, encoder proposal' or
-    'AIS, 100 steps × 8 chains, 3 leapfrog' (older eval.json: IS with its num_samples)."""
+    """How log p̂ was estimated, in words: 'IS, encoder proposal, k = 1000' or 'AIS from q,
+    T = 100 steps, C = 8 chains, L = 3 leapfrog' (older eval.json: IS with its num_samples)."""
     if not evaluation:
         return "not computed"
+    from vaelab.measure.estimators import summary_of
+
     est = evaluation.get("estimator")
-    if not isinstance(est, dict):
-        return f"IS, k = {evaluation.get('num_samples', '?')}, encoder proposal"
-    name = str(est.get("name", "is"))
-    if name == "is":
-        return (f"IS, k = {est.get('num_samples', evaluation.get('num_samples', '?'))}, "
-                f"{est.get('proposal', 'encoder')} proposal")
-    return (f"{name.upper()}, {est.get('steps', '?')} steps × {est.get('chains', '?')} chains, "
-            f"{est.get('leapfrog', '?')} leapfrog")
+    est = est if isinstance(est, dict) else {"name": "is"}
+    return summary_of({"num_samples": evaluation.get("num_samples", 1000), **est})
 
 
 def meaning_of(evaluation: dict | None) -> str | None:

@@ -1,0 +1,428 @@
+"""The components of vaelab, described once: name, home, options, help, facts.
+
+Role in vaelab: a leaf (no torch, no other vaelab module), so ``vaelab --help`` stays fast.
+Every component a user chooses by name — a likelihood, a network, a variational family, a
+prior, a training objective, a KL or learning-rate schedule, an optimizer, a log-likelihood
+estimator, an anomaly score — is one :class:`Entry` here:
+
+* ``name`` — kebab-case, as the command line shows it (``--prior vamp``);
+* ``home`` — where its class lives, ``"module:Class"``, imported only by :meth:`Entry.resolve`;
+* ``options`` — its own settings (:class:`Option`: name, type, default, help, check, the CLI
+  flag, the flat config key older run directories used);
+* ``help`` — one line for ``--help`` and the report;
+* ``facts`` — what torch-free code must know without building the component (e.g. that a
+  family is a mixture). Torch code asks the built object instead; a test pins the two equal.
+
+The command line's choices and per-component flags, the config's validation, the report's
+settings table and the model builders are derived from :data:`CATALOGUE`: a new component is
+its class (with a ``from_options`` classmethod taking exactly its options as keywords) plus one
+entry here. The idea follows ``torch.distributions`` (a distribution declares its contract as
+data) and diffusers (a component's constructor arguments are its saved config).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+
+KINDS = ("likelihood", "network", "family", "prior", "objective", "kl-schedule",
+         "lr-schedule", "optimizer", "estimator", "score")
+
+#: What each check accepts, in the words of the error messages.
+CHECKS = {
+    "int>=1": "an integer >= 1",
+    "int>=0": "an integer >= 0",
+    "float>0": "a finite number > 0",
+    "float>=0": "a finite number >= 0",
+    "fraction": "a number in [0, 1)",
+    "unit": "a number in (0, 1]",
+    "bool": "true or false",
+    "choice": "one of the choices",
+    "ints>=1": "a non-empty list of integers >= 1",
+    "betas": "two numbers in [0, 1) such as (0.9, 0.999)",
+    "any": "any value",
+}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _scalar(check: str, value: object) -> bool:
+    """True when ``value`` passes ``check`` (a key of :data:`CHECKS`, not a sequence check)."""
+    if check == "int>=1":
+        return _is_int(value) and value >= 1
+    if check == "int>=0":
+        return _is_int(value) and value >= 0
+    if not _is_number(value) or not math.isfinite(value):
+        return False
+    return {"float>0": value > 0, "float>=0": value >= 0, "fraction": 0 <= value < 1,
+            "unit": 0 < value <= 1}[check]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting of a component.
+
+    Attributes:
+        name: the keyword of the class's ``from_options`` (snake_case).
+        check: a key of :data:`CHECKS`; ``choices`` lists the values of a "choice".
+        default: the value when not given (None: no default, the option may stay unset).
+        help: one line, for ``--help`` and the report.
+        flag: the command-line flag (None: settable in config files only).
+        key: the flat key of a run's config.json before options were nested (None: none).
+        metavar: the placeholder ``--help`` shows.
+    """
+
+    name: str
+    check: str
+    default: object
+    help: str
+    flag: str | None = None
+    key: str | None = None
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+
+    @property
+    def expected(self) -> str:
+        """The accepted values, in words."""
+        if self.check == "choice":
+            return "one of " + ", ".join(map(repr, self.choices))
+        return CHECKS[self.check]
+
+    def validate(self, value: object, where: str | None = None) -> object:
+        """``value`` normalised (tuples for lists, floats for numbers) or a one-line error.
+
+        ``where`` names the setting in the message (default: the option's name); None as a
+        value is accepted only when the default is None.
+        """
+        where = where or self.name
+        if value is None and self.default is None:
+            return None
+        if self.check == "choice":
+            if value not in self.choices:
+                raise ValueError(f"{where}: expected {self.expected}, got {value!r}")
+            return value
+        if self.check == "bool":
+            if not isinstance(value, bool):
+                raise TypeError(f"{where}: expected true or false, got {value!r}")
+            return value
+        if self.check in ("ints>=1", "betas"):
+            return self._sequence(value, where)
+        if self.check == "any":
+            return value
+        if not _scalar(self.check, value):
+            error = TypeError if not _is_number(value) else ValueError
+            raise error(f"{where}: expected {self.expected}, got {value!r}")
+        return int(value) if self.check.startswith("int") else float(value)
+
+    def _sequence(self, value: object, where: str) -> tuple:
+        ok = not isinstance(value, (str, bytes)) and hasattr(value, "__iter__")
+        items = tuple(value) if ok else ()
+        if self.check == "ints>=1" and items and all(_scalar("int>=1", v) for v in items):
+            return tuple(int(v) for v in items)
+        if self.check == "betas" and len(items) == 2 and all(_scalar("fraction", b)
+                                                             for b in items):
+            return tuple(float(b) for b in items)
+        raise (ValueError if ok else TypeError)(f"{where}: expected {self.expected}, "
+                                                f"got {value!r}")
+
+    def parse(self, text: str) -> object:
+        """A command-line string → the value, checked (ValueError in the CLI's words)."""
+        try:
+            if self.check.startswith("int>"):
+                value: object = int(text)
+            elif self.check in ("float>0", "float>=0", "fraction", "unit"):
+                value = float(text)
+            elif self.check == "ints>=1":
+                value = tuple(int(part) for part in text.split(","))
+            elif self.check == "betas":
+                value = tuple(float(part) for part in text.split(","))
+            else:
+                value = text
+            return self.validate(value)
+        except (TypeError, ValueError):
+            example = " such as 512,256" if self.check == "ints>=1" else ""
+            raise ValueError(f"expected {self.expected}{example}, got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One component: its kind, name, home, options, help and facts (see the module doc)."""
+
+    kind: str
+    name: str
+    home: str
+    help: str
+    options: tuple[Option, ...] = ()
+    facts: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def resolve(self) -> object:
+        """The class (or function) at :attr:`home`, imported now."""
+        module, _, attribute = self.home.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def option(self, name: str) -> Option:
+        """The option called ``name`` (KeyError if this component has none)."""
+        for option in self.options:
+            if option.name == name:
+                return option
+        raise KeyError(name)
+
+    def defaults(self) -> dict:
+        """{option name: default} of every option."""
+        return {o.name: o.default for o in self.options}
+
+    def validate(self, options: object, where: str) -> dict:
+        """All of this component's options, checked, defaults filled in.
+
+        ``where`` names the setting in messages (e.g. ``prior_options``). Raises TypeError for
+        a non-dict and ValueError for an option this component does not have, naming those
+        it has.
+        """
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise TypeError(f"{where}: expected a table/dict of options, got "
+                            f"{type(options).__name__}")
+        unknown = sorted(set(options) - {o.name for o in self.options})
+        if unknown:
+            have = [o.name for o in self.options]
+            expected = f"one of {have}" if have else "none"
+            raise ValueError(f"{where}: {self.kind} {self.name!r} has no option "
+                             f"{unknown[0]!r}; expected {expected}")
+        return {o.name: o.validate(options.get(o.name, o.default), f"{where}.{o.name}")
+                for o in self.options}
+
+    def build(self, *context: object, **options: object) -> object:
+        """``resolve().from_options(*context, **options)`` with the options validated."""
+        return self.resolve().from_options(*context, **self.validate(options, self.kind))
+
+
+def _opt(prefix: str, name: str, check: str, default: object, help: str, *,
+         metavar: str | None = None, flag: bool = True, **extra: object) -> Option:
+    """An option whose flag is ``--<prefix>-<name>`` and old flat key ``<prefix>_<name>``."""
+    stem = f"{prefix}_{name}" if prefix else name
+    return Option(name, check, default, help, metavar=metavar, key=stem,
+                  flag="--" + stem.replace("_", "-") if flag else None, **extra)
+
+
+_Q_COMPONENTS = _opt("q", "components", "int>=1", 4, "components of --family mixture",
+                     metavar="K")
+_PRIOR_COMPONENTS = _opt("prior", "components", "int>=1", 10, "Gaussians of --prior mog, "
+                         "pseudo-inputs of --prior vamp", metavar="K")
+_ACTIVATION = Option("activation", "choice", "relu", "hidden-unit nonlinearity",
+                     key="activation", choices=("relu", "tanh", "gelu", "silu", "elu",
+                                                "softplus", "leaky_relu"))
+_AIS = (
+    Option("steps", "int>=1", 100, "AIS intermediate distributions", flag="--ais-steps",
+           metavar="T"),
+    Option("chains", "int>=1", 8, "AIS chains per example", flag="--chains", metavar="C"),
+    Option("leapfrog", "int>=1", 3, "leapfrog steps per HMC transition", flag="--leapfrog",
+           metavar="L"),
+    Option("init", "choice", "encoder", "where AIS starts: the encoder's q(z|x) or the prior",
+           choices=("encoder", "prior")),
+)
+
+_ENTRIES = (
+    # ---- p(x | z)
+    Entry("likelihood", "bernoulli", "vaelab.model.likelihoods:Bernoulli",
+          "binary data (a normalised probability there); a score on grey levels"),
+    Entry("likelihood", "gaussian", "vaelab.model.likelihoods:Gaussian",
+          "real data (a density); dequantized on 8-bit data (a bound)",
+          (Option("scale", "choice", "network", "where σ comes from: the decoder (network), "
+                  "one learned σ per dimension (learned) or fixed σ = 1 (fixed)",
+                  key="gaussian_scale", choices=("network", "learned", "fixed")),
+           Option("min_scale", "float>0", 1e-3, "floor added to σ", key="min_scale"))),
+    Entry("likelihood", "continuous-bernoulli", "vaelab.model.likelihoods:ContinuousBernoulli",
+          "data in [0, 1] (a density)"),
+    Entry("likelihood", "discretized-logistic", "vaelab.model.likelihoods:DiscretizedLogistic",
+          "8-bit data (a normalised probability)"),
+    Entry("likelihood", "discretized-logistic-mixture",
+          "vaelab.model.likelihoods:DiscretizedLogisticMixture",
+          "8-bit data, a mixture of logistics per value (a normalised probability)",
+          (_opt("likelihood", "components", "int>=1", 5,
+                "mixture components of discretized-logistic-mixture", metavar="K"),)),
+    # ---- encoder and decoder networks
+    Entry("network", "mlp", "vaelab.model.nets:MLP",
+          "dense layers, x → hidden → q's parameters and back reversed",
+          (Option("hidden", "ints>=1", (512, 256), "hidden layer sizes", flag="--hidden",
+                  key="hidden", metavar="N,N,..."), _ACTIVATION)),
+    Entry("network", "conv", "vaelab.model.nets:ConvEncoder",
+          "residual convolutional nets (image data only)",
+          (Option("channels", "ints>=1", (32, 64), "channels per stage",
+                  flag="--conv-channels", key="conv_channels", metavar="N,N,..."),
+           _ACTIVATION)),
+    # ---- q(z | x)
+    Entry("family", "diagonal-normal", "vaelab.model.families:DiagonalNormal",
+          "N(μ, diag σ²), the standard VAE posterior", facts={"mixture": False}),
+    Entry("family", "full-covariance-normal", "vaelab.model.families:FullCovarianceNormal",
+          "N(μ, L Lᵀ), correlated posteriors", facts={"mixture": False}),
+    Entry("family", "mixture", "vaelab.model.families:MixtureNormal",
+          "K diagonal Gaussians, trained with the stratified estimator", (_Q_COMPONENTS,),
+          facts={"mixture": True}),
+    Entry("family", "iaf", "vaelab.model.families:IAFNormal",
+          "inverse autoregressive flow with encoder context",
+          (_opt("q", "flow_steps", "int>=1", 2, "IAF steps of --family iaf", metavar="T"),),
+          facts={"mixture": False}),
+    # ---- p(z)
+    Entry("prior", "standard-normal", "vaelab.model.priors:StandardNormal", "N(0, I)"),
+    Entry("prior", "learned-normal", "vaelab.model.priors:LearnedNormal",
+          "N(μ, diag σ²) with μ, σ learned"),
+    Entry("prior", "mog", "vaelab.model.priors:MixtureOfGaussians",
+          "learned mixture of Gaussians", (_PRIOR_COMPONENTS,)),
+    Entry("prior", "vamp", "vaelab.model.priors:VampPrior",
+          "VampPrior: q at learned pseudo-inputs", (_PRIOR_COMPONENTS,)),
+    Entry("prior", "flow", "vaelab.model.priors:FlowPrior", "MAF from N(0, I)",
+          (_opt("prior", "flow_steps", "int>=1", 2, "MAF steps of --prior flow",
+                metavar="T"),)),
+    # ---- training objectives (vaelab.infer.objectives.training_terms)
+    Entry("objective", "elbo", "vaelab.infer.objectives:training_terms",
+          "the ELBO, Monte Carlo over --num-samples draws",
+          (Option("free_bits", "float>=0", 0.0, "free bits λ: each latent dimension's KL "
+                  "counts as at least λ nats", flag="--free-bits", key="free_bits",
+                  metavar="NATS"),)),
+    Entry("objective", "iwae", "vaelab.infer.objectives:training_terms",
+          "the importance-weighted bound with K = --num-samples >= 2 (Burda et al. 2016)"),
+    Entry("objective", "iwae-dreg", "vaelab.infer.objectives:training_terms",
+          "the IWAE bound with the doubly-reparameterized encoder gradient (Tucker et al. "
+          "2019)"),
+    # ---- the KL weight over training (vaelab.fit.kl_schedule.kl_weight)
+    Entry("kl-schedule", "constant", "vaelab.fit.kl_schedule:kl_weight", "β throughout"),
+    Entry("kl-schedule", "linear", "vaelab.fit.kl_schedule:kl_weight",
+          "0 → β over --kl-warmup epochs",
+          (Option("warmup_epochs", "float>0", 1.0, "length of the linear ramp in epochs",
+                  flag="--kl-warmup", key="kl_warmup_epochs", metavar="EPOCHS"),)),
+    Entry("kl-schedule", "cyclical", "vaelab.fit.kl_schedule:kl_weight",
+          "cycles over the run, each rising 0 → β then flat (Fu et al. 2019)",
+          (Option("cycles", "int>=1", 4, "cycles over the whole run", flag="--kl-cycles",
+                  key="kl_cycles", metavar="M"),
+           Option("ratio", "unit", 0.5, "fraction of each cycle spent rising",
+                  flag="--kl-ratio", key="kl_ratio", metavar="R"))),
+    # ---- the learning rate over training
+    Entry("lr-schedule", "constant", "vaelab.fit.train:learning_rate", "lr throughout"),
+    Entry("lr-schedule", "cosine", "vaelab.fit.train:learning_rate",
+          "lr → 0 on a half cosine over all steps"),
+    Entry("lr-schedule", "exponential", "vaelab.fit.train:learning_rate",
+          "lr · decay^epoch",
+          (Option("decay", "unit", 0.95, "factor per epoch", key="lr_decay"),)),
+    # ---- optimizers
+    Entry("optimizer", "adam", "torch.optim:Adam", "Adam (Kingma & Ba 2015)",
+          (Option("betas", "betas", (0.9, 0.999), "Adam's moment decay rates",
+                  key="betas"),)),
+    # ---- log p(x) estimators (vaelab.measure.estimators)
+    Entry("estimator", "is", "vaelab.measure.estimators:ImportanceSampling",
+          "importance sampling with k draws from a proposal",
+          (Option("proposal", "choice", "encoder", "the encoder's q, q refined per example, "
+                  "or the mixture 1/2 refined + 1/2 encoder", flag="--proposal",
+                  choices=("encoder", "refined", "mixture")),
+           Option("num_samples", "int>=1", 1000, "importance samples per example", flag="--k",
+                  metavar="K"),
+           Option("refine_steps", "int>=1", 100, "most Adam steps refining the refined/"
+                  "mixture proposal per example", flag="--refine-steps", metavar="N"),
+           Option("refine_draws", "int>=1", 8, "draws of z per refinement step",
+                  flag="--refine-draws", metavar="M"),
+           Option("refine_lr", "float>0", 5e-2, "the refinement's Adam step size"))),
+    Entry("estimator", "ais", "vaelab.measure.estimators:AnnealedImportanceSampling",
+          "annealed importance sampling with HMC", _AIS),
+    Entry("estimator", "bdmc", "vaelab.measure.estimators:BDMC",
+          "AIS plus a BDMC sandwich on data simulated from the model", _AIS),
+    # ---- anomaly scores (vaelab.use.scores; higher = more anomalous)
+    Entry("score", "elbo", "vaelab.use.scores:anomaly_scores", "−ELBO(x)",
+          facts={"column": "neg_elbo"}),
+    Entry("score", "log-likelihood", "vaelab.use.scores:anomaly_scores",
+          "−log p̂(x), importance sampled", facts={"column": "nll"}),
+    Entry("score", "input-complexity", "vaelab.use.scores:anomaly_scores",
+          "−log₂ p̂(x) − compressed length in bits (Serrà et al. 2020)",
+          facts={"column": "input_complexity"}),
+    Entry("score", "likelihood-ratio", "vaelab.use.scores:anomaly_scores",
+          "log p̂_background(x) − log p̂(x) (Ren et al. 2019)", facts={"column": "neg_llr"}),
+    Entry("score", "regret", "vaelab.use.scores:anomaly_scores",
+          "ELBO with q fitted to x − ELBO with the encoder's q (Xiao et al. 2020)",
+          facts={"column": "regret"}),
+)
+
+#: kind → {name → Entry}, in the order above (the first entry of a kind is its default).
+CATALOGUE: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+for _entry in _ENTRIES:
+    CATALOGUE[_entry.kind][_entry.name] = _entry
+
+
+def canonical(name: object) -> object:
+    """A component name in catalogue spelling: kebab-case (``diagonal_normal`` →
+    ``diagonal-normal``); anything but a string is returned as it is."""
+    return name.replace("_", "-") if isinstance(name, str) else name
+
+
+def names(kind: str) -> tuple[str, ...]:
+    """The names of ``kind``'s components, in catalogue order."""
+    return tuple(CATALOGUE[kind])
+
+
+def get(kind: str, name: object, where: str | None = None) -> Entry:
+    """The entry of component ``name`` (either spelling) of ``kind``, or a one-line error
+    naming ``where`` (default: the kind), the choices and what was received."""
+    entry = CATALOGUE[kind].get(canonical(name))   # type: ignore[arg-type]
+    if entry is None:
+        raise ValueError(f"{where or kind}: expected one of "
+                         f"{', '.join(map(repr, names(kind)))}, got {name!r}")
+    return entry
+
+
+def entries(kind: str | None = None) -> tuple[Entry, ...]:
+    """Every entry (of ``kind``), in catalogue order."""
+    kinds = KINDS if kind is None else (kind,)
+    return tuple(e for k in kinds for e in CATALOGUE[k].values())
+
+
+def flags(kind: str) -> dict[str, tuple[Option, tuple[str, ...]]]:
+    """flag → (its option, the names of ``kind``'s components that have it): a flag shared by
+    several components (``--prior-components``) is declared once per component, equally."""
+    out: dict[str, tuple[Option, tuple[str, ...]]] = {}
+    for entry in CATALOGUE[kind].values():
+        for option in entry.options:
+            if option.flag is not None:
+                first, owners = out.get(option.flag, (option, ()))
+                out[option.flag] = (first, (*owners, entry.name))
+    return out
+
+
+def check_flag_owner(kind: str, flag: str, chosen: str, choose_flag: str) -> None:
+    """Raise ValueError unless component ``chosen`` of ``kind`` has the option behind
+    ``flag``: ``--q-components: needs --family mixture, got --family iaf``."""
+    owners = flags(kind)[flag][1]
+    if canonical(chosen) not in owners:
+        needs = " or ".join(f"{choose_flag} {o}" for o in owners)
+        raise ValueError(f"{flag}: needs {needs}, got {choose_flag} {canonical(chosen)}")
+
+
+def fact(kind: str, name: object, key: str, default: object = None) -> object:
+    """A fact of a component (``fact("family", "mixture", "mixture")`` → True)."""
+    return get(kind, name).facts.get(key, default)
+
+
+#: kind → the config field that names the chosen component (``vaelab.config``).
+FIELDS = {"likelihood": "likelihood", "network": "net", "family": "family", "prior": "prior",
+          "objective": "objective", "kl-schedule": "kl_schedule",
+          "lr-schedule": "lr_schedule", "optimizer": "optimizer"}
+
+
+def chosen(config: object, kind: str) -> tuple[Entry, dict]:
+    """(entry, options) of the ``kind`` component a model or train config chose.
+
+    The options are the config's ``<field>_options`` when it has them; otherwise (a config
+    with flat keys) each option's old flat key. Validated, defaults filled in.
+    """
+    where = FIELDS[kind]
+    entry = get(kind, getattr(config, where), where)
+    options = getattr(config, f"{where}_options", None)
+    if options is None:
+        options = {o.name: getattr(config, o.key) for o in entry.options
+                   if o.key is not None and hasattr(config, o.key)}
+    return entry, entry.validate(options, f"{where}_options")
