@@ -126,3 +126,16 @@ def test_normalize_rejects_non_dicts():
         normalize(["epochs", 3])
     with pytest.raises(TypeError, match="train"):
         normalize({"train": 3})
+
+
+def test_data_protocol_expands_into_the_published_split():
+    from vaelab.config import RunConfig, TrainConfig, merge
+
+    config = RunConfig.from_dict({"data": "binarized-fashion-mnist"})
+    assert (config.train.data, config.train.binarize) == ("fashion-mnist", "dynamic")
+    assert round(config.train.val_fraction * 60_000) == 10_000
+    assert TrainConfig(data="binarized-fashion-mnist").val_fraction == 1 / 6
+    with pytest.raises(ValueError, match="val_fraction"):
+        merge({}, {"train": {"data": "binarized-fashion-mnist", "val_fraction": 0.1}})
+    with pytest.raises(ValueError, match="binarize"):
+        RunConfig.from_dict({"data": "binarized-fashion-mnist", "binarize": "static"})

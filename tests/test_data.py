@@ -511,3 +511,9 @@ def test_train_val_split_bad_fraction(fraction):
     ds = Dataset(torch.randn(40, 3), None, None, "d")
     with pytest.raises(ValueError, match="val_fraction: expected"):
         data.train_val_split(ds, fraction, seed=0)
+
+
+def test_data_protocol_name_reads_its_dataset():
+    a = data.load_dataset("binarized-fashion-mnist", "test", limit=50)
+    b = data.load_dataset("fashion-mnist", "test", limit=50)
+    assert torch.equal(a.x, b.x) and torch.equal(a.labels, b.labels)

@@ -755,7 +755,9 @@ def _named(source: str | os.PathLike) -> str | None:
     if not isinstance(source, str):
         return None
     key = source.strip().lower().replace("_", "-")
-    key = {"fashionmnist": "fashion-mnist"}.get(key, key)
+    # a data protocol of vaelab.config.DATA_PROTOCOLS reads its dataset's files
+    key = {"fashionmnist": "fashion-mnist",
+           "binarized-fashion-mnist": "fashion-mnist"}.get(key, key)
     return key if key in NAMED_SOURCES else None
 
 
