@@ -42,7 +42,7 @@ def run(table, tmp_path_factory):
                      "--objective", "iwae", "--num-samples", "4", "--epochs", "3",
                      "--batch-size", "32", "--likelihood", "gaussian", "--binarize", "none",
                      "--latent-dim", "2", "--hidden", "16", "--device", "cpu", "--quiet",
-                     "--val-fraction", "0"])
+                     "--val-fraction", "0", "--drop-empty-rows"])
     assert code == 0
     return out
 
@@ -102,8 +102,9 @@ def test_nan_without_the_flag_is_one_line_saying_how_to_opt_in(table, capsys, tm
 
 @pytest.mark.parametrize("argv, message", [
     (["--missing-model", "self-masking"], "--missing-model self-masking: needs --missing mask"),
-    (["--missing", "mask", "--inference", "per-datapoint"], "--inference: --missing mask needs"),
-    (["--missing", "mask", "--schedule", "alternating", "--phi-steps", "1"],
+    (["--missing", "mask", "--drop-empty-rows", "--inference", "per-datapoint"],
+     "--inference: --missing mask needs"),
+    (["--missing", "mask", "--drop-empty-rows", "--schedule", "alternating", "--phi-steps", "1"],
      "--schedule: --missing mask trains"),
 ])
 def test_train_refuses_bad_missing_options(table, capsys, tmp_path, argv, message):

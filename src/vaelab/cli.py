@@ -169,6 +169,9 @@ def _add_train(commands) -> None:
     p.add_argument("--missing-model", choices=("none", "self-masking"),
                    help="self-masking: also learn p(missing | x) per feature, for data "
                         "missing not at random (not-MIWAE); needs --missing mask")
+    p.add_argument("--drop-empty-rows", action="store_true", default=None,
+                   help="with --missing mask: train without the rows whose every entry is "
+                        "missing (refused otherwise); columns never observed are always refused")
     p.add_argument("--binarize", choices=("dynamic", "static", "none"),
                    help="binarize [0, 1] data: a fresh Bernoulli draw per visit (dynamic, the "
                    "default), one draw (static), or keep the values (none: for real-valued "
@@ -622,7 +625,7 @@ def _train_overrides(args: argparse.Namespace) -> dict:
                       "perturb_fraction": args.perturb_fraction, "inference": args.inference,
                       "val_fraction": args.val_fraction,
                       "schedule": args.schedule, "phi_steps": args.phi_steps,
-                      "phi_lr": args.phi_lr,
+                      "phi_lr": args.phi_lr, "drop_empty_rows": args.drop_empty_rows,
                       **_objective(args), "grad_clip": args.grad_clip,
                       "early_stopping_patience": args.early_stopping, "compile": compile_,
                       "ema_decay": args.ema, "lr_schedule": args.lr_schedule,
@@ -683,6 +686,8 @@ def _check_given_flags(args: argparse.Namespace, config) -> None:
          "--likelihood discretized-logistic-mixture", f"--likelihood {m.likelihood}"),
         ("--conv-channels", args.conv_channels, m.net == "conv", "--net conv",
          f"--net {m.net}"),
+        ("--drop-empty-rows", args.drop_empty_rows, m.missing == "mask", "--missing mask",
+         f"--missing {m.missing}"),
         (f"--objective {t.objective}", args.objective is not None or args.num_samples is not None,
          t.objective == "elbo" or t.num_samples > 1,
          "--num-samples K >= 2 (with K = 1 it is the plain ELBO: use --objective elbo)",

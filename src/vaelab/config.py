@@ -317,6 +317,9 @@ class TrainConfig:
     compile: str | bool = "auto"
     precision: str = "fp32"
     max_nonfinite_steps: int = 20
+    #: With missing="mask": train without the rows whose every entry is missing (they are
+    #: refused otherwise, ``--drop-empty-rows``).
+    drop_empty_rows: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, str) or not self.data:
@@ -394,6 +397,9 @@ class TrainConfig:
             raise ValueError(ALTERNATING_NEEDS_PHI_STEPS)
         _checks.one_of("device", self.device, DEVICES)
         _checks.one_of("precision", self.precision, PRECISIONS)
+        if not isinstance(self.drop_empty_rows, bool):
+            raise TypeError(f"drop_empty_rows: expected true or false, "
+                            f"got {self.drop_empty_rows!r}")
         if not isinstance(self.refine_backprop, bool):
             raise TypeError(f"refine_backprop: expected true or false, "
                             f"got {self.refine_backprop!r}")

@@ -51,6 +51,7 @@ def _check_observed(ds: data_.Dataset, config: RunConfig) -> None:
     if observed.numel() == 0:
         raise ValueError(f"data: expected some observed values, got none in {ds.name!r} "
                          f"(every entry is missing)")
+    _check_seen(x, ds.name, "", ds.image_shape is None)
     lo, hi = float(observed.min()), float(observed.max())
     if (lo < 0 or hi > 1) and config.train.binarize != "none":
         raise ValueError(f"binarize: {config.train.binarize!r} needs data in [0, 1], got values "
@@ -58,6 +59,42 @@ def _check_observed(ds: data_.Dataset, config: RunConfig) -> None:
     if (lo < 0 or hi > 1) and config.model.likelihood == "bernoulli":
         raise ValueError(f"data: likelihood='bernoulli' needs values in [0, 1], got values in "
                          f"[{lo:g}, {hi:g}]; use likelihood='gaussian' or rescale the data")
+
+
+def _listed(indices: list[int], limit: int = 10) -> str:
+    more = f" and {len(indices) - limit} more" if len(indices) > limit else ""
+    return ", ".join(map(str, indices[:limit])) + more
+
+
+def _check_seen(x: torch.Tensor, name: str, where: str, table: bool = True) -> None:
+    """Refuse columns (of a ``table``) and rows of x [N, D] without one observed value, naming
+    them: nothing can be learned about a column never seen, and its imputations would be
+    invented. Pixels of images are not columns: a convolutional decoder shares its weights
+    across positions, so a region never observed is filled in from what it learned elsewhere."""
+    seen = ~torch.isnan(x)
+    columns = [i + 1 for i in (~seen.any(0)).nonzero().flatten().tolist()] if table else []
+    if columns:
+        raise ValueError(f"data: expected every column to have an observed value{where}, got "
+                         f"{len(columns)} column(s) missing in every row of {name!r}: "
+                         f"{_listed(columns)} (1-based); remove them from the data")
+    rows = [i + 1 for i in (~seen.any(1)).nonzero().flatten().tolist()]
+    if rows:
+        raise ValueError(f"data: expected every row to have an observed value{where}, got "
+                         f"{len(rows)} row(s) with every entry missing in {name!r}: "
+                         f"{_listed(rows)} (1-based, header excluded); remove them from the "
+                         f"data or pass --drop-empty-rows")
+
+
+def _drop_empty_rows(ds: data_.Dataset) -> data_.Dataset:
+    """``ds`` without its rows whose every entry is missing, with a note naming them."""
+    seen = (~torch.isnan(ds.x)).any(1)
+    empty = [i + 1 for i in (~seen).nonzero().flatten().tolist()]
+    if not empty:
+        return ds
+    kept = ds.subset(seen.nonzero().flatten())
+    note = (f"note: --drop-empty-rows: trained without {len(empty)} row(s) of {ds.name!r} "
+            f"with every entry missing: {_listed(empty)} (1-based)")
+    return replace(kept, notes=(*kept.notes, note))
 
 
 def load_masked_data(config: RunConfig, dataset: data_.Dataset | None
@@ -77,12 +114,17 @@ def load_masked_data(config: RunConfig, dataset: data_.Dataset | None
     if tc.limit is not None and tc.limit < len(dataset):
         dataset = dataset.subset(slice(0, tc.limit))
     x = dataset.x.to(torch.float32)
+    if tc.drop_empty_rows:
+        dataset = _drop_empty_rows(replace(dataset, x=x))
+        x = dataset.x
     kind = dataset.kind or data_.infer_kind(torch.nan_to_num(x, nan=0.0))   # 0: in every kind
     dataset = replace(dataset, x=x, kind=kind)
     _check_observed(dataset, config)
     train, val = dataset, None
     if tc.val_fraction > 0:
         train, val = data_.train_val_split(dataset, tc.val_fraction, tc.seed)
+        _check_seen(train.x, dataset.name, " among the training rows (--val-fraction "
+                    f"{tc.val_fraction:g} holds some rows out)", dataset.image_shape is None)
     if tc.binarize == "static":
         gen = torch.Generator().manual_seed(tc.seed)
         train = replace(train, x=_binarize_keep_nan(train.x, gen), kind="binary")
