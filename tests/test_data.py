@@ -513,7 +513,10 @@ def test_train_val_split_bad_fraction(fraction):
         data.train_val_split(ds, fraction, seed=0)
 
 
-def test_data_protocol_name_reads_its_dataset():
-    a = data.load_dataset("binarized-fashion-mnist", "test", limit=50)
-    b = data.load_dataset("fashion-mnist", "test", limit=50)
+def test_data_protocol_name_reads_its_dataset(tmp_path):
+    x = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4)
+    data.write_idx(tmp_path / "t10k-images-idx3-ubyte", x)
+    data.write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([3, 1], dtype=np.uint8))
+    a = data.load_dataset("binarized-fashion-mnist", "test", root=tmp_path, download=False)
+    b = data.load_dataset("fashion-mnist", "test", root=tmp_path, download=False)
     assert torch.equal(a.x, b.x) and torch.equal(a.labels, b.labels)
