@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from vaelab.config import RunConfig
 from vaelab.fit import runs
@@ -63,6 +65,20 @@ class Checkpointed:
     ``dist``, ``device``, ``model``, ``inference``, ``step`` (a TrainStep), ``state`` (a
     :class:`RunState`) and ``best`` (the best weights or None).
     """
+
+    # Declared for the type checker; the loop's __init__ assigns them. The data, the
+    # process group and the step are typed loosely: their classes live in the loop's module,
+    # which imports this one.
+    config: RunConfig
+    run_dir: Path
+    data: Any
+    dist: Any
+    device: torch.device
+    model: Any                 # a VAE, HierarchicalVAE or MaskedVAE, built from the config
+    inference: nn.Module
+    step: Any
+    state: RunState
+    best: dict[str, torch.Tensor] | None
 
     def _weights(self) -> dict[str, torch.Tensor]:
         """Model + inference-only tensors, under the prefixes ``model.`` / ``inference.``."""

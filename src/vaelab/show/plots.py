@@ -91,15 +91,16 @@ def _tile(images: np.ndarray, nrow: int, pad: int = 2) -> np.ndarray:
     return mosaic
 
 
-def _check_images(images: object, image_shape: object) -> tuple[np.ndarray, tuple[int, ...]]:
-    images = _checks.tensor("images", torch.as_tensor(images, dtype=torch.float32))
+def _check_images(images: object, image_shape: Sequence[int] | None
+                  ) -> tuple[np.ndarray, tuple[int, ...]]:
+    rows = _checks.tensor("images", torch.as_tensor(images, dtype=torch.float32))
     if image_shape is None or len(tuple(image_shape)) != 3:
         raise ValueError(f"image_shape: expected (C, H, W), got {image_shape!r}")
-    image_shape = tuple(int(s) for s in image_shape)
-    if images.dim() != 2 or images.shape[0] == 0 or images.shape[1] != math.prod(image_shape):
-        raise ValueError(f"images: expected shape [N >= 1, {math.prod(image_shape)}] for "
-                         f"image_shape {image_shape}, got {list(images.shape)}")
-    return images.detach().cpu().numpy(), image_shape
+    shape = tuple(int(s) for s in image_shape)
+    if rows.dim() != 2 or rows.shape[0] == 0 or rows.shape[1] != math.prod(shape):
+        raise ValueError(f"images: expected shape [N >= 1, {math.prod(shape)}] for "
+                         f"image_shape {shape}, got {list(rows.shape)}")
+    return rows.detach().cpu().numpy(), shape
 
 
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], path: str | os.PathLike,
@@ -216,8 +217,8 @@ def scatter_points(groups: dict[str, torch.Tensor], path: str | os.PathLike, *,
     """Scatter the first two coordinates of each group [N, D] (histograms when D = 1)."""
     fig = Figure(figsize=(5, 4.5), layout="constrained")
     ax = fig.subplots()
-    for name, points in groups.items():
-        points = points.detach().cpu().numpy()
+    for name, group in groups.items():
+        points = group.detach().cpu().numpy()
         if points.shape[1] == 1:
             ax.hist(points[:, 0], bins=40, alpha=0.5, label=name)
             ax.set(xlabel="x[0]", ylabel="count")
@@ -355,11 +356,11 @@ def _scatter_by_label(ax: Axes, coords: np.ndarray, labels: torch.Tensor | None,
     if labels is None:
         ax.scatter(coords[:, 0], coords[:, 1], s=5, alpha=0.6)
         return
-    labels = labels.detach().cpu().numpy()
-    classes = np.unique(labels)
+    label_array = labels.detach().cpu().numpy()
+    classes = np.unique(label_array)
     cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
     for i, label in enumerate(classes):
-        mask = labels == label
+        mask = label_array == label
         name = (class_names[label] if class_names is not None and 0 <= label < len(class_names)
                 else str(label))
         ax.scatter(coords[mask, 0], coords[mask, 1], s=5, alpha=0.6,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,7 +94,7 @@ def _read_json(path: Path, problems: list[str]) -> object | None:
 
 
 def _read_metrics(path: Path, problems: list[str]) -> list[dict]:
-    rows = []
+    rows: list[dict] = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -112,7 +113,7 @@ def _read_metrics(path: Path, problems: list[str]) -> list[dict]:
     return rows
 
 
-def _folder(path: str | Path, flag: str, expected: str) -> Path:
+def _folder(path: str | os.PathLike, flag: str, expected: str) -> Path:
     """``path`` as a Path; ValueError naming ``flag`` unless it is an existing folder."""
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -126,7 +127,7 @@ def is_run(path: Path) -> bool:
     return path.is_dir() and (path / CONFIG_FILE).is_file()
 
 
-def read_run(path: str | Path) -> RunInfo:
+def read_run(path: str | os.PathLike) -> RunInfo:
     """Read a run directory's JSON results and list its pictures; never raises on content.
 
     Raises:
@@ -174,7 +175,7 @@ def _flag_stale(path: Path, info: RunInfo) -> None:
                                  f"`{command.replace('RUN', str(path))}` again")
 
 
-def find_runs(root: str | Path, max_depth: int = 3) -> list[RunInfo]:
+def find_runs(root: str | os.PathLike, max_depth: int = 3) -> list[RunInfo]:
     """Every run directory at or below ``root`` (to ``max_depth`` levels), newest first.
 
     Raises:
@@ -238,7 +239,7 @@ def paired_difference(a: dict | None, b: dict | None,
     """Paired difference of per-example ``key`` between two eval.json dicts, or None when
     they were not evaluated on the same examples (or lack per-example values)."""
     ka, kb = evaluation_key(a), evaluation_key(b)
-    if ka is None or ka != kb:
+    if a is None or b is None or ka is None or ka != kb:
         return None
     va, vb = a["per_example"].get(key), b["per_example"].get(key)
     if not isinstance(va, list) or not isinstance(vb, list) or len(va) != len(vb):

@@ -14,6 +14,10 @@ import importlib.util
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # an optional dependency: imported on first use only
+    from torch.utils.tensorboard import SummaryWriter
 
 LOG_DIR = "tensorboard"
 #: Metrics rows' keys that are not curves.
@@ -29,7 +33,7 @@ class TensorBoardLogger:
 
     def __init__(self, log_dir: str | os.PathLike) -> None:
         self.log_dir = Path(log_dir)
-        self.writer = None
+        self.writer: SummaryWriter | None = None
 
     def __call__(self, row: dict) -> None:
         if self.writer is None:
