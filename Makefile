@@ -5,6 +5,8 @@ setup:
 
 test: setup
 	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/mypy
+	.venv/bin/mkdocs build --strict --quiet
 	.venv/bin/python -m pytest -q
 
 quickstart:
