@@ -293,25 +293,30 @@ _ENTRIES = (
     Entry("objective", "iwae-dreg", "vaelab.infer.objectives:training_terms",
           "the IWAE bound with the doubly-reparameterized encoder gradient (Tucker et al. "
           "2019)"),
-    # ---- the KL weight over training (vaelab.fit.kl_schedule.kl_weight)
-    Entry("kl-schedule", "constant", "vaelab.fit.kl_schedule:kl_weight", "β throughout"),
-    Entry("kl-schedule", "linear", "vaelab.fit.kl_schedule:kl_weight",
+    # ---- the KL weight over training (vaelab.fit.kl_schedule)
+    Entry("kl-schedule", "constant", "vaelab.fit.kl_schedule:ConstantKL", "β throughout"),
+    Entry("kl-schedule", "linear", "vaelab.fit.kl_schedule:LinearKL",
           "0 → β over --kl-warmup epochs",
           (Option("warmup_epochs", "float>0", 1.0, "length of the linear ramp in epochs",
                   flag="--kl-warmup", key="kl_warmup_epochs", metavar="EPOCHS"),)),
-    Entry("kl-schedule", "cyclical", "vaelab.fit.kl_schedule:kl_weight",
+    Entry("kl-schedule", "cyclical", "vaelab.fit.kl_schedule:CyclicalKL",
           "cycles over the run, each rising 0 → β then flat (Fu et al. 2019)",
           (Option("cycles", "int>=1", 4, "cycles over the whole run", flag="--kl-cycles",
                   key="kl_cycles", metavar="M"),
            Option("ratio", "unit", 0.5, "fraction of each cycle spent rising",
                   flag="--kl-ratio", key="kl_ratio", metavar="R"))),
-    # ---- the learning rate over training
-    Entry("lr-schedule", "constant", "vaelab.fit.train:learning_rate", "lr throughout"),
-    Entry("lr-schedule", "cosine", "vaelab.fit.train:learning_rate",
+    # ---- the learning rate over training (vaelab.fit.lr_schedule)
+    Entry("lr-schedule", "constant", "vaelab.fit.lr_schedule:ConstantLR", "lr throughout"),
+    Entry("lr-schedule", "cosine", "vaelab.fit.lr_schedule:CosineLR",
           "lr → 0 on a half cosine over all steps"),
-    Entry("lr-schedule", "exponential", "vaelab.fit.train:learning_rate",
+    Entry("lr-schedule", "exponential", "vaelab.fit.lr_schedule:ExponentialLR",
           "lr · decay^epoch",
           (Option("decay", "unit", 0.95, "factor per epoch", key="lr_decay"),)),
+    Entry("lr-schedule", "plateau", "vaelab.fit.lr_schedule:PlateauLR",
+          "halve lr after --lr-patience epochs without a better validation ELBO",
+          (Option("patience", "int>=1", 10, "epochs without a better validation ELBO before "
+                  "the learning rate is halved", flag="--lr-patience", key="lr_patience",
+                  metavar="EPOCHS"),)),
     # ---- optimizers
     Entry("optimizer", "adam", "torch.optim:Adam", "Adam (Kingma & Ba 2015)",
           (Option("betas", "betas", (0.9, 0.999), "Adam's moment decay rates",

@@ -20,9 +20,62 @@ does for the cosine learning rate).
 
 from __future__ import annotations
 
-from vaelab import _checks
+from dataclasses import dataclass
 
-KL_SCHEDULES = ("constant", "linear", "cyclical")
+from vaelab import _checks, catalogue
+
+KL_SCHEDULES = catalogue.names("kl-schedule")
+
+
+@dataclass(frozen=True)
+class ConstantKL:
+    """β_t = β."""
+
+    @classmethod
+    def from_options(cls) -> ConstantKL:
+        return cls()
+
+    def fraction(self, step: int, steps_per_epoch: int, epochs: int) -> float:
+        """β_t / β at 0-based global ``step``."""
+        return 1.0
+
+
+@dataclass(frozen=True)
+class LinearKL:
+    """β_t = β · min(1, t / (E_w · S)), E_w = ``warmup_epochs`` > 0."""
+
+    warmup_epochs: float
+
+    @classmethod
+    def from_options(cls, *, warmup_epochs: float = 1.0) -> LinearKL:
+        return cls(warmup_epochs)
+
+    def fraction(self, step: int, steps_per_epoch: int, epochs: int) -> float:
+        warmup = self.warmup_epochs * steps_per_epoch
+        if warmup <= 0:
+            raise ValueError(f"kl_warmup_epochs: the 'linear' KL schedule ramps over that many "
+                             f"epochs; expected a number > 0, got {self.warmup_epochs}")
+        return min(1.0, step / warmup)
+
+
+@dataclass(frozen=True)
+class CyclicalKL:
+    """``cycles`` cycles over the run's E · S steps, each rising over its first ``ratio``."""
+
+    cycles: int
+    ratio: float
+
+    @classmethod
+    def from_options(cls, *, cycles: int = 4, ratio: float = 0.5) -> CyclicalKL:
+        return cls(cycles, ratio)
+
+    def fraction(self, step: int, steps_per_epoch: int, epochs: int) -> float:
+        total = _checks.positive_int("epochs", epochs) * steps_per_epoch
+        cycles = _checks.positive_int("kl_cycles", self.cycles)
+        if not 0 < self.ratio <= 1:
+            raise ValueError(f"kl_ratio: expected a number in (0, 1], got {self.ratio}")
+        tau = (step * cycles) % total / total
+        return min(1.0, tau / self.ratio)
 
 
 def kl_weight(step: int, steps_per_epoch: int, *, beta: float = 1.0,
@@ -33,28 +86,23 @@ def kl_weight(step: int, steps_per_epoch: int, *, beta: float = 1.0,
     Raises ValueError naming the argument for an unknown schedule, a linear schedule without
     a positive ``warmup_epochs``, or ``ratio`` outside (0, 1].
     """
-    schedule = _checks.one_of("kl_schedule", schedule, KL_SCHEDULES)
+    entry = catalogue.get("kl-schedule", schedule, "kl_schedule")
+    given = {"warmup_epochs": warmup_epochs, "cycles": cycles, "ratio": ratio}
+    schedule_ = entry.resolve().from_options(
+        **{o.name: given[o.name] for o in entry.options})
+    return _weight(schedule_, step, steps_per_epoch, beta, epochs)
+
+
+def _weight(schedule: object, step: int, steps_per_epoch: int, beta: float,
+            epochs: int) -> float:
     step = _checks.non_negative_int("step", step)
     steps_per_epoch = _checks.positive_int("steps_per_epoch", steps_per_epoch)
-    if schedule == "constant":
-        return beta
-    if schedule == "linear":
-        warmup = warmup_epochs * steps_per_epoch
-        if warmup <= 0:
-            raise ValueError(f"kl_warmup_epochs: the 'linear' KL schedule ramps over that many "
-                             f"epochs; expected a number > 0, got {warmup_epochs}")
-        return beta * min(1.0, step / warmup)
-    total = _checks.positive_int("epochs", epochs) * steps_per_epoch
-    cycles = _checks.positive_int("kl_cycles", cycles)
-    if not 0 < ratio <= 1:
-        raise ValueError(f"kl_ratio: expected a number in (0, 1], got {ratio}")
-    tau = (step * cycles) % total / total
-    return beta * min(1.0, tau / ratio)
+    return beta * schedule.fraction(step, steps_per_epoch, epochs)
 
 
 def kl_weight_for(config: object, step: int, steps_per_epoch: int) -> float:
-    """β_t for a ``vaelab.config.TrainConfig`` (its beta, kl_schedule, kl_warmup_epochs,
-    epochs, kl_cycles, kl_ratio)."""
-    return kl_weight(step, steps_per_epoch, beta=config.beta, schedule=config.kl_schedule,
-                     warmup_epochs=config.kl_warmup_epochs, epochs=config.epochs,
-                     cycles=config.kl_cycles, ratio=config.kl_ratio)
+    """β_t for a ``vaelab.config.TrainConfig`` (its beta, its KL schedule with that
+    schedule's options, epochs)."""
+    entry, options = catalogue.chosen(config, "kl-schedule")
+    return _weight(entry.resolve().from_options(**options), step, steps_per_epoch,
+                   config.beta, config.epochs)

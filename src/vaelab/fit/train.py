@@ -60,11 +60,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vaelab import catalogue
 from vaelab import data as data_
 from vaelab.config import RunConfig, TrainConfig
 from vaelab.fit import distributed, runs
 from vaelab.fit.ema import WeightAverage
 from vaelab.fit.kl_schedule import kl_weight_for
+from vaelab.fit.lr_schedule import ConstantLR
 from vaelab.fit.masked import MaskedTrainStep, build_masked_model, load_masked_data
 from vaelab.fit.resume import (
     Checkpointed,
@@ -123,23 +125,21 @@ def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int,
                   plateau_scale: float = 1.0) -> float:
-    """Learning rate at global step ``step`` (0-based).
-
-    constant: lr; exponential: lr · lr_decay^epoch; cosine: lr · ½(1 + cos(π · step / total));
-    plateau: lr · ``plateau_scale`` (halved by the loop after every ``lr_patience`` epochs
-    without a better validation ELBO). With ``lr_warmup_epochs`` W > 0 the result is also
-    multiplied by min(1, (step + 1) / (W · steps_per_epoch)).
+    """Learning rate at global step ``step`` (0-based): lr × the chosen schedule's factor
+    (``vaelab.fit.lr_schedule``; plateau: ``plateau_scale``, kept by the loop). With
+    ``lr_warmup_epochs`` W > 0 the result is also multiplied by
+    min(1, (step + 1) / (W · steps_per_epoch)).
     """
-    lr = config.lr
-    if config.lr_schedule == "exponential":
-        lr = config.lr * config.lr_decay ** (step // steps_per_epoch)
-    elif config.lr_schedule == "cosine":
-        total = config.epochs * steps_per_epoch
-        lr = config.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    elif config.lr_schedule == "plateau":
-        lr = config.lr * plateau_scale
+    lr = config.lr * lr_schedule_of(config).factor(step, steps_per_epoch, config.epochs,
+                                                   plateau_scale)
     warmup = getattr(config, "lr_warmup_epochs", 0.0) * steps_per_epoch
     return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
+
+
+def lr_schedule_of(config: TrainConfig) -> ConstantLR:
+    """The learning-rate schedule a TrainConfig chose, built from its options."""
+    entry, options = catalogue.chosen(config, "lr-schedule")
+    return entry.build(**options)
 
 
 def noise_seed(seed: int, epoch: int, rank: int) -> int:
@@ -426,12 +426,10 @@ class _Trainer(Checkpointed):
             s.epochs_since_best += 1
         patience = self.tc.early_stopping_patience
         s.stopped_early = patience is not None and s.epochs_since_best >= patience
-        if self.tc.lr_schedule == "plateau" and s.epochs_since_best > 0:
-            s.plateau_epochs += 1
-            if s.plateau_epochs >= self.tc.lr_patience:   # halve, then wait again
-                s.lr_scale, s.plateau_epochs = s.lr_scale * 0.5, 0
-        elif self.tc.lr_schedule == "plateau":
-            s.plateau_epochs = 0
+        schedule = lr_schedule_of(self.tc)
+        if schedule.watches_validation:     # reduce on plateau: halve, then wait again
+            s.lr_scale, s.plateau_epochs = schedule.after_epoch(
+                s.lr_scale, s.plateau_epochs, s.epochs_since_best == 0)
 
     def _eval_weights(self) -> dict[str, torch.Tensor]:
         """The weights that are validated, kept as best and saved: the moving average when

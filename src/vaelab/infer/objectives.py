@@ -63,11 +63,11 @@ from torch.distributions import (
     kl_divergence,
 )
 
-from vaelab import _checks
+from vaelab import _checks, catalogue
 from vaelab.model import _bernoulli_fast
 
 KL_MODES = ("auto", "analytic", "mc")
-OBJECTIVES = ("elbo", "iwae", "iwae-dreg")
+OBJECTIVES = catalogue.names("objective")
 
 #: An ELBO below this (nats per example) means the model has diverged: no data set a model has
 #: learned gives such a bound. Training (``vaelab.fit.train``) and evaluation

@@ -35,14 +35,13 @@ import numpy as np
 import torch
 from torch.distributions import Distribution
 
-from vaelab import _checks
+from vaelab import _checks, catalogue
 from vaelab.infer.objectives import elbo_terms
 from vaelab.infer.schemes import optimize_q
 from vaelab.measure.evaluate import log_likelihood
 
 #: Score names (CLI values) → the CSV column holding that anomaly score.
-SCORE_COLUMNS = {"elbo": "neg_elbo", "log-likelihood": "nll", "input-complexity":
-                 "input_complexity", "likelihood-ratio": "neg_llr", "regret": "regret"}
+SCORE_COLUMNS = {e.name: e.facts["column"] for e in catalogue.entries("score")}
 SCORE_NAMES = tuple(SCORE_COLUMNS)
 _NEEDS_LL = ("log-likelihood", "input-complexity", "likelihood-ratio")
 
