@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import cast
 
 import torch
 
@@ -32,7 +33,7 @@ from vaelab.config import RunConfig
 from vaelab.fit.step import StepResult, TrainStep
 from vaelab.infer.masked import ELBOTerms, masked_draws
 from vaelab.infer.objectives import dreg_surrogate
-from vaelab.model.masked import MaskedVAE, build_model, fit_standardization
+from vaelab.model.masked import MaskedVAE, build_masked_vae, fit_standardization
 
 
 def _binarize_keep_nan(x: torch.Tensor, generator: torch.Generator | None = None
@@ -142,7 +143,7 @@ def build_masked_model(config: RunConfig, x_train: torch.Tensor) -> MaskedVAE:
     if config.train.schedule != "joint":
         raise ValueError(f"schedule: missing='mask' trains θ and φ jointly, got "
                          f"{config.train.schedule!r}")
-    model = build_model(config.model)
+    model = build_masked_vae(config.model)
     observed = x_train[~torch.isnan(x_train)]
     real = observed.numel() > 0 and (float(observed.min()) < 0 or float(observed.max()) > 1)
     if config.model.likelihood == "gaussian" and real:
@@ -173,7 +174,7 @@ class MaskedTrainStep:
         return getattr(self.inner, name)
 
     def _draws(self, x: torch.Tensor, index: torch.Tensor | None, path_log_q: bool = False):
-        model = self.inner.model
+        model = cast(MaskedVAE, self.inner.model)    # this step is built for masked models only
         mask = ~torch.isnan(x)
         values = torch.where(mask, x, torch.zeros_like(x))
         q = self.inner.inference(x, index)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from vaelab.config import RunConfig
 from vaelab.fit import runs
+from vaelab.infer.schemes import Inference
 
 #: TrainConfig fields that may differ when resuming (epochs: to extend a finished run).
 RESUMABLE_CHANGES = ("epochs", "device", "compile", "precision")
@@ -75,7 +75,7 @@ class Checkpointed:
     dist: Any
     device: torch.device
     model: Any                 # a VAE, HierarchicalVAE or MaskedVAE, built from the config
-    inference: nn.Module
+    inference: Inference
     step: Any
     state: RunState
     best: dict[str, torch.Tensor] | None

@@ -18,6 +18,8 @@ Optional: a model of the missingness p(m | x) (``vaelab.model.missingness``, not
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal
@@ -26,7 +28,8 @@ from vaelab import _checks
 from vaelab.config import ModelConfig
 from vaelab.model import missingness as missingness_
 from vaelab.model import nets
-from vaelab.model.vae import VAE, Encoder, build_vae
+from vaelab.model.hierarchical import HierarchicalVAE
+from vaelab.model.vae import VAE, Decoder, Encoder, build_vae
 
 
 class MaskedInput(nn.Module):
@@ -34,6 +37,9 @@ class MaskedInput(nn.Module):
 
     ``loc`` and ``scale`` [D] are buffers (saved with the weights); ``net`` takes 2·D inputs.
     """
+
+    loc: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, net: nn.Module, data_dim: int) -> None:
         super().__init__()
@@ -57,7 +63,9 @@ class MaskedVAE(VAE):
             :class:`~vaelab.model.missingness.SelfMasking` (not-MIWAE), fed standardized values.
     """
 
-    def __init__(self, prior: nn.Module, decoder: nn.Module, encoder: Encoder,
+    encoder: Encoder          # required here (a plain VAE's may be None)
+
+    def __init__(self, prior: nn.Module, decoder: Decoder, encoder: Encoder,
                  missingness: nn.Module | None = None) -> None:
         super().__init__(prior, decoder, encoder)
         if not isinstance(encoder.net, MaskedInput):
@@ -68,12 +76,17 @@ class MaskedVAE(VAE):
     @property
     def data_loc(self) -> torch.Tensor:
         """Per-column mean of the observed training values, [D] (0 when not standardized)."""
-        return self.encoder.net.loc
+        return self.masked_input.loc
 
     @property
     def data_scale(self) -> torch.Tensor:
         """Per-column standard deviation of the observed training values, [D] (1: none)."""
-        return self.encoder.net.scale
+        return self.masked_input.scale
+
+    @property
+    def masked_input(self) -> MaskedInput:
+        """The encoder's input layer (checked to be a MaskedInput at construction)."""
+        return cast(MaskedInput, self.encoder.net)
 
     def decode(self, z: torch.Tensor) -> Distribution:
         """p(x | z) on the data's scale: a Gaussian is mapped back from standardized units."""
@@ -141,21 +154,34 @@ def fit_standardization(model: MaskedVAE, x: torch.Tensor) -> None:
     var = (torch.where(observed, values - mean, torch.zeros_like(values)) ** 2).sum(0)
     std = (var / (count - 1).clamp_min(1)).sqrt()
     std = torch.where((count >= 2) & (std > 0), std, torch.ones_like(std))
-    model.encoder.net.loc.copy_(mean)
-    model.encoder.net.scale.copy_(std)
+    model.masked_input.loc.copy_(mean)
+    model.masked_input.scale.copy_(std)
 
 
-def build_model(config: ModelConfig) -> VAE:
+def build_model(config: ModelConfig) -> VAE | HierarchicalVAE:
     """``build_vae(config)``, or a :class:`MaskedVAE` when ``config.missing == "mask"``."""
     if getattr(config, "missing", "none") == "none":
         return build_vae(config)
+    return build_masked_vae(config)
+
+
+def build_masked_vae(config: ModelConfig) -> MaskedVAE:
+    """A :class:`MaskedVAE` of ``config`` (one latent layer): ``build_vae``'s model with an
+    encoder that reads [values, mask], and the missingness model ``config.missing_model``."""
     if isinstance(config.latent_dim, tuple):
         raise ValueError(f"missing: 'mask' is implemented for one latent layer, got "
                          f"latent_dim={config.latent_dim!r}")
+    if config.data_dim is None:
+        raise ValueError("data_dim: a masked model needs the data's dimension, got None")
     model = build_vae(config)
+    # One latent layer (checked above) builds a flat VAE, which always has an encoder.
+    assert isinstance(model, VAE) and model.encoder is not None
     encoder = model.encoder
     d, out = config.data_dim, encoder.family.param_size
+    net: nn.Module
     if getattr(config, "net", "mlp") == "conv":   # [values, mask] = an image of 2C channels
+        if config.image_shape is None:
+            raise ValueError("image_shape: --net conv needs images (C, H, W), got None")
         c, h, w = config.image_shape
         net = nets.ConvEncoder((2 * c, h, w), config.conv_channels, out, config.activation)
     else:
