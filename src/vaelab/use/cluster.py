@@ -66,7 +66,7 @@ def prior_responsibilities(prior: Distribution, z: torch.Tensor) -> torch.Tensor
     Uses the mixture's own ``mixture_distribution`` logits and ``component_distribution``
     log-densities (torch's). Raises ValueError when ``prior`` is not a MixtureSameFamily.
     """
-    if not is_mixture(prior):
+    if not isinstance(prior, MixtureSameFamily):      # is_mixture, spelled out for the checker
         raise ValueError(f"prior: expected a mixture prior (MixtureSameFamily, e.g. --prior mog),"
                          f" got {type(prior).__name__}")
     z = _checks.tensor("z", z)

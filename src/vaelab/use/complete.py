@@ -36,7 +36,7 @@ from torch.distributions import Bernoulli, Distribution, Independent
 from vaelab import _checks
 from vaelab._files import save_figure
 from vaelab.infer.objectives import elbo
-from vaelab.model.vae import VAE
+from vaelab.model.vae import VAE, Encoder
 
 
 def top_half_mask(image_shape: tuple[int, int, int]) -> torch.Tensor:
@@ -58,7 +58,7 @@ def completion_score(model: VAE, images: torch.Tensor, num_samples: int = 1) -> 
     """S = ELBO(image) with the model's encoder, for images [..., B, D] → [..., B]; no grad."""
     flat = images.reshape(-1, images.shape[-1])
     with torch.no_grad():
-        score = elbo(model, model.encoder(flat), flat, num_samples, validate=False)
+        score = elbo(model, _encoder(model)(flat), flat, num_samples, validate=False)
     return score.reshape(images.shape[:-1])
 
 
@@ -125,6 +125,13 @@ def _image_side(data_dim: int) -> tuple[int, int, int]:
     return (1, side, side)
 
 
+def _encoder(model: VAE) -> Encoder:
+    """The model's encoder (completion needs one; :func:`_check_inputs` says so to users)."""
+    if model.encoder is None:
+        raise TypeError("model: expected a vaelab VAE with an encoder, got one without")
+    return model.encoder
+
+
 def _check_inputs(model: VAE, x: object) -> torch.Tensor:
     if not isinstance(model, VAE) or model.encoder is None:
         raise TypeError(f"model: expected a vaelab VAE with an encoder, got "
@@ -147,7 +154,7 @@ def initial_logits(model: VAE, x: torch.Tensor, hidden: torch.Tensor, marginal: 
     start = marginal.expand(x.shape[0], -1)
     if _checks.one_of("init", init, INITS) == "reconstruction":
         filled = fill(x, hidden, start)
-        start = model.decode(model.encoder(filled).mean).mean[:, hidden]
+        start = model.decode(_encoder(model)(filled).mean).mean[:, hidden]
     return start.clamp(1e-3, 1 - 1e-3).logit()
 
 

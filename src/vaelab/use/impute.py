@@ -57,6 +57,8 @@ def impute_with(model: LatentVariableModel, q: Distribution, x: torch.Tensor,
     check_mask(mask, x)
     d = masked_draws(model, q, x, mask, num_samples, missing_logits=missing_logits,
                      want_imputations=True)
+    # want_imputations=True always fills in the decoder's means and draws.
+    assert d.mean is not None and d.sample is not None
     weights = d.log_weights.detach().softmax(0)                     # [K, B]
     if draws is None:
         mean = (weights.unsqueeze(-1) * d.mean.detach()).sum(0)     # [B, D]
@@ -190,11 +192,13 @@ def impute_file(trained: object, data: str | Path, out: str | Path, *,
     array, header = _read_table(data, "--data")
     model = getattr(trained, "model", trained)
     rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array[None]
-    if rows.shape[1] != getattr(model, "data_dim", rows.shape[1]):
-        raise ValueError(f"--data: expected {model.data_dim} values per row (the run's "
+    data_dim = getattr(model, "data_dim", rows.shape[1])
+    if rows.shape[1] != data_dim:
+        raise ValueError(f"--data: expected {data_dim} values per row (the run's "
                          f"data_dim), got {rows.shape[1]} in {data}")
-    filled = impute(trained, rows.astype(np.float64), num_samples=num_samples, draws=draws,
-                    seed=seed)
+    # numpy in, numpy out
+    filled = np.asarray(impute(trained, rows.astype(np.float64), num_samples=num_samples,
+                               draws=draws, seed=seed))
     shape = array.shape if draws is None else (draws, *array.shape)
     filled = filled.reshape(shape)
     _write(out, filled, header)
