@@ -506,14 +506,9 @@ def _load_run(run_dir: Path, device: str = "cpu"):
     if not (run_dir / runs.CONFIG_FILE).is_file():
         raise ValueError(f"RUN: {str(run_dir)!r} is not a vaelab run directory (no "
                          f"{runs.CONFIG_FILE}); expected a folder written by `vaelab train`")
-    import torch
+    from vaelab._runtime import resolve_device
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device: expected 'cpu' or 'auto' here (torch.cuda.is_available() "
-                         "is False), got 'cuda'")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load(run_dir, device=device)
+    return load(run_dir, device=resolve_device(device, "--device"))
 
 
 def _claim(*paths: Path) -> None:
@@ -593,13 +588,10 @@ def _infer(trained) -> Callable | None:
     if tc.inference == "per-datapoint":
         raise ValueError("RUN: this run used --inference per-datapoint, which trains no "
                          "encoder, so q(z|x) for new data is not available")
-    if tc.inference == "semi-amortized":
-        from vaelab.infer.schemes import build_inference
+    from vaelab.infer.schemes import Amortized, scheme_for
 
-        scheme = build_inference("semi-amortized", trained.model, 1, steps=tc.refine_steps,
-                                 lr=tc.refine_lr)
-        return lambda x: scheme(x)
-    return None
+    scheme = scheme_for(tc, trained.model)     # refined as in training (same draws and steps)
+    return None if isinstance(scheme, Amortized) else (lambda x: scheme(x))
 
 
 def _printer(quiet: bool) -> Callable[[str], None]:

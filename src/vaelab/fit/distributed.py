@@ -15,58 +15,18 @@ training loop calls them unconditionally.
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from numbers import Real
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    """This process's place in the job: rank, world_size, local_rank (0, 1, 0 alone)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _env_int(name: str, default: int, environ: Mapping[str, str]) -> int:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name}: expected an integer in the environment, got {raw!r}") from None
-
-
-def read_env(environ: Mapping[str, str] | None = None) -> DistEnv:
-    """RANK, WORLD_SIZE and LOCAL_RANK from the environment, checked; defaults 0, 1, 0."""
-    environ = os.environ if environ is None else environ
-    world = _env_int("WORLD_SIZE", 1, environ)
-    rank = _env_int("RANK", 0, environ)
-    local = _env_int("LOCAL_RANK", rank if world > 1 else 0, environ)
-    if world < 1:
-        raise ValueError(f"WORLD_SIZE: expected an integer >= 1, got {world}")
-    if not 0 <= rank < world:
-        raise ValueError(f"RANK: expected 0 <= RANK < WORLD_SIZE = {world}, got {rank}")
-    if local < 0:
-        raise ValueError(f"LOCAL_RANK: expected an integer >= 0, got {local}")
-    return DistEnv(rank, world, local)
+# Re-exported for training's callers; they live in vaelab._runtime (evaluation shares them).
+from vaelab._runtime import ENV_VARS as ENV_VARS
+from vaelab._runtime import DistEnv as DistEnv
+from vaelab._runtime import joined as _active
+from vaelab._runtime import read_env as read_env
 
 
 def backend_for(device: torch.device | str | None) -> str:
@@ -111,10 +71,6 @@ def rank() -> int:
 def is_main_process() -> bool:
     """True on rank 0 (and when not distributed): the process that logs and writes files."""
     return rank() == 0
-
-
-def _active() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 def barrier() -> None:

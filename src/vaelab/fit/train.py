@@ -62,6 +62,7 @@ from tqdm import tqdm
 
 from vaelab import catalogue
 from vaelab import data as data_
+from vaelab._runtime import resolve_device
 from vaelab.config import RunConfig, TrainConfig
 from vaelab.fit import distributed, runs
 from vaelab.fit.ema import WeightAverage
@@ -76,7 +77,7 @@ from vaelab.fit.resume import (
 )
 from vaelab.fit.step import TrainStep, nan_to_none
 from vaelab.infer.objectives import DIVERGED_ELBO, elbo_terms
-from vaelab.infer.schemes import Inference, build_inference
+from vaelab.infer.schemes import Inference, scheme_for
 from vaelab.model.hierarchical import HierarchicalVAE, collapse_warning, layer_metrics
 from vaelab.model.vae import VAE, build_vae
 
@@ -177,17 +178,6 @@ def _distributed(device: torch.device) -> _Dist:
     """Join the torchrun job described by the environment, if any (``vaelab.fit.distributed``)."""
     rank, world_size = distributed.init_from_env(device)
     return _Dist(rank, world_size)
-
-
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: expected 'cpu' or 'auto' here (torch.cuda.is_available() is "
-                         "False), got 'cuda'")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return torch.device(name)
 
 
 # --------------------------------------------------------------------------- data
@@ -326,15 +316,10 @@ class _Trainer(Checkpointed):
                     else WeightAverage(self._weights(), self.tc.ema_decay))
 
     def _build_inference(self) -> Inference:
-        name = self.tc.inference
-        options = {}
-        if name == "semi-amortized":
-            options = {"steps": self.tc.refine_steps, "lr": self.tc.refine_lr,
-                       "backprop": self.tc.refine_backprop, "num_samples": self.tc.num_samples}
-        if name == "per-datapoint" and self.dist.world_size > 1:
+        if self.tc.inference == "per-datapoint" and self.dist.world_size > 1:
             raise ValueError("inference: 'per-datapoint' is not supported with more than one "
                              "process (its table would differ between ranks)")
-        return build_inference(name, self.model, len(self.data.train), **options)
+        return scheme_for(self.tc, self.model, len(self.data.train), training=True)
 
     # ---- one epoch
 
@@ -577,7 +562,7 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     log = log or (lambda _line: None)
     run_dir = Path(out_dir).expanduser()
     config = _resolve_config(config, run_dir, resume)
-    device = _device(config.train.device)
+    device = resolve_device(config.train.device)
     dist = _distributed(device)
     if dist.main:
         for note in speed_notes(config.train, device):   # stderr even when log is silent

@@ -297,3 +297,30 @@ def build_inference(name: str, model: LatentVariableModel, num_data: int,
     return SemiAmortized(encoder, model, options.get("steps", 10), options.get("lr", 1e-3),
                          options.get("backprop", False),
                          num_samples=options.get("num_samples", 1))
+
+
+def scheme_for(train: object, model: LatentVariableModel, num_data: int = 1, *,
+               training: bool = False) -> Inference:
+    """The inference scheme of a run, from its ``vaelab.config.TrainConfig`` (``train``): the
+    one builder used by training (``vaelab.fit.train``), ``vaelab.load(run)`` and every command.
+
+    Refinement budget (semi-amortized runs), decided once here: q(z | x) outside training is
+    refined exactly as in training — ``refine_steps`` SGD steps of ``refine_lr`` on each
+    example's ELBO, each step averaging ``num_samples`` draws (the run's K). The decoder was
+    trained against that q, so ``evaluate``, ``gaps``, ``encode``, ``score`` and
+    ``load(run).encode`` all see the same q. Only ``refine_backprop`` is for training alone
+    (outside it no gradient reaches the encoder).
+
+    ``num_data`` is the number of training rows (per-datapoint tables). Raises ValueError for
+    a per-datapoint run outside training: it trained no encoder, so q for new x does not exist.
+    """
+    name = train.inference
+    if name == "per-datapoint" and not training:
+        raise ValueError("inference: this run used 'per-datapoint', which trains no encoder, "
+                         "so q(z | x) for new data is not available")
+    options = {}
+    if name == "semi-amortized":
+        options = {"steps": train.refine_steps, "lr": train.refine_lr,
+                   "num_samples": train.num_samples,
+                   "backprop": bool(train.refine_backprop) and training}
+    return build_inference(name, model, num_data, **options)

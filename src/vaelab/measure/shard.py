@@ -18,11 +18,12 @@ This is a tiny process-group helper of its own (``vaelab.measure`` does not impo
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
+
+from vaelab._runtime import joined, rank_and_world_size
 
 #: Offsets the per-batch seeds so they do not collide with seeds users pass elsewhere.
 _SEED_STRIDE = 1_000_003
@@ -30,19 +31,17 @@ _SEED_STRIDE = 1_000_003
 
 def process_group() -> tuple[int, int]:
     """(rank, world size): joins the torchrun job (gloo) once when WORLD_SIZE > 1."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return 0, 1
-    dist.init_process_group("gloo", rank=int(os.environ["RANK"]), world_size=world,
+    rank, world = rank_and_world_size()
+    if world <= 1 or joined():
+        return rank, world
+    dist.init_process_group("gloo", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=3600))
     return dist.get_rank(), world
 
 
 def is_main_process() -> bool:
     """True on rank 0 and when not distributed: the process that prints and writes files."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return not joined() or dist.get_rank() == 0
 
 
 def batch_seed(seed: int, first_row: int) -> int:

@@ -16,7 +16,7 @@ from vaelab import _checks
 from vaelab.config import RunConfig
 from vaelab.fit.runs import CONFIG_FILE, RunError, read_config, read_metrics, read_model
 from vaelab.infer.objectives import elbo_terms
-from vaelab.infer.schemes import build_inference
+from vaelab.infer.schemes import scheme_for
 from vaelab.measure.evaluate import LogLikelihoodEstimate, log_likelihood
 from vaelab.model.masked import build_model
 from vaelab.model.vae import VAE
@@ -33,7 +33,8 @@ class TrainedModel:
 
     Data arguments ``x`` are float tensors [B, D] (or [B, *image_shape], flattened here) with
     values the likelihood accepts ([0, 1] for Bernoulli). q(z | x) is the trained encoder's,
-    refined as in training for ``inference="semi-amortized"`` runs (refine_steps SGD steps);
+    refined as in training for ``inference="semi-amortized"`` runs
+    (``vaelab.infer.schemes.scheme_for``: the same steps, step size and draws as training);
     runs with ``inference="per-datapoint"`` trained no encoder, so only :meth:`sample` works.
     """
 
@@ -61,13 +62,9 @@ class TrainedModel:
             raise ValueError(f"{what}: this run used inference='per-datapoint', which trains no "
                              f"encoder, so q(z | x) is not available for new x")
         x = self._data(x)
-        tc = self.config.train
+        scheme = scheme_for(self.config.train, self.model)
         with torch.no_grad():
-            if tc.inference != "semi-amortized":
-                return x, self.model.encoder(x)
-            refined = build_inference("semi-amortized", self.model, 1, steps=tc.refine_steps,
-                                      lr=tc.refine_lr, num_samples=tc.num_samples)
-            return x, refined(x, None)
+            return x, scheme(x, None)
 
     def encode(self, x: torch.Tensor) -> Distribution:
         """q(z | x) for x [B, D]: a Distribution with batch [B], event [latent_dim]."""
