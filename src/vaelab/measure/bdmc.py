@@ -16,7 +16,7 @@ Shapes: x [B, D], z [B, L]; results [B].
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch.distributions import Distribution
@@ -47,7 +47,7 @@ def summarize(lower: torch.Tensor, upper: torch.Tensor, chains: int, steps: int,
               leapfrog: int) -> dict:
     """JSON-ready sandwich from per-example bounds lower, upper [n]: mean and SE across
     examples of each and of the gap (SE None for n = 1), the largest gap, the cost."""
-    out = {}
+    out: dict[str, Any] = {}
     for name, v in (("lower", lower), ("upper", upper), ("gap", upper - lower)):
         v = v.double()
         se = float(v.std() / v.numel() ** 0.5) if v.numel() > 1 else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch.distributions import Distribution
@@ -86,6 +87,7 @@ def log_likelihood(model: GenerativeModel, q: Distribution, x: torch.Tensor,
             c1, c2 = lw.logsumexp(0), (2 * lw).logsumexp(0)
             lse1 = c1 if lse1 is None else torch.logaddexp(lse1, c1)
             lse2 = c2 if lse2 is None else torch.logaddexp(lse2, c2)
+        assert lse1 is not None and lse2 is not None      # num_samples >= 1: one chunk at least
         return LogLikelihoodEstimate(*from_log_sums(lse1, lse2, num_samples), num_samples)
 
 
@@ -136,7 +138,7 @@ def _batch_measures(model: GenerativeModel, infer: Callable[[torch.Tensor], Dist
     """
     with torch.no_grad():
         q = infer(x)
-    layered = isinstance(q, hierarchical.LayeredDistribution)
+    layered = isinstance(q, hierarchical.LayeredDistribution)     # then so is the prior
     cuda = [x.device] if layered and x.device.type == "cuda" else []
     with torch.inference_mode():
         states = (torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in cuda)
@@ -150,7 +152,9 @@ def _batch_measures(model: GenerativeModel, infer: Callable[[torch.Tensor], Dist
                 torch.set_rng_state(states[0])
                 for device, state in zip(cuda, states[1:], strict=True):
                     torch.cuda.set_rng_state(state, device)
-                layers = hierarchical.layer_rates(q, model.prior(), elbo_samples)
+                layers = hierarchical.layer_rates(
+                    cast(hierarchical.LayeredDistribution, q),
+                    cast(hierarchical.LayeredDistribution, model.prior()), elbo_samples)
         est = (log_likelihood(model, q, x, num_samples, chunk_size) if estimator is None
                else estimator(model, q, x))   # vaelab.measure.estimators (AIS, proposals)
     return {"rate": terms.kl, "distortion": terms.distortion,
@@ -255,7 +259,7 @@ def _add_bits_per_dim(report: dict, data_dim: int) -> dict:
     """Fill in data_dim and the NLL / negative ELBO in bits per dimension."""
     ll = report["log_likelihood"]
     report["data_dim"] = data_dim
-    nll = {"mean": bits_per_dim(-ll["mean"], data_dim)}
+    nll: dict[str, Any] = {"mean": bits_per_dim(-ll["mean"], data_dim)}
     if ll["se"] is None:
         nll.update(se=None, undefined={"se": ll["undefined"]["se"]})
     else:
@@ -302,7 +306,7 @@ def likelihood_meaning(model: object, x: torch.Tensor, data_kind: str | None = N
     kind = infer_kind(x) if data_kind is None else _checks.one_of("data_kind", data_kind,
                                                                    DATA_KINDS)
     lik = getattr(getattr(model, "decoder", None), "likelihood", None)
-    if hasattr(lik, "meaning_on"):
+    if lik is not None and hasattr(lik, "meaning_on"):
         name, meaning, remedy = lik.name, lik.meaning_on(kind), lik.remedy()
     else:
         name = type(model).__name__
@@ -407,9 +411,13 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
     elbo_samples = _checks.positive_int("elbo_samples", elbo_samples)
     batch_size = _checks.positive_int("batch_size", batch_size)
     threshold = _checks.positive_float("threshold", threshold)
-    infer = model.encode if infer is None else infer
-    options = dict(num_samples=num_samples, chunk_size=chunk_size, elbo_samples=elbo_samples,
-                   estimator=estimator)
+    if infer is None:
+        infer = getattr(model, "encode", None)
+        if infer is None:
+            raise TypeError(f"infer: {type(model).__name__} has no encoder; pass infer "
+                            f"(x → q(z | x))")
+    options: dict[str, Any] = dict(num_samples=num_samples, chunk_size=chunk_size,
+                                   elbo_samples=elbo_samples, estimator=estimator)
     if seed is None:
         measures = _measure_all(model, infer, x, batch_size, progress, **options)
     else:   # seeded per batch, sharded over torchrun ranks (vaelab.measure.shard)
@@ -421,10 +429,11 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
                "ais": getattr(estimator, "unit", "sample") == "chain"}    # X3
     report = _report(measures, population, num_samples, elbo_samples, threshold, **wording)
     if "layer_rates" in measures:    # a hierarchy: rate and active units per latent layer
+        sizes = cast(hierarchical.HierarchicalVAE, model).sizes
         report.update(hierarchical.layer_diagnostics(
-            model.sizes, measures["layer_rates"], measures["q_mean"], threshold))
+            sizes, measures["layer_rates"], measures["q_mean"], threshold))
         line = hierarchical.collapse_warning(
-            report["collapsed_layers"], model.sizes,
+            report["collapsed_layers"], sizes,
             [layer["mean"] for layer in report["rate_per_layer"]])
         if line is not None:
             report["warnings"] = [*report.get("warnings", []), line]

@@ -38,6 +38,7 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Protocol, cast
 
 import torch
 from torch.distributions import Distribution
@@ -48,6 +49,14 @@ from vaelab.infer.objectives import GenerativeModel, elbo
 from vaelab.infer.schemes import optimize_q
 from vaelab.measure import honest
 from vaelab.measure.evaluate import auto_chunk_size, likelihood_meaning, log_likelihood
+
+
+class PerExampleEncoder(Protocol):
+    """What the gaps and the refined proposals need of an encoder: its family with the
+    x-dependent parameters freed per example, and the encoder's values to start from
+    (``vaelab.model.vae.Encoder`` and the hierarchical encoders have it)."""
+
+    def per_example(self, x: torch.Tensor) -> tuple[Any, torch.Tensor]: ...
 
 QUANTITIES = ("log_likelihood", "elbo_optimized", "elbo_amortized",
               "approximation_gap", "amortization_gap", "inference_gap")
@@ -118,7 +127,7 @@ class GapReport:
     @property
     def quantity(self) -> str:
         """What log p̂ is called: "log p(x)", "log density" or "unnormalised score"."""
-        meaning = (self.likelihood_meaning or {}).get("meaning")
+        meaning = str((self.likelihood_meaning or {}).get("meaning"))
         return {"score": "unnormalised score", "density": "log density"}.get(meaning,
                                                                                "log p(x)")
 
@@ -205,7 +214,8 @@ class DeterministicMixture(Distribution):
         self._odd_to_a = True
         super().__init__(q_a.batch_shape, q_a.event_shape, validate_args=False)
 
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()
+               ) -> torch.Tensor:
         (k,) = tuple(sample_shape) or (1,)
         k_a = k // 2 + (k % 2 if self._odd_to_a else 0)
         self._odd_to_a ^= bool(k % 2)
@@ -249,7 +259,7 @@ def gaps(model: GenerativeModel, x: torch.Tensor, *, encoder: torch.nn.Module | 
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(_checks.non_negative_int("seed", seed))
-        family, raw_phi = encoder.per_example(x)
+        family, raw_phi = cast(PerExampleEncoder, encoder).per_example(x)
         raw_star, history = optimize_q(model, x, raw_phi, family, steps=steps, lr=lr,
                                        num_samples=optimizer_samples, patience=patience)
         amortized = mean_elbo(model, family(raw_phi), x, num_samples, chunk_size)
@@ -265,7 +275,7 @@ def gap_panels(report: GapReport) -> dict[str, tuple[list[str], list[float], lis
 
     Every bar is a *paired* difference on the same examples, with the standard error of that
     difference (std of the per-example differences / √n), not the spread of the bounds across
-    examples, which is much larger and would hide them (issue 9, fault 6): "ladder" is each
+    examples, which is much larger and would hide the gaps: "ladder" is each
     bound minus L[q_φ] (0, the amortization gap, the inference gap), "gaps" the two parts.
     """
     s = report.summary()
@@ -274,8 +284,11 @@ def gap_panels(report: GapReport) -> dict[str, tuple[list[str], list[float], lis
               ("log p̂(x)", *s["inference_gap"])]
     parts = [("approximation\nlog p̂ − L[q*]", *s["approximation_gap"]),
              ("amortization\nL[q*] − L[q_φ]", *s["amortization_gap"])]
-    return {name: tuple(list(column) for column in zip(*rows, strict=True))
-            for name, rows in (("ladder", ladder), ("gaps", parts))}
+    def columns(rows: list) -> tuple[list[str], list[float], list[float]]:
+        labels, means, ses = zip(*rows, strict=True)
+        return list(labels), list(means), list(ses)
+
+    return {"ladder": columns(ladder), "gaps": columns(parts)}
 
 
 def plot_gaps(report: GapReport, path: str | os.PathLike) -> Path:

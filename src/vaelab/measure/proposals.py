@@ -22,18 +22,20 @@ example; :func:`build_proposal` returns that count so it enters the estimator's 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch.distributions import Distribution
 
 from vaelab import _checks
 from vaelab.infer.objectives import GenerativeModel
 from vaelab.infer.schemes import optimize_q
-from vaelab.measure.gaps import DeterministicMixture
+from vaelab.measure.gaps import DeterministicMixture, PerExampleEncoder
 
 PROPOSALS = ("encoder", "refined", "mixture")
 
 
-def refine(model: GenerativeModel, x: torch.Tensor, encoder: torch.nn.Module, *,
+def refine(model: GenerativeModel, x: torch.Tensor, encoder: object, *,
            steps: int = 100, lr: float = 5e-2, optimizer_samples: int = 8, patience: int = 20
            ) -> tuple[Distribution, int]:
     """q* for every row of x [B, D], from the encoder's output → (q*, Adam steps taken).
@@ -48,7 +50,7 @@ def refine(model: GenerativeModel, x: torch.Tensor, encoder: torch.nn.Module, *,
                         f"{type(encoder).__name__}")
     with torch.inference_mode(False), torch.enable_grad():
         x = x.clone()
-        family, raw = encoder.per_example(x)
+        family, raw = cast(PerExampleEncoder, encoder).per_example(x)
         raw_star, history = optimize_q(model, x, raw, family, steps=steps, lr=lr,
                                        num_samples=optimizer_samples, patience=patience)
     with torch.no_grad():
