@@ -28,6 +28,7 @@ from typing import cast
 
 import torch
 
+from vaelab import catalogue
 from vaelab import data as data_
 from vaelab.config import RunConfig
 from vaelab.fit.step import StepResult, TrainStep
@@ -57,9 +58,11 @@ def _check_observed(ds: data_.Dataset, config: RunConfig) -> None:
     if (lo < 0 or hi > 1) and config.train.binarize != "none":
         raise ValueError(f"binarize: {config.train.binarize!r} needs data in [0, 1], got values "
                          f"in [{lo:g}, {hi:g}]; use binarize='none'")
-    if (lo < 0 or hi > 1) and config.model.likelihood == "bernoulli":
-        raise ValueError(f"data: likelihood='bernoulli' needs values in [0, 1], got values in "
-                         f"[{lo:g}, {hi:g}]; use likelihood='gaussian' or rescale the data")
+    likelihood = catalogue.get("likelihood", config.model.likelihood).resolve()
+    if (lo < 0 or hi > 1) and likelihood.support == "unit-interval":
+        raise ValueError(f"data: likelihood={config.model.likelihood!r} needs values in [0, 1], "
+                         f"got values in [{lo:g}, {hi:g}]; use likelihood='gaussian' or rescale "
+                         f"the data")
 
 
 def _listed(indices: list[int], limit: int = 10) -> str:
@@ -146,7 +149,7 @@ def build_masked_model(config: RunConfig, x_train: torch.Tensor) -> MaskedVAE:
     model = build_masked_vae(config.model)
     observed = x_train[~torch.isnan(x_train)]
     real = observed.numel() > 0 and (float(observed.min()) < 0 or float(observed.max()) > 1)
-    if config.model.likelihood == "gaussian" and real:
+    if model.decoder.likelihood.support == "real" and real:
         fit_standardization(model, x_train)
     return model
 

@@ -90,8 +90,8 @@ def impute(model: object, x: object, *, num_samples: int = 1000, draws: int | No
         x: [N, D] or [N, *image_shape] floats (tensor or numpy) with NaN for missing entries.
         num_samples: K importance draws per row (more: closer to the exact conditional mean).
         draws: None → single imputation shaped like x; M → M imputations [M, *x.shape].
-        binary: the mode instead of the mean; None → when the likelihood is Bernoulli and
-            every observed value is 0 or 1.
+        binary: the mode instead of the mean; None → when the likelihood is a probability of
+            binary data (Bernoulli, discretized logistic) and every observed value is 0 or 1.
         seed: seed torch's RNG for the draws (None: the current global RNG).
         batch_size: rows per forward pass.
 
@@ -110,7 +110,7 @@ def impute(model: object, x: object, *, num_samples: int = 1000, draws: int | No
     rows, shape = _as_rows(model, x)
     if binary is None:
         observed = rows[~torch.isnan(rows)]
-        binary = (model.decoder.likelihood.name == "bernoulli"
+        binary = (model.decoder.likelihood.meaning_on("binary") == "probability"
                   and bool(((observed == 0) | (observed == 1)).all()))
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         if seed is not None:
