@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from numbers import Integral, Real
+from typing import Any, cast
 
 KINDS = ("likelihood", "network", "family", "prior", "objective", "kl-schedule",
          "lr-schedule", "optimizer", "estimator", "score")
@@ -56,14 +58,12 @@ def _is_number(value: object) -> bool:
 
 def _scalar(check: str, value: object) -> bool:
     """True when ``value`` passes ``check`` (a key of :data:`CHECKS`, not a sequence check)."""
-    if check == "int>=1":
-        return _is_int(value) and value >= 1
-    if check == "int>=0":
-        return _is_int(value) and value >= 0
-    if not _is_number(value) or not math.isfinite(value):
+    if check in ("int>=1", "int>=0"):
+        return _is_int(value) and int(cast(Integral, value)) >= (1 if check == "int>=1" else 0)
+    if not _is_number(value) or not math.isfinite(number := float(cast(Real, value))):
         return False
-    return {"float>0": value > 0, "float>=0": value >= 0, "fraction": 0 <= value < 1,
-            "unit": 0 < value <= 1}[check]
+    return {"float>0": number > 0, "float>=0": number >= 0, "fraction": 0 <= number < 1,
+            "unit": 0 < number <= 1}[check]
 
 
 @dataclass(frozen=True)
@@ -120,11 +120,12 @@ class Option:
         if not _scalar(self.check, value):
             error = TypeError if not _is_number(value) else ValueError
             raise error(f"{where}: expected {self.expected}, got {value!r}")
-        return int(value) if self.check.startswith("int") else float(value)
+        number = cast(float, value)       # a real number: _scalar just checked it
+        return int(number) if self.check.startswith("int") else float(number)
 
     def _sequence(self, value: object, where: str) -> tuple:
         ok = not isinstance(value, (str, bytes)) and hasattr(value, "__iter__")
-        items = tuple(value) if ok else ()
+        items: tuple[Any, ...] = tuple(cast(Iterable[Any], value)) if ok else ()
         if self.check == "ints>=1" and items and all(_scalar("int>=1", v) for v in items):
             return tuple(int(v) for v in items)
         if self.check == "betas" and len(items) == 2 and all(_scalar("fraction", b)
@@ -163,8 +164,9 @@ class Entry:
     options: tuple[Option, ...] = ()
     facts: dict = field(default_factory=dict, hash=False, compare=False)
 
-    def resolve(self) -> object:
-        """The class (or function) at :attr:`home`, imported now."""
+    def resolve(self) -> Any:
+        """The class (or function) at :attr:`home`, imported now (its type is known only once
+        imported, hence Any)."""
         module, _, attribute = self.home.partition(":")
         return getattr(importlib.import_module(module), attribute)
 
@@ -200,13 +202,13 @@ class Entry:
         return {o.name: o.validate(options.get(o.name, o.default), f"{where}.{o.name}")
                 for o in self.options}
 
-    def build(self, *context: object, **options: object) -> object:
+    def build(self, *context: object, **options: object) -> Any:
         """``resolve().from_options(*context, **options)`` with the options validated."""
         return self.resolve().from_options(*context, **self.validate(options, self.kind))
 
 
 def _opt(prefix: str, name: str, check: str, default: object, help: str, *,
-         metavar: str | None = None, flag: bool = True, **extra: object) -> Option:
+         metavar: str | None = None, flag: bool = True, **extra: Any) -> Option:
     """An option whose flag is ``--<prefix>-<name>`` and old flat key ``<prefix>_<name>``."""
     stem = f"{prefix}_{name}" if prefix else name
     return Option(name, check, default, help, metavar=metavar, key=stem,
@@ -373,7 +375,8 @@ def names(kind: str) -> tuple[str, ...]:
 def get(kind: str, name: object, where: str | None = None) -> Entry:
     """The entry of component ``name`` (either spelling) of ``kind``, or a one-line error
     naming ``where`` (default: the kind), the choices and what was received."""
-    entry = CATALOGUE[kind].get(canonical(name))   # type: ignore[arg-type]
+    key = canonical(name)
+    entry = CATALOGUE[kind].get(key) if isinstance(key, str) else None
     if entry is None:
         raise ValueError(f"{where or kind}: expected one of "
                          f"{', '.join(map(repr, names(kind)))}, got {name!r}")
@@ -407,7 +410,7 @@ def check_flag_owner(kind: str, flag: str, chosen: str, choose_flag: str) -> Non
         raise ValueError(f"{flag}: needs {needs}, got {choose_flag} {canonical(chosen)}")
 
 
-def fact(kind: str, name: object, key: str, default: object = None) -> object:
+def fact(kind: str, name: object, key: str, default: object = None) -> Any:
     """A fact of a component (``fact("family", "mixture", "mixture")`` → True)."""
     return get(kind, name).facts.get(key, default)
 
