@@ -26,6 +26,8 @@ distribution objects, no BCE composite, and every gradient lands in a preallocat
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,16 +66,19 @@ def _activation(act: nn.Module | None, a: torch.Tensor) -> torch.Tensor:
         return a.relu_()
     if isinstance(act, nn.Tanh):
         return a.tanh_()
-    return F.leaky_relu_(a, act.negative_slope)
+    return F.leaky_relu_(a, cast(nn.LeakyReLU, act).negative_slope)
 
 
-def _activation_backward(act: nn.Module, grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """∂loss/∂(pre-activation) from ∂loss/∂out and the activation's output ``out``."""
+def _activation_backward(act: nn.Module | None, grad: torch.Tensor, out: torch.Tensor
+                         ) -> torch.Tensor:
+    """∂loss/∂(pre-activation) from ∂loss/∂out and the activation's output ``out`` (a hidden
+    layer's activation: ReLU, tanh or leaky ReLU, never None)."""
     if isinstance(act, nn.ReLU):
         return torch.ops.aten.threshold_backward(grad, out, 0)
     if isinstance(act, nn.Tanh):
         return torch.ops.aten.tanh_backward(grad, out)
-    return torch.ops.aten.leaky_relu_backward(grad, out, act.negative_slope, True)
+    return torch.ops.aten.leaky_relu_backward(grad, out,
+                                              cast(nn.LeakyReLU, act).negative_slope, True)
 
 
 class GaussianBernoulliELBOGrad:
@@ -96,7 +101,7 @@ class GaussianBernoulliELBOGrad:
                              "relu, leaky_relu or tanh activations")
         self.encoder_layers, self.decoder_layers = enc, dec
         self.min_scale, self.latent_dim = float(min_scale), int(latent_dim)
-        self.parameters: list[nn.Parameter] = [
+        self.parameters: list[torch.Tensor] = [
             p for lin, _ in enc + dec for p in (lin.weight, lin.bias) if p is not None]
         self._flat: torch.Tensor | None = None
         self._views: list[torch.Tensor] | None = None
@@ -134,6 +139,7 @@ class GaussianBernoulliELBOGrad:
                 offset += p.numel()
                 p.grad = views[-1]
             self._views = views
+        assert self._flat is not None      # made above together with the views
         return self._flat
 
     def _linear_backward(self, lin: nn.Linear, d: torch.Tensor, a: torch.Tensor) -> None:

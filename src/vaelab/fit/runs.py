@@ -219,7 +219,7 @@ def _versions() -> dict[str, str]:
 
 def write_config(run_dir: Path, config: RunConfig, *, dataset: dict | None = None) -> None:
     """Write ``config.json``: format, versions, a description of the data, the RunConfig."""
-    meta = {"format": RUN_FORMAT, **_versions()}
+    meta: dict[str, object] = {"format": RUN_FORMAT, **_versions()}
     if dataset is not None:
         meta["dataset"] = dataset
     atomic_write_json(run_dir / CONFIG_FILE, {**meta, **config.to_dict()})

@@ -30,6 +30,7 @@ gradients) and to exact log p(x) by quadrature.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +86,7 @@ def log_weights(model: models.VAE, q: Independent, x: torch.Tensor,
     eps = torch.empty((num_samples, *loc.shape), dtype=loc.dtype, device=loc.device).normal_()
     z = loc + eps * scale                                                # [k, B, L]
     log_prior_ratio = 0.5 * (eps.square() - z.square()).sum(-1) + scale.log().sum(-1)
-    return log_prior_ratio + _log_likelihood(model.decoder.net, x, z)
+    return log_prior_ratio + _log_likelihood(cast(nets.MLP, model.decoder.net), x, z)
 
 
 def _log_likelihood(net: nets.MLP, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -93,7 +94,8 @@ def _log_likelihood(net: nets.MLP, x: torch.Tensor, z: torch.Tensor) -> torch.Te
 
     x [B, D], z [k, B, L]; blocks of c samples × b points (c·b ≈ ROW_BLOCK rows).
     """
-    *hidden, out = net
+    *hidden, last = net
+    out = cast(nn.Linear, last)              # an MLP ends in a linear layer
     x_weight, x_bias = x @ out.weight, x @ out.bias                     # [B, H], [B]
     k, batch = z.shape[:2]
     b = min(batch, ROW_BLOCK)

@@ -39,6 +39,7 @@ class _MaskedLinear(nn.Linear):
 
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__(mask.shape[1], mask.shape[0])
+        self.mask: torch.Tensor
         self.register_buffer("mask", mask.to(self.weight.dtype), persistent=False)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - torch's name
@@ -129,7 +130,8 @@ class AffineAutoregressive(Transform):
         super().__init__(cache_size=cache_size)
         self.made, self.context = made, context
         self.conditioner = _checks.one_of("conditioner", conditioner, ("input", "output"))
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        # the last input and its (shift, log-scale): a draw's density reuses its MADE pass
+        self._last: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def _shift_log_scale(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._last is not None and self._last[0] is u:

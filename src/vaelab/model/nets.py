@@ -162,7 +162,8 @@ def _image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
     if len(shape) != 3:
         raise ValueError(f"image_shape: expected (C, H, W) for a convolutional net (--net conv "
                          f"needs image data), got {image_shape!r}")
-    return tuple(_checks.positive_int("image_shape", s) for s in shape)
+    c, h, w = (_checks.positive_int("image_shape", s) for s in shape)
+    return c, h, w
 
 
 class ConvEncoder(nn.Module):
