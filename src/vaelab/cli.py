@@ -1461,7 +1461,8 @@ def _assign(args: argparse.Namespace, trained, z, labels):
 
     method = args.method
     if method == "auto":
-        method = "prior" if trained.config.model.prior == "mog" else "kmeans"
+        clusters = getattr(getattr(trained.model, "prior_module", None), "clusters", False)
+        method = "prior" if clusters else "kmeans"     # a prior whose components are clusters
     if method == "prior":
         prior = trained.model.prior()
         if not cluster.is_mixture(prior):
