@@ -172,6 +172,11 @@ def _add_train(commands) -> None:
     p.add_argument("--drop-empty-rows", action="store_true", default=None,
                    help="with --missing mask: train without the rows whose every entry is "
                         "missing (refused otherwise); columns never observed are always refused")
+    p.add_argument("--standardize", choices=("auto", "on", "off"),
+                   help="per-column standardization of a real-valued table, recorded in the "
+                        "run and undone on every output (samples, reconstructions, "
+                        "imputations; densities keep their Jacobian): auto (default) is on "
+                        "for --likelihood gaussian on real-valued data")
     p.add_argument("--binarize", choices=("dynamic", "static", "none"),
                    help="binarize [0, 1] data: a fresh Bernoulli draw per visit (dynamic, the "
                    "default), one draw (static), or keep the values (none: for real-valued "
@@ -610,7 +615,8 @@ def _train_overrides(args: argparse.Namespace) -> dict:
                       "likelihood_components": args.likelihood_components,
                       "conv_channels": args.conv_channels, **_family_and_prior(args),
                       "gated": args.gated,
-                      "missing": args.missing, "missing_model": args.missing_model},
+                      "missing": args.missing, "missing_model": args.missing_model,
+                      "standardize": args.standardize},
             "train": {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
                       "lr": args.lr, "binarize": args.binarize, "seed": args.seed,
                       "device": args.device, "limit": args.limit, "classes": args.classes,

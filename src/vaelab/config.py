@@ -67,6 +67,10 @@ class ModelConfig:
     #: 2019); ``missing_model`` "self-masking" adds p(missing | x) (not-MIWAE, Ipsen et al. 2021).
     missing: str = "none"
     missing_model: str = "none"
+    #: Per-column standardization of real-valued tables (``--standardize``): "auto" is on for a
+    #: Gaussian likelihood on real-valued data; a new run records what was decided ("on" or
+    #: "off"); the columns' means and scales are saved with its weights.
+    standardize: str = "auto"
 
     def __post_init__(self) -> None:
         if self.data_dim is not None:  # None: resolved from the data at train time
@@ -92,6 +96,7 @@ class ModelConfig:
         if not isinstance(self.gated, bool):
             raise TypeError(f"gated: expected true or false, got {self.gated!r}")
         _checks.one_of("missing", self.missing, ("none", "mask"))
+        _checks.one_of("standardize", self.standardize, ("auto", "on", "off"))
         _checks.one_of("missing_model", self.missing_model, ("none", "self-masking"))
         if self.missing_model != "none" and self.missing != "mask":
             raise ValueError(f"missing_model: {self.missing_model!r} needs missing='mask', "

@@ -149,7 +149,9 @@ def build_masked_model(config: RunConfig, x_train: torch.Tensor) -> MaskedVAE:
     model = build_masked_vae(config.model)
     observed = x_train[~torch.isnan(x_train)]
     real = observed.numel() > 0 and (float(observed.min()) < 0 or float(observed.max()) > 1)
-    if model.decoder.likelihood.support == "real" and real:
+    wanted = config.model.standardize       # "auto": a run from before it was recorded
+    if wanted == "on" or (wanted == "auto" and model.decoder.likelihood.support == "real"
+                          and real):
         fit_standardization(model, x_train)
     return model
 

@@ -78,8 +78,10 @@ from vaelab.fit.resume import (
 from vaelab.fit.step import TrainStep, nan_to_none
 from vaelab.infer.objectives import DIVERGED_ELBO, elbo_terms
 from vaelab.infer.schemes import Inference, scheme_for
+from vaelab.model import standardize
 from vaelab.model.hierarchical import HierarchicalVAE, collapse_warning, layer_metrics
-from vaelab.model.vae import VAE, build_vae
+from vaelab.model.masked import build_model
+from vaelab.model.vae import VAE
 
 #: Validation rows per forward pass.
 VAL_BATCH_SIZE = 4096
@@ -273,6 +275,15 @@ def _resolve_config(config: RunConfig | dict | None, run_dir: Path, resume: bool
 
 
 
+def _build_model(config: RunConfig, x_train: torch.Tensor) -> VAE:
+    """The VAE of ``config.model``, its columns standardized on the training rows when the
+    config says so (``vaelab.model.standardize``)."""
+    model = build_model(config.model)
+    if config.model.standardize == "on":
+        standardize.fit_columns(model, x_train)
+    return model
+
+
 #: Draws a finished run's pictures: (run_dir, model, dataset, metrics, *, log) -> None.
 FigureWriter = Callable[..., object]
 
@@ -290,7 +301,7 @@ class _Trainer(Checkpointed):
         torch.manual_seed(self.tc.seed)
         masked = config.model.missing != "none"       # issue 15: vaelab.fit.masked
         self.model = (build_masked_model(config, data.train.x) if masked
-                      else build_vae(config.model)).to(device)
+                      else _build_model(config, data.train.x)).to(device)
         self.inference = self._build_inference().to(device)
         self.batches = data_.Batches(
             data.train.x, self.tc.batch_size, seed=self.tc.seed, device=device,
@@ -314,6 +325,11 @@ class _Trainer(Checkpointed):
         self.best: dict[str, torch.Tensor] | None = None
         self.ema = (None if self.tc.ema_decay is None
                     else WeightAverage(self._weights(), self.tc.ema_decay))
+
+    @cached_property
+    def remedy(self) -> str:
+        """What a divergence warning advises (the data's scale before the optimizer's)."""
+        return divergence_remedy(self.config, self.data.train.x)
 
     def _build_inference(self) -> Inference:
         if self.tc.inference == "per-datapoint" and self.dist.world_size > 1:
@@ -478,7 +494,7 @@ class _Trainer(Checkpointed):
         self.state.metrics.append(row)
         self.save()
         if self.dist.main:
-            self.log(_describe(row, self.tc.epochs, n * self.dist.world_size))
+            self.log(_describe(row, self.tc.epochs, n * self.dist.world_size, self.remedy))
             if self.on_epoch is not None:
                 self.on_epoch(row)
         return row
@@ -498,26 +514,45 @@ class _Trainer(Checkpointed):
                              self.state.metrics, log=self.log)
 
 
-def divergence_warning(row: dict, steps_per_epoch: int) -> str | None:
+#: What to try when training diverges and the data's scale is not to blame.
+OPTIMIZER_REMEDY = "try a smaller --lr or --grad-clip"
+
+
+def divergence_remedy(config: RunConfig, x_train: torch.Tensor) -> str:
+    """The advice for a diverged run: the data's scale first (a Gaussian on unstandardized
+    columns of wildly different scales), the optimizer's settings only after that."""
+    if (config.model.likelihood != "gaussian" or config.model.standardize == "on"
+            or not x_train.is_floating_point()):
+        return OPTIMIZER_REMEDY
+    problem = standardize.scale_problem(x_train)
+    if problem is None:
+        return OPTIMIZER_REMEDY
+    return (f"check the data's scale first: {problem}; pass --standardize on (each column "
+            f"to mean 0, standard deviation 1, undone on every output), then if it still "
+            f"diverges {OPTIMIZER_REMEDY}")
+
+
+def divergence_warning(row: dict, steps_per_epoch: int,
+                       remedy: str = OPTIMIZER_REMEDY) -> str | None:
     """X2 item 4: why this epoch's numbers cannot be trusted (most steps skipped as
-    non-finite, or an astronomically low ELBO), or None."""
+    non-finite, or an astronomically low ELBO), with ``remedy``; or None."""
     skipped = row["skipped_steps"]
     if steps_per_epoch > 0 and 2 * skipped > steps_per_epoch:
         return (f"training diverged: {skipped} of {steps_per_epoch} steps skipped (non-finite) "
-                f"in epoch {row['epoch']}; try a smaller --lr or --grad-clip")
+                f"in epoch {row['epoch']}; {remedy}")
     low = [v for v in (row["train_elbo"], row["val_elbo"]) if v is not None]
     if any(v < DIVERGED_ELBO for v in low):
-        return (f"training diverged: ELBO {min(low):.6g} in epoch {row['epoch']}; try a "
-                f"smaller --lr or --grad-clip")
+        return f"training diverged: ELBO {min(low):.6g} in epoch {row['epoch']}; {remedy}"
     return None
 
 
-def _describe(row: dict, epochs: int, steps_per_epoch: int = 0) -> str:
+def _describe(row: dict, epochs: int, steps_per_epoch: int = 0,
+              remedy: str = OPTIMIZER_REMEDY) -> str:
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.6g}" if abs(v) >= 1e6 else f"{v:.2f}"
 
     val = "" if row["val_elbo"] is None else f"  val ELBO {fmt(row['val_elbo'])}"
-    warning = divergence_warning(row, steps_per_epoch)
+    warning = divergence_warning(row, steps_per_epoch, remedy)
     return (f"epoch {row['epoch']}/{epochs}  ELBO {fmt(row['train_elbo'])}{val}  "
             f"rate {fmt(row['train_rate'])}  distortion {fmt(row['train_distortion'])}  "
             f"{row['samples_per_s']:.0f} samples/s  skipped {row['skipped_steps']}  "
@@ -571,6 +606,11 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     data = _load_data(config, dataset)
     config = replace(config, model=config.model.with_data(
         data.train.x.shape[1], data.train.image_shape, _model_kind(data.train, config.train)))
+    if not resume:     # "auto" decided and recorded; a resumed run keeps what it recorded
+        config = replace(config, model=standardize.resolve(config.model))
+    elif config.model.standardize == "auto":
+        recorded = runs.read_config(run_dir).model.standardize
+        config = replace(config, model=replace(config.model, standardize=recorded))
     if dist.main:
         for note in (*data.train.notes, _check_range(data.train, config)):
             if note:
@@ -667,14 +707,15 @@ def _nothing_to_do(trainer: _Trainer, log: Callable[[str], object]) -> TrainResu
                        nothing_to_do=line)
 
 
-def _divergence_summary(metrics: list[dict], steps_per_epoch: int) -> str | None:
+def _divergence_summary(metrics: list[dict], steps_per_epoch: int,
+                        remedy: str = OPTIMIZER_REMEDY) -> str | None:
     """One line for the end of training when some epochs diverged (X2 item 4), else None."""
     bad = [row["epoch"] for row in metrics if divergence_warning(row, steps_per_epoch)]
     if not bad:
         return None
     return (f"warning: training diverged in epoch(s) {', '.join(map(str, bad))} of "
             f"{len(metrics)} (most steps skipped as non-finite or an astronomically low ELBO); "
-            f"the weights are not trustworthy: try a smaller --lr or --grad-clip")
+            f"the weights are not trustworthy: {remedy}")
 
 
 def _run(trainer: _Trainer) -> TrainResult:
@@ -686,7 +727,8 @@ def _run(trainer: _Trainer) -> TrainResult:
                     f"{state.best_val_elbo:.2f} at epoch {state.best_epoch}")
     trainer.finish()
     summary = _divergence_summary(state.metrics,   # skipped: summed over ranks
-                                  len(trainer.batches) * trainer.dist.world_size)
+                                  len(trainer.batches) * trainer.dist.world_size,
+                                  trainer.remedy)
     if summary is not None and trainer.dist.main:   # stderr even under --quiet
         print(summary, file=sys.stderr, flush=True)
     trainer.dist.barrier()

@@ -29,6 +29,7 @@ from vaelab.config import ModelConfig
 from vaelab.model import missingness as missingness_
 from vaelab.model import nets
 from vaelab.model.hierarchical import HierarchicalVAE
+from vaelab.model.standardize import column_stats, standardize_model
 from vaelab.model.vae import VAE, Decoder, Encoder, build_vae
 
 
@@ -147,13 +148,7 @@ def fit_standardization(model: MaskedVAE, x: torch.Tensor) -> None:
     Columns with fewer than 2 observed values or zero spread keep scale 1 (and loc = their
     mean, or 0 when nothing is observed).
     """
-    observed = ~torch.isnan(x)
-    count = observed.sum(0).to(torch.float64)
-    values = torch.where(observed, x, torch.zeros_like(x)).to(torch.float64)
-    mean = values.sum(0) / count.clamp_min(1)
-    var = (torch.where(observed, values - mean, torch.zeros_like(values)) ** 2).sum(0)
-    std = (var / (count - 1).clamp_min(1)).sqrt()
-    std = torch.where((count >= 2) & (std > 0), std, torch.ones_like(std))
+    mean, std = column_stats(x)           # the same rule as every standardized table
     model.masked_input.loc.copy_(mean)
     model.masked_input.scale.copy_(std)
 
@@ -161,7 +156,8 @@ def fit_standardization(model: MaskedVAE, x: torch.Tensor) -> None:
 def build_model(config: ModelConfig) -> VAE | HierarchicalVAE:
     """``build_vae(config)``, or a :class:`MaskedVAE` when ``config.missing == "mask"``."""
     if getattr(config, "missing", "none") == "none":
-        return build_vae(config)
+        model = build_vae(config)         # standardized columns inside the model when asked
+        return standardize_model(model) if config.standardize == "on" else model
     return build_masked_vae(config)
 
 
