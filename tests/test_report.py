@@ -292,3 +292,22 @@ def test_tensorboard_logger_writes_scalars_tensorboard_reads_back(tmp_path):
     assert [(e.step, e.value) for e in events.Scalars("train/elbo")] == [(1, -100.5),
                                                                           (2, -90.25)]
     assert [(e.step, e.value) for e in events.Scalars("val/elbo")] == [(2, -95.0)]
+
+
+def test_settings_come_from_the_catalogue_for_nested_and_flat_configs():
+    """The same run described with nested options (this version's config.json) and with the
+    older flat keys gives the same settings; only the chosen components' options appear."""
+    nested = {"family": "iaf", "family_options": {"flow_steps": 3}, "prior": "vamp",
+              "prior_options": {"components": 50}}
+    flat = {"family": "iaf", "q_flow_steps": 3, "q_components": 7, "prior": "vamp",
+            "prior_components": 50, "prior_flow_steps": 9}
+    for model in (nested, flat):
+        got = report.component_settings(model, report.MODEL_KINDS)
+        assert got == ["likelihood = bernoulli", "net = mlp", "hidden = [512, 256]",
+                       "activation = relu", "gated = False", "family = iaf",
+                       "q_flow_steps = 3", "prior = vamp", "prior_components = 50"]
+    train = {"kl_schedule": "cyclical", "kl_cycles": 2, "lr_schedule": "exponential",
+             "lr_decay": 0.5, "free_bits": 0.1}
+    assert report.component_settings(train, ("kl-schedule", "lr-schedule", "objective")) == [
+        "kl_schedule = cyclical", "kl_cycles = 2", "kl_ratio = 0.5",
+        "lr_schedule = exponential", "lr_decay = 0.5", "objective = elbo", "free_bits = 0.1"]

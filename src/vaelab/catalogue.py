@@ -252,11 +252,13 @@ _ENTRIES = (
           (_opt("likelihood", "components", "int>=1", 5,
                 "mixture components of discretized-logistic-mixture", metavar="K"),)),
     # ---- encoder and decoder networks
-    Entry("network", "mlp", "vaelab.model.nets:MLP",
+    Entry("network", "mlp", "vaelab.model.nets:MLPNets",
           "dense layers, x → hidden → q's parameters and back reversed",
           (Option("hidden", "ints>=1", (512, 256), "hidden layer sizes", flag="--hidden",
-                  key="hidden", metavar="N,N,..."), _ACTIVATION)),
-    Entry("network", "conv", "vaelab.model.nets:ConvEncoder",
+                  key="hidden", metavar="N,N,..."), _ACTIVATION,
+           Option("gated", "bool", False, "gated dense units h = (W₁x + b₁) ⊙ σ(W₂x + b₂) "
+                  "instead of the activation", flag="--gated", key="gated"))),
+    Entry("network", "conv", "vaelab.model.nets:ConvNets",
           "residual convolutional nets (image data only)",
           (Option("channels", "ints>=1", (32, 64), "channels per stage",
                   flag="--conv-channels", key="conv_channels", metavar="N,N,..."),

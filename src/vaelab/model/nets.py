@@ -7,11 +7,12 @@ distributions: the lecture's μ_θ(z), σ_θ(z) for the decoder and the encoder'
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from vaelab import _checks
+from vaelab import _checks, catalogue
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -231,16 +232,52 @@ class ConvDecoder(nn.Module):
         return self.out(self.act(y)).reshape(*lead, self.out_features)
 
 
+@dataclass(frozen=True)
+class MLPNets:
+    """The "mlp" networks: encoder x [D] → ``hidden`` → q's raw parameters, decoder z [L] →
+    reversed ``hidden`` → p(x | z)'s raw parameters (:func:`mlp`: ``gated`` units or
+    ``activation`` after every hidden layer)."""
+
+    hidden: tuple[int, ...] = (512, 256)
+    activation: str = "relu"
+    gated: bool = False
+
+    @classmethod
+    def from_options(cls, *, hidden: tuple[int, ...] = (512, 256), activation: str = "relu",
+                     gated: bool = False) -> MLPNets:
+        return cls(tuple(hidden), activation, gated)
+
+    def pair(self, data_dim: int, latent_dim: int, family_params: int, params_per_dim: int,
+             image_shape: Sequence[int] | None = None) -> tuple[nn.Module, nn.Module]:
+        """(encoder net, decoder net) for x [D], z [L], q's and the likelihood's sizes."""
+        return (mlp(data_dim, self.hidden, family_params, self.activation, self.gated),
+                mlp(latent_dim, tuple(reversed(self.hidden)), data_dim * params_per_dim,
+                    self.activation, self.gated))
+
+
+@dataclass(frozen=True)
+class ConvNets:
+    """The "conv" networks: :class:`ConvEncoder` and :class:`ConvDecoder` over the images'
+    (C, H, W) with ``channels`` per stage."""
+
+    channels: tuple[int, ...] = (32, 64)
+    activation: str = "relu"
+
+    @classmethod
+    def from_options(cls, *, channels: tuple[int, ...] = (32, 64),
+                     activation: str = "relu") -> ConvNets:
+        return cls(tuple(channels), activation)
+
+    def pair(self, data_dim: int, latent_dim: int, family_params: int, params_per_dim: int,
+             image_shape: Sequence[int] | None = None) -> tuple[nn.Module, nn.Module]:
+        return (ConvEncoder(image_shape, self.channels, family_params, self.activation),
+                ConvDecoder(latent_dim, image_shape, self.channels, params_per_dim,
+                            self.activation))
+
+
 def build_nets(config, family_params: int, params_per_dim: int) -> tuple[nn.Module, nn.Module]:
-    """(encoder net, decoder net) of a ``vaelab.config.ModelConfig``: ``net`` "mlp" (x → hidden
-    → family params; z → reversed hidden → likelihood params) or "conv" (:class:`ConvEncoder`,
-    :class:`ConvDecoder` over ``image_shape`` with ``conv_channels``)."""
-    if getattr(config, "net", "mlp") == "conv":
-        channels = config.conv_channels
-        return (ConvEncoder(config.image_shape, channels, family_params, config.activation),
-                ConvDecoder(config.latent_dim, config.image_shape, channels, params_per_dim,
-                            config.activation))
-    gated = getattr(config, "gated", False)
-    return (mlp(config.data_dim, config.hidden, family_params, config.activation, gated),
-            mlp(config.latent_dim, tuple(reversed(config.hidden)),
-                config.data_dim * params_per_dim, config.activation, gated))
+    """(encoder net, decoder net) of a ``vaelab.config.ModelConfig``: its network kind
+    (``net``: :class:`MLPNets`, :class:`ConvNets`) built from its options."""
+    entry, options = catalogue.chosen(config, "network")
+    return entry.build(**options).pair(config.data_dim, config.latent_dim, family_params,
+                                       params_per_dim, config.image_shape)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from markupsafe import Markup, escape
 
+from vaelab import catalogue
 from vaelab._files import atomic_write_bytes
 from vaelab.show.runinfo import (
     RUN_PICTURES,
@@ -82,12 +83,14 @@ def _about(run: RunInfo) -> list[tuple[str, str]]:
     elif train.get("data"):
         rows.append(("data", str(train["data"])))
     if model:
-        parts = [f"{k} = {v}" for k, v in model.items()
-                 if v is not None and _model_setting_used(k, model)]
-        rows.append(("model", ", ".join(parts)))
-    objective = train.get("objective", "elbo")
+        rows.append(("model", ", ".join(_other_settings(model, MODEL_KINDS)
+                                        + component_settings(model, MODEL_KINDS))))
     k = train.get("num_samples")
-    rows.append(("objective", f"{objective}" + (f", num_samples = {k}" if k else "")))
+    objective = component_settings({"objective": "elbo", **train}, ("objective",))
+    rows.append(("objective", ", ".join(objective) + (f", num_samples = {k}" if k else "")))
+    if train:
+        rows.append(("schedules", ", ".join(component_settings(
+            train, ("kl-schedule", "lr-schedule")))))
     if train:
         rows.append(("training", f"{train.get('epochs', '?')} epochs of batch "
                                  f"{train.get('batch_size', '?')}, lr {train.get('lr', '?')}, "
@@ -104,34 +107,46 @@ def _about(run: RunInfo) -> list[tuple[str, str]]:
     return rows
 
 
-#: Model settings that only matter with another setting: (key, setting, values that use it).
-CONDITIONAL_SETTINGS = {
-    "q_components": ("family", ("mixture",)),
-    "q_flow_steps": ("family", ("iaf",)),
-    "prior_components": ("prior", ("mog", "vamp")),
-    "prior_flow_steps": ("prior", ("flow",)),
-    "likelihood_components": ("likelihood", ("discretized_logistic_mixture",
-                                             "discretized-logistic-mixture")),
-    "conv_channels": ("net", ("conv",)),
-    "gaussian_scale": ("likelihood", ("gaussian",)),
-    "hierarchy": ("latent_dim", None),
-    "missing_model": ("missing", None),
-}
+#: The component kinds of a run's "model" section (``vaelab.catalogue``).
+MODEL_KINDS = ("likelihood", "network", "family", "prior")
 
 
-def _model_setting_used(key: str, model: dict) -> bool:
-    """False for bookkeeping keys and settings that the model's other choices make unused."""
-    if key in ("data_dim", "image_shape"):
-        return False
-    if key not in CONDITIONAL_SETTINGS:
-        return True
-    other, values = CONDITIONAL_SETTINGS[key]
-    if key == "hierarchy":
-        return isinstance(model.get("latent_dim"), list) and len(model["latent_dim"]) > 1
-    if key == "missing_model":
-        return model.get("missing") not in (None, "none")
-    return str(model.get(other, "")).replace("-", "_") in {v.replace("-", "_")
-                                                           for v in values}
+def component_settings(section: dict, kinds: tuple[str, ...]) -> list[str]:
+    """'prior = mog', 'prior_components = 10', … for each component ``kinds`` names in a
+    config section: the chosen component (the catalogue's first when absent) and its options —
+    nested (``prior_options``) or the older flat keys — each named by its flat key. Options of
+    components not chosen are left out: they do nothing."""
+    out = []
+    for kind in kinds:
+        field = catalogue.FIELDS[kind]
+        entry = catalogue.CATALOGUE[kind].get(catalogue.canonical(
+            section.get(field, catalogue.names(kind)[0])))
+        if entry is None:                      # a name this version does not know: as given
+            out.append(f"{field} = {section.get(field)}")
+            continue
+        nested = section.get(f"{field}_options") or {}
+        out.append(f"{field} = {section.get(field, entry.name)}")
+        for option in entry.options:
+            value = nested.get(option.name, section.get(option.key or "", option.default))
+            label = option.key or f"{field}_{option.name}"
+            out.append(f"{label} = {list(value) if isinstance(value, tuple) else value}")
+    return out
+
+
+def _other_settings(section: dict, kinds: tuple[str, ...]) -> list[str]:
+    """The settings of a section that are no component's: bookkeeping left out, ``hierarchy``
+    only for several latent layers, ``missing_model`` only for incomplete data."""
+    owned = {"data_dim", "image_shape"}
+    for kind in kinds:
+        field = catalogue.FIELDS[kind]
+        owned |= {field, f"{field}_options"}
+        owned |= {o.key for e in catalogue.entries(kind) for o in e.options if o.key}
+    layers = isinstance(section.get("latent_dim"), list) and len(section["latent_dim"]) > 1
+    if not layers:
+        owned.add("hierarchy")
+    if section.get("missing") in (None, "none"):
+        owned.add("missing_model")
+    return [f"{k} = {v}" for k, v in section.items() if k not in owned and v is not None]
 
 
 def estimator_text(evaluation: dict | None) -> str:
