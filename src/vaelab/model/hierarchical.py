@@ -29,6 +29,7 @@ the active-unit count use.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -84,7 +85,7 @@ class LayeredDistribution(Distribution):
         """z [..., Σ L] → {i: z_i [..., L_i]}."""
         return dict(enumerate(z.split(self.sizes, dim=-1)))
 
-    def _draw(self, sample_shape: torch.Size | tuple[int, ...], reparameterized: bool
+    def _draw(self, sample_shape: torch.Size | list[int] | tuple[int, ...], reparameterized: bool
               ) -> torch.Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
         layers: dict[int, torch.Tensor] = {}
@@ -95,11 +96,11 @@ class LayeredDistribution(Distribution):
             layers[i] = d.rsample() if reparameterized else d.sample()
         return torch.cat([layers[i] for i in range(len(self.sizes))], dim=-1)
 
-    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+    def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         """Reparameterized ancestral draw [*shape, *batch, Σ L]; every layer needs rsample."""
         return self._draw(sample_shape, True)
 
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         """Ancestral draw without gradients; layers without rsample (a mixture prior at the
         top) are drawn with their own ``sample``."""
         with torch.no_grad():
@@ -215,7 +216,8 @@ class PerExampleLayers:
 class BottomUpEncoder(nn.Module):
     """q(z | x) = q(z_1 | x) Π_i q(z_{i+1} | z_i) (Burda et al. 2016); x [B, D] → layered q."""
 
-    def __init__(self, first: nn.Module, upper: Sequence[nn.Module], sizes: Sequence[int]):
+    def __init__(self, first: GaussianConditional, upper: Sequence[GaussianConditional],
+                 sizes: Sequence[int]):
         super().__init__()
         self.first, self.upper = first, nn.ModuleList(upper)
         self.sizes = tuple(sizes)
@@ -245,7 +247,7 @@ class BottomUpEncoder(nn.Module):
         def step(i: int, chunk: torch.Tensor, layers: dict[int, torch.Tensor]) -> Distribution:
             if i == 0:
                 return _diagonal(chunk, self.first.min_scale)
-            cond = self.upper[i - 1]
+            cond = cast(GaussianConditional, self.upper[i - 1])
             return _diagonal(cond.net(layers[i - 1]) + chunk, cond.min_scale)
 
         return PerExampleLayers(sizes, range(len(sizes)), [2 * s for s in sizes], step), raw
@@ -301,8 +303,10 @@ class LadderEncoder(nn.Module):
         """q(z_i | z_{i+1}, x): the evidence of layer i merged with p(z_i | z_{i+1})."""
         if i == len(self.sizes) - 1:
             return evidence
-        prior = self._shared[0][i](layers[i + 1]).base_dist
-        return Independent(merge_gaussians(evidence.base_dist, prior), 1, validate_args=False)
+        # both are Independent(Normal) (``_diagonal``): merge their Normals
+        prior = cast(Independent, self._shared[0][i](layers[i + 1])).base_dist
+        return Independent(merge_gaussians(cast(Independent, evidence).base_dist, prior), 1,
+                           validate_args=False)
 
     def forward(self, x: torch.Tensor) -> LayeredDistribution:
         evidence = self.evidence(x)
@@ -353,7 +357,7 @@ class HierarchicalVAE(nn.Module):
     """
 
     def __init__(self, sizes: Sequence[int], top_prior: nn.Module,
-                 conditionals: Sequence[nn.Module], decoder: LikelihoodDecoder,
+                 conditionals: Sequence[nn.Module] | nn.ModuleList, decoder: nn.Module,
                  encoder: nn.Module | None = None) -> None:
         super().__init__()
         self.sizes = tuple(_checks.positive_int("latent_dim", s) for s in sizes)
@@ -364,7 +368,7 @@ class HierarchicalVAE(nn.Module):
         self.conditionals = conditionals if isinstance(conditionals, nn.ModuleList) else (
             nn.ModuleList(conditionals))
         self.decoder, self.encoder = decoder, encoder
-        self.latent_dim, self.data_dim = sum(self.sizes), decoder.data_dim
+        self.latent_dim, self.data_dim = sum(self.sizes), cast(int, decoder.data_dim)
         self.config = None
 
     @property
@@ -393,7 +397,8 @@ class HierarchicalVAE(nn.Module):
 
     def check_data(self, x: object, name: str = "x") -> torch.Tensor:
         x = _checks.data_batch(name, x, self.data_dim)
-        return self.decoder.likelihood.check_support(x, name)
+        likelihood = cast(likelihoods.Likelihood, self.decoder.likelihood)
+        return likelihood.check_support(x, name)
 
     def generative_parameters(self) -> list[nn.Parameter]:
         """θ: the top prior's, the conditionals' and the decoder's parameters."""
@@ -641,7 +646,8 @@ def collapse_warning(collapsed: Sequence[int], sizes: Sequence[int],
         names = ", ".join(f"layer {i} ({sizes[i - 1]} units)" for i in collapsed)
         parts.append(f"latent {names} collapsed: no active unit (Var_x E_q[z_u|x] <= 0.01), "
                      f"so that layer carries no information about x")
-    quiet = [i for i in zero_rate_layers(rates or []) if i not in collapsed]
+    rates = list(rates or [])
+    quiet = [i for i in zero_rate_layers(rates) if i not in collapsed]
     top = len(sizes)
     below = [i for i in quiet if i != top]
     if below:
@@ -675,7 +681,7 @@ def layer_metrics(model: HierarchicalVAE, qs: Iterable[LayeredDistribution], num
         return {}
     if all_reduce_sum is not None:
         sums = all_reduce_sum(sums)
-    means = torch.cat(means)
-    active = active_units_per_layer(model.sizes, means) if means.shape[0] > 1 else None
+    rows = torch.cat(means)
+    active = active_units_per_layer(model.sizes, rows) if rows.shape[0] > 1 else None
     return {"val_rate_per_layer": (sums[:-1] / sums[-1]).tolist(),
             "val_active_units_per_layer": active}

@@ -157,8 +157,8 @@ class VAE(LatentVariableModel):
         return self.decode(self.encode(x).mean).mean
 
     @classmethod
-    def from_config(cls, config: ModelConfig) -> VAE:
-        """Build an MLP VAE from a :class:`~vaelab.config.ModelConfig`."""
+    def from_config(cls, config: ModelConfig) -> VAE | hierarchical.HierarchicalVAE:
+        """:func:`build_vae` (a hierarchical VAE when ``config`` has several latent layers)."""
         return build_vae(config)
 
 
