@@ -4,7 +4,7 @@ Re-exports only; see the modules for the maths and the papers. Training lives in
 ``vaelab.fit.train.train``; a finished run is reopened with :func:`load`.
 
 The re-exports are resolved on first use (PEP 562 ``__getattr__``), so ``import vaelab`` and
-``vaelab --help`` do not pay for importing torch (issue 9, fault 9): ``vaelab.elbo`` imports
+``vaelab --help`` do not pay for importing torch (seconds, on every call): ``vaelab.elbo`` imports
 ``vaelab.infer.objectives`` the first time it is touched, and ``from vaelab import elbo`` works
 as before.
 """

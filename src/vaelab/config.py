@@ -63,7 +63,7 @@ class ModelConfig:
     hierarchy: str = "bottom-up"
     #: Gated dense hidden units h = (W₁x + b₁) ⊙ σ(W₂x + b₂) in every MLP (``--gated``).
     gated: bool = False
-    #: Incomplete data (issue 15): "mask" — NaN marks missing entries (MIWAE, Mattei & Frellsen
+    #: Incomplete data: "mask" — NaN marks missing entries (MIWAE, Mattei & Frellsen
     #: 2019); ``missing_model`` "self-masking" adds p(missing | x) (not-MIWAE, Ipsen et al. 2021).
     missing: str = "none"
     missing_model: str = "none"
@@ -103,7 +103,8 @@ class ModelConfig:
                              f"got missing={self.missing!r}")
 
     def _check_data_model(self) -> None:
-        """net, conv_channels, likelihood_components, data_kind (issue 13)."""
+        """net, conv_channels, likelihood_components, data_kind: the choices for image and
+        8-bit data."""
         _checks.one_of("net", self.net, NET_NAMES)
         channels = self.conv_channels
         if isinstance(channels, (str, bytes)) or not hasattr(channels, "__iter__"):
@@ -184,7 +185,7 @@ def _known_keys(section: str, data: object, cls: type) -> dict:
 
 LR_SCHEDULES = ("constant", "cosine", "exponential", "plateau")
 #: schedule='alternating' trains q only in its phi_steps; with 0 the encoder never learns.
-ALTERNATING_NEEDS_PHI_STEPS = (   # X2 item 3: say what to pass
+ALTERNATING_NEEDS_PHI_STEPS = (   # the message says what to pass, not only what is wrong
     "phi_steps (--phi-steps): --schedule alternating needs --phi-steps K >= 1 (K steps on q, "
     "the encoder or the per-datapoint rows, before each step on the decoder; with 0 q is "
     "never trained), got --phi-steps 0")

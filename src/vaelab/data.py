@@ -446,7 +446,7 @@ def _check_finite_chunked(flat: np.ndarray, where: str, rows: int = 4096) -> Non
                              f"{MISSING_HINT}")
 
 
-#: How to opt in to missing values (issue 15), appended to the errors about NaN / empty cells.
+#: How to opt in to missing values, appended to the errors about NaN / empty cells.
 MISSING_HINT = ("; to train on incomplete data (NaN or empty CSV cells marking missing entries) "
                 "pass --missing mask to vaelab train (Python: load_dataset(..., "
                 "allow_missing=True))")
@@ -601,7 +601,7 @@ def csv_header(path: Path) -> list[str] | None:
     with open(path, newline="", encoding="utf-8", errors="replace") as handle:
         cells = [c.strip().strip('"').strip() for c in handle.readline().split(",")]
     try:
-        [float(c) for c in cells if c]      # X1: an empty cell is data (missing), not a name
+        [float(c) for c in cells if c]      # an empty cell is data (missing), not a name
     except ValueError:
         return cells
     return None
@@ -642,7 +642,7 @@ def _csv_position(err: ValueError) -> str:
 
 
 def read_csv_numbers(path: Path, skip_header: bool, allow_missing: bool = False) -> np.ndarray:
-    """The numbers of a CSV as a float64 table [rows, columns] (X1 item 1-2).
+    """The numbers of a CSV as a float64 table [rows, columns].
 
     With ``allow_missing`` only an empty cell or ``nan`` reads as NaN; any other text is an
     error naming it with its 1-based data row and column, as without it.

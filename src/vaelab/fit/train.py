@@ -112,7 +112,7 @@ class TrainResult:
     stopped_early: bool
     best_epoch: int | None
     #: resume=True on a run that had already finished all its epochs: the line saying so
-    #: (nothing was trained or written; X2 item 5); None otherwise.
+    #: (nothing was trained or written); None otherwise.
     nothing_to_do: str | None = None
 
 
@@ -236,7 +236,7 @@ def _model_input(ds: data_.Dataset, tc: TrainConfig) -> data_.Dataset:
 def _load_data(config: RunConfig, dataset: data_.Dataset | None) -> _Data:
     """Load, check, split and (statically) binarize the data."""
     tc = config.train
-    if config.model.missing != "none":      # NaN marks missing entries (issue 15)
+    if config.model.missing != "none":      # NaN marks missing entries (vaelab.fit.masked)
         return _Data(*load_masked_data(config, dataset))
     if dataset is None:
         dataset = data_.load_dataset(tc.data, "train", keep_uint8=True, mmap=True,
@@ -299,7 +299,7 @@ class _Trainer(Checkpointed):
         self.config, self.tc, self.run_dir, self.data = config, config.train, run_dir, data
         self.dist, self.device, self.progress, self.log = dist, device, progress, log
         torch.manual_seed(self.tc.seed)
-        masked = config.model.missing != "none"       # issue 15: vaelab.fit.masked
+        masked = config.model.missing != "none"       # incomplete data: vaelab.fit.masked
         self.model = (build_masked_model(config, data.train.x) if masked
                       else _build_model(config, data.train.x)).to(device)
         self.inference = self._build_inference().to(device)
@@ -534,7 +534,7 @@ def divergence_remedy(config: RunConfig, x_train: torch.Tensor) -> str:
 
 def divergence_warning(row: dict, steps_per_epoch: int,
                        remedy: str = OPTIMIZER_REMEDY) -> str | None:
-    """X2 item 4: why this epoch's numbers cannot be trusted (most steps skipped as
+    """Why this epoch's numbers cannot be trusted (most steps skipped as
     non-finite, or an astronomically low ELBO), with ``remedy``; or None."""
     skipped = row["skipped_steps"]
     if steps_per_epoch > 0 and 2 * skipped > steps_per_epoch:
@@ -645,7 +645,7 @@ def speed_notes(config: TrainConfig, device: torch.device) -> list[str]:
     On a CPU, ``precision="bf16"`` replaces the hand-derived fp32 gradient with autograd under
     bfloat16 autocast (about 6x slower than fp32 measured on a 2-core AMD EPYC, which has
     avx512_bf16), and ``compile=True`` spends about 50 s compiling before its first step for
-    a step no faster than the eager fast path (issue 9, fault 9).
+    a step no faster than the eager fast path: a user who asked for either should know.
     """
     notes = []
     if device.type == "cpu" and config.precision == "bf16":
@@ -660,7 +660,8 @@ def speed_notes(config: TrainConfig, device: torch.device) -> list[str]:
 def check_resume_epochs(finished: int, stored: RunConfig | None, config: RunConfig,
                         run_dir: Path) -> None:
     """RunError (nothing written yet) unless resuming to ``config.train.epochs`` keeps the
-    run directory consistent with itself (issue 9, fault 5).
+    run directory consistent with itself (its weights, metrics and config must describe the
+    same run).
 
     Fewer epochs than the ``finished`` ones are refused: the weights and metrics.jsonl hold
     them, and config.json would say otherwise. More epochs extend the run, except with the
@@ -686,7 +687,7 @@ def _data_info(data: _Data) -> dict:
 
 
 def _nothing_to_do(trainer: _Trainer, log: Callable[[str], object]) -> TrainResult:
-    """X2 item 5: resume of a finished run trains and writes nothing (unless its outputs lag
+    """Resume of a finished run trains and writes nothing (unless its outputs lag
     behind its checkpoint, after a kill between the two)."""
     state, run_dir = trainer.state, trainer.run_dir
     try:
@@ -709,7 +710,8 @@ def _nothing_to_do(trainer: _Trainer, log: Callable[[str], object]) -> TrainResu
 
 def _divergence_summary(metrics: list[dict], steps_per_epoch: int,
                         remedy: str = OPTIMIZER_REMEDY) -> str | None:
-    """One line for the end of training when some epochs diverged (X2 item 4), else None."""
+    """One line for the end of training when some epochs diverged, else None (the per-epoch
+    warnings scroll away)."""
     bad = [row["epoch"] for row in metrics if divergence_warning(row, steps_per_epoch)]
     if not bad:
         return None

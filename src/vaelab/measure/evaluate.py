@@ -225,7 +225,8 @@ PER_EXAMPLE_KEYS = ("elbo", "rate", "distortion", "log_likelihood", "ll_stderr",
 def _report(m: dict[str, torch.Tensor], population_size: int, num_samples: int,
             elbo_samples: int, threshold: float, **wording) -> dict:
     """The JSON-ready result dict of :func:`evaluate_model` from per-example measures;
-    ``wording`` (quantity, ais) goes to ``honest.reliability_warnings`` (X3)."""
+    ``wording`` (quantity, ais) goes to ``honest.reliability_warnings``, so warnings name a
+    score a score and AIS's chains chains."""
     n, data_dim = m["elbo"].shape[0], None
     ll = _log_likelihood_summary(m["log_likelihood"], m["ll_stderr"], population_size,
                                  num_samples)
@@ -252,7 +253,7 @@ def _warnings(m: dict[str, torch.Tensor], num_samples: int, **wording) -> list[s
         {"ELBO": m["elbo"], "log p(x)": m["log_likelihood"], "ESS": m["ess"]})
     lines = [] if diverged is None else [diverged]
     return lines + honest.reliability_warnings(m["ess"], m["ll_stderr"], num_samples,
-                                               **wording)   # X3: chains / score wording
+                                               **wording)   # chains / score wording
 
 
 def _add_bits_per_dim(report: dict, data_dim: int) -> dict:
@@ -426,7 +427,7 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
             batch_size, _checks.non_negative_int("seed", seed), progress)
     meaning = likelihood_meaning(model, x, data_kind)
     wording = {"quantity": "unnormalised score" if meaning["meaning"] == "score" else "log p(x)",
-               "ais": getattr(estimator, "unit", "sample") == "chain"}    # X3
+               "ais": getattr(estimator, "unit", "sample") == "chain"}    # AIS counts chains
     report = _report(measures, population, num_samples, elbo_samples, threshold, **wording)
     if "layer_rates" in measures:    # a hierarchy: rate and active units per latent layer
         sizes = cast(hierarchical.HierarchicalVAE, model).sizes

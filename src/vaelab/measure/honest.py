@@ -1,7 +1,7 @@
 """Honest numbers in reports: undefined statistics say so, non-finite values are reported.
 
 Role in vaelab: every summary that ``evaluate`` and ``gaps`` print or save goes through here
-(issue 9, faults 2 and 3), so that
+(and a reader should never mistake an undefined or diverged number for a measured one), so that
 
 * a standard error that cannot be computed (one example; one importance sample) is ``None``
   with a reason, never 0 — the rule of DESIGN.md "an undefined one is shown as undefined";

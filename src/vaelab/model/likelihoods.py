@@ -500,7 +500,8 @@ class ContinuousBernoulli(Likelihood):
     support = "unit-interval"
 
     def remedy(self) -> str:
-        """X3: never recommend itself — on 8-bit or binary data (discrete) it is a score."""
+        """What to use instead; never itself — on 8-bit or binary data (discrete) it is a
+        score, so recommending it there would send the user in a circle."""
         return ("8-bit and binary data are discrete, so a density on [0, 1] does not give "
                 "their probability: for 8-bit data use a discretized likelihood (--likelihood "
                 "discretized-logistic) or dynamic binarization (--binarize dynamic with "

@@ -1,6 +1,6 @@
 """Figures of a trained VAE as PNG files: samples, reconstructions, curves, latent space.
 
-Role in vaelab: the pictures of issue 3 — what p(x) = ∫ p(z) p_θ(x|z) dz generates (ancestral
+Role in vaelab: the pictures of a run — what p(x) = ∫ p(z) p_θ(x|z) dz generates (ancestral
 samples, Kingma & Welling 2014), how well x → q(z|x) → E[x|z] reconstructs, how the ELBO, the
 rate KL(q ‖ p(z)) and the distortion −E_q log p(x|z) evolved during training (Alemi et al.
 2018), and where the encoder puts the data in latent space (a 2-D PCA view of E_q[z|x]).

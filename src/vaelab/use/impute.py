@@ -154,7 +154,7 @@ def _read_table(path: Path, flag: str) -> tuple[np.ndarray, str | None]:
         return array, None
     names = csv_header(path)
     header = None if names is None else ",".join(names)
-    try:        # X1: only empty cells and nan are missing; other text is an error
+    try:        # only empty cells and nan are missing; other text is an error, not a hole
         table = read_csv_numbers(path, names is not None, allow_missing=True)
     except ValueError as err:
         raise ValueError(f"{flag}: {err}") from None
