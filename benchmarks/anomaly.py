@@ -1,4 +1,4 @@
-"""Anomaly and out-of-distribution detection with vaelab's scores (issue 14), beside baselines.
+"""Anomaly and out-of-distribution detection with vaelab's scores, beside baselines.
 
 Two parts (``--part``):
 

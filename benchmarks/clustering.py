@@ -1,4 +1,4 @@
-"""Clustering Fashion-MNIST in latent space (issue 14), over several seeds, beside pixel k-means.
+"""Clustering Fashion-MNIST in latent space, over several seeds, beside pixel k-means.
 
 Per seed: k-means (K = 10, scikit-learn) on the test images' grey pixels, on their PCA
 projection to the latent dimension, and on the posterior means E_q[z | x] of a standard-prior

@@ -1,4 +1,4 @@
-"""log p(x) estimators: estimate vs cost, against a BDMC-checked AIS reference (issue 16).
+"""log p(x) estimators: estimate vs cost, against a BDMC-checked AIS reference.
 
 On a Fashion-MNIST VAE (the default 784-512-256-20 Bernoulli model, trained briefly here, or
 a run given with --run) and a fixed, seeded subset of statically binarized test images, run
@@ -14,7 +14,7 @@ side by side in one process:
 Per row: mean log p̂ over the images, the paired difference to the reference ± its standard
 error across images, the cost per image (evaluations of log p(x, z), forward and with gradient,
 a gradient evaluation being about 3x a forward one) and wall seconds on this machine. Then the
-issue's target: the cheapest estimator within 0.2 nat of the reference (mean paired difference)
+goal: the cheapest estimator within 0.2 nat of the reference (mean paired difference)
 against the cheapest encoder-q IS that gets as close.
 
     nohup nice -n 10 .venv/bin/python benchmarks/estimators.py \

@@ -1,4 +1,5 @@
-"""The matrix-product floor of one training step of the richer-model rows (issue 11's speed target).
+"""The matrix-product floor of one training step of the richer-model rows: a cap on the
+speed of any implementation that does the same products.
 
 For MLP stacks of the rows' shapes (encoder 784 → 512 → 256 → q's parameters on B rows; decoder
 L → 256 → 512 → 784 on B·K rows for K samples per image), time only the matrix products of a

@@ -1,6 +1,7 @@
 """One latent layer vs hierarchies (bottom-up, ladder) on dynamically binarized Fashion-MNIST.
 
-Issue 12's quality benchmark, reduced to what a shared 2-core CPU finishes in ~30 minutes. Every
+The hierarchies' quality benchmark, reduced to what a shared 2-core CPU finishes in ~30
+minutes. Every
 row is trained by ``vaelab.fit.train.train`` with the same data (the first ``--limit``
 training images, dynamically binarized), optimizer, epochs and seed, then evaluated in this
 process on the same fixed test subset (the first ``--n-test`` test images, one seeded static

@@ -1,4 +1,4 @@
-"""Images benchmark (issue 13): test bits/dim on 8-bit Fashion-MNIST against lossless codecs,
+"""Images benchmark: test bits/dim on 8-bit Fashion-MNIST against lossless codecs,
 and conv training speed against a hand-written PyTorch conv VAE of the same architecture.
 
 Rows (same fixed, seeded test subset, same k, paired standard errors between models):

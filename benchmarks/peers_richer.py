@@ -1,4 +1,4 @@
-"""pythae's VAMP, VAE_IAF and IWAE (and its plain VAE) at richer.py's architecture (issue 11).
+"""pythae's VAMP, VAE_IAF and IWAE (and its plain VAE) at richer.py's architecture.
 
 Each peer is pythae's own model class with pythae-wrapped MLPs of the vaelab rows' sizes
 (encoder D → hidden → 2L, its log-variance parametrisation; decoder L → reversed hidden → D

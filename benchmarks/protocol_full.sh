@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full standard protocol (issue 16): `vaelab evaluate` with the encoder's q, k = 5000, on
+# The full standard protocol: `vaelab evaluate` with the encoder's q, k = 5000, on
 # all 10,000 Fashion-MNIST test images, timed end to end (wall clock, including start-up) on
 # one process with one thread, on one process with two threads, and on two torchrun ranks with
 # one thread each; then checks that the ranks' per-example log p(x) equal one process's.
@@ -40,7 +40,7 @@ work, run, load_start, load_end = Path(sys.argv[1]), sys.argv[2], sys.argv[3], s
 rows = {"one_1t": "one process, 1 thread", "ranks_2x1t": "two torchrun ranks, 1 thread each",
         "one_2t": "one process, 2 threads"}
 files = {"one_1t": "one_1t.json", "ranks_2x1t": "ranks.json", "one_2t": "one_2t.json"}
-print("Full standard protocol (issue 16): vaelab evaluate, encoder q, k = 5000, the first")
+print("Full standard protocol: vaelab evaluate, encoder q, k = 5000, the first")
 print(f"{len(json.loads((work / 'one_1t.json').read_text())['per_example']['elbo'])} Fashion-MNIST test images, batch 10 images. Run: {run}")
 print(f"load average (1, 5, 15 min) before {load_start}, after {load_end}")
 print("command: bash benchmarks/protocol_full.sh RUN OUT (see the script for each line)\n")

@@ -1,4 +1,4 @@
-"""Time of the standard log p(x) protocol, vaelab vs pythae's get_nll, same model (issue 16).
+"""Time of the standard log p(x) protocol, vaelab vs pythae's get_nll, same model.
 
 The standard protocol: importance sampling with the encoder's q, k = 5000, per test image. On
 the same model weights (the estimators benchmark's model: default 784-512-256-20 Bernoulli VAE,

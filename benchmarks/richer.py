@@ -1,4 +1,4 @@
-"""Richer posteriors, learned priors and tighter objectives against the plain VAE (issue 11).
+"""Richer posteriors, learned priors and tighter objectives against the plain VAE.
 
 One architecture and budget for every row: MLP encoder D → hidden → q's parameters, MLP decoder
 z → reversed hidden → Bernoulli logits, ``--latent`` latent units, batch 128, Adam lr 1e-3,
@@ -332,7 +332,8 @@ def _header(args, started: float, load_start: list[float]) -> str:
             f", {round((time.time() - started) / 60, 1)} min)\n"
             f"command: {command_line()}\nmachine: {machine()}; load average start {load_start}, "
             f"end {load_average()}\n"
-            f"sizes (reduced from the issue's 784-512-256, 32 latents, k = 5000 on 2,000 images,"
+            f"sizes (reduced from the published protocol's 784-512-256, 32 latents, k = 5000 on "
+            f"2,000 images,"
             f" many epochs): MLP {args.hidden}, {args.latent} latents, {args.train_limit} "
             f"training images, {args.epochs} epochs, batch {args.batch_size}, Adam 1e-3; test "
             f"log p̂ with k = {args.k} on {args.test} seeded test images (binarized once)\n"

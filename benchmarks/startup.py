@@ -1,10 +1,10 @@
 """Start-up time of the ``vaelab`` command: ``vaelab --help`` and ``vaelab train --help``.
 
-Issue 9, fault 9: every CLI call paid 2-3.5 s of imports (torch, matplotlib, numpy) before
-doing anything. This script runs each command ``--runs`` times in fresh processes, interleaved
-(a burst of load elsewhere hits every command alike), and reports the median and the range of
-the wall-clock times, plus the modules a bare ``import vaelab.cli`` pulls in. It also times
-``python -c pass`` as the interpreter's own floor.
+Before the package's re-exports became lazy, every CLI call paid 2-3.5 s of imports (torch,
+matplotlib, numpy) before doing anything. This script runs each command ``--runs`` times in
+fresh processes, interleaved (a burst of load elsewhere hits every command alike), and reports
+the median and the range of the wall-clock times, plus the modules a bare ``import vaelab.cli``
+pulls in. It also times ``python -c pass`` as the interpreter's own floor.
 
     .venv/bin/python benchmarks/startup.py --runs 5 --out benchmarks/results/startup-after.txt
 """

@@ -1,4 +1,4 @@
-"""Shared pieces of the anomaly and clustering benchmarks (issue 14): data sets, training,
+"""Shared pieces of the anomaly and clustering benchmarks: data sets, training,
 baselines on pixels. Imported by benchmarks/anomaly.py and benchmarks/clustering.py."""
 
 from __future__ import annotations
