@@ -548,6 +548,21 @@ def _load_held_out(trained, source: str, split: str, allow_missing: bool):
                          f"the missing ones; `vaelab encode` reads incomplete data)") from None
 
 
+def _run_data(trained) -> str:
+    """The data a run was trained on, as it recorded them; one line naming the stored path
+    and --data when that path is gone (the data moved, or an older run stored it relative to
+    the folder it was trained in)."""
+    from vaelab import data
+
+    source = trained.config.train.data
+    if data.is_named(source) or Path(source).expanduser().exists():
+        return source
+    relative = "" if Path(source).is_absolute() else (
+        ", a path relative to the folder the run was trained in")
+    raise ValueError(f"RUN: its training data {source!r}{relative} no longer exist (moved or "
+                     f"deleted?); pass --data PATH to where they are now")
+
+
 def _held_out(trained, source: str | None, split: str | None, seed: int, note: Callable,
               allow_missing: bool = False):
     """The run's evaluation data: (Dataset, split), binarized once (seeded) like training.
@@ -557,7 +572,7 @@ def _held_out(trained, source: str | None, split: str | None, seed: int, note: C
     from vaelab import data
 
     tc = trained.config.train
-    source = source or tc.data
+    source = source or _run_data(trained)
     try:
         dataset = _load_held_out(trained, source, split or "test", allow_missing)
         split = split or "test"

@@ -750,6 +750,19 @@ def _load_path(path: Path, split: str, label_column: str | int | None,
                               keep_uint8)
 
 
+def is_named(source: str | os.PathLike) -> bool:
+    """Whether ``source`` names a dataset (``NAMED_SOURCES``) rather than a path."""
+    return _named(source) is not None
+
+
+def location(source: str | os.PathLike) -> str:
+    """``source`` as a run records it: a dataset name as it is, a path made absolute (so the
+    run can be evaluated from any folder)."""
+    if is_named(source):
+        return str(source)
+    return str(Path(source).expanduser().resolve())
+
+
 def _named(source: str | os.PathLike) -> str | None:
     """The canonical dataset name if ``source`` is a str naming one, else None."""
     if not isinstance(source, str):

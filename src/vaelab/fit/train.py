@@ -596,7 +596,7 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     """
     log = log or (lambda _line: None)
     run_dir = Path(out_dir).expanduser()
-    config = _resolve_config(config, run_dir, resume)
+    config = _where_data_are(_resolve_config(config, run_dir, resume), run_dir, resume)
     device = resolve_device(config.train.device)
     dist = _distributed(device)
     if dist.main:
@@ -637,6 +637,16 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
         runs.write_config(run_dir, config, dataset=_data_info(data))
     dist.barrier()
     return _run(trainer)
+
+
+def _where_data_are(config: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
+    """A new run records its data path made absolute (usable from any folder); a resumed run
+    keeps what it recorded when ``config`` names the same data (a relative path included)."""
+    data = data_.location(config.train.data)
+    if resume and (run_dir / runs.CONFIG_FILE).is_file():
+        stored = runs.read_config(run_dir).train.data
+        data = stored if data_.location(stored) == data else config.train.data
+    return replace(config, train=replace(config.train, data=data))
 
 
 def speed_notes(config: TrainConfig, device: torch.device) -> list[str]:

@@ -1,0 +1,74 @@
+"""Run directories as a new user meets them: usable from any folder, refused when the data
+moved (one line naming the stored path and --data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+TRAIN = ["--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--batch-size", "32",
+         "--quiet"]
+EVAL = ["--k", "4", "--limit", "20", "--quiet"]
+
+
+@pytest.fixture()
+def trained(tmp_path, monkeypatch, capsys) -> tuple[Path, Path]:
+    """A run trained from folder A on data given by a relative path."""
+    home = tmp_path / "A"
+    home.mkdir()
+    np.save(home / "d.npy", np.random.default_rng(0).random((120, 6)).astype(np.float32))
+    monkeypatch.chdir(home)
+    code, _, err = run_cli(capsys, "train", "--data", "d.npy", "--out", "runs/r", *TRAIN)
+    assert code == 0, err
+    return home, home / "runs" / "r"
+
+
+def test_a_run_records_its_data_as_an_absolute_path(trained):
+    home, run = trained
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["data"] == str((home / "d.npy").resolve())
+
+
+def test_a_run_is_evaluated_from_another_folder(trained, tmp_path, monkeypatch, capsys):
+    _, run = trained
+    elsewhere = tmp_path / "B"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run_cli(capsys, "evaluate", run, *EVAL)
+    assert code == 0, err
+    assert (run / "eval.json").is_file()
+
+
+def test_moved_data_are_named_with_how_to_pass_data(trained, tmp_path, monkeypatch, capsys):
+    home, run = trained
+    stored = str((home / "d.npy").resolve())
+    (home / "d.npy").rename(tmp_path / "moved.npy")
+    code, out, err = run_cli(capsys, "evaluate", run, *EVAL)
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert f"its training data {stored!r} no longer exist" in err and "--data PATH" in err
+    code, _, err = run_cli(capsys, "evaluate", run, *EVAL, "--data", tmp_path / "moved.npy")
+    assert code == 0, err
+
+
+def test_an_older_run_with_a_relative_path_still_loads(trained, tmp_path, monkeypatch, capsys):
+    home, run = trained
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["data"] = "d.npy"                   # what older runs stored
+    (run / "config.json").write_text(json.dumps(config))
+    assert run_cli(capsys, "evaluate", run, *EVAL)[0] == 0        # from its own folder
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "evaluate", run, *EVAL)
+    assert code == 1 and err.count("\n") == 1
+    assert "'d.npy', a path relative to the folder the run was trained in" in err
+    assert "--data PATH" in err
+    code, _, err = run_cli(capsys, "evaluate", run, *EVAL, "--data", home / "d.npy")
+    assert code == 0, err
+    # and it resumes from its own folder, keeping what it recorded
+    monkeypatch.chdir(home)
+    code, _, err = run_cli(capsys, "train", "--resume", run, "--epochs", "2", "--quiet")
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["train"]["data"] == "d.npy"
