@@ -33,15 +33,16 @@ def test_every_entry_resolves_to_a_class_taking_exactly_its_options(entry):
     if hasattr(home, "from_options"):
         assert _keyword_options(home.from_options) == declared
     else:
-        # A function (objectives, scores, lr schedules) or torch's optimizer: every declared
-        # option is one of its keyword arguments.
+        # A function (scores) or torch's optimizer: every declared option is one of its
+        # keyword arguments.
         params = inspect.signature(home).parameters
         assert set(declared) <= set(params), f"{entry.home} lacks {set(declared) - set(params)}"
 
 
 def test_the_strict_kinds_all_build_from_their_options():
     """The kinds whose classes were written for the catalogue all have from_options."""
-    for kind in ("likelihood", "family", "prior", "estimator", "kl-schedule"):
+    for kind in ("likelihood", "network", "family", "prior", "objective", "kl-schedule",
+                 "lr-schedule", "estimator"):
         for entry in catalogue.entries(kind):
             assert hasattr(entry.resolve(), "from_options"), entry.home
 

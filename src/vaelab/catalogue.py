@@ -286,15 +286,15 @@ _ENTRIES = (
     Entry("prior", "flow", "vaelab.model.priors:FlowPrior", "MAF from N(0, I)",
           (_opt("prior", "flow_steps", "int>=1", 2, "MAF steps of --prior flow",
                 metavar="T"),)),
-    # ---- training objectives (vaelab.infer.objectives.training_terms)
-    Entry("objective", "elbo", "vaelab.infer.objectives:training_terms",
+    # ---- training objectives (vaelab.infer.objectives)
+    Entry("objective", "elbo", "vaelab.infer.objectives:ELBOObjective",
           "the ELBO, Monte Carlo over --num-samples draws",
           (Option("free_bits", "float>=0", 0.0, "free bits λ: each latent dimension's KL "
                   "counts as at least λ nats", flag="--free-bits", key="free_bits",
                   metavar="NATS"),)),
-    Entry("objective", "iwae", "vaelab.infer.objectives:training_terms",
+    Entry("objective", "iwae", "vaelab.infer.objectives:IWAEObjective",
           "the importance-weighted bound with K = --num-samples >= 2 (Burda et al. 2016)"),
-    Entry("objective", "iwae-dreg", "vaelab.infer.objectives:training_terms",
+    Entry("objective", "iwae-dreg", "vaelab.infer.objectives:DReGObjective",
           "the IWAE bound with the doubly-reparameterized encoder gradient (Tucker et al. "
           "2019)"),
     # ---- the KL weight over training (vaelab.fit.kl_schedule)

@@ -426,6 +426,53 @@ def _stratified_iwae_objective(model: GenerativeModel, q: MixtureSameFamily, x: 
     return TrainingTerms(bound, bound.detach(), ELBOTerms(expected - kl, expected, kl))
 
 
+class ELBOObjective:
+    """The ELBO (Monte Carlo over ``num_samples`` draws; the stratified ELBO for a mixture q),
+    with optional free bits λ per latent dimension (Kingma et al. 2016)."""
+
+    def __init__(self, free_bits: float = 0.0) -> None:
+        self.free_bits = float(free_bits)
+
+    @classmethod
+    def from_options(cls, *, free_bits: float = 0.0) -> ELBOObjective:
+        return cls(free_bits)
+
+    def __call__(self, model: GenerativeModel, q: Distribution, x: torch.Tensor,
+                 num_samples: int, kl_weight: float) -> TrainingTerms:
+        return _elbo_objective(model, q, x, num_samples, kl_weight, self.free_bits)
+
+
+class IWAEObjective:
+    """The importance-weighted bound on K = ``num_samples`` draws (Burda et al. 2016); for a
+    mixture q the stratified IWAE (Morningstar et al. 2021)."""
+
+    dreg = False
+
+    @classmethod
+    def from_options(cls) -> IWAEObjective:
+        return cls()
+
+    def __call__(self, model: GenerativeModel, q: Distribution, x: torch.Tensor,
+                 num_samples: int, kl_weight: float) -> TrainingTerms:
+        if is_stratifiable(q):
+            if self.dreg:
+                raise ValueError("objective: 'iwae-dreg' is not available for a mixture q (the "
+                                 "doubly-reparameterized form of the stratified bound is not "
+                                 "derived here); expected 'iwae' (stratified IWAE) or 'elbo'")
+            return _stratified_iwae_objective(model, q, x, num_samples, kl_weight)
+        return _iwae_objective(model, q, x, num_samples, kl_weight, self.dreg)
+
+
+class DReGObjective(IWAEObjective):
+    """The IWAE bound with the doubly-reparameterized encoder gradient (Tucker et al. 2019)."""
+
+    dreg = True
+
+    @classmethod
+    def from_options(cls) -> DReGObjective:
+        return cls()
+
+
 def training_terms(model: GenerativeModel, q: Distribution, x: torch.Tensor, *,
                    objective: str = "elbo", num_samples: int = 1, kl_weight: float = 1.0,
                    free_bits: float = 0.0, validate: bool = True) -> TrainingTerms:
@@ -433,7 +480,8 @@ def training_terms(model: GenerativeModel, q: Distribution, x: torch.Tensor, *,
 
     Args:
         model, q, x: as in :func:`elbo_terms` (q batch [B], event [L]; x [B, D]).
-        objective: ``"elbo"``, ``"iwae"`` or ``"iwae-dreg"`` (see the module docstring).
+        objective: ``"elbo"``, ``"iwae"`` or ``"iwae-dreg"`` (see the module docstring; the
+            classes :class:`ELBOObjective`, :class:`IWAEObjective`, :class:`DReGObjective`).
         num_samples: Monte Carlo samples for the ELBO; K for the IWAE objectives (per mixture
             component for a mixture q).
         kl_weight: β ≥ 0, the weight of the KL term (tempering the log-weights for IWAE).
@@ -444,21 +492,15 @@ def training_terms(model: GenerativeModel, q: Distribution, x: torch.Tensor, *,
         ValueError: unknown objective, negative β or λ, free bits with an IWAE objective,
             ``"iwae-dreg"`` with a mixture q (its DReG form is not derived here).
     """
-    objective = _checks.one_of("objective", objective, OBJECTIVES)
+    entry = catalogue.get("objective", objective, "objective")
     if validate:
         x = check_inputs(model, q, x, num_samples)
         for name, value in (("kl_weight", kl_weight), ("free_bits", free_bits)):
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
-    if objective == "elbo":
-        return _elbo_objective(model, q, x, num_samples, kl_weight, free_bits)
-    if free_bits > 0:
+    has_free_bits = any(o.name == "free_bits" for o in entry.options)
+    if free_bits > 0 and not has_free_bits:
         raise ValueError(f"free_bits: applies to objective 'elbo' only; expected 0 with "
                          f"objective {objective!r}, got {free_bits}")
-    if is_stratifiable(q):
-        if objective == "iwae-dreg":
-            raise ValueError("objective: 'iwae-dreg' is not available for a mixture q (the "
-                             "doubly-reparameterized form of the stratified bound is not "
-                             "derived here); expected 'iwae' (stratified IWAE) or 'elbo'")
-        return _stratified_iwae_objective(model, q, x, num_samples, kl_weight)
-    return _iwae_objective(model, q, x, num_samples, kl_weight, objective == "iwae-dreg")
+    options = {"free_bits": free_bits} if has_free_bits else {}
+    return entry.resolve().from_options(**options)(model, q, x, num_samples, kl_weight)
