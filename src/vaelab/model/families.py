@@ -21,6 +21,7 @@ This module also registers closed-form KL divergences between a full-covariance 
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,7 @@ from torch.distributions import (
     MixtureSameFamily,
     MultivariateNormal,
     Normal,
+    Transform,
     TransformedDistribution,
 )
 from torch.distributions.kl import register_kl
@@ -124,6 +126,8 @@ class FullCovarianceNormal(Family):
     """
 
     name = "full_covariance_normal"
+    _rows: torch.Tensor      # buffers: the lower triangle's indices
+    _cols: torch.Tensor
 
     def __init__(self, latent_dim: int, min_scale: float = 1e-5) -> None:
         super().__init__(latent_dim)
@@ -225,7 +229,7 @@ class IAFDistribution(TransformedDistribution):
 
     @property
     def mean(self) -> torch.Tensor:
-        base = self.base_dist.base_dist
+        base = cast(Independent, self.base_dist).base_dist   # the diagonal Normal of z₀
         generator = torch.Generator(device=base.loc.device).manual_seed(0)
         shape = (MEAN_SAMPLES, *base.loc.shape)
         eps = torch.randn(shape, generator=generator, dtype=base.loc.dtype,
@@ -283,7 +287,8 @@ class IAFNormal(Family):
         base = DiagonalNormal.from_params(raw[..., :L],
                                           F.softplus(raw[..., L:2 * L]) + self.min_scale)
         context = raw[..., 2 * L:]
-        steps = [flows.AffineAutoregressive(made, context, "input") for made in self.mades]
+        steps: list[Transform] = [flows.AffineAutoregressive(cast(flows.MADE, made), context,
+                                                             "input") for made in self.mades]
         return IAFDistribution(base, steps, validate_args=False)
 
     def initial_params(self, *batch: int, dtype: torch.dtype | None = None,

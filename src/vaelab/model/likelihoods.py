@@ -60,7 +60,7 @@ class Likelihood(nn.Module):
 
     def meaning_on(self, kind: str | None) -> str:
         """What ``log_prob`` is on data of ``kind``: one of :data:`MEANINGS`."""
-        return self.meaning.get(kind, "score")
+        return self.meaning.get(kind or "", "score")
 
     def remedy(self) -> str:
         """One line telling a CLI user what to use when this likelihood gives only a score."""
@@ -261,7 +261,7 @@ class DequantizedNormal(Distribution):
         u = torch.rand(shape, dtype=loc.dtype, device=loc.device)
         return self.base.base_dist.log_prob((k + u) / 256) - math.log(256)
 
-    def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         """y ~ N, then k = clamp(floor(256 y), 0, 255); → x = k/255 [*sample_shape, ..., D]."""
         y = self.base.sample(sample_shape)
         return (256 * y).floor().clamp(0, EIGHT_BIT_MAX) / EIGHT_BIT_MAX
@@ -270,10 +270,10 @@ class DequantizedNormal(Distribution):
 def _mean_of_levels(survival, per_unit: int, offset: float = 0.0) -> torch.Tensor:
     """E[k]/255 for k ∈ {0, …, 255} from P(k ≥ j) = survival((j − offset)/per_unit), j = 1..255
     (E[k] = Σ_j P(k ≥ j)); one level at a time, so memory stays that of one survival."""
-    total = None
-    for j in range(1, EIGHT_BIT_MAX + 1):
-        term = survival((j - offset) / per_unit)
-        total = term if total is None else total + term
+    terms = (survival((j - offset) / per_unit) for j in range(1, EIGHT_BIT_MAX + 1))
+    total = next(terms)
+    for term in terms:
+        total = total + term
     return total / EIGHT_BIT_MAX
 
 
@@ -330,7 +330,7 @@ class DiscretizedLogisticMixtureDistribution(Distribution):
         per = _log_bin_mass(value.unsqueeze(-1), self.loc, self.scale)     # [..., D, K]
         return (per + self.logits.log_softmax(-1)).logsumexp(-1)
 
-    def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         """Component j ~ π, logistic draw, rounded to the nearest bin; → [*shape, ..., D]."""
         with torch.no_grad():
             shape = torch.Size(sample_shape) + self.loc.shape
@@ -389,9 +389,9 @@ class DiscretizedLogistic(DiscretizedLogisticMixture):
 
     name = "discretized-logistic"
 
-    @classmethod
-    def from_options(cls, data_dim: int | None = None, data_kind: str | None = None
-                     ) -> Likelihood:
+    @classmethod   # the one-component case has no ``components`` option (the catalogue's too)
+    def from_options(cls, data_dim: int | None = None,  # type: ignore[override]
+                     data_kind: str | None = None) -> Likelihood:
         """No options: one logistic per value."""
         return cls()
 
@@ -473,7 +473,7 @@ class ContinuousBernoulliDistribution(Distribution):
         """η x − A(η), broadcast of value with the logits."""
         return self.logits * value - continuous_bernoulli_log_normalizer(self.logits)
 
-    def rsample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
+    def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         """Inverse CDF: x = log(1 + u (e^η − 1))/η for η < 0 and 1 − (the same at −η, 1 − u)
         for η > 0 (e^{−|η|} only: no overflow); x = u at η = 0. [*sample_shape, *batch]."""
         shape = self._extended_shape(sample_shape)

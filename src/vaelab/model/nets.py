@@ -158,7 +158,7 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-def _image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
+def _image_shape(image_shape: Sequence[int] | None) -> tuple[int, int, int]:
     shape = tuple(image_shape) if image_shape is not None else ()
     if len(shape) != 3:
         raise ValueError(f"image_shape: expected (C, H, W) for a convolutional net (--net conv "
@@ -174,8 +174,8 @@ class ConvEncoder(nn.Module):
     Any C, H, W (odd sizes too): the flattened rows of an image dataset, (C, H, W) order.
     """
 
-    def __init__(self, image_shape: Sequence[int], channels: Sequence[int], out_features: int,
-                 activation: str = "relu") -> None:
+    def __init__(self, image_shape: Sequence[int] | None, channels: Sequence[int],
+                 out_features: int, activation: str = "relu") -> None:
         super().__init__()
         self.image_shape = _image_shape(image_shape)
         channels = [_checks.positive_int("channels", c) for c in channels]
@@ -204,7 +204,7 @@ class ConvDecoder(nn.Module):
     numbers per data dimension, parameter-major as ``vaelab.model.likelihoods`` reads them.
     """
 
-    def __init__(self, latent_dim: int, image_shape: Sequence[int], channels: Sequence[int],
+    def __init__(self, latent_dim: int, image_shape: Sequence[int] | None, channels: Sequence[int],
                  params_per_dim: int = 1, activation: str = "relu") -> None:
         super().__init__()
         self.image_shape = _image_shape(image_shape)

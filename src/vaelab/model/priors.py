@@ -15,6 +15,8 @@ module to its device and dtype.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +26,7 @@ from torch.distributions import (
     Independent,
     MixtureSameFamily,
     Normal,
+    Transform,
     TransformedDistribution,
 )
 
@@ -41,6 +44,8 @@ class StandardNormal(nn.Module):
     needs_encoder: bool = False
     #: A mixture whose components are the clusters of ``vaelab cluster --method prior``.
     clusters: bool = False
+    loc: torch.Tensor       # buffers: they follow the module to its device and dtype
+    scale: torch.Tensor
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
@@ -210,7 +215,8 @@ class FlowPrior(StandardNormal):
 
     def forward(self) -> TransformedDistribution:
         """→ TransformedDistribution(N(0, I), MAF steps): batch [], event [L]."""
-        steps = [flows.AffineAutoregressive(made, None, "output") for made in self.mades]
+        steps: list[Transform] = [flows.AffineAutoregressive(cast(flows.MADE, made), None,
+                                                             "output") for made in self.mades]
         return TransformedDistribution(super().forward(), steps, validate_args=False)
 
     def config(self) -> dict:
