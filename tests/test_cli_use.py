@@ -179,3 +179,68 @@ def test_cluster_kmeans_and_the_mixture_prior(runs, tmp_path, capsys):
 
 def test_cli_score_names_match_the_library():
     assert cli.SCORE_CHOICES == scores.SCORE_NAMES
+
+
+def _printed(line: str, name: str) -> float:
+    """The number printed after ``name`` (e.g. 'NMI 0.1234')."""
+    import re
+
+    match = re.search(re.escape(name) + r"\s+([0-9.]+)", line)
+    assert match, (name, line)
+    return float(match.group(1))
+
+
+def test_cluster_assignments_and_printed_metrics_are_recomputed(runs, tmp_path, capsys):
+    """k-means: the CSV's clusters are the library's k-means of the encoder means of the
+    same 300 test images (binarized once with the seed); the printed accuracy, NMI, ARI and
+    linear-probe accuracy equal scipy/sklearn's, recomputed from the CSV and the codes. The
+    mixture prior: each cluster is argmax_c π_c N(z; μ_c, σ_c²) computed in numpy."""
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from vaelab.use import cluster
+
+    code, stdout, err = run_cli(capsys, "cluster", runs["run"], "--limit", "300", "--seed",
+                                "4", "--out", tmp_path / "c.csv")
+    assert code == 0, err
+    table = np.genfromtxt(tmp_path / "c.csv", delimiter=",", names=True, dtype=np.int64)
+    trained = load(runs["run"])
+    test = data.load_dataset("fashion-mnist", "test")
+    x = data.static_binarize(test, 4).x[:300]
+    assert trained.config.train.binarize != "none"
+    with torch.no_grad():
+        z = trained.encode(x).mean.numpy()
+    assert np.array_equal(table["cluster"], cluster.kmeans(z, 10, seed=4))
+    labels, assigned = table["label"], table["cluster"]
+    counts = np.zeros((10, 10))
+    np.add.at(counts, (labels, assigned), 1)
+    rows, cols = linear_sum_assignment(-counts)
+    line = next(line for line in stdout.splitlines() if "NMI" in line)
+    assert _printed(line, "map)") == pytest.approx(counts[rows, cols].sum() / 300, abs=6e-5)
+    assert _printed(line, "NMI") == pytest.approx(
+        normalized_mutual_info_score(labels, assigned), abs=6e-5)
+    assert _printed(line, "ARI") == pytest.approx(adjusted_rand_score(labels, assigned),
+                                                  abs=6e-5)
+    probe = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
+                            z, labels, cv=StratifiedKFold(5, shuffle=True, random_state=4))
+    assert _printed(line, "(5-fold)") == pytest.approx(probe.mean(), abs=6e-5)
+
+    code, _, err = run_cli(capsys, "cluster", runs["mog"], "--limit", "300", "--seed", "4",
+                           "--out", tmp_path / "m.csv")
+    assert code == 0, err
+    mog = load(runs["mog"])
+    with torch.no_grad():
+        z = mog.encode(x).mean.double().numpy()
+    prior = mog.model.prior_module
+    mu = prior.component_loc.detach().double().numpy()                      # [K, L]
+    sigma = np.logaddexp(0, prior.raw_scale.detach().double().numpy())
+    logits = prior.logits.detach().double().numpy()
+    joint = (logits - np.logaddexp.reduce(logits)
+             + (-0.5 * ((z[:, None] - mu) / sigma) ** 2 - np.log(sigma)).sum(-1))
+    got = np.genfromtxt(tmp_path / "m.csv", delimiter=",", names=True, dtype=np.int64)
+    assert np.array_equal(got["cluster"], joint.argmax(1))
+    assert len(np.unique(got["cluster"])) > 1

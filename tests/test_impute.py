@@ -191,3 +191,34 @@ def test_a_masked_run_resumes_bit_for_bit(tmp_path):
     assert whole.metrics == [{**m, "seconds": whole.metrics[i]["seconds"],
                               "samples_per_s": whole.metrics[i]["samples_per_s"]}
                              for i, m in enumerate(resumed.metrics)]
+
+
+@pytest.fixture(scope="module")
+def fitted_run(table, tmp_path_factory):
+    """A masked model trained long enough (80 epochs at lr 0.01) to have learned the table's
+    two-dimensional structure."""
+    folder = table[0]
+    out = tmp_path_factory.mktemp("runs") / "fitted"
+    code = cli.main(["train", "--data", str(folder / "t.csv"), "--out", str(out),
+                     "--missing", "mask", "--epochs", "80", "--lr", "0.01", "--batch-size", "32",
+                     "--likelihood", "gaussian", "--binarize", "none", "--latent-dim", "2",
+                     "--hidden", "16", "--device", "cpu", "--quiet", "--val-fraction", "0",
+                     "--drop-empty-rows", "--seed", "1"])
+    assert code == 0
+    return out
+
+
+def test_cli_imputation_beats_the_column_mean(fitted_run, table, capsys, tmp_path):
+    """On the hidden cells of a rank-2 table the CLI's imputations (equal to the library's
+    call) are closer to the true values than the observed column means, by RMSE."""
+    folder, x, holes = table
+    code, _, err = run_cli(capsys, "impute", fitted_run, "--data", folder / "t.csv", "--out",
+                           tmp_path / "f.csv", "--k", "200", "--seed", "2")
+    assert code == 0, err
+    filled = np.loadtxt(tmp_path / "f.csv", delimiter=",", skiprows=1)
+    assert np.array_equal(filled, impute(load(fitted_run), holes, num_samples=200, seed=2))
+    hidden = np.isnan(holes)
+    column_mean = np.broadcast_to(np.nanmean(holes, 0), x.shape)
+    rmse = math.sqrt(((filled - x)[hidden] ** 2).mean())
+    baseline = math.sqrt(((column_mean - x)[hidden] ** 2).mean())
+    assert rmse < 0.75 * baseline, (rmse, baseline)
