@@ -386,3 +386,15 @@ def test_ema_run_saves_and_validates_with_the_average(fashion, tmp_path):
     with torch.no_grad():
         terms = elbo(result.model, result.model.encode(val.x), val.x)
     assert float(terms.mean()) == pytest.approx(result.metrics[-1]["val_elbo"], abs=1e-3)
+
+
+def test_vamp_pseudo_inputs_move_during_training(fashion, tmp_path):
+    """The VampPrior's pseudo-inputs are learned: after one epoch they differ from the seeded
+    initial ones in every row (a squashing that started flat would leave them still)."""
+    cfg = tiny(epochs=1)
+    cfg["model"].update(prior="vamp", prior_components=5)
+    result = train(cfg, tmp_path / "vamp", dataset=fashion, progress=False, log=None)
+    torch.manual_seed(result.config.train.seed)       # the trainer's seed before building
+    start = vaelab.build_vae(result.config.model).prior_module.pseudo_inputs.detach()
+    moved = (result.model.prior_module.pseudo_inputs.detach() - start).abs().amax(dim=1)
+    assert moved.shape == (5,) and bool((moved > 1e-3).all()), moved
