@@ -17,6 +17,8 @@ decoder; :func:`fit_columns` sets loc/scale from data. Models on incomplete data
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal
@@ -24,6 +26,9 @@ from torch.distributions import Distribution, Independent, Normal
 
 class StandardizedInput(nn.Module):
     """x [..., D] → ``net((x − loc) / scale))``; ``loc``/``scale`` [D] are buffers."""
+
+    loc: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, net: nn.Module, data_dim: int) -> None:
         super().__init__()
@@ -43,7 +48,7 @@ class StandardizedDecoder(nn.Module):
     :class:`StandardizedInput` (one copy of them, saved there).
     """
 
-    def __init__(self, decoder: nn.Module, inputs: StandardizedInput) -> None:
+    def __init__(self, decoder: Any, inputs: StandardizedInput) -> None:
         super().__init__()
         self.net, self.likelihood = decoder.net, decoder.likelihood
         self.data_dim = decoder.data_dim
@@ -67,7 +72,7 @@ def supports(encoder_kind: str) -> bool:
     return encoder_kind in ("flat", "bottom-up", "ladder")
 
 
-def _wrap_entry(encoder: nn.Module, data_dim: int) -> StandardizedInput:
+def _wrap_entry(encoder: Any, data_dim: int) -> StandardizedInput:
     """Wrap the net x enters first (in place) → its :class:`StandardizedInput`."""
     if hasattr(encoder, "family") and hasattr(encoder, "net"):      # the flat Encoder
         owner, name = encoder, "net"
@@ -85,11 +90,12 @@ def _wrap_entry(encoder: nn.Module, data_dim: int) -> StandardizedInput:
     return inputs
 
 
-def standardize_model(model: nn.Module) -> nn.Module:
+def standardize_model(model: Any) -> Any:
     """Wrap ``model`` (in place) to read standardized columns and answer in the data's units.
 
     loc = 0, scale = 1 until :func:`fit_columns`: the identity, so a loaded run gets its own
-    values from its weights.
+    values from its weights. ``model``: a flat VAE or a hierarchy (duck-typed: anything with
+    ``encoder``, ``decoder`` and ``data_dim``), returned as it came.
     """
     if model.encoder is None:
         raise ValueError("standardize: expected a model with an encoder, got none")
