@@ -45,6 +45,7 @@ PUBLISHED = {
     "hvae-vamp": ("two layers, VampPrior", 226.72, 0.08),
     "convhvae": ("convolutional two-layer HVAE", 225.38, 0.08),
     "convhvae-vamp": ("convolutional two-layer HVAE, VampPrior", 224.67, 0.03),
+    "hvae3": ("three stochastic layers (MLP), top-down", None, None),
     "iwae": ("the vae row trained with IWAE, k = 5", None, None),
     "iaf": ("MLP VAE with an IAF posterior", None, None),
 }

@@ -16,7 +16,7 @@ RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/*.tom
 
 
 def test_there_are_recipes():
-    assert {p.stem for p in RECIPES} >= {"vae", "vamp", "hvae", "hvae-vamp", "iwae", "iaf"}
+    assert {p.stem for p in RECIPES} >= {"vae", "vamp", "hvae", "hvae-vamp", "hvae3", "iwae", "iaf"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
