@@ -43,7 +43,6 @@ from safetensors.torch import save as st_save
 
 from vaelab._files import atomic_write_bytes, atomic_write_json, fsync_dir
 from vaelab.config import RunConfig
-from vaelab.model.vae import VAE
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -299,7 +298,7 @@ def load_module_state(what: str, module: torch.nn.Module,
     module.load_state_dict(state)
 
 
-def read_model(run_dir: Path, model: VAE) -> dict[str, torch.Tensor]:
+def read_model(run_dir: Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Load ``model.safetensors`` into ``model``; return the ``inference.`` tensors."""
     tensors = read_safetensors(run_dir / MODEL_FILE, "model")
     model_state = {k: v for k, v in tensors.items() if not k.startswith("inference.")}

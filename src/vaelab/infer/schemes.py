@@ -28,9 +28,10 @@ from torch import nn
 from torch.distributions import Distribution
 
 from vaelab import _checks
-from vaelab.infer.objectives import elbo
+from vaelab.config import TrainConfig
+from vaelab.infer.objectives import GenerativeModel, elbo
 from vaelab.model.families import Family
-from vaelab.model.vae import Encoder, LatentVariableModel
+from vaelab.model.vae import Encoder
 
 INFERENCE_NAMES = ("amortized", "per-datapoint", "semi-amortized")
 
@@ -105,7 +106,7 @@ class PerDatapoint(Inference):
         return self.family(self.table(self.check_index(x, index)))
 
 
-def _model_ref(model: LatentVariableModel) -> tuple[LatentVariableModel]:
+def _model_ref(model: GenerativeModel) -> tuple[GenerativeModel]:
     """Hold the model without registering it as a submodule (its θ is not this scheme's φ)."""
     if not isinstance(model, nn.Module) or not hasattr(model, "log_joint"):
         raise TypeError(f"model: expected a generative model (vaelab.model.vae.VAE or an exact "
@@ -113,7 +114,7 @@ def _model_ref(model: LatentVariableModel) -> tuple[LatentVariableModel]:
     return (model,)
 
 
-def refine(model: LatentVariableModel, family: Family, raw: torch.Tensor, x: torch.Tensor, *,
+def refine(model: GenerativeModel, family: Family, raw: torch.Tensor, x: torch.Tensor, *,
            steps: int, lr: float, num_samples: int = 1,
            create_graph: bool = False) -> torch.Tensor:
     """K steps of plain gradient ascent (SGD) on each example's ELBO: raw [B, P] → [B, P].
@@ -177,7 +178,7 @@ class SemiAmortized(Inference):
         num_samples: Monte Carlo samples of z per ELBO gradient in the refinement.
     """
 
-    def __init__(self, encoder: Encoder, model: LatentVariableModel, steps: int, lr: float,
+    def __init__(self, encoder: Encoder, model: GenerativeModel, steps: int, lr: float,
                  backprop: bool = False, *, num_samples: int = 1) -> None:
         super().__init__()
         if not isinstance(encoder, Encoder):
@@ -193,7 +194,7 @@ class SemiAmortized(Inference):
         self.num_samples = _checks.positive_int("num_samples", num_samples)
 
     @property
-    def model(self) -> LatentVariableModel:
+    def model(self) -> GenerativeModel:
         return self._model[0]
 
     def forward(self, x: torch.Tensor, index: torch.Tensor | None = None) -> Distribution:
@@ -211,7 +212,7 @@ class SemiAmortized(Inference):
         return family(raw)
 
 
-def optimize_q(model: LatentVariableModel, x: torch.Tensor, init_raw: torch.Tensor,
+def optimize_q(model: GenerativeModel, x: torch.Tensor, init_raw: torch.Tensor,
                family: Family, *, steps: int = 1000, lr: float = 1e-2, num_samples: int = 8,
                tol: float = 1e-3, patience: int = 50, lr_decays: int = 2,
                smoothing: float = 0.9) -> tuple[torch.Tensor, list[float]]:
@@ -266,7 +267,7 @@ def optimize_q(model: LatentVariableModel, x: torch.Tensor, init_raw: torch.Tens
     return raw.detach(), history
 
 
-def build_inference(name: str, model: LatentVariableModel, num_data: int,
+def build_inference(name: str, model: GenerativeModel, num_data: int,
                     **options) -> Inference:
     """Build an inference scheme by name for ``model`` (a VAE with an encoder).
 
@@ -299,7 +300,7 @@ def build_inference(name: str, model: LatentVariableModel, num_data: int,
                          num_samples=options.get("num_samples", 1))
 
 
-def scheme_for(train: object, model: LatentVariableModel, num_data: int = 1, *,
+def scheme_for(train: TrainConfig, model: GenerativeModel, num_data: int = 1, *,
                training: bool = False) -> Inference:
     """The inference scheme of a run, from its ``vaelab.config.TrainConfig`` (``train``): the
     one builder used by training (``vaelab.fit.train``), ``vaelab.load(run)`` and every command.

@@ -18,6 +18,7 @@ from vaelab.fit.runs import CONFIG_FILE, RunError, read_config, read_metrics, re
 from vaelab.infer.objectives import elbo_terms
 from vaelab.infer.schemes import scheme_for
 from vaelab.measure.evaluate import LogLikelihoodEstimate, log_likelihood
+from vaelab.model.hierarchical import HierarchicalVAE
 from vaelab.model.masked import build_model
 from vaelab.model.vae import VAE
 
@@ -38,7 +39,7 @@ class TrainedModel:
     runs with ``inference="per-datapoint"`` trained no encoder, so only :meth:`sample` works.
     """
 
-    def __init__(self, model: VAE, config: RunConfig, run_dir: Path,
+    def __init__(self, model: VAE | HierarchicalVAE, config: RunConfig, run_dir: Path,
                  metrics: list[dict]) -> None:
         self.model, self.config, self.run_dir, self.metrics = model, config, run_dir, metrics
 
