@@ -119,8 +119,8 @@ def component_settings(section: dict, kinds: tuple[str, ...]) -> list[str]:
     out = []
     for kind in kinds:
         field = catalogue.FIELDS[kind]
-        entry = catalogue.CATALOGUE[kind].get(catalogue.canonical(
-            section.get(field, catalogue.names(kind)[0])))
+        entry = catalogue.CATALOGUE[kind].get(str(catalogue.canonical(
+            section.get(field, catalogue.names(kind)[0]))))
         if entry is None:                      # a name this version does not know: as given
             out.append(f"{field} = {section.get(field)}")
             continue
@@ -178,7 +178,7 @@ def _evaluation(evaluation: dict | None) -> dict | None:
     meaning = evaluation.get("likelihood_meaning") or {}
     kind = meaning_of(evaluation)
     normalised = kind != "score"
-    ll_label = LL_LABELS.get(kind, LL_LABELS["probability"])
+    ll_label = LL_LABELS.get(kind or "probability", LL_LABELS["probability"])
     rows = [(label, *map(fmt, stat(evaluation, key))) for key, label in (
         ("elbo", "ELBO (nats)"), ("rate", "rate KL(q‖p) (nats)"),
         ("distortion", "distortion (nats)"))]
@@ -220,8 +220,9 @@ def _gaps(gaps: dict | None) -> dict | None:
             rows.append((key.replace("_", " "),
                          fmt(mean if isinstance(mean, (int, float)) else None),
                          fmt(se if isinstance(se, (int, float)) else None)))
-    caption = (f"{gaps.get('num_examples', '?')} examples, {gaps.get('num_samples', '?')} "
-               f"samples, {gaps.get('optimizer_steps', '?')} optimizer steps")
+    found = gaps or {}
+    caption = (f"{found.get('num_examples', '?')} examples, {found.get('num_samples', '?')} "
+               f"samples, {found.get('optimizer_steps', '?')} optimizer steps")
     return {"rows": rows, "caption": caption}
 
 
