@@ -51,7 +51,7 @@ and SIWAE with S = 1 is at least the stratified ELBO.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeGuard, cast
 
 import torch
 from torch.distributions import (
@@ -65,6 +65,9 @@ from torch.distributions import (
 
 from vaelab import _checks, catalogue
 from vaelab.model import _bernoulli_fast
+
+if TYPE_CHECKING:
+    from vaelab.model.vae import VAE
 
 KL_MODES = ("auto", "analytic", "mc")
 OBJECTIVES = catalogue.names("objective")
@@ -209,8 +212,9 @@ def log_weights(model: GenerativeModel, q: Distribution, x: torch.Tensor,
     (N(0, I) prior, Bernoulli MLP decoder, diagonal-Normal q) the same numbers come from
     plain tensors in ``vaelab.model._bernoulli_fast``, with the same draws for the same seed.
     """
-    if _bernoulli_fast.applies(model, q, x):
-        return _bernoulli_fast.log_weights(model, q, x, num_samples)
+    if _bernoulli_fast.applies(model, q, x):      # the standard VAE with a diagonal-Normal q
+        return _bernoulli_fast.log_weights(cast("VAE", model), cast(Independent, q), x,
+                                           num_samples)
     z = q.rsample((num_samples,)) if q.has_rsample else q.sample((num_samples,))
     return model.log_joint(x, z) - q.log_prob(z)
 
@@ -237,7 +241,7 @@ def iwae_bound(model: GenerativeModel, q: Distribution, x: torch.Tensor, num_sam
 # --------------------------------------------------------------------------- mixtures of q
 
 
-def is_stratifiable(q: Distribution) -> bool:
+def is_stratifiable(q: Distribution) -> TypeGuard[MixtureSameFamily]:
     """True when q is a mixture the stratified estimators handle.
 
     That is a ``torch.distributions.MixtureSameFamily`` whose ``mixture_distribution`` is a
@@ -317,7 +321,7 @@ class TrainingTerms(NamedTuple):
     terms: ELBOTerms
 
 
-def _is_diagonal_normal(d: Distribution) -> bool:
+def _is_diagonal_normal(d: Distribution) -> TypeGuard[Independent]:
     return (isinstance(d, Independent) and isinstance(d.base_dist, Normal)
             and d.reinterpreted_batch_ndims == 1)
 
