@@ -21,10 +21,18 @@ does for the cosine learning rate).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from vaelab import _checks, catalogue
+from vaelab.config import TrainConfig
 
 KL_SCHEDULES = catalogue.names("kl-schedule")
+
+
+class KLSchedule(Protocol):
+    """What every KL schedule provides: β_t / β at a global step."""
+
+    def fraction(self, step: int, steps_per_epoch: int, epochs: int) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -93,14 +101,14 @@ def kl_weight(step: int, steps_per_epoch: int, *, beta: float = 1.0,
     return _weight(schedule_, step, steps_per_epoch, beta, epochs)
 
 
-def _weight(schedule: object, step: int, steps_per_epoch: int, beta: float,
+def _weight(schedule: KLSchedule, step: int, steps_per_epoch: int, beta: float,
             epochs: int) -> float:
     step = _checks.non_negative_int("step", step)
     steps_per_epoch = _checks.positive_int("steps_per_epoch", steps_per_epoch)
     return beta * schedule.fraction(step, steps_per_epoch, epochs)
 
 
-def kl_weight_for(config: object, step: int, steps_per_epoch: int) -> float:
+def kl_weight_for(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """β_t for a ``vaelab.config.TrainConfig`` (its beta, its KL schedule with that
     schedule's options, epochs)."""
     entry, options = catalogue.chosen(config, "kl-schedule")

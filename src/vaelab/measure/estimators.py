@@ -77,7 +77,7 @@ def build_estimator(name: str, **options: object) -> Estimator:
     return catalogue.get("estimator", name, "estimator").build(**options)
 
 
-def _check(instance: object) -> None:
+def _check(instance: Estimator) -> None:
     """Validate a dataclass estimator's fields against its catalogue options."""
     entry = catalogue.get("estimator", type(instance).name)
     for option in entry.options:
