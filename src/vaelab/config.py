@@ -14,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
+from typing import Any, cast
 
 from vaelab import _checks
 
@@ -205,9 +207,10 @@ def _fraction(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name}: expected a number in [0, 1), got {value!r} "
                         f"({type(value).__name__})")
-    if not 0 <= value < 1:
+    number = float(value)
+    if not 0 <= number < 1:
         raise ValueError(f"{name}: expected a number in [0, 1), got {value}")
-    return float(value)
+    return number
 
 
 def _non_negative_float(name: str, value: object) -> float:
@@ -221,7 +224,7 @@ def _non_negative_float(name: str, value: object) -> float:
 def _classes(value: object) -> tuple[int, ...]:
     """A non-empty sequence of class labels >= 0 → sorted tuple without repeats."""
     ok = not isinstance(value, (str, bytes)) and hasattr(value, "__iter__")
-    labels = tuple(value) if ok else ()
+    labels: tuple[Any, ...] = tuple(cast(Iterable[Any], value)) if ok else ()
     if not labels or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
                              for c in labels):
         raise ValueError(f"classes: expected a non-empty list of integer labels >= 0 such as "
@@ -230,9 +233,10 @@ def _classes(value: object) -> tuple[int, ...]:
 
 
 def _betas(value: object) -> tuple[float, float]:
-    ok = not isinstance(value, (str, bytes)) and hasattr(value, "__len__") and len(value) == 2
-    if ok and all(isinstance(b, Real) and not isinstance(b, bool) for b in value):
-        betas = (float(value[0]), float(value[1]))
+    pair = cast(Sequence[Any], value)      # checked to be a sequence before it is read
+    ok = not isinstance(value, (str, bytes)) and hasattr(value, "__len__") and len(pair) == 2
+    if ok and all(isinstance(b, Real) and not isinstance(b, bool) for b in pair):
+        betas = (float(pair[0]), float(pair[1]))
         if all(0 <= b < 1 for b in betas):
             return betas
     raise ValueError(f"betas: expected two numbers in [0, 1) such as (0.9, 0.999), got {value!r}")
