@@ -1,4 +1,4 @@
-"""Issue 9, fault 9: the ``vaelab`` command starts without importing torch.
+"""The ``vaelab`` command starts without importing torch.
 
 ``vaelab --help`` took 2-3.5 s because ``vaelab/__init__`` imported every wing (and so torch,
 numpy, matplotlib) eagerly. The parser and the help texts need none of them: each check runs a

@@ -1,4 +1,4 @@
-"""Convolutional encoder/decoder (issue 13 part 1): shapes for any (C, H, W), odd sizes
+"""Convolutional encoder/decoder: shapes for any (C, H, W), odd sizes
 included; the decoder's parameter-major output layout; residual blocks; --net conv wiring."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 9 fault 7 and issue 13 part 3: one rule for data kinds and ranges (integers 0–255 are
+"""One rule for data kinds and ranges (integers 0–255 are
 8-bit data, said when scaled; floats are kept and refused outside the likelihood's support),
 CLI messages that name CLI flags, colour arrays N×H×W×C, uint8 in memory, memory-mapped .npy,
 and the kind recorded in the run."""

@@ -1,4 +1,4 @@
-"""What evaluate and gaps print (QA round X3): AIS named as chains with a tiny-ESS threshold
+"""What evaluate and gaps print: AIS named as chains with a tiny-ESS threshold
 scaled to them, score-only runs worded as scores with aligned rows, and gaps with evaluate's
 k = 1 / tiny-ESS / n = 1 warnings and the likelihood's meaning.
 

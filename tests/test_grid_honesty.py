@@ -1,4 +1,4 @@
-"""Issue 9, fault 8: image grids say what they show and keep the data's colour scale.
+"""Image grids say what they show and keep the data's colour scale.
 
 * A Gaussian decoder's means overshoot [0, 1] a little; rescaling each grid to its own min and
   max showed the data's black 0 as grey (38/255). With the data's range pinned, 0 is black

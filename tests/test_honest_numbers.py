@@ -1,11 +1,11 @@
-"""Issue 9, faults 2, 3 and 6: every number evaluate and gaps print or save can be trusted.
+"""Every number evaluate and gaps print or save can be trusted.
 
-* fault 2 — a diverged model (−inf ELBO, NaN ESS) is reported, not crashed on: strict JSON
+* a diverged model (−inf ELBO, NaN ESS) is reported, not crashed on: strict JSON
   with null + reason, a one-line "appears to have diverged" warning, exit 0 from the CLI;
-* fault 3 — every statistic of eval.json and gaps.json that is undefined (one example, one
+* every statistic of eval.json and gaps.json that is undefined (one example, one
   importance sample) is null with a reason, printed as "undefined", never "± 0.000"; tiny ESS
   gets a warning line;
-* fault 6 — gaps.png's error bars are the paired standard errors of the differences;
+* gaps.png's error bars are the paired standard errors of the differences;
 * the standard errors themselves against hand-computed values (0, 1, 2, 3 → mean 1.5,
   SE = sd/√n = 1.2910/2 = 0.6455), so SD/n or SD/√(n−1) fail.
 """
@@ -45,7 +45,7 @@ def nulls_without_reason(report, path="") -> list[str]:
 
 
 def diverged_vae() -> torch.nn.Module:
-    """A 784-64-4 VAE whose encoder's last bias is 1e20 (the issue's small input)."""
+    """A 784-64-4 VAE whose encoder's last bias is 1e20 (a small input that diverges)."""
     torch.manual_seed(0)
     model = build_vae(ModelConfig(data_dim=784, latent_dim=4, hidden=(64,)))
     with torch.no_grad():
@@ -53,7 +53,7 @@ def diverged_vae() -> torch.nn.Module:
     return model
 
 
-# --------------------------------------------------------------------------- fault 2
+# --------------------------------------------------------------------------- a diverged model
 
 
 def test_diverged_model_gives_strict_json_with_reasons_and_a_warning():
@@ -113,7 +113,7 @@ def test_cli_evaluate_and_gaps_survive_a_diverged_model(diverged_run, tmp_path, 
     assert "appears to have diverged" in out and (tmp_path / "gaps.png").is_file()
 
 
-# --------------------------------------------------------------------------- fault 3
+# --------------------------------------------------------------------------- undefined statistics
 
 
 def test_every_statistic_of_one_example_and_one_sample_is_undefined_with_a_reason():
@@ -220,7 +220,7 @@ def test_gap_report_standard_errors_by_hand():
     assert stats["mean"] == pytest.approx(2.5) and stats["stderr"] == pytest.approx(SE_0123)
 
 
-# --------------------------------------------------------------------------- fault 6
+# --------------------------------------------------------------------------- paired error bars
 
 
 def test_gaps_figure_shows_paired_standard_errors_not_the_spread_between_examples():

@@ -1,4 +1,4 @@
-"""Issue 9, fault 4: every parameter group that is meant to learn actually changes.
+"""Every parameter group that is meant to learn actually changes.
 
 ``--schedule alternating`` with the default ``--phi-steps 0`` trained the decoder only and
 left the encoder bit-identical to its initialisation. Now that combination is refused (config,
@@ -70,5 +70,5 @@ def test_alternating_with_zero_phi_steps_is_refused_everywhere(tmp_path, capsys)
     err = capsys.readouterr().err
     assert code != 0 and err.count("\n") == 1
     assert err.startswith("vaelab: error: phi_steps (--phi-steps): --schedule alternating "
-                          "needs --phi-steps K >= 1")   # X2 item 3
+                          "needs --phi-steps K >= 1")   # the message says what to pass
     assert not (tmp_path / "run").exists()

@@ -1,4 +1,4 @@
-"""Issue 9 fault 1: a score that is not a normalised log-likelihood is never reported as
+"""A score that is not a normalised log-likelihood is never reported as
 log p(x) or bits/dim. One rule: each likelihood declares on which data kinds its log_prob is
 a probability, a bound on one, or a density (``Likelihood.meaning``); evaluate follows it."""
 

@@ -1,4 +1,4 @@
-"""Oracles (float64) for the image and real-valued likelihoods of issue 13: discretized logistic
+"""Oracles (float64) for the image and real-valued likelihoods: discretized logistic
 (mixture) against logistic CDF differences and normalisation over all 256 values; the
 continuous Bernoulli's normaliser against numerical integration, at and near λ = 1/2; the
 dequantized Gaussian's bound against the exact discrete probability and its change of scale;

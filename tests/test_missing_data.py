@@ -1,4 +1,4 @@
-"""Oracles for learning from incomplete data (issue 15): the masked bounds of
+"""Oracles for learning from incomplete data: the masked bounds of
 ``vaelab.infer.masked`` on probabilistic PCA (closed forms via numpy/scipy), not-MIWAE's
 missingness terms against enumeration and quadrature, the masked model's standardization,
 and training on data with NaN."""

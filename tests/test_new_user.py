@@ -1,4 +1,4 @@
-"""Issue 9, fault 10: the small things a new user tripped on.
+"""The small things a new user tripped on.
 
 * ``--val-fraction`` exists (an error message pointed at ``val_fraction``), and the messages
   about it name the flag;

@@ -1,4 +1,4 @@
-"""Issue 9, "tests that let one-line bugs through": each test here fails on a one-line bug that
+"""Tests against one-line bugs: each test here fails on a one-line bug that
 the suite used to let pass, with the right value as its expectation.
 
 * gradient clipping above every gradient norm changes nothing (a clip that also scales small

@@ -1,4 +1,4 @@
-"""Issue 9, bad input broadly: property-based tests (hypothesis) of every reader.
+"""Bad input, broadly: property-based tests (hypothesis) of every reader.
 
 The readers meet arbitrary files: ``.npy``, ``.npz``, CSV, image folders, IDX, TOML/JSON
 configs and run directories. Each is fed generated malformed inputs — wrong dtypes and shapes,

@@ -1,4 +1,4 @@
-"""Issue 9, fault 5: ``--resume RUN --epochs N`` never leaves a run that contradicts itself.
+"""``--resume RUN --epochs N`` never leaves a run that contradicts itself.
 
 A run that finished 3 epochs, resumed with ``--epochs 1``, used to exit 0 and rewrite
 config.json to 1 epoch while the weights and metrics.jsonl held 3. Now fewer epochs than

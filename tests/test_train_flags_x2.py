@@ -1,8 +1,8 @@
-"""X2: training options that were silently ignored or mis-reported.
+"""Training options that used to be silently ignored or mis-reported.
 
-Flags the run would ignore are refused in one line naming the flag (items 1-2); divergence is
-reported in the epoch lines and at the end, with huge numbers in scientific notation (item 4);
-resuming a finished run does nothing (item 5); the CPU speed notes survive --quiet (item 6).
+Flags the run would ignore are refused in one line naming the flag; divergence is reported in
+the epoch lines and at the end, with huge numbers in scientific notation; resuming a finished
+run does nothing; the CPU speed notes survive --quiet.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The use-commands on small or non-image data (QA round X3): cluster with tiny classes, score
+"""The use-commands on small or non-image data: cluster with tiny classes, score
 on real-valued CSV data, undefined standard errors as empty cells, the --score help mapping.
 
 Tiny runs through ``cli.main`` in-process, on a seeded real-valued CSV and on Fashion-MNIST.

@@ -1,6 +1,6 @@
-"""X1: only empty cells and nan are missing (other text is a one-line error with 1-based data
-row and column), runs trained with --missing mask get a right `next:` hint and messages, and
-CLI errors name flags, not config fields."""
+"""Missing values in tables and masked runs: only empty cells and nan are missing (other text
+is a one-line error with 1-based data row and column), runs trained with --missing mask get a
+right `next:` hint and messages, and CLI errors name flags, not config fields."""
 
 from __future__ import annotations
 
