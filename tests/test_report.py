@@ -151,11 +151,12 @@ def test_comparison_never_sets_different_quantities_side_by_side(tmp_path):
         "name": "ais", "steps": 100, "chains": 8, "leapfrog": 3}))
     html = unescape(report.render_report([a, score, other, ais]))
     rows = _parse(html).tables["comparison-table"]
-    assert rows[0][-1] == "log p̂ estimated by" and rows[1][-1] == "IS, k = 10, encoder proposal"
+    assert rows[0][-2] == "log p̂ estimated by" and rows[1][-2] == "IS, k = 10, encoder proposal"
+    assert rows[0][-1] == "problems" and rows[1][-1] == ""
     assert rows[2][2].endswith("(score, not log p(x))") and rows[2][3] == "undefined"
     assert rows[3][2].endswith("(density)") and rows[3][3] == "undefined"
     assert rows[4][3] == "0.500 ± 0.000"            # d = 0.5, 0.5: a computed SE of 0
-    assert rows[4][-1] == "AIS, 100 steps × 8 chains, 3 leapfrog"
+    assert rows[4][-2] == "AIS, 100 steps × 8 chains, 3 leapfrog"
     assert "score's log p̂ is a score while a's is a probability" in html
     assert "wine was evaluated on other data (wine.csv test continuous)" in html
 

@@ -63,7 +63,7 @@ def test_run_directory_contents(finished):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows == result.metrics
     for row in rows:
-        assert set(row) == set(train_mod.METRIC_KEYS)
+        assert set(row) == {*train_mod.METRIC_KEYS, "val_active_units"}   # one latent layer
         assert all(math.isfinite(row[k]) for k in ("train_elbo", "val_elbo", "val_rate",
                                                    "samples_per_s", "lr", "seconds"))
         assert math.isclose(row["train_elbo"], -row["train_rate"] - row["train_distortion"],

@@ -12,7 +12,9 @@ A run directory written by ``vaelab.fit.train`` holds
   epoch's non-skipped examples, true ELBO even during KL warm-up), ``val_elbo``/``val_rate``/
   ``val_distortion`` (null without validation), ``samples_per_s`` (training only, all ranks),
   ``lr`` and ``kl_weight`` (at the epoch's last step), ``skipped_steps`` (non-finite steps),
-  ``seconds`` (the whole epoch incl. validation); NaN is written as null;
+  ``seconds`` (the whole epoch incl. validation); with validation, ``val_active_units`` (one
+  latent layer) or ``val_rate_per_layer``/``val_active_units_per_layer`` (a hierarchy), what
+  tells posterior collapse; NaN is written as null;
 * ``checkpoint/`` — ``state.safetensors`` (every tensor: model, inference, optimizer moments,
   best weights) and ``state.json`` (scalars, the optimizer's structure, RNG states as hex,
   and the SHA-256 of ``state.safetensors``);

@@ -79,7 +79,12 @@ from vaelab.fit.step import TrainStep, nan_to_none
 from vaelab.infer.objectives import DIVERGED_ELBO, elbo_terms
 from vaelab.infer.schemes import Inference, scheme_for
 from vaelab.model import standardize
-from vaelab.model.hierarchical import HierarchicalVAE, collapse_warning, layer_metrics
+from vaelab.model.hierarchical import (
+    HierarchicalVAE,
+    collapse_from_metrics,
+    collapse_warning,
+    layer_metrics,
+)
 from vaelab.model.masked import build_model
 from vaelab.model.vae import VAE
 
@@ -453,8 +458,11 @@ class _Trainer(Checkpointed):
 
     @torch.no_grad()
     def _layer_metrics(self) -> dict:
-        """val_rate_per_layer / val_active_units_per_layer of a hierarchical model, else {}."""
-        if not isinstance(self.model, HierarchicalVAE) or self.val_x is None:
+        """val_rate_per_layer / val_active_units_per_layer of a hierarchical model, else
+        :meth:`_active_units`."""
+        if not isinstance(self.model, HierarchicalVAE):
+            return self._active_units()
+        if self.val_x is None:
             return {}
         self.model.eval()
         self.inference.eval()
@@ -469,6 +477,22 @@ class _Trainer(Checkpointed):
         if warning is not None and self.dist.main and self.state.epoch == self.tc.epochs:
             self.log(warning + " (validation set)")
         return out
+
+    @torch.no_grad()
+    def _active_units(self) -> dict:
+        """{"val_active_units": the units whose q mean varies over this process's validation
+        rows, Var_x E_q[z_u|x] > 0.01} of a one-layer model with an encoder, else {}: with the
+        rate it tells posterior collapse (``hierarchical.collapse_from_metrics``)."""
+        if self.val_x is None or self.tc.inference != "amortized" or len(self.val_x) < 2:
+            return {}
+        self.model.eval()
+        self.inference.eval()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):   # a flow's mean may draw: keep the stream
+            torch.manual_seed(self.tc.seed + 7919)
+            means = torch.cat([self.inference(x, None).mean.reshape(len(x), -1)
+                               for x in self.val_x.split(VAL_BATCH_SIZE)])
+        return {"val_active_units": int((means.double().var(0) > 1e-2).sum())}
 
     def run_epoch(self) -> dict:
         """Train, validate, early-stopping bookkeeping, checkpoint, log; → the metrics row."""
@@ -743,6 +767,10 @@ def _run(trainer: _Trainer) -> TrainResult:
                                   trainer.remedy)
     if summary is not None and trainer.dist.main:   # stderr even under --quiet
         print(summary, file=sys.stderr, flush=True)
+    collapse = (None if isinstance(trainer.model, HierarchicalVAE) or not state.metrics
+                else collapse_from_metrics(state.metrics[-1], (trainer.model.latent_dim,)))
+    if collapse is not None and summary is None and trainer.dist.main:   # hierarchies: per layer
+        print(collapse, file=sys.stderr, flush=True)
     trainer.dist.barrier()
     return TrainResult(trainer.run_dir, trainer.config, trainer.model, trainer.inference,
                        list(state.metrics), state.stopped_early, state.best_epoch)

@@ -436,8 +436,13 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
         line = hierarchical.collapse_warning(
             report["collapsed_layers"], sizes,
             [layer["mean"] for layer in report["rate_per_layer"]])
-        if line is not None:
-            report["warnings"] = [*report.get("warnings", []), line]
+    else:                            # one latent layer: the same rule, the same words
+        rate = report["rate"]["mean"]
+        line = hierarchical.collapse_warning(
+            [1] if report["active_units"] == 0 else [], (report["latent_dim"],),
+            [rate] if rate is not None and math.isfinite(rate) else None)
+    if line is not None:
+        report["warnings"] = [*report.get("warnings", []), line]
     if per_example:
         report["per_example"] = {k: measures[k].double().tolist() for k in PER_EXAMPLE_KEYS}
     return honest.json_safe(_apply_meaning(

@@ -28,6 +28,7 @@ the active-unit count use.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import cast
 
@@ -640,14 +641,19 @@ def zero_rate_layers(rates: Sequence[float]) -> list[int]:
 def collapse_warning(collapsed: Sequence[int], sizes: Sequence[int],
                      rates: Sequence[float] | None = None) -> str | None:
     """One line naming the latent layers with no active unit and, given the per-layer mean
-    rates (nats), the layers with (almost) zero rate; None when there are none."""
+    rates (nats), the layers with (almost) zero rate; None when there are none.
+
+    The one place that decides posterior collapse, for a single latent layer too (``sizes``
+    of length 1): every command that summarises a run (train, evaluate, runs, report) asks it.
+    """
+    if len(sizes) == 1:
+        return _one_layer_warning(bool(collapsed), sizes[0], rates)
     parts = []
     if collapsed:
         names = ", ".join(f"layer {i} ({sizes[i - 1]} units)" for i in collapsed)
         parts.append(f"latent {names} collapsed: no active unit (Var_x E_q[z_u|x] <= 0.01), "
                      f"so that layer carries no information about x")
-    rates = list(rates or [])
-    quiet = [i for i in zero_rate_layers(rates) if i not in collapsed]
+    quiet = [i for i in zero_rate_layers(rates or []) if i not in collapsed]
     top = len(sizes)
     below = [i for i in quiet if i != top]
     if below:
@@ -661,6 +667,37 @@ def collapse_warning(collapsed: Sequence[int], sizes: Sequence[int],
         return None
     return (f"warning: {'; '.join(parts)}; try a KL warm-up (--kl-schedule linear), free bits "
             f"(--free-bits) or fewer layers")
+
+
+def collapse_from_metrics(row: dict, sizes: Sequence[int]) -> str | None:
+    """:func:`collapse_warning` from one row of a run's metrics.jsonl: the validation rate and
+    active units (per layer for a hierarchy; the training rate without validation)."""
+    if len(sizes) > 1:
+        active, rates = row.get("val_active_units_per_layer"), row.get("val_rate_per_layer")
+        if not active and not rates:
+            return None
+        rates = rates if rates and all(isinstance(r, (int, float)) for r in rates) else None
+        return collapse_warning([i + 1 for i, a in enumerate(active or []) if a == 0], sizes,
+                                rates)
+    rate = row.get("val_rate") if row.get("val_rate") is not None else row.get("train_rate")
+    rates = [rate] if isinstance(rate, (int, float)) and math.isfinite(rate) else None
+    return collapse_warning([1] if row.get("val_active_units") == 0 else [], sizes, rates)
+
+
+def _one_layer_warning(collapsed: bool, size: int, rates: Sequence[float] | None) -> str | None:
+    """:func:`collapse_warning` for a model with one latent layer of ``size`` units."""
+    rate = rates[0] if rates else None
+    quiet = rate is not None and bool(zero_rate_layers([rate]))
+    if not collapsed and not quiet:
+        return None
+    what = []
+    if collapsed:
+        what.append(f"no active unit of {size} (Var_x E_q[z_u|x] <= 0.01)")
+    if quiet:
+        what.append(f"rate {rate:.3f} nats")
+    return (f"warning: posterior collapse: {' and '.join(what)}, so q(z | x) = p(z) and z "
+            f"carries no information about x (the decoder ignores it); try a KL warm-up "
+            f"(--kl-schedule linear) or free bits (--free-bits)")
 
 
 def layer_metrics(model: HierarchicalVAE, qs: Iterable[LayeredDistribution], num_samples: int,

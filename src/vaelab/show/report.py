@@ -31,6 +31,7 @@ from vaelab._files import atomic_write_bytes
 from vaelab.show.runinfo import (
     RUN_PICTURES,
     RunInfo,
+    model_problems,
     paired_difference,
     read_run,
     stat,
@@ -279,7 +280,7 @@ def _run_view(run: RunInfo) -> dict:
             "modified": run.modified.strftime("%Y-%m-%d %H:%M UTC") if run.modified else None,
             "about": _about(run), "evaluation": _evaluation(run.evaluation),
             "gaps": _gaps(run.gaps), "extra": _extra(run), "pictures": pictures,
-            "problems": list(run.problems)}
+            "problems": [p.line for p in model_problems(run)] + list(run.problems)}
 
 
 # --------------------------------------------------------------------------- comparison
@@ -296,7 +297,7 @@ def comparison_rows(runs: Sequence[RunInfo]) -> tuple[list[str], list[list], lis
     """(headers, rows, notes) of the comparison table; the first run is the reference."""
     headers = ["run", "data", "test log p̂(x) ± SE (nats)", "paired Δ vs first ± SE (nats)",
                "NLL (bits/dim)", "test ELBO ± SE", "rate (nats)", "active units",
-               "samples/s", "training (s)", "log p̂ estimated by"]
+               "samples/s", "training (s)", "log p̂ estimated by", "problems"]
     reference = runs[0].evaluation
     rows, notes = [], []
     for i, run in enumerate(runs):
@@ -322,7 +323,8 @@ def comparison_rows(runs: Sequence[RunInfo]) -> tuple[list[str], list[list], lis
                      _mean_se(ev, "nll_bits_per_dim", 4), _mean_se(ev, "elbo"),
                      _mean_se(ev, "rate"),
                      escape(str(units)) if units is not None else UNDEFINED,
-                     fmt(speed, 0), fmt(seconds, 1), escape(estimator_text(ev))])
+                     fmt(speed, 0), fmt(seconds, 1), escape(estimator_text(ev)),
+                     escape(", ".join(p.tag for p in model_problems(run)))])
     return headers, rows, notes
 
 
@@ -357,31 +359,47 @@ def _comparability(run: RunInfo, first: RunInfo, diff: object) -> list[str]:
     return notes
 
 
-def _curves_uri(runs: Sequence[RunInfo]) -> str | None:
-    """Overlaid ELBO curves (validation where present, else training) as a PNG data URI."""
-    from matplotlib.figure import Figure
+def _curve(run: RunInfo) -> tuple[list[tuple], str]:
+    """(epoch, ELBO) points of a run (validation where present, else training), its label."""
+    key = "val_elbo" if run.last_metric("val_elbo") is not None else "train_elbo"
+    points = [(r.get("epoch"), r.get(key)) for r in run.metrics]
+    points = [(e, v) for e, v in points if isinstance(e, (int, float))
+              and isinstance(v, (int, float)) and math.isfinite(v)]
+    return points, f"{run.name} ({key.split('_')[0]})"
 
-    fig = Figure(figsize=(7, 3.6), dpi=110)
-    ax = fig.add_subplot()
-    drawn = 0
-    for run in runs:
-        key = "val_elbo" if run.last_metric("val_elbo") is not None else "train_elbo"
-        points = [(r.get("epoch"), r.get(key)) for r in run.metrics]
-        points = [(e, v) for e, v in points if isinstance(e, (int, float))
-                  and isinstance(v, (int, float)) and math.isfinite(v)]
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="o", ms=3,
-                    label=f"{run.name} ({key.split('_')[0]})")
-            drawn += 1
-    if not drawn:
-        return None
+
+def curve_groups(runs: Sequence[RunInfo]) -> tuple[list[RunInfo], list[RunInfo]]:
+    """(runs whose curves share one axis, diverged runs drawn apart on their own scale): an
+    ELBO of −1e11 would flatten every other curve into a line."""
+    diverged = [r for r in runs if any(p.tag.startswith("diverged") for p in model_problems(r))]
+    return [r for r in runs if r not in diverged], diverged
+
+
+def _curves_uri(runs: Sequence[RunInfo]) -> str | None:
+    """Overlaid ELBO curves as a PNG data URI; diverged runs on a second axis of their own."""
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("ELBO (nats)")
-    ax.grid(alpha=.3)
-    ax.legend(fontsize=8)
+    good, diverged = curve_groups(runs)
+    groups = [(group, title) for group, title in ((good, None),
+                                                 (diverged, "diverged runs (their own scale)"))
+              if any(_curve(r)[0] for r in group)]
+    if not groups:
+        return None
+    fig = Figure(figsize=(7 if len(groups) == 1 else 11, 3.6), dpi=110)
+    for i, (group, title) in enumerate(groups):
+        ax = fig.add_subplot(1, len(groups), i + 1)
+        for run in group:
+            points, label = _curve(run)
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", ms=3, label=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("ELBO (nats)")
+        if title:
+            ax.set_title(title, fontsize=9)
+        ax.grid(alpha=.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

@@ -255,3 +255,83 @@ def paired_difference(a: dict | None, b: dict | None,
         return PairedDifference(mean, None, n)
     var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
     return PairedDifference(mean, math.sqrt(var / n), n)
+
+
+# --------------------------------------------------------------------------- model health
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with a run's model: a short ``tag`` for tables, the whole ``line``."""
+
+    tag: str
+    line: str
+
+
+def _steps_per_epoch(metrics: list[dict], i: int) -> int:
+    step = metrics[i].get("step")
+    before = metrics[i - 1].get("step") if i > 0 else 0
+    ok = isinstance(step, int) and isinstance(before, int)
+    return step - before if ok else 0
+
+
+def _sizes(run: RunInfo) -> tuple[int, ...] | None:
+    latent = ((run.config or {}).get("model") or {}).get("latent_dim")
+    if isinstance(latent, int):
+        return (latent,)
+    if isinstance(latent, list) and latent and all(isinstance(s, int) for s in latent):
+        return tuple(latent)
+    return None
+
+
+def model_problems(run: RunInfo) -> list[Problem]:
+    """A diverged training run and posterior collapse, by the rules training and evaluation
+    use (``vaelab.fit.train.divergence_warning``, ``vaelab.model.hierarchical``'s
+    ``collapse_warning``): eval.json's own warnings first, else the metrics' last epoch."""
+    from vaelab.fit.train import divergence_warning
+    from vaelab.model.hierarchical import collapse_from_metrics
+
+    problems = []
+    diverged = [row.get("epoch") for i, row in enumerate(run.metrics)
+                if _diverged(row, _steps_per_epoch(run.metrics, i), divergence_warning)]
+    warnings = [w for w in (run.evaluation or {}).get("warnings") or [] if isinstance(w, str)]
+    if diverged:
+        which = "epoch" if len(diverged) == 1 else "epochs"
+        problems.append(Problem(f"diverged ({which} {_epochs(diverged)})",
+                                f"training diverged in epoch(s) {_epochs(diverged)}: the "
+                                f"weights are not trustworthy"))
+    elif any("diverged" in w for w in warnings):
+        problems.append(Problem("diverged", next(w for w in warnings if "diverged" in w)))
+    collapse = next((w for w in warnings if "collapse" in w or "no information" in w), None)
+    sizes = _sizes(run)
+    if collapse is None and run.metrics and sizes is not None:
+        collapse = collapse_from_metrics(run.metrics[-1], sizes)
+    if collapse is not None:
+        problems.append(Problem("collapsed", collapse))
+    return problems
+
+
+def _diverged(row: dict, steps: int, rule) -> bool:
+    try:
+        return rule({"skipped_steps": row.get("skipped_steps") or 0, "epoch": row.get("epoch"),
+                     "train_elbo": _finite_or_none(row.get("train_elbo")),
+                     "val_elbo": _finite_or_none(row.get("val_elbo"))}, steps) is not None
+    except TypeError:
+        return False
+
+
+def _finite_or_none(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _epochs(epochs: list) -> str:
+    """[1, 2, 3, 7] → "1-3, 7"."""
+    numbers = [e for e in epochs if isinstance(e, int)]
+    if not numbers:
+        return "?"
+    spans, start = [], numbers[0]
+    for previous, current in zip(numbers, numbers[1:] + [None], strict=True):
+        if current != previous + 1:
+            spans.append(f"{start}" if start == previous else f"{start}-{previous}")
+            start = current
+    return ", ".join(spans)

@@ -3,15 +3,16 @@
 One row per run directory (a folder with a ``config.json``, found up to three levels down):
 when it was last written, its data, latent size and family/prior, epochs finished, the last
 validation ELBO, and — when ``vaelab evaluate`` has run — the test log p̂(x) with its standard
-error and bits/dim. Missing numbers are shown as ``—`` (not computed) and undefined standard
-errors as ``undefined``, never as 0.
+error and bits/dim; then its problems (a diverged or collapsed model, an unreadable file).
+Missing numbers are shown as ``—`` (not computed) and undefined standard errors as
+``undefined``, never as 0.
 """
 
 from __future__ import annotations
 
 import os
 
-from vaelab.show.runinfo import RunInfo, find_runs, stat
+from vaelab.show.runinfo import RunInfo, find_runs, model_problems, stat
 
 COLUMNS = ("run", "written (UTC)", "data", "model", "epochs", "val ELBO",
            "test log p̂(x) ± SE", "bits/dim", "problems")
@@ -56,7 +57,8 @@ def run_row(run: RunInfo, root: str | os.PathLike) -> list[str]:
     return [name or ".", run.modified.strftime("%Y-%m-%d %H:%M") if run.modified else MISSING,
             str(data or MISSING), _model(run), str(len(run.metrics)),
             _number(run.last_metric("val_elbo"), 2), test, _number(bpd, 4),
-            ", ".join(f"{name} unreadable" for name in unreadable) or ""]
+            ", ".join([p.tag for p in model_problems(run)]
+                      + [f"{name} unreadable" for name in unreadable])]
 
 
 def format_runs(root: str | os.PathLike) -> str:
