@@ -31,11 +31,12 @@ from vaelab.model.hierarchical import LayeredDistribution, PerExampleLayers, _di
 
 class TopDownEncoder(nn.Module):
     """x [B, D] → layered q with q(z_n | x) = N(top(x)) and q(z_i | x, z_{i+1}) =
-    N(lower[i]([x, z_{i+1}])), each a diagonal Normal (softplus scale + ``min_scale``).
+    N(``lower[i]([x, z_{i+1}])``), each a diagonal Normal (softplus scale + ``min_scale``).
 
     Args:
         top: a net x [.., D] → [.., 2 L_n] (raw location and pre-softplus scale).
-        lower: n − 1 nets, ``lower[i]`` maps [x, z_{i+1}] [.., D + L_{i+1}] → [.., 2 L_i].
+        lower: n − 1 nets, ``lower[i]`` maps ``[x, z_{i+1}]``, shape ``[.., D + L_{i+1}]``,
+            → [.., 2 L_i].
         sizes: L_1, …, L_n, bottom to top.
     """
 
