@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "vaelab"
-LEAVES = {"catalogue", "config", "data", "_checks", "_files", "_runtime"}
+LEAVES = {"catalogue", "config", "data", "data_forms", "_checks", "_files", "_runtime"}
 RANK = {"leaf": 0, "model": 1, "infer": 2, "fit": 3, "measure": 3, "use": 4, "show": 5,
         "cli": 6}
 

@@ -117,6 +117,8 @@ class Dataset:
         name: a short name for logs and figures.
         kind: one of :data:`DATA_KINDS` (None: not known; :func:`kind_of` infers it).
         notes: what the loader did to the values (e.g. scaled 0–255 to [0, 1]), for the user.
+        columns: the D column names of a table (a pandas DataFrame's), kept in the run and in
+            outputs; None when the columns have no names.
     """
 
     x: torch.Tensor
@@ -125,6 +127,7 @@ class Dataset:
     name: str
     kind: str | None = None
     notes: tuple[str, ...] = ()
+    columns: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         x = self.x
@@ -147,6 +150,9 @@ class Dataset:
         if shape is not None and (len(shape) != 3 or math.prod(shape) != d):
             raise ValueError(f"image_shape: expected None or (C, H, W) with C*H*W == D == {d}, "
                              f"got {shape!r}")
+        if self.columns is not None and len(self.columns) != d:
+            raise ValueError(f"columns: expected None or {d} column names (one per column of "
+                             f"x), got {len(self.columns)}")
 
     def __len__(self) -> int:
         """Number of examples N."""

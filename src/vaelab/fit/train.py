@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vaelab import catalogue
+from vaelab import catalogue, data_forms
 from vaelab import data as data_
 from vaelab._runtime import resolve_device
 from vaelab.config import RunConfig, TrainConfig
@@ -194,6 +194,8 @@ def _distributed(device: torch.device) -> _Dist:
 class _Data:
     train: data_.Dataset
     val: data_.Dataset | None
+    #: the user's DataLoader, whose batches training takes as they come (else None)
+    loader: torch.utils.data.DataLoader | None = None
 
     @cached_property
     def sha256(self) -> str:
@@ -238,9 +240,16 @@ def _model_input(ds: data_.Dataset, tc: TrainConfig) -> data_.Dataset:
     return replace(ds.floats(), x=ds.floats().x.to(torch.float32))
 
 
-def _load_data(config: RunConfig, dataset: data_.Dataset | None) -> _Data:
-    """Load, check, split and (statically) binarize the data."""
+def _load_data(config: RunConfig, dataset: object) -> _Data:
+    """Load, check, split and (statically) binarize the data (``dataset``: any form of
+    ``vaelab.data_forms``, or None for ``config.train.data``)."""
     tc = config.train
+    if dataset is not None and not isinstance(dataset, data_.Dataset):
+        loader = dataset if data_forms.is_loader(dataset) else None
+        dataset = data_forms.as_dataset(dataset, where="dataset", seed=tc.seed,
+                                        allow_missing=config.model.missing != "none")
+        if loader is not None:      # its batches are the training batches (_loader_config)
+            return replace(_load_data(config, dataset), loader=loader)
     if config.model.missing != "none":      # NaN marks missing entries (vaelab.fit.masked)
         return _Data(*load_masked_data(config, dataset))
     if dataset is None:
@@ -308,10 +317,13 @@ class _Trainer(Checkpointed):
         self.model = (build_masked_model(config, data.train.x) if masked
                       else _build_model(config, data.train.x)).to(device)
         self.inference = self._build_inference().to(device)
-        self.batches = data_.Batches(
-            data.train.x, self.tc.batch_size, seed=self.tc.seed, device=device,
-            binarize="dynamic" if self.tc.binarize == "dynamic" and not masked else "none",
-            rank=dist.rank, world_size=dist.world_size)
+        binarize = "dynamic" if self.tc.binarize == "dynamic" and not masked else "none"
+        self.batches: data_.Batches | data_forms.LoaderBatches = (
+            data_.Batches(data.train.x, self.tc.batch_size, seed=self.tc.seed, device=device,
+                          binarize=binarize, rank=dist.rank, world_size=dist.world_size)
+            if data.loader is None else
+            data_forms.LoaderBatches(data.loader, data.train, seed=self.tc.seed, device=device,
+                                     binarize=binarize, rank=dist.rank, where="dataset"))
         self.step = TrainStep(self.model, self.inference, lr=self.tc.lr, betas=self.tc.betas,
                               grad_clip=self.tc.grad_clip, schedule=self.tc.schedule,
                               phi_steps=self.tc.phi_steps, phi_lr=self.tc.phi_lr,
@@ -349,7 +361,8 @@ class _Trainer(Checkpointed):
         return tqdm(total=len(self.batches), desc=f"epoch {epoch + 1}/{self.tc.epochs}",
                     leave=False, disable=not enabled, unit="batch", dynamic_ncols=True)
 
-    def _one_step(self, x: torch.Tensor, index: torch.Tensor, sums: list[float]) -> None:
+    def _one_step(self, x: torch.Tensor, index: torch.Tensor | None,
+                  sums: list[float]) -> None:
         """One step; adds to ``sums`` in place (Python floats: no tensor per step)."""
         n = len(self.batches)
         lr = learning_rate(self.tc, self.state.step, n, self.state.lr_scale)
@@ -587,7 +600,7 @@ def _describe(row: dict, epochs: int, steps_per_epoch: int = 0,
 
 
 def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume: bool = False,
-          overwrite: bool = False, progress: bool = True, dataset: data_.Dataset | None = None,
+          overwrite: bool = False, progress: bool = True, dataset: object = None,
           log: Callable[[str], object] | None = print,
           figures: FigureWriter | None = None,
           on_epoch: Callable[[dict], object] | None = None) -> TrainResult:
@@ -603,7 +616,11 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
             the data are loaded and the model is built, just before the new config.json is
             written (config.json first, so the folder never mixes two runs).
         progress: show a tqdm bar (only on a terminal).
-        dataset: use this ``vaelab.data.Dataset`` instead of loading ``config.train.data``.
+        dataset: train on these data instead of loading ``config.train.data``: a numpy
+            array, a torch tensor, a pandas DataFrame (numeric columns; their names are kept
+            in the run), a map-style torch Dataset (items x or (x, y)), a DataLoader (its
+            batches are used as they come: no re-batching, no validation rows) or a
+            ``vaelab.data.Dataset`` (``vaelab.data_forms``; the same kinds and checks for all).
         log: called with one line per epoch and notes; None for silence.
         figures: called once at the end on rank 0 as ``figures(run_dir, model, dataset,
             metrics, log=log)`` to draw the run's pictures; the CLI passes
@@ -627,6 +644,8 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
         for note in speed_notes(config.train, device):   # stderr even when log is silent
             print(note, file=sys.stderr, flush=True)
         run_dir = runs.prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    if data_forms.is_loader(dataset):
+        config = _loader_config(config, log)
     data = _load_data(config, dataset)
     config = replace(config, model=config.model.with_data(
         data.train.x.shape[1], data.train.image_shape, _model_kind(data.train, config.train)))
@@ -661,6 +680,24 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
         runs.write_config(run_dir, config, dataset=_data_info(data))
     dist.barrier()
     return _run(trainer)
+
+
+def _loader_config(config: RunConfig, log: Callable[[str], object]) -> RunConfig:
+    """The config for training on a DataLoader's own batches: no rows can be held out of
+    them or chosen, binarized once or perturbed, and no table of per-row q is kept."""
+    tc = config.train
+    refused = {"limit": tc.limit is not None, "classes": tc.classes is not None,
+               "perturb_fraction": bool(tc.perturb_fraction), "binarize": tc.binarize == "static",
+               "inference": tc.inference == "per-datapoint"}
+    for name, bad in refused.items():
+        if bad:
+            raise ValueError(f"{name}: a DataLoader's batches are used as they come, so "
+                             f"expected the default {name} with one, got {getattr(tc, name)!r}; "
+                             f"pass the data as an array, DataFrame or Dataset instead")
+    if tc.val_fraction > 0:
+        log(f"note: a DataLoader's batches are used as they come, so no validation rows are "
+            f"held out of them (val_fraction {tc.val_fraction:g} → 0; val_* are null)")
+    return replace(config, train=replace(tc, val_fraction=0.0))
 
 
 def _where_data_are(config: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
@@ -716,8 +753,11 @@ def check_resume_epochs(finished: int, stored: RunConfig | None, config: RunConf
 
 
 def _data_info(data: _Data) -> dict:
-    return {"name": data.train.name, "num_train": len(data.train),
+    info = {"name": data.train.name, "num_train": len(data.train),
             "num_val": 0 if data.val is None else len(data.val)}
+    if data.train.columns is not None:       # a DataFrame's column names, for the outputs
+        info["columns"] = list(data.train.columns)
+    return info
 
 
 def _nothing_to_do(trainer: _Trainer, log: Callable[[str], object]) -> TrainResult:

@@ -25,7 +25,7 @@ from typing import Any, cast
 import torch
 from torch.distributions import Distribution
 
-from vaelab import _checks
+from vaelab import _checks, data_forms
 from vaelab.infer.objectives import GenerativeModel, check_inputs, elbo_terms, log_weights
 from vaelab.measure import honest, shard
 from vaelab.model import hierarchical
@@ -402,7 +402,7 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
         dict holding it says why in its ``"undefined"`` mapping, ``{key: reason}``; the
         result always passes ``json.dumps(..., allow_nan=False)``.
     """
-    x = model.check_data(x, "x")
+    x = model.check_data(data_forms.as_rows(x), "x")     # any form of vaelab.data_forms
     if x.shape[0] == 0:
         raise ValueError("x: expected at least one example, got an empty tensor")
     population = x.shape[0]

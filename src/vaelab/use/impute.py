@@ -20,12 +20,13 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.distributions import Distribution
 
-from vaelab import _checks
+from vaelab import _checks, data_forms
 from vaelab._files import atomic_write_bytes
 from vaelab.data import csv_header, read_csv_numbers, read_npy
 from vaelab.infer.masked import MissingLogits, check_mask, masked_draws
@@ -81,13 +82,15 @@ def _as_rows(model: MaskedVAE, x: object) -> tuple[torch.Tensor, tuple]:
 
 def impute(model: object, x: object, *, num_samples: int = 1000, draws: int | None = None,
            binary: bool | None = None, seed: int | None = None,
-           batch_size: int = DEFAULT_BATCH) -> torch.Tensor | np.ndarray:
+           batch_size: int = DEFAULT_BATCH) -> torch.Tensor | np.ndarray | Any:
     """Fill in the NaN entries of x with a model trained with ``missing="mask"``.
 
     Args:
         model: a :class:`~vaelab.model.masked.MaskedVAE` or a loaded run
             (``vaelab.load(run)``, whose ``.model`` is one).
-        x: [N, D] or [N, *image_shape] floats (tensor or numpy) with NaN for missing entries.
+        x: [N, D] or [N, *image_shape] floats (tensor or numpy) with NaN for missing entries,
+            or a pandas DataFrame of numeric columns (NaN or pd.NA missing), a torch Dataset or
+            DataLoader (``vaelab.data_forms``).
         num_samples: K importance draws per row (more: closer to the exact conditional mean).
         draws: None → single imputation shaped like x; M → M imputations [M, *x.shape].
         binary: the mode instead of the mean; None → when the likelihood is a probability of
@@ -95,7 +98,9 @@ def impute(model: object, x: object, *, num_samples: int = 1000, draws: int | No
         seed: seed torch's RNG for the draws (None: the current global RNG).
         batch_size: rows per forward pass.
 
-    Returns the same type and dtype as x; observed entries are x's own, bit for bit.
+    Returns the same type and dtype as x (a DataFrame: float64 with x's index and columns;
+    with ``draws`` a list of M of them; a torch Dataset or DataLoader: a float32 tensor [N, D]);
+    observed entries are x's own, bit for bit.
     Raises TypeError/ValueError naming the argument (not a masked model, wrong shape, ±inf,
     observed values outside the likelihood's support, bad num_samples/draws).
     """
@@ -106,6 +111,11 @@ def impute(model: object, x: object, *, num_samples: int = 1000, draws: int | No
     num_samples = _checks.positive_int("num_samples", num_samples)
     draws = None if draws is None else _checks.positive_int("draws", draws)
     batch_size = _checks.positive_int("batch_size", batch_size)
+    frame = x if data_forms.is_dataframe(x) else None
+    if frame is not None:           # float64 values: observed entries kept bit for bit
+        x = data_forms.frame_values(frame, "x")[0].astype(np.float64)
+    elif not isinstance(x, (np.ndarray, torch.Tensor)):
+        x = data_forms.as_dataset(x, where="x", allow_missing=True).x
     as_numpy = isinstance(x, np.ndarray)
     rows, shape = _as_rows(model, x)
     if binary is None:
@@ -119,7 +129,16 @@ def impute(model: object, x: object, *, num_samples: int = 1000, draws: int | No
                              for part in rows.split(batch_size)], dim=-2)
     filled = torch.where(~torch.isnan(rows), rows, guesses.to(rows.dtype))
     filled = filled.reshape((draws, *shape) if draws is not None else shape)
+    if frame is not None:
+        return _frames(filled.numpy(), frame, draws)
     return filled.numpy() if as_numpy else filled
+
+
+def _frames(filled: np.ndarray, frame: Any, draws: int | None) -> Any:
+    """The imputed values as a DataFrame (a list of M with ``draws``) like ``frame``."""
+    def like(values: np.ndarray) -> Any:
+        return type(frame)(values, index=frame.index, columns=frame.columns)
+    return like(filled) if draws is None else [like(values) for values in filled]
 
 
 def _impute_rows(model: MaskedVAE, rows: torch.Tensor, num_samples: int, draws: int | None,

@@ -7,12 +7,13 @@ a pickle, never code from the files; format in :mod:`vaelab.fit.runs`) and retur
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from torch.distributions import Distribution
 
-from vaelab import _checks
+from vaelab import _checks, data_forms
 from vaelab.config import RunConfig
 from vaelab.fit.runs import CONFIG_FILE, RunError, read_config, read_metrics, read_model
 from vaelab.infer.objectives import elbo_terms
@@ -33,7 +34,9 @@ class TrainedModel:
         metrics: the per-epoch metrics of ``metrics.jsonl``.
 
     Data arguments ``x`` are float tensors [B, D] (or [B, *image_shape], flattened here) with
-    values the likelihood accepts ([0, 1] for Bernoulli). q(z | x) is the trained encoder's,
+    values the likelihood accepts ([0, 1] for Bernoulli), or any form of
+    :mod:`vaelab.data_forms` (numpy, a DataFrame, a torch Dataset or DataLoader), read by the
+    same rule as training data. q(z | x) is the trained encoder's,
     refined as in training for ``inference="semi-amortized"`` runs
     (``vaelab.infer.schemes.scheme_for``: the same steps, step size and draws as training);
     runs with ``inference="per-datapoint"`` trained no encoder, so only :meth:`sample` works.
@@ -50,8 +53,15 @@ class TrainedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def columns(self) -> tuple[str, ...] | None:
+        """The column names of the table the run was trained on (a DataFrame's), else None."""
+        meta = _json_object(self.run_dir / CONFIG_FILE).get("dataset")
+        names = meta.get("columns") if isinstance(meta, dict) else None
+        return tuple(map(str, names)) if isinstance(names, list) else None
+
     def _data(self, x: object) -> torch.Tensor:
-        x = _checks.tensor("x", x)
+        x = data_forms.as_rows(x, where="x")
         shape = self.config.model.image_shape
         if shape is not None and tuple(x.shape[1:]) == tuple(shape):
             x = x.reshape(x.shape[0], -1)
@@ -94,6 +104,15 @@ class TrainedModel:
         _, q = self._q(x, "reconstruct")
         with torch.no_grad():
             return self.model.decode(q.mean).mean
+
+
+def _json_object(path: Path) -> dict:
+    """A JSON file's top-level object ({} when it is not one or cannot be read)."""
+    try:
+        value = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def load(run_dir: str | Path, *, device: str | torch.device = "cpu") -> TrainedModel:
