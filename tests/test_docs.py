@@ -131,3 +131,29 @@ def test_every_docs_page_is_in_the_navigation():
     nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     for page in DOCS.rglob("*.md"):
         assert str(page.relative_to(DOCS)) in nav, page
+
+
+def test_the_cli_reference_finds_the_parser_in_a_cli_package(tmp_path, monkeypatch):
+    """Once ``vaelab.cli`` is a package whose ``__init__`` does not re-export
+    ``build_parser``, the hook still finds it in a sub-module."""
+    import sys
+    import types
+
+    package = tmp_path / "cli"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "parsers.py").write_text(
+        "import argparse\n\n"
+        "def build_parser():\n"
+        "    parser = argparse.ArgumentParser(prog='vaelab')\n"
+        "    commands = parser.add_subparsers(dest='command')\n"
+        "    commands.add_parser('train', help='train').add_argument('--epochs', type=int)\n"
+        "    return parser\n")
+    fake = types.ModuleType("vaelab.cli")
+    fake.__path__ = [str(package)]
+    monkeypatch.setitem(sys.modules, "vaelab.cli", fake)
+    monkeypatch.delitem(sys.modules, "vaelab.cli.parsers", raising=False)
+    hook = _hook()
+    page = hook.command_page(hook.find_build_parser()())
+    assert "## vaelab train" in page and "`--epochs`" in page
+    sys.modules.pop("vaelab.cli.parsers", None)
