@@ -59,18 +59,24 @@ def test_bdmc_from_the_cli_reports_the_sandwich_and_warns_when_it_is_wide(tmp_pa
 
 @needs_fashion_mnist
 def test_the_table_says_when_log_px_se_is_monte_carlo_only(tmp_path, capsys):
-    """Evaluating every example of a split makes log p(x)'s ± Monte Carlo only (finite
-    population) while the ELBO's ± is the spread across examples: the table says so, and
-    says nothing when only part of the split was evaluated."""
+    """The ELBO's ± is the spread across examples and log p(x)'s ± is Monte Carlo error plus
+    the finite-population sampling of the split: the table labels both rules whatever was
+    evaluated, and says Monte Carlo only when every example of the split was."""
     run = tmp_path / "run"
     assert run_cli(capsys, "train", "--data", "fashion-mnist", "--limit", "100", "--epochs",
                    "1", "--hidden", "16", "--latent-dim", "2", "--quiet", "--out",
                    str(run))[0] == 0
     code, part, _ = run_cli(capsys, "evaluate", str(run), "--k", "5", "--limit", "7", "--quiet")
-    assert code == 0 and "Monte Carlo error only" not in part
+    rule = ("± of ELBO, rate, distortion, gap: std/√n across examples; ± of log p(x), "
+            "bits/dim: Monte Carlo error ⊕ sampling n of N examples (finite-population "
+            "correction")
+    assert code == 0 and rule in part and "Monte Carlo only" not in part
     r = json.loads((run / "eval.json").read_text())
+    assert r["elbo"]["se_rule"] == "across examples"
+    assert r["log_likelihood"]["se_rule"] == "split mean" and set(r["se_rules"]) == {
+        "across examples", "split mean"}
     r["population_size"] = r["num_examples"]           # as when the whole split is evaluated
-    assert "all 7 examples of the split were evaluated" in cli.format_evaluation(r)
+    assert rule + "; all were evaluated, so Monte Carlo only)" in cli.format_evaluation(r)
 
 
 @needs_fashion_mnist

@@ -244,3 +244,30 @@ def test_cluster_assignments_and_printed_metrics_are_recomputed(runs, tmp_path, 
     got = np.genfromtxt(tmp_path / "m.csv", delimiter=",", names=True, dtype=np.int64)
     assert np.array_equal(got["cluster"], joint.argmax(1))
     assert len(np.unique(got["cluster"])) > 1
+
+
+def test_score_warns_about_its_importance_sampling_as_evaluate_does(runs, tmp_path, capsys):
+    """`score` writes nll_se and nll_ess; its warning lines are the ones evaluate's rule gives
+    for those very columns, and with the same k on the same examples both commands print the
+    same kind of line (tiny ESS here; the single-sample line at k = 1)."""
+    import re
+
+    from vaelab.measure import honest
+
+    for k in ("30", "1"):
+        code, out, err = run_cli(capsys, "score", runs["run"], "--limit", "100", "--k", k,
+                                 "--score", "log-likelihood", "--out", tmp_path / "s.csv")
+        assert code == 0, err
+        table = np.genfromtxt(tmp_path / "s.csv", delimiter=",", names=True)
+        want = honest.reliability_warnings(torch.tensor(table["nll_ess"]),
+                                           torch.tensor(table["nll_se"]), int(k))
+        assert want and [line for line in out.splitlines() if line.startswith("warning")] == want
+        code, report, err = run_cli(capsys, "evaluate", runs["run"], "--limit", "100", "--k",
+                                    k, "--quiet", "--out", tmp_path / "e.json")
+        assert code == 0, err
+
+        def kinds(text: str) -> set[str]:
+            return {re.sub(r"for \d+ of|min ESS [\d.]+", "#", line)
+                    for line in text.splitlines() if line.startswith("warning")}
+
+        assert kinds("\n".join(want)) <= kinds(report)

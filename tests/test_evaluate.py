@@ -181,3 +181,60 @@ def test_bad_data_is_refused():
         evaluate.evaluate_model(vae, torch.rand(5, 4) + 1)
     with pytest.raises(ValueError, match="finite"):
         evaluate.evaluate_model(vae, torch.full((5, 4), math.nan))
+
+
+def _measures(num_samples: int) -> dict[str, torch.Tensor]:
+    """Per-example measures of 4 examples: log p̂ = 0, −1, 0, 1 (sd √(2/3)), ELBO 0, 1, 2, 3."""
+    values = torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=F64)
+    stderr = (torch.full((4,), math.nan, dtype=F64) if num_samples == 1
+              else torch.tensor([0.1, 0.2, 0.2, 0.4], dtype=F64))
+    return {"elbo": values, "rate": values, "distortion": 2 * values,
+            "log_likelihood": torch.tensor([0.0, -1.0, 0.0, 1.0], dtype=F64),
+            "ll_stderr": stderr, "ess": torch.ones(4, dtype=F64), "q_mean": torch.randn(4, 2)}
+
+
+def test_with_one_importance_sample_the_between_example_part_is_shown():
+    """k = 1: the whole ± of log p(x) is undefined (no Monte Carlo error), but its
+    between-example part √((1 − n/N)/n)·sd is not: the JSON gives it (se_data, in bits/dim
+    too) with the reason, and the table shows it as a lower bound "≥" with a note."""
+    from vaelab import cli
+
+    r = evaluate._add_bits_per_dim(evaluate._report(_measures(1), 8, 1, 1, 0.01), 10)
+    ll, bpd = r["log_likelihood"], r["nll_bits_per_dim"]
+    part = math.sqrt(2 / 3) * math.sqrt((1 - 4 / 8) / 4)
+    assert ll["se"] is None and ll["se_mc"] is None
+    assert ll["se_data"] == pytest.approx(part, rel=1e-12)
+    assert "k = 1" in ll["undefined"]["se"] and "se_data" in ll["undefined"]["se"]
+    assert bpd["se"] is None and bpd["se_data"] == pytest.approx(part / (10 * math.log(2)),
+                                                                 rel=1e-12)
+    table = cli.format_evaluation(r)
+    row = next(line for line in table.splitlines() if line.startswith("log p(x) (nats)"))
+    assert row.split()[-1] == f"≥{part:.3f}"
+    bits = next(line for line in table.splitlines() if line.startswith("NLL (bits/dim)"))
+    assert bits.split()[-1] == f"≥{part / (10 * math.log(2)):.4f}"
+    assert "Monte Carlo part of the ± of log p(x) (and bits/dim) is undefined" in table
+    assert "k = 1 importance sample" in table                    # the warning as before
+
+
+def test_each_standard_error_names_its_rule_and_follows_it():
+    """ELBO, rate, distortion and the gap: sd/√n (no finite-population correction); log p(x):
+    √(se_mc² + (1 − n/N) sd²/n). Each summary says which, the JSON explains both, the table
+    labels both."""
+    from vaelab import cli
+
+    r = evaluate._add_bits_per_dim(evaluate._report(_measures(100), 8, 100, 1, 0.01), 10)
+    sd = math.sqrt(5 / 3)                                      # of 0, 1, 2, 3
+    for key in ("elbo", "rate", "gap"):
+        assert r[key]["se_rule"] == "across examples"
+    assert r["elbo"]["se"] == pytest.approx(sd / 2, rel=1e-12)
+    ll = r["log_likelihood"]
+    assert ll["se_rule"] == r["nll_bits_per_dim"]["se_rule"] == "split mean"
+    se_mc = math.sqrt(0.01 + 0.04 + 0.04 + 0.16) / 4
+    se_data = math.sqrt(2 / 3) * math.sqrt(0.5 / 4)
+    assert ll["se"] == pytest.approx(math.hypot(se_mc, se_data), rel=1e-12)
+    assert set(r["se_rules"]) == {"across examples", "split mean"}
+    assert "finite-population" in r["se_rules"]["split mean"]
+    table = cli.format_evaluation(r)
+    assert ("± of ELBO, rate, distortion, gap: std/√n across examples; ± of log p(x), "
+            "bits/dim: Monte Carlo error ⊕ sampling n of N examples (finite-population "
+            "correction)") in table

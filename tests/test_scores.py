@@ -249,3 +249,50 @@ def test_one_class_fashion_mnist_flags_inverted_and_noise_images(tmp_path):
         assert scores[column][60:].min() > scores[column][:60].max()
     assert set(SCORE_NAMES) == {"elbo", "log-likelihood", "input-complexity",
                                 "likelihood-ratio", "regret"}
+
+
+def test_scores_carry_the_effective_sample_size_behind_nll_se():
+    """nll_ess is the ESS of the same weights: the delta-method nll_se = √((k/ESS − 1)/(k − 1))
+    (a crude encoder makes both vary across rows)."""
+    model = make_linear_gaussian()
+    x = model.sample(12, generator=torch.Generator().manual_seed(5))
+    k = 9
+    scores = anomaly_scores(model, x, ["log-likelihood"], encoder=exact_encoder(model, 1.5),
+                            options=ScoreOptions(num_samples=k))
+    ess = scores["nll_ess"]
+    assert ess.shape == (12,) and bool(((ess >= 1 - 1e-9) & (ess <= k + 1e-9)).all())
+    np.testing.assert_allclose(scores["nll_se"], np.sqrt((k / ess - 1).clip(0) / (k - 1)),
+                               rtol=1e-6, atol=1e-9)
+    assert ess.std() > 0.1
+
+
+def test_score_warnings_are_evaluates():
+    """The warnings about nll (and the background's nll) are honest.reliability_warnings of
+    the columns, worded by what the likelihood means: tiny ESS, huge SE, k = 1."""
+    from vaelab.measure import honest
+    from vaelab.use.scores import sampling_warnings
+
+    ess = np.array([1.0, 1.02, 40.0, 3.0])
+    se = np.sqrt((50 / ess - 1) / 49)                          # ≈ 1 where ESS ≈ 1
+    columns = {"nll": np.zeros(4), "nll_se": se, "nll_ess": ess}
+    lines = sampling_warnings(columns, 50)
+    assert lines == honest.reliability_warnings(torch.tensor(ess), torch.tensor(se), 50)
+    assert len(lines) == 1 and "for 3 of 4 examples" in lines[0]
+    assert "unnormalised score rests" in sampling_warnings(columns, 50, "score")[0]
+    background = {**columns, "nll_background_se": se, "nll_background_ess": ess}
+    assert "the background model's log p(x)" in sampling_warnings(background, 50)[1]
+    one = sampling_warnings({"nll_se": np.full(4, np.nan), "nll_ess": np.ones(4)}, 1)
+    assert one == honest.reliability_warnings(torch.ones(4), torch.full((4,), math.nan), 1)
+    assert "single-sample bound" in one[0]
+
+
+def test_detection_metrics_take_tensors_from_any_device():
+    """Scores straight from a model (a tensor that needs grad, or bf16, as on a GPU) give the
+    numbers of the plain list: np.asarray of such a tensor raised."""
+    scores, labels = [0.1, 0.4, 0.35, 0.8, 0.5], [0, 0, 1, 1, 0]
+    expected = anomaly_metrics(scores, labels)
+    tracked = torch.tensor(scores, requires_grad=True)
+    assert anomaly_metrics(tracked, torch.tensor(labels)) == expected
+    assert anomaly_metrics(tracked.to(torch.bfloat16), torch.tensor(labels)) == expected
+    fpr, tpr = roc_points(tracked, torch.tensor(labels))
+    np.testing.assert_array_equal(fpr, roc_points(scores, labels)[0])

@@ -979,6 +979,7 @@ def format_evaluation(r: dict) -> str:
     An undefined statistic prints as "undefined" and a non-finite one as what it is (-inf,
     nan), never as a number it is not; the result's warnings follow the table.
     """
+    from vaelab.measure.evaluate import se_rule_note
     from vaelab.measure.honest import cell
 
     ll, bpd, ess = r["log_likelihood"], r["nll_bits_per_dim"], r["ess"]
@@ -994,19 +995,30 @@ def format_evaluation(r: dict) -> str:
                               (r["distortion"], "distortion (nats)", ".3f"),
                               (ll, ll_label, ".3f"), (bpd, "NLL (bits/dim)", ".4f"),
                               (r["gap"], gap_label, ".3f")):
-        lines.append(f"{label:<26}{cell(stats, 'mean', fmt):>12}{cell(stats, 'se', fmt):>10}")
+        lines.append(f"{label:<26}{cell(stats, 'mean', fmt):>12}{_se_cell(stats, fmt):>10}")
     ess_label = "ESS (of C)" if ais else "ESS (of k)"
     lines.append(f"{ess_label:<26}{cell(ess, 'mean', '.1f'):>12}  min "
                  f"{cell(ess, 'min', '.3g')}, median {cell(ess, 'median', '.3g')}")
     units = "n/a" if r["active_units"] is None else str(r["active_units"])
     lines.append(f"{'active units':<26}{units:>12}  of {r['latent_dim']} "
                  f"(Var_x E[z_u|x] > {r['active_threshold']})")
-    if r["num_examples"] == r["population_size"] and r["num_examples"] > 1:
-        lines.append(f"note: all {r['num_examples']} examples of the split were evaluated, so "
-                     f"the ± of {ll_label.split(' (')[0]} (and bits/dim) is Monte Carlo error only "
-                     f"(the split is the whole population); the other ± are the spread across "
-                     f"examples")
+    lines.append("note: " + se_rule_note(r))
+    if ll.get("se") is None and (ll.get("se_data") or 0) > 0:
+        lines.append(f"note: ≥: with one draw per example the Monte Carlo part of the ± of "
+                     f"{ll_label.split(' (')[0]} (and bits/dim) is undefined; shown is its "
+                     f"between-example part, a lower bound on the whole ±")
     return "\n".join(lines + _layer_lines(r) + list(r.get("warnings", ())))
+
+
+def _se_cell(stats: dict, fmt: str) -> str:
+    """The ± cell: the standard error, or "≥" its between-example part when only that is
+    defined (k = 1), else what :func:`honest.cell` says (undefined, non-finite)."""
+    from vaelab.measure.honest import cell
+
+    part = stats.get("se_data")
+    if stats.get("se") is None and isinstance(part, (int, float)) and part > 0:
+        return "≥" + format(part, fmt)
+    return cell(stats, "se", fmt)
 
 
 def _layer_lines(r: dict) -> list[str]:
@@ -1373,7 +1385,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     _write_scores_csv(out, columns, labels)
     print(f"wrote {out}: {len(dataset)} rows, columns {', '.join(columns)} "
           "(higher = more anomalous)")
-    _likelihood_note(trained, dataset.x, note)
+    meaning = _likelihood_note(trained, dataset.x, note)
+    for line in scores_.sampling_warnings(columns, args.k, meaning):   # as evaluate warns
+        print(line)
     if labels is not None:
         _report_detection(out, roc, names, columns, labels, dataset.name)
     return 0
@@ -1385,12 +1399,14 @@ def _progress(desc: str) -> Callable:
     return lambda items: tqdm(items, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
 
 
-def _likelihood_note(trained, x, note: Callable) -> None:
+def _likelihood_note(trained, x, note: Callable) -> str:
+    """Note when nll is only a score; → the likelihood's meaning on x."""
     from vaelab.measure.evaluate import likelihood_meaning
 
     meaning = likelihood_meaning(trained.model, x)
     if meaning["meaning"] == "score":
         note(f"note: nll is not −log p(x) here: {meaning['note']}")
+    return meaning["meaning"]
 
 
 def _write_scores_csv(path: Path, columns: dict, labels) -> None:

@@ -164,9 +164,33 @@ def _batch_measures(model: GenerativeModel, infer: Callable[[torch.Tensor], Dist
 
 
 def _summary(values: torch.Tensor) -> dict:
-    """Mean, per-example standard deviation and standard error of the mean of values [n];
-    std and se are None with a reason when n = 1 (``vaelab.measure.honest``)."""
-    return honest.mean_std_se(values)
+    """Mean, per-example standard deviation and standard error of the mean of values [n]
+    (rule "across examples" of :data:`SE_RULES`); std and se are None with a reason when
+    n = 1 (``vaelab.measure.honest``)."""
+    return {**honest.mean_std_se(values), "se_rule": "across examples"}
+
+
+#: How each ± of :func:`evaluate_model` is computed (``se_rule`` in each summary): one rule
+#: for the per-example means (ELBO, rate, distortion, the gap), another for log p̂(x) (and
+#: bits/dim), which is compared with published split means and carries a measured Monte
+#: Carlo error; each is labelled wherever both are shown.
+SE_RULES = {
+    "across examples": "std/√n over the n examples (no finite-population correction): the "
+                       "mean as an estimate for new data like these",
+    "split mean": "√(se_mc² + (1 − n/N)·std²/n): the Monte Carlo error of the n estimates "
+                  "plus the sampling of n of the split's N examples (finite-population "
+                  "correction; 0 when the whole split is evaluated)",
+}
+
+
+def se_rule_note(report: dict) -> str:
+    """One line naming the rule behind each ± of an :func:`evaluate_model` report."""
+    n, population = report.get("num_examples"), report.get("population_size")
+    whole = ("; all were evaluated, so Monte Carlo only" if n is not None and n == population
+             and n > 1 else "")
+    return ("± of ELBO, rate, distortion, gap: std/√n across examples; ± of log p(x), "
+            f"bits/dim: Monte Carlo error ⊕ sampling n of N examples (finite-population "
+            f"correction{whole})")
 
 
 def _log_likelihood_summary(ll: torch.Tensor, stderr: torch.Tensor, population_size: int,
@@ -193,7 +217,10 @@ def _log_likelihood_summary(ll: torch.Tensor, stderr: torch.Tensor, population_s
     se = None if se_mc is None or se_data is None else math.hypot(se_mc, se_data)
     if se is None:
         reasons["se"] = reasons.get("se_mc") or reasons["se_data"]
-    out.update(se=se, se_mc=se_mc, se_data=se_data)
+        if se_mc is None and se_data is not None:       # k = 1: the data part is known
+            reasons["se"] += (f"; its between-example part se_data = {se_data:.4g} is defined "
+                              f"(a lower bound on se)")
+    out.update(se=se, se_mc=se_mc, se_data=se_data, se_rule="split mean")
     if reasons:
         out[honest.UNDEFINED] = reasons
     return out
@@ -238,7 +265,7 @@ def _report(m: dict[str, torch.Tensor], population_size: int, num_samples: int,
             "elbo": _summary(m["elbo"]), "rate": _summary(m["rate"]),
             "distortion": _summary(m["distortion"]), "log_likelihood": ll,
             "gap": _summary(m["log_likelihood"] - m["elbo"]),
-            "ess": honest.ess_summary(m["ess"], num_samples),
+            "ess": honest.ess_summary(m["ess"], num_samples), "se_rules": dict(SE_RULES),
             "active_units": count, "active_threshold": threshold,
             "unit_activity": activity.tolist(),
             **({} if count is not None else {honest.UNDEFINED: dict.fromkeys(
@@ -260,9 +287,12 @@ def _add_bits_per_dim(report: dict, data_dim: int) -> dict:
     """Fill in data_dim and the NLL / negative ELBO in bits per dimension."""
     ll = report["log_likelihood"]
     report["data_dim"] = data_dim
-    nll: dict[str, Any] = {"mean": bits_per_dim(-ll["mean"], data_dim)}
+    nll: dict[str, Any] = {"mean": bits_per_dim(-ll["mean"], data_dim),
+                           "se_rule": ll["se_rule"]}
     if ll["se"] is None:
         nll.update(se=None, undefined={"se": ll["undefined"]["se"]})
+        if ll.get("se_data") is not None:       # k = 1: the between-example part
+            nll["se_data"] = bits_per_dim(ll["se_data"], data_dim)
     else:
         nll["se"] = bits_per_dim(ll["se"], data_dim)
     report["nll_bits_per_dim"] = nll
@@ -426,7 +456,7 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
             lambda a, b: _batch_measures(model, infer, x[a:b], **options), x.shape[0],
             batch_size, _checks.non_negative_int("seed", seed), progress)
     meaning = likelihood_meaning(model, x, data_kind)
-    wording = {"quantity": "unnormalised score" if meaning["meaning"] == "score" else "log p(x)",
+    wording = {"quantity": honest.estimate_name(meaning["meaning"]),
                "ais": getattr(estimator, "unit", "sample") == "chain"}    # AIS counts chains
     report = _report(measures, population, num_samples, elbo_samples, threshold, **wording)
     if "layer_rates" in measures:    # a hierarchy: rate and active units per latent layer

@@ -127,9 +127,7 @@ class GapReport:
     @property
     def quantity(self) -> str:
         """What log p̂ is called: "log p(x)", "log density" or "unnormalised score"."""
-        meaning = str((self.likelihood_meaning or {}).get("meaning"))
-        return {"score": "unnormalised score", "density": "log density"}.get(meaning,
-                                                                               "log p(x)")
+        return honest.estimate_name((self.likelihood_meaning or {}).get("meaning"))
 
     def warnings(self) -> list[str]:
         """Lines for a diverged model (non-finite bounds), k = 1 or tiny ESS (as ``evaluate``),

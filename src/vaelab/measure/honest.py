@@ -141,9 +141,19 @@ def ess_summary(ess: torch.Tensor, num_samples: int) -> dict:
             "num_samples": num_samples}
 
 
+def estimate_name(meaning: str | None) -> str:
+    """What log p̂ is called in warnings, by the likelihood's meaning on the data
+    (``vaelab.model.likelihoods.MEANINGS``): "unnormalised score", "log density" or
+    "log p(x)" (probability, bound, or not known)."""
+    return {"score": "unnormalised score", "density": "log density"}.get(str(meaning),
+                                                                           "log p(x)")
+
+
 def reliability_warnings(ess: torch.Tensor, stderr: torch.Tensor, num_samples: int, *,
                          quantity: str = "log p(x)", ais: bool = False) -> list[str]:
-    """Warning lines about the importance-sampling estimates behind log p̂(x).
+    """Warning lines about the importance-sampling estimates behind log p̂(x): the one place
+    that decides them, for every command that prints or writes such an estimate (evaluate,
+    gaps, score).
 
     Args:
         ess: per-example effective sample sizes [n].

@@ -183,10 +183,12 @@ def _evaluation(evaluation: dict | None) -> dict | None:
     rows = [(label, *map(fmt, stat(evaluation, key))) for key, label in (
         ("elbo", "ELBO (nats)"), ("rate", "rate KL(q‖p) (nats)"),
         ("distortion", "distortion (nats)"))]
-    rows.append((ll_label, *map(fmt, stat(evaluation, "log_likelihood"))))
+    mean, _ = stat(evaluation, "log_likelihood")
+    rows.append((ll_label, fmt(mean), _se_or_part(evaluation, "log_likelihood", 3)))
     if kind in (None, "probability", "bound") and "nll_bits_per_dim" in evaluation:
-        mean, se = stat(evaluation, "nll_bits_per_dim")
-        rows.append(("NLL (bits/dim)", fmt(mean, 4), fmt(se, 4)))
+        mean, _ = stat(evaluation, "nll_bits_per_dim")
+        rows.append(("NLL (bits/dim)", fmt(mean, 4), _se_or_part(evaluation,
+                                                                 "nll_bits_per_dim", 4)))
     rows.append(("log p̂(x) − ELBO (nats)", *map(fmt, stat(evaluation, "gap"))))
     ess = evaluation.get("ess") or {}
     for key in ("mean", "min"):
@@ -198,6 +200,12 @@ def _evaluation(evaluation: dict | None) -> dict | None:
                                                f"{evaluation.get('latent_dim', '?')}")),
                  NOT_AN_AVERAGE))
     notes = [str(n) for n in evaluation.get("warnings") or [] if isinstance(n, str)]
+    rules = evaluation.get("se_rules")
+    if isinstance(rules, dict) and {"across examples", "split mean"} <= set(rules):
+        notes.append(f"± of ELBO, rate, distortion and the gap: {rules['across examples']}. "
+                     f"± of log p̂(x) and bits/dim: {rules['split mean']}. A ≥ marks the "
+                     f"between-example part alone (one importance sample: the Monte Carlo "
+                     f"part is undefined).")
     if isinstance(meaning, dict) and meaning.get("note") and kind != "probability":
         notes.append(str(meaning["note"]))
     elif not normalised:
@@ -207,6 +215,17 @@ def _evaluation(evaluation: dict | None) -> dict | None:
                f"{evaluation.get('num_examples', '?')} of {evaluation.get('population_size', '?')}"
                f" examples; log p̂ by {estimator_text(evaluation)}")
     return {"rows": rows, "notes": notes, "caption": caption}
+
+
+def _se_or_part(evaluation: dict, key: str, digits: int) -> Markup:
+    """The ± cell of log p̂ or bits/dim: its SE, or ≥ its between-example part when only that
+    is defined (k = 1), else undefined."""
+    entry = evaluation.get(key) or {}
+    _, se = stat(evaluation, key)
+    part = entry.get("se_data")
+    if se is None and isinstance(part, (int, float)) and math.isfinite(part) and part > 0:
+        return Markup("≥") + fmt(float(part), digits)
+    return fmt(se, digits)
 
 
 def _gaps(gaps: dict | None) -> dict | None:

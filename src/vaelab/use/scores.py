@@ -4,9 +4,11 @@ Every score here is oriented the same way: **higher = more anomalous**. In nats 
 
 * ``elbo`` → ``neg_elbo`` = −ELBO(x) (Kingma & Welling 2014), ``elbo_samples`` draws of z.
 * ``log-likelihood`` → ``nll`` = −log p̂(x), importance sampled with k draws from q
-  (:func:`vaelab.measure.evaluate.log_likelihood`), and its delta-method standard error
-  ``nll_se``. A model trained on Fashion-MNIST gives *higher* likelihood to MNIST digits
-  (Nalisnick et al. 2019, "Do deep generative models know what they don't know?"), hence:
+  (:func:`vaelab.measure.evaluate.log_likelihood`), its delta-method standard error
+  ``nll_se`` and the effective sample size ``nll_ess`` of its weights (tiny ones are warned
+  about by :func:`sampling_warnings`, as ``evaluate`` does). A model trained on
+  Fashion-MNIST gives *higher* likelihood to MNIST digits (Nalisnick et al. 2019, "Do deep
+  generative models know what they don't know?"), hence:
 * ``input-complexity`` → ``input_complexity`` = −log₂ p̂(x) − L(x) in **bits**, with L(x) the
   length in bits of x's lossless compression (PNG through Pillow for images, zlib otherwise)
   (Serrà et al. 2020, "Input complexity and out-of-distribution detection with likelihood-based
@@ -138,7 +140,7 @@ def _batch_scores(names, model, encoder, x, background, image_shape,
             out["neg_elbo"] = -elbo_terms(model, q, x, options.elbo_samples, validate=False).elbo
     if any(n in names for n in _NEEDS_LL):
         est = log_likelihood(model, q, x, options.num_samples)
-        out["nll"], out["nll_se"] = -est.log_likelihood, est.stderr
+        out["nll"], out["nll_se"], out["nll_ess"] = -est.log_likelihood, est.stderr, est.ess
     if "input-complexity" in names:
         out["compressed_bits"] = compressed_bits(x, image_shape)
         out["input_complexity"] = out["nll"].double().cpu() / math.log(2) - out["compressed_bits"]
@@ -146,8 +148,9 @@ def _batch_scores(names, model, encoder, x, background, image_shape,
         bg_model, bg_encoder = background
         with torch.no_grad():
             q_bg = bg_encoder(x)
-        out["nll_background"] = -log_likelihood(bg_model, q_bg, x,
-                                                options.num_samples).log_likelihood
+        est = log_likelihood(bg_model, q_bg, x, options.num_samples)
+        out["nll_background"], out["nll_background_se"] = -est.log_likelihood, est.stderr
+        out["nll_background_ess"] = est.ess
         out["neg_llr"] = out["nll"] - out["nll_background"]
     if "regret" in names:
         with torch.no_grad():
@@ -178,7 +181,8 @@ def anomaly_scores(model, x: torch.Tensor, names: Sequence[str], *, encoder=None
 
     Returns:
         column name → float64 array [N]: the score columns of :data:`SCORE_COLUMNS` and their
-        companions (``nll_se``, ``compressed_bits``, ``nll_background``). Noise comes from
+        companions (``nll_se``, ``nll_ess``, ``compressed_bits``, ``nll_background`` with its
+        ``_se`` and ``_ess``). Noise comes from
         torch's global RNG (seed it for reproducible scores).
     """
     names = check_names(names)
@@ -201,3 +205,22 @@ def anomaly_scores(model, x: torch.Tensor, names: Sequence[str], *, encoder=None
         for key, value in batch.items():
             parts.setdefault(key, []).append(value)
     return {key: torch.cat(values).numpy() for key, values in parts.items()}
+
+
+def sampling_warnings(columns: dict[str, np.ndarray], num_samples: int,
+                      meaning: str | None = None) -> list[str]:
+    """The importance-sampling warnings of :func:`anomaly_scores`' columns: tiny ESS, huge
+    Monte Carlo error, k = 1 — decided by ``vaelab.measure.honest.reliability_warnings``, the
+    rule ``evaluate`` and ``gaps`` use, for ``nll`` and for the background model's
+    ``nll_background``. ``meaning``: the likelihood's meaning on the data ("score" words the
+    estimate an unnormalised score)."""
+    from vaelab.measure import honest
+
+    name = honest.estimate_name(meaning)
+    lines = []
+    for prefix, quantity in (("nll", name), ("nll_background", f"the background model's {name}")):
+        if f"{prefix}_ess" in columns:
+            lines += honest.reliability_warnings(
+                torch.as_tensor(columns[f"{prefix}_ess"]),
+                torch.as_tensor(columns[f"{prefix}_se"]), num_samples, quantity=quantity)
+    return lines
