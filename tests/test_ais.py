@@ -166,3 +166,17 @@ def test_ais_errors_name_the_argument(lg_setup):
                                 torch.ones(2, 5, dtype=F64))
     with pytest.raises(TypeError, match="continuous latent"):
         ais.ais(mix, x, steps=2, chains=2)
+
+
+def test_hmc_builds_the_step_size_on_the_chains_device(lg_setup):
+    """A float step size becomes a tensor on z's device: with another default device (as a
+    CUDA chain beside a CPU default) the transition is unchanged."""
+    model, x, _ = lg_setup
+    z0 = model.posterior(x).sample((8,), )
+    target = _posterior_target(model, x)
+    torch.manual_seed(3)
+    expected, _ = hmc.transition(target, hmc.start(target, z0), 0.3, 2)
+    torch.manual_seed(3)
+    with torch.device("meta"):               # tensors built without a device land on meta
+        got, _ = hmc.transition(target, hmc.start(target, z0), 0.3, 2)
+    assert got.z.device == z0.device and torch.equal(got.z, expected.z)

@@ -236,3 +236,27 @@ def test_gaussian_mixture_rejects_bad_arguments_by_name(kwargs, error, match):
             "scale": torch.ones(3, 2, dtype=F64), **kwargs}
     with pytest.raises(error, match=match):
         exact.GaussianMixture(**args)
+
+
+def test_exact_models_build_their_tensors_on_the_data_device():
+    """Every tensor the closed forms create follows the model's or the data's device: with
+    another default device (a CUDA model beside a CPU default) the results are unchanged."""
+    from conftest import make_linear_gaussian
+
+    lg = make_linear_gaussian(5, 3)
+    x = lg.sample(6, generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(4)
+    two = exact.TwoLayerLinearGaussian(torch.randn(3, 2, generator=g, dtype=F64),
+                                       torch.randn(3, generator=g, dtype=F64), 0.5,
+                                       lg.weight.detach(), lg.bias.detach(), 0.7)
+    expected = (lg.posterior(x).mean, lg.elbo_closed_form(x, lg.posterior(x)),
+                two.log_marginal(x), exact.GaussianMixture.init_from_data(
+                    x, 2, torch.Generator().manual_seed(0)).log_marginal(x))
+    with torch.device("meta"):               # tensors built without a device land on meta
+        rebuilt = exact.LinearGaussian(lg.weight.detach(), lg.bias.detach(), 0.7)
+        got = (lg.posterior(x).mean, lg.elbo_closed_form(x, lg.posterior(x)),
+               two.log_marginal(x), exact.GaussianMixture.init_from_data(
+                   x, 2, torch.Generator().manual_seed(0)).log_marginal(x))
+    assert rebuilt.noise_scale.device == lg.weight.device
+    for a, b in zip(got, expected, strict=True):
+        assert b.device == a.device and torch.allclose(a, b)

@@ -222,3 +222,26 @@ def test_cli_imputation_beats_the_column_mean(fitted_run, table, capsys, tmp_pat
     rmse = math.sqrt(((filled - x)[hidden] ** 2).mean())
     baseline = math.sqrt(((column_mean - x)[hidden] ** 2).mean())
     assert rmse < 0.75 * baseline, (rmse, baseline)
+
+
+def test_impute_answers_on_the_models_device(monkeypatch):
+    """x arrives on the CPU while the model may be on a GPU: the rows reach the model on its
+    device ('meta' stands for cuda here)."""
+    from vaelab.config import ModelConfig
+    from vaelab.model.masked import build_model
+    from vaelab.use import impute as impute_
+
+    model = build_model(ModelConfig(data_dim=3, latent_dim=2, hidden=(4,), missing="mask",
+                                    likelihood="gaussian"))
+    seen = []
+
+    def rows_seen(_model, rows, *_args):
+        seen.append(rows.device)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(impute_, "device_of", lambda _m: torch.device("meta"))
+    monkeypatch.setattr(impute_, "_impute_rows", rows_seen)
+    x = torch.tensor([[0.5, float("nan"), 1.0]])
+    with pytest.raises(RuntimeError, match="stop"):
+        impute(model, x, binary=False)
+    assert seen == [torch.device("meta")]

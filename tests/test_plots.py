@@ -179,3 +179,29 @@ def test_run_figures_skip_the_encoder_of_a_per_datapoint_run(tmp_path, vae):
     assert [p.name for p in paths] == ["samples.png", "curves.png"]
     assert any("no encoder" in n for n in notes)
     assert not math.isnan(png(paths[0]).mean())
+
+
+class _DeviceRecorder(torch.nn.Module):
+    """A model whose weights sit on the 'meta' device; it records where its inputs arrive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(2, device="meta"))
+        self.seen: list[torch.device] = []
+
+    def reconstruct(self, x):
+        self.seen.append(x.device)
+        return torch.zeros(x.shape)
+
+    def encode(self, x):
+        self.seen.append(x.device)
+        return torch.distributions.Normal(torch.zeros(x.shape[0], 2), 1.0)
+
+
+def test_figures_hand_the_model_its_own_device(tmp_path):
+    """The end-of-training figures get the data on the CPU; a GPU model must receive it on
+    its own device (here 'meta' stands for cuda), or every GPU run crashes at its end."""
+    model, x = _DeviceRecorder(), torch.rand(4, 4)
+    plots.write_reconstructions(model, x, tmp_path / "r.png", (1, 2, 2))
+    plots.write_latent(model, x, torch.tensor([0, 1, 0, 1]), tmp_path / "l.png")
+    assert model.seen == [torch.device("meta")] * 2

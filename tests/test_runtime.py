@@ -22,7 +22,10 @@ def test_resolve_device(monkeypatch):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "1")
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
     assert _runtime.resolve_device("auto") == torch.device("cuda", 1)   # the worker's own GPU
+    assert current == [torch.device("cuda", 1)]                          # and the current one
     monkeypatch.delenv("LOCAL_RANK")
     assert _runtime.resolve_device("cuda") == torch.device("cuda")
 
@@ -38,3 +41,125 @@ def test_rank_and_world_size_follow_the_environment_until_a_group_is_joined(monk
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(ValueError, match="RANK: expected 0 <= RANK < WORLD_SIZE = 4, got 4"):
         _runtime.rank_and_world_size()
+
+
+# ------------------------------------------------------------ isolated_rng and device_of
+
+class _FakeCudaGenerator:
+    """Stands in for one GPU's generator: its state is the last seed (a 1-element tensor)."""
+
+    def __init__(self, state: int) -> None:
+        self.state = torch.tensor([state])
+
+    def manual_seed(self, seed: int) -> _FakeCudaGenerator:
+        self.state = torch.tensor([seed])
+        return self
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Two initialised 'GPUs' whose generators torch.manual_seed, get_rng_state and
+    set_rng_state reach through torch.cuda, as on a CUDA machine."""
+    gens = (_FakeCudaGenerator(101), _FakeCudaGenerator(202))
+
+    def index(device) -> int:
+        device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+        return device.index or 0
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gens))
+    monkeypatch.setattr(torch.cuda.random, "device_count", lambda: len(gens))  # manual_seed_all's
+    monkeypatch.setattr(torch.cuda, "default_generators", gens)
+    monkeypatch.setattr(torch.cuda, "get_rng_state",
+                        lambda device="cuda": gens[index(device)].state.clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device="cuda": setattr(gens[index(device)], "state",
+                                                             state.clone()))
+    return gens
+
+
+def test_isolated_rng_seeds_then_restores_the_cpu_generator():
+    torch.manual_seed(5)
+    expected_after = torch.rand(3)             # the global stream as if nothing happened
+    torch.manual_seed(5)
+    with _runtime.isolated_rng(17):
+        inside = torch.rand(4)
+    assert torch.equal(inside, torch.rand(4, generator=torch.Generator().manual_seed(17)))
+    assert torch.equal(torch.rand(3), expected_after)
+    torch.manual_seed(5)
+    with _runtime.isolated_rng(None):          # not reseeded, still restored
+        unseeded = torch.rand(3)
+    assert torch.equal(unseeded, expected_after)
+    assert torch.equal(torch.rand(3), expected_after)
+    torch.manual_seed(5)
+    with _runtime.isolated_rng(17, enabled=False):   # off: draws advance the global stream
+        assert torch.equal(torch.rand(3), expected_after)
+
+
+def test_isolated_rng_seeds_and_restores_every_initialised_gpu(fake_cuda):
+    seen = []
+    with _runtime.isolated_rng(9):
+        seen = [int(g.state) for g in fake_cuda]
+        fake_cuda[1].manual_seed(77)         # draws inside move a GPU's generator
+    assert seen == [9, 9]
+    assert [int(g.state) for g in fake_cuda] == [101, 202]
+    with pytest.raises(RuntimeError, match="boom"), _runtime.isolated_rng(3):
+        raise RuntimeError("boom")           # restored on the way out of an error too
+    assert [int(g.state) for g in fake_cuda] == [101, 202]
+
+
+def test_isolated_rng_leaves_an_uninitialised_cuda_alone(monkeypatch):
+    def untouched(*_args, **_kwargs):
+        raise AssertionError("a CUDA generator was touched before CUDA was initialised")
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    for name in ("get_rng_state", "set_rng_state", "manual_seed_all", "manual_seed"):
+        monkeypatch.setattr(torch.cuda, name, untouched)
+    with _runtime.isolated_rng(4):
+        torch.rand(2)
+
+
+def _vae():
+    from vaelab.config import ModelConfig
+    from vaelab.model.masked import build_model
+
+    return build_model(ModelConfig(data_dim=6, latent_dim=2, hidden=(5,)))
+
+
+def _seeded_draws():
+    """Each function that promises seeded draws leaving the global generators alone."""
+    from vaelab.measure import bdmc
+    from vaelab.use import encode, scores
+
+    vae = _vae()
+    x = torch.rand(4, 6).round()
+
+    def regret():
+        raw = vae.encoder.net(x).detach()
+        scores.likelihood_regret(vae, x, raw, vae.encoder.family, steps=2, seed=3)
+
+    return {"VAE.sample": lambda: vae.sample(3, generator=torch.Generator().manual_seed(1)),
+            "bdmc.simulate": lambda: bdmc.simulate(vae, 3, torch.Generator().manual_seed(1)),
+            "encode(sample=True)": lambda: encode.encode(
+                vae.encoder, x, sample=True, generator=torch.Generator().manual_seed(1)),
+            "likelihood_regret": regret}
+
+
+@pytest.mark.parametrize("name", list(_seeded_draws()))
+def test_seeded_draws_leave_every_gpu_generator_as_it_was(fake_cuda, name):
+    """torch.manual_seed inside fork_rng(devices=[]) reseeded the GPUs without restoring
+    them; every seeded draw now goes through isolated_rng."""
+    draw = _seeded_draws()[name]          # building the model draws its weights: before
+    cpu_before = torch.get_rng_state()
+    draw()
+    assert [int(g.state) for g in fake_cuda] == [101, 202]
+    if name != "likelihood_regret":          # regret's optimisation draws from the global RNG
+        assert torch.equal(torch.get_rng_state(), cpu_before)
+
+
+def test_device_of():
+    assert _runtime.device_of(torch.nn.Linear(2, 2, device="meta")) == torch.device("meta")
+    buffered = torch.nn.BatchNorm1d(2, affine=False, device="meta")
+    assert _runtime.device_of(buffered) == torch.device("meta")      # buffers only
+    assert _runtime.device_of(torch.nn.ReLU()) == torch.device("cpu")
+    assert _runtime.device_of(object()) == torch.device("cpu")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from numbers import Integral, Real
 
+import numpy as np
 import torch
 
 
@@ -75,3 +76,14 @@ def data_batch(name: str, x: object, data_dim: int) -> torch.Tensor:
             f"{name}: expected shape [batch, {data_dim}], got {list(x.shape)}"
         )
     return finite(name, x)
+
+
+def to_numpy(value: object, dtype: object = None) -> np.ndarray:
+    """``value`` as a numpy array; a torch tensor on any device (CUDA, needing grad, bf16)
+    is detached and copied to the host first, where ``np.asarray`` of it would raise."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:     # numpy has no bf16: widen, values unchanged
+            value = value.float()
+        value = value.numpy()
+    return np.asarray(value, dtype=dtype)

@@ -8,13 +8,16 @@ device" and "which rank of how many" are answered in one place:
   torchrun CUDA means ``cuda:LOCAL_RANK``, the worker's own GPU;
 * :func:`read_env` — RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them, checked;
 * :func:`rank_and_world_size` — of the joined process group, else of the environment (what
-  this process is, or will be once it joins).
+  this process is, or will be once it joins);
+* :func:`isolated_rng` — seeded draws that leave every global generator (CPU and CUDA) as it
+  was.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +39,11 @@ def resolve_device(name: str, what: str = "device") -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and os.environ.get("LOCAL_RANK"):
-        return torch.device("cuda", read_env().local_rank)
+        device = torch.device("cuda", read_env().local_rank)
+        # also the current device, so what names plain "cuda" (nccl, CUDA RNG calls without
+        # an index) is this worker's GPU rather than every rank's cuda:0
+        torch.cuda.set_device(device)
+        return device
     return torch.device(name)
 
 
@@ -93,3 +100,45 @@ def rank_and_world_size() -> tuple[int, int]:
         return dist.get_rank(), dist.get_world_size()
     env = read_env()
     return env.rank, env.world_size
+
+
+@contextmanager
+def isolated_rng(seed: int | None = None, *, enabled: bool = True) -> Iterator[None]:
+    """Inside: torch's global generators seeded with ``seed`` (kept as they are for None);
+    on exit every generator touched is back where it was.
+
+    ``torch.random.fork_rng(devices=[])`` + ``torch.manual_seed`` restored only the CPU's
+    generator while reseeding every GPU's, so on a GPU draws that promised to leave the global
+    RNG alone replaced its stream with a fixed one. Here the CPU generator and, when CUDA is
+    initialised, every CUDA device's are saved and restored, and only those are reseeded: an
+    uninitialised CUDA is left untouched (``torch.manual_seed`` would queue a seed for it).
+    ``enabled=False`` is a no-op (the draws then advance the global generators).
+    """
+    if not enabled:
+        yield
+        return
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    cpu_state = torch.get_rng_state()
+    cuda_states = [torch.cuda.get_rng_state(d) for d in cuda]
+    try:
+        if seed is not None:
+            torch.default_generator.manual_seed(seed)
+            for d in cuda:
+                torch.cuda.default_generators[d].manual_seed(seed)
+        yield
+    finally:
+        torch.set_rng_state(cpu_state)
+        for d, state in zip(cuda, cuda_states, strict=True):
+            torch.cuda.set_rng_state(state, d)
+
+
+def device_of(module: object) -> torch.device:
+    """Where ``module``'s weights live: its first parameter's (else buffer's) device, the CPU
+    for anything without tensors. Functions move every tensor they receive from outside to
+    this device at their boundary, so a CUDA model accepts the CPU data a user holds."""
+    for tensors in ("parameters", "buffers"):
+        found = getattr(module, tensors, None)
+        if callable(found):
+            for tensor in found():
+                return tensor.device
+    return torch.device("cpu")

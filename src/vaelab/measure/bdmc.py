@@ -22,6 +22,7 @@ import torch
 from torch.distributions import Distribution
 
 from vaelab import _checks
+from vaelab._runtime import isolated_rng
 from vaelab.infer.objectives import GenerativeModel
 from vaelab.measure import ais as ais_
 
@@ -71,8 +72,7 @@ def simulate(model: GenerativeModel, n: int, generator: torch.Generator | None =
 def _draw(d: Distribution, shape: tuple[int, ...], generator: torch.Generator | None):
     if generator is None:
         return d.sample(shape)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
+    with isolated_rng(int(torch.randint(0, 2**62, (), generator=generator))):
         return d.sample(shape)
 
 

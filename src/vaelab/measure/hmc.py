@@ -99,7 +99,9 @@ def transition(target: Target, state: HMCState, step_size: torch.Tensor, num_lea
     """
     num_leapfrog = _checks.positive_int("num_leapfrog", num_leapfrog)
     c, b, _ = state.z.shape
-    eps = torch.as_tensor(step_size, dtype=state.z.dtype).expand(c, b)[..., None]
+    # a float or CPU step size joins z on z's device (a CUDA chain would else mix devices)
+    eps = torch.as_tensor(step_size, dtype=state.z.dtype, device=state.z.device)
+    eps = eps.expand(c, b)[..., None]
     p0 = torch.randn_like(state.z)
     end, p1 = leapfrog(target, state, p0, eps, num_leapfrog)
     h0 = -state.log_density + 0.5 * p0.square().sum(-1)

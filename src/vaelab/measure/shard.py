@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
-from vaelab._runtime import joined, rank_and_world_size
+from vaelab._runtime import isolated_rng, joined, rank_and_world_size
 
 #: Offsets the per-batch seeds so they do not collide with seeds users pass elsewhere.
 _SEED_STRIDE = 1_000_003
@@ -69,10 +69,8 @@ def measure_batches(measure: Callable[[int, int], dict[str, torch.Tensor]], n: i
 
         starts = tqdm(starts, desc="evaluate", unit="batch", leave=False, dynamic_ncols=True)
     mine: dict[int, dict[str, torch.Tensor]] = {}
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     for start in starts:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(batch_seed(seed, start))
+        with isolated_rng(batch_seed(seed, start)):
             mine[start] = {k: v.detach().cpu() for k, v in
                            measure(start, min(start + batch_size, n)).items()}
     if world > 1:

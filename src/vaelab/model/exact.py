@@ -84,7 +84,8 @@ class LinearGaussian(LatentVariableModel):
         """Exact p(z | x) = N(Σ Wᵀ D⁻¹ (x − b), Σ), Σ = (I + Wᵀ D⁻¹ W)⁻¹; batch [B], event [L]."""
         x = self.check_data(x)
         w_scaled = self.weight / self.noise_scale[:, None] ** 2          # D⁻¹ W, [D, L]
-        precision = torch.eye(self.latent_dim, dtype=self.weight.dtype) + self.weight.T @ w_scaled
+        precision = (torch.eye(self.latent_dim, dtype=self.weight.dtype, device=self.weight.device)
+                     + self.weight.T @ w_scaled)
         cov = torch.cholesky_inverse(torch.linalg.cholesky(precision))
         loc = (x - self.bias) @ w_scaled @ cov                             # [B, L]
         # One Cholesky factor [L, L] shared by the batch: MultivariateNormal broadcasts it, and
@@ -102,7 +103,7 @@ class LinearGaussian(LatentVariableModel):
         expected = self.decode(m).log_prob(x) - 0.5 * torch.einsum(
             "dl,...lk,dk,d->...", self.weight, cov, self.weight, self.noise_scale**-2)
         prior = MultivariateNormal(torch.zeros_like(m), covariance_matrix=torch.eye(
-            self.latent_dim, dtype=m.dtype).expand_as(cov))
+            self.latent_dim, dtype=m.dtype, device=m.device).expand_as(cov))
         kl = torch.distributions.kl_divergence(MultivariateNormal(m, covariance_matrix=cov), prior)
         return expected - kl
 
@@ -114,10 +115,10 @@ def _noise_scale(noise_scale: object, weight: torch.Tensor) -> torch.Tensor:
         if noise_scale.shape not in ((), (d,)):
             raise ValueError(f"noise_scale: expected a number or shape [{d}], "
                              f"got shape {list(noise_scale.shape)}")
-        scale = noise_scale.detach().to(weight.dtype)
+        scale = noise_scale.detach().to(weight.device, weight.dtype)
     else:
         scale = torch.tensor(_checks.positive_float("noise_scale", noise_scale),
-                             dtype=weight.dtype)
+                             dtype=weight.dtype, device=weight.device)
     scale = scale.expand(d).clone()
     if not bool((torch.isfinite(scale) & (scale > 0)).all()):
         raise ValueError(f"noise_scale: expected finite values > 0, got "
@@ -165,9 +166,12 @@ class GaussianMixture(LatentVariableModel):
                        generator: torch.Generator | None = None) -> GaussianMixture:
         """Equal weights, means at K distinct random data points, scales = data std."""
         k = _checks.positive_int("num_components", num_components)
-        idx = torch.randperm(x.shape[0], generator=generator)[:k]
+        # drawn where the generator lives (the CPU's global one without it), then moved to x
+        idx = torch.randperm(x.shape[0], generator=generator,
+                             device=generator.device if generator is not None else "cpu")[:k]
+        idx = idx.to(x.device)
         scale = x.std(0, keepdim=True).clamp_min(1e-3).expand(k, -1)
-        return cls(torch.zeros(k, dtype=x.dtype), x[idx], scale)
+        return cls(torch.zeros(k, dtype=x.dtype, device=x.device), x[idx], scale)
 
     def prior(self) -> Categorical:
         return Categorical(logits=self.logits)
@@ -263,7 +267,7 @@ class TwoLayerLinearGaussian(LatentVariableModel):
     def joint_prior(self) -> MultivariateNormal:
         """p(z_1, z_2) as one Gaussian: mean [a, 0], cov [[A Aᵀ + D_1, A], [Aᵀ, I]]."""
         A, L2 = self.upper.weight, self.sizes[1]
-        cov_top = torch.eye(L2, dtype=A.dtype)
+        cov_top = torch.eye(L2, dtype=A.dtype, device=A.device)
         cov = torch.cat([torch.cat([self.upper.marginal().covariance_matrix, A], 1),
                          torch.cat([A.T, cov_top], 1)], 0)
         return MultivariateNormal(torch.cat([self.upper.bias, A.new_zeros(L2)]),

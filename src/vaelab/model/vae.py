@@ -16,6 +16,7 @@ from torch import nn
 from torch.distributions import Distribution
 
 from vaelab import _checks, catalogue
+from vaelab._runtime import isolated_rng
 from vaelab.config import ModelConfig
 from vaelab.model import families as families_
 from vaelab.model import hierarchical, likelihoods, nets
@@ -58,8 +59,7 @@ class LatentVariableModel(nn.Module):
 def _draw(d: Distribution, shape: tuple[int, ...], generator: torch.Generator | None):
     if generator is None:
         return d.sample(shape)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+    with isolated_rng(int(torch.randint(2**62, (), generator=generator))):
         return d.sample(shape)
 
 

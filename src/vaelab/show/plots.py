@@ -29,6 +29,7 @@ from matplotlib.ticker import MaxNLocator
 
 from vaelab import _checks
 from vaelab._files import save_figure
+from vaelab._runtime import device_of
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -181,8 +182,8 @@ def write_reconstructions(model, x: torch.Tensor, path: str | os.PathLike,
     of reconstructed against original values (on the diagonal when perfect).
     """
     x = _checks.tensor("x", x)
-    with torch.inference_mode():
-        recon = model.reconstruct(x).cpu()
+    with torch.inference_mode():     # the data may sit on the CPU while the model is on a GPU
+        recon = model.reconstruct(x.to(device_of(model))).cpu()
     x = x.detach().cpu()
     if image_shape is None:
         return _write_recon_scatter(x, recon, path)
@@ -335,7 +336,7 @@ def write_latent(model, x: torch.Tensor, labels: torch.Tensor | None,
     x = _checks.tensor("x", x)
     encode = model.encode if encode is None else encode
     with torch.inference_mode():
-        means = encode(x).mean.detach().cpu()
+        means = encode(x.to(device_of(model))).mean.detach().cpu()
     coords, (xlabel, ylabel) = _latent_coords(means)
     if coords.shape[1] == 1:
         extra = labels.numpy() if labels is not None else np.random.default_rng(0).uniform(

@@ -81,7 +81,7 @@ def matched_accuracy(labels: object, assignments: object) -> float:
     from scipy.optimize import linear_sum_assignment
     from sklearn.metrics.cluster import contingency_matrix
 
-    assignments = np.asarray(assignments)
+    assignments = _checks.to_numpy(assignments)
     labels = _labels(labels, assignments.shape[0])
     table = contingency_matrix(labels, _labels(assignments, labels.shape[0], "assignments"))
     rows, cols = linear_sum_assignment(table, maximize=True)
@@ -92,7 +92,7 @@ def cluster_metrics(labels: object, assignments: object) -> dict[str, float]:
     """``{"accuracy", "nmi", "ari"}`` of assignments [N] against class labels [N]."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    assignments = np.asarray(assignments)
+    assignments = _checks.to_numpy(assignments)
     labels = _labels(labels, assignments.shape[0])
     assignments = _labels(assignments, labels.shape[0], "assignments")
     return {"accuracy": matched_accuracy(labels, assignments),

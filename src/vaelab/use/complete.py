@@ -35,6 +35,7 @@ from torch.distributions import Bernoulli, Distribution, Independent
 
 from vaelab import _checks
 from vaelab._files import save_figure
+from vaelab._runtime import isolated_rng
 from vaelab.infer.objectives import elbo
 from vaelab.model.vae import VAE, Encoder
 
@@ -180,8 +181,7 @@ def complete_top_half(model: VAE, x: torch.Tensor, out_path: str | os.PathLike, 
     x = _check_inputs(model, x)
     image_shape = image_shape or _image_side(x.shape[-1])
     hidden = top_half_mask(image_shape).to(x.device)
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(_checks.non_negative_int("seed", seed))
+    with isolated_rng(_checks.non_negative_int("seed", seed)):
         marginal = marginal_pixel_mean(model)[hidden]
         start = initial_logits(model, x, hidden, marginal, init)
         logits, history = fit_hidden(model, x, hidden, start, steps=steps, samples=samples,

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from vaelab._checks import to_numpy
+
 
 def check_labels(labels: object, n: int, name: str = "labels") -> np.ndarray:
     """labels → int64 array [n] of 0/1 with both values present; ValueError naming ``name``."""
-    array = np.asarray(labels)
+    array = to_numpy(labels)
     if array.shape != (n,):
         raise ValueError(f"{name}: expected one label per example, shape ({n},), got shape "
                          f"{array.shape}")
@@ -34,7 +36,7 @@ def check_labels(labels: object, n: int, name: str = "labels") -> np.ndarray:
 def _ranks(scores: object, n: int) -> np.ndarray:
     from scipy.stats import rankdata
 
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = to_numpy(scores, np.float64)
     if scores.shape != (n,):
         raise ValueError(f"scores: expected shape ({n},), got {scores.shape}")
     if np.isnan(scores).any():
@@ -46,7 +48,7 @@ def roc_points(scores: object, labels: object) -> tuple[np.ndarray, np.ndarray]:
     """(false-positive rates, true-positive rates) of the ROC curve (sklearn.metrics.roc_curve)."""
     from sklearn.metrics import roc_curve
 
-    labels = check_labels(labels, np.asarray(scores).shape[0])
+    labels = check_labels(labels, to_numpy(scores).shape[0])
     fpr, tpr, _ = roc_curve(labels, _ranks(scores, labels.shape[0]))
     return fpr, tpr
 
@@ -62,7 +64,7 @@ def anomaly_metrics(scores: object, labels: object) -> dict[str, float | int]:
     """
     from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-    labels = check_labels(labels, np.asarray(scores).shape[0])
+    labels = check_labels(labels, to_numpy(scores).shape[0])
     ranks = _ranks(scores, labels.shape[0])
     fpr, tpr, _ = roc_curve(labels, ranks)
     return {"auroc": float(roc_auc_score(labels, ranks)),

@@ -13,6 +13,7 @@ import torch
 from torch.distributions import Distribution
 
 from vaelab import _checks
+from vaelab._runtime import isolated_rng
 
 
 def encode(infer: Callable[[torch.Tensor], Distribution], x: torch.Tensor, *,
@@ -46,8 +47,7 @@ def encode(infer: Callable[[torch.Tensor], Distribution], x: torch.Tensor, *,
 def _draw(q: Distribution, generator: torch.Generator | None) -> torch.Tensor:
     if generator is None:
         return q.sample()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+    with isolated_rng(int(torch.randint(2**62, (), generator=generator))):
         return q.sample()
 
 

@@ -28,6 +28,7 @@ from torch.distributions import Distribution
 
 from vaelab import _checks, data_forms
 from vaelab._files import atomic_write_bytes
+from vaelab._runtime import device_of, isolated_rng
 from vaelab.data import csv_header, read_csv_numbers, read_npy
 from vaelab.infer.masked import MissingLogits, check_mask, masked_draws
 from vaelab.model.masked import MaskedVAE
@@ -118,17 +119,17 @@ def impute(model: object, x: object, *, num_samples: int = 1000, draws: int | No
         x = data_forms.as_dataset(x, where="x", allow_missing=True).x
     as_numpy = isinstance(x, np.ndarray)
     rows, shape = _as_rows(model, x)
+    home, rows = rows.device, rows.to(device_of(model))    # answered on x's own device
     if binary is None:
         observed = rows[~torch.isnan(rows)]
         binary = (model.decoder.likelihood.meaning_on("binary") == "probability"
                   and bool(((observed == 0) | (observed == 1)).all()))
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        if seed is not None:
-            torch.manual_seed(_checks.non_negative_int("seed", seed))
+    seed = None if seed is None else _checks.non_negative_int("seed", seed)
+    with isolated_rng(seed), torch.no_grad():
         guesses = torch.cat([_impute_rows(model, part, num_samples, draws, binary)
                              for part in rows.split(batch_size)], dim=-2)
     filled = torch.where(~torch.isnan(rows), rows, guesses.to(rows.dtype))
-    filled = filled.reshape((draws, *shape) if draws is not None else shape)
+    filled = filled.reshape((draws, *shape) if draws is not None else shape).to(home)
     if frame is not None:
         return _frames(filled.numpy(), frame, draws)
     return filled.numpy() if as_numpy else filled
