@@ -245,3 +245,50 @@ def test_impute_answers_on_the_models_device(monkeypatch):
     with pytest.raises(RuntimeError, match="stop"):
         impute(model, x, binary=False)
     assert seen == [torch.device("meta")]
+
+
+def test_impute_reports_the_weights_effective_sample_size():
+    """The ESS impute_with gives is 1 / Σ_k w̃_k² of the very weights it averages with (the
+    same draws replayed), in [1, K] per row."""
+    from vaelab.config import ModelConfig
+    from vaelab.infer.masked import masked_draws
+    from vaelab.model.masked import build_model
+    from vaelab.use.impute import impute_with
+
+    model = build_model(ModelConfig(data_dim=4, latent_dim=2, hidden=(8,), missing="mask",
+                                    likelihood="gaussian"))
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    mask = torch.rand(6, 4, generator=torch.Generator().manual_seed(2)) > 0.3
+    with torch.no_grad():
+        q = model.encoder(torch.where(mask, x, torch.full_like(x, math.nan)))
+        ess: list[torch.Tensor] = []
+        torch.manual_seed(5)
+        impute_with(model, q, x, mask, 20, ess_out=ess)
+        torch.manual_seed(5)
+        d = masked_draws(model, q, x, mask, 20, want_imputations=True)
+    weights = d.log_weights.softmax(0)
+    torch.testing.assert_close(ess[0], 1 / weights.square().sum(0))
+    assert bool(((ess[0] >= 1 - 1e-6) & (ess[0] <= 20 + 1e-6)).all())
+
+
+@pytest.mark.parametrize("k", ["1", "40"])
+def test_cli_impute_warns_about_its_importance_sampling_as_evaluate_does(run, table, capsys,
+                                                                          tmp_path, k):
+    """`impute` prints honest.reliability_warnings of the rows it imputed (the rule evaluate
+    and score use): the single-draw line at k = 1, a tiny-ESS line where the weights say so."""
+    from vaelab.measure import honest
+
+    folder, _, holes = table
+    code, out, err = run_cli(capsys, "impute", run, "--data", folder / "t.csv", "--out",
+                             tmp_path / "f.csv", "--k", k, "--seed", "3")
+    assert code == 0, err
+    diagnostics: dict = {}
+    impute(load(run), holes, num_samples=int(k), seed=3, diagnostics=diagnostics)
+    rows = torch.from_numpy(np.isnan(holes).any(1))
+    want = honest.reliability_warnings(diagnostics["ess"][rows], None, int(k),
+                                       quantity="imputed values", bound=False)
+    assert want                        # k = 1, or tiny ESS on some rows of this short run
+    assert [line for line in out.splitlines() if line.startswith("warning")] == want
+    if k == "1":
+        assert want == ["warning: k = 1 importance sample: imputed values rest on one "
+                        "unweighted draw; use --k 1000 or more"]

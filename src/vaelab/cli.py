@@ -1127,6 +1127,8 @@ def cmd_impute(args: argparse.Namespace) -> int:
                                 num_samples=args.k, seed=args.seed)
     print(f"imputed {result['missing']} missing entries in {result['rows']} rows; wrote "
           f"{result['out']} (shape {result['shape']})")
+    for line in result["warnings"]:          # importance sampling, as evaluate warns
+        print(line)
     return 0
 
 

@@ -149,8 +149,9 @@ def estimate_name(meaning: str | None) -> str:
                                                                            "log p(x)")
 
 
-def reliability_warnings(ess: torch.Tensor, stderr: torch.Tensor, num_samples: int, *,
-                         quantity: str = "log p(x)", ais: bool = False) -> list[str]:
+def reliability_warnings(ess: torch.Tensor, stderr: torch.Tensor | None, num_samples: int, *,
+                         quantity: str = "log p(x)", ais: bool = False,
+                         bound: bool = True) -> list[str]:
     """Warning lines about the importance-sampling estimates behind log p̂(x): the one place
     that decides them, for every command that prints or writes such an estimate (evaluate,
     gaps, score).
@@ -162,21 +163,28 @@ def reliability_warnings(ess: torch.Tensor, stderr: torch.Tensor, num_samples: i
         quantity: what the estimate is called ("log p(x)", or "unnormalised score" where the
             likelihood is not normalised on the data).
         ais: the draws are AIS chains (raised by --chains), not importance samples (--k).
+        bound: the estimate is log p̂ (a stochastic lower bound); False for other
+            self-normalised estimates (e.g. "imputed values", with ``stderr`` None).
     """
     n, lines = ess.numel(), []
     count, unit, flag, enough = (("C", "AIS chain", "--chains", 16) if ais
                                  else ("k", "importance sample", "--k", 1000))
     if num_samples == 1:
         lines.append(f"warning: {count} = 1 {unit}: {quantity} is a single-sample bound and "
-                     f"its Monte Carlo standard error is undefined; use {flag} {enough} or more")
+                     f"its Monte Carlo standard error is undefined; use {flag} {enough} or more"
+                     if bound else f"warning: {count} = 1 {unit}: {quantity} rest on one "
+                     f"unweighted draw; use {flag} {enough} or more")
         return lines
     below = tiny_ess_below(num_samples)
     tiny = int((ess < below).sum())
     if tiny:
+        effect = "rests on a few weights and may be far too low" if bound else (
+            "rest on a few weights")
         lines.append(f"warning: tiny effective sample size (ESS < {below:g} of "
                      f"{count} = {num_samples} {unit}s) for {tiny} of {n} examples (min ESS "
-                     f"{float(ess.min()):.3g}): their {quantity} rests on a few weights and "
-                     f"may be far too low; raise {flag}")
+                     f"{float(ess.min()):.3g}): their {quantity} {effect}; raise {flag}")
+    if stderr is None:
+        return lines
     huge = int((stderr > MAX_RELIABLE_MC_SE).sum())
     if huge:
         lines.append(f"warning: Monte Carlo standard error of {quantity} above "

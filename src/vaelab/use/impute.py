@@ -31,6 +31,7 @@ from vaelab._files import atomic_write_bytes
 from vaelab._runtime import device_of, isolated_rng
 from vaelab.data import csv_header, read_csv_numbers, read_npy
 from vaelab.infer.masked import MissingLogits, check_mask, masked_draws
+from vaelab.measure import honest
 from vaelab.model.masked import MaskedVAE
 from vaelab.model.vae import LatentVariableModel
 
@@ -41,7 +42,7 @@ DEFAULT_BATCH = 128
 def impute_with(model: LatentVariableModel, q: Distribution, x: torch.Tensor,
                 mask: torch.Tensor, num_samples: int, *, draws: int | None = None,
                 missing_logits: MissingLogits | None = None,
-                binary: bool = False) -> torch.Tensor:
+                binary: bool = False, ess_out: list | None = None) -> torch.Tensor:
     """Imputations of one batch from a given q(z | x_obs) (the generic core; any model).
 
     Args:
@@ -53,6 +54,8 @@ def impute_with(model: LatentVariableModel, q: Distribution, x: torch.Tensor,
         draws: None → the single imputation [B, D]; M → M SIR draws [M, B, D].
         missing_logits: the missingness model's logits (not-MIWAE) or None.
         binary: return the mode 1{mean > 1/2} (single imputation of binary data).
+        ess_out: a list to append the weights' effective sample size per row [B] to
+            (1 / Σ_k w̃_k², for the warnings of ``vaelab.measure.honest``).
 
     Returns the model's guesses for every entry; the caller keeps the observed ones.
     """
@@ -62,6 +65,8 @@ def impute_with(model: LatentVariableModel, q: Distribution, x: torch.Tensor,
     # want_imputations=True always fills in the decoder's means and draws.
     assert d.mean is not None and d.sample is not None
     weights = d.log_weights.detach().softmax(0)                     # [K, B]
+    if ess_out is not None:
+        ess_out.append(1 / weights.square().sum(0))
     if draws is None:
         mean = (weights.unsqueeze(-1) * d.mean.detach()).sum(0)     # [B, D]
         return (mean > 0.5).to(mean.dtype) if binary else mean
@@ -83,7 +88,8 @@ def _as_rows(model: MaskedVAE, x: object) -> tuple[torch.Tensor, tuple]:
 
 def impute(model: object, x: object, *, num_samples: int = 1000, draws: int | None = None,
            binary: bool | None = None, seed: int | None = None,
-           batch_size: int = DEFAULT_BATCH) -> torch.Tensor | np.ndarray | Any:
+           batch_size: int = DEFAULT_BATCH,
+           diagnostics: dict | None = None) -> torch.Tensor | np.ndarray | Any:
     """Fill in the NaN entries of x with a model trained with ``missing="mask"``.
 
     Args:
@@ -98,6 +104,8 @@ def impute(model: object, x: object, *, num_samples: int = 1000, draws: int | No
             binary data (Bernoulli, discretized logistic) and every observed value is 0 or 1.
         seed: seed torch's RNG for the draws (None: the current global RNG).
         batch_size: rows per forward pass.
+        diagnostics: a dict to fill with "ess" (the importance weights' effective sample size
+            per row, a float64 tensor [N]) and "num_samples".
 
     Returns the same type and dtype as x (a DataFrame: float64 with x's index and columns;
     with ``draws`` a list of M of them; a torch Dataset or DataLoader: a float32 tensor [N, D]);
@@ -125,9 +133,12 @@ def impute(model: object, x: object, *, num_samples: int = 1000, draws: int | No
         binary = (model.decoder.likelihood.meaning_on("binary") == "probability"
                   and bool(((observed == 0) | (observed == 1)).all()))
     seed = None if seed is None else _checks.non_negative_int("seed", seed)
+    ess: list[torch.Tensor] = []
     with isolated_rng(seed), torch.no_grad():
-        guesses = torch.cat([_impute_rows(model, part, num_samples, draws, binary)
+        guesses = torch.cat([_impute_rows(model, part, num_samples, draws, binary, ess)
                              for part in rows.split(batch_size)], dim=-2)
+    if diagnostics is not None:
+        diagnostics.update(ess=torch.cat(ess).double().cpu(), num_samples=num_samples)
     filled = torch.where(~torch.isnan(rows), rows, guesses.to(rows.dtype))
     filled = filled.reshape((draws, *shape) if draws is not None else shape).to(home)
     if frame is not None:
@@ -143,14 +154,14 @@ def _frames(filled: np.ndarray, frame: Any, draws: int | None) -> Any:
 
 
 def _impute_rows(model: MaskedVAE, rows: torch.Tensor, num_samples: int, draws: int | None,
-                 binary: bool) -> torch.Tensor:
+                 binary: bool, ess_out: list | None = None) -> torch.Tensor:
     device = next(model.parameters()).device
     x = rows.to(device, torch.float32)
     observed = ~torch.isnan(x)
     values = torch.where(observed, x, torch.zeros_like(x))
     logits = model.missing_logits if model.missingness is not None else None
     out = impute_with(model, model.encoder(x), values, observed, num_samples, draws=draws,
-                      missing_logits=logits, binary=binary)
+                      missing_logits=logits, binary=binary, ess_out=ess_out)
     return out.cpu()
 
 
@@ -202,7 +213,8 @@ def impute_file(trained: object, data: str | Path, out: str | Path, *,
     """``vaelab impute``: read ``data`` (.npy or .csv, NaN / empty cells missing), impute with
     the loaded run ``trained``, write ``out`` (.npy: x's shape or [M, *x.shape]; .csv: the
     single imputation, with the input's header), atomically. Everything is checked before
-    anything is computed. → a summary dict (rows, missing entries, output shape).
+    anything is computed. → a summary dict (rows, missing entries, output shape, and
+    the importance-sampling warnings of ``vaelab.measure.honest`` for the rows imputed).
     """
     data, out = Path(data).expanduser(), Path(out).expanduser()
     _check_out(out, draws)
@@ -217,13 +229,17 @@ def impute_file(trained: object, data: str | Path, out: str | Path, *,
         raise ValueError(f"--data: expected {data_dim} values per row (the run's "
                          f"data_dim), got {rows.shape[1]} in {data}")
     # numpy in, numpy out
+    diagnostics: dict = {}
     filled = np.asarray(impute(trained, rows.astype(np.float64), num_samples=num_samples,
-                               draws=draws, seed=seed))
+                               draws=draws, seed=seed, diagnostics=diagnostics))
     shape = array.shape if draws is None else (draws, *array.shape)
     filled = filled.reshape(shape)
     _write(out, filled, header)
+    holes = torch.from_numpy(np.isnan(rows).any(1))          # rows with something imputed
+    warnings = honest.reliability_warnings(diagnostics["ess"][holes], None, num_samples,
+                                           quantity="imputed values", bound=False)
     return {"rows": int(rows.shape[0]), "missing": int(np.isnan(rows).sum()),
-            "shape": list(filled.shape), "out": str(out)}
+            "shape": list(filled.shape), "out": str(out), "warnings": warnings}
 
 
 def _write(out: Path, filled: np.ndarray, header: str | None) -> None:
