@@ -3,6 +3,7 @@ the same global batch; environment parsing and the single-process no-ops."""
 
 from __future__ import annotations
 
+import math
 import socket
 
 import pytest
@@ -137,3 +138,74 @@ def test_shared_flat_buffer_finds_the_one_buffer_gradients_tile():
     assert distributed.shared_flat_buffer(views[::-1]) is None          # out of order
     assert distributed.shared_flat_buffer([torch.zeros(3), torch.zeros(2)]) is None
     assert distributed.shared_flat_buffer([flat[:6].view(3, 2).t(), flat[6:]]) is None
+
+
+def _flat(model) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def _lonely_failures(rank: int, world: int, port: int, out_path: str) -> None:
+    """Rank 1 alone meets a non-finite loss (a NaN in its batch), on each path of the step;
+    then rank 1 alone holds no validation rows for a hierarchy's layer metrics."""
+    import os
+
+    import torch.distributed as dist
+
+    from vaelab.model.hierarchical import layer_metrics
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    distributed.init_from_env("cpu", timeout_s=30)     # a rank left waiting fails in 30 s
+    x = torch.bernoulli(torch.full((4, D), 0.5, dtype=torch.float64),
+                        generator=torch.Generator().manual_seed(1))
+    if rank == 1:
+        x[0, 0] = math.nan
+    out: dict = {}
+    for path, options in {"hand gradient": {}, "autograd": {"hook": True},
+                          "objectives": {"objective": "iwae", "num_samples": 2}}.items():
+        model = _model()
+        if options.pop("hook", False):                # a hook sends the step to autograd
+            model.decoder.net.register_forward_hook(lambda *_: None)
+        before = _flat(model)
+        step = TrainStep(model, Amortized(model.encoder), lr=1e-2, compile=False,
+                         reduce_gradients=distributed.average_gradients, **options)
+        result = step(x, None)
+        out[path] = (result.skipped, torch.equal(_flat(model), before))
+    sizes_model = build_vae(ModelConfig(data_dim=D, latent_dim=(3, 2), hidden=(5,))).double()
+    qs = [] if rank == 1 else [sizes_model.encode(x)]
+
+    def all_reduce_sum(t):
+        dist.all_reduce(t)
+        return t
+
+    with torch.no_grad():
+        out["layers"] = layer_metrics(sizes_model, qs, 4, all_reduce_sum)
+    torch.save(out, f"{out_path}.{rank}")
+    distributed.cleanup()
+
+
+def test_a_rank_alone_with_a_non_finite_loss_or_no_rows_still_joins_the_all_reduce(tmp_path):
+    """Before, the rank with a non-finite loss skipped backward and so the gradient
+    all-reduce the other rank waited in (torchrun's 30-minute hang), and a rank with no
+    validation rows skipped the layer metrics' sum. Now every rank skips the step together
+    (weights unchanged everywhere) and both ranks get the same per-layer rates."""
+    out = tmp_path / "out"
+    mp.spawn(_lonely_failures, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
+    ranks = [torch.load(f"{out}.{r}") for r in range(WORLD)]
+    for path in ("hand gradient", "autograd", "objectives"):
+        assert [r[path] for r in ranks] == [(True, True)] * WORLD, path
+    rates = [r["layers"]["val_rate_per_layer"] for r in ranks]
+    assert len(rates[0]) == 2 and all(v > 0 for v in rates[0]) and rates[1] == rates[0]
+    assert ranks[1]["layers"]["val_active_units_per_layer"] is None   # no rows of its own
+
+
+def test_layer_metrics_join_the_sum_with_no_rows():
+    """A process without rows contributes zeros (sizes + count) to the sum, and alone it
+    reports nothing."""
+    model = build_vae(ModelConfig(data_dim=D, latent_dim=(3, 2), hidden=(5,))).double()
+    from vaelab.model.hierarchical import layer_metrics
+
+    seen = []
+    assert layer_metrics(model, [], 4, lambda t: seen.append(t.clone()) or t) == {}
+    assert len(seen) == 1 and torch.equal(seen[0], torch.zeros(3, dtype=torch.float64))

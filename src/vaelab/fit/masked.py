@@ -206,15 +206,10 @@ class MaskedTrainStep:
             loss = -(lw.logsumexp(0) - math.log(lw.shape[0])).mean()
         stats = torch.stack([loss, (d.log_likelihood - kl).mean(), kl.mean(),
                              d.log_likelihood.mean()]).detach().tolist()
-        params = inner.params
-        ok = math.isfinite(stats[0])
+        ok = inner._backprop(loss, math.isfinite(stats[0]), inner.params)
         if ok:
-            loss.backward()
-            inner._reduce(params)
-            ok = inner._grads_ok(params)
-            if ok:
-                for opt in inner._optimizers():
-                    opt.step()
+            for opt in inner._optimizers():
+                opt.step()
         return StepResult(stats[1], stats[2], -stats[3], not ok)
 
     @torch.no_grad()

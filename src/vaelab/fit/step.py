@@ -318,12 +318,26 @@ class TrainStep:
             loss, terms = -out.surrogate.mean(), out.terms
         stats = torch.stack([loss, terms.elbo.mean(), terms.kl.mean(),
                              terms.expected_log_likelihood.mean()]).detach().tolist()
-        ok = math.isfinite(stats[0])
-        if ok:
-            loss.backward()
-            self._reduce(params)
-            ok = self._grads_ok(params)
+        ok = self._backprop(loss, math.isfinite(stats[0]), params)
         return StepResult(stats[1], stats[2], -stats[3], not ok), ok
+
+    def _backprop(self, loss: torch.Tensor, finite: bool, params: list[nn.Parameter]) -> bool:
+        """Backward, the gradients' all-reduce and their test → whether to take the step.
+
+        Alone, a non-finite loss skips backward. Under torchrun every process must join each
+        all-reduce (the others would wait in it until the 30-minute timeout), so a process
+        with a non-finite loss still runs backward and fills its gradients with NaN: the
+        average is then non-finite on every process, and all of them skip the step together.
+        """
+        if not finite and self.reduce_gradients is None:
+            return False
+        loss.backward()
+        if not finite:
+            for p in params:
+                if p.grad is not None and not p.grad.is_sparse:
+                    p.grad.fill_(math.nan)
+        self._reduce(params)
+        return self._grads_ok(params) and finite
 
     def _fast_step(self, x: torch.Tensor, kl_weight: float) -> StepResult:
         if self._want_compile and self.steps > COMPILE_AFTER_STEPS:
@@ -340,13 +354,9 @@ class TrainStep:
         with self._autocast():
             loss, log_lik, kl = fn(x, eps, weight)
         loss_v, ll_v, kl_v = torch.stack([loss.detach(), log_lik, kl]).tolist()
-        ok = math.isfinite(loss_v)
+        ok = self._backprop(loss, math.isfinite(loss_v), self.params)
         if ok:
-            loss.backward()
-            self._reduce(self.params)
-            ok = self._grads_ok(self.params)
-            if ok:
-                self.theta_opt.step()
+            self.theta_opt.step()
         return StepResult(ll_v - kl_v, kl_v, -ll_v, not ok)
 
     def _hand_gradient_step(self, x: torch.Tensor, eps: torch.Tensor,
@@ -358,8 +368,12 @@ class TrainStep:
         copy.
         """
         loss, log_lik, kl = self._grad(x, eps, float(kl_weight))
-        self._reduce(self._grad.parameters)
         flat = self._grad.flat_gradient()
+        if self.reduce_gradients is not None:
+            # a non-finite loss here makes one gradient entry NaN (loss × 0, no host sync), so
+            # the all-reduced norm is non-finite on every process and all skip the step
+            flat[:1].add_(loss.detach().to(flat.dtype) * 0)
+        self._reduce(self._grad.parameters)
         norm = torch.linalg.vector_norm(flat)
         if self.grad_clip is not None:       # clip_grad_norm_'s rule on the one flat tensor
             flat.mul_((self.grad_clip / (norm + 1e-6)).clamp_max(1.0))

@@ -62,7 +62,7 @@ from tqdm import tqdm
 
 from vaelab import catalogue, data_forms
 from vaelab import data as data_
-from vaelab._runtime import resolve_device
+from vaelab._runtime import isolated_rng, resolve_device
 from vaelab.config import RunConfig, TrainConfig
 from vaelab.fit import distributed, runs
 from vaelab.fit.ema import WeightAverage
@@ -420,10 +420,8 @@ class _Trainer(Checkpointed):
         self.model.eval()
         self.inference.eval()
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.tc.seed + 7919)
-            for x in self.val_x.split(VAL_BATCH_SIZE):
+        with isolated_rng(self.tc.seed + 7919):
+            for x in self._val_batches():
                 terms = (self.step.terms(x) if isinstance(self.step, MaskedTrainStep) else
                          elbo_terms(self.model, self.inference(x, None), x,
                                     self.tc.num_samples, validate=False))
@@ -432,6 +430,12 @@ class _Trainer(Checkpointed):
                                      torch.tensor(x.shape[0], device=self.device)]).double()
         sums = self.dist.all_reduce_sum(sums).cpu()
         return tuple((sums[:3] / sums[3]).tolist())
+
+    def _val_batches(self) -> list[torch.Tensor]:
+        """This process's validation rows in batches; none (not one empty batch) when a
+        rank's share is empty, so it only joins the metrics' all-reduce."""
+        return [] if self.val_x is None or not len(self.val_x) else list(
+            self.val_x.split(VAL_BATCH_SIZE))
 
     def _early_stopping(self, val_elbo: float | None) -> None:
         s = self.state
@@ -479,10 +483,8 @@ class _Trainer(Checkpointed):
             return {}
         self.model.eval()
         self.inference.eval()
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.tc.seed + 7919)
-            qs = (self.inference(x, None) for x in self.val_x.split(VAL_BATCH_SIZE))
+        with isolated_rng(self.tc.seed + 7919):
+            qs = (self.inference(x, None) for x in self._val_batches())
             out = layer_metrics(self.model, qs, self.tc.num_samples, self.dist.all_reduce_sum)
         warning = collapse_warning(
             [i + 1 for i, a in enumerate(out.get("val_active_units_per_layer") or []) if a == 0],

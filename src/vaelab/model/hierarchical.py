@@ -43,6 +43,7 @@ from torch.distributions import (
 )
 
 from vaelab import _checks, catalogue
+from vaelab._runtime import device_of, isolated_rng
 from vaelab.model import families as families_
 from vaelab.model import likelihoods, nets
 
@@ -422,9 +423,8 @@ class HierarchicalVAE(nn.Module):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws x ~ p(x), ancestrally from the top: z_n, …, z_1, then x; → [n, D]."""
         n = _checks.positive_int("n", n)
-        with torch.random.fork_rng(devices=[], enabled=generator is not None):
-            if generator is not None:
-                torch.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+        seed = None if generator is None else int(torch.randint(2**62, (), generator=generator))
+        with isolated_rng(seed, enabled=generator is not None):
             px = self.decode(self.prior().sample((n,)))
             return px.mean if mean else px.sample()
 
@@ -714,11 +714,14 @@ def layer_metrics(model: HierarchicalVAE, qs: Iterable[LayeredDistribution], num
         part = torch.cat([rates.sum(0), rates.new_tensor([rates.shape[0]])]).double()
         sums = part if sums is None else sums + part
         means.append(q.mean)
-    if sums is None:
-        return {}
+    if sums is None:     # no rows here: still join the sum, which the other processes wait in
+        sums = torch.zeros(len(model.sizes) + 1, dtype=torch.float64, device=device_of(model))
     if all_reduce_sum is not None:
         sums = all_reduce_sum(sums)
-    rows = torch.cat(means)
-    active = active_units_per_layer(model.sizes, rows) if rows.shape[0] > 1 else None
+    if not sums[-1] > 0:
+        return {}
+    rows = torch.cat(means) if means else None
+    active = (active_units_per_layer(model.sizes, rows) if rows is not None and rows.shape[0] > 1
+              else None)
     return {"val_rate_per_layer": (sums[:-1] / sums[-1]).tolist(),
             "val_active_units_per_layer": active}
