@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
+from vaelab import catalogue
+
 
 class StandardizedInput(nn.Module):
     """x [..., D] → ``net((x − loc) / scale))``; ``loc``/``scale`` [D] are buffers."""
@@ -144,8 +146,8 @@ def resolve(config):
     from dataclasses import replace
 
     hierarchy = config.hierarchy if isinstance(config.latent_dim, tuple) else "flat"
-    real = config.likelihood == "gaussian" and config.data_kind in ("continuous",
-                                                                     "unit-interval")
+    density = catalogue.get("likelihood", config.likelihood).resolve().support == "real"
+    real = density and config.data_kind in ("continuous", "unit-interval")
     if config.standardize == "on" and not real:
         raise ValueError(f"standardize (--standardize): 'on' needs --likelihood gaussian on "
                          f"real-valued data, got --likelihood {config.likelihood} on "
