@@ -847,11 +847,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     targets = _eval_targets(args, note)
     _claim(*targets)
     dataset, split = _held_out(trained, args.data, args.split, args.seed, note)
-    import torch
+    from vaelab._runtime import isolated_rng
 
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
+    with isolated_rng(args.seed):
         result = evaluate_model(trained.model, dataset.x.to(trained.device),
                                 num_samples=estimator.draws, seed=args.seed,
                                 estimator=None if estimator.is_plain else estimator,
@@ -1361,8 +1360,7 @@ def _background_model(args: argparse.Namespace, trained, note: Callable):
 
 def cmd_score(args: argparse.Namespace) -> int:
     """``vaelab score``: anomaly scores per example → CSV; metrics and ROC with labels."""
-    import torch
-
+    from vaelab._runtime import isolated_rng
     from vaelab.use import scores as scores_
 
     note = _printer(False)
@@ -1378,8 +1376,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     names = _names_for_data(args, names, dataset, note)
     labels = _anomaly_labels(args, dataset)
     options = scores_.ScoreOptions(num_samples=args.k, regret_steps=args.regret_steps)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
+    with isolated_rng(args.seed):
         columns = scores_.anomaly_scores(
             trained.model, dataset.x.to(trained.device), names, background=background,
             image_shape=trained.config.model.image_shape, options=options,

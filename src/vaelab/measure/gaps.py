@@ -45,6 +45,7 @@ from torch.distributions import Distribution
 
 from vaelab import _checks
 from vaelab._files import atomic_write_json
+from vaelab._runtime import isolated_rng
 from vaelab.infer.objectives import GenerativeModel, elbo
 from vaelab.infer.schemes import optimize_q
 from vaelab.measure import honest
@@ -253,10 +254,8 @@ def gaps(model: GenerativeModel, x: torch.Tensor, *, encoder: torch.nn.Module | 
                         f"got {type(encoder).__name__}")
     x = model.check_data(x)
     num_samples = _checks.positive_int("num_samples", num_samples)
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-        if seed is not None:
-            torch.manual_seed(_checks.non_negative_int("seed", seed))
+    seed = None if seed is None else _checks.non_negative_int("seed", seed)
+    with isolated_rng(seed, enabled=seed is not None):
         family, raw_phi = cast(PerExampleEncoder, encoder).per_example(x)
         raw_star, history = optimize_q(model, x, raw_phi, family, steps=steps, lr=lr,
                                        num_samples=optimizer_samples, patience=patience)

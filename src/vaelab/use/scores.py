@@ -38,6 +38,7 @@ import torch
 from torch.distributions import Distribution
 
 from vaelab import _checks, catalogue
+from vaelab._runtime import isolated_rng
 from vaelab.infer.objectives import elbo_terms
 from vaelab.infer.schemes import optimize_q
 from vaelab.measure.evaluate import log_likelihood
@@ -123,8 +124,7 @@ def likelihood_regret(model, x: torch.Tensor, init_raw: torch.Tensor, family, *,
                              num_samples=num_samples)
     values = []
     for raw in (init_raw.detach(), raw_star):
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed)
+        with isolated_rng(seed), torch.no_grad():
             values.append(elbo_terms(model, family(raw), x, eval_samples, validate=False).elbo)
     return values[1] - values[0]
 
