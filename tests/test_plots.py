@@ -205,3 +205,20 @@ def test_figures_hand_the_model_its_own_device(tmp_path):
     plots.write_reconstructions(model, x, tmp_path / "r.png", (1, 2, 2))
     plots.write_latent(model, x, torch.tensor([0, 1, 0, 1]), tmp_path / "l.png")
     assert model.seen == [torch.device("meta")] * 2
+
+
+def test_the_scatter_legend_names_the_diagonal_only_when_it_is_drawn():
+    from vaelab.show.plots import recon_scatter
+
+    x = torch.tensor([[0.5, 3.0], [-2.0, 1.0]])
+    recon = torch.tensor([[0.4, 2.5], [float("nan"), float("inf")]])
+    ax = recon_scatter(x, recon).axes[0]
+    (line,) = ax.get_lines()
+    finite = np.array([0.5, 3.0, -2.0, 1.0, 0.4, 2.5])     # NaN and inf are not drawn
+    assert list(line.get_xdata()) == [finite.min(), finite.max()]
+    assert list(line.get_ydata()) == [finite.min(), finite.max()]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["perfect"]
+    assert "2 non-finite reconstructed values not drawn" in ax.get_title()
+    nothing = recon_scatter(torch.full((2, 2), float("nan")),
+                            torch.full((2, 2), float("nan"))).axes[0]
+    assert nothing.get_lines() == [] and nothing.get_legend() is None

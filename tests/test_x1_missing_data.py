@@ -13,6 +13,19 @@ from vaelab import data
 TINY = ["--limit", "300", "--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--quiet"]
 
 
+def _without(argv: list, flags: list) -> list:
+    """``argv`` without the flags (and their values) of ``flags``: each given once."""
+    out, skip = [], False
+    for i, token in enumerate(argv):
+        if skip:
+            skip = False
+        elif token in flags:
+            skip = i + 1 < len(argv) and not str(argv[i + 1]).startswith("--")
+        else:
+            out.append(token)
+    return out
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("x1")
@@ -73,7 +86,9 @@ def test_masked_run_next_evaluate_encode_impute(files, capsys, tmp_path):
     (["--perturb-fraction", "1.5"], "--perturb-fraction: expected a number"),
 ])
 def test_messages_name_flags(files, capsys, tmp_path, argv, message):
-    args = ["--data", files / "full.csv", "--out", tmp_path / "r", *TINY, *argv]
+    flags = [a for a in argv if str(a).startswith("--")]   # the case's value, given once
+    args = [*_without(["--data", files / "full.csv", *TINY], flags), "--out", tmp_path / "r",
+            *argv]
     code, _, err = run_cli(capsys, "train", *args)
     assert code != 0 and message in err and err.count("\n") == 1
     assert "_" not in err.split("error:")[1].split("got")[0]

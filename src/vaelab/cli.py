@@ -46,6 +46,34 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # noqa: D102 - argparse's hook
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
+    def parse_known_args(self, args=None, namespace=None):  # noqa: D102 - argparse's hook
+        if args is not None:
+            self._refuse_repeats(list(args))
+        return super().parse_known_args(args, namespace)
+
+    def _refuse_repeats(self, args: list[str]) -> None:
+        """A flag that takes one value given twice would silently keep the last: refused.
+
+        Only this parser's own flags are counted, up to its sub-command (whose parser counts
+        its own) or ``--``.
+        """
+        single = {option: action for action in self._actions if action.nargs != 0
+                  and not isinstance(action, (argparse._AppendAction, argparse._CountAction))
+                  for option in action.option_strings}
+        commands = {name for action in self._actions
+                    if isinstance(action, argparse._SubParsersAction) for name in action.choices}
+        seen: dict[object, str] = {}
+        for token in args:
+            if token == "--" or token in commands:
+                return
+            action = single.get(token.split("=", 1)[0]) if token.startswith("-") else None
+            if action is None:
+                continue
+            if action in seen:
+                raise UsageError(f"{token.split('=', 1)[0]}: given more than once; expected it "
+                                 f"once (see `{self.prog} --help`)")
+            seen[action] = token
+
 
 # --------------------------------------------------------------------------- argument types
 
@@ -1041,6 +1069,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from vaelab.show import plots
 
     trained = _load_run(args.run, args.device)
+    _check_memory("-n", args.n, _bytes_per_sample(trained.config.model))
     out = _png_path(args.out or args.run / f"samples-{args.n}.png", "--out")
     _claim(out)
     path = plots.write_samples(trained.model, out, args.n, trained.config.model.image_shape,
@@ -1049,6 +1078,41 @@ def cmd_sample(args: argparse.Namespace) -> int:
                                    "fashion-mnist", "mnist") else None)
     print(f"wrote {path}")
     return 0
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available now (Linux: MemAvailable), None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _bytes_per_sample(model_config) -> int:
+    """About how many bytes one sample costs at its peak: z, every hidden layer, the
+    likelihood's parameters, E[x|z] and its copies for the picture (float32, twice over)."""
+    latent = model_config.latent_dim
+    latent = sum(latent) if isinstance(latent, tuple) else latent
+    d = model_config.data_dim or 1
+    return 2 * 4 * (latent + 2 * sum(model_config.hidden) + 8 * d)
+
+
+def _check_memory(flag: str, count: int, each: int) -> None:
+    """One line, before anything is allocated, when ``count`` items of ``each`` bytes would
+    not fit in the memory available now."""
+    available = _available_memory()
+    if available is None or count * each <= available:
+        return
+    raise ValueError(f"{flag}: {count} needs about {count * each / 2**30:.3g} GiB of memory, "
+                     f"{available / 2**30:.3g} GiB are available; expected {flag} <= "
+                     f"{max(1, available // each)}, got {count}")
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -1618,8 +1682,32 @@ def _command_names(parser: argparse.ArgumentParser) -> str:
     return ", ".join(names[:-1]) + " or " + names[-1]
 
 
+def _quiet_rank() -> int | None:
+    """This process's torchrun rank when it is not 0 (it then prints nothing), else None."""
+    rank = int(os.environ.get("RANK", "0") or 0)
+    return rank if rank != 0 else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``vaelab`` command with ``argv`` (default: sys.argv[1:]); → exit code."""
+    """Run the ``vaelab`` command with ``argv`` (default: sys.argv[1:]); → exit code.
+
+    Under torchrun only rank 0 speaks: the other ranks print nothing, except an unexpected
+    error of their own (one line naming the rank); errors on user input are the same on
+    every rank and rank 0 says them.
+    """
+    if _quiet_rank() is None:
+        return _main(argv)
+    import contextlib
+
+    errors = sys.stderr
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), \
+            contextlib.redirect_stderr(devnull):
+        return _main(argv, errors)
+
+
+def _main(argv: Sequence[str] | None, errors=None) -> int:
+    """:func:`main`; ``errors``: where a silent torchrun rank says its own failure."""
+    silent = errors is not None
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         parser = build_parser()
@@ -1638,7 +1726,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:        # --help, --version, or an exit code chosen above
         return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
-        print("vaelab: interrupted", file=sys.stderr)
+        if not silent:
+            print("vaelab: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         if debug:
@@ -1646,8 +1735,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
         message = _one_line(exc)
         message = _cli_words(message)    # X1 item 4: flags, not Python arguments
-        if not isinstance(exc, _known_errors()):
+        known = isinstance(exc, _known_errors())
+        if not known:
             message = (f"unexpected {type(exc).__name__}: {message} (set {DEBUG_ENV}=1 for "
                        f"the traceback)")
-        print(f"vaelab: error: {message}", file=sys.stderr)
+        if not silent:
+            print(f"vaelab: error: {message}", file=sys.stderr)
+        elif not known:                  # torchrun: a rank's own failure, said by that rank
+            print(f"vaelab: error: [rank {_quiet_rank()}] {message}", file=errors)
         return code

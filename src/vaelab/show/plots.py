@@ -202,15 +202,28 @@ def write_reconstructions(model, x: torch.Tensor, path: str | os.PathLike,
 
 
 def _write_recon_scatter(x: torch.Tensor, recon: torch.Tensor, path) -> Path:
+    return save_figure(recon_scatter(x, recon), path)
+
+
+def recon_scatter(x: torch.Tensor, recon: torch.Tensor) -> Figure:
+    """Reconstructed against original values, x and recon [N, D], with the diagonal a
+    perfect reconstruction would lie on (drawn, and in the legend, only when some value is
+    finite and they are not all equal)."""
     fig = Figure(figsize=(4.5, 4.5), layout="constrained")
     ax = fig.subplots()
     ax.scatter(x.flatten().numpy(), recon.flatten().numpy(), s=4, alpha=0.4)
-    low, high = float(min(x.min(), recon.min())), float(max(x.max(), recon.max()))
-    ax.plot([low, high], [low, high], color="black", lw=0.8, ls="--", label="perfect")
-    ax.set(xlabel="original value", ylabel="reconstructed value E[x|z]",
-           title=f"reconstructions of {x.shape[0]} examples (all {x.shape[1]} dims)")
-    ax.legend(loc="upper left")
-    return save_figure(fig, path)
+    values = torch.cat([x.flatten(), recon.flatten()]).double()
+    values = values[torch.isfinite(values)]     # a diverged model: NaN/inf are not drawn
+    title = f"reconstructions of {x.shape[0]} examples (all {x.shape[1]} dims)"
+    missing = int((~torch.isfinite(recon)).sum())
+    if missing:
+        title += f"\n{missing} non-finite reconstructed values not drawn"
+    ax.set(xlabel="original value", ylabel="reconstructed value E[x|z]", title=title)
+    low, high = (float(values.min()), float(values.max())) if values.numel() else (0.0, 0.0)
+    if low < high:               # the diagonal is in the legend only when it is drawn
+        ax.plot([low, high], [low, high], color="black", lw=0.8, ls="--", label="perfect")
+        ax.legend(loc="upper left")
+    return fig
 
 
 def scatter_points(groups: dict[str, torch.Tensor], path: str | os.PathLike, *,

@@ -18,7 +18,7 @@ input, bit for bit; only NaN entries change. Shapes: x [N, D] (or [N, *image_sha
 from __future__ import annotations
 
 import io
-import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -202,9 +202,14 @@ def _check_out(out: Path, draws: int | None) -> None:
     if out.is_dir():
         raise ValueError(f"--out: expected a file name, got the folder {str(out)!r}")
     folder = out.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
+    try:                 # really write there (os.access says yes to root on read-only mounts)
+        if not folder.is_dir():
+            raise NotADirectoryError
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError:
         raise ValueError(f"--out: expected a file in an existing, writable folder, got "
-                         f"{str(out)!r}")
+                         f"{str(out)!r}") from None
 
 
 def impute_file(trained: object, data: str | Path, out: str | Path, *,
