@@ -95,3 +95,35 @@ needs_fashion_mnist = pytest.mark.skipif(
     not _fashion_mnist_installed(),
     reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 
+
+class _FakeCudaGenerator:
+    """Stands in for one GPU's generator: its state is the last seed (a 1-element tensor)."""
+
+    def __init__(self, state: int) -> None:
+        self.state = torch.tensor([state])
+
+    def manual_seed(self, seed: int) -> _FakeCudaGenerator:
+        self.state = torch.tensor([seed])
+        return self
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Two initialised 'GPUs' whose generators torch.manual_seed, get_rng_state and
+    set_rng_state reach through torch.cuda, as on a CUDA machine."""
+    gens = (_FakeCudaGenerator(101), _FakeCudaGenerator(202))
+
+    def index(device) -> int:
+        device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+        return device.index or 0
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gens))
+    monkeypatch.setattr(torch.cuda.random, "device_count", lambda: len(gens))  # manual_seed_all's
+    monkeypatch.setattr(torch.cuda, "default_generators", gens)
+    monkeypatch.setattr(torch.cuda, "get_rng_state",
+                        lambda device="cuda": gens[index(device)].state.clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device="cuda": setattr(gens[index(device)], "state",
+                                                             state.clone()))
+    return gens

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -44,39 +46,6 @@ def test_rank_and_world_size_follow_the_environment_until_a_group_is_joined(monk
 
 
 # ------------------------------------------------------------ isolated_rng and device_of
-
-class _FakeCudaGenerator:
-    """Stands in for one GPU's generator: its state is the last seed (a 1-element tensor)."""
-
-    def __init__(self, state: int) -> None:
-        self.state = torch.tensor([state])
-
-    def manual_seed(self, seed: int) -> _FakeCudaGenerator:
-        self.state = torch.tensor([seed])
-        return self
-
-
-@pytest.fixture
-def fake_cuda(monkeypatch):
-    """Two initialised 'GPUs' whose generators torch.manual_seed, get_rng_state and
-    set_rng_state reach through torch.cuda, as on a CUDA machine."""
-    gens = (_FakeCudaGenerator(101), _FakeCudaGenerator(202))
-
-    def index(device) -> int:
-        device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
-        return device.index or 0
-
-    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gens))
-    monkeypatch.setattr(torch.cuda.random, "device_count", lambda: len(gens))  # manual_seed_all's
-    monkeypatch.setattr(torch.cuda, "default_generators", gens)
-    monkeypatch.setattr(torch.cuda, "get_rng_state",
-                        lambda device="cuda": gens[index(device)].state.clone())
-    monkeypatch.setattr(torch.cuda, "set_rng_state",
-                        lambda state, device="cuda": setattr(gens[index(device)], "state",
-                                                             state.clone()))
-    return gens
-
 
 def test_isolated_rng_seeds_then_restores_the_cpu_generator():
     torch.manual_seed(5)
@@ -163,3 +132,30 @@ def test_device_of():
     assert _runtime.device_of(buffered) == torch.device("meta")      # buffers only
     assert _runtime.device_of(torch.nn.ReLU()) == torch.device("cpu")
     assert _runtime.device_of(object()) == torch.device("cpu")
+
+
+def test_exact_cuda_turns_off_tf32_and_picks_deterministic_kernels(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms",
+                        lambda mode, warn_only=False: calls.append((mode, warn_only)))
+    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", True)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.delenv("VAELAB_ALLOW_TF32", raising=False)
+    monkeypatch.delenv("VAELAB_DETERMINISTIC", raising=False)
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic)
+    try:     # torch's flag objects refuse monkeypatch: set the opposite, restore by hand
+        matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic = (
+            True, True, True, False)
+        _runtime.exact_cuda()
+        assert not matmul.allow_tf32 and not cudnn.allow_tf32
+        assert cudnn.deterministic and not cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert calls == [(True, True)] and not torch.utils.deterministic.fill_uninitialized_memory
+        monkeypatch.setenv("VAELAB_ALLOW_TF32", "1")       # the opt-outs, for speed
+        monkeypatch.setenv("VAELAB_DETERMINISTIC", "0")
+        _runtime.exact_cuda()
+        assert matmul.allow_tf32 and cudnn.allow_tf32
+        assert not cudnn.deterministic and calls[-1] == (False, True)
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic = saved

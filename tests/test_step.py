@@ -316,3 +316,24 @@ def test_bf16_autocast_step_runs_on_autograd_and_tracks_the_float32_step():
         torch.testing.assert_close(p, q, rtol=0, atol=5e-3)
     with pytest.raises(ValueError, match="precision: expected one of 'fp32', 'bf16'"):
         TrainStep(model, inf, precision="fp16")
+
+
+def test_a_failed_compile_restores_every_gpu_generator(monkeypatch, fake_cuda):
+    """The compiled attempt may draw its noise on the GPU before failing: the retry starts
+    from the generators as they were, the GPUs' included (it restored only the CPU's)."""
+    def broken(fn, **kw):
+        def run(*a, **k):
+            fake_cuda[0].manual_seed(999)         # the failed attempt's draw on cuda:0
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model, inf = make()
+    step = TrainStep(model, inf, compile=True)
+    for i in range(step_mod.COMPILE_AFTER_STEPS):
+        step(batch(i), None)
+    fake_cuda[1].manual_seed(7)
+    before = [int(g.state) for g in fake_cuda]
+    with pytest.warns(RuntimeWarning, match="continuing eagerly"):
+        step(batch(0), None)
+    assert [int(g.state) for g in fake_cuda] == before

@@ -10,7 +10,8 @@ device" and "which rank of how many" are answered in one place:
 * :func:`rank_and_world_size` — of the joined process group, else of the environment (what
   this process is, or will be once it joins);
 * :func:`isolated_rng` — seeded draws that leave every global generator (CPU and CUDA) as it
-  was.
+  was (:func:`rng_states` / :func:`restore_rng_states` save and restore them all);
+* :func:`exact_cuda` — the settings under which a CUDA run repeats bit for bit.
 """
 
 from __future__ import annotations
@@ -117,19 +118,68 @@ def isolated_rng(seed: int | None = None, *, enabled: bool = True) -> Iterator[N
     if not enabled:
         yield
         return
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    cpu_state = torch.get_rng_state()
-    cuda_states = [torch.cuda.get_rng_state(d) for d in cuda]
+    saved = rng_states()
     try:
         if seed is not None:
             torch.default_generator.manual_seed(seed)
-            for d in cuda:
+            for d in saved.cuda:
                 torch.cuda.default_generators[d].manual_seed(seed)
         yield
     finally:
-        torch.set_rng_state(cpu_state)
-        for d, state in zip(cuda, cuda_states, strict=True):
-            torch.cuda.set_rng_state(state, d)
+        restore_rng_states(saved)
+
+
+@dataclass(frozen=True)
+class RNGStates:
+    """The CPU generator's state and, by device index, every initialised GPU's."""
+
+    cpu: torch.Tensor
+    cuda: dict[int, torch.Tensor]
+
+
+def rng_states() -> RNGStates:
+    """Every global generator's state: the CPU's and, when CUDA is initialised, each GPU's
+    (an uninitialised CUDA is not initialised for it)."""
+    cuda = range(torch.cuda.device_count()) if torch.cuda.is_initialized() else range(0)
+    return RNGStates(torch.get_rng_state(), {d: torch.cuda.get_rng_state(d) for d in cuda})
+
+
+def restore_rng_states(states: RNGStates) -> None:
+    """Put back what :func:`rng_states` saved."""
+    torch.set_rng_state(states.cpu)
+    for d, state in states.cuda.items():
+        torch.cuda.set_rng_state(state, d)
+
+
+#: cuBLAS's fixed workspace, which makes its matrix products reproducible run to run (NVIDIA's
+#: documented setting; read when cuBLAS starts, so set before the first CUDA product).
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def exact_cuda(*, allow_tf32: bool | None = None, deterministic: bool | None = None) -> None:
+    """Settings under which a CUDA run repeats bit for bit (what resume promises).
+
+    TF32 (10-bit mantissa products) is off for matrix products and convolutions (torch turns
+    it on for cuDNN convolutions by default) unless ``allow_tf32``; cuDNN picks deterministic
+    algorithms without benchmarking; cuBLAS gets a fixed workspace; with ``deterministic``
+    torch uses deterministic kernels where it has them (warning where it has none). None
+    reads the environment: VAELAB_ALLOW_TF32=1 allows TF32, VAELAB_DETERMINISTIC=0 turns
+    the deterministic kernels off (both for speed at the cost of exact repeats).
+    """
+    if allow_tf32 is None:
+        allow_tf32 = os.environ.get("VAELAB_ALLOW_TF32", "0") == "1"
+    if deterministic is None:
+        deterministic = os.environ.get("VAELAB_DETERMINISTIC", "1") != "0"
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # vaelab reads no uninitialised memory, so filling every new buffer with NaN (what the
+    # deterministic mode does by default) would cost time and change no result
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
 
 
 def device_of(module: object) -> torch.device:

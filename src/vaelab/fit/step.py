@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaelab import _checks
+from vaelab._runtime import restore_rng_states, rng_states
 from vaelab.fit._elbo_grad import GaussianBernoulliELBOGrad
 from vaelab.fit.adam import DirectFusedAdam, fused_adam
 from vaelab.infer.objectives import OBJECTIVES, training_terms
@@ -391,7 +392,7 @@ class TrainStep:
         exactly as if it had never been tried.
         """
         self._want_compile = False
-        rng = torch.get_rng_state()
+        rng = rng_states()          # the CPU's and every GPU's: the step draws on x's device
         start = time.perf_counter()
         try:
             with warnings.catch_warnings():   # torch's own deprecation, not the user's
@@ -404,7 +405,7 @@ class TrainStep:
                           f"({type(exc).__name__}: {exc}); continuing eagerly",
                           RuntimeWarning, stacklevel=3)
             self._compiled = None
-            torch.set_rng_state(rng)
+            restore_rng_states(rng)
             result = self._fast_step(x, kl_weight)
         self.compile_seconds = time.perf_counter() - start
         return result

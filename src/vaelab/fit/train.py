@@ -62,7 +62,7 @@ from tqdm import tqdm
 
 from vaelab import catalogue, data_forms
 from vaelab import data as data_
-from vaelab._runtime import isolated_rng, resolve_device
+from vaelab._runtime import exact_cuda, isolated_rng, resolve_device
 from vaelab.config import RunConfig, TrainConfig
 from vaelab.fit import distributed, runs
 from vaelab.fit.ema import WeightAverage
@@ -641,6 +641,8 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     run_dir = Path(out_dir).expanduser()
     config = _where_data_are(_resolve_config(config, run_dir, resume), run_dir, resume)
     device = resolve_device(config.train.device)
+    if device.type == "cuda":       # what a bit-identical resume needs there
+        exact_cuda()
     dist = _distributed(device)
     if dist.main:
         for note in speed_notes(config.train, device):   # stderr even when log is silent
