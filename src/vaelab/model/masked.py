@@ -24,10 +24,9 @@ import torch
 from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
-from vaelab import _checks
+from vaelab import _checks, catalogue
 from vaelab.config import ModelConfig
 from vaelab.model import missingness as missingness_
-from vaelab.model import nets
 from vaelab.model.hierarchical import HierarchicalVAE
 from vaelab.model.standardize import column_stats, standardize_model
 from vaelab.model.vae import VAE, Decoder, Encoder, build_vae
@@ -174,14 +173,10 @@ def build_masked_vae(config: ModelConfig) -> MaskedVAE:
     assert isinstance(model, VAE) and model.encoder is not None
     encoder = model.encoder
     d, out = config.data_dim, encoder.family.param_size
-    net: nn.Module
-    if getattr(config, "net", "mlp") == "conv":   # [values, mask] = an image of 2C channels
-        if config.image_shape is None:
-            raise ValueError("image_shape: --net conv needs images (C, H, W), got None")
-        c, h, w = config.image_shape
-        net = nets.ConvEncoder((2 * c, h, w), config.conv_channels, out, config.activation)
-    else:
-        net = nets.MLP(2 * d, config.hidden, out, config.activation)
+    shape = config.image_shape     # [values, mask]: an image of 2C channels, or 2D numbers
+    shape = None if shape is None else (2 * shape[0], *shape[1:])
+    entry, options = catalogue.chosen(config, "network")
+    net = entry.build(**options).encoder(2 * d, out, shape)
     encoder.net = MaskedInput(net, d)
     masked = MaskedVAE(model.prior_module, model.decoder, encoder,
                        missingness_.build(getattr(config, "missing_model", "none"), d))

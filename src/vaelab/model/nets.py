@@ -250,9 +250,14 @@ class MLPNets:
     def pair(self, data_dim: int, latent_dim: int, family_params: int, params_per_dim: int,
              image_shape: Sequence[int] | None = None) -> tuple[nn.Module, nn.Module]:
         """(encoder net, decoder net) for x [D], z [L], q's and the likelihood's sizes."""
-        return (mlp(data_dim, self.hidden, family_params, self.activation, self.gated),
+        return (self.encoder(data_dim, family_params, image_shape),
                 mlp(latent_dim, tuple(reversed(self.hidden)), data_dim * params_per_dim,
                     self.activation, self.gated))
+
+    def encoder(self, in_features: int, out_features: int,
+                image_shape: Sequence[int] | None = None) -> nn.Module:
+        """The encoder net alone: [..., in_features] → [..., out_features]."""
+        return mlp(in_features, self.hidden, out_features, self.activation, self.gated)
 
 
 @dataclass(frozen=True)
@@ -270,9 +275,14 @@ class ConvNets:
 
     def pair(self, data_dim: int, latent_dim: int, family_params: int, params_per_dim: int,
              image_shape: Sequence[int] | None = None) -> tuple[nn.Module, nn.Module]:
-        return (ConvEncoder(image_shape, self.channels, family_params, self.activation),
+        return (self.encoder(data_dim, family_params, image_shape),
                 ConvDecoder(latent_dim, image_shape, self.channels, params_per_dim,
                             self.activation))
+
+    def encoder(self, in_features: int, out_features: int,
+                image_shape: Sequence[int] | None = None) -> nn.Module:
+        """The encoder net alone over images of ``image_shape`` (C, H, W)."""
+        return ConvEncoder(image_shape, self.channels, out_features, self.activation)
 
 
 def build_nets(config, family_params: int, params_per_dim: int) -> tuple[nn.Module, nn.Module]:
