@@ -127,3 +127,23 @@ def fake_cuda(monkeypatch):
                         lambda state, device="cuda": setattr(gens[index(device)], "state",
                                                              state.clone()))
     return gens
+
+
+@pytest.fixture
+def host_syncs(monkeypatch):
+    """Counts the reads of tensor values into Python (item, tolist, int/float/bool of a
+    tensor): each one waits for a GPU to finish, so hot loops keep them out. torch.optim's
+    own reads are not counted: its step counters live on the CPU (no wait for the GPU)."""
+    import sys
+
+    count = [0]
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename.replace("\\", "/")
+            count[0] += "torch/optim/" not in caller
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return count

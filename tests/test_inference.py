@@ -306,3 +306,12 @@ def test_build_inference_needs_an_encoder_for_amortized_schemes(make_lg):
         build_inference("amortized", make_lg(5, 2), 5)
     family = families.DiagonalNormal(2)
     assert build_inference("per-datapoint", make_lg(5, 2), 5, family=family).family is family
+
+
+def test_per_datapoint_checks_the_index_with_one_host_sync(host_syncs):
+    """The range check runs on every training step: both ends come back in one read."""
+    infer = PerDatapoint(families.DiagonalNormal(2), 10)
+    q = infer(torch.zeros(3, 4), torch.tensor([9, 0, 4]))
+    assert host_syncs[0] == 1 and q.batch_shape == (3,)
+    with pytest.raises(ValueError, match=r"got values in \[-2, 4\]"):
+        infer(torch.zeros(2, 4), torch.tensor([4, -2]))

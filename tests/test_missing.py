@@ -133,3 +133,20 @@ def test_complete_top_half_rejects_bad_input_by_name(trained_vae, tmp_path):
                                   steps=1, samples=1)
     with pytest.raises(TypeError, match="model: expected a vaelab VAE with an encoder"):
         missing.complete_top_half(object(), torch.zeros(2, 784), tmp_path / "a.png")
+
+
+def test_fitting_reads_no_value_back_per_step(host_syncs):
+    """The objective's history stays on the device until the end: the number of host
+    reads does not grow with the steps (it grew by one per step)."""
+    torch.manual_seed(0)
+    model = models.build_vae(ModelConfig(data_dim=16, latent_dim=2, hidden=(8,)))
+    x = (torch.rand(3, 16) > 0.5).float()
+    hidden = missing.top_half_mask((1, 4, 4))
+    reads = []
+    for steps in (2, 6):
+        before = host_syncs[0]
+        _, history = missing.fit_hidden(model, x, hidden, torch.zeros(3, 8), steps=steps,
+                                        samples=2)
+        reads.append(host_syncs[0] - before)
+        assert len(history) == steps and all(isinstance(v, float) for v in history)
+    assert reads[0] == reads[1]

@@ -97,9 +97,11 @@ class PerDatapoint(Inference):
         if index.shape != (x.shape[0],):
             raise ValueError(f"index: expected shape [{x.shape[0]}] (one per row of x), "
                              f"got {list(index.shape)}")
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_data):
-            raise ValueError(f"index: expected values in [0, {self.num_data}), got values in "
-                             f"[{int(index.min())}, {int(index.max())}]")
+        if index.numel():     # one host sync for both ends (this runs on every step)
+            low, high = torch.stack(torch.aminmax(index)).tolist()
+            if low < 0 or high >= self.num_data:
+                raise ValueError(f"index: expected values in [0, {self.num_data}), got values "
+                                 f"in [{low}, {high}]")
         return index.long()
 
     def forward(self, x: torch.Tensor, index: torch.Tensor | None = None) -> Distribution:

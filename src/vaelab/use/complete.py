@@ -94,7 +94,7 @@ def fit_hidden(model: VAE, x: torch.Tensor, hidden: torch.Tensor, init_logits: t
                          f"got {samples}")
     logits = init_logits.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=_checks.positive_float("lr", lr))
-    history: list[float] = []
+    history: list[torch.Tensor] = []     # kept on the device: one host sync at the end
     for _ in range(_checks.positive_int("steps", steps)):
         q = Independent(Bernoulli(logits=logits, validate_args=False), 1)
         h = q.sample((samples,))                                         # [S, B, H]
@@ -103,8 +103,8 @@ def fit_hidden(model: VAE, x: torch.Tensor, hidden: torch.Tensor, init_logits: t
         opt.zero_grad(set_to_none=True)
         (-surrogate.sum()).backward(inputs=[logits])
         opt.step()
-        history.append((score.mean(0) + q.entropy()).mean().item())
-    return logits.detach(), history
+        history.append((score.mean(0) + q.entropy()).mean().detach())
+    return logits.detach(), torch.stack(history).tolist()
 
 
 @torch.no_grad()
