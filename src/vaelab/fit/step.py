@@ -34,8 +34,9 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -165,7 +166,7 @@ class TrainStep:
                  objective: str = "elbo", free_bits: float = 0.0,
                  compile: str | bool = "auto", expected_steps: int | None = None,
                  phi_lr: float | None = None,
-                 reduce_gradients: Callable[[list[nn.Parameter]], None] | None = None,
+                 reduce_gradients: Callable[[Sequence[torch.Tensor]], None] | None = None,
                  precision: str = "fp32") -> None:
         self.model, self.inference = model, inference
         self.reduce_gradients = reduce_gradients
@@ -196,6 +197,7 @@ class TrainStep:
         theta_ids = {id(p) for p in self.theta}
         self.phi = [p for p in _unique(inference.parameters()) if id(p) not in theta_ids]
         self.params = self.theta + self.phi      # θ then φ, built once for the hot path
+        self.phi_opt: torch.optim.Optimizer | None
         if inference.sparse:   # sparse rows → SparseAdam; dense φ (e.g. IAF's MADEs) → Adam
             rows = {id(m.weight) for m in inference.modules()
                     if isinstance(m, nn.Embedding) and m.sparse}
@@ -209,12 +211,12 @@ class TrainStep:
         else:
             self.theta_opt = fused_adam(self.theta, lr, betas)
             self.phi_opt = fused_adam(self.phi, phi_lr, betas)
-        self._fast = None
+        self._fast: _GaussianBernoulliELBO | None = None
         if (self.schedule == "joint" and self.objective == "elbo" and self.free_bits == 0
                 and _GaussianBernoulliELBO.matches(model, inference)):
-            encoder = inference.encoder
+            encoder = self._encoder()
             self._fast = _GaussianBernoulliELBO(encoder.net, model.decoder.net,
-                                                encoder.family.min_scale)
+                                                self._min_scale())
         self.compile = compile
         device = next(iter(self.params), torch.empty(0)).device
         self._want_compile = self._fast is not None and (
@@ -223,19 +225,28 @@ class TrainStep:
                                 and expected_steps >= AUTO_COMPILE_MIN_STEPS))
         # The hand-derived gradient replaces autograd on the eager fast path (a compiled step
         # keeps autograd: Inductor fuses its graph), unless a parameter is outside the nets.
-        self._grad = None
+        self._grad: GaussianBernoulliELBOGrad | None = None
         if self._fast is not None and precision == "fp32" and GaussianBernoulliELBOGrad.supports(
-                inference.encoder.net, model.decoder.net):
-            grad = GaussianBernoulliELBOGrad(inference.encoder.net, model.decoder.net,
-                                             inference.encoder.family.min_scale,
-                                             inference.encoder.latent_dim)
+                self._encoder().net, model.decoder.net):
+            encoder = self._encoder()
+            grad = GaussianBernoulliELBOGrad(encoder.net, model.decoder.net,
+                                             self._min_scale(), encoder.latent_dim)
             if {id(p) for p in grad.parameters} == {id(p) for p in self.params}:
                 self._grad = grad
         self._adam = DirectFusedAdam(self.theta_opt)
         self._device_type = device.type
-        self._compiled = None
+        self._compiled: Callable[..., Any] | None = None
         self.compile_seconds: float | None = None
         self.steps = 0
+
+    def _encoder(self) -> Encoder:
+        """The encoder of the fast path (it applies only to amortized inference with a
+        diagonal-Normal :class:`Encoder`, which ``_GaussianBernoulliELBO.matches`` checked)."""
+        return cast(Amortized, self.inference).encoder
+
+    def _min_scale(self) -> float:
+        """The floor on q's scale (the fast path's family is a DiagonalNormal)."""
+        return cast(DiagonalNormal, self._encoder().family).min_scale
 
     # ---------------------------------------------------------------- public
 
@@ -294,11 +305,11 @@ class TrainStep:
         return torch.autocast(self._device_type, dtype=torch.bfloat16,
                               enabled=self.precision == "bf16")
 
-    def _reduce(self, params: list[nn.Parameter]) -> None:
+    def _reduce(self, params: Sequence[torch.Tensor]) -> None:
         if self.reduce_gradients is not None:
             self.reduce_gradients(params)
 
-    def _grads_ok(self, params: list[nn.Parameter]) -> bool:
+    def _grads_ok(self, params: Sequence[torch.Tensor]) -> bool:
         """Clip (when asked) and test every dense gradient for finiteness in one pass."""
         dense = [p for p in params if p.grad is not None and not p.grad.is_sparse]
         if not dense:
@@ -306,7 +317,8 @@ class TrainStep:
         if self.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(dense, self.grad_clip)
         else:
-            norm = torch.stack(torch._foreach_norm([p.grad for p in dense])).sum()
+            grads = [g for g in (p.grad for p in dense) if g is not None]   # all of them
+            norm = torch.stack(torch._foreach_norm(grads)).sum()
         return bool(torch.isfinite(norm))
 
     def _backward(self, x, index, kl_weight, params) -> tuple[StepResult, bool]:
@@ -343,7 +355,7 @@ class TrainStep:
     def _fast_step(self, x: torch.Tensor, kl_weight: float) -> StepResult:
         if self._want_compile and self.steps > COMPILE_AFTER_STEPS:
             return self._first_compiled_step(x, kl_weight)
-        latent = self.inference.encoder.latent_dim
+        latent = self._encoder().latent_dim
         shape = (x.shape[0], latent) if self.num_samples == 1 else (
             self.num_samples, x.shape[0], latent)
         eps = _standard_normal(shape, x)
@@ -352,6 +364,7 @@ class TrainStep:
         self._zero_grad()
         weight = torch.tensor(float(kl_weight), dtype=x.dtype, device=x.device)
         fn = self._compiled if self._compiled is not None else self._fast
+        assert fn is not None             # this path is taken only when the fast loss exists
         with self._autocast():
             loss, log_lik, kl = fn(x, eps, weight)
         loss_v, ll_v, kl_v = torch.stack([loss.detach(), log_lik, kl]).tolist()
@@ -368,13 +381,15 @@ class TrainStep:
         the finiteness test); it and the batch statistics come back in one device-to-host
         copy.
         """
-        loss, log_lik, kl = self._grad(x, eps, float(kl_weight))
-        flat = self._grad.flat_gradient()
+        hand = self._grad
+        assert hand is not None           # taken only when the hand gradient exists
+        loss, log_lik, kl = hand(x, eps, float(kl_weight))
+        flat = hand.flat_gradient()
         if self.reduce_gradients is not None:
             # a non-finite loss here makes one gradient entry NaN (loss × 0, no host sync), so
             # the all-reduced norm is non-finite on every process and all skip the step
             flat[:1].add_(loss.detach().to(flat.dtype) * 0)
-        self._reduce(self._grad.parameters)
+        self._reduce(hand.parameters)
         norm = torch.linalg.vector_norm(flat)
         if self.grad_clip is not None:       # clip_grad_norm_'s rule on the one flat tensor
             flat.mul_((self.grad_clip / (norm + 1e-6)).clamp_max(1.0))
