@@ -11,6 +11,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 
 
 def positive_int(name: str, value: object) -> int:
@@ -78,7 +79,7 @@ def data_batch(name: str, x: object, data_dim: int) -> torch.Tensor:
     return finite(name, x)
 
 
-def to_numpy(value: object, dtype: object = None) -> np.ndarray:
+def to_numpy(value: object, dtype: DTypeLike | None = None) -> np.ndarray:
     """``value`` as a numpy array; a torch tensor on any device (CUDA, needing grad, bf16)
     is detached and copied to the host first, where ``np.asarray`` of it would raise."""
     if isinstance(value, torch.Tensor):

@@ -569,6 +569,7 @@ def _check_npy_size(path: Path) -> None:
 
 def _npz_keys(keys: list[str], split: str, path: Path) -> tuple[str, str | None]:
     """Pick the data key and labels key of an npz archive for ``split``."""
+    x_key: str | None
     if "x_train" in keys or f"x_{split}" in keys:
         if f"x_{split}" not in keys:
             raise ValueError(f"split: {path} has keys {keys} but no x_{split}; "

@@ -653,7 +653,8 @@ def collapse_warning(collapsed: Sequence[int], sizes: Sequence[int],
         names = ", ".join(f"layer {i} ({sizes[i - 1]} units)" for i in collapsed)
         parts.append(f"latent {names} collapsed: no active unit (Var_x E_q[z_u|x] <= 0.01), "
                      f"so that layer carries no information about x")
-    quiet = [i for i in zero_rate_layers(rates or []) if i not in collapsed]
+    rates = list(rates or [])
+    quiet = [i for i in zero_rate_layers(rates) if i not in collapsed]
     top = len(sizes)
     below = [i for i in quiet if i != top]
     if below:

@@ -271,8 +271,9 @@ class Problem:
 def _steps_per_epoch(metrics: list[dict], i: int) -> int:
     step = metrics[i].get("step")
     before = metrics[i - 1].get("step") if i > 0 else 0
-    ok = isinstance(step, int) and isinstance(before, int)
-    return step - before if ok else 0
+    if isinstance(step, int) and isinstance(before, int):
+        return step - before
+    return 0
 
 
 def _sizes(run: RunInfo) -> tuple[int, ...] | None:
@@ -329,7 +330,8 @@ def _epochs(epochs: list) -> str:
     numbers = [e for e in epochs if isinstance(e, int)]
     if not numbers:
         return "?"
-    spans, start = [], numbers[0]
+    spans: list[str] = []
+    start: int | None = numbers[0]
     for previous, current in zip(numbers, numbers[1:] + [None], strict=True):
         if current != previous + 1:
             spans.append(f"{start}" if start == previous else f"{start}-{previous}")
