@@ -6,6 +6,8 @@ built from their own seeded generator so they do not depend on test order.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -147,3 +149,30 @@ def host_syncs(monkeypatch):
 
         monkeypatch.setattr(torch.Tensor, name, counted)
     return count
+
+
+# ------------------------------------------------------------------ device-sensitive tests
+
+#: Where tests marked ``device`` run: VAELAB_TEST_DEVICE (cpu unless set), e.g.
+#: ``VAELAB_TEST_DEVICE=cuda pytest -m device`` on a GPU machine (benchmarks/gpu.sh).
+TEST_DEVICE = os.environ.get("VAELAB_TEST_DEVICE", "cpu")
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "device: device-sensitive; runs on $VAELAB_TEST_DEVICE (cpu by default; "
+                   "VAELAB_TEST_DEVICE=cuda pytest -m device on a GPU), compared with the CPU")
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """The device under test; skips cleanly when it is CUDA and this machine has none. On
+    CUDA the exact settings training uses (no TF32, deterministic kernels) are on, so results
+    compare with the CPU's to float32 precision."""
+    if TEST_DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip(f"VAELAB_TEST_DEVICE={TEST_DEVICE} but torch.cuda.is_available() is False")
+    if TEST_DEVICE.startswith("cuda"):
+        from vaelab._runtime import exact_cuda
+
+        exact_cuda()
+    return torch.device(TEST_DEVICE)

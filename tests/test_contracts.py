@@ -499,3 +499,56 @@ def test_elbo_needs_a_reparameterizable_or_enumerable_q():
     q = Independent(NoGradient(loc, torch.ones_like(loc)), 1)
     with pytest.raises(TypeError, match="q: expected a reparameterizable or enumerable"):
         vaelab.elbo(_bernoulli_vae(), q, torch.rand(BATCH, DATA))
+
+
+# ------------------------------------------------------------- on the device under test
+
+def _on(module, device):
+    """A float32 copy of module on device (a VampPrior's encoder, held by reference, too)."""
+    import copy
+
+    twin = copy.deepcopy(module).to(device, torch.float32)
+    if isinstance(twin, priors.VampPrior):
+        twin._encoder[0].to(device, torch.float32)
+    return twin
+
+
+def _close(got: torch.Tensor, expected: torch.Tensor, device) -> None:
+    assert got.device.type == torch.device(device).type
+    torch.testing.assert_close(got.cpu().double(), expected, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.device
+def test_every_family_on_the_device_matches_the_cpu(family, device):
+    family = _away_from_init(family)
+    raw = torch.randn(BATCH, family.param_size, dtype=torch.float64)
+    q = family(raw)
+    z = _draw(q, 6).detach()
+    q_dev = _on(family, device)(raw.to(device, torch.float32))
+    _close(q_dev.log_prob(z.to(device, torch.float32)), q.log_prob(z).detach(), device)
+    assert _draw(q_dev, 2).device.type == torch.device(device).type
+
+
+@pytest.mark.device
+def test_every_prior_on_the_device_matches_the_cpu(prior, device):
+    p = prior.double()
+    if isinstance(prior, priors.VampPrior):
+        prior._encoder[0].double()
+    z = torch.randn(6, BATCH, LATENT, dtype=torch.float64)
+    p_dev = _on(prior, device)()
+    _close(p_dev.log_prob(z.to(device, torch.float32)), p().log_prob(z).detach(), device)
+    assert p_dev.sample((3,)).device.type == torch.device(device).type
+
+
+@pytest.mark.device
+def test_every_likelihood_on_the_device_matches_the_cpu(likelihood, device):
+    lik = likelihood.double()
+    raw = torch.randn(BATCH, DATA * lik.params_per_dim, dtype=torch.float64)
+    x = _data(lik, BATCH, DATA, dtype=torch.float64)
+    px_dev = _on(lik, device)(raw.to(device, torch.float32))
+    expected = lik(raw).log_prob(x).detach()
+    if torch.equal(expected, lik(raw).log_prob(x).detach()):   # not a random (dequantized) one
+        _close(px_dev.log_prob(x.to(device, torch.float32)), expected, device)
+    else:
+        assert px_dev.log_prob(x.to(device, torch.float32)).isfinite().all()
+    _close(px_dev.mean, lik(raw).mean.detach(), device)

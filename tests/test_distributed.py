@@ -41,20 +41,22 @@ class _Noise:
     def __call__(self, shape, like):
         out = self.eps[self.t, self.rows]
         self.t += 1
-        return out
+        return out.to(like.device)
 
 
-def _run(rank: int, world: int, rows_per_rank: int, port: int, out_path: str) -> None:
+def _run(rank: int, world: int, rows_per_rank: int, port: int, out_path: str,
+         device: str = "cpu") -> None:
     import os
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     assert distributed.init_from_env("cpu") == (rank, world)
-    model = _model()
-    model.encoder.net = distributed.wrap(model.encoder.net)
-    model.decoder.net = distributed.wrap(model.decoder.net)
+    model = _model().to(device)
+    model.encoder.net = distributed.wrap(model.encoder.net, device)
+    model.decoder.net = distributed.wrap(model.decoder.net, device)
     x, eps = _data()
+    x = x.to(device)
     rows = slice(rank * rows_per_rank, (rank + 1) * rows_per_rank)
     step_mod._standard_normal = _Noise(eps, rows)
     step = TrainStep(model, Amortized(model.encoder), lr=1e-2, compile=False)
@@ -62,7 +64,7 @@ def _run(rank: int, world: int, rows_per_rank: int, port: int, out_path: str) ->
     mean = distributed.all_reduce_mean({"elbo": elbos[-1], "rank": float(rank)})
     distributed.barrier()
     if distributed.is_main_process():
-        state = {k: v.clone() for k, v in model.state_dict().items()}
+        state = {k: v.cpu().clone() for k, v in model.state_dict().items()}
         torch.save({"state": state, "mean": mean, "elbos": elbos}, out_path)
     distributed.cleanup()
 
@@ -73,10 +75,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
+@pytest.mark.parametrize("on", ["cpu", pytest.param("device", marks=pytest.mark.device)])
+def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path, request, on):
+    """Also on the device under test: both ranks on its one GPU, reducing CUDA gradients
+    through gloo (nccl refuses two ranks on one GPU)."""
+    where = "cpu" if on == "cpu" else str(request.getfixturevalue("device"))
     out = tmp_path / "rank0.pt"
-    mp.spawn(_run, args=(WORLD, GLOBAL_B // WORLD, _free_port(), str(out)), nprocs=WORLD,
-             join=True)
+    mp.spawn(_run, args=(WORLD, GLOBAL_B // WORLD, _free_port(), str(out), where),
+             nprocs=WORLD, join=True)
     got = torch.load(out)
 
     model = _model()

@@ -154,3 +154,27 @@ def test_sigkill_mid_training_then_resume(fashion, tmp_path):
     resumed = train(config, out, dataset=fashion, resume=True, log=None)
     straight = train(config, tmp_path / "straight", dataset=fashion, log=None)
     assert_same_run(straight, resumed)
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("model", [{}, {"net": "conv", "conv_channels": [4, 8]},
+                                   {"latent_dim": [3, 2], "hierarchy": "top-down"}],
+                         ids=["mlp", "conv", "hierarchy"])
+def test_resume_on_the_device_is_bit_identical_and_draws_the_figures(fashion, tmp_path,
+                                                                     device, model):
+    """On the device under test (CUDA: its exact settings), an interrupted and resumed run
+    equals the uninterrupted one bit for bit, for MLP, conv and hierarchical models; the
+    end-of-training figures take the CPU data to the model's device."""
+    from vaelab.show.plots import write_run_figures
+
+    config = {"model": {**CONFIG["model"], **model},
+              "train": {**CONFIG["train"], "epochs": 3, "device": device.type}}
+    straight = train(config, tmp_path / "straight", dataset=fashion, log=None,
+                     figures=write_run_figures)
+    assert next(straight.model.parameters()).device.type == device.type
+    assert {p.name for p in (tmp_path / "straight").glob("*.png")} >= {
+        "samples.png", "reconstructions.png", "curves.png", "latent.png"}
+    with pytest.raises(_Stop):
+        train(config, tmp_path / "resumed", dataset=fashion, log=_stop_after(2))
+    resumed = train(config, tmp_path / "resumed", dataset=fashion, resume=True, log=None)
+    assert_same_run(straight, resumed)

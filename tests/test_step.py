@@ -41,7 +41,7 @@ class FixedNoise:
         out = self.eps[self.calls]
         self.calls += 1
         assert tuple(out.shape) == tuple(shape)
-        return out.to(like.dtype)
+        return out.to(like.device, like.dtype)
 
 
 def independent_neg_elbo(model, x, eps):
@@ -337,3 +337,32 @@ def test_a_failed_compile_restores_every_gpu_generator(monkeypatch, fake_cuda):
     with pytest.warns(RuntimeWarning, match="continuing eagerly"):
         step(batch(0), None)
     assert [int(g.state) for g in fake_cuda] == before
+
+
+@pytest.mark.device
+@pytest.mark.parametrize("path", ["hand gradient", "autograd", "clipped", "bf16"])
+def test_fast_paths_on_the_device_take_the_cpu_steps(monkeypatch, device, path):
+    """Same weights, same ε, same batches: float32 steps on the device end where float64
+    steps on the CPU do (bf16: the reported ELBOs agree to bf16 precision)."""
+    eps = [torch.randn(B, L, dtype=torch.float64) for _ in range(3)]
+    runs = []
+    for where, dtype in ((torch.device("cpu"), torch.float64), (device, torch.float32)):
+        model, _ = make()
+        model = model.to(where, dtype)
+        if path == "autograd":                    # a hook sends the step to autograd
+            model.decoder.net.register_forward_hook(lambda *_: None)
+        options = {"grad_clip": 0.5} if path == "clipped" else {}
+        if path == "bf16" and dtype == torch.float32:
+            options["precision"] = "bf16"
+        monkeypatch.setattr(step_mod, "_standard_normal", FixedNoise(eps))
+        step = TrainStep(model, Amortized(model.encoder), lr=1e-2, compile=False, **options)
+        elbos = [step(batch(i).to(where, dtype), None).elbo for i in range(3)]
+        runs.append((model, elbos))
+    (cpu, cpu_elbos), (dev, dev_elbos) = runs
+    if path == "bf16":
+        assert dev_elbos == pytest.approx(cpu_elbos, rel=3e-2)
+        return
+    assert dev_elbos == pytest.approx(cpu_elbos, rel=1e-5)
+    for p, q in zip(dev.parameters(), cpu.parameters(), strict=True):
+        assert p.device.type == device.type
+        torch.testing.assert_close(p.detach().cpu().double(), q.detach(), rtol=1e-4, atol=1e-5)
