@@ -56,9 +56,11 @@ def test_moved_data_are_named_with_how_to_pass_data(trained, tmp_path, monkeypat
 
 def test_an_older_run_with_a_relative_path_still_loads(trained, tmp_path, monkeypatch, capsys):
     home, run = trained
-    config = json.loads((run / "config.json").read_text())
-    config["train"]["data"] = "d.npy"                   # what older runs stored
-    (run / "config.json").write_text(json.dumps(config))
+    for path, key in ((run / "config.json", None), (run / "checkpoint" / "state.json",
+                                                    "config")):
+        saved = json.loads(path.read_text())
+        (saved[key] if key else saved)["train"]["data"] = "d.npy"   # what older runs stored
+        path.write_text(json.dumps(saved))
     assert run_cli(capsys, "evaluate", run, *EVAL)[0] == 0        # from its own folder
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(capsys, "evaluate", run, *EVAL)

@@ -762,6 +762,25 @@ def is_named(source: str | os.PathLike) -> bool:
     return _named(source) is not None
 
 
+def has_split(source: str | os.PathLike, split: str) -> bool:
+    """Whether ``source`` holds a part of its own for ``split`` (a named dataset has both;
+    user data: an npz key ``x_<split>`` or a ``<split>/`` folder beside ``train/``; a file
+    without splits is the train split only)."""
+    if is_named(source):
+        return True
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return (path / "train").is_dir() and (path / split).is_dir()
+    if path.suffix.lower() == ".npz" and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return f"x_{split}" in archive.files or (
+                    split == "train" and "x_test" not in archive.files)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+            return False
+    return split == "train"
+
+
 def location(source: str | os.PathLike) -> str:
     """``source`` as a run records it: a dataset name as it is, a path made absolute (so the
     run can be evaluated from any folder)."""

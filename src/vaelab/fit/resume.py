@@ -58,6 +58,52 @@ def check_resumable(stored: RunConfig, config: RunConfig, run_dir: Path) -> None
                             f"{str(run_dir)!r}); only {list(RESUMABLE_CHANGES)} may change")
 
 
+def _config_difference(a: RunConfig, b: RunConfig) -> list[str]:
+    """The fields in which two configs differ, beyond :data:`RESUMABLE_CHANGES`."""
+    a_, b_ = a.to_dict(), b.to_dict()
+    for key in RESUMABLE_CHANGES:
+        a_["train"].pop(key, None), b_["train"].pop(key, None)
+    return [f"{s}.{k}" for s in a_ for k in sorted(set(a_[s]) | set(b_.get(s, {})))
+            if a_[s].get(k) != b_.get(s, {}).get(k)]
+
+
+def check_consistent(run_dir: Path) -> None:
+    """RunError, one line naming the files, unless a run directory's files describe one run:
+    metrics.jsonl holds epochs 1, 2, …, n; the checkpoint's config (checkpoint/state.json)
+    is config.json's up to :data:`RESUMABLE_CHANGES`; its epochs are metrics.jsonl's n (or
+    n + 1: killed between the checkpoint and the metrics, which a resume repairs) and its
+    record of them is metrics.jsonl's. (The weights are checked against config.json when
+    they are loaded, and the checkpoint against its SHA-256 when it is read.)"""
+    where = str(run_dir)
+    config, metrics = runs.read_config(run_dir), runs.read_metrics(run_dir)
+    epochs = [row.get("epoch") if isinstance(row, dict) else None for row in metrics]
+    if epochs != list(range(1, len(metrics) + 1)):
+        raise runs.RunError(f"RUN: {where!r} is inconsistent: {runs.METRICS_FILE} should hold "
+                            f"epochs 1 to {len(metrics)} in order, got {epochs[:8]}")
+    folder = runs.checkpoint_path(run_dir)
+    if folder is None:
+        return
+    state = runs.read_json(folder / runs.STATE_JSON, "checkpoint")
+    state = state if isinstance(state, dict) else {}
+    mixed = f"RUN: {where!r} mixes two runs (files copied between runs?): "
+    try:
+        saved = RunConfig.from_dict(state["config"]) if "config" in state else None
+    except (TypeError, ValueError) as exc:
+        raise runs.RunError(f"{mixed}the config in checkpoint/{runs.STATE_JSON} is invalid: "
+                            f"{exc}") from None
+    diff = [] if saved is None else _config_difference(saved, config)
+    if diff:
+        raise runs.RunError(f"{mixed}{runs.CONFIG_FILE} and checkpoint/{runs.STATE_JSON} "
+                            f"differ in {diff[:5]}; retrain it, or restore the run's own files")
+    finished, record = state.get("epoch"), state.get("metrics")
+    if isinstance(finished, int) and len(metrics) not in (finished, finished - 1):
+        raise runs.RunError(f"{mixed}{runs.METRICS_FILE} holds {len(metrics)} epochs, the "
+                            f"checkpoint {finished}")
+    if isinstance(record, list) and record[:len(metrics)] != metrics:
+        raise runs.RunError(f"{mixed}{runs.METRICS_FILE} differs from the checkpoint's record "
+                            f"of the same epochs")
+
+
 class Checkpointed:
     """Mixin of the training loop: weights, checkpoints, outputs and resume (rank 0 writes).
 

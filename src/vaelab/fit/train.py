@@ -73,6 +73,7 @@ from vaelab.fit.resume import (
     Checkpointed,
     RunState,
     TrainingError,
+    check_consistent,
     check_resumable,
 )
 from vaelab.fit.step import TrainStep, nan_to_none
@@ -238,6 +239,32 @@ def _model_input(ds: data_.Dataset, tc: TrainConfig) -> data_.Dataset:
     if ds.x.dtype == torch.uint8 and not getattr(tc, "perturb_fraction", 0):
         return ds
     return replace(ds.floats(), x=ds.floats().x.to(torch.float32))
+
+
+def _check_whole(config: RunConfig, train: data_.Dataset) -> None:
+    """Check now what later commands will read of the data file, so that a problem that
+    would stop ``vaelab evaluate`` stops training instead: its test split (loaded whole:
+    every row parses, same values per example, finite and in range), and, when --limit or
+    --classes kept only some training rows, all of them (evaluate reads every row of a file
+    without a test split)."""
+    tc, masked = config.train, config.model.missing != "none"
+    if data_.is_named(tc.data):
+        return                                   # our own files, checked by their MD5
+    parts = [("test", "its test split")] if data_.has_split(tc.data, "test") else []
+    if not parts and (tc.limit is not None or tc.classes is not None) and not masked:
+        parts = [("train", "rows beyond --limit / --classes")]
+    for split, what in parts:
+        try:
+            whole = data_.load_dataset(tc.data, split, keep_uint8=True, mmap=True,
+                                       allow_missing=masked)
+            if whole.x[0].numel() != train.x.shape[1]:
+                raise ValueError(f"expected {train.x.shape[1]} values per example (as in the "
+                                 f"training rows), got {whole.x[0].numel()}")
+            if not masked:
+                _check_range(_model_input(whole, tc), config)
+        except ValueError as err:
+            raise ValueError(f"data: {what} of {tc.data!r} (read later by vaelab evaluate) "
+                             f"cannot be used: {err}") from None
 
 
 def _load_data(config: RunConfig, dataset: object) -> _Data:
@@ -639,6 +666,8 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     """
     log = log or (lambda _line: None)
     run_dir = Path(out_dir).expanduser()
+    if resume and (run_dir / runs.CONFIG_FILE).is_file():
+        check_consistent(run_dir)     # never resume a folder that mixes two runs
     config = _where_data_are(_resolve_config(config, run_dir, resume), run_dir, resume)
     device = resolve_device(config.train.device)
     if device.type == "cuda":       # what a bit-identical resume needs there
@@ -651,6 +680,8 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     if data_forms.is_loader(dataset):
         config = _loader_config(config, log)
     data = _load_data(config, dataset)
+    if dataset is None:
+        _check_whole(config, data.train)
     config = replace(config, model=config.model.with_data(
         data.train.x.shape[1], data.train.image_shape, _model_kind(data.train, config.train)))
     if not resume:     # "auto" decided and recorded; a resumed run keeps what it recorded

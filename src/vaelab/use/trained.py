@@ -15,6 +15,7 @@ from torch.distributions import Distribution
 
 from vaelab import _checks, data_forms
 from vaelab.config import RunConfig
+from vaelab.fit.resume import check_consistent
 from vaelab.fit.runs import CONFIG_FILE, RunError, read_config, read_metrics, read_model
 from vaelab.infer.objectives import elbo_terms
 from vaelab.infer.schemes import scheme_for
@@ -130,6 +131,7 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu") -> TrainedM
         raise RunError(f"config: {str(run_dir / CONFIG_FILE)!r} has no data_dim (not written "
                        f"by a training run)")
     model = build_model(config.model)     # a MaskedVAE for runs on incomplete data
-    read_model(run_dir, model)
+    read_model(run_dir, model)        # the weights fit config.json (names and shapes)
+    check_consistent(run_dir)         # config, checkpoint and metrics describe one run
     model.to(device).eval()
     return TrainedModel(model, config, run_dir, read_metrics(run_dir))
