@@ -130,3 +130,29 @@ def test_torchrun_ranks_above_zero_take_no_lock(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     assert lock.lock_run(tmp_path / "r") is None
     assert not (tmp_path / "r").exists()
+
+
+def test_torchrun_rank_0_is_refused_and_no_rank_waits(table, tmp_path):
+    """Rank 0 holds the job's lock; refused, it says so once and torchrun stops rank 1
+    (which never waits on the lock, nor forever on rank 0)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.is_file():
+        pytest.skip("torchrun is not installed beside this python")
+    out = tmp_path / "job"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from vaelab.fit import lock; "
+         f"lock.lock_run({str(out)!r}); print('held', flush=True); time.sleep(600)"],
+        env=_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        job = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "vaelab", "train",
+                              "--data", str(table), "--out", str(out), *TRAIN], env=_env(),
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert job.returncode != 0 and job.stdout == ""
+    ours = [line for line in job.stderr.splitlines() if line.startswith("vaelab: ")]
+    assert ours == [f"vaelab: error: --out: {str(out)!r} is in use by another vaelab process "
+                    f"(PID {holder.pid}); wait for it to finish, or use another folder"]
+    assert not (out / "config.json").exists()
