@@ -312,3 +312,23 @@ def test_settings_come_from_the_catalogue_for_nested_and_flat_configs():
     assert report.component_settings(train, ("kl-schedule", "lr-schedule", "objective")) == [
         "kl_schedule = cyclical", "kl_cycles = 2", "kl_ratio = 0.5",
         "lr_schedule = exponential", "lr_decay = 0.5", "objective = elbo", "free_bits = 0.1"]
+
+
+def test_report_labels_both_standard_error_rules_and_the_k1_lower_bound(tmp_path):
+    """With k = 1 the ± of log p̂(x) and bits/dim is undefined but its between-example part is
+    not: the report shows it as "≥" (the value eval.json keeps as se_data); the notes name the
+    rule behind each ± from eval.json's se_rules."""
+    from vaelab.measure.evaluate import SE_RULES
+
+    evaluation = _eval([-3.0, -5.0], num_samples=1, se_rules=SE_RULES,
+                       log_likelihood={"mean": -4.0, "se": None, "se_data": 0.25,
+                                       "undefined": {"se": "k = 1"}},
+                       nll_bits_per_dim={"mean": 0.5, "se": None, "se_data": 0.0125})
+    html = report.render_report([_run(tmp_path / "r", evaluation)])
+    metrics = [t for t in _parse(html).tables.values()
+               if t and t[0] == ["quantity", "mean", "± SE"]][0]
+    assert ["log p̂(x) (nats)", "-4.000", "≥0.250"] in metrics
+    assert ["NLL (bits/dim)", "0.5000", "≥0.0125"] in metrics
+    assert ["ELBO (nats)", "-5.000", "0.400"] in metrics
+    text = unescape(html)
+    assert SE_RULES["across examples"] in text and SE_RULES["split mean"] in text
