@@ -123,3 +123,27 @@ def test_per_layer_validation_rates_are_the_replayed_draws(tmp_path, monkeypatch
         want = rates.double().mean(0).tolist()                          # [layers]
         assert row["val_rate_per_layer"] == pytest.approx(want, rel=1e-6, abs=1e-9)
         assert min(want) > 1e-4                                          # both layers used
+
+
+@pytest.mark.parametrize("train", [
+    {"objective": "iwae", "num_samples": 3, "grad_clip": 5.0, "betas": [0.8, 0.99]},
+    {"objective": "elbo", "num_samples": 2, "free_bits": 0.25, "lr": 3e-3},
+], ids=["iwae", "free-bits"])
+def test_the_step_is_built_with_the_settings_the_run_records(tmp_path, monkeypatch, train):
+    """The objective, K, free bits, clipping and Adam settings the step is constructed with
+    are the config's — the values config.json records and evaluate's "trained with" line
+    reads back."""
+    built = []
+    original = step_mod.TrainStep.__init__
+
+    def spy(self, model, inference, **kwargs):
+        built.append(kwargs)
+        original(self, model, inference, **kwargs)
+
+    monkeypatch.setattr(step_mod.TrainStep, "__init__", spy)
+    _train_with_spy(tmp_path, monkeypatch, train)
+    assert len(built) == 1
+    got = {key: built[0][key] for key in train}
+    assert got == {key: tuple(v) if isinstance(v, list) else v for key, v in train.items()}
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert {key: recorded[key] for key in train} == train
