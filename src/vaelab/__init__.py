@@ -48,10 +48,15 @@ _EXPORTS = {
     "vaelab.use.trained": ("TrainedModel", "load"),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+#: Subpackages reached as attributes: ``vaelab.fit(...)`` (a callable wing: train your own
+#: networks, ``vaelab.fit.custom``) and ``vaelab.sklearn`` (the scikit-learn estimators).
+_SUBMODULES = ("fit", "sklearn")
 
 
 def __getattr__(name: str):
     """Import a re-exported name's module on first use (PEP 562)."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f"vaelab.{name}")
     module = _HOME.get(name)
     if module is None:
         raise AttributeError(f"module 'vaelab' has no attribute {name!r}")
@@ -61,7 +66,7 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOME))
+    return sorted(set(globals()) | set(_HOME) | set(_SUBMODULES))
 
 
 __all__ = [

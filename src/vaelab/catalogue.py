@@ -263,6 +263,11 @@ _ENTRIES = (
           (Option("channels", "ints>=1", (32, 64), "channels per stage",
                   flag="--conv-channels", key="conv_channels", metavar="N,N,..."),
            _ACTIVATION)),
+    Entry("network", "factory", "vaelab.model.nets:FactoryNets",
+          "your own encoder and decoder nets, from a factory function you name (config files "
+          "and vaelab.fit only; loading such a run needs trust)",
+          (Option("factory", "any", None, "import path of the factory, 'package.module:function'"),
+           Option("args", "any", None, "the factory's keyword arguments (JSON values)"))),
     # ---- q(z | x)
     Entry("family", "diagonal-normal", "vaelab.model.families:DiagonalNormal",
           "N(μ, diag σ²), the standard VAE posterior", facts={"mixture": False}),

@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     from vaelab import __version__
 
     parser.add_argument("--version", action="version", version=f"vaelab {__version__}")
+    parser.add_argument("--trust", action="append", metavar="MODULE", default=[],
+                        help="import the network factory a run names (a run trained on your "
+                        "own networks with vaelab.fit) when it lies in MODULE or below; "
+                        "importing runs its code, so only for runs you trust (repeatable; "
+                        "before the command: vaelab --trust mypkg evaluate RUN)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_train(commands)
     _add_evaluate(commands)
@@ -1719,7 +1724,10 @@ def _main(argv: Sequence[str] | None, errors=None) -> int:
             raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see `vaelab "
                              f"{args.command} --help`)")
         try:
-            return args.func(args)
+            from vaelab._trust import trusting
+
+            with trusting(args.trust):       # consent to import the factories of these runs
+                return args.func(args)
         finally:
             if "vaelab.fit.lock" in sys.modules:      # one writer per run: release ours
                 sys.modules["vaelab.fit.lock"].unlock_all()

@@ -20,11 +20,11 @@ from numbers import Real
 from pathlib import Path
 from typing import Any, cast
 
-from vaelab import _checks
+from vaelab import _checks, _trust
 
 LIKELIHOOD_NAMES = ("bernoulli", "gaussian", "continuous-bernoulli", "discretized-logistic",
                     "discretized-logistic-mixture")
-NET_NAMES = ("mlp", "conv")
+NET_NAMES = ("mlp", "conv", "factory")
 DATA_KINDS = ("binary", "8-bit", "unit-interval", "continuous")   # = vaelab.data.DATA_KINDS
 PRIOR_NAMES = ("standard_normal", "learned_normal", "mog", "vamp", "flow")
 FAMILY_NAMES = ("diagonal_normal", "full_covariance_normal", "mixture", "iaf")
@@ -54,7 +54,8 @@ class ModelConfig:
     prior_components: int = 10
     prior_flow_steps: int = 2
     image_shape: tuple[int, ...] | None = field(default=None)
-    #: Networks (``--net``): "mlp" (``hidden``) or "conv" (``conv_channels``, images only).
+    #: Networks (``--net``): "mlp" (``hidden``) or "conv" (``conv_channels``, images only), or
+    #: "factory": the user's own, ``net_options`` {"factory": "pkg.mod:fn", "args": {...}}.
     net: str = "mlp"
     conv_channels: tuple[int, ...] = (32, 64)
     #: K of ``--likelihood discretized-logistic-mixture`` (``--likelihood-components``).
@@ -73,6 +74,9 @@ class ModelConfig:
     #: Gaussian likelihood on real-valued data; a new run records what was decided ("on" or
     #: "off"); the columns' means and scales are saved with its weights.
     standardize: str = "auto"
+    #: The options of net "factory" (None for the built-in networks, whose options are the
+    #: flat fields above).
+    net_options: dict | None = None
 
     def __post_init__(self) -> None:
         if self.data_dim is not None:  # None: resolved from the data at train time
@@ -108,6 +112,18 @@ class ModelConfig:
         """net, conv_channels, likelihood_components, data_kind: the choices for image and
         8-bit data."""
         _checks.one_of("net", self.net, NET_NAMES)
+        if (self.net_options is None) != (self.net != "factory"):
+            raise ValueError(f"net_options: expected options exactly with net 'factory', got "
+                             f"net {self.net!r} with net_options {self.net_options!r}")
+        if self.net == "factory":      # checked without importing anything (vaelab._trust)
+            options = self.net_options
+            if not isinstance(options, dict) or not set(options) <= {"factory", "args"}:
+                raise ValueError(f"net_options: expected {{'factory': 'pkg.module:function', "
+                                 f"'args': {{...}}}}, got {options!r}")
+            _trust.check_reference(options.get("factory"), "net_options.factory")
+            if not isinstance(options.get("args", {}), dict):
+                raise TypeError(f"net_options.args: expected a dict of JSON values, got "
+                                f"{type(options['args']).__name__}")
         channels = self.conv_channels
         if isinstance(channels, (str, bytes)) or not hasattr(channels, "__iter__"):
             raise TypeError(f"conv_channels: expected a sequence of integers such as (32, 64), "

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vaelab import _checks, catalogue
+from vaelab import _checks, _trust, catalogue
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -283,6 +283,67 @@ class ConvNets:
                 image_shape: Sequence[int] | None = None) -> nn.Module:
         """The encoder net alone over images of ``image_shape`` (C, H, W)."""
         return ConvEncoder(image_shape, self.channels, out_features, self.activation)
+
+
+@dataclass(frozen=True)
+class FactoryNets:
+    """The user's own networks (``net = "factory"``): ``factory`` names a function
+    (``"mypkg.nets:make_nets"``) that vaelab calls, with the JSON ``args`` as more keywords, as
+
+        factory(data_dim=D, latent_dim=L, image_shape=(C, H, W) or None,
+                encoder_out=P, decoder_out=D·k, **args) → (encoder net, decoder net)
+
+    The encoder net maps x [B, D] to q's P raw parameters [B, P] (the family's
+    ``param_size``); the decoder net maps z [..., L] to the likelihood's raw parameters
+    [..., D·k] (k per data value, laid out as the chosen likelihood reads them: k = 1 for
+    Bernoulli and for a Gaussian with a learned or fixed scale). Everything else — q's family,
+    the prior, the likelihood, the objective, the trainer — is vaelab's, chosen as for any
+    run. The run stores the path and the arguments, never the networks pickled; importing the
+    path needs the caller's consent (``vaelab._trust``).
+    """
+
+    factory: str
+    args: dict
+
+    @classmethod
+    def from_options(cls, *, factory: str | None = None, args: dict | None = None
+                     ) -> FactoryNets:
+        if factory is None:
+            raise ValueError("net_options.factory: net 'factory' needs the import path of "
+                             "your network factory, such as 'mypkg.nets:make_nets', got none")
+        if args is not None and not isinstance(args, dict):
+            raise TypeError(f"net_options.args: expected a dict of JSON values (the factory's "
+                            f"keyword arguments), got {type(args).__name__}")
+        return cls(_trust.check_reference(factory, "net_options.factory"), dict(args or {}))
+
+    def pair(self, data_dim: int, latent_dim: int, family_params: int, params_per_dim: int,
+             image_shape: Sequence[int] | None = None) -> tuple[nn.Module, nn.Module]:
+        """(encoder net, decoder net) from the user's factory (imported only when trusted)."""
+        if not isinstance(latent_dim, int):
+            raise ValueError(f"net: 'factory' builds one latent layer's networks, expected an "
+                             f"integer latent_dim, got {latent_dim!r}")
+        make = _trust.import_factory(self.factory, "net_options.factory")
+        nets = make(data_dim=data_dim, latent_dim=latent_dim,
+                    image_shape=None if image_shape is None else tuple(image_shape),
+                    encoder_out=family_params, decoder_out=data_dim * params_per_dim,
+                    **self.args)
+        if (not isinstance(nets, (tuple, list)) or len(nets) != 2
+                or not all(isinstance(n, nn.Module) for n in nets)):
+            raise TypeError(f"net_options.factory: expected {self.factory!r} to return "
+                            f"(encoder net, decoder net), two torch modules, got "
+                            f"{type(nets).__name__}")
+        encoder, decoder = nets
+        if getattr(decoder, "out_features", None) is None:   # how the decoder tells D (vae)
+            decoder.out_features = data_dim * params_per_dim
+        return encoder, decoder
+
+    def encoder(self, in_features: int, out_features: int,
+                image_shape: Sequence[int] | None = None) -> nn.Module:
+        """Only :meth:`pair`: an encoder alone (incomplete data, hierarchies) is not built
+        from a factory."""
+        raise ValueError("net: 'factory' networks are built as an (encoder, decoder) pair for "
+                         "a one-layer VAE on complete data; expected missing 'none' and one "
+                         "latent layer with them")
 
 
 def build_nets(config, family_params: int, params_per_dim: int) -> tuple[nn.Module, nn.Module]:

@@ -8,12 +8,13 @@ a pickle, never code from the files; format in :mod:`vaelab.fit.runs`) and retur
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from torch.distributions import Distribution
 
-from vaelab import _checks, data_forms
+from vaelab import _checks, _trust, data_forms
 from vaelab.config import RunConfig
 from vaelab.fit.resume import check_consistent
 from vaelab.fit.runs import CONFIG_FILE, RunError, read_config, read_metrics, read_model
@@ -116,8 +117,14 @@ def _json_object(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def load(run_dir: str | Path, *, device: str | torch.device = "cpu") -> TrainedModel:
+def load(run_dir: str | Path, *, device: str | torch.device = "cpu",
+         trust: str | Iterable[str] | None = None) -> TrainedModel:
     """Load a trained model from a run directory (JSON + safetensors only, no code).
+
+    A run trained on your own networks (``vaelab.fit``, net ``"factory"``) names the import
+    path of their factory; importing it runs code, so it is imported only when ``trust`` names
+    its module or a package above it (``trust=["mypkg"]``), and refused in one line otherwise.
+    Runs of the built-in networks never import anything.
 
     Raises RunError (a ValueError) naming the file if the config is missing or invalid, or
     if the weights are missing, truncated or do not fit the config's shapes.
@@ -130,7 +137,8 @@ def load(run_dir: str | Path, *, device: str | torch.device = "cpu") -> TrainedM
     if config.model.data_dim is None:
         raise RunError(f"config: {str(run_dir / CONFIG_FILE)!r} has no data_dim (not written "
                        f"by a training run)")
-    model = build_model(config.model)     # a MaskedVAE for runs on incomplete data
+    with _trust.trusting(trust):
+        model = build_model(config.model)     # a MaskedVAE for runs on incomplete data
     read_model(run_dir, model)        # the weights fit config.json (names and shapes)
     check_consistent(run_dir)         # config, checkpoint and metrics describe one run
     model.to(device).eval()

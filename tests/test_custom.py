@@ -1,0 +1,172 @@
+"""Your own networks through vaelab's trainer (``vaelab.fit``) and the consent to load them.
+
+Oracles: a run killed after epoch 2 and resumed reaches the uninterrupted run's weights bit
+for bit; a fresh process with every unpickling entry point disabled reloads the run and gets
+the same ELBO as the training process (same seed); evaluate/score/report run on it; a hostile
+run directory whose factory would create a file creates nothing unless its module is trusted
+(and does when it is: the refusal is what stood in the way).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import vaelab
+
+HERE = Path(__file__).resolve().parent
+MODULE = Path(__file__).stem          # this file is the user's module of networks
+
+
+def make_nets(*, data_dim, latent_dim, image_shape, encoder_out, decoder_out, width=8):
+    """The user's factory: a small tanh encoder and decoder."""
+    encoder = nn.Sequential(nn.Linear(data_dim, width), nn.Tanh(), nn.Linear(width, encoder_out))
+    decoder = nn.Sequential(nn.Linear(latent_dim, width), nn.Tanh(),
+                            nn.Linear(width, decoder_out))
+    return encoder, decoder
+
+
+def not_nets(**_):
+    return "not a pair of modules"
+
+
+@pytest.fixture(scope="module")
+def x() -> np.ndarray:
+    return (np.random.default_rng(0).random((48, 6)) > 0.5).astype(np.float32)
+
+
+def _fit(x, out, **kwargs):
+    options = dict(args={"width": 8}, epochs=4, latent_dim=2, batch_size=16, log=None,
+                   progress=False, val_fraction=0.25, seed=1, compile=False)
+    return vaelab.fit(make_nets, x, out, **{**options, **kwargs})
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_a_killed_run_resumes_bit_exactly(tmp_path, x):
+    whole = _weights(_fit(x, tmp_path / "whole").model)
+
+    def kill(line: str) -> None:
+        if line.startswith("epoch 2/"):
+            raise KeyboardInterrupt   # after epoch 2's checkpoint, as a Ctrl-C would
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit(x, tmp_path / "cut", log=kill)
+    resumed = _weights(_fit(x, tmp_path / "cut", resume=True).model)
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    stored = json.loads((tmp_path / "cut" / "config.json").read_text())
+    assert stored["model"]["net"] == "factory"
+    assert stored["model"]["net_options"] == {"factory": f"{MODULE}:make_nets",
+                                              "args": {"width": 8}}
+
+
+def test_a_fresh_process_reloads_without_pickle(tmp_path, x):
+    _fit(x, tmp_path / "run")
+    torch.manual_seed(0)
+    here = vaelab.load(tmp_path / "run", trust=[MODULE]).elbo(torch.from_numpy(x), 4)
+    files = {p.relative_to(tmp_path / "run").as_posix(): p.read_bytes()
+             for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert {"config.json", "model.safetensors", "checkpoint/state.safetensors"} <= set(files)
+    # no pickle (protocol 2+ starts with 0x80) and no torch.save archive (a zip)
+    assert not [name for name, blob in files.items() if blob[:1] == b"\x80" or blob[:2] == b"PK"]
+    script = f"""
+import pickle, sys
+import numpy as np, torch
+def refuse(*args, **kwargs):
+    raise AssertionError("something was unpickled")
+pickle.load = pickle.loads = refuse
+pickle.Unpickler = refuse
+torch.load = refuse
+import vaelab
+x = torch.from_numpy(np.asarray({x.tolist()!r}, dtype=np.float32))
+torch.manual_seed(0)
+print(vaelab.load({str(tmp_path / "run")!r}, trust=[{MODULE!r}]).elbo(x, 4).tolist())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1",
+                              "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_array_equal(np.array(json.loads(out.stdout)), here.numpy())
+
+
+def test_evaluate_score_and_report_take_the_run(tmp_path, x):
+    from vaelab import cli
+    from vaelab.use.scores import anomaly_scores
+
+    _fit(x, tmp_path / "run", epochs=1)
+    trained = vaelab.load(tmp_path / "run", trust=[MODULE])
+    report = vaelab.evaluate_model(trained.model, x, num_samples=8, seed=0)
+    assert report["log_likelihood"]["mean"] >= report["elbo"]["mean"] - 0.5   # IS ≥ ELBO
+    scores = anomaly_scores(trained.model, torch.from_numpy(x), ["elbo"])
+    assert scores["neg_elbo"].shape == (48,) and np.isfinite(scores["neg_elbo"]).all()
+    assert cli.main(["--trust", MODULE, "report", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_a_factory_is_imported_only_with_consent(tmp_path, x, capsys):
+    """A hostile run directory: its factory would create a file when imported and called."""
+    from vaelab import cli
+
+    _fit(x, tmp_path / "run", epochs=1)
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil_nets.py").write_text(
+        f"def make(**kwargs):\n    open({str(marker)!r}, 'w').close()\n    raise SystemExit\n")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config["model"]["net_options"] = {"factory": "evil_nets:make", "args": {}}
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        for trust in (None, ["vaelab"], [MODULE], "evil"):
+            with pytest.raises(ValueError, match=r"^net_options.factory: the run names the "
+                                                 r"network factory 'evil_nets:make'; "):
+                vaelab.load(tmp_path / "run", trust=trust)
+        assert cli.main(["evaluate", str(tmp_path / "run")]) != 0
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "--trust evil_nets" in err and "Traceback" not in err
+        assert not marker.exists()
+        with pytest.raises(SystemExit):       # consent given: the code runs
+            vaelab.load(tmp_path / "run", trust=["evil_nets"])
+        assert marker.exists()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("evil_nets", None)
+
+
+def test_built_in_runs_import_nothing(tmp_path, x, monkeypatch):
+    from vaelab import _trust
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a built-in run imported a factory")
+
+    monkeypatch.setattr(_trust, "import_factory", refuse)
+    config = {"latent_dim": 2, "hidden": [8], "epochs": 1, "batch_size": 16, "seed": 1}
+    from vaelab.fit.train import train
+
+    train(config, tmp_path / "run", dataset=x, log=None, progress=False)
+    assert vaelab.load(tmp_path / "run").model.data_dim == 6
+
+
+def test_bad_factories_are_one_line(tmp_path, x):
+    with pytest.raises(ValueError, match=r"^model: expected an import path 'package.module:"
+                                         r"function', got 'no colon'$"):
+        vaelab.fit("no colon", x, tmp_path / "a")
+    with pytest.raises(ValueError, match=r"^net_options.factory: expected an importable "
+                                         r"factory, could not import 'no_such_pkg.nets:make'"):
+        vaelab.fit("no_such_pkg.nets:make", x, tmp_path / "b", log=None, progress=False)
+    with pytest.raises(TypeError, match=r"^net_options.factory: expected '.*:not_nets' to "
+                                        r"return \(encoder net, decoder net\)"):
+        vaelab.fit(not_nets, x, tmp_path / "c", log=None, progress=False)
+    with pytest.raises(TypeError, match=r"^model: expected a network factory importable"):
+        vaelab.fit(lambda **kw: None, x, tmp_path / "d")
+    with pytest.raises(TypeError, match=r"^args: expected JSON values"):
+        vaelab.fit(make_nets, x, tmp_path / "e", args={"width": object()})
