@@ -133,7 +133,8 @@ class PythaeTrainer:
 
     name = "pythae"
 
-    def __init__(self, s: Shapes, data: torch.Tensor, weights: dict, seed: int) -> None:
+    def __init__(self, s: Shapes, data: torch.Tensor, weights: dict, seed: int,
+                 device: str = "cpu") -> None:
         from pythae.data.datasets import BaseDataset
         from pythae.trainers import BaseTrainer, BaseTrainerConfig
 
@@ -144,7 +145,8 @@ class PythaeTrainer:
         self.tmp = tempfile.TemporaryDirectory(prefix="bench-pythae-")
         config = BaseTrainerConfig(output_dir=self.tmp.name, learning_rate=s.lr,
                                    per_device_train_batch_size=s.batch, num_epochs=1,
-                                   optimizer_cls="Adam", no_cuda=True, seed=seed)
+                                   optimizer_cls="Adam", no_cuda=device == "cpu",
+                                   seed=seed)
         self.model = build_pythae(s, weights)
         with _quiet():
             self.trainer = BaseTrainer(self.model, self._round_dataset(2),
@@ -154,7 +156,7 @@ class PythaeTrainer:
 
     def _round_dataset(self, steps: int):
         rows = torch.randperm(self.data.shape[0], generator=self.gen)[: steps * self.s.batch]
-        x = torch.bernoulli(self.data[rows], generator=self.gen)
+        x = torch.bernoulli(self.data[rows].cpu(), generator=self.gen)
         return self._dataset(x, torch.zeros(x.shape[0]))
 
     def prepare(self, steps: int) -> None:
@@ -176,7 +178,7 @@ class PyroTrainer:
     ``pyro.optim.Adam(lr=1e-3)``; the loss is scaled by 1/B so it is the batch-mean −ELBO."""
 
     def __init__(self, s: Shapes, data: torch.Tensor, weights: dict, seed: int,
-                 elbo: str = "Trace_ELBO") -> None:
+                 elbo: str = "Trace_ELBO", device: str = "cpu") -> None:
         import pyro
         import pyro.distributions as dist
         from pyro import poutine
@@ -186,8 +188,9 @@ class PyroTrainer:
         pyro.set_rng_seed(seed)
         self.name = "pyro_" + ("tmf" if elbo == "TraceMeanField_ELBO" else "trace")
         enc, dec = _mlp_parts(s, weights)
+        enc, dec = enc.to(device), dec.to(device)
         tag, B, L = self.name, s.batch, s.latent
-        zeros, ones = torch.zeros(L), torch.ones(L)
+        zeros, ones = torch.zeros(L, device=device), torch.ones(L, device=device)
 
         def model(x):
             pyro.module(f"{tag}_decoder", dec)
