@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -178,3 +179,23 @@ def test_resume_on_the_device_is_bit_identical_and_draws_the_figures(fashion, tm
         train(config, tmp_path / "resumed", dataset=fashion, log=_stop_after(2))
     resumed = train(config, tmp_path / "resumed", dataset=fashion, resume=True, log=None)
     assert_same_run(straight, resumed)
+
+
+def test_resuming_on_another_device_says_the_streams_change(fashion, tmp_path):
+    """A checkpoint written on CUDA (its RNG state holds the GPU's) resumed on the CPU says
+    that the run stops being bit-identical; resuming on the same kind of device says nothing."""
+    config = with_train(epochs=2)
+    with pytest.raises(_Stop):
+        train(config, tmp_path / "run", dataset=fashion, log=_stop_after(1))
+    shutil.copytree(tmp_path / "run", tmp_path / "same")
+    lines: list[str] = []
+    train(config, tmp_path / "same", dataset=fashion, resume=True, log=lines.append)
+    assert not [line for line in lines if "checkpointed on" in line]
+    state_file = runs.checkpoint_path(tmp_path / "run") / runs.STATE_JSON
+    state = json.loads(state_file.read_text())
+    assert "cuda" not in state["rng"]
+    state["rng"]["cuda"] = state["rng"]["torch"]          # as if written on a GPU
+    state_file.write_text(json.dumps(state))
+    train(config, tmp_path / "run", dataset=fashion, resume=True, log=lines.append)
+    notes = [line for line in lines if "checkpointed on cuda and continues on cpu" in line]
+    assert len(notes) == 1 and "bit for bit" in notes[0]

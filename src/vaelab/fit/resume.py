@@ -187,6 +187,16 @@ class Checkpointed:
             rng["cuda"] = runs.rng_to_json(torch.cuda.get_rng_state(self.device))
         return rng
 
+    def _note_device_change(self, saved_on: str) -> None:
+        """Say so when a run resumes on another kind of device than it was checkpointed on:
+        the CPU and CUDA draw from different generators (and round differently), so the
+        resumed run is a valid continuation but not the uninterrupted run bit for bit."""
+        here = self.device.type
+        if saved_on != here and self.dist.main and callable(getattr(self, "log", None)):
+            self.log(f"note: this run was checkpointed on {saved_on} and continues on {here}: "
+                     f"its binarization and noise streams and its rounding differ from then "
+                     f"on, so it will not equal an uninterrupted run on one device bit for bit")
+
     def restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         """Load a checkpoint read by ``runs.read_checkpoint``; RunError if it does not fit."""
         if state.get("num_train") != len(self.data.train):
@@ -207,6 +217,7 @@ class Checkpointed:
             torch.set_rng_state(runs.rng_from_json(state["rng"]["torch"]))
             if self.device.type == "cuda" and "cuda" in state["rng"]:
                 torch.cuda.set_rng_state(runs.rng_from_json(state["rng"]["cuda"]), self.device)
+            self._note_device_change("cuda" if "cuda" in state["rng"] else "cpu")
             defaults = asdict(RunState())   # keys added later are absent from older runs
             fields = {k: state.get(k, defaults[k]) for k in RunState.__dataclass_fields__}
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
