@@ -109,7 +109,7 @@ class Checkpointed:
 
     Expects the loop to set ``config``, ``run_dir``, ``data`` (with ``train`` and ``sha256``),
     ``dist``, ``device``, ``model``, ``inference``, ``step`` (a TrainStep), ``state`` (a
-    :class:`RunState`) and ``best`` (the best weights or None).
+    :class:`RunState`), ``best`` (the best weights or None) and ``log`` (lines to the user).
     """
 
     # Declared for the type checker; the loop's __init__ assigns them. The data, the
@@ -125,6 +125,7 @@ class Checkpointed:
     step: Any
     state: RunState
     best: dict[str, torch.Tensor] | None
+    log: Any                   # one line to the user (the loop's log function)
 
     def _weights(self) -> dict[str, torch.Tensor]:
         """Model + inference-only tensors, under the prefixes ``model.`` / ``inference.``."""
@@ -192,7 +193,7 @@ class Checkpointed:
         the CPU and CUDA draw from different generators (and round differently), so the
         resumed run is a valid continuation but not the uninterrupted run bit for bit."""
         here = self.device.type
-        if saved_on != here and self.dist.main and callable(getattr(self, "log", None)):
+        if saved_on != here and self.dist.main:
             self.log(f"note: this run was checkpointed on {saved_on} and continues on {here}: "
                      f"its binarization and noise streams and its rounding differ from then "
                      f"on, so it will not equal an uninterrupted run on one device bit for bit")
