@@ -114,7 +114,8 @@ class HandGraph:
         self.opt = torch.optim.Adam(model.parameters(), lr=s.lr, capturable=True)
         self.data, self.order = data, common.EpochOrder(data.shape[0], s.batch, seed)
         self.x = torch.bernoulli(data[self.order.next()])
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+        # no autocast weight cache across a capture (PyTorch's advice for CUDA graphs)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False,
                                        enabled=precision == "bf16")
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
