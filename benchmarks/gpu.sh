@@ -61,7 +61,7 @@ if [ "$MODE" = smoke ]; then
 else
     DEVICE=cuda
     OUT_DIR="${OUT_DIR:-$ROOT/benchmarks/results}"
-    LIMITS=("${GPU_TESTS_S:-140}" "${GPU_SPEED_S:-140}" "${GPU_RECIPES_S:-70}" "${GPU_PROTOCOL_S:-80}")
+    LIMITS=("${GPU_TESTS_S:-120}" "${GPU_SPEED_S:-170}" "${GPU_RECIPES_S:-60}" "${GPU_PROTOCOL_S:-100}")
     CARD="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -n 1)"
     CARD="${CARD:-no GPU found by nvidia-smi}"
 fi
@@ -97,7 +97,7 @@ stage() {   # stage NAME LIMIT_S COMMAND...: run it time-boxed, log it, record e
     timeout -k 10 "$limit" "$@" >> "$LOG" 2>&1
     rc=$?
     end=$(date +%s.%N)
-    echo "{\"stage\": \"$name\", \"rc\": $rc, \"seconds\": $(echo "$end - $start" | bc), \"limit_s\": $limit}" \
+    echo "{\"stage\": \"$name\", \"rc\": $rc, \"seconds\": $(awk "BEGIN {print $end - $start}"), \"limit_s\": $limit}" \
         >> "$WORK/stages.jsonl"
     echo "=== $name: exit $rc" | tee -a "$LOG"
 }

@@ -68,6 +68,9 @@ def _smoke_data(runs: Path) -> list[str]:
 
 def recipes(args, result: dict) -> None:
     names = sorted(p.stem for p in args.recipes.glob("*.toml"))
+    # the protocol's runs first, so a part stopped at its limit still leaves them
+    names = [n for n in args.protocol_runs if n in names] + [
+        n for n in names if n not in args.protocol_runs]
     if args.smoke:
         names = [n for n in names if n in SMOKE_RECIPES]
     extra = _smoke_data(args.runs) if args.smoke else []

@@ -195,20 +195,22 @@ def build(name, s, data, weights, seed, device, precision):
 
 
 def plan(args, status: dict) -> list[tuple[str, int, str]]:
-    """(contender, batch, precision) in the order they run: cheap to set up first."""
+    """(contender, batch, precision) in the order they run: cheap to set up first, and the
+    compiled rows (tens of seconds each to compile) last, fp32 before bf16 before TF32, so a
+    stage stopped at its limit loses the least telling rows."""
     cuda = torch.device(args.device).type == "cuda"
-    eager = ["floor", "hand-eager", "vaelab-eager"]
     peers_ = [n for n in ("pythae", "pyro") if not status[n].startswith("missing")]
-    late = (["hand-graph"] if cuda else []) + (["vaelab-default", "hand-compile"]
-                                               if cuda and not args.smoke else [])
-    rows = []
-    for names, precisions in ((eager, args.precisions), (peers_, ["fp32"]),
-                              (late, args.precisions)):
-        for batch in args.batches:
-            rows += [(n, batch, p) for n in names for p in precisions
-                     if p in args.precisions and (args.only is None or n in args.only)
-                     and not (p == "tf32" and not cuda)]
-    return rows
+    order = [p for p in ("fp32", "bf16", "tf32") if p in args.precisions
+             and (cuda or p != "tf32")]
+    rows = [(n, b, p) for b in args.batches for p in order
+            for n in ("floor", "hand-eager", "vaelab-eager")]
+    rows += [(n, b, "fp32") for b in args.batches for n in peers_ if "fp32" in order]
+    if cuda:
+        rows += [("hand-graph", b, p) for p in order for b in args.batches]
+    if cuda and not args.smoke:
+        rows += [(n, b, p) for p in order for n in ("vaelab-default", "hand-compile")
+                 for b in args.batches]
+    return [r for r in rows if args.only is None or r[0] in args.only]
 
 
 def set_precision(device: str, precision: str) -> None:
@@ -227,13 +229,19 @@ def time_row(name, batch, precision, args, data, weights) -> dict:
     s = Shapes(batch=batch)
     set_precision(args.device, precision)
     steps = max(1, args.steps if batch <= 128 else args.steps // 4)
+    warmup = args.warmup
+    if name == "pythae":       # its epoch draws rows without replacement: at most N of them
+        steps = max(1, min(steps, data.shape[0] // batch))
+        warmup = min(warmup, steps)
     row = {"contender": name, "batch": batch, "precision": precision}
     try:
         start = time.perf_counter()
         trainer = build(name, s, data, weights, 0, args.device, precision)
-        trainer.run(args.warmup)
+        _prepare(trainer, warmup)
+        trainer.run(warmup)
         sync(args.device)
         row["setup_s"] = time.perf_counter() - start
+        _prepare(trainer, steps)         # pythae: an epoch of exactly that many batches
         start = time.perf_counter()
         trainer.run(steps)
         sync(args.device)
@@ -247,6 +255,11 @@ def time_row(name, batch, precision, args, data, weights) -> dict:
         row["error"] = f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
     return row
+
+
+def _prepare(trainer, steps: int) -> None:
+    if hasattr(trainer, "prepare"):
+        trainer.prepare(steps)
 
 
 def ratios(rows: list[dict]) -> dict:
