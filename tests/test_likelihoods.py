@@ -98,3 +98,22 @@ def test_discretized_logistic_maps_raw_numbers_to_loc_and_softplus_scale():
     assert by_hand == pytest.approx(-6.561191911416, abs=1e-11)
     lp = px.log_prob(torch.tensor([[x]], dtype=torch.float64)).item()
     assert lp == pytest.approx(-6.561191911416, abs=1e-11)
+
+
+@pytest.mark.parametrize("make", [likelihoods.DiscretizedLogistic,
+                                  lambda: likelihoods.DiscretizedLogisticMixture(3),
+                                  lambda: likelihoods.Gaussian(4, dequantize=True)],
+                         ids=["logistic", "mixture", "dequantized"])
+def test_exact_means_are_differentiable_and_agree_with_and_without_autograd(make):
+    """The exact means are computed in place when nothing records gradients and out of place
+    when autograd does: the same values, and a gradient equal to central differences."""
+    lik = make().double()
+    raw = torch.randn(3, 4 * lik.params_per_dim, dtype=torch.float64, requires_grad=True)
+    mean = lik(raw).mean
+    (grad,) = torch.autograd.grad(mean.sum(), raw)
+    with torch.no_grad():
+        torch.testing.assert_close(lik(raw).mean, mean, rtol=0, atol=1e-14)
+        step = torch.zeros_like(raw)
+        step[1, 2] = 1e-6
+        central = (lik(raw + step).mean.sum() - lik(raw - step).mean.sum()) / 2e-6
+    assert float(grad[1, 2]) == pytest.approx(float(central), rel=1e-6, abs=1e-9)

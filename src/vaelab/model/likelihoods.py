@@ -240,8 +240,7 @@ class DequantizedNormal(Distribution):
         """E[x] of :meth:`sample`'s x = clamp(floor(256 y), 0, 255)/255, exactly:
         Σ_{j=1}^{255} P(y ≥ j/256) / 255, [..., D]."""
         normal = self.base.base_dist
-        return _mean_of_levels(lambda edge: torch.special.ndtr((normal.loc - edge)
-                                                               / normal.scale), 256)
+        return _mean_of_levels(normal.loc, normal.scale, _ndtr_, 256)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """value x = k/255 [..., D] → log p_Y((k + u)/256) − D log 256, shape [..., B]."""
@@ -267,14 +266,32 @@ class DequantizedNormal(Distribution):
         return (256 * y).floor().clamp(0, EIGHT_BIT_MAX) / EIGHT_BIT_MAX
 
 
-def _mean_of_levels(survival, per_unit: int, offset: float = 0.0) -> torch.Tensor:
-    """E[k]/255 for k ∈ {0, …, 255} from P(k ≥ j) = survival((j − offset)/per_unit), j = 1..255
-    (E[k] = Σ_j P(k ≥ j)); one level at a time, so memory stays that of one survival."""
-    terms = (survival((j - offset) / per_unit) for j in range(1, EIGHT_BIT_MAX + 1))
-    total = next(terms)
-    for term in terms:
-        total = total + term
+def _mean_of_levels(loc: torch.Tensor, scale: torch.Tensor, cdf_, per_unit: int,
+                    offset: float = 0.0, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """E[k]/255 for k ∈ {0, …, 255} with P(k ≥ j) = F((loc − (j − offset)/per_unit)/scale),
+    j = 1..255 (E[k] = Σ_j P(k ≥ j)); ``cdf_`` applies F in place. ``weights``: mixture
+    weights over the last dimension of loc and scale (summed out). One level at a time into
+    one buffer: memory stays that of loc, three passes over it per level (out-of-place, and
+    differentiable, when autograd records).
+    """
+    z, step = loc / scale, scale.reciprocal()
+    grad = torch.is_grad_enabled() and (z.requires_grad or step.requires_grad or (
+        weights is not None and weights.requires_grad))
+    buffer = None if grad else torch.empty_like(torch.broadcast_tensors(z, step)[0])
+    total = None
+    for j in range(1, EIGHT_BIT_MAX + 1):
+        edge = -(j - offset) / per_unit
+        level = (torch.add(z, step, alpha=edge).clone() if grad
+                 else torch.add(z, step, alpha=edge, out=buffer))
+        level = cdf_(level)
+        term = level if weights is None else (level * weights).sum(-1)
+        total = term.clone() if total is None else (total + term if grad else total.add_(term))
     return total / EIGHT_BIT_MAX
+
+
+def _ndtr_(x: torch.Tensor) -> torch.Tensor:
+    """The standard normal CDF, in place."""
+    return torch.special.ndtr(x, out=x)
 
 
 def _log_bin_mass(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -316,11 +333,8 @@ class DiscretizedLogisticMixtureDistribution(Distribution):
         """E[x] = Σ_j π_j Σ_{k=1}^{255} P_j(x ≥ k/255) / 255 exactly (bin k starts at
         (k − 1/2)/255), [..., D]; 255 sigmoids per value, so about as costly as 50 log_probs
         (the plug-in Σ_j π_j clamp(μ_j, 0, 1) is off by up to s near 0 and 1)."""
-        probs = self.logits.softmax(-1)
-
-        def survival(edge: float) -> torch.Tensor:
-            return (probs * torch.sigmoid((self.loc - edge) / self.scale)).sum(-1)
-        return _mean_of_levels(survival, EIGHT_BIT_MAX, offset=0.5)
+        return _mean_of_levels(self.loc, self.scale, torch.sigmoid_, EIGHT_BIT_MAX, offset=0.5,
+                               weights=self.logits.softmax(-1))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """x [..., D] (k/255 values) → log P(x) [...], summed over the D dimensions."""
