@@ -128,3 +128,23 @@ def test_encode_a_hierarchical_model_gives_every_layer():
     codes = encode(model.encoder, x, batch_size=2)
     assert codes.shape == (5, 6)
     torch.testing.assert_close(codes, model.encoder(x).mean)
+
+
+def test_encode_hands_x_to_the_encoders_device_and_the_codes_back():
+    """CPU data reach a GPU encoder on its device ('meta' stands for cuda here)."""
+    from conftest import ArrivedOn, arrival
+
+    class MetaEncoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.empty(1, device="meta"))
+
+        def forward(self, x):
+            return arrival(x)
+
+    with pytest.raises(ArrivedOn) as seen:
+        encode(MetaEncoder(), torch.rand(3, 6))
+    assert seen.value.device == torch.device("meta")
+    q = lambda x: Independent(Normal(x[:, :2], 1.0), 1)  # noqa: E731  (a plain callable)
+    x = torch.rand(3, 6)
+    assert torch.equal(encode(q, x), x[:, :2])

@@ -238,3 +238,15 @@ def test_each_standard_error_names_its_rule_and_follows_it():
     assert ("± of ELBO, rate, distortion, gap: std/√n across examples; ± of log p(x), "
             "bits/dim: Monte Carlo error ⊕ sampling n of N examples (finite-population "
             "correction)") in table
+
+
+def test_evaluate_model_hands_x_to_the_models_device(monkeypatch):
+    """CPU data reach a GPU model on its device ('meta' stands for cuda here)."""
+    from conftest import ArrivedOn, arrival
+
+    monkeypatch.setattr(evaluate, "device_of", lambda _model: torch.device("meta"))
+    model = build_vae(ModelConfig(data_dim=6, latent_dim=2, hidden=(4,)))
+    with pytest.raises(ArrivedOn) as seen:
+        evaluate.evaluate_model(model, (torch.rand(3, 6) > 0.5).float(), num_samples=2,
+                                infer=arrival)
+    assert seen.value.device == torch.device("meta")

@@ -151,3 +151,17 @@ def test_gaps_rejects_a_model_without_encoder_by_name(make_lg):
     with pytest.raises(ValueError, match=r"x: expected shape \[batch, 5\]"):
         gaps.gaps(model, torch.zeros(2, 4, dtype=F64),
                   encoder=linear_encoder(5, families.DiagonalNormal(2), scale=0.2))
+
+
+def test_gaps_hand_x_to_the_models_device(monkeypatch):
+    """CPU data reach a GPU model's encoder on its device ('meta' stands for cuda here)."""
+    from conftest import ArrivedOn, arrival
+
+    class Encoder:
+        per_example = staticmethod(arrival)
+
+    monkeypatch.setattr(gaps, "device_of", lambda _model: torch.device("meta"))
+    model = models.build_vae(ModelConfig(data_dim=6, latent_dim=2, hidden=(4,)))
+    with pytest.raises(ArrivedOn) as seen:
+        gaps.gaps(model, (torch.rand(3, 6) > 0.5).float(), encoder=Encoder())
+    assert seen.value.device == torch.device("meta")

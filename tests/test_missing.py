@@ -150,3 +150,21 @@ def test_fitting_reads_no_value_back_per_step(host_syncs):
         reads.append(host_syncs[0] - before)
         assert len(history) == steps and all(isinstance(v, float) for v in history)
     assert reads[0] == reads[1]
+
+
+def test_completion_hands_x_to_the_models_device(monkeypatch, tmp_path):
+    """CPU images reach a GPU model on its device ('meta' stands for cuda here)."""
+    from conftest import ArrivedOn, arrival
+
+    monkeypatch.setattr(missing, "device_of", lambda _model: torch.device("meta"))
+    class AnyPixels:            # the marginal's hidden pixels, whatever the mask's device
+        def __getitem__(self, _mask):
+            return torch.zeros(8)
+
+    monkeypatch.setattr(missing, "marginal_pixel_mean", lambda *_a, **_k: AnyPixels())
+    monkeypatch.setattr(missing, "initial_logits", lambda _model, x, *_a: arrival(x))
+    model = models.build_vae(ModelConfig(data_dim=16, latent_dim=2, hidden=(8,)))
+    with pytest.raises(ArrivedOn) as seen:
+        missing.complete_top_half(model, (torch.rand(3, 16) > 0.5).float(), tmp_path / "c.png",
+                                  image_shape=(1, 4, 4))
+    assert seen.value.device == torch.device("meta")

@@ -296,3 +296,19 @@ def test_detection_metrics_take_tensors_from_any_device():
     assert anomaly_metrics(tracked.to(torch.bfloat16), torch.tensor(labels)) == expected
     fpr, tpr = roc_points(tracked, torch.tensor(labels))
     np.testing.assert_array_equal(fpr, roc_points(scores, labels)[0])
+
+
+def test_anomaly_scores_hand_x_to_the_models_device(monkeypatch):
+    """CPU data reach a GPU model's encoder on its device ('meta' stands for cuda here)."""
+    from conftest import ArrivedOn, arrival
+
+    from vaelab.config import ModelConfig
+    from vaelab.model.vae import build_vae
+    from vaelab.use import scores
+
+    monkeypatch.setattr(scores, "device_of", lambda _model: torch.device("meta"))
+    model = build_vae(ModelConfig(data_dim=6, latent_dim=2, hidden=(4,)))
+    with pytest.raises(ArrivedOn) as seen:
+        scores.anomaly_scores(model, (torch.rand(3, 6) > 0.5).float(), ["elbo"],
+                              encoder=arrival)
+    assert seen.value.device == torch.device("meta")

@@ -26,6 +26,7 @@ import torch
 from torch.distributions import Distribution
 
 from vaelab import _checks, data_forms
+from vaelab._runtime import device_of
 from vaelab.infer.objectives import GenerativeModel, check_inputs, elbo_terms, log_weights
 from vaelab.measure import honest, shard
 from vaelab.model import hierarchical
@@ -438,6 +439,7 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
     population = x.shape[0]
     if limit is not None:
         x = x[:_checks.positive_int("limit", limit)]
+    x = x.to(device_of(model))          # the data a user holds (CPU) to a GPU model's device
     num_samples = _checks.positive_int("num_samples", num_samples)
     elbo_samples = _checks.positive_int("elbo_samples", elbo_samples)
     batch_size = _checks.positive_int("batch_size", batch_size)

@@ -45,7 +45,7 @@ from torch.distributions import Distribution
 
 from vaelab import _checks
 from vaelab._files import atomic_write_json
-from vaelab._runtime import isolated_rng
+from vaelab._runtime import device_of, isolated_rng
 from vaelab.infer.objectives import GenerativeModel, elbo
 from vaelab.infer.schemes import optimize_q
 from vaelab.measure import honest
@@ -252,7 +252,7 @@ def gaps(model: GenerativeModel, x: torch.Tensor, *, encoder: torch.nn.Module | 
         raise TypeError(f"encoder: expected a vaelab.model.vae.Encoder or a hierarchical "
                         f"encoder (anything with per_example(x)), or a model with one, "
                         f"got {type(encoder).__name__}")
-    x = model.check_data(x)
+    x = model.check_data(x).to(device_of(model))     # CPU data to a GPU model's device
     num_samples = _checks.positive_int("num_samples", num_samples)
     seed = None if seed is None else _checks.non_negative_int("seed", seed)
     with isolated_rng(seed, enabled=seed is not None):

@@ -35,7 +35,7 @@ from torch.distributions import Bernoulli, Distribution, Independent
 
 from vaelab import _checks
 from vaelab._files import save_figure
-from vaelab._runtime import isolated_rng
+from vaelab._runtime import device_of, isolated_rng
 from vaelab.infer.objectives import elbo
 from vaelab.model.vae import VAE, Encoder
 
@@ -141,7 +141,7 @@ def _check_inputs(model: VAE, x: object) -> torch.Tensor:
     if not bool(((x == 0) | (x == 1)).all()):
         raise ValueError("x: expected binary images (values 0 or 1); binarize them first "
                          "(vaelab.data.binarize)")
-    return x
+    return x.to(device_of(model))           # the CPU images a user holds to a GPU model
 
 
 INITS = ("reconstruction", "marginal")

@@ -13,7 +13,7 @@ import torch
 from torch.distributions import Distribution
 
 from vaelab import _checks
-from vaelab._runtime import isolated_rng
+from vaelab._runtime import device_of, isolated_rng
 
 
 def encode(infer: Callable[[torch.Tensor], Distribution], x: torch.Tensor, *,
@@ -33,6 +33,9 @@ def encode(infer: Callable[[torch.Tensor], Distribution], x: torch.Tensor, *,
         back to the average of 64 draws when ``sample=False``.
     """
     x = _checks.tensor("x", x)
+    home = x.device                            # the codes come back where x was
+    if isinstance(infer, torch.nn.Module):     # CPU data to a GPU encoder's device
+        x = x.to(device_of(infer))
     batch_size = _checks.positive_int("batch_size", batch_size)
     parts = []
     for start in range(0, x.shape[0], batch_size):
@@ -41,7 +44,7 @@ def encode(infer: Callable[[torch.Tensor], Distribution], x: torch.Tensor, *,
             parts.append(_draw(q, generator) if sample else _mean(q, generator))
     if not parts:
         raise ValueError("x: expected at least one example, got an empty tensor")
-    return torch.cat(parts)
+    return torch.cat(parts).to(home)
 
 
 def _draw(q: Distribution, generator: torch.Generator | None) -> torch.Tensor:

@@ -38,7 +38,7 @@ import torch
 from torch.distributions import Distribution
 
 from vaelab import _checks, catalogue
-from vaelab._runtime import isolated_rng
+from vaelab._runtime import device_of, isolated_rng
 from vaelab.infer.objectives import elbo_terms
 from vaelab.infer.schemes import optimize_q
 from vaelab.measure.evaluate import log_likelihood
@@ -196,7 +196,7 @@ def anomaly_scores(model, x: torch.Tensor, names: Sequence[str], *, encoder=None
     if "regret" in names and not (hasattr(encoder, "net") and hasattr(encoder, "family")):
         raise ValueError(f"score: regret re-fits q's parameters, so it needs an encoder of the "
                          f"form family(net(x)), got {type(encoder).__name__}")
-    x = model.check_data(x, "x")
+    x = model.check_data(x, "x").to(device_of(model))   # CPU data to a GPU model's device
     starts = range(0, x.shape[0], options.batch_size)
     parts: dict[str, list[torch.Tensor]] = {}
     for start in (progress(starts) if progress else starts):
