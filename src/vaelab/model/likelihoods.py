@@ -286,6 +286,7 @@ def _mean_of_levels(loc: torch.Tensor, scale: torch.Tensor, cdf_, per_unit: int,
         level = cdf_(level)
         term = level if weights is None else (level * weights).sum(-1)
         total = term.clone() if total is None else (total + term if grad else total.add_(term))
+    assert total is not None          # the loop ran over all 255 levels
     return total / EIGHT_BIT_MAX
 
 

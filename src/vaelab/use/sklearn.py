@@ -281,8 +281,8 @@ class VAEOutlierDetector(OutlierMixin, _VAEEstimator):
     """Outlier detection by a VAE's log-likelihood: rows the model finds unlikely are outliers.
 
     Parameters:
-        latent_dim, hidden, likelihood, epochs, batch_size, lr, random_state, options,
-            device: as :class:`VAEImputer`.
+        latent_dim, hidden, likelihood, epochs, batch_size, lr, random_state, options, device:
+            as :class:`VAEImputer`.
         num_samples: K importance draws of log p̂(x) per row.
         contamination: the expected fraction of outliers in the training rows, in (0, 0.5]:
             the threshold ``offset_`` is that quantile of the training scores.
