@@ -328,3 +328,21 @@ def test_group_size_cannot_overflow():
             assert 1 <= group <= size and 2.0**group < torch.finfo(dtype).max
     assert _bernoulli_fast._group_size(784, torch.float32) <= 64
 
+
+
+def test_blocks_are_cache_sized_on_the_cpu_and_launch_sized_elsewhere():
+    assert _bernoulli_fast.row_block(torch.device("cpu")) == _bernoulli_fast.ROW_BLOCK == 1024
+    assert _bernoulli_fast.row_block(torch.device("cuda")) == 1 << 16
+
+
+@pytest.mark.device
+def test_log_weights_on_the_device_equal_the_generic_path(device, fast_calls):
+    """On the device under test (its own block size), the fast path's log-weights equal
+    torch.distributions' with the same seed, in float64."""
+    model, x = build().to(device), binary(40, 12).to(device)
+    q = model.encode(x)
+    fast = same_seed(lambda: objectives.log_weights(model, q, x, 300))
+    with generic_path():
+        slow = same_seed(lambda: objectives.log_weights(model, q, x, 300))
+    assert fast_calls == [300] and fast.device.type == device.type
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-9)
