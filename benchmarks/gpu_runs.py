@@ -82,6 +82,8 @@ def recipes(args, result: dict) -> None:
         try:
             code, wall = _cli(argv)
             row.update(exit_code=code, wall_s=wall)
+            if code != 0:
+                raise RuntimeError(f"vaelab train exited {code} (its message is in the log)")
             metrics = [json.loads(line) for line in
                        (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
             seconds = [m["seconds"] for m in metrics]     # each epoch: training + validation
@@ -111,6 +113,8 @@ def protocol(args, result: dict) -> None:
         else:
             try:
                 code, wall = _cli(argv)
+                if code != 0:
+                    raise RuntimeError(f"vaelab evaluate exited {code} (see the log)")
                 report = json.loads(out.read_text())
                 row.update(exit_code=code, wall_s=wall,
                            num_examples=report.get("num_examples"),
