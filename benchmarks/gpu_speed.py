@@ -248,9 +248,9 @@ def time_row(name, batch, precision, args, data, weights) -> dict:
         seconds = time.perf_counter() - start
         row.update(steps=steps, seconds=seconds, samples_per_s=steps * batch / seconds,
                    ms_per_step=1000 * seconds / steps)
-        compiled = getattr(getattr(trainer, "step", None), "compiled", None)
-        if compiled is not None:
-            row["compiled"] = compiled
+        step = getattr(trainer, "step", None)
+        if step is not None:             # vaelab: did it compile, and how long that took
+            row.update(compiled=step.compiled, compile_s=step.compile_seconds)
     except Exception as exc:   # one broken row is reported, the rest still run
         row["error"] = f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
