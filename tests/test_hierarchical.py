@@ -223,7 +223,7 @@ def test_vamp_prior_at_the_top_of_a_ladder_is_the_mixture_of_top_evidence():
     lp = m.prior().log_prob(m.encode(x).rsample())
     (grad,) = torch.autograd.grad(lp.sum(), [u])
     assert float(grad.abs().sum()) > 0
-    with pytest.raises(ValueError, match="--hierarchy ladder with --prior vamp"):
+    with pytest.raises(ValueError, match="--hierarchy ladder or top-down with --prior vamp"):
         make("bottom-up", prior="vamp")
 
 

@@ -26,7 +26,7 @@ from torch.distributions import Distribution
 
 from vaelab import _checks
 from vaelab.model import likelihoods
-from vaelab.model.hierarchical import LayeredDistribution, PerExampleLayers, _diagonal
+from vaelab.model.layered import LayeredDistribution, PerExampleLayers, _diagonal
 
 
 class TopDownEncoder(nn.Module):
