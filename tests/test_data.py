@@ -22,7 +22,7 @@ def isolated(monkeypatch, tmp_path):
     """No test reads $VAELAB_DATA, the real cache or (unless it asks) /usr/share/datasets."""
     monkeypatch.delenv("VAELAB_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", tmp_path / "system-datasets")
+    monkeypatch.setattr(data.named, "SYSTEM_DATA_DIR", tmp_path / "system-datasets")
 
 
 def write_tiny_idx(folder: Path, n_train: int = 12, n_test: int = 5, seed: int = 0,
@@ -50,7 +50,7 @@ def fmnist():
         pytest.skip("Fashion-MNIST not installed in /usr/share/datasets (dataset-fashion-mnist)")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("VAELAB_DATA", raising=False)
-        mp.setattr(data, "SYSTEM_DATA_DIR", FMNIST_DIR.parent)
+        mp.setattr(data.named, "SYSTEM_DATA_DIR", FMNIST_DIR.parent)
         return load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
 
 
@@ -136,7 +136,7 @@ def test_search_order_root_env_system_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VAELAB_DATA", str(tmp_path / "env" / "fashion-mnist"))
     assert len(load_dataset("fashion-mnist")) == 3  # $VAELAB_DATA itself
     monkeypatch.delenv("VAELAB_DATA")
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(data.named, "SYSTEM_DATA_DIR", tmp_path / "nowhere")
     assert len(load_dataset("fashion-mnist", download=False)) == 6  # the cache
 
 

@@ -69,7 +69,7 @@ def test_offline_mnist_names_a_real_mechanism_and_leaves_no_cache_folder(tmp_pat
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("VAELAB_DATA", raising=False)
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIR", tmp_path / "none")
+    monkeypatch.setattr(data.named, "SYSTEM_DATA_DIR", tmp_path / "none")
     with pytest.raises(FileNotFoundError) as caught:
         data.load_dataset("mnist", "train")
     message = str(caught.value)

@@ -378,4 +378,4 @@ def test_a_lying_npy_header_is_refused_before_numpy_allocates(version):
         path = Path(tmp) / "x.npy"
         path.write_bytes(raw)
         with pytest.raises(ValueError, match="header declares shape"):
-            data._check_npy_size(path)
+            data.readers._check_npy_size(path)
