@@ -246,3 +246,19 @@ def test_a_loader_of_the_wrong_shape_is_one_line():
     with pytest.raises(ValueError, match=r"^data: expected every batch's x to have the shape "
                                          r"\(3,\) of the first, got \(4,\) at batch 1$"):
         data_forms.as_dataset(DataLoader(_Items(ragged), batch_size=None))
+
+
+def test_scores_and_codes_take_a_dataframe_as_its_array(tmp_path, x):
+    from vaelab.use.encode import encode
+    from vaelab.use.scores import anomaly_scores
+
+    model = train({**CONFIG, "train": {**CONFIG["train"], "epochs": 1}}, tmp_path / "r",
+                  dataset=x, log=None, progress=False).model.eval()
+    scores = []
+    for form in (torch.from_numpy(x), pd.DataFrame(x), TensorDataset(torch.from_numpy(x))):
+        torch.manual_seed(0)
+        scores.append(anomaly_scores(model, form, ["elbo"])["neg_elbo"])
+    np.testing.assert_array_equal(scores[0], scores[1])
+    np.testing.assert_array_equal(scores[0], scores[2])
+    assert torch.equal(encode(model.encoder, pd.DataFrame(x)),
+                       encode(model.encoder, torch.from_numpy(x)))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch.distributions import Distribution
 
-from vaelab import _checks
+from vaelab import _checks, data_forms
 from vaelab._runtime import device_of, isolated_rng
 
 
@@ -23,7 +23,7 @@ def encode(infer: Callable[[torch.Tensor], Distribution], x: torch.Tensor, *,
 
     Args:
         infer: x [B, D] → q(z | x), batch [B], event [L] (an encoder, or a refining scheme).
-        x: data [N, D].
+        x: data [N, D] (a tensor, or any form of ``vaelab.data_forms``).
         sample: draw z ~ q instead of taking its mean.
         batch_size: examples per encoder pass.
         generator: seeds the draws (None: torch's global RNG).
@@ -32,7 +32,7 @@ def encode(infer: Callable[[torch.Tensor], Distribution], x: torch.Tensor, *,
         float tensor [N, L] on x's device. A q without a closed-form mean (e.g. a flow) falls
         back to the average of 64 draws when ``sample=False``.
     """
-    x = _checks.tensor("x", x)
+    x = data_forms.as_rows(x)           # any form of vaelab.data_forms, read by its rule
     home = x.device                            # the codes come back where x was
     if isinstance(infer, torch.nn.Module):     # CPU data to a GPU encoder's device
         x = x.to(device_of(infer))

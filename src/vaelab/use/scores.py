@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.distributions import Distribution
 
-from vaelab import _checks, catalogue
+from vaelab import _checks, catalogue, data_forms
 from vaelab._runtime import device_of, isolated_rng
 from vaelab.infer.objectives import elbo_terms
 from vaelab.infer.schemes import optimize_q
@@ -170,7 +170,8 @@ def anomaly_scores(model, x: torch.Tensor, names: Sequence[str], *, encoder=None
 
     Args:
         model: generative model (``prior``, ``decode``, ``log_joint``, ``check_data``).
-        x: data [N, D] in the likelihood's support.
+        x: data [N, D] in the likelihood's support (a tensor, or any form of
+            ``vaelab.data_forms``: numpy, a DataFrame, a torch Dataset or DataLoader).
         names: score names from :data:`SCORE_NAMES`.
         encoder: x → q(z | x), with ``.net`` (x → raw [B, P]) and ``.family`` (raw → q) for
             ``regret``; default ``model.encoder``.
@@ -196,7 +197,8 @@ def anomaly_scores(model, x: torch.Tensor, names: Sequence[str], *, encoder=None
     if "regret" in names and not (hasattr(encoder, "net") and hasattr(encoder, "family")):
         raise ValueError(f"score: regret re-fits q's parameters, so it needs an encoder of the "
                          f"form family(net(x)), got {type(encoder).__name__}")
-    x = model.check_data(x, "x").to(device_of(model))   # CPU data to a GPU model's device
+    x = model.check_data(data_forms.as_rows(x), "x")    # any form of vaelab.data_forms
+    x = x.to(device_of(model))                           # CPU data to a GPU model's device
     starts = range(0, x.shape[0], options.batch_size)
     parts: dict[str, list[torch.Tensor]] = {}
     for start in (progress(starts) if progress else starts):
