@@ -170,3 +170,39 @@ def test_bad_factories_are_one_line(tmp_path, x):
         vaelab.fit(lambda **kw: None, x, tmp_path / "d")
     with pytest.raises(TypeError, match=r"^args: expected JSON values"):
         vaelab.fit(make_nets, x, tmp_path / "e", args={"width": object()})
+
+
+def _fit_rank(rank: int, world: int, port: int, folder: str) -> None:
+    """One torchrun rank training the user's networks through vaelab.fit."""
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    x = (np.random.default_rng(0).random((48, 6)) > 0.5).astype(np.float32)
+    result = _fit(x, Path(folder) / "run", epochs=2, device="cpu")
+    np.savez(Path(folder) / f"rank{rank}.npz",
+             **{k: v.detach().numpy() for k, v in result.model.state_dict().items()})
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+def test_two_torchrun_ranks_train_the_users_networks_alike(tmp_path):
+    """Under torchrun every rank ends with the same weights (the gradients are averaged),
+    rank 0 writes the run, and it reloads with consent."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_fit_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)]
+    assert ranks[0].files == ranks[1].files
+    assert all(np.array_equal(ranks[0][k], ranks[1][k]) for k in ranks[0].files)
+    trained = vaelab.load(tmp_path / "run", trust=[MODULE])
+    assert all(np.array_equal(v.numpy(), ranks[0][k]) for k, v in
+               trained.model.state_dict().items())
+    assert len(trained.metrics) == 2
