@@ -8,6 +8,12 @@ Schedules (the lecture's two ways to climb the family of bounds):
 
 A step whose loss or gradients are not finite changes no weight and reports ``skipped``.
 
+``TrainStep(model, inference, ...)`` returns one of three small step classes
+(:func:`step_class` chooses): :class:`JointStep` (autograd, any model and objective),
+:class:`AlternatingStep` (the alternating schedule) and :class:`StandardVAEStep` (the fast
+paths below). What they share — options, θ and φ, optimizers, backward with all-reduce,
+clipping and the finiteness test — lives in :class:`TrainStep`.
+
 Speed. The loss is always the per-data-point ELBO of ``vaelab.infer.objectives`` (Kingma & Welling
 2014), −mean_b[kl_weight · KL(q_b ‖ p) − E_q log p(x_b | z)], optimized by Adam (Kingma & Ba
 2015). For the standard VAE — an amortized ``DiagonalNormal`` q, the ``StandardNormal`` prior
@@ -127,8 +133,45 @@ class _GaussianBernoulliELBO(nn.Module):
                 and type(model.decoder.likelihood) is Bernoulli)
 
 
+def step_class(model: VAE, inference: Inference, *, schedule: str = "joint",
+               objective: str = "elbo", free_bits: float = 0.0, **_: object) -> type[TrainStep]:
+    """Which step trains (model, inference) with these options (the others do not choose).
+
+    The alternating schedule has its own step; a joint step on the standard VAE with the
+    plain ELBO takes the fast path; every other joint step goes through autograd.
+    """
+    if schedule == "alternating":
+        return AlternatingStep
+    if (schedule == "joint" and objective == "elbo" and free_bits == 0
+            and _GaussianBernoulliELBO.matches(model, inference)):
+        return StandardVAEStep
+    return JointStep
+
+
+def _optimizers_for(theta: list[nn.Parameter], phi: list[nn.Parameter], inference: Inference,
+                    joint: bool, lr: float, phi_lr: float, betas: tuple[float, float]
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+    """(θ's optimizer, φ's own or None): sparse rows → SparseAdam, the rest fused Adam; a
+    joint step has one Adam over θ and φ, an alternating one an Adam each."""
+    if inference.sparse:   # sparse rows → SparseAdam; dense φ (e.g. IAF's MADEs) → Adam
+        rows = {id(m.weight) for m in inference.modules()
+                if isinstance(m, nn.Embedding) and m.sparse}
+        return (fused_adam(theta + [p for p in phi if id(p) not in rows], lr, betas),
+                torch.optim.SparseAdam([p for p in phi if id(p) in rows], lr=phi_lr,
+                                       betas=betas))
+    if joint:
+        return fused_adam(theta + phi, lr, betas), None
+    return fused_adam(theta, lr, betas), fused_adam(phi, phi_lr, betas)
+
+
 class TrainStep:
     """Callable ``step(x, index, kl_weight) → StepResult`` that updates θ and φ in place.
+
+    ``TrainStep(model, inference, ...)`` is a factory, as ``pathlib.Path`` is: it returns the
+    step class :func:`step_class` chooses — :class:`JointStep`, :class:`AlternatingStep` or
+    :class:`StandardVAEStep` — each of which is a ``TrainStep``. This class holds what they
+    share: the checked options, θ and φ, the optimizers, the learning rate, the checkpointed
+    state, and the backward pass with its all-reduce, clipping and finiteness test.
 
     Args:
         model: the VAE (θ = ``model.generative_parameters()``).
@@ -159,6 +202,15 @@ class TrainStep:
             rules), through autograd; parameters, gradients and Adam stay float32, and no
             loss scaling is needed with bfloat16's float32 exponent range.
     """
+
+    #: The standard VAE's plain-tensor loss and hand-derived gradient (its step only).
+    _fast: _GaussianBernoulliELBO | None = None
+    _grad: GaussianBernoulliELBOGrad | None = None
+    compile_seconds: float | None = None
+
+    def __new__(cls, model: VAE, inference: Inference, **options: Any) -> TrainStep:
+        chosen = step_class(model, inference, **options) if cls is TrainStep else cls
+        return super().__new__(chosen)
 
     def __init__(self, model: VAE, inference: Inference, *, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), grad_clip: float | None = None,
@@ -191,69 +243,24 @@ class TrainStep:
         self._phi_lr_ratio = phi_lr / lr
         if compile not in COMPILE_MODES or not isinstance(compile, (str, bool)):
             raise ValueError(f"compile: expected 'auto', True or False, got {compile!r}")
-        if expected_steps is not None:
-            expected_steps = _checks.non_negative_int("expected_steps", expected_steps)
+        self.compile = compile
+        self.expected_steps = None if expected_steps is None else _checks.non_negative_int(
+            "expected_steps", expected_steps)
         self.theta = _unique(model.generative_parameters())
         theta_ids = {id(p) for p in self.theta}
         self.phi = [p for p in _unique(inference.parameters()) if id(p) not in theta_ids]
         self.params = self.theta + self.phi      # θ then φ, built once for the hot path
-        self.phi_opt: torch.optim.Optimizer | None
-        if inference.sparse:   # sparse rows → SparseAdam; dense φ (e.g. IAF's MADEs) → Adam
-            rows = {id(m.weight) for m in inference.modules()
-                    if isinstance(m, nn.Embedding) and m.sparse}
-            self.phi_opt = torch.optim.SparseAdam([p for p in self.phi if id(p) in rows],
-                                                  lr=phi_lr, betas=betas)
-            self.theta_opt = fused_adam(self.theta + [p for p in self.phi if id(p) not in rows],
-                                        lr, betas)
-        elif self.schedule == "joint":
-            self.theta_opt = fused_adam(self.params, lr, betas)
-            self.phi_opt = None
-        else:
-            self.theta_opt = fused_adam(self.theta, lr, betas)
-            self.phi_opt = fused_adam(self.phi, phi_lr, betas)
-        self._fast: _GaussianBernoulliELBO | None = None
-        if (self.schedule == "joint" and self.objective == "elbo" and self.free_bits == 0
-                and _GaussianBernoulliELBO.matches(model, inference)):
-            encoder = self._encoder()
-            self._fast = _GaussianBernoulliELBO(encoder.net, model.decoder.net,
-                                                self._min_scale())
-        self.compile = compile
-        device = next(iter(self.params), torch.empty(0)).device
-        self._want_compile = self._fast is not None and (
-            compile is True or (compile == "auto" and device.type in AUTO_COMPILE_DEVICES
-                                and expected_steps is not None
-                                and expected_steps >= AUTO_COMPILE_MIN_STEPS))
-        # The hand-derived gradient replaces autograd on the eager fast path (a compiled step
-        # keeps autograd: Inductor fuses its graph), unless a parameter is outside the nets.
-        self._grad: GaussianBernoulliELBOGrad | None = None
-        if self._fast is not None and precision == "fp32" and GaussianBernoulliELBOGrad.supports(
-                self._encoder().net, model.decoder.net):
-            encoder = self._encoder()
-            grad = GaussianBernoulliELBOGrad(encoder.net, model.decoder.net,
-                                             self._min_scale(), encoder.latent_dim)
-            if {id(p) for p in grad.parameters} == {id(p) for p in self.params}:
-                self._grad = grad
-        self._adam = DirectFusedAdam(self.theta_opt)
-        self._device_type = device.type
-        self._compiled: Callable[..., Any] | None = None
-        self.compile_seconds: float | None = None
+        self.theta_opt, self.phi_opt = _optimizers_for(
+            self.theta, self.phi, inference, self.schedule == "joint", lr, phi_lr, betas)
+        self._device_type = next(iter(self.params), torch.empty(0)).device.type
         self.steps = 0
-
-    def _encoder(self) -> Encoder:
-        """The encoder of the fast path (it applies only to amortized inference with a
-        diagonal-Normal :class:`Encoder`, which ``_GaussianBernoulliELBO.matches`` checked)."""
-        return cast(Amortized, self.inference).encoder
-
-    def _min_scale(self) -> float:
-        """The floor on q's scale (the fast path's family is a DiagonalNormal)."""
-        return cast(DiagonalNormal, self._encoder().family).min_scale
 
     # ---------------------------------------------------------------- public
 
     @property
     def compiled(self) -> bool:
-        """Whether the step now runs a compiled loss."""
-        return self._compiled is not None
+        """Whether the step now runs a compiled loss (only the standard VAE's step can)."""
+        return False
 
     def set_lr(self, lr: float) -> None:
         """Set θ's learning rate to ``lr`` and a separate φ optimizer's to ``lr`` × phi_lr / lr."""
@@ -266,33 +273,22 @@ class TrainStep:
                  kl_weight: float = 1.0) -> StepResult:
         """One step on the batch x [B, D] (index [B] into the training set) → StepResult."""
         self.steps += 1
-        if self._fast is not None:
-            return self._fast_step(x, kl_weight)
-        if self.schedule == "alternating" and self.phi_opt is not None:
-            for _ in range(self.phi_steps):
-                _, ok = self._backward(x, index, kl_weight, self.phi)
-                if ok:
-                    self.phi_opt.step()
-        result, ok = self._backward(x, index, kl_weight, self.params)
-        if ok:
-            if self.schedule == "alternating" and self.phi_opt is not None:
-                self.theta_opt.step()
-            else:
-                for opt in self._optimizers():
-                    opt.step()
-        return result
+        return self._step(x, index, kl_weight)
 
     def state_dict(self) -> dict:
         return {"theta": self.theta_opt.state_dict(),
                 "phi": None if self.phi_opt is None else self.phi_opt.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self._adam.forget()
         self.theta_opt.load_state_dict(state["theta"])
         if self.phi_opt is not None and state.get("phi") is not None:
             self.phi_opt.load_state_dict(state["phi"])
 
-    # ---------------------------------------------------------------- internals
+    # ---------------------------------------------------------------- shared internals
+
+    def _step(self, x: torch.Tensor, index: torch.Tensor | None,
+              kl_weight: float) -> StepResult:
+        raise NotImplementedError        # each step class says how it updates θ and φ
 
     def _optimizers(self) -> list[torch.optim.Optimizer]:
         return [o for o in (self.theta_opt, self.phi_opt) if o is not None]
@@ -322,6 +318,7 @@ class TrainStep:
         return bool(torch.isfinite(norm))
 
     def _backward(self, x, index, kl_weight, params) -> tuple[StepResult, bool]:
+        """The objective's loss through autograd, then :meth:`_backprop` over ``params``."""
         self._zero_grad()
         with self._autocast():
             q = self.inference(x, index)
@@ -351,6 +348,82 @@ class TrainStep:
                     p.grad.fill_(math.nan)
         self._reduce(params)
         return self._grads_ok(params) and finite
+
+
+class JointStep(TrainStep):
+    """One simultaneous gradient step on θ and φ through autograd, for any model, inference
+    scheme and objective."""
+
+    def _step(self, x: torch.Tensor, index: torch.Tensor | None,
+              kl_weight: float) -> StepResult:
+        result, ok = self._backward(x, index, kl_weight, self.params)
+        if ok:
+            for opt in self._optimizers():
+                opt.step()
+        return result
+
+
+class AlternatingStep(TrainStep):
+    """``phi_steps`` gradient steps on φ with θ fixed (tightening the bound on this batch,
+    EM-like), then one step on θ with φ fixed."""
+
+    def _step(self, x: torch.Tensor, index: torch.Tensor | None,
+              kl_weight: float) -> StepResult:
+        assert self.phi_opt is not None        # an alternating step always has φ's own
+        for _ in range(self.phi_steps):
+            _, ok = self._backward(x, index, kl_weight, self.phi)
+            if ok:
+                self.phi_opt.step()
+        result, ok = self._backward(x, index, kl_weight, self.params)
+        if ok:
+            self.theta_opt.step()
+        return result
+
+
+class StandardVAEStep(TrainStep):
+    """The joint ELBO step of the standard VAE (module docstring: "Speed"), without
+    torch.distributions: the hand-derived gradient and the direct fused Adam where the
+    networks allow, else the plain-tensor loss through autograd, compiled when asked."""
+
+    def __init__(self, model: VAE, inference: Inference, **options: Any) -> None:
+        super().__init__(model, inference, **options)
+        encoder = self._encoder()
+        self._fast = _GaussianBernoulliELBO(encoder.net, model.decoder.net, self._min_scale())
+        expected = self.expected_steps
+        self._want_compile = self.compile is True or (
+            self.compile == "auto" and self._device_type in AUTO_COMPILE_DEVICES
+            and expected is not None and expected >= AUTO_COMPILE_MIN_STEPS)
+        # The hand-derived gradient replaces autograd on the eager fast path (a compiled step
+        # keeps autograd: Inductor fuses its graph), unless a parameter is outside the nets.
+        if self.precision == "fp32" and GaussianBernoulliELBOGrad.supports(
+                encoder.net, model.decoder.net):
+            grad = GaussianBernoulliELBOGrad(encoder.net, model.decoder.net,
+                                             self._min_scale(), encoder.latent_dim)
+            if {id(p) for p in grad.parameters} == {id(p) for p in self.params}:
+                self._grad = grad
+        self._adam = DirectFusedAdam(self.theta_opt)
+        self._compiled: Callable[..., Any] | None = None
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    def load_state_dict(self, state: dict) -> None:
+        self._adam.forget()
+        super().load_state_dict(state)
+
+    def _encoder(self) -> Encoder:
+        """The encoder (amortized inference with a diagonal-Normal :class:`Encoder`, which
+        ``_GaussianBernoulliELBO.matches`` checked)."""
+        return cast(Amortized, self.inference).encoder
+
+    def _min_scale(self) -> float:
+        """The floor on q's scale (the fast path's family is a DiagonalNormal)."""
+        return cast(DiagonalNormal, self._encoder().family).min_scale
+
+    def _step(self, x: torch.Tensor, index: torch.Tensor | None,
+              kl_weight: float) -> StepResult:
+        return self._fast_step(x, kl_weight)
 
     def _fast_step(self, x: torch.Tensor, kl_weight: float) -> StepResult:
         if self._want_compile and self.steps > COMPILE_AFTER_STEPS:
