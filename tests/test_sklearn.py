@@ -168,3 +168,24 @@ def test_feature_names_travel():
     model = VAETransformer(**TINY, random_state=0).fit(frame)
     assert list(model.feature_names_in_) == ["a", "b", "c"]
     assert list(model.get_feature_names_out()) == ["vaetransformer0", "vaetransformer1"]
+
+
+def make_nets(*, data_dim, latent_dim, image_shape, encoder_out, decoder_out, width=8):
+    """A user's factory of networks (vaelab.fit's protocol)."""
+    from torch import nn
+
+    return (nn.Sequential(nn.Linear(data_dim, width), nn.Tanh(), nn.Linear(width, encoder_out)),
+            nn.Sequential(nn.Linear(latent_dim, width), nn.Tanh(),
+                          nn.Linear(width, decoder_out)))
+
+
+def test_a_transformer_on_the_users_own_networks():
+    x = _correlated(40)
+    factory = {"net": "factory",
+               "net_options": {"factory": f"{__name__}:make_nets", "args": {"width": 6}}}
+    model = VAETransformer(**TINY, options=factory, random_state=0).fit(x)
+    widths = {m.out_features for m in model._model().model.modules()
+              if isinstance(m, torch.nn.Linear)}
+    assert 6 in widths                                  # the user's nets, width 6
+    again = pickle.loads(pickle.dumps(model))           # rebuilt by importing the factory
+    np.testing.assert_array_equal(again.transform(x), model.transform(x))

@@ -58,6 +58,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch.distributions import Distribution, Independent, Normal
 
+from vaelab import _trust
 from vaelab.fit.train import train
 from vaelab.infer.schemes import scheme_for
 from vaelab.use.encode import encode
@@ -103,12 +104,21 @@ class _VAEEstimator(BaseEstimator):
     def _fit_run(self, X: np.ndarray) -> None:
         """Train on the rows X [N, D] in a temporary run directory; keep its files in memory."""
         self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        with tempfile.TemporaryDirectory(prefix="vaelab-sklearn-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="vaelab-sklearn-") as tmp, \
+                _trust.trusting(self._trusted()):
             run = Path(tmp) / "run"
             train(self._config(self.seed_), run, dataset=X, log=None, progress=False)
             self.run_files_ = {name: (run / name).read_bytes() for name in RUN_FILES
                                if (run / name).is_file()}
             self._loaded(load(run, device=self.device))
+
+    def _trusted(self) -> list[str]:
+        """The module of the network factory ``options`` names (``{"net": "factory",
+        "net_options": {"factory": "pkg.mod:fn", ...}}``): naming it in the estimator's own
+        parameters is the consent to import it, when fitting and when unpickling."""
+        options = (self.options or {}).get("net_options")
+        factory = options.get("factory") if isinstance(options, dict) else None
+        return [factory.partition(":")[0]] if isinstance(factory, str) else []
 
     def _loaded(self, trained: TrainedModel) -> None:
         """Keep the loaded run and a float64 copy of its model with its q(z | x): scores and
@@ -150,7 +160,7 @@ class _VAEEstimator(BaseEstimator):
             with tempfile.TemporaryDirectory(prefix="vaelab-sklearn-") as tmp:
                 for name, blob in self.run_files_.items():
                     (Path(tmp) / name).write_bytes(blob)
-                self._loaded(load(tmp, device=self.device))
+                self._loaded(load(tmp, device=self.device, trust=self._trusted()))
 
     # ---- data and scores
 
@@ -219,7 +229,10 @@ class VAEImputer(OneToOneFeatureMixin, TransformerMixin, _VAEEstimator):
             of the conditional mean (multiple imputation: several fits with other
             ``random_state``, or :meth:`multiple_imputations`).
         random_state: seeds training and imputation (None: fresh each fit).
-        options: any other ``vaelab`` config key (e.g. ``{"prior": "vamp"}``).
+        options: any other ``vaelab`` config key (e.g. ``{"prior": "vamp"}``); your own
+            networks with ``{"net": "factory", "net_options": {"factory": "pkg.mod:make_nets",
+            "args": {...}}}`` (``vaelab.fit``'s protocol; naming the factory here is consent
+            to import it, also when the estimator is unpickled).
         device: where the network runs.
 
     Attributes:
