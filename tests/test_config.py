@@ -139,3 +139,18 @@ def test_data_protocol_expands_into_the_published_split():
         merge({}, {"train": {"data": "binarized-fashion-mnist", "val_fraction": 0.1}})
     with pytest.raises(ValueError, match="binarize"):
         RunConfig.from_dict({"data": "binarized-fashion-mnist", "binarize": "static"})
+
+
+def test_likelihood_options_are_checked_against_the_catalogue_and_round_trip():
+    config = ModelConfig(likelihood="gaussian", likelihood_options={"scale": "learned"})
+    assert config.likelihood_options == {"scale": "learned", "min_scale": 1e-3}   # filled in
+    assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="likelihood_options: likelihood 'bernoulli' has no "
+                                         "option 'scale'; expected none"):
+        ModelConfig(likelihood="bernoulli", likelihood_options={"scale": "learned"})
+    with pytest.raises(ValueError, match=r"likelihood_options.scale: expected one of 'network', "
+                                         r"'learned', 'fixed', got 'free'"):
+        ModelConfig(likelihood="gaussian", likelihood_options={"scale": "free"})
+    old = ModelConfig().to_dict()
+    del old["likelihood_options"]                      # a run saved before options were nested
+    assert ModelConfig.from_dict(old).likelihood_options is None

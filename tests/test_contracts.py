@@ -262,9 +262,14 @@ def likelihood(request) -> likelihoods.Likelihood:
 
 def _data(lik, *shape, dtype=torch.float32):
     """Data in the likelihood's support: [0, 1] for the Bernoullis, 8-bit values k/255 for the
-    likelihoods of 8-bit data (discretized, dequantized Gaussian), real values otherwise."""
+    likelihoods of 8-bit data (discretized, dequantized Gaussian), counts 0..9, category codes,
+    positive values, real values otherwise."""
     if lik.name in ("bernoulli", "continuous-bernoulli"):
         return torch.rand(*shape, dtype=dtype)
+    if lik.support in ("counts", "categories"):
+        return torch.randint(0, getattr(lik, "categories", 10), shape).to(dtype)
+    if lik.support == "positive":
+        return torch.randn(*shape, dtype=dtype).exp()
     if lik.meaning_on("8-bit") != "score":
         return torch.randint(0, 256, shape).to(dtype) / 255
     return 3 * torch.randn(*shape, dtype=dtype)
@@ -363,7 +368,7 @@ def test_gaussian_rejects_bad_arguments_by_name(kwargs, error, match):
 
 
 @pytest.mark.parametrize("module, config, match", [
-    (likelihoods, {"name": "poisson"}, "likelihood: expected one of"),
+    (likelihoods, {"name": "zipf"}, "likelihood: expected one of"),
     (families, {"name": "flow", "latent_dim": 2}, "family: expected one of"),
     (priors, {"name": "autoregressive", "latent_dim": 2}, "prior: expected one of"),
 ])

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from vaelab import cli
+from vaelab import catalogue, cli
 from vaelab.config import ModelConfig
 from vaelab.data import DATA_KINDS
 from vaelab.measure.evaluate import evaluate_model, likelihood_meaning
@@ -32,10 +32,13 @@ EXPECTED = {
     ("gaussian", "unit-interval"): "density",
     ("continuous-bernoulli", "unit-interval"): "density",
 }
+#: The options a likelihood cannot do without (the number of trials, of categories).
+REQUIRED = {"binomial": {"trials": 16}, "categorical": {"categories": 3}}
 
 
 def _likelihoods() -> dict[str, likelihoods.Likelihood]:
-    out = {name: cls() for name, cls in likelihoods.LIKELIHOODS.items()}
+    out = {name: catalogue.get("likelihood", name).build(4, None, **REQUIRED.get(name, {}))
+           for name in likelihoods.LIKELIHOODS}
     out["gaussian (dequantized)"] = likelihoods.Gaussian(dequantize=True)
     return out
 

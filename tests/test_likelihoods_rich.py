@@ -254,10 +254,15 @@ def test_continuous_bernoulli_refuses_values_outside_the_unit_interval():
         likelihoods.ContinuousBernoulli().check_support(torch.tensor([[0.2, 1.5]]))
 
 
+#: The options a likelihood cannot do without (its number of trials, of categories).
+REQUIRED = {"binomial": {"trials": 16}, "categorical": {"categories": 3}}
+
+
 @pytest.mark.parametrize("name", list(likelihoods.LIKELIHOODS))
 def test_config_round_trip(name):
-    lik = likelihoods.from_model_config(ModelConfig(data_dim=3, likelihood=name,
-                                                    data_kind="8-bit"))
+    lik = likelihoods.from_model_config(ModelConfig(
+        data_dim=3, likelihood=name, data_kind="8-bit",
+        likelihood_options=REQUIRED[name] if name in REQUIRED else None))
     again = likelihoods.from_config(lik.config())
     assert type(again) is type(lik) and again.config() == lik.config()
 

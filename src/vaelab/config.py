@@ -20,10 +20,9 @@ from numbers import Real
 from pathlib import Path
 from typing import Any, cast
 
-from vaelab import _checks, _trust
+from vaelab import _checks, _trust, catalogue
 
-LIKELIHOOD_NAMES = ("bernoulli", "gaussian", "continuous-bernoulli", "discretized-logistic",
-                    "discretized-logistic-mixture")
+LIKELIHOOD_NAMES = catalogue.names("likelihood")
 NET_NAMES = ("mlp", "conv", "factory")
 DATA_KINDS = ("binary", "8-bit", "unit-interval", "continuous")   # = vaelab.data.DATA_KINDS
 PRIOR_NAMES = ("standard_normal", "learned_normal", "mog", "vamp", "flow")
@@ -77,6 +76,10 @@ class ModelConfig:
     #: The options of net "factory" (None for the built-in networks, whose options are the
     #: flat fields above).
     net_options: dict | None = None
+    #: The likelihood's own options ({"trials": 16} for binomial), checked against the
+    #: catalogue; None: the flat fields above (``gaussian_scale``, ``min_scale``,
+    #: ``likelihood_components``), as runs saved before options were nested.
+    likelihood_options: dict | None = None
 
     def __post_init__(self) -> None:
         if self.data_dim is not None:  # None: resolved from the data at train time
@@ -88,6 +91,10 @@ class ModelConfig:
         object.__setattr__(self, "hidden",
                            tuple(_checks.positive_int("hidden", h) for h in self.hidden))
         _checks.one_of("likelihood", self.likelihood, LIKELIHOOD_NAMES)
+        if self.likelihood_options is not None:
+            object.__setattr__(self, "likelihood_options", catalogue.get(
+                "likelihood", self.likelihood).validate(self.likelihood_options,
+                                                        "likelihood_options"))
         _checks.one_of("gaussian_scale", self.gaussian_scale, ("network", "learned", "fixed"))
         _checks.positive_float("min_scale", self.min_scale)
         for name, names in (("prior", PRIOR_NAMES), ("family", FAMILY_NAMES)):

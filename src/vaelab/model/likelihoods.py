@@ -23,6 +23,7 @@ reported only for "probability" and "bound". 8-bit data are x = k/255, k ∈ {0,
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,37 @@ from vaelab import _checks, catalogue
 MEANINGS = ("probability", "bound", "density", "score")
 #: How 8-bit data are represented: x = k / EIGHT_BIT_MAX for k = 0, …, 255.
 EIGHT_BIT_MAX = 255
+
+
+class _Registry(Mapping[str, "type[Likelihood]"]):
+    """Saved name → class of every likelihood: each concrete :class:`Likelihood` subclass
+    registers itself when defined (like ``torch.distributions.register_kl``, next to its
+    code), and the first read imports every module the catalogue names, so likelihoods that
+    live in other modules are here too. The catalogue test pins it equal to the entries."""
+
+    def __init__(self) -> None:
+        self.classes: dict[str, type[Likelihood]] = {}
+        self._complete = False
+
+    def _all(self) -> dict[str, type[Likelihood]]:
+        if not self._complete:
+            for entry in catalogue.entries("likelihood"):
+                entry.resolve()
+            self._complete = True
+        return self.classes
+
+    def __getitem__(self, name: str) -> type[Likelihood]:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+#: saved name → class: every Likelihood (a new likelihood is its class and its catalogue entry).
+LIKELIHOODS = _Registry()
 
 
 class Likelihood(nn.Module):
@@ -57,6 +89,11 @@ class Likelihood(nn.Module):
         """This likelihood from its catalogue options (none here), for data of ``data_dim``
         values per example and kind ``data_kind`` (what a likelihood may need of the data)."""
         return cls()
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:          # a concrete likelihood (shared bases name none)
+            LIKELIHOODS.classes[cls.name] = cls
 
     def meaning_on(self, kind: str | None) -> str:
         """What ``log_prob`` is on data of ``kind``: one of :data:`MEANINGS`."""
@@ -532,18 +569,10 @@ class ContinuousBernoulli(Likelihood):
         return check_unit_interval(x, name, self.name)
 
 
-#: saved name → class: every Likelihood defined above (the catalogue test pins it to its
-#: entries), so a new likelihood is its class and its catalogue entry.
-LIKELIHOODS: dict[str, type[Likelihood]] = {
-    c.name: c for c in list(globals().values())
-    if isinstance(c, type) and issubclass(c, Likelihood) and c is not Likelihood}
-
-
 def from_config(config: dict) -> Likelihood:
     """Rebuild a likelihood from :meth:`Likelihood.config` output."""
     config = dict(config)
-    name = _checks.one_of("likelihood", config.pop("name", None), tuple(LIKELIHOODS))
-    return LIKELIHOODS[name](**config)
+    return catalogue.get("likelihood", config.pop("name", None)).resolve()(**config)
 
 
 def from_model_config(config) -> Likelihood:
