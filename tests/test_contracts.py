@@ -16,7 +16,7 @@ from torch.distributions import Categorical, Independent, MultivariateNormal, No
 
 import vaelab
 from vaelab.config import ModelConfig
-from vaelab.model import exact, families, likelihoods, nets, priors
+from vaelab.model import column_likelihoods, exact, families, likelihoods, nets, priors
 from vaelab.model.vae import Encoder
 
 DTYPES = [torch.float32, torch.float64]
@@ -248,6 +248,7 @@ LIKELIHOOD_CASES = {
     "continuous-bernoulli": lambda: likelihoods.ContinuousBernoulli(),
     "discretized-logistic": lambda: likelihoods.DiscretizedLogistic(),
     "discretized-logistic-mixture-3": lambda: likelihoods.DiscretizedLogisticMixture(3),
+    "poisson": lambda: column_likelihoods.Poisson(),
 }
 
 

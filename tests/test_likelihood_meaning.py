@@ -31,6 +31,8 @@ EXPECTED = {
     ("gaussian", "continuous"): "density",
     ("gaussian", "unit-interval"): "density",
     ("continuous-bernoulli", "unit-interval"): "density",
+    ("poisson", "binary"): "probability",
+    ("poisson", "continuous"): "probability",
 }
 #: The options a likelihood cannot do without (the number of trials, of categories).
 REQUIRED = {"binomial": {"trials": 16}, "categorical": {"categories": 3}}

@@ -17,7 +17,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from vaelab.model import families, likelihoods, priors
+from vaelab.model import column_likelihoods, families, likelihoods, priors
 from vaelab.model.vae import Encoder
 
 DTYPES = [torch.float32, torch.float64]
@@ -162,9 +162,39 @@ def test_discretized_logistics_sum_to_one_over_the_256_values(name, raw, dtype):
     assert float(px.mean) == pytest.approx(want, abs=_tol(dtype))
 
 
+# The likelihoods for table columns. Counts are summed over 0..N with N past the last value
+# of non-negligible mass (the tail beyond N below 1e-15, by the distribution's own decay).
+
+
+def _raw_for(value: float) -> float:
+    """The raw number whose softplus + 1e-8 is ``value`` (> 1e-8), in float64."""
+    s = value - 1e-8
+    return s + math.log(-math.expm1(-s))
+
+
+def _count_sums(px, top: int, dtype) -> tuple[float, float]:
+    """(Σ_{k=0}^{top} p(k), Σ k p(k)) of a one-column count distribution."""
+    k = torch.arange(top + 1, dtype=F64)
+    p = px.log_prob(k[:, None].to(dtype)).to(F64).exp()
+    return float(p.sum()), float((k * p).sum())
+
+
+@pytest.mark.parametrize("mean, top", [(1e-6, 50), (0.5, 60), (30.0, 200), (1e4, 12_000)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_poisson_sums_to_one_with_its_mean(mean, top, dtype):
+    if dtype == torch.float32 and mean > 100:
+        pytest.skip("float32 log-factorials near 1e5 carry errors of 1e-2: float64 only")
+    px = column_likelihoods.Poisson()(torch.tensor([[_raw_for(mean)]], dtype=F64).to(dtype))
+    total, first = _count_sums(px, top, dtype)
+    tol = _tol(dtype) if dtype == F64 else 1e-5
+    assert total == pytest.approx(1.0, abs=tol)
+    assert first == pytest.approx(mean, rel=tol) and float(px.mean) == pytest.approx(mean,
+                                                                                    rel=tol)
+
+
 def test_every_likelihood_is_covered_here():
     covered = {"bernoulli", "gaussian", "continuous-bernoulli", "discretized-logistic",
-               "discretized-logistic-mixture"}
+               "discretized-logistic-mixture", "poisson"}
     assert covered == set(likelihoods.LIKELIHOODS)
 
 

@@ -251,6 +251,8 @@ _ENTRIES = (
           "8-bit data, a mixture of logistics per value (a normalised probability)",
           (_opt("likelihood", "components", "int>=1", 5,
                 "mixture components of discretized-logistic-mixture", metavar="K"),)),
+    Entry("likelihood", "poisson", "vaelab.model.column_likelihoods:Poisson",
+          "counts 0, 1, 2, … (a normalised probability)"),
     # ---- encoder and decoder networks
     Entry("network", "mlp", "vaelab.model.nets:MLPNets",
           "dense layers, x → hidden → q's parameters and back reversed",
