@@ -561,12 +561,12 @@ def _claim(*paths: Path) -> None:
 
 
 def _masked_run(trained) -> bool:
-    """X1 item 3: whether the run was trained with --missing mask (its encoder reads NaN)."""
+    """Whether the run was trained with --missing mask (its encoder reads NaN)."""
     return trained.config.model.missing == "mask"
 
 
 def _load_held_out(trained, source: str, split: str, allow_missing: bool):
-    """load_dataset, with one line for a --missing mask run given incomplete data (X1 item 3)."""
+    """load_dataset, with one line for a --missing mask run given incomplete data."""
     from vaelab import data
 
     try:
@@ -600,7 +600,7 @@ def _held_out(trained, source: str | None, split: str | None, seed: int, note: C
               allow_missing: bool = False):
     """The run's evaluation data: (Dataset, split), binarized once (seeded) like training.
 
-    ``allow_missing``: NaN / empty cells stay as missing entries (X1: encode of a masked run).
+    ``allow_missing``: NaN / empty cells stay as missing entries (e.g. encode of a masked run).
     """
     from vaelab import data
 
@@ -617,7 +617,7 @@ def _held_out(trained, source: str | None, split: str | None, seed: int, note: C
     if dataset.x.shape[1] != trained.model.data_dim:
         raise ValueError(f"data: the run's model expects {trained.model.data_dim} values per "
                          f"example, got {dataset.x.shape[1]} from {source!r}")
-    if tc.binarize != "none" and allow_missing:       # X1: one seeded draw, NaN kept
+    if tc.binarize != "none" and allow_missing:       # one seeded draw, NaN kept
         from dataclasses import replace
 
         import torch
@@ -629,7 +629,7 @@ def _held_out(trained, source: str | None, split: str | None, seed: int, note: C
     elif tc.binarize != "none":
         dataset = data.static_binarize(dataset, seed)
     likelihood = getattr(getattr(trained.model, "decoder", None), "likelihood", None)
-    if hasattr(likelihood, "check_support"):          # values outside its support: one line
+    if likelihood is not None and hasattr(likelihood, "check_support"):   # outside: one line
         likelihood.check_support(dataset.x.nan_to_num(0.0) if allow_missing else dataset.x,
                                  "--data")
     return dataset, split
@@ -692,7 +692,7 @@ def _train_config(args: argparse.Namespace, run_dir: Path):
         base = config_.merge(base, config_.load_config_file(args.config))
     merged = config_.merge(base, _train_overrides(args))
     config = config_.RunConfig.from_dict(merged)
-    _check_given_flags(args, config)    # X2: flags the run would silently ignore
+    _check_given_flags(args, config)    # flags the run would silently ignore
     return config
 
 
@@ -701,7 +701,7 @@ def _kebab(value: object) -> str:
 
 
 def _check_given_flags(args: argparse.Namespace, config) -> None:
-    """X2 items 1-2: refuse a flag given on the command line that this run would ignore.
+    """Refuse a flag given on the command line that this run would ignore.
 
     Only flags the user gave are checked (a config file's values are left alone): one line
     naming the flag, what it needs, and what the run has instead.
@@ -821,11 +821,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         if logger is not None:
             logger.close()
-    if getattr(result, "nothing_to_do", None):   # X2 item 5: a finished run, untouched
+    if getattr(result, "nothing_to_do", None):   # a finished run, untouched
         if args.quiet:
             print(result.nothing_to_do)
         return 0
-    _report_run(result.run_dir, config.train.inference, config.model.missing == "mask")  # X1
+    _report_run(result.run_dir, config.train.inference, config.model.missing == "mask")
     return 0
 
 
@@ -841,7 +841,7 @@ def _report_run(run_dir: Path, inference: str = "amortized", masked: bool = Fals
     if inference == "per-datapoint":   # no encoder: q(z|x) exists for the training rows only
         print(f"next: vaelab sample {run_dir}  (a per-datapoint run has no encoder for new "
               "data, so evaluate, reconstruct and gaps do not apply)")
-    elif masked:        # X1 item 3: evaluate needs complete held-out data
+    elif masked:        # evaluate needs complete held-out data
         print(f"next: vaelab impute {run_dir} --data FILE --out FILE  (fill in missing "
               f"entries), or vaelab evaluate {run_dir} --data COMPLETE_FILE")
     else:
@@ -925,7 +925,7 @@ def trained_with(tc) -> dict:
 
 
 def _meaning_labels(r: dict) -> tuple[str, str, str]:
-    """X3: the (log p̂, ELBO, gap) row labels of the evaluate table by what log p̂ means."""
+    """The (log p̂, ELBO, gap) row labels of the evaluate table by what log p̂ means."""
     meaning = (r.get("likelihood_meaning") or {}).get("meaning")
     if meaning == "score":
         return "unnormalised score", "ELBO-score (nats)", "score − ELBO-score"
@@ -935,7 +935,7 @@ def _meaning_labels(r: dict) -> tuple[str, str, str]:
 
 
 def _with_meaning(table: str, r: dict) -> str:
-    """The table (already labelled by what log p̂ means, X3), then that meaning in a line."""
+    """The table (already labelled by what log p̂ means), then that meaning in a line."""
     meaning = r.get("likelihood_meaning") or {}
     return table + (f"\nnote: {meaning['note']}" if meaning else "")
 
@@ -971,7 +971,7 @@ def _estimator_lines(r: dict) -> str:
     cost = e["cost_per_example"]
     what, bound = e["summary"], e["gradient_bound"]
     quantity = {"score": "unnormalised score", "density": "log density"}.get(
-        (r.get("likelihood_meaning") or {}).get("meaning"), "log p(x)")    # X3
+        str((r.get("likelihood_meaning") or {}).get("meaning")), "log p(x)")   # a score or p
     lines = [f"{quantity} estimator: {what}; a stochastic lower bound on it; per example "
              f"{cost['forward']} log p(x,z) evaluations + {bound}{cost['gradient']} with "
              f"gradient"]
@@ -1015,13 +1015,13 @@ def format_evaluation(r: dict) -> str:
     from vaelab.measure.honest import cell
 
     ll, bpd, ess = r["log_likelihood"], r["nll_bits_per_dim"], r["ess"]
-    ais = (r.get("estimator") or {}).get("unit") == "chain"   # X3: chains, not samples
+    ais = (r.get("estimator") or {}).get("unit") == "chain"   # AIS counts chains, not samples
     draws = f"C = {r['num_samples']} AIS chains" if ais else (
         f"k = {r['num_samples']} importance samples")
     lines = [f"{r.get('data', 'data')} {r.get('split', '')}: {r['num_examples']} of "
              f"{r['population_size']} examples, {draws}",
              f"{'quantity':<26}{'mean':>12}{'± SE':>10}"]
-    ll_label, elbo_label, gap_label = _meaning_labels(r)   # X3: relabelled before padding
+    ll_label, elbo_label, gap_label = _meaning_labels(r)   # relabelled before padding
     for stats, label, fmt in ((r["elbo"], elbo_label, ".3f"),
                               (r["rate"], "rate KL(q‖p) (nats)", ".3f"),
                               (r["distortion"], "distortion (nats)", ".3f"),
@@ -1153,7 +1153,7 @@ def cmd_gaps(args: argparse.Namespace) -> int:
     x = dataset.x[:args.limit].to(trained.device)
     report = gaps.report_gaps(trained.model, x, num_samples=args.k, steps=args.steps,
                               out_dir=out, seed=args.seed,
-                              data_kind=dataset.kind)    # X3: log p(x) or a score
+                              data_kind=dataset.kind)    # log p(x) or a score
     print(report.table())
     print(f"wrote {out / 'gaps.json'}  {out / 'gaps.png'}")
     return 0
@@ -1182,7 +1182,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
 
 def cmd_impute(args: argparse.Namespace) -> int:
-    """``vaelab impute``: fill in the missing entries of a table (issue 15)."""
+    """``vaelab impute``: fill in the missing entries of a table."""
     from vaelab.use import impute
 
     trained = _load_run(args.run, args.device)
@@ -1402,7 +1402,8 @@ def _score_names(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _names_for_data(args: argparse.Namespace, names, dataset, note: Callable):
-    """``names`` without input-complexity (X3) when the data are not 8-bit or binary values."""
+    """``names`` without input-complexity when the data are not 8-bit or binary values (it
+    compares with a compressor of discrete values)."""
     from vaelab.data import kind_of
 
     kind = kind_of(dataset)
@@ -1485,7 +1486,7 @@ def _write_scores_csv(path: Path, columns: dict, labels) -> None:
     lines = [",".join(header)]
     for i in range(len(next(iter(columns.values())))):
         cells = [str(i), *([str(int(labels[i]))] if labels is not None else [])]
-        values = (float(columns[n][i]) for n in names)    # X3: NaN (undefined) → empty cell
+        values = (float(columns[n][i]) for n in names)    # NaN (undefined) → empty cell
         lines.append(",".join(cells + ["" if v != v else repr(v) for v in values]))
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
@@ -1499,7 +1500,8 @@ def _report_detection(out: Path, roc: Path, names, columns: dict, labels, data: 
     from vaelab.use.detect import anomaly_metrics, roc_points
     from vaelab.use.scores import SCORE_COLUMNS
 
-    results, curves = {}, {}
+    results: dict[str, dict] = {}
+    curves: dict = {}
     print(f"{'score':<18}{'column':<18}{'AUROC':>8}{'AUPRC':>8}{'FPR@95%TPR':>12}")
     for name in names:
         values = columns[SCORE_COLUMNS[name]]
@@ -1534,7 +1536,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     _infer(trained)
     out = _out_path(args.out, ".npy", "--out")
     _claim(out)
-    masked = _masked_run(trained)       # X1 item 3: its encoder reads NaN as missing
+    masked = _masked_run(trained)       # its encoder reads NaN as missing
     dataset, _ = _examples(args, trained, allow_missing=masked)
     encoder = trained.encode if not masked else (
         lambda x: trained.model.encode(x.to(trained.device, torch.float32)))
@@ -1606,7 +1608,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         m = cluster.cluster_metrics(labels, assignments)
         line = (f"accuracy (best one-to-one map) {m['accuracy']:.4f}  NMI {m['nmi']:.4f}  "
                 f"ARI {m['ari']:.4f}")
-        folds = cluster.probe_folds(labels)       # X3: fewer than 5 folds for small classes
+        folds = cluster.probe_folds(labels)       # fewer than 5 folds for small classes
         if folds:
             probe = cluster.linear_probe_accuracy(z.cpu().numpy(), labels, folds=folds,
                                                   seed=args.seed)
@@ -1641,7 +1643,7 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-#: X1 item 4: config field names (Python) → the train flag that sets them, for CLI messages.
+#: Config field names (Python) → the train flag that sets them: CLI messages name flags.
 _FIELD_FLAGS = {"missing_model": "--missing-model", "missing": "--missing", "source": "--data",
                 "latent_dim": "--latent-dim", "inference": "--inference",
                 "classes": "--classes", "perturb_fraction": "--perturb-fraction",
@@ -1660,7 +1662,7 @@ def _flag_value(value: str) -> str:
 def _cli_words(text: str) -> str:
     """A library message in CLI words: ``missing_model: 'x'`` → ``--missing-model x``,
     ``missing='mask'`` → ``--missing mask``, ``image_shape: ...`` → ``--net conv: ...``."""
-    import re  # X1 item 4
+    import re
 
     if text.startswith("image_shape: expected (C, H, W) for a convolutional net"):
         return ("--net conv: expected image data (--data of images, or a .npy of shape "
@@ -1682,8 +1684,8 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 def _command_names(parser: argparse.ArgumentParser) -> str:
     """'train, evaluate, ... or runs': every sub-command, in the order of ``--help``."""
-    names = [name for action in parser._subparsers._group_actions
-             for name in action.choices]
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    names = [name for action in actions for name in action.choices]
     return ", ".join(names[:-1]) + " or " + names[-1]
 
 
@@ -1742,7 +1744,7 @@ def _main(argv: Sequence[str] | None, errors=None) -> int:
             raise
         code = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
         message = _one_line(exc)
-        message = _cli_words(message)    # X1 item 4: flags, not Python arguments
+        message = _cli_words(message)    # flags, not Python arguments
         known = isinstance(exc, _known_errors())
         if not known:
             message = (f"unexpected {type(exc).__name__}: {message} (set {DEBUG_ENV}=1 for "
