@@ -123,8 +123,9 @@ def test_limit_evaluates_the_first_rows():
 
 
 def test_bits_per_dim_are_consistent_with_nats():
-    # bits/dim exist only for a probability of discrete data (issue 9 fault 1): a Bernoulli
-    # model on binary data; the linear-Gaussian density gets none (test_likelihood_meaning)
+    # bits/dim exist only for a probability of discrete data (a density is no code length): a
+    # Bernoulli model on binary data; the linear-Gaussian density gets none (see
+    # test_likelihood_meaning)
     model = build_vae(ModelConfig(data_dim=6, latent_dim=2, hidden=(8,)))
     r = evaluate.evaluate_model(model, torch.bernoulli(torch.full((10, 6), 0.3)), num_samples=5)
     ll = r["log_likelihood"]
