@@ -249,6 +249,15 @@ LIKELIHOOD_CASES = {
     "discretized-logistic": lambda: likelihoods.DiscretizedLogistic(),
     "discretized-logistic-mixture-3": lambda: likelihoods.DiscretizedLogisticMixture(3),
     "poisson": lambda: column_likelihoods.Poisson(),
+    **{f"{cls.name}-{where}": (lambda cls=cls, where=where: cls(where, DATA))
+       for cls in (column_likelihoods.NegativeBinomial,
+                   column_likelihoods.ZeroInflatedNegativeBinomial)
+       for where in column_likelihoods.DISPERSIONS},
+    "binomial-16": lambda: column_likelihoods.Binomial(16),
+    "categorical-3": lambda: column_likelihoods.Categorical(3),
+    "student-t-learned": lambda: column_likelihoods.StudentT(data_dim=DATA),
+    "student-t-3": lambda: column_likelihoods.StudentT(3.0),
+    "log-normal": lambda: column_likelihoods.LogNormal(),
 }
 
 

@@ -31,8 +31,11 @@ EXPECTED = {
     ("gaussian", "continuous"): "density",
     ("gaussian", "unit-interval"): "density",
     ("continuous-bernoulli", "unit-interval"): "density",
-    ("poisson", "binary"): "probability",
-    ("poisson", "continuous"): "probability",
+    **{(name, kind): "probability" for kind in ("binary", "continuous")
+       for name in ("poisson", "negative-binomial", "zero-inflated-negative-binomial",
+                    "binomial", "categorical")},
+    **{(name, kind): "density" for kind in ("continuous", "unit-interval")
+       for name in ("student-t", "log-normal")},
 }
 #: The options a likelihood cannot do without (the number of trials, of categories).
 REQUIRED = {"binomial": {"trials": 16}, "categorical": {"categories": 3}}

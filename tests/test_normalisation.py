@@ -163,7 +163,8 @@ def test_discretized_logistics_sum_to_one_over_the_256_values(name, raw, dtype):
 
 
 # The likelihoods for table columns. Counts are summed over 0..N with N past the last value
-# of non-negligible mass (the tail beyond N below 1e-15, by the distribution's own decay).
+# of non-negligible mass (the tail beyond N below 1e-15, by the distribution's own decay); the
+# real-valued densities are integrated on a map of the real line onto a bounded interval.
 
 
 def _raw_for(value: float) -> float:
@@ -179,6 +180,12 @@ def _count_sums(px, top: int, dtype) -> tuple[float, float]:
     return float(p.sum()), float((k * p).sum())
 
 
+#: (μ, θ, N): tiny and huge means, tiny (heavy tail) and huge (Poisson-like) inverse
+#: dispersions; N puts the tail mass below 1e-15.
+NB_CASES = [(1e-6, 1.0, 100), (5.0, 1e-3, 400_000), (5.0, 1e6, 200), (1e4, 0.5, 1_000_000),
+            (1e4, 1e6, 20_000), (0.3, 30.0, 200)]
+
+
 @pytest.mark.parametrize("mean, top", [(1e-6, 50), (0.5, 60), (30.0, 200), (1e4, 12_000)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_poisson_sums_to_one_with_its_mean(mean, top, dtype):
@@ -192,9 +199,106 @@ def test_poisson_sums_to_one_with_its_mean(mean, top, dtype):
                                                                                     rel=tol)
 
 
+@pytest.mark.parametrize("mean, theta, top", NB_CASES)
+@pytest.mark.parametrize("zero_logit", [None, -100.0, 0.0, 100.0])
+def test_negative_binomials_sum_to_one_with_their_means(mean, theta, top, zero_logit):
+    """The negative binomial and its zero-inflated form (π from 0 to 1) in float64."""
+    raw = [_raw_for(mean), _raw_for(theta)]
+    if zero_logit is None:
+        px = column_likelihoods.NegativeBinomial("example")(torch.tensor([raw], dtype=F64))
+        keep = 1.0
+    else:
+        px = column_likelihoods.ZeroInflatedNegativeBinomial("example")(
+            torch.tensor([[raw[0], zero_logit, raw[1]]], dtype=F64))
+        keep = 1 / (1 + math.exp(zero_logit))
+    total, first = _count_sums(px, top, F64)
+    # torch's log-pmf takes lgamma(θ + x) − lgamma(θ): at θ = 1e6 that difference of two
+    # numbers near 1e7 keeps 9 of float64's 16 digits, hence 1e-8 there.
+    tol = 1e-8 if theta > 1e3 else 1e-9
+    assert total == pytest.approx(1.0, abs=tol)
+    assert first == pytest.approx(keep * mean, rel=tol, abs=1e-300)
+    assert float(px.mean) == pytest.approx(keep * mean, rel=tol, abs=1e-300)
+
+
+def test_negative_binomial_sums_to_one_in_float32_at_moderate_parameters():
+    px = column_likelihoods.NegativeBinomial("example")(
+        torch.tensor([[_raw_for(3.0), _raw_for(0.7)]], dtype=torch.float32))
+    total, first = _count_sums(px, 400, torch.float32)
+    assert total == pytest.approx(1.0, abs=1e-5) and first == pytest.approx(3.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trials", [1, 16, 1000])
+@pytest.mark.parametrize("logit", [-100.0, -3.0, 0.0, 0.7, 100.0])
+def test_binomial_sums_to_one_over_zero_to_n(trials, logit, dtype):
+    if dtype == torch.float32 and trials > 100:
+        pytest.skip("float32 log-factorials near 6000 carry errors of 1e-4: float64 only")
+    px = column_likelihoods.Binomial(trials)(torch.tensor([[logit]], dtype=dtype))
+    total, first = _count_sums(px, trials, dtype)
+    tol = _tol(dtype) if dtype == F64 else 1e-5
+    tiny = 1e-300 if dtype == F64 else 1e-37              # below float32's normal numbers
+    assert total == pytest.approx(1.0, abs=tol)
+    want = trials * stats.logistic.cdf(logit)
+    assert first == pytest.approx(want, rel=tol, abs=tiny)
+    assert float(px.mean) == pytest.approx(want, rel=tol, abs=tiny)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("logits", [[100.0, -100.0, 0.0], [0.0, 0.0, 0.0], [-100.0, -100.0, 99.0],
+                                    [3.0, -2.0, 1e-3]])
+def test_categorical_sums_to_one_over_its_categories(logits, dtype):
+    px = column_likelihoods.Categorical(3)(torch.tensor([logits], dtype=dtype))
+    p = px.log_prob(torch.arange(3, dtype=dtype)[:, None]).to(F64).exp()
+    assert float(p.sum()) == pytest.approx(1.0, abs=_tol(dtype))
+    assert float(px.mean) == float(np.argmax(logits))          # the mode, a category
+
+
+def _tan_integral(log_density, loc: float, scale: float, dtype) -> float:
+    """∫ p over the real line as ∫ p(loc + s·tan u) s/cos²u du on (−π/2, π/2): panels denser
+    where the density sits (|u| small), Gauss-Legendre on each."""
+    u, w = _nodes(np.concatenate([np.linspace(-np.pi / 2, np.pi / 2, 401),
+                                  np.linspace(-0.2, 0.2, 401)]), order=24)
+    x = loc + scale * np.tan(u)
+    lp = log_density(torch.tensor(x, dtype=dtype)[:, None]).detach().to(F64).numpy()
+    return float((np.exp(lp) * scale / np.cos(u) ** 2 * w).sum())
+
+
+@pytest.mark.parametrize("df", [1.0, 2.5, 30.0, 1e4, None])
+@pytest.mark.parametrize("loc, log_scale", [(0.0, -10.0), (-100.0, 0.0), (100.0, 10.0),
+                                            (3.0, None)])
+def test_student_t_integrates_to_one(df, loc, log_scale):
+    """ν fixed (1: Cauchy) or learned; σ from e^-10 to e^10, or at its floor (raw −100)."""
+    lik = column_likelihoods.StudentT(df, min_scale=1e-3, data_dim=1).to(F64)
+    raw_scale = -100.0 if log_scale is None else _raw_for_scale(log_scale)
+    sigma = 1e-3 + (0.0 if log_scale is None else math.exp(log_scale))
+    px = lik(torch.tensor([[loc, raw_scale]], dtype=F64))
+    assert _tan_integral(px.log_prob, loc, sigma, F64) == pytest.approx(1.0, abs=1e-8)
+    assert float(px.mean) == loc
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loc, log_scale", [(-30.0, 0.0), (0.0, None), (0.0, -10.0),
+                                            (10.0, 1.0)])
+def test_log_normal_integrates_to_one_with_its_mean(loc, log_scale, dtype):
+    """On y = log x: ∫ p(e^y) e^y dy = 1 and ∫ e^y p(e^y) e^y dy = e^{μ + σ²/2}."""
+    raw_scale = -100.0 if log_scale is None else _raw_for_scale(log_scale)
+    sigma = 1e-3 + (0.0 if log_scale is None else math.exp(log_scale))
+    px = column_likelihoods.LogNormal(1e-3)(torch.tensor([[loc, raw_scale]], dtype=dtype))
+    y, w = _nodes(_panels(loc, sigma))
+    x = torch.tensor(np.exp(y), dtype=dtype)[:, None]
+    p = np.exp(px.log_prob(x).detach().to(F64).numpy() + y) * w
+    tol = _tol(dtype) if dtype == F64 else 1e-4
+    assert float(p.sum()) == pytest.approx(1.0, abs=tol)
+    want = math.exp(loc + sigma**2 / 2)
+    assert float((p * np.exp(y)).sum()) == pytest.approx(want, rel=tol)
+    assert float(px.mean) == pytest.approx(want, rel=tol)
+
+
 def test_every_likelihood_is_covered_here():
     covered = {"bernoulli", "gaussian", "continuous-bernoulli", "discretized-logistic",
-               "discretized-logistic-mixture", "poisson"}
+               "discretized-logistic-mixture", "poisson", "negative-binomial",
+               "zero-inflated-negative-binomial", "binomial", "categorical", "student-t",
+               "log-normal"}
     assert covered == set(likelihoods.LIKELIHOODS)
 
 

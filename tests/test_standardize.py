@@ -20,7 +20,7 @@ from scipy import stats
 from vaelab import data as data_
 from vaelab.config import ModelConfig
 from vaelab.model import standardize
-from vaelab.model.masked import build_model
+from vaelab.model.masked import build_model, fit_standardization
 
 D, L = 6, 2
 SCALES = 10.0 ** np.linspace(-3, 3, 8)
@@ -74,6 +74,32 @@ def test_the_density_is_on_the_data_scale_with_its_jacobian(options):
     # E[x | z] (what samples and reconstructions show) is back on the data's scale
     np.testing.assert_allclose(model.decode(z).mean.detach().numpy(), loc + scale * mu,
                                rtol=1e-10)
+
+
+@pytest.mark.parametrize("missing", ["none", "mask"])
+def test_a_student_t_is_mapped_to_the_data_scale_like_the_gaussian(missing):
+    """A location-scale family: t_ν(loc + sd·μ, sd·σ), the same number as the standardized
+    density minus Σ log sd; complete and incomplete-data models alike."""
+    options = {"likelihood": "student-t", "likelihood_options": {"df": 3.0}}
+    if missing == "mask":
+        model, x = _model(missing="mask", **options), _fitted()[1]
+        fit_standardization(model, x)
+        loc, scale = model.data_loc.numpy(), model.data_scale.numpy()
+        inner = model.decoder(torch.zeros(4, L, dtype=torch.float64))
+    else:
+        model, x = _fitted(**options)
+        inputs = standardize.inputs_of(model)
+        loc, scale = inputs.loc.numpy(), inputs.scale.numpy()
+        inner = model.decoder.likelihood(model.decoder.net(torch.zeros(4, L,
+                                                                       dtype=torch.float64)))
+    mu, sigma = inner.base_dist.loc.detach().numpy(), inner.base_dist.scale.detach().numpy()
+    px = model.decode(torch.zeros(4, L, dtype=torch.float64))
+    y = x[:4].numpy()
+    expected = stats.t.logpdf(y, 3.0, loc + scale * mu, scale * sigma).sum(1)
+    np.testing.assert_allclose(px.log_prob(x[:4]).detach().numpy(), expected, rtol=1e-10)
+    np.testing.assert_allclose(expected, stats.t.logpdf((y - loc) / scale, 3.0, mu, sigma).sum(1)
+                               - np.log(scale).sum(), rtol=1e-10)
+    np.testing.assert_allclose(px.mean.detach().numpy(), loc + scale * mu, rtol=1e-10)
 
 
 def _first(model, z):

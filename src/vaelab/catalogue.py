@@ -219,6 +219,10 @@ _Q_COMPONENTS = _opt("q", "components", "int>=1", 4, "components of --family mix
                      metavar="K")
 _PRIOR_COMPONENTS = _opt("prior", "components", "int>=1", 10, "Gaussians of --prior mog, "
                          "pseudo-inputs of --prior vamp", metavar="K")
+_DISPERSION = _opt("likelihood", "dispersion", "choice", "column", "inverse dispersion θ of "
+                   "the negative binomials: one learned per column, or from the decoder per "
+                   "example", metavar="WHERE", choices=("column", "example"))
+_MIN_SCALE = Option("min_scale", "float>0", 1e-3, "floor added to σ", key="min_scale")
 _ACTIVATION = Option("activation", "choice", "relu", "hidden-unit nonlinearity",
                      key="activation", choices=("relu", "tanh", "gelu", "silu", "elu",
                                                 "softplus", "leaky_relu"))
@@ -253,6 +257,27 @@ _ENTRIES = (
                 "mixture components of discretized-logistic-mixture", metavar="K"),)),
     Entry("likelihood", "poisson", "vaelab.model.column_likelihoods:Poisson",
           "counts 0, 1, 2, … (a normalised probability)"),
+    Entry("likelihood", "negative-binomial", "vaelab.model.column_likelihoods:NegativeBinomial",
+          "over-dispersed counts: mean and inverse dispersion (a normalised probability)",
+          (_DISPERSION,)),
+    Entry("likelihood", "zero-inflated-negative-binomial",
+          "vaelab.model.column_likelihoods:ZeroInflatedNegativeBinomial",
+          "counts with extra zeros: a negative binomial or a zero (a normalised probability)",
+          (_DISPERSION,)),
+    Entry("likelihood", "binomial", "vaelab.model.column_likelihoods:Binomial",
+          "successes out of a known number of trials (a normalised probability)",
+          (_opt("likelihood", "trials", "int>=1", None, "trials n of --likelihood binomial "
+                "(values 0..n; required)", metavar="N"),)),
+    Entry("likelihood", "categorical", "vaelab.model.column_likelihoods:Categorical",
+          "categories coded 0..K-1, a softmax per column (a normalised probability)",
+          (_opt("likelihood", "categories", "int>=1", None, "categories K of --likelihood "
+                "categorical (codes 0..K-1; required)", metavar="K"),)),
+    Entry("likelihood", "student-t", "vaelab.model.column_likelihoods:StudentT",
+          "real data with heavy tails (a density)",
+          (_opt("likelihood", "df", "float>0", None, "degrees of freedom ν of --likelihood "
+                "student-t (default: learned per column)", metavar="NU"), _MIN_SCALE)),
+    Entry("likelihood", "log-normal", "vaelab.model.column_likelihoods:LogNormal",
+          "positive real data, log x Gaussian (a density)", (_MIN_SCALE,)),
     # ---- encoder and decoder networks
     Entry("network", "mlp", "vaelab.model.nets:MLPNets",
           "dense layers, x → hidden → q's parameters and back reversed",

@@ -22,13 +22,13 @@ from typing import cast
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution
 
 from vaelab import _checks, catalogue
 from vaelab.config import ModelConfig
 from vaelab.model import missingness as missingness_
 from vaelab.model.hierarchical import HierarchicalVAE
-from vaelab.model.standardize import column_stats, standardize_model
+from vaelab.model.standardize import column_stats, standardize_model, to_data_units
 from vaelab.model.vae import VAE, Decoder, Encoder, build_vae
 
 
@@ -89,14 +89,11 @@ class MaskedVAE(VAE):
         return cast(MaskedInput, self.encoder.net)
 
     def decode(self, z: torch.Tensor) -> Distribution:
-        """p(x | z) on the data's scale: a Gaussian is mapped back from standardized units."""
+        """p(x | z) on the data's scale: a Gaussian or Student-t is mapped back from
+        standardized units (``standardize.to_data_units``)."""
         px = self.decoder(z)
-        base = getattr(px, "base_dist", None)
-        if type(px) is Independent and type(base) is Normal:
-            loc, scale = self.data_loc, self.data_scale
-            px = Independent(Normal(base.loc * scale + loc, base.scale * scale,
-                                    validate_args=False), 1, validate_args=False)
-        return px
+        mapped = to_data_units(px, self.data_loc, self.data_scale)
+        return px if mapped is None else mapped
 
     def generative_parameters(self) -> list[nn.Parameter]:
         """θ: prior, decoder and the missingness model (trained jointly, Ipsen et al. 2021)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent, Normal, StudentT
 
 from vaelab import catalogue
 
@@ -59,14 +59,28 @@ class StandardizedDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> Distribution:
         px = self.likelihood(self.net(z))
-        base = getattr(px, "base_dist", None)
-        if type(px) is not Independent or type(base) is not Normal:
-            raise ValueError(f"standardize: expected a Gaussian p(x | z), got "
-                             f"{type(base or px).__name__}")
         inputs = self._inputs[0]
-        return Independent(Normal(base.loc * inputs.scale + inputs.loc,
-                                  base.scale * inputs.scale, validate_args=False), 1,
-                           validate_args=False)
+        mapped = to_data_units(px, inputs.loc, inputs.scale)
+        if mapped is None:
+            base = getattr(px, "base_dist", None)
+            raise ValueError(f"standardize: expected a Gaussian or Student-t p(x | z), got "
+                             f"{type(base or px).__name__}")
+        return mapped
+
+
+def to_data_units(px: Distribution, loc: torch.Tensor,
+                  scale: torch.Tensor) -> Distribution | None:
+    """p(x̃ | z) of a location-scale family mapped to x = loc + scale·x̃ (loc, scale [D]): the
+    same family with location loc + scale·μ and scale scale·σ, so log p(x) = log p(x̃) −
+    Σ_d log scale_d. The families: the Gaussian and the Student-t (ν unchanged); None for
+    any other distribution."""
+    base = getattr(px, "base_dist", None)
+    if type(px) is not Independent or not (type(base) is Normal or isinstance(base, StudentT)):
+        return None
+    where, spread = base.loc * scale + loc, base.scale * scale
+    mapped = (Normal(where, spread, validate_args=False) if type(base) is Normal
+              else type(base)(base.df, where, spread, validate_args=False))
+    return Independent(mapped, 1, validate_args=False)
 
 
 def supports(encoder_kind: str) -> bool:
