@@ -137,7 +137,7 @@ def test_values_outside_the_bernoulli_support(tmp_path, capsys):
     (["train", "--lr", "-0.1"], ("--lr", "number > 0", "'-0.1'")),
     (["train", "--lr", "nan"], ("--lr", "finite")),
     (["train", "--hidden", "512,0"], ("--hidden", "'512,0'")),
-    (["train", "--likelihood", "poisson"], ("--likelihood", "'poisson'")),
+    (["train", "--likelihood", "zipf"], ("--likelihood", "'zipf'")),
     (["evaluate", "somewhere", "--k", "0"], ("--k", "integer >= 1")),
     (["sample", "somewhere", "-n", "-3"], ("-n", "integer >= 1")),
     (["train", "--resume", "a", "--overwrite"], ("--resume and --overwrite",)),

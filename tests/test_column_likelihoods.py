@@ -9,7 +9,9 @@ evaluate may call each one, the required options and the saved configs.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -259,3 +261,85 @@ def test_saved_configs_rebuild_the_same_likelihood(name, options):
     again = likelihoods.from_config(lik.config())
     assert type(again) is type(lik) and again.config() == lik.config()
     assert likelihoods.LIKELIHOODS[name] is type(lik)
+
+
+# ------------------------------------------------------------------ the command line
+
+
+@pytest.fixture(scope="module")
+def digits_csv(tmp_path_factory):
+    """The first 150 of scikit-learn's bundled digits: 64 counts 0..16 of inked pixels per
+    4×4 block (16 trials), as a CSV of numbers (read as continuous data, integers as given)."""
+    from sklearn.datasets import load_digits
+
+    path = tmp_path_factory.mktemp("digits") / "digits.csv"
+    np.savetxt(path, load_digits().data[:150], delimiter=",", fmt="%d")
+    return path
+
+
+@pytest.mark.parametrize("flags, meaning", [
+    (["--likelihood", "poisson"], "probability"),
+    (["--likelihood", "negative-binomial"], "probability"),
+    (["--likelihood", "negative-binomial", "--likelihood-dispersion", "example"], "probability"),
+    (["--likelihood", "zero-inflated-negative-binomial"], "probability"),
+    (["--likelihood", "binomial", "--likelihood-trials", "16"], "probability"),
+    (["--likelihood", "categorical", "--likelihood-categories", "17"], "probability"),
+    (["--likelihood", "student-t", "--likelihood-df", "4"], "density"),
+    (["--likelihood", "log-normal"], "density"),
+])
+def test_train_then_evaluate_reports_a_normalised_log_likelihood(flags, meaning, digits_csv,
+                                                                 tmp_path, capsys):
+    """One epoch on the digits (shifted by one for the log-normal: positive values), then
+    evaluate: log p(x) of discrete data is a probability (nats and bits/dim, never above 0),
+    of real data a density (nats of density, no bits/dim)."""
+    from conftest import run_cli
+
+    data = digits_csv
+    if "log-normal" in flags:
+        data = tmp_path / "positive.csv"
+        np.savetxt(data, np.loadtxt(digits_csv, delimiter=",") + 1, delimiter=",", fmt="%g")
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--data", data, *flags, "--binarize", "none",
+                           "--epochs", 1, "--latent-dim", 2, "--hidden", 16, "--out", run,
+                           "--quiet")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "evaluate", run, "--k", 4, "--limit", 10)
+    assert code == 0, err
+    result = json.loads((run / "eval.json").read_text())
+    said = result["likelihood_meaning"]
+    assert (said["likelihood"], said["meaning"]) == (flags[1], meaning)
+    assert result["log_likelihood_normalised"] is True
+    if meaning == "probability":
+        assert "log p(x) (nats)" in out and "NLL (bits/dim)" in out
+        assert result["log_likelihood"]["mean"] < 0          # a probability is at most 1
+    else:
+        assert "log density (nats)" in out and "bits/dim" not in out.split("note")[0]
+    options = json.loads((run / "config.json").read_text())["model"]["likelihood_options"]
+    entry = catalogue.get("likelihood", flags[1])
+    given = {flag[len("--likelihood-"):]: value for flag, value in zip(flags[2::2], flags[3::2],
+                                                                         strict=True)}
+    assert {name: options[name] for name in given} == {
+        name: entry.option(name).parse(value) for name, value in given.items()}
+
+
+@pytest.mark.parametrize("flags, table, message", [
+    (["--likelihood", "poisson"], [[0, 1], [2, -1]],
+     r"data: the poisson likelihood expects counts \(integers >= 0\), got negative values"),
+    (["--likelihood", "binomial", "--likelihood-trials", "4"], [[0, 1], [2, 5]],
+     r"above 4"),
+    (["--likelihood", "binomial"], [[0, 1], [2, 3]],
+     r"--likelihood-trials\): expected an integer >= 1 for --likelihood binomial, got none"),
+    (["--likelihood", "poisson", "--likelihood-trials", "4"], [[0, 1], [2, 3]],
+     r"--likelihood-trials: needs --likelihood binomial, got --likelihood poisson"),
+    (["--likelihood", "categorical", "--likelihood-categories", "3"], [[0, 1.5], [2, 1]],
+     r"category codes 0..2, got non-integer values \(e.g. 1.5\)"),
+])
+def test_bad_tables_and_flags_get_one_line(flags, table, message, tmp_path, capsys):
+    from conftest import run_cli
+
+    path = tmp_path / "t.csv"
+    np.savetxt(path, np.array(table * 5, dtype=float), delimiter=",", fmt="%g")
+    code, out, err = run_cli(capsys, "train", "--data", path, *flags, "--binarize", "none",
+                             "--epochs", 1, "--out", tmp_path / "run")
+    assert code != 0 and len(err.strip().splitlines()) == 1, err
+    assert re.search(message, err), err

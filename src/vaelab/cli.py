@@ -184,13 +184,7 @@ def _add_train(commands) -> None:
                    help="gated dense hidden units h = (W1 x) * sigmoid(W2 x) in every MLP")
     p.add_argument("--hidden", type=hidden_sizes, metavar="N,N,...",
                    help="hidden layer sizes, e.g. 512,256")
-    p.add_argument("--likelihood", choices=(
-        "bernoulli", "gaussian", "continuous-bernoulli", "discretized-logistic",
-        "discretized-logistic-mixture"), help="p(x|z): bernoulli (binary data), "
-        "discretized-logistic[-mixture] (8-bit data), gaussian (real data; dequantized on 8-bit "
-        "data), continuous-bernoulli (data in [0, 1]); default bernoulli")
-    p.add_argument("--likelihood-components", type=positive_int, metavar="K",
-                   help="mixture components of discretized-logistic-mixture (default 5)")
+    _add_likelihood(p)
     p.add_argument("--net", choices=("mlp", "conv"), help="encoder/decoder networks: mlp "
                    "(default) or conv (residual convolutional nets, image data only)")
     p.add_argument("--conv-channels", type=hidden_sizes, metavar="N,N,...",
@@ -262,6 +256,33 @@ def _add_train(commands) -> None:
     p.add_argument("--tensorboard", action="store_true", help="also log the per-epoch metrics "
                    "to RUN/tensorboard (needs the tensorboard package)")
     p.set_defaults(func=cmd_train)
+
+
+def _add_likelihood(p: argparse.ArgumentParser) -> None:
+    """--likelihood and every --likelihood-* flag, from the catalogue (a new likelihood and
+    its options need nothing here)."""
+    from vaelab import catalogue
+
+    p.add_argument("--likelihood", choices=catalogue.names("likelihood"),
+                   help="p(x|z), default bernoulli: " + "; ".join(
+                       f"{e.name}: {e.help}" for e in catalogue.entries("likelihood")))
+    for flag, (option, owners) in catalogue.flags("likelihood").items():
+        p.add_argument(flag, type=option.parse, metavar=option.metavar,
+                       help=f"{option.help} (--likelihood {' or '.join(owners)}"
+                            + ("" if option.default is None else f"; default {option.default}")
+                            + ")")
+
+
+def _likelihood_options(args: argparse.Namespace) -> dict | None:
+    """The --likelihood-* flags given, other than the flat ``--likelihood-components``, as
+    the likelihood's options (None: none given, so a resumed run keeps its own)."""
+    from vaelab import catalogue
+
+    given = {option.name: getattr(args, option.flag[2:].replace("-", "_"))
+             for option, _ in catalogue.flags("likelihood").values()
+             if option.flag and option.key != "likelihood_components"}
+    given = {name: value for name, value in given.items() if value is not None}
+    return given or None
 
 
 FAMILY_CHOICES = ("diagonal-normal", "full-covariance-normal", "mixture", "iaf")
@@ -661,6 +682,7 @@ def _train_overrides(args: argparse.Namespace) -> dict:
                       "hierarchy": args.hierarchy,
                       "likelihood": args.likelihood, "net": args.net,
                       "likelihood_components": args.likelihood_components,
+                      "likelihood_options": _likelihood_options(args),
                       "conv_channels": args.conv_channels, **_family_and_prior(args),
                       "gated": args.gated,
                       "missing": args.missing, "missing_model": args.missing_model,
@@ -691,9 +713,23 @@ def _train_config(args: argparse.Namespace, run_dir: Path):
     if args.config is not None:
         base = config_.merge(base, config_.load_config_file(args.config))
     merged = config_.merge(base, _train_overrides(args))
+    _check_likelihood_flags(args, merged.get("model", {}).get("likelihood") or "bernoulli")
     config = config_.RunConfig.from_dict(merged)
     _check_given_flags(args, config)    # flags the run would silently ignore
     return config
+
+
+def _check_likelihood_flags(args: argparse.Namespace, chosen: str) -> None:
+    """Each --likelihood-* flag given must be an option of the chosen likelihood (one line
+    naming the flag, before the config names its field)."""
+    from vaelab import catalogue
+
+    for flag in catalogue.flags("likelihood"):
+        if getattr(args, flag[2:].replace("-", "_"), None) is not None:
+            try:
+                catalogue.check_flag_owner("likelihood", flag, chosen, "--likelihood")
+            except ValueError as err:
+                raise UsageError(str(err)) from None
 
 
 def _kebab(value: object) -> str:

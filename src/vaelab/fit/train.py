@@ -222,8 +222,9 @@ def _check_range(ds: data_.Dataset, config: RunConfig) -> str | None:
         raise ValueError(f"data: --binarize {binarize} needs values in [0, 1], got "
                          f"{data_.kind_of(ds)} data with values in [{lo:g}, {hi:g}]; pass "
                          f"--binarize none (and --likelihood gaussian for real-valued data)")
-    return likelihoods.check_data_kind(config.model.likelihood, _model_kind(ds, config.train),
-                                       lo, hi)
+    values = x if binarize == "none" else None     # what the model sees: checked as given
+    return likelihoods.check_data_kind(config.model, _model_kind(ds, config.train), lo, hi,
+                                       values, ds.x.shape[1])
 
 
 def _model_kind(ds: data_.Dataset, tc: TrainConfig) -> str:

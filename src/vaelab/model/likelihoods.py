@@ -582,12 +582,19 @@ def from_model_config(config) -> Likelihood:
     return entry.build(config.data_dim, getattr(config, "data_kind", None), **options)
 
 
-def check_data_kind(likelihood: str, kind: str, low: float, high: float) -> str | None:
-    """Refuse data outside the support of ``likelihood`` (by kind and range), naming CLI flags.
+def check_data_kind(likelihood: object, kind: str, low: float, high: float,
+                    values: torch.Tensor | None = None,
+                    data_dim: int | None = None) -> str | None:
+    """Refuse data outside the support of ``likelihood`` (by kind and range, and by the
+    likelihood's own support check on ``values``), naming CLI flags.
 
     Args:
-        likelihood: a name of :data:`LIKELIHOODS`; kind: the data's kind as the model will see
-        them (after binarization); low, high: their smallest and largest values.
+        likelihood: a name of :data:`LIKELIHOODS`, or a ``vaelab.config.ModelConfig`` (its
+        likelihood with its options: a binomial needs its trials); kind: the data's kind as
+        the model will see them (after binarization); low, high: their smallest and largest
+        values; values: the values themselves (floating; any shape), checked by the
+        likelihood's ``check_support`` when given (counts must be integers, ...); data_dim:
+        values per example (a likelihood with a parameter per column needs it).
 
     Returns:
         None, or a one-line note when the data are accepted but ``log_prob`` on them is only
@@ -597,7 +604,16 @@ def check_data_kind(likelihood: str, kind: str, low: float, high: float) -> str 
         ValueError: naming ``--likelihood`` and what to use instead.
     """
     span = f"{kind} data with values in [{low:g}, {high:g}]"
-    lik = catalogue.get("likelihood", likelihood, "--likelihood").build(None, kind)
+    if isinstance(likelihood, str):
+        entry, options = catalogue.get("likelihood", likelihood, "--likelihood"), {}
+    else:
+        entry, options = catalogue.chosen(likelihood, "likelihood")
+    likelihood = entry.name
+    lik = entry.build(data_dim, kind, **options)
+    if lik.support in ("counts", "categories") and kind == "8-bit":
+        raise ValueError(f"data: --likelihood {likelihood} needs integers as given, got {span} "
+                         f"(integers 0–255 in .npy/.npz files are read as 8-bit data k/255); "
+                         f"give them as floats or in a CSV")
     if lik.support == "unit-interval" and (low < 0 or high > 1):
         raise ValueError(f"data: --likelihood {likelihood} needs values in [0, 1], got {span}; "
                          f"pass --likelihood gaussian for real-valued data, or rescale them")
@@ -605,6 +621,8 @@ def check_data_kind(likelihood: str, kind: str, low: float, high: float) -> str 
         raise ValueError(f"data: --likelihood {likelihood} needs 8-bit data (uint8 or integers "
                          f"0–255, read as k/255), got {span}; pass --likelihood gaussian or "
                          f"continuous-bernoulli, or store 8-bit values as uint8")
+    if values is not None and values.is_floating_point():
+        lik.check_support(values, "data")
     if lik.meaning_on(kind) != "score":
         return None
     return (f"note: --likelihood {likelihood} on {kind} data is not a normalised probability "
