@@ -604,6 +604,7 @@ def check_data_kind(likelihood: object, kind: str, low: float, high: float,
         ValueError: naming ``--likelihood`` and what to use instead.
     """
     span = f"{kind} data with values in [{low:g}, {high:g}]"
+    options: dict
     if isinstance(likelihood, str):
         entry, options = catalogue.get("likelihood", likelihood, "--likelihood"), {}
     else:

@@ -78,8 +78,9 @@ def to_data_units(px: Distribution, loc: torch.Tensor,
     if type(px) is not Independent or not (type(base) is Normal or isinstance(base, StudentT)):
         return None
     where, spread = base.loc * scale + loc, base.scale * scale
-    mapped = (Normal(where, spread, validate_args=False) if type(base) is Normal
-              else type(base)(base.df, where, spread, validate_args=False))
+    mapped: Distribution = (
+        type(base)(base.df, where, spread, validate_args=False) if isinstance(base, StudentT)
+        else Normal(where, spread, validate_args=False))
     return Independent(mapped, 1, validate_args=False)
 
 
