@@ -75,6 +75,9 @@ def test_facts_equal_what_the_objects_say():
     for entry in catalogue.entries("family"):
         assert entry.facts["mixture"] is entry.resolve().is_mixture
     assert [e.name for e in catalogue.entries("family") if e.facts["mixture"]] == ["mixture"]
+    for entry in catalogue.entries("objective"):   # DReG's stratified form is not derived
+        dreg = getattr(entry.resolve(), "dreg", False)
+        assert entry.facts.get("mixture_q", True) is not dreg
 
 
 def test_importing_the_catalogue_imports_no_torch():
@@ -216,3 +219,18 @@ def test_every_kind_has_entries_with_help_and_kebab_case_names():
             for option in entry.options:
                 assert option.help and option.check in catalogue.CHECKS
                 assert option.validate(option.default) == option.default
+
+
+def test_the_command_line_choices_and_component_flags_are_the_catalogues():
+    """`vaelab train` and `vaelab evaluate` take their component choices and every component
+    option's flag from the catalogue (no name list typed twice)."""
+    from vaelab import cli
+
+    commands = next(a for a in cli.build_parser()._actions if a.dest == "command").choices
+    for command, kinds in (("train", cli.MODEL_KINDS + cli.TRAIN_KINDS),
+                           ("evaluate", ("estimator",))):
+        actions = {s: a for a in commands[command]._actions for s in a.option_strings}
+        for kind in kinds:
+            assert tuple(actions[cli.CHOOSER[kind]].choices) == catalogue.names(kind)
+            for flag in catalogue.flags(kind):
+                assert flag in actions, (command, flag)

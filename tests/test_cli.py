@@ -57,7 +57,7 @@ def test_train_writes_a_complete_run(trained_run, capsys):
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]   # no temp files
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["latent_dim"] == 2          # the flag beats the config file
-    assert config["model"]["hidden"] == [32]           # the file beats the default
+    assert config["model"]["net_options"]["hidden"] == [32]   # the file beats the default
     assert config["train"]["lr"] == 2e-3 and config["train"]["limit"] == 512
     assert config["model"]["data_dim"] == 784 and config["model"]["image_shape"] == [1, 28, 28]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

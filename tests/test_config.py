@@ -151,6 +151,81 @@ def test_likelihood_options_are_checked_against_the_catalogue_and_round_trip():
     with pytest.raises(ValueError, match=r"likelihood_options.scale: expected one of 'network', "
                                          r"'learned', 'fixed', got 'free'"):
         ModelConfig(likelihood="gaussian", likelihood_options={"scale": "free"})
-    old = ModelConfig().to_dict()
-    del old["likelihood_options"]                      # a run saved before options were nested
-    assert ModelConfig.from_dict(old).likelihood_options is None
+    old = ModelConfig(likelihood="gaussian").to_dict()
+    del old["likelihood_options"]             # a run saved before options were nested
+    assert ModelConfig.from_dict(old).likelihood_options == {"scale": "network",
+                                                             "min_scale": 1e-3}
+
+
+#: model section of a config.json written before components kept their own options
+OLD_MODEL = {"data_dim": 784, "latent_dim": 20, "hidden": [512, 256], "activation": "relu",
+             "likelihood": "bernoulli", "gaussian_scale": "network", "min_scale": 0.001,
+             "prior": "vamp", "family": "iaf", "q_components": 4, "q_flow_steps": 3,
+             "prior_components": 50, "prior_flow_steps": 2, "image_shape": [1, 28, 28],
+             "net": "mlp", "conv_channels": [32, 64], "likelihood_components": 5,
+             "data_kind": "binary", "hierarchy": "bottom-up", "missing": "none",
+             "missing_model": "none"}
+
+
+def test_an_old_flat_config_json_loads_into_each_components_options(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"format": "vaelab-run/1", "model": OLD_MODEL,
+                                "train": {"epochs": 2}}))
+    model = RunConfig.from_dict(load_config_file(path)).model
+    assert (model.family, model.family_options) == ("iaf", {"flow_steps": 3})
+    assert (model.prior, model.prior_options) == ("vamp", {"components": 50})
+    assert model.likelihood_options == {}
+    assert model.net_options == {"hidden": (512, 256), "activation": "relu", "gated": False}
+    # the older names still read as the chosen component's option, or its default
+    assert (model.prior_components, model.q_flow_steps, model.hidden) == (50, 3, (512, 256))
+    assert model.q_components == 4 and model.conv_channels == (32, 64)
+    saved = model.to_dict()
+    assert "q_components" not in saved and saved["prior_options"] == {"components": 50}
+    assert saved["net_options"]["hidden"] == [512, 256]
+    assert ModelConfig.from_dict(json.loads(json.dumps(saved))) == model
+
+
+def test_component_options_are_checked_against_the_catalogue():
+    with pytest.raises(ValueError, match=r"prior_options.components: expected an integer >= "
+                                         r"1, got 0"):
+        ModelConfig(prior="mog", prior_options={"components": 0})
+    with pytest.raises(ValueError, match="family_options: family 'iaf' has no option "
+                                         "'components'"):
+        ModelConfig(family="iaf", family_options={"components": 3})
+    with pytest.raises(ValueError, match="q_components: expected an integer >= 1, got 0"):
+        ModelConfig(q_components=0)          # an older key is checked under its own name
+    with pytest.raises(ValueError, match="likelihood: expected one of 'bernoulli'.*got 'gamma'"):
+        ModelConfig(likelihood="gamma")
+    config = ModelConfig(family="full-covariance-normal", prior="mog", q_components=9)
+    assert config.family == "full_covariance_normal" and config.family_options == {}
+    assert config.prior_options == {"components": 10}       # the default, filled in
+
+
+def test_flags_that_pick_another_component_drop_the_files_options():
+    base = {"model": {"prior": "vamp", "prior_options": {"components": 50}}}
+    merged = merge(base, {"model": {"prior": "flow"}})
+    assert RunConfig.from_dict(merged).model.prior_options == {"flow_steps": 2}
+    kept = merge(base, {"model": {"prior": "vamp", "prior_components": 20}})
+    assert RunConfig.from_dict(kept).model.prior_options == {"components": 20}
+
+
+def test_an_old_flat_train_section_loads_into_each_components_options():
+    old = {"epochs": 2, "kl_warmup_epochs": 0.0, "kl_schedule": "cyclical", "kl_cycles": 3,
+           "kl_ratio": 0.25, "free_bits": 0.0, "objective": "iwae", "lr_schedule": "plateau",
+           "lr_decay": 0.95, "lr_patience": 4}
+    train = TrainConfig.from_dict(old)
+    assert (train.kl_schedule, train.kl_schedule_options) == ("cyclical",
+                                                              {"cycles": 3, "ratio": 0.25})
+    assert (train.objective, train.objective_options) == ("iwae", {})
+    assert (train.lr_schedule, train.lr_schedule_options) == ("plateau", {"patience": 4})
+    # older names read as the chosen component's option; 0 for a warm-up or free bits it lacks
+    assert (train.kl_cycles, train.kl_warmup_epochs, train.free_bits, train.lr_decay) == (
+        3, 0.0, 0.0, 0.95)
+    saved = train.to_dict()
+    assert "kl_cycles" not in saved and saved["lr_schedule_options"] == {"patience": 4}
+    assert TrainConfig.from_dict(json.loads(json.dumps(saved))) == train
+    warm = TrainConfig(kl_warmup_epochs=2.5)
+    assert warm.kl_schedule_options == {"warmup_epochs": 2.5} and warm.kl_warmup_epochs == 2.5
+    with pytest.raises(ValueError, match="kl_schedule_options: kl-schedule 'constant' has no "
+                                         "option 'cycles'"):
+        TrainConfig(kl_schedule_options={"cycles": 2})

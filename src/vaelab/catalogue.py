@@ -22,9 +22,10 @@ data) and diffusers (a component's constructor arguments are its saved config).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any, cast
@@ -239,9 +240,9 @@ _AIS = (
 _ENTRIES = (
     # ---- p(x | z)
     Entry("likelihood", "bernoulli", "vaelab.model.likelihoods:Bernoulli",
-          "binary data (a normalised probability there); a score on grey levels"),
+          "binary data (a normalised probability there, a score on grey levels)"),
     Entry("likelihood", "gaussian", "vaelab.model.likelihoods:Gaussian",
-          "real data (a density); dequantized on 8-bit data (a bound)",
+          "real data (a density), dequantized on 8-bit data (a bound)",
           (Option("scale", "choice", "network", "where σ comes from: the decoder (network), "
                   "one learned σ per dimension (learned) or fixed σ = 1 (fixed)",
                   key="gaussian_scale", choices=("network", "learned", "fixed")),
@@ -321,19 +322,20 @@ _ENTRIES = (
     # ---- training objectives (vaelab.infer.objectives)
     Entry("objective", "elbo", "vaelab.infer.objectives:ELBOObjective",
           "the ELBO, Monte Carlo over --num-samples draws",
-          (Option("free_bits", "float>=0", 0.0, "free bits λ: each latent dimension's KL "
-                  "counts as at least λ nats", flag="--free-bits", key="free_bits",
-                  metavar="NATS"),)),
+          (Option("free_bits", "float>=0", 0.0, "free bits λ (Kingma et al. 2016): the KL of "
+                  "each latent dimension, averaged over the batch, counts as at least λ nats",
+                  flag="--free-bits", key="free_bits", metavar="NATS"),)),
     Entry("objective", "iwae", "vaelab.infer.objectives:IWAEObjective",
           "the importance-weighted bound with K = --num-samples >= 2 (Burda et al. 2016)"),
     Entry("objective", "iwae-dreg", "vaelab.infer.objectives:DReGObjective",
           "the IWAE bound with the doubly-reparameterized encoder gradient (Tucker et al. "
-          "2019)"),
+          "2019)", facts={"mixture_q": False}),
     # ---- the KL weight over training (vaelab.fit.kl_schedule)
     Entry("kl-schedule", "constant", "vaelab.fit.kl_schedule:ConstantKL", "β throughout"),
     Entry("kl-schedule", "linear", "vaelab.fit.kl_schedule:LinearKL",
           "0 → β over --kl-warmup epochs",
-          (Option("warmup_epochs", "float>0", 1.0, "length of the linear ramp in epochs",
+          (Option("warmup_epochs", "float>0", 1.0, "length of the linear ramp in epochs; "
+                  "given alone it means --kl-schedule linear",
                   flag="--kl-warmup", key="kl_warmup_epochs", metavar="EPOCHS"),)),
     Entry("kl-schedule", "cyclical", "vaelab.fit.kl_schedule:CyclicalKL",
           "cycles over the run, each rising 0 → β then flat (Fu et al. 2019)",
@@ -468,3 +470,87 @@ def chosen(config: object, kind: str) -> tuple[Entry, dict]:
         options = {o.name: getattr(config, o.key) for o in entry.options
                    if o.key is not None and hasattr(config, o.key)}
     return entry, entry.validate(options, f"{where}_options")
+
+
+def older_keys(kind: str) -> dict[str, Option]:
+    """The older flat config keys of ``kind``'s options (``prior_components``, …) → option."""
+    return {o.key: o for e in CATALOGUE[kind].values() for o in e.options if o.key}
+
+
+def nest_older_keys(kinds: tuple[str, ...], values: dict, names: dict[str, Any]) -> dict:
+    """``values`` (config keywords) with the older flat keys of ``kinds`` moved into the
+    ``<field>_options`` of the chosen components, each checked under its flat name first.
+
+    ``names`` gives each field's default component. A flat key overrides the same option in
+    ``<field>_options``; a flat key the chosen component lacks is dropped (it never applied:
+    a flat config carried every component's settings).
+    """
+    values = dict(values)
+    for kind in kinds:
+        field = FIELDS[kind]
+        flat = {key: values.pop(key) for key in older_keys(kind) if key in values}
+        if not flat:
+            continue
+        entry = get(kind, values.get(field, names[field]), field)
+        nested = dict(values.get(f"{field}_options") or {})
+        for key, value in flat.items():
+            older_keys(kind)[key].validate(value, key)
+            mine = [o for o in entry.options if o.key == key]
+            if mine:
+                nested[mine[0].name] = value
+        values[f"{field}_options"] = nested
+    return values
+
+
+def older_value(config: object, kinds: tuple[str, ...], key: str,
+                off: dict | None = None) -> Any:
+    """The value an older flat key reads as: the chosen component's option, else ``off[key]``
+    or the option's default (the setting does nothing then). Raises AttributeError for any
+    other ``key`` (a config's ``__getattr__`` calls this for names it does not have)."""
+    if key.startswith("__"):
+        raise AttributeError(key)
+    for kind in kinds:
+        option = older_keys(kind).get(key)
+        if option is None:
+            continue
+        field = FIELDS[kind]
+        entry = get(kind, object.__getattribute__(config, field))
+        options = object.__getattribute__(config, f"{field}_options")
+        for mine in entry.options:
+            if mine.key == key:
+                return options.get(mine.name, mine.default)
+        return (off or {}).get(key, option.default)
+    raise AttributeError(key)
+
+
+def components(kinds: tuple[str, ...],
+               before: Callable[[dict], dict] | None = None) -> Callable[[type], type]:
+    """Class decorator of a config dataclass: its constructor also takes the older flat keys
+    of ``kinds``' options (``q_components=4``, as earlier config.json files and callers have
+    them) and nests them, after ``before`` (the class's own rules about older keys) has seen
+    them. The class reads such keys back with :func:`older_value` in its ``__getattr__``."""
+    def decorate(cls: type) -> type:
+        generated = vars(cls)["__init__"]      # the dataclass's own
+        names: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(cls)}
+
+        def __init__(self: object, **values: object) -> None:
+            values = before(dict(values)) if before is not None else values
+            generated(self, **nest_older_keys(kinds, values, names))
+
+        __init__.__doc__ = generated.__doc__
+        type.__setattr__(cls, "__init__", __init__)
+        return cls
+    return decorate
+
+
+def check_components(config: object, kinds: tuple[str, ...],
+                     snake_case: tuple[str, ...] = ()) -> None:
+    """Each component's name (checked, spelling normalised) and its options (checked, the
+    defaults filled in): ``prior_options.components: expected an integer >= 1, got 0``."""
+    for kind in kinds:
+        field = FIELDS[kind]
+        entry = get(kind, getattr(config, field), field)
+        name = entry.name.replace("-", "_") if field in snake_case else entry.name
+        options = entry.validate(getattr(config, f"{field}_options"), f"{field}_options")
+        object.__setattr__(config, field, name)
+        object.__setattr__(config, f"{field}_options", options)

@@ -22,6 +22,9 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+from vaelab import catalogue
 
 DEBUG_ENV = "VAELAB_DEBUG"
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -180,16 +183,10 @@ def _add_train(commands) -> None:
                         "(Burda et al. 2016), ladder, top-down with bottom-up evidence "
                         "(Sønderby et al. 2016), or top-down q(z2|x) q(z1|x,z2) with a decoder "
                         "reading every layer (Tomczak & Welling 2018); default bottom-up")
-    p.add_argument("--gated", action="store_true", default=None,
-                   help="gated dense hidden units h = (W1 x) * sigmoid(W2 x) in every MLP")
-    p.add_argument("--hidden", type=hidden_sizes, metavar="N,N,...",
-                   help="hidden layer sizes, e.g. 512,256")
-    _add_likelihood(p)
-    p.add_argument("--net", choices=("mlp", "conv"), help="encoder/decoder networks: mlp "
-                   "(default) or conv (residual convolutional nets, image data only)")
-    p.add_argument("--conv-channels", type=hidden_sizes, metavar="N,N,...",
-                   help="channels per stage of --net conv (default 32,64)")
-    _add_family_and_prior(p)
+    _add_component(p, "likelihood", "p(x|z)")
+    _add_component(p, "network", "the encoder and decoder networks")
+    _add_component(p, "family", "q(z|x)")
+    _add_component(p, "prior", "p(z)")
     p.add_argument("--missing", choices=("none", "mask"),
                    help="mask: NaN (and empty CSV cells) mark missing entries; train on the "
                         "observed ones only (MIWAE; use --objective iwae --num-samples 20)")
@@ -240,12 +237,7 @@ def _add_train(commands) -> None:
     p.add_argument("--ema", type=ratio_in_0_1, metavar="DECAY",
                    help="keep an exponential moving average (Polyak) of the weights with this "
                         "decay (e.g. 0.999) and validate, sample and save with it")
-    p.add_argument("--lr-schedule", choices=("constant", "cosine", "exponential", "plateau"),
-                   help="learning rate over training (default constant; plateau: halve it "
-                        "after --lr-patience epochs without a better validation ELBO)")
-    p.add_argument("--lr-patience", type=positive_int, metavar="EPOCHS",
-                   help="--lr-schedule plateau: epochs without a better validation ELBO "
-                        "before the learning rate is halved (default 10)")
+    _add_component(p, "lr-schedule", "the learning rate over training")
     p.add_argument("--lr-warmup", type=non_negative_float, metavar="EPOCHS",
                    help="ramp the learning rate linearly from 0 over this many epochs")
     p.add_argument("--compile", choices=("auto", "on", "off"))
@@ -258,105 +250,100 @@ def _add_train(commands) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _add_likelihood(p: argparse.ArgumentParser) -> None:
-    """--likelihood and every --likelihood-* flag, from the catalogue (a new likelihood and
-    its options need nothing here)."""
-    from vaelab import catalogue
-
-    p.add_argument("--likelihood", choices=catalogue.names("likelihood"),
-                   help="p(x|z), default bernoulli: " + "; ".join(
-                       f"{e.name}: {e.help}" for e in catalogue.entries("likelihood")))
-    for flag, (option, owners) in catalogue.flags("likelihood").items():
-        p.add_argument(flag, type=option.parse, metavar=option.metavar,
-                       help=f"{option.help} (--likelihood {' or '.join(owners)}"
-                            + ("" if option.default is None else f"; default {option.default}")
-                            + ")")
+#: The flag that picks each kind of component (``vaelab.catalogue``).
+CHOOSER = {"likelihood": "--likelihood", "network": "--net", "family": "--family",
+           "prior": "--prior", "objective": "--objective", "kl-schedule": "--kl-schedule",
+           "lr-schedule": "--lr-schedule", "estimator": "--estimator"}
+MODEL_KINDS = ("likelihood", "network", "family", "prior")
+TRAIN_KINDS = ("objective", "kl-schedule", "lr-schedule")
+FAMILY_CHOICES = catalogue.names("family")
+PRIOR_CHOICES = catalogue.names("prior")
+OBJECTIVE_CHOICES = catalogue.names("objective")
+KL_SCHEDULE_CHOICES = catalogue.names("kl-schedule")
 
 
-def _likelihood_options(args: argparse.Namespace) -> dict | None:
-    """The --likelihood-* flags given, other than the flat ``--likelihood-components``, as
-    the likelihood's options (None: none given, so a resumed run keeps its own)."""
-    from vaelab import catalogue
-
-    given = {option.name: getattr(args, option.flag[2:].replace("-", "_"))
-             for option, _ in catalogue.flags("likelihood").values()
-             if option.flag and option.key != "likelihood_components"}
-    given = {name: value for name, value in given.items() if value is not None}
-    return given or None
+def _kebab(value: object) -> str:
+    return str(value).replace("_", "-")
 
 
-FAMILY_CHOICES = ("diagonal-normal", "full-covariance-normal", "mixture", "iaf")
-PRIOR_CHOICES = ("standard-normal", "learned-normal", "mog", "vamp", "flow")
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
 
 
-def _add_family_and_prior(p: argparse.ArgumentParser) -> None:
-    """--family/--q-* (the variational family) and --prior/--prior-* (p(z))."""
-    p.add_argument("--family", choices=FAMILY_CHOICES,
-                   help="q(z|x): diagonal-normal (default), full-covariance-normal, mixture "
-                        "(K diagonal Gaussians, stratified estimator), iaf (inverse "
-                        "autoregressive flow with encoder context)")
-    p.add_argument("--q-components", type=positive_int, metavar="K",
-                   help="components of --family mixture (default 4)")
-    p.add_argument("--q-flow-steps", type=positive_int, metavar="T",
-                   help="IAF steps of --family iaf (default 2)")
-    p.add_argument("--prior", choices=PRIOR_CHOICES,
-                   help="p(z): standard-normal (default), learned-normal, mog (learned "
-                        "mixture of Gaussians), vamp (VampPrior), flow (MAF from N(0, I))")
-    p.add_argument("--prior-components", type=positive_int, metavar="K",
-                   help="Gaussians of --prior mog, pseudo-inputs of --prior vamp (default 10)")
-    p.add_argument("--prior-flow-steps", type=positive_int, metavar="T",
-                   help="MAF steps of --prior flow (default 2)")
+def _option_type(option: catalogue.Option) -> Callable[[str], object]:
+    """argparse type of a component option: its catalogue check, in the CLI's words."""
+    def parse(text: str) -> object:
+        try:
+            return option.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = option.expected
+    return parse
 
 
-def _family_and_prior(args: argparse.Namespace) -> dict:
-    """The q and prior flags as ModelConfig fields (None = not given)."""
-    return {"family": args.family,       # kebab-case: ModelConfig normalizes it
-            "q_components": args.q_components, "q_flow_steps": args.q_flow_steps,
-            "prior": args.prior,
-            "prior_components": args.prior_components,
-            "prior_flow_steps": args.prior_flow_steps}
+def _add_component(p: argparse.ArgumentParser, kind: str, what: str,
+                   skip: tuple[str, ...] = (), **choose: Any) -> None:
+    """The flag picking a ``kind`` of component, with the catalogue's names and help lines,
+    then each component option's flag (its help says which components have it)."""
+    names = catalogue.names(kind)
+    lines = "; ".join(f"{e.name}: {e.help}" for e in catalogue.entries(kind))
+    p.add_argument(CHOOSER[kind], choices=names, help=f"{what}. {lines} (default {names[0]})",
+                   **choose)
+    for flag, (option, owners) in catalogue.flags(kind).items():
+        if flag in skip:
+            continue
+        whose = " or ".join(f"{CHOOSER[kind]} {owner}" for owner in owners)
+        default = option.default
+        default = (",".join(map(str, default)) if isinstance(default, tuple) else
+                   {True: "on", False: "off"}.get(default, default)
+                   if isinstance(default, bool) else default)
+        text = f"{option.help} ({whose}" + ("" if default is None else f"; default {default}")
+        text += ")"
+        if option.check == "bool":
+            p.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            p.add_argument(flag, type=_option_type(option), metavar=option.metavar or "X",
+                           help=text)
 
 
-OBJECTIVE_CHOICES = ("elbo", "iwae", "iwae-dreg")
-KL_SCHEDULE_CHOICES = ("constant", "linear", "cyclical")
+def _component_values(args: argparse.Namespace, kinds: tuple[str, ...]) -> dict:
+    """The component flags as config keys (the chosen names and each option's flat key;
+    None = not given)."""
+    out = {}
+    for kind in kinds:
+        out[catalogue.FIELDS[kind]] = getattr(args, _dest(CHOOSER[kind]))
+        for flag, (option, _) in catalogue.flags(kind).items():
+            out[option.key or option.name] = getattr(args, _dest(flag))
+    return out
+
+
+def _check_component_flags(args: argparse.Namespace, chosen: dict[str, str]) -> None:
+    """A component option's flag given on the command line must belong to the chosen
+    component (``chosen``: kind → name): ``--q-components: needs --family mixture, got
+    --family iaf``."""
+    for kind, name in chosen.items():
+        for flag in catalogue.flags(kind):
+            if getattr(args, _dest(flag)) is not None:
+                try:
+                    catalogue.check_flag_owner(kind, flag, name, CHOOSER[kind])
+                except ValueError as exc:
+                    raise UsageError(str(exc)) from None
+
+
 ratio_in_0_1 = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
 def _add_objective(p: argparse.ArgumentParser) -> None:
-    """--objective, --num-samples, --beta, --kl-schedule and its knobs, --free-bits."""
-    p.add_argument("--objective", choices=OBJECTIVE_CHOICES,
-                   help="what training maximizes: elbo (default); iwae, the importance-"
-                        "weighted bound with --num-samples K >= 2, refused with K = 1, where it "
-                        "is the ELBO (Burda et al. 2016); iwae-dreg, "
-                        "the same bound with the doubly-reparameterized encoder gradient "
-                        "(Tucker et al. 2019). Metrics and evaluate always report the true "
-                        "ELBO and log p(x)")
+    """--objective, --num-samples, --beta, --kl-schedule and their options."""
+    _add_component(p, "objective", "what training maximizes; metrics and evaluate always "
+                   "report the true ELBO and log p(x)")
     p.add_argument("--num-samples", type=positive_int, metavar="K",
                    help="z samples per example: Monte Carlo samples of the ELBO, K of the "
                         "IWAE bound (per component for --family mixture); default 1")
     p.add_argument("--beta", type=non_negative_float, metavar="X",
                    help="KL weight β (default 1): maximize E log p(x|z) − β KL; for the IWAE "
                         "objectives it tempers the log-weights")
-    p.add_argument("--kl-schedule", choices=KL_SCHEDULE_CHOICES,
-                   help="the KL weight over training: constant (β), linear (0 → β over "
-                        "--kl-warmup epochs), cyclical (--kl-cycles cycles over the run, each "
-                        "rising 0 → β over its first --kl-ratio, then flat; Fu et al. 2019)")
-    p.add_argument("--kl-warmup", type=non_negative_float, metavar="EPOCHS",
-                   help="length of the linear ramp; given alone it means --kl-schedule linear")
-    p.add_argument("--kl-cycles", type=positive_int, metavar="M",
-                   help="cycles of --kl-schedule cyclical over the whole run (default 4)")
-    p.add_argument("--kl-ratio", type=ratio_in_0_1, metavar="R",
-                   help="fraction of each cycle spent rising (default 0.5)")
-    p.add_argument("--free-bits", type=non_negative_float, metavar="NATS",
-                   help="free bits λ (Kingma et al. 2016), --objective elbo only: the KL of "
-                        "each latent dimension, averaged over the batch, counts as at least λ")
-
-
-def _objective(args: argparse.Namespace) -> dict:
-    """The objective flags as TrainConfig fields (None = not given)."""
-    return {"objective": args.objective, "num_samples": args.num_samples, "beta": args.beta,
-            "kl_schedule": args.kl_schedule, "kl_warmup_epochs": args.kl_warmup,
-            "kl_cycles": args.kl_cycles, "kl_ratio": args.kl_ratio, "free_bits": args.free_bits}
+    _add_component(p, "kl-schedule", "the KL weight over training")
 
 
 def _add_run_data(p: argparse.ArgumentParser) -> None:
@@ -392,25 +379,8 @@ def _add_evaluate(commands) -> None:
 
 
 def _add_estimator(p: argparse.ArgumentParser) -> None:
-    """--estimator, --proposal, --ais-steps, --chains, --leapfrog (vaelab.measure.estimators)."""
-    p.add_argument("--estimator", choices=("is", "ais", "bdmc"), default="is",
-                   help="log p(x) by importance sampling (default), annealed importance "
-                   "sampling with HMC, or AIS plus a BDMC sandwich on simulated data")
-    p.add_argument("--proposal", choices=("encoder", "refined", "mixture"),
-                   help="IS proposal: the encoder's q (default), q refined per example, or "
-                   "the mixture 1/2 refined + 1/2 encoder (--estimator is only)")
-    p.add_argument("--refine-steps", type=positive_int, metavar="N",
-                   help="most Adam steps refining the refined/mixture proposal per example "
-                   "(default 100)")
-    p.add_argument("--refine-draws", type=positive_int, metavar="M",
-                   help="draws of z per refinement step (default 8); the refinement costs at "
-                   "most N x M gradient evaluations per example")
-    p.add_argument("--ais-steps", type=positive_int, metavar="T",
-                   help="AIS intermediate distributions (default 100)")
-    p.add_argument("--chains", type=positive_int, metavar="C",
-                   help="AIS chains per example (default 8)")
-    p.add_argument("--leapfrog", type=positive_int, metavar="L",
-                   help="leapfrog steps per HMC transition (default 3)")
+    """--estimator and its options (``vaelab.measure.estimators``); --k is evaluate's own."""
+    _add_component(p, "estimator", "how log p(x) is estimated", skip=("--k",), default="is")
 
 
 def _add_sample(commands) -> None:
@@ -678,13 +648,8 @@ def _printer(quiet: bool) -> Callable[[str], None]:
 def _train_overrides(args: argparse.Namespace) -> dict:
     """The flags given on the command line as a config dict (None = not given)."""
     compile_ = {"auto": "auto", "on": True, "off": False, None: None}[args.compile]
-    return {"model": {"latent_dim": args.latent_dim, "hidden": args.hidden,
-                      "hierarchy": args.hierarchy,
-                      "likelihood": args.likelihood, "net": args.net,
-                      "likelihood_components": args.likelihood_components,
-                      "likelihood_options": _likelihood_options(args),
-                      "conv_channels": args.conv_channels, **_family_and_prior(args),
-                      "gated": args.gated,
+    return {"model": {"latent_dim": args.latent_dim, "hierarchy": args.hierarchy,
+                      **_component_values(args, MODEL_KINDS),
                       "missing": args.missing, "missing_model": args.missing_model,
                       "standardize": args.standardize},
             "train": {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
@@ -694,10 +659,10 @@ def _train_overrides(args: argparse.Namespace) -> dict:
                       "val_fraction": args.val_fraction,
                       "schedule": args.schedule, "phi_steps": args.phi_steps,
                       "phi_lr": args.phi_lr, "drop_empty_rows": args.drop_empty_rows,
-                      **_objective(args), "grad_clip": args.grad_clip,
+                      **_component_values(args, TRAIN_KINDS), "num_samples": args.num_samples,
+                      "beta": args.beta, "grad_clip": args.grad_clip,
                       "early_stopping_patience": args.early_stopping, "compile": compile_,
-                      "ema_decay": args.ema, "lr_schedule": args.lr_schedule,
-                      "lr_warmup_epochs": args.lr_warmup, "lr_patience": args.lr_patience,
+                      "ema_decay": args.ema, "lr_warmup_epochs": args.lr_warmup,
                       "precision": args.precision}}
 
 
@@ -713,27 +678,12 @@ def _train_config(args: argparse.Namespace, run_dir: Path):
     if args.config is not None:
         base = config_.merge(base, config_.load_config_file(args.config))
     merged = config_.merge(base, _train_overrides(args))
-    _check_likelihood_flags(args, merged.get("model", {}).get("likelihood") or "bernoulli")
+    model = merged.get("model", {})        # the model's flags first: before its options' checks
+    _check_component_flags(args, {kind: model.get(catalogue.FIELDS[kind]) or
+                                  catalogue.names(kind)[0] for kind in MODEL_KINDS})
     config = config_.RunConfig.from_dict(merged)
     _check_given_flags(args, config)    # flags the run would silently ignore
     return config
-
-
-def _check_likelihood_flags(args: argparse.Namespace, chosen: str) -> None:
-    """Each --likelihood-* flag given must be an option of the chosen likelihood (one line
-    naming the flag, before the config names its field)."""
-    from vaelab import catalogue
-
-    for flag in catalogue.flags("likelihood"):
-        if getattr(args, flag[2:].replace("-", "_"), None) is not None:
-            try:
-                catalogue.check_flag_owner("likelihood", flag, chosen, "--likelihood")
-            except ValueError as err:
-                raise UsageError(str(err)) from None
-
-
-def _kebab(value: object) -> str:
-    return str(value).replace("_", "-")
 
 
 def _check_given_flags(args: argparse.Namespace, config) -> None:
@@ -747,27 +697,12 @@ def _check_given_flags(args: argparse.Namespace, config) -> None:
         raise UsageError(f"--kl-warmup {t.kl_warmup_epochs:g} and --kl-schedule constant: a "
                          f"warm-up ramps the KL weight, a constant schedule has none; expected "
                          f"--kl-schedule linear (or no --kl-schedule), got --kl-schedule constant")
+    _check_component_flags(args, {kind: getattr(t, catalogue.FIELDS[kind])
+                                  for kind in TRAIN_KINDS})   # after the config's own rules
     layers = isinstance(m.latent_dim, tuple)
     checks = (
         ("--hierarchy ladder", args.hierarchy == "ladder", layers,
          "several latent sizes (--latent-dim N,N,...)", f"--latent-dim {m.latent_dim}"),
-        ("--q-components", args.q_components, m.family == "mixture",
-         "--family mixture", f"--family {_kebab(m.family)}"),
-        ("--q-flow-steps", args.q_flow_steps, m.family == "iaf",
-         "--family iaf", f"--family {_kebab(m.family)}"),
-        ("--prior-components", args.prior_components, m.prior in ("mog", "vamp"),
-         "--prior mog or --prior vamp", f"--prior {_kebab(m.prior)}"),
-        ("--prior-flow-steps", args.prior_flow_steps, m.prior == "flow",
-         "--prior flow", f"--prior {_kebab(m.prior)}"),
-        ("--kl-cycles", args.kl_cycles, t.kl_schedule == "cyclical",
-         "--kl-schedule cyclical", f"--kl-schedule {t.kl_schedule}"),
-        ("--kl-ratio", args.kl_ratio, t.kl_schedule == "cyclical",
-         "--kl-schedule cyclical", f"--kl-schedule {t.kl_schedule}"),
-        ("--likelihood-components", args.likelihood_components,
-         m.likelihood == "discretized-logistic-mixture",
-         "--likelihood discretized-logistic-mixture", f"--likelihood {m.likelihood}"),
-        ("--conv-channels", args.conv_channels, m.net == "conv", "--net conv",
-         f"--net {m.net}"),
         ("--drop-empty-rows", args.drop_empty_rows, m.missing == "mask", "--missing mask",
          f"--missing {m.missing}"),
         (f"--objective {t.objective}", args.objective is not None or args.num_samples is not None,

@@ -22,49 +22,47 @@ from typing import Any, cast
 
 from vaelab import _checks, _trust, catalogue
 
-LIKELIHOOD_NAMES = catalogue.names("likelihood")
-NET_NAMES = ("mlp", "conv", "factory")
 DATA_KINDS = ("binary", "8-bit", "unit-interval", "continuous")   # = vaelab.data.DATA_KINDS
-PRIOR_NAMES = ("standard_normal", "learned_normal", "mog", "vamp", "flow")
-FAMILY_NAMES = ("diagonal_normal", "full_covariance_normal", "mixture", "iaf")
+#: The components of a model, each stored as its name and its options (``vaelab.catalogue``).
+MODEL_KINDS = ("likelihood", "network", "family", "prior")
+#: Component names kept in snake_case, the spelling of every run directory so far.
+SNAKE_CASE = ("family", "prior")
+LIKELIHOOD_NAMES = catalogue.names("likelihood")
+NET_NAMES = catalogue.names("network")
+PRIOR_NAMES = tuple(name.replace("-", "_") for name in catalogue.names("prior"))
+FAMILY_NAMES = tuple(name.replace("-", "_") for name in catalogue.names("family"))
 
 
+@catalogue.components(MODEL_KINDS)
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of an MLP VAE: x [D] → hidden → q(z|x); z [L] → reversed hidden → p(x|z).
+    """Architecture of a VAE: x [D] → encoder net → q(z|x); z [L] → decoder net → p(x|z).
 
-    ``family`` (q): diagonal_normal, full_covariance_normal, mixture (``q_components`` K
-    diagonal Gaussians), iaf (``q_flow_steps`` IAF steps); ``prior``: standard_normal,
-    learned_normal, mog (``prior_components`` Gaussians), vamp (``prior_components``
-    pseudo-inputs), flow (``prior_flow_steps`` MAF steps). Names may be kebab-case.
+    Each component is its name and its options (``vaelab.catalogue``): ``likelihood`` +
+    ``likelihood_options`` (e.g. ``{"trials": 16}`` for binomial), ``net`` + ``net_options``
+    (mlp: hidden, activation, gated; conv: channels, activation; factory: the user's own,
+    ``{"factory": "pkg.mod:fn", "args": {...}}``), ``family`` + ``family_options`` (mixture:
+    components; iaf: flow_steps), ``prior`` + ``prior_options`` (mog, vamp: components; flow:
+    flow_steps).
+    Names may be kebab-case. The older flat keys (``hidden``, ``q_components``,
+    ``prior_components``, …) are accepted and read as the chosen component's option.
     """
 
     data_dim: int | None = None
     latent_dim: int | tuple[int, ...] = 20
-    hidden: tuple[int, ...] = (512, 256)
-    activation: str = "relu"
     likelihood: str = "bernoulli"
-    gaussian_scale: str = "network"
-    min_scale: float = 1e-3
-    prior: str = "standard_normal"
-    family: str = "diagonal_normal"
-    q_components: int = 4
-    q_flow_steps: int = 2
-    prior_components: int = 10
-    prior_flow_steps: int = 2
-    image_shape: tuple[int, ...] | None = field(default=None)
-    #: Networks (``--net``): "mlp" (``hidden``) or "conv" (``conv_channels``, images only), or
-    #: "factory": the user's own, ``net_options`` {"factory": "pkg.mod:fn", "args": {...}}.
+    likelihood_options: dict = field(default_factory=dict)
     net: str = "mlp"
-    conv_channels: tuple[int, ...] = (32, 64)
-    #: K of ``--likelihood discretized-logistic-mixture`` (``--likelihood-components``).
-    likelihood_components: int = 5
+    net_options: dict = field(default_factory=dict)
+    family: str = "diagonal_normal"
+    family_options: dict = field(default_factory=dict)
+    prior: str = "standard_normal"
+    prior_options: dict = field(default_factory=dict)
+    image_shape: tuple[int, ...] | None = field(default=None)
     #: The kind of data the model was trained on (recorded from the data: binary, 8-bit,
     #: unit-interval, continuous); decides what its log-likelihood means.
     data_kind: str | None = None
     hierarchy: str = "bottom-up"
-    #: Gated dense hidden units h = (W₁x + b₁) ⊙ σ(W₂x + b₂) in every MLP (``--gated``).
-    gated: bool = False
     #: Incomplete data: "mask" — NaN marks missing entries (MIWAE, Mattei & Frellsen
     #: 2019); ``missing_model`` "self-masking" adds p(missing | x) (not-MIWAE, Ipsen et al. 2021).
     missing: str = "none"
@@ -73,41 +71,22 @@ class ModelConfig:
     #: Gaussian likelihood on real-valued data; a new run records what was decided ("on" or
     #: "off"); the columns' means and scales are saved with its weights.
     standardize: str = "auto"
-    #: The options of net "factory" (None for the built-in networks, whose options are the
-    #: flat fields above).
-    net_options: dict | None = None
-    #: The likelihood's own options ({"trials": 16} for binomial), checked against the
-    #: catalogue; None: the flat fields above (``gaussian_scale``, ``min_scale``,
-    #: ``likelihood_components``), as runs saved before options were nested.
-    likelihood_options: dict | None = None
 
     def __post_init__(self) -> None:
         if self.data_dim is not None:  # None: resolved from the data at train time
             _checks.positive_int("data_dim", self.data_dim)
         object.__setattr__(self, "latent_dim", latent_sizes(self.latent_dim))
         _checks.one_of("hierarchy", self.hierarchy, HIERARCHIES)
-        if isinstance(self.hidden, (str, bytes)) or not hasattr(self.hidden, "__iter__"):
-            raise TypeError(f"hidden: expected a sequence of integers, got {self.hidden!r}")
-        object.__setattr__(self, "hidden",
-                           tuple(_checks.positive_int("hidden", h) for h in self.hidden))
-        _checks.one_of("likelihood", self.likelihood, LIKELIHOOD_NAMES)
-        if self.likelihood_options is not None:
-            object.__setattr__(self, "likelihood_options", catalogue.get(
-                "likelihood", self.likelihood).validate(self.likelihood_options,
-                                                        "likelihood_options"))
-        _checks.one_of("gaussian_scale", self.gaussian_scale, ("network", "learned", "fixed"))
-        _checks.positive_float("min_scale", self.min_scale)
-        for name, names in (("prior", PRIOR_NAMES), ("family", FAMILY_NAMES)):
-            value = getattr(self, name)   # kebab-case (CLI style) is accepted and normalized
-            value = value.replace("-", "_") if isinstance(value, str) else value
-            object.__setattr__(self, name, _checks.one_of(name, value, names))
-        for name in ("q_components", "q_flow_steps", "prior_components", "prior_flow_steps"):
-            _checks.positive_int(name, getattr(self, name))
+        catalogue.check_components(self, MODEL_KINDS, SNAKE_CASE)
+        if self.net == "factory":      # checked without importing anything (vaelab._trust)
+            _trust.check_reference(self.net_options.get("factory"), "net_options.factory")
+            if not isinstance(self.net_options.get("args") or {}, dict):
+                raise TypeError(f"net_options.args: expected a dict of JSON values, got "
+                                f"{type(self.net_options['args']).__name__}")
         if self.image_shape is not None:
             object.__setattr__(self, "image_shape", _image_shape(self.image_shape))
-        self._check_data_model()
-        if not isinstance(self.gated, bool):
-            raise TypeError(f"gated: expected true or false, got {self.gated!r}")
+        if self.data_kind is not None:
+            _checks.one_of("data_kind", self.data_kind, DATA_KINDS)
         _checks.one_of("missing", self.missing, ("none", "mask"))
         _checks.one_of("standardize", self.standardize, ("auto", "on", "off"))
         _checks.one_of("missing_model", self.missing_model, ("none", "self-masking"))
@@ -115,33 +94,10 @@ class ModelConfig:
             raise ValueError(f"missing_model: {self.missing_model!r} needs missing='mask', "
                              f"got missing={self.missing!r}")
 
-    def _check_data_model(self) -> None:
-        """net, conv_channels, likelihood_components, data_kind: the choices for image and
-        8-bit data."""
-        _checks.one_of("net", self.net, NET_NAMES)
-        if (self.net_options is None) != (self.net != "factory"):
-            raise ValueError(f"net_options: expected options exactly with net 'factory', got "
-                             f"net {self.net!r} with net_options {self.net_options!r}")
-        if self.net == "factory":      # checked without importing anything (vaelab._trust)
-            options = self.net_options
-            if not isinstance(options, dict) or not set(options) <= {"factory", "args"}:
-                raise ValueError(f"net_options: expected {{'factory': 'pkg.module:function', "
-                                 f"'args': {{...}}}}, got {options!r}")
-            _trust.check_reference(options.get("factory"), "net_options.factory")
-            if not isinstance(options.get("args", {}), dict):
-                raise TypeError(f"net_options.args: expected a dict of JSON values, got "
-                                f"{type(options['args']).__name__}")
-        channels = self.conv_channels
-        if isinstance(channels, (str, bytes)) or not hasattr(channels, "__iter__"):
-            raise TypeError(f"conv_channels: expected a sequence of integers such as (32, 64), "
-                            f"got {channels!r}")
-        channels = tuple(_checks.positive_int("conv_channels", c) for c in channels)
-        if not channels:
-            raise ValueError("conv_channels: expected at least one integer, got ()")
-        object.__setattr__(self, "conv_channels", channels)
-        _checks.positive_int("likelihood_components", self.likelihood_components)
-        if self.data_kind is not None:
-            _checks.one_of("data_kind", self.data_kind, DATA_KINDS)
+    def __getattr__(self, key: str) -> Any:
+        """The older flat keys (``hidden``, ``q_components``, …) read as the chosen
+        component's option, or its default when the component has none."""
+        return catalogue.older_value(self, MODEL_KINDS, key)
 
     def with_data(self, data_dim: int, image_shape: tuple[int, ...] | None,
                   data_kind: str | None = None) -> ModelConfig:
@@ -157,16 +113,16 @@ class ModelConfig:
                                    data_kind=kind)
 
     def to_dict(self) -> dict:
-        """JSON-serializable dict (tuples become lists)."""
+        """JSON-serializable dict (tuples become lists, in the options too)."""
         return _lists(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        """Inverse of :meth:`to_dict`, which also reads the older flat keys of earlier
+        config.json files; unknown keys are an error naming them."""
         data = _known_keys("model", data, cls)
-        for key in ("hidden", "latent_dim"):
-            if isinstance(data.get(key), list):
-                data[key] = tuple(data[key])
+        if isinstance(data.get("latent_dim"), list):
+            data["latent_dim"] = tuple(data["latent_dim"])
         return cls(**data)
 
 
@@ -186,7 +142,8 @@ def latent_sizes(value: object) -> int | tuple[int, ...]:
 
 
 def _lists(data: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+    return {k: list(v) if isinstance(v, tuple) else _lists(v) if isinstance(v, dict) else v
+            for k, v in data.items()}
 
 
 def _image_shape(value: object) -> tuple[int, ...]:
@@ -196,11 +153,17 @@ def _image_shape(value: object) -> tuple[int, ...]:
     return tuple(_checks.positive_int("image_shape", s) for s in value)
 
 
+def _older_keys(cls: type) -> set[str]:
+    """The older flat keys ``cls`` still accepts (those of its components' options)."""
+    kinds = MODEL_KINDS if cls is ModelConfig else TRAIN_KINDS if cls is TrainConfig else ()
+    return {key for kind in kinds for key in catalogue.older_keys(kind)}
+
+
 def _known_keys(section: str, data: object, cls: type) -> dict:
     """A copy of ``data`` after checking it is a dict whose keys are fields of ``cls``."""
     if not isinstance(data, dict):
         raise TypeError(f"{section}: expected a table/dict of settings, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(cls)} | _older_keys(cls)
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{section} config: unknown keys {unknown}; expected a subset of "
@@ -208,7 +171,7 @@ def _known_keys(section: str, data: object, cls: type) -> dict:
     return dict(data)
 
 
-LR_SCHEDULES = ("constant", "cosine", "exponential", "plateau")
+LR_SCHEDULES = catalogue.names("lr-schedule")
 #: schedule='alternating' trains q only in its phi_steps; with 0 the encoder never learns.
 ALTERNATING_NEEDS_PHI_STEPS = (   # the message says what to pass, not only what is wrong
     "phi_steps (--phi-steps): --schedule alternating needs --phi-steps K >= 1 (K steps on q, "
@@ -221,8 +184,8 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 #: The same names as ``vaelab.infer.objectives.OBJECTIVES`` and
 #: ``vaelab.fit.kl_schedule.KL_SCHEDULES`` (config is a leaf and imports neither).
-OBJECTIVES = ("elbo", "iwae", "iwae-dreg")
-KL_SCHEDULES = ("constant", "linear", "cyclical")
+OBJECTIVES = catalogue.names("objective")
+KL_SCHEDULES = catalogue.names("kl-schedule")
 
 
 def _fraction(name: str, value: object) -> float:
@@ -265,6 +228,38 @@ def _betas(value: object) -> tuple[float, float]:
     raise ValueError(f"betas: expected two numbers in [0, 1) such as (0.9, 0.999), got {value!r}")
 
 
+#: The components of training, each stored as its name and its options.
+TRAIN_KINDS = ("objective", "kl-schedule", "lr-schedule")
+
+
+def _older_train_keys(values: dict) -> dict:
+    """The rules of the older flat keys of training: ``kl_warmup_epochs`` > 0 alone means the
+    "linear" schedule (0 means none); a warm-up is refused with "cyclical" and needed with
+    "linear"; ``free_bits`` belongs to objective "elbo" only."""
+    warm = values.pop("kl_warmup_epochs", None)
+    if warm is not None:
+        warm = _non_negative_float("kl_warmup_epochs", warm)
+    schedule = values.get("kl_schedule", "constant")
+    nested = values.get("kl_schedule_options") or {}
+    if warm and schedule == "constant":
+        values["kl_schedule"] = schedule = "linear"      # the older spelling of linear
+    if schedule == "linear" and not warm and "warmup_epochs" not in nested:
+        raise ValueError("kl_warmup_epochs (--kl-warmup): kl_schedule 'linear' ramps the KL "
+                         "weight over that many epochs; expected a number > 0, got 0")
+    if schedule == "cyclical" and warm:
+        raise ValueError(f"kl_warmup_epochs (--kl-warmup): kl_schedule 'cyclical' sets its "
+                         f"own ramps (--kl-cycles, --kl-ratio); expected 0, got {warm}")
+    if warm:
+        values["kl_warmup_epochs"] = warm
+    bits = values.get("free_bits")
+    objective = values.get("objective", "elbo")
+    if isinstance(bits, Real) and float(bits) > 0 and catalogue.canonical(objective) != "elbo":
+        raise ValueError(f"free_bits (--free-bits): applies to objective 'elbo' only; "
+                         f"expected 0 with objective {objective!r}, got {bits}")
+    return values
+
+
+@catalogue.components(TRAIN_KINDS, before=_older_train_keys)
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything about a training run except the architecture.
@@ -277,9 +272,15 @@ class TrainConfig:
     validation), ``binarize`` ("dynamic": a fresh Bernoulli draw per visit, "static": one
     seeded draw, "none": the grey levels themselves).
 
+    Components (``vaelab.catalogue``) are each a name and its options: ``objective`` +
+    ``objective_options``, ``kl_schedule`` + ``kl_schedule_options``, ``lr_schedule`` +
+    ``lr_schedule_options``. The older flat keys (``free_bits``, ``kl_warmup_epochs``,
+    ``kl_cycles``, ``kl_ratio``, ``lr_decay``, ``lr_patience``) are accepted and read as the
+    chosen component's option (0 for a warm-up or free bits the component does not have).
+
     Optimization: ``epochs``, ``batch_size``, Adam ``lr``/``betas``, ``grad_clip`` (global norm),
     ``lr_schedule`` ("constant"; "cosine" from lr to 0 over all steps; "exponential": lr ×
-    lr_decay^epoch; "plateau": lr × 0.5 after every ``lr_patience`` epochs without a better
+    decay^epoch; "plateau": lr × 0.5 after every ``patience`` epochs without a better
     validation ELBO), ``lr_warmup_epochs`` (the rate ramps linearly from 0 over that many
     epochs, on top of any schedule), ``ema_decay`` (keep an exponential moving average of the
     weights, ``vaelab.fit.ema``, and validate, early-stop, sample and save with it; None: off),
@@ -323,18 +324,15 @@ class TrainConfig:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     seed: int = 0
-    kl_warmup_epochs: float = 0.0
     beta: float = 1.0
-    kl_schedule: str = "constant"
-    kl_cycles: int = 4
-    kl_ratio: float = 0.5
-    free_bits: float = 0.0
     objective: str = "elbo"
+    objective_options: dict = field(default_factory=dict)
+    kl_schedule: str = "constant"
+    kl_schedule_options: dict = field(default_factory=dict)
     grad_clip: float | None = None
     early_stopping_patience: int | None = None
     lr_schedule: str = "constant"
-    lr_decay: float = 0.95
-    lr_patience: int = 10
+    lr_schedule_options: dict = field(default_factory=dict)
     lr_warmup_epochs: float = 0.0
     ema_decay: float | None = None
     binarize: str = "dynamic"
@@ -373,8 +371,7 @@ class TrainConfig:
         for name in ("lr", "refine_lr"):
             _checks.positive_float(name, getattr(self, name))
         object.__setattr__(self, "betas", _betas(self.betas))
-        object.__setattr__(self, "kl_warmup_epochs",
-                           _non_negative_float("kl_warmup_epochs", self.kl_warmup_epochs))
+        catalogue.check_components(self, TRAIN_KINDS)
         if self.grad_clip is not None:
             _checks.positive_float("grad_clip", self.grad_clip)
         if self.phi_lr is not None:
@@ -385,31 +382,9 @@ class TrainConfig:
         self._check_objective()
 
     def _check_objective(self) -> None:
-        _checks.one_of("objective", self.objective, OBJECTIVES)
-        _checks.one_of("kl_schedule", self.kl_schedule, KL_SCHEDULES)
-        for name in ("beta", "free_bits"):
-            object.__setattr__(self, name, _non_negative_float(name, getattr(self, name)))
-        _checks.positive_int("kl_cycles", self.kl_cycles)
-        ratio = _checks.positive_float("kl_ratio", self.kl_ratio)
-        if ratio > 1:
-            raise ValueError(f"kl_ratio: expected a number in (0, 1], got {ratio}")
-        if self.kl_warmup_epochs > 0 and self.kl_schedule == "constant":
-            object.__setattr__(self, "kl_schedule", "linear")   # the older spelling of linear
-        if self.kl_schedule == "linear" and self.kl_warmup_epochs == 0:
-            raise ValueError("kl_warmup_epochs (--kl-warmup): kl_schedule 'linear' ramps the KL "
-                             "weight over that many epochs; expected a number > 0, got 0")
-        if self.kl_schedule == "cyclical" and self.kl_warmup_epochs > 0:
-            raise ValueError(f"kl_warmup_epochs (--kl-warmup): kl_schedule 'cyclical' sets its "
-                             f"own ramps (--kl-cycles, --kl-ratio); expected 0, "
-                             f"got {self.kl_warmup_epochs}")
-        if self.free_bits > 0 and self.objective != "elbo":
-            raise ValueError(f"free_bits (--free-bits): applies to objective 'elbo' only; "
-                             f"expected 0 with objective {self.objective!r}, "
-                             f"got {self.free_bits}")
+        object.__setattr__(self, "beta", _non_negative_float("beta", self.beta))
 
     def _check_choices(self) -> None:
-        _checks.one_of("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _checks.positive_int("lr_patience", self.lr_patience)
         object.__setattr__(self, "lr_warmup_epochs",
                            _non_negative_float("lr_warmup_epochs", self.lr_warmup_epochs))
         if self.ema_decay is not None:
@@ -420,9 +395,6 @@ class TrainConfig:
         if self.lr_schedule == "plateau" and self.val_fraction == 0:
             raise ValueError("lr_schedule (--lr-schedule): 'plateau' watches the validation "
                              "ELBO, but val_fraction (--val-fraction) is 0")
-        decay = _checks.positive_float("lr_decay", self.lr_decay)
-        if decay > 1:
-            raise ValueError(f"lr_decay: expected a number in (0, 1], got {decay}")
         _checks.one_of("binarize", self.binarize, BINARIZE_MODES)
         _checks.one_of("inference", self.inference, INFERENCE_NAMES)
         _checks.one_of("schedule", self.schedule, TRAIN_SCHEDULES)
@@ -445,6 +417,12 @@ class TrainConfig:
             raise ValueError("early_stopping_patience: needs a validation ELBO, which "
                              "inference='per-datapoint' does not provide (it trains no "
                              "encoder); expected None")
+
+    def __getattr__(self, key: str) -> Any:
+        """The older flat keys (``free_bits``, ``kl_cycles``, …) read as the chosen
+        component's option; a warm-up or free bits the component does not have read as 0."""
+        return catalogue.older_value(self, TRAIN_KINDS, key,
+                                     {"kl_warmup_epochs": 0.0, "free_bits": 0.0})
 
     def to_dict(self) -> dict:
         """JSON-serializable dict (tuples become lists)."""
@@ -505,11 +483,12 @@ class RunConfig:
             raise TypeError(f"model: expected a ModelConfig, got {type(self.model).__name__}")
         if not isinstance(self.train, TrainConfig):
             raise TypeError(f"train: expected a TrainConfig, got {type(self.train).__name__}")
-        if self.train.objective == "iwae-dreg" and self.model.family == "mixture":
-            raise ValueError("objective (--objective): 'iwae-dreg' is not available with "
-                             "family 'mixture' "
-                             "(the stratified bound's DReG form is not derived); expected "
-                             "'iwae' (stratified IWAE) or 'elbo'")
+        if (not catalogue.fact("objective", self.train.objective, "mixture_q", True)
+                and catalogue.fact("family", self.model.family, "mixture")):
+            raise ValueError(f"objective (--objective): {self.train.objective!r} is not "
+                             f"available with family {self.model.family!r} (the stratified "
+                             f"bound's DReG form is not derived); expected 'iwae' "
+                             f"(stratified IWAE) or 'elbo'")
         if isinstance(self.model.latent_dim, tuple) and self.train.inference != "amortized":
             raise ValueError(f"inference (--inference): a hierarchical model (latent_dim "
                              f"{list(self.model.latent_dim)}) is trained with its bottom-up or "
@@ -533,7 +512,7 @@ class RunConfig:
 
 def _section_of(key: str) -> str:
     for section, cls in SECTIONS.items():
-        if key in {f.name for f in dataclasses.fields(cls)}:
+        if key in {f.name for f in dataclasses.fields(cls)} | _older_keys(cls):
             return section
     model_keys = sorted(f.name for f in dataclasses.fields(ModelConfig))
     train_keys = sorted(f.name for f in dataclasses.fields(TrainConfig))
@@ -570,13 +549,18 @@ def normalize(data: object) -> dict:
 def merge(config: dict, overrides: dict) -> dict:
     """Return ``config`` with ``overrides`` applied on top, both in any :func:`normalize` form.
 
-    Meant for command-line flags over a config file: an override whose value is None counts
-    as "not given" and is skipped. Unknown keys in either dict raise ValueError naming them.
-    Returns the nested form ``{"model": {...}, "train": {...}}``.
+    Meant for command-line flags over a file: an override whose value is None counts as "not
+    given" and is skipped. An override that picks another component (``--prior flow`` over a
+    file's VampPrior) drops the file's options of the old one. Unknown keys in either dict
+    raise ValueError naming them. Returns the nested form ``{"model": {...}, "train": {...}}``.
     """
     base = normalize(config)
     given = {k: v for k, v in _flatten(overrides).items() if v is not None}
     for section, values in normalize(given).items():
+        for kind in MODEL_KINDS if section == "model" else ():
+            name = catalogue.FIELDS[kind]
+            if name in values and values[name] != base[section].get(name):
+                base[section].pop(f"{name}_options", None)
         base[section].update(values)
     return base
 
