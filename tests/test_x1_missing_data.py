@@ -28,7 +28,7 @@ def _without(argv: list, flags: list) -> list:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("x1")
+    folder = tmp_path_factory.mktemp("tables")
     (folder / "text.csv").write_text("a,b\n1,2\nfoo,3\n,4\n")
     (folder / "np.csv").write_text("0.1,0.2\nnp.float64(14.23),0.3\n")
     rng = np.random.default_rng(0)
