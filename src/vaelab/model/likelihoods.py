@@ -40,20 +40,15 @@ EIGHT_BIT_MAX = 255
 
 
 class _Registry(Mapping[str, "type[Likelihood]"]):
-    """Saved name → class of every likelihood: each concrete :class:`Likelihood` subclass
-    registers itself when defined (like ``torch.distributions.register_kl``, next to its
-    code), and the first read imports every module the catalogue names, so likelihoods that
-    live in other modules are here too. The catalogue test pins it equal to the entries."""
+    """Saved name → class: each concrete Likelihood registers itself when defined, and the
+    first read imports every module the catalogue names (likelihoods in other modules)."""
 
     def __init__(self) -> None:
         self.classes: dict[str, type[Likelihood]] = {}
-        self._complete = False
 
     def _all(self) -> dict[str, type[Likelihood]]:
-        if not self._complete:
-            for entry in catalogue.entries("likelihood"):
-                entry.resolve()
-            self._complete = True
+        for entry in catalogue.entries("likelihood"):     # imported once, then a lookup
+            entry.resolve()
         return self.classes
 
     def __getitem__(self, name: str) -> type[Likelihood]:
@@ -80,7 +75,8 @@ class Likelihood(nn.Module):
     params_per_dim: int = 1
     #: data kind → "probability" | "bound" | "density"; every other kind is a "score".
     meaning: dict[str, str] = {}
-    #: The values it accepts: "unit-interval" ([0, 1]), "8-bit" (k/255) or "real".
+    #: The values it accepts: "unit-interval" ([0, 1]), "8-bit" (k/255), "real", "positive",
+    #: "counts" or "categories" (integers as given).
     support: str = "real"
 
     @classmethod
@@ -585,16 +581,14 @@ def from_model_config(config) -> Likelihood:
 def check_data_kind(likelihood: object, kind: str, low: float, high: float,
                     values: torch.Tensor | None = None,
                     data_dim: int | None = None) -> str | None:
-    """Refuse data outside the support of ``likelihood`` (by kind and range, and by the
-    likelihood's own support check on ``values``), naming CLI flags.
+    """Refuse data outside the support of ``likelihood`` (by kind and range, and by its own
+    support check on ``values``), naming CLI flags.
 
     Args:
-        likelihood: a name of :data:`LIKELIHOODS`, or a ``vaelab.config.ModelConfig`` (its
-        likelihood with its options: a binomial needs its trials); kind: the data's kind as
-        the model will see them (after binarization); low, high: their smallest and largest
-        values; values: the values themselves (floating; any shape), checked by the
-        likelihood's ``check_support`` when given (counts must be integers, ...); data_dim:
-        values per example (a likelihood with a parameter per column needs it).
+        likelihood: a name of :data:`LIKELIHOODS` or a ``ModelConfig`` (with its options);
+        kind: the data's kind as the model will see them (after binarization); low, high:
+        their smallest and largest values; values: the values (floating, any shape), or
+        None; data_dim: values per example (for a parameter per column).
 
     Returns:
         None, or a one-line note when the data are accepted but ``log_prob`` on them is only
