@@ -388,7 +388,7 @@ def test_fast_paths_on_the_device_take_the_cpu_steps(monkeypatch, device, path):
 # * a ``.npy`` object array whose pickle payload would create a file is refused unexecuted;
 # * a KL weight strictly between 0 and 1 on the autograd path: the gradient is exactly the
 #   weighted sum of the reconstruction and KL gradients (float64, to rounding).
-# (The standard errors against hand-computed values are in ``test_honest_numbers.py``.)
+# (The standard errors against hand-computed values are in ``test_honest.py``.)
 
 
 train_mod = importlib.import_module("vaelab.fit.train")
