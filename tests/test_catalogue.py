@@ -144,6 +144,9 @@ def test_option_values_are_normalised():
     assert Option("k", "float>0", 1.0, "").validate(2) == 2.0
     assert isinstance(Option("k", "float>0", 1.0, "").validate(2), float)
     assert Option("k", "ints>=1", (1,), "").validate([32, 64]) == (32, 64)
+    assert Option("k", "sizes", (1,), "").validate([]) == ()     # no hidden layer: linear
+    with pytest.raises(ValueError, match="k: expected a non-empty list"):
+        Option("k", "ints>=1", (1,), "").validate([])
     assert Option("k", "int>=1", None, "").validate(None) is None
     choice = Option("k", "choice", "a", "", choices=("a", "b"))
     with pytest.raises(ValueError, match="k: expected one of 'a', 'b', got 'c'"):
@@ -227,10 +230,10 @@ def test_the_command_line_choices_and_component_flags_are_the_catalogues():
     from vaelab import cli
 
     commands = next(a for a in cli.build_parser()._actions if a.dest == "command").choices
-    for command, kinds in (("train", cli.MODEL_KINDS + cli.TRAIN_KINDS),
+    for command, kinds in (("train", cli.components.MODEL_KINDS + cli.components.TRAIN_KINDS),
                            ("evaluate", ("estimator",))):
         actions = {s: a for a in commands[command]._actions for s in a.option_strings}
         for kind in kinds:
-            assert tuple(actions[cli.CHOOSER[kind]].choices) == catalogue.names(kind)
+            assert tuple(actions[cli.components.CHOOSER[kind]].choices) == catalogue.names(kind)
             for flag in catalogue.flags(kind):
                 assert flag in actions, (command, flag)

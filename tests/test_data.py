@@ -606,6 +606,8 @@ def test_masked_run_next_evaluate_encode_impute(files, capsys, tmp_path):
 ])
 def test_messages_name_flags(files, capsys, tmp_path, argv, message):
     flags = [a for a in argv if str(a).startswith("--")]   # the case's value, given once
+    if "--net" in flags:     # --hidden is an option of --net mlp: refused beside --net conv
+        flags.append("--hidden")
     args = [*_without(["--data", files / "full.csv", *TINY], flags), "--out", tmp_path / "r",
             *argv]
     code, _, err = run_cli(capsys, "train", *args)

@@ -44,6 +44,7 @@ CHECKS = {
     "bool": "true or false",
     "choice": "one of the choices",
     "ints>=1": "a non-empty list of integers >= 1",
+    "sizes": "a list of integers >= 1 (empty: none)",
     "betas": "two numbers in [0, 1) such as (0.9, 0.999)",
     "any": "any value",
 }
@@ -114,7 +115,7 @@ class Option:
             if not isinstance(value, bool):
                 raise TypeError(f"{where}: expected true or false, got {value!r}")
             return value
-        if self.check in ("ints>=1", "betas"):
+        if self.check in ("ints>=1", "sizes", "betas"):
             return self._sequence(value, where)
         if self.check == "any":
             return value
@@ -127,7 +128,8 @@ class Option:
     def _sequence(self, value: object, where: str) -> tuple:
         ok = not isinstance(value, (str, bytes)) and hasattr(value, "__iter__")
         items: tuple[Any, ...] = tuple(cast(Iterable[Any], value)) if ok else ()
-        if self.check == "ints>=1" and items and all(_scalar("int>=1", v) for v in items):
+        sizes = ok and all(_scalar("int>=1", v) for v in items)
+        if (self.check == "sizes" and sizes) or (self.check == "ints>=1" and sizes and items):
             return tuple(int(v) for v in items)
         if self.check == "betas" and len(items) == 2 and all(_scalar("fraction", b)
                                                              for b in items):
@@ -142,7 +144,7 @@ class Option:
                 value: object = int(text)
             elif self.check in ("float>0", "float>=0", "fraction", "unit"):
                 value = float(text)
-            elif self.check == "ints>=1":
+            elif self.check in ("ints>=1", "sizes"):
                 value = tuple(int(part) for part in text.split(","))
             elif self.check == "betas":
                 value = tuple(float(part) for part in text.split(","))
@@ -150,7 +152,7 @@ class Option:
                 value = text
             return self.validate(value)
         except (TypeError, ValueError):
-            example = " such as 512,256" if self.check == "ints>=1" else ""
+            example = " such as 512,256" if self.check in ("ints>=1", "sizes") else ""
             raise ValueError(f"expected {self.expected}{example}, got {text!r}") from None
 
 
@@ -282,7 +284,7 @@ _ENTRIES = (
     # ---- encoder and decoder networks
     Entry("network", "mlp", "vaelab.model.nets:MLPNets",
           "dense layers, x → hidden → q's parameters and back reversed",
-          (Option("hidden", "ints>=1", (512, 256), "hidden layer sizes", flag="--hidden",
+          (Option("hidden", "sizes", (512, 256), "hidden layer sizes", flag="--hidden",
                   key="hidden", metavar="N,N,..."), _ACTIVATION,
            Option("gated", "bool", False, "gated dense units h = (W₁x + b₁) ⊙ σ(W₂x + b₂) "
                   "instead of the activation", flag="--gated", key="gated"))),
