@@ -316,8 +316,8 @@ def test_interrupt_exits_130_with_one_line(capsys, monkeypatch):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_figures", interrupted)
-    monkeypatch.setattr(cli, "_add_figures", _figures_with(interrupted))
+    monkeypatch.setattr(cli.show, "cmd_figures", interrupted)
+    monkeypatch.setattr(cli.show, "add_figures", _figures_with(interrupted))
     code, _, err = run_cli(capsys, "figures", "--out", "x")
     assert code == 130 and err.strip() == "vaelab: interrupted"
 
@@ -334,7 +334,7 @@ def test_unexpected_errors_are_one_line_unless_debugging(capsys, monkeypatch):
     def bug(args):
         raise KeyError("boom")
 
-    monkeypatch.setattr(cli, "_add_figures", _figures_with(bug))
+    monkeypatch.setattr(cli.show, "add_figures", _figures_with(bug))
     line = assert_error(run_cli(capsys, "figures", "--out", "x"), 1, "KeyError", "boom",
                         "VAELAB_DEBUG=1")
     assert "unexpected" in line
@@ -467,7 +467,7 @@ def test_closing_summary_prints_on_rank_zero_only(tmp_path, monkeypatch, capsys,
         monkeypatch.delenv("RANK", raising=False)
     else:
         monkeypatch.setenv("RANK", rank)
-    cli._report_run(tmp_path)
+    cli.train._report_run(tmp_path)
     out = capsys.readouterr().out
     assert (f"run directory: {tmp_path}" in out) is printed
     assert bool(out) is printed

@@ -9,6 +9,7 @@ import pytest
 from conftest import needs_fashion_mnist, run_cli
 
 from vaelab import cli
+from vaelab.show import tables
 
 
 @pytest.mark.parametrize("argv, flag", [
@@ -76,7 +77,7 @@ def test_the_table_says_when_log_px_se_is_monte_carlo_only(tmp_path, capsys):
     assert r["log_likelihood"]["se_rule"] == "split mean" and set(r["se_rules"]) == {
         "across examples", "split mean"}
     r["population_size"] = r["num_examples"]           # as when the whole split is evaluated
-    assert rule + "; all were evaluated, so Monte Carlo only)" in cli.format_evaluation(r)
+    assert rule + "; all were evaluated, so Monte Carlo only)" in tables.format_evaluation(r)
 
 
 @needs_fashion_mnist

@@ -56,13 +56,13 @@ def test_a_switch_given_twice_is_harmless(capsys, run):
 def test_sample_too_large_for_memory_is_refused_before_allocating(capsys, run, monkeypatch):
     from vaelab.config import ModelConfig
 
-    each = cli._bytes_per_sample(ModelConfig(data_dim=6, latent_dim=2, hidden=(8,)))
+    each = cli.evaluate._bytes_per_sample(ModelConfig(data_dim=6, latent_dim=2, hidden=(8,)))
     assert each == 2 * 4 * (2 + 2 * 8 + 8 * 6)                 # z, hidden ×2, 8 per value
     n = 100_000_000_000                                        # this machine's real memory
     line = _one_line(run_cli(capsys, "sample", run, "-n", n), 1)
     assert f"-n: {n} needs about {n * each / 2**30:.3g} GiB of memory" in line
     assert not (run / f"samples-{n}.png").exists()
-    monkeypatch.setattr(cli, "_available_memory", lambda: 2**20)      # 1 MiB available
+    monkeypatch.setattr(cli.evaluate, "_available_memory", lambda: 2**20)      # 1 MiB available
     line = _one_line(run_cli(capsys, "sample", run, "-n", 2**20 // each + 1), 1)
     assert line.endswith(f"0.000977 GiB are available; expected -n <= {2**20 // each}, got "
                          f"{2**20 // each + 1}")
@@ -106,7 +106,7 @@ def test_torchrun_ranks_other_than_0_say_nothing(capsys, run, monkeypatch):
         raise RuntimeError("CUDA out of memory on this rank")
 
     parser_default = cli.build_parser
-    monkeypatch.setattr(cli, "build_parser", lambda: _with_runs(parser_default(), boom))
+    monkeypatch.setattr(cli.command, "build_parser", lambda: _with_runs(parser_default(), boom))
     code, out, err = run_cli(capsys, "runs", run.parent)
     assert code == 1 and out == ""
     assert err == ("vaelab: error: [rank 1] unexpected RuntimeError: CUDA out of memory on "

@@ -179,7 +179,7 @@ def test_cluster_kmeans_and_the_mixture_prior(runs, tmp_path, capsys):
 
 
 def test_cli_score_names_match_the_library():
-    assert cli.SCORE_CHOICES == scores.SCORE_NAMES
+    assert cli.use.SCORE_CHOICES == scores.SCORE_NAMES
 
 
 def _printed(line: str, name: str) -> float:

@@ -148,3 +148,23 @@ def test_encode_hands_x_to_the_encoders_device_and_the_codes_back():
     q = lambda x: Independent(Normal(x[:, :2], 1.0), 1)  # noqa: E731  (a plain callable)
     x = torch.rand(3, 6)
     assert torch.equal(encode(q, x), x[:, :2])
+
+
+def test_assign_clusters_auto_is_kmeans_with_one_cluster_per_class_for_a_normal_prior():
+    """Without a mixture prior "auto" is k-means, as many clusters as label classes; two
+    well separated blobs are recovered exactly (up to naming)."""
+    from vaelab.use.cluster import assign_clusters
+
+    class Model:               # a standard-normal prior: its components are not clusters
+        prior_module = None
+
+    z = torch.cat([torch.zeros(5, 2), torch.full((5, 2), 10.0)])
+    z = z + 0.01 * torch.randn(10, 2, generator=torch.Generator().manual_seed(0))
+    labels = np.array([0] * 5 + [1] * 5)
+    how, k, assignments = assign_clusters(Model(), z, labels=labels, seed=0)
+    assert (how, k) == ("k-means", 2)
+    assert len(set(assignments[:5])) == 1 and len(set(assignments[5:])) == 1
+    assert assignments[0] != assignments[5]
+    with pytest.raises(ValueError, match="--method prior: expected a run trained with --prior"):
+        assign_clusters(type("M", (), {"prior": lambda self: torch.distributions.Normal(0, 1)})(),
+                        z, method="prior", prior_name="standard-normal")

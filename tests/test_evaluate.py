@@ -13,6 +13,7 @@ from vaelab.config import ModelConfig
 from vaelab.measure import evaluate
 from vaelab.model.exact import LinearGaussian
 from vaelab.model.vae import build_vae
+from vaelab.show import tables
 
 F64 = torch.float64
 
@@ -198,7 +199,6 @@ def test_with_one_importance_sample_the_between_example_part_is_shown():
     """k = 1: the whole ± of log p(x) is undefined (no Monte Carlo error), but its
     between-example part √((1 − n/N)/n)·sd is not: the JSON gives it (se_data, in bits/dim
     too) with the reason, and the table shows it as a lower bound "≥" with a note."""
-    from vaelab import cli
 
     r = evaluate._add_bits_per_dim(evaluate._report(_measures(1), 8, 1, 1, 0.01), 10)
     ll, bpd = r["log_likelihood"], r["nll_bits_per_dim"]
@@ -208,7 +208,7 @@ def test_with_one_importance_sample_the_between_example_part_is_shown():
     assert "k = 1" in ll["undefined"]["se"] and "se_data" in ll["undefined"]["se"]
     assert bpd["se"] is None and bpd["se_data"] == pytest.approx(part / (10 * math.log(2)),
                                                                  rel=1e-12)
-    table = cli.format_evaluation(r)
+    table = tables.format_evaluation(r)
     row = next(line for line in table.splitlines() if line.startswith("log p(x) (nats)"))
     assert row.split()[-1] == f"≥{part:.3f}"
     bits = next(line for line in table.splitlines() if line.startswith("NLL (bits/dim)"))
@@ -221,7 +221,6 @@ def test_each_standard_error_names_its_rule_and_follows_it():
     """ELBO, rate, distortion and the gap: sd/√n (no finite-population correction); log p(x):
     √(se_mc² + (1 − n/N) sd²/n). Each summary says which, the JSON explains both, the table
     labels both."""
-    from vaelab import cli
 
     r = evaluate._add_bits_per_dim(evaluate._report(_measures(100), 8, 100, 1, 0.01), 10)
     sd = math.sqrt(5 / 3)                                      # of 0, 1, 2, 3
@@ -235,7 +234,7 @@ def test_each_standard_error_names_its_rule_and_follows_it():
     assert ll["se"] == pytest.approx(math.hypot(se_mc, se_data), rel=1e-12)
     assert set(r["se_rules"]) == {"across examples", "split mean"}
     assert "finite-population" in r["se_rules"]["split mean"]
-    table = cli.format_evaluation(r)
+    table = tables.format_evaluation(r)
     assert ("± of ELBO, rate, distortion, gap: std/√n across examples; ± of log p(x), "
             "bits/dim: Monte Carlo error ⊕ sampling n of N examples (finite-population "
             "correction)") in table

@@ -25,6 +25,7 @@ from vaelab import ModelConfig, build_vae, cli
 from vaelab.measure import evaluate, honest
 from vaelab.measure.gaps import GapReport, gap_panels
 from vaelab.model.families import DiagonalNormal
+from vaelab.show import tables
 
 SE_0123 = math.sqrt(5 / 3) / 2          # sd of 0, 1, 2, 3 (n − 1 denominator) / √4
 
@@ -66,7 +67,7 @@ def test_diverged_model_gives_strict_json_with_reasons_and_a_warning():
     assert nulls_without_reason(r) == []
     diverged = [w for w in r["warnings"] if "appears to have diverged" in w]
     assert len(diverged) == 1 and "12 of 12" in diverged[0]
-    table = cli.format_evaluation(r)
+    table = tables.format_evaluation(r)
     assert "-inf" in table and "appears to have diverged" in table
 
 
@@ -132,7 +133,7 @@ def test_every_statistic_of_one_example_and_one_sample_is_undefined_with_a_reaso
     assert r["active_units"] is None and r["undefined"]["active_units"]
     assert nulls_without_reason(r) == []
     json.dumps(r, allow_nan=False)
-    table = cli.format_evaluation(r)
+    table = tables.format_evaluation(r)
     rows = table.splitlines()[2:8]                 # ELBO ... log p(x) − ELBO
     assert len(rows) == 6 and all(row.endswith(" undefined") for row in rows)
     assert "0.000" not in table and "nan" not in table
@@ -161,8 +162,8 @@ def test_tiny_ess_gets_a_warning_line():
     tiny = sum(e < 10 for e in r["per_example"]["ess"])
     assert tiny >= 3 and r["ess"]["num_tiny"] == tiny and r["ess"]["min"] < 10
     assert any("tiny effective sample size" in w and f"{tiny} of 6" in w for w in r["warnings"])
-    assert "tiny effective sample size" in cli.format_evaluation(r)
-    assert "ESS (of k)" in cli.format_evaluation(r)
+    assert "tiny effective sample size" in tables.format_evaluation(r)
+    assert "ESS (of k)" in tables.format_evaluation(r)
 
 
 def test_gap_report_of_one_example_and_of_non_finite_bounds():

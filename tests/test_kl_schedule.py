@@ -13,8 +13,8 @@ from vaelab.infer import objectives
 
 
 def test_names_agree_between_the_config_leaf_and_the_modules():
-    assert config_.OBJECTIVES == objectives.OBJECTIVES == cli.OBJECTIVE_CHOICES
-    assert config_.KL_SCHEDULES == kl_schedule.KL_SCHEDULES == cli.KL_SCHEDULE_CHOICES
+    assert config_.OBJECTIVES == objectives.OBJECTIVES == cli.train.OBJECTIVE_CHOICES
+    assert config_.KL_SCHEDULES == kl_schedule.KL_SCHEDULES == cli.train.KL_SCHEDULE_CHOICES
 
 
 def test_constant_is_beta_at_every_step():
@@ -82,11 +82,11 @@ def test_cli_flags_reach_the_train_config(tmp_path):
         ["train", "--objective", "iwae-dreg", "--num-samples", "5", "--beta", "0.5",
          "--kl-schedule", "cyclical", "--kl-cycles", "3", "--kl-ratio", "0.25",
          "--out", str(tmp_path / "run")])
-    tc = cli._train_config(args, tmp_path / "run").train
+    tc = cli.train._train_config(args, tmp_path / "run").train
     assert (tc.objective, tc.num_samples, tc.beta, tc.kl_schedule, tc.kl_cycles,
             tc.kl_ratio, tc.free_bits) == ("iwae-dreg", 5, 0.5, "cyclical", 3, 0.25, 0.0)
     args = cli.build_parser().parse_args(["train", "--kl-warmup", "3", "--free-bits", "0.1"])
-    tc = cli._train_config(args, tmp_path / "run").train
+    tc = cli.train._train_config(args, tmp_path / "run").train
     assert (tc.kl_schedule, tc.kl_warmup_epochs, tc.free_bits) == ("linear", 3.0, 0.1)
 
 

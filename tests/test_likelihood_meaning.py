@@ -10,12 +10,13 @@ import math
 import pytest
 import torch
 
-from vaelab import catalogue, cli
+from vaelab import catalogue
 from vaelab.config import ModelConfig
 from vaelab.data import DATA_KINDS
 from vaelab.measure.evaluate import evaluate_model, likelihood_meaning
 from vaelab.model import likelihoods
 from vaelab.model.vae import build_vae
+from vaelab.show import tables
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # small tensors, shared cores
 
@@ -66,7 +67,7 @@ def test_issue_input_bernoulli_on_grey_levels_reports_no_log_px_or_bits():
     assert r["nll_bits_per_dim"]["mean"] is None and r["nll_bits_per_dim"]["se"] is None
     assert r["neg_elbo_bits_per_dim"] is None
     assert "not log p(x)" in meaning["note"] and "--binarize dynamic" in meaning["note"]
-    table = cli._with_meaning(cli.format_evaluation({**r, "data": "x", "split": "test"}), r)
+    table = tables.with_meaning(tables.format_evaluation({**r, "data": "x", "split": "test"}), r)
     assert "log p(x) (nats)" not in table and "unnormalised score" in table
     assert "not log p(x)" in table
 
@@ -94,7 +95,7 @@ def test_a_density_reports_nats_and_no_bits():
     assert r["log_likelihood_normalised"] is True
     assert math.isfinite(r["log_likelihood"]["mean"])
     assert r["nll_bits_per_dim"]["mean"] is None and r["neg_elbo_bits_per_dim"] is None
-    table = cli._with_meaning(cli.format_evaluation({**r, "data": "x", "split": "test"}), r)
+    table = tables.with_meaning(tables.format_evaluation({**r, "data": "x", "split": "test"}), r)
     assert "log density (nats)" in table and "not bits/dim" in table
 
 

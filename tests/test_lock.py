@@ -33,7 +33,7 @@ def table(tmp_path: Path) -> Path:
 
 
 def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(cli.__file__).parents[1])}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(cli.__file__).parents[2])}
 
 
 def _train(data: Path, out: Path, *extra: str) -> subprocess.Popen:

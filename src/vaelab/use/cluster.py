@@ -18,6 +18,8 @@ linearly decodable the classes are from the codes (cross-validated logistic regr
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch.distributions import Distribution, MixtureSameFamily
@@ -136,3 +138,44 @@ def probe_folds(labels: object, folds: int = 5) -> int:
     counts = np.unique(labels, return_counts=True)[1]
     usable = min(_checks.positive_int("folds", folds), int(counts.min()) if counts.size else 0)
     return usable if counts.shape[0] >= 2 and usable >= 2 else 0
+
+
+def assign_clusters(model: Any, z: torch.Tensor, *, method: str = "auto",
+                    clusters: int | None = None, labels: np.ndarray | None = None,
+                    seed: int = 0, prior_name: str | None = None
+                    ) -> tuple[str, int, np.ndarray]:
+    """(how, number of clusters, assignments [N]) for the codes z [N, L] of ``model``'s run.
+
+    ``method`` "auto" takes the prior's responsibilities when the prior's components are
+    clusters (a mixture prior), else k-means with ``clusters`` (default: the number of classes
+    in ``labels``, else 10); "prior" and "kmeans" choose. Messages name the CLI flags
+    (--method, --clusters), as ``vaelab cluster`` takes them; ``prior_name`` is the prior
+    the run was trained with, for them.
+    """
+    if method == "auto":
+        found = getattr(getattr(model, "prior_module", None), "clusters", False)
+        method = "prior" if found else "kmeans"     # a prior whose components are clusters
+    if method == "prior":
+        prior = model.prior()
+        if not is_mixture(prior):
+            raise ValueError(f"--method prior: expected a run trained with --prior mog, got "
+                             f"prior {prior_name!r}; use --method kmeans")
+        resp = prior_responsibilities(prior, z)
+        if clusters is not None and clusters != resp.shape[1]:
+            raise ValueError(f"--clusters: the run's mixture prior has {resp.shape[1]} "
+                             f"components, got {clusters}; drop --clusters")
+        return "mixture prior p(c | z)", resp.shape[1], resp.argmax(1).cpu().numpy()
+    k = clusters or (len(np.unique(labels)) if labels is not None else 10)
+    return "k-means", k, kmeans(z.cpu().numpy(), k, seed=seed)
+
+
+def cluster_report(z: torch.Tensor, labels: np.ndarray, assignments: np.ndarray, *,
+                   seed: int = 0) -> dict:
+    """:func:`cluster_metrics` of ``assignments`` against ``labels`` [N], plus the linear-probe
+    accuracy of the codes z [N, L] on as many folds as the smallest class allows (up to 5;
+    ``probe_folds`` 0 and no accuracy when it cannot run)."""
+    report: dict = {**cluster_metrics(labels, assignments), "probe_folds": probe_folds(labels)}
+    if report["probe_folds"]:
+        report["probe_accuracy"] = linear_probe_accuracy(
+            z.cpu().numpy(), labels, folds=report["probe_folds"], seed=seed)
+    return report

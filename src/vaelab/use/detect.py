@@ -11,6 +11,8 @@ out-of-distribution examples"): AUROC, AUPR with anomalies as positives, FPR at 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from vaelab._checks import to_numpy
@@ -71,3 +73,22 @@ def anomaly_metrics(scores: object, labels: object) -> dict[str, float | int]:
             "auprc": float(average_precision_score(labels, ranks)),
             "fpr_at_95_tpr": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
             "num_normal": int((labels == 0).sum()), "num_anomalous": int(labels.sum())}
+
+
+def detection_results(names: Sequence[str], columns: dict[str, np.ndarray], labels: np.ndarray
+                      ) -> tuple[dict[str, dict], dict[str, tuple]]:
+    """Each score's :func:`anomaly_metrics` (or why it is undefined: NaN scores) and its ROC
+    curve (fpr, tpr, AUROC) for a figure; ``columns`` as :func:`vaelab.use.scores.anomaly_scores`
+    returns them, ``labels`` 0/1 [N]."""
+    from vaelab.use.scores import SCORE_COLUMNS
+
+    results: dict[str, dict] = {}
+    curves: dict[str, tuple] = {}
+    for name in names:
+        values = columns[SCORE_COLUMNS[name]]
+        if np.isnan(values).any():
+            results[name] = {"undefined": f"{int(np.isnan(values).sum())} NaN scores"}
+            continue
+        m = results[name] = anomaly_metrics(values, labels)
+        curves[name] = (*roc_points(values, labels), m["auroc"])
+    return results, curves

@@ -32,6 +32,7 @@ import math
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -226,3 +227,19 @@ def sampling_warnings(columns: dict[str, np.ndarray], num_samples: int,
                 torch.as_tensor(columns[f"{prefix}_ess"]),
                 torch.as_tensor(columns[f"{prefix}_se"]), num_samples, quantity=quantity)
     return lines
+
+
+def background_model(background: Any, trained: Any, *, source: str = "--background",
+                     note: Callable[[str], object] = print) -> tuple[Any, Any]:
+    """(model, encoder) of the loaded run ``background`` as the background of
+    ``likelihood-ratio`` for the loaded run ``trained``: the same data size, else ValueError;
+    a note (through ``note``) when it was not trained on perturbed inputs, as Ren et al.'s
+    background model is. ``source`` names the background run in the note."""
+    model, reference = background.model, trained.model
+    if model.data_dim != reference.data_dim:
+        raise ValueError(f"--background: expected a model of {reference.data_dim} values "
+                         f"per example (RUN's), got {model.data_dim}")
+    if background.config.train.perturb_fraction == 0:
+        note(f"note: {source} was not trained on perturbed inputs "
+             f"(perturb_fraction 0); Ren et al.'s background model is")
+    return model, model.encoder

@@ -1,0 +1,203 @@
+"""What a command reads and where it writes: a run, its held-out data, output paths, locks.
+
+Role in vaelab: the shared first half of every command's body. A run directory is loaded with
+one clear line when it is not one (:func:`load_run`); its evaluation data are the data it was
+trained on, binarized once (seeded) as in training (:func:`held_out`); every output path is
+checked writable before anything is computed (:func:`out_path`, :func:`writable_dir`), and a
+run directory about to be written is locked, one writer per run (:func:`claim`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from vaelab.cli.errors import one_line
+
+
+def writable_dir(path: Path, what: str) -> Path:
+    """Create ``path`` if needed and check a file can be written in it (else OSError→ValueError)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot write to {str(path)!r}: {exc.strerror or exc}") from None
+    return path
+
+
+def png_path(path: Path, what: str) -> Path:
+    """:func:`out_path` for a .png, naming a folder called *.png as a folder."""
+    if path.suffix.lower() == ".png" and path.is_dir():
+        raise ValueError(f"{what}: expected a file name, got the folder {str(path)!r}")
+    return out_path(path, ".png", what)
+
+
+def out_path(path: Path, suffix: str, flag: str) -> Path:
+    """``path`` checked to end in ``suffix``, not a folder, in a writable folder."""
+    if path.suffix.lower() != suffix or path.is_dir():
+        raise ValueError(f"{flag}: expected a {suffix} file name, got {str(path)!r}")
+    writable_dir(path.parent, flag)
+    return path
+
+
+def load_run(run_dir: Path, device: str = "cpu"):
+    """``vaelab.use.trained.load`` with a clear message for a folder that is not a run."""
+    from vaelab.fit import runs
+    from vaelab.use.trained import load
+
+    if not run_dir.is_dir():
+        state = "is a file" if run_dir.exists() else "does not exist"
+        raise ValueError(f"RUN: expected a run directory written by `vaelab train`, got "
+                         f"{str(run_dir)!r}, which {state}")
+    if not (run_dir / runs.CONFIG_FILE).is_file():
+        raise ValueError(f"RUN: {str(run_dir)!r} is not a vaelab run directory (no "
+                         f"{runs.CONFIG_FILE}); expected a folder written by `vaelab train`")
+    from vaelab._runtime import resolve_device
+
+    return load(run_dir, device=resolve_device(device, "--device"))
+
+
+def claim(*paths: Path) -> None:
+    """Lock every run directory that one of ``paths`` (files about to be written) lies in:
+    one writer per run (``vaelab.fit.lock``); other folders need no lock."""
+    from vaelab.fit import lock, runs
+
+    for path in paths:
+        folder = path.parent
+        if (folder / runs.CONFIG_FILE).is_file():
+            lock.lock_run(folder)
+
+
+def masked_run(trained) -> bool:
+    """Whether the run was trained with --missing mask (its encoder reads NaN)."""
+    return trained.config.model.missing == "mask"
+
+
+def _load_held_out(trained, source: str, split: str, allow_missing: bool):
+    """load_dataset, with one line for a --missing mask run given incomplete data."""
+    from vaelab import data
+
+    try:
+        return data.load_dataset(source, split, allow_missing=allow_missing)
+    except ValueError as err:
+        if not masked_run(trained) or data.MISSING_HINT not in str(err):
+            raise
+        raise ValueError(f"--data: expected complete held-out data (no NaN or empty cells) for "
+                         f"this command, got missing entries in {source!r} (this run was "
+                         f"trained on it with --missing mask); pass --data FILE with complete "
+                         f"examples (`vaelab impute RUN --data {source} --out FILE` fills in "
+                         f"the missing ones; `vaelab encode` reads incomplete data)") from None
+
+
+def _run_data(trained) -> str:
+    """The data a run was trained on, as it recorded them; one line naming the stored path
+    and --data when that path is gone (the data moved, or an older run stored it relative to
+    the folder it was trained in)."""
+    from vaelab import data
+
+    source = trained.config.train.data
+    if data.is_named(source) or Path(source).expanduser().exists():
+        return source
+    relative = "" if Path(source).is_absolute() else (
+        ", a path relative to the folder the run was trained in")
+    raise ValueError(f"RUN: its training data {source!r}{relative} no longer exist (moved or "
+                     f"deleted?); pass --data PATH to where they are now")
+
+
+def held_out(trained, source: str | None, split: str | None, seed: int, note: Callable,
+              allow_missing: bool = False):
+    """The run's evaluation data: (Dataset, split), binarized once (seeded) like training.
+
+    ``allow_missing``: NaN / empty cells stay as missing entries (e.g. encode of a masked run).
+    """
+    from vaelab import data
+
+    tc = trained.config.train
+    source = source or _run_data(trained)
+    try:
+        dataset = _load_held_out(trained, source, split or "test", allow_missing)
+        split = split or "test"
+    except ValueError:
+        if split is not None or not Path(source).exists():   # only user files lack splits
+            raise
+        dataset, split = _load_held_out(trained, source, "train", allow_missing), "train"
+        note(f"note: {source} has no test split; using all of its examples")
+    if dataset.x.shape[1] != trained.model.data_dim:
+        raise ValueError(f"data: the run's model expects {trained.model.data_dim} values per "
+                         f"example, got {dataset.x.shape[1]} from {source!r}")
+    if tc.binarize != "none" and allow_missing:       # one seeded draw, NaN kept
+        from dataclasses import replace
+
+        import torch
+
+        from vaelab.fit.masked import _binarize_keep_nan
+
+        x = _binarize_keep_nan(dataset.x.float(), torch.Generator().manual_seed(seed))
+        dataset = replace(dataset, x=x, kind="binary")
+    elif tc.binarize != "none":
+        dataset = data.static_binarize(dataset, seed)
+    likelihood = getattr(getattr(trained.model, "decoder", None), "likelihood", None)
+    if likelihood is not None and hasattr(likelihood, "check_support"):   # outside: one line
+        likelihood.check_support(dataset.x.nan_to_num(0.0) if allow_missing else dataset.x,
+                                 "--data")
+    return dataset, split
+
+
+def examples(args: argparse.Namespace, trained, allow_missing: bool = False):
+    """The data a use-command works on: (Dataset, split), the first --limit rows."""
+    dataset, split = held_out(trained, args.data, args.split, args.seed, printer(False),
+                               allow_missing)
+    if args.limit:
+        dataset = dataset.subset(slice(0, args.limit))
+    return dataset, split
+
+
+def inference_of(trained) -> Callable | None:
+    """q(z|x) for held-out x as the run was trained: the encoder, refined if semi-amortized."""
+    tc = trained.config.train
+    if tc.inference == "per-datapoint":
+        raise ValueError("RUN: this run used --inference per-datapoint, which trains no "
+                         "encoder, so q(z|x) for new data is not available")
+    from vaelab.infer.schemes import Amortized, scheme_for
+
+    scheme = scheme_for(tc, trained.model)     # refined as in training (same draws and steps)
+    return None if isinstance(scheme, Amortized) else (lambda x: scheme(x))
+
+
+def read_labels(path: Path, flag: str):
+    """One number per example from a .npy (never unpickled), .txt or .csv file → array [N]."""
+    import warnings
+
+    import numpy as np
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")          # an empty file: reported by the caller
+            if path.suffix.lower() == ".npy":
+                values = np.load(path, allow_pickle=False)
+            else:
+                values = np.loadtxt(path, ndmin=1,
+                                    delimiter="," if path.suffix.lower() == ".csv" else None)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{flag}: cannot read one number per example from {str(path)!r}: "
+                         f"{one_line(exc)}") from None
+    values = values.reshape(-1) if values.ndim == 2 and 1 in values.shape else values
+    if values.ndim != 1:
+        raise ValueError(f"{flag}: expected one value per example, got shape "
+                         f"{list(values.shape)} from {str(path)!r}")
+    return values
+
+
+def printer(quiet: bool) -> Callable[[str], None]:
+    """print, flushed (or nothing when ``quiet``)."""
+    return (lambda _line: None) if quiet else (lambda line: print(line, flush=True))
+
+
+def progress_bar(desc: str) -> Callable:
+    """A progress bar over batches, labelled ``desc`` (for a terminal)."""
+    from tqdm.auto import tqdm
+
+    return lambda items: tqdm(items, desc=desc, unit="batch", leave=False, dynamic_ncols=True)

@@ -1,0 +1,368 @@
+"""``vaelab score``, ``encode``, ``cluster``, ``complete`` and ``impute``: what a model is for.
+
+Role in vaelab: each command loads a run and the data it works on (:mod:`vaelab.cli.inputs`),
+checks its outputs are writable, calls the library (:mod:`vaelab.use.scores`,
+:mod:`vaelab.use.encode`, :mod:`vaelab.use.cluster`, :mod:`vaelab.use.complete`,
+:mod:`vaelab.use.impute`; files through :mod:`vaelab.use.outputs`) and prints what it found
+(:mod:`vaelab.show.tables`) and where it wrote it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from vaelab.cli.common import UsageError, add_run_data, class_list, non_negative_int, positive_int
+from vaelab.cli.inputs import (
+    claim,
+    examples,
+    held_out,
+    inference_of,
+    load_run,
+    masked_run,
+    out_path,
+    png_path,
+    printer,
+    progress_bar,
+    read_labels,
+)
+
+SCORE_CHOICES = ("elbo", "log-likelihood", "input-complexity", "likelihood-ratio", "regret")
+
+
+def add_score(commands) -> None:
+    p = commands.add_parser(
+        "score", help="anomaly / out-of-distribution scores, one row per example",
+        description="Score every example for anomaly (higher = more anomalous); --score NAME "
+        "→ CSV column: elbo → neg_elbo; log-likelihood → nll (−log p̂(x), importance sampled) "
+        "and nll_se (its SE, an empty cell where undefined, e.g. --k 1); input-complexity → "
+        "input_complexity (−log₂ p̂(x) minus the PNG/zlib length in bits, Serrà et al. 2020; "
+        "8-bit or binary data only); likelihood-ratio → neg_llr (log p̂_background − log p̂, "
+        "Ren et al. 2019; needs --background); regret → regret (ELBO gain of re-fitting q to "
+        "the example, Xiao et al. 2020). Writes a CSV; with labels (1 = anomalous) also AUROC, "
+        "AUPRC, FPR at 95% TPR (a JSON beside the CSV) and an ROC figure.")
+    p.add_argument("run", type=Path, metavar="RUN")
+    add_run_data(p)
+    p.add_argument("--score", nargs="+", choices=SCORE_CHOICES, metavar="NAME",
+                   help="scores to compute (NAME → CSV column): elbo → neg_elbo, "
+                        "log-likelihood → nll and nll_se, input-complexity → "
+                        "input_complexity, likelihood-ratio → neg_llr, regret → regret "
+                        "(default: all; likelihood-ratio only with --background, "
+                        "input-complexity only on 8-bit or binary data)")
+    p.add_argument("--out", type=Path, metavar="FILE.csv", help="default: RUN/scores.csv")
+    p.add_argument("--roc", type=Path, metavar="FILE.png",
+                   help="ROC figure with labels (default: <out>-roc.png)")
+    _add_score_flags(p)
+    p.set_defaults(func=cmd_score)
+
+
+def _add_score_flags(p: argparse.ArgumentParser) -> None:
+    """Where labels and the background come from; how much sampling each score gets."""
+    p.add_argument("--labels", type=Path, metavar="FILE", help="0 (normal) or 1 (anomalous) "
+                   "per example, in a .npy, .txt or .csv file")
+    p.add_argument("--normal-classes", type=class_list, metavar="C,C,...", help="labels from "
+                   "the data's own classes: 0 for these classes, 1 for every other")
+    p.add_argument("--background", type=Path, metavar="RUN", help="the background model of "
+                   "likelihood-ratio (trained by `vaelab train --background-of RUN`)")
+    p.add_argument("--k", type=positive_int, metavar="K", default=100,
+                   help="importance samples per example (default 100)")
+    p.add_argument("--regret-steps", type=positive_int, metavar="N", default=100,
+                   help="most Adam steps re-fitting q for regret (default 100)")
+    p.add_argument("--limit", type=non_negative_int, metavar="N", default=0,
+                   help="score the first N examples, 0 = all (default 0)")
+    p.add_argument("--seed", type=non_negative_int, metavar="N", default=0,
+                   help="seeds the binarization of the data and the sampling")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """``vaelab score``: anomaly scores per example → CSV; metrics and ROC with labels."""
+    from vaelab._runtime import isolated_rng
+    from vaelab.use import outputs
+    from vaelab.use import scores as scores_
+
+    note = printer(False)
+    trained = load_run(args.run, args.device)
+    inference_of(trained)
+    names = _score_names(args)
+    out = out_path(args.out or args.run / "scores.csv", ".csv", "--out")
+    roc = out_path(args.roc or out.with_name(out.stem + "-roc.png"), ".png", "--roc")
+    claim(out, roc)
+    background = (scores_.background_model(load_run(args.background, args.device), trained,
+                                           source=str(args.background), note=note)
+                  if "likelihood-ratio" in names else None)
+    dataset, _ = examples(args, trained)
+    names = _names_for_data(args, names, dataset, note)
+    labels = _anomaly_labels(args, dataset)
+    options = scores_.ScoreOptions(num_samples=args.k, regret_steps=args.regret_steps)
+    with isolated_rng(args.seed):
+        columns = scores_.anomaly_scores(
+            trained.model, dataset.x.to(trained.device), names, background=background,
+            image_shape=trained.config.model.image_shape, options=options,
+            progress=None if args.quiet or not sys.stderr.isatty() else progress_bar("score"))
+    outputs.write_scores_csv(out, columns, labels)
+    print(f"wrote {out}: {len(dataset)} rows, columns {', '.join(columns)} "
+          "(higher = more anomalous)")
+    meaning = _likelihood_note(trained, dataset.x, note)
+    for line in scores_.sampling_warnings(columns, args.k, meaning):   # as evaluate warns
+        print(line)
+    if labels is not None:
+        _report_detection(out, roc, names, columns, labels, dataset.name)
+    return 0
+
+
+def _score_names(args: argparse.Namespace) -> tuple[str, ...]:
+    if args.score is None:
+        names = [n for n in SCORE_CHOICES if n != "likelihood-ratio" or args.background]
+        return tuple(names)
+    if "likelihood-ratio" in args.score and args.background is None:
+        raise ValueError("--score likelihood-ratio: needs --background RUN (a model trained "
+                         "by `vaelab train --background-of RUN`), got none")
+    return tuple(dict.fromkeys(args.score))
+
+
+def _names_for_data(args: argparse.Namespace, names, dataset, note: Callable):
+    """``names`` without input-complexity when the data are not 8-bit or binary values (it
+    compares with a compressor of discrete values)."""
+    from vaelab.data import kind_of
+
+    kind = kind_of(dataset)
+    if "input-complexity" not in names or kind in ("8-bit", "binary"):
+        return names
+    if args.score is not None:
+        raise ValueError(f"--score input-complexity: expected 8-bit or binary data (it "
+                         f"compresses them as 8-bit images), got {kind} data; drop it")
+    note(f"note: input-complexity skipped: it needs 8-bit or binary data (it compresses them "
+         f"as 8-bit images), got {kind} data")
+    return tuple(n for n in names if n != "input-complexity")
+
+
+def _anomaly_labels(args: argparse.Namespace, dataset):
+    """0/1 labels from --labels or --normal-classes (None without either), checked."""
+    from vaelab.use.detect import check_labels
+
+    if args.labels is not None and args.normal_classes is not None:
+        raise UsageError("--labels and --normal-classes: expected at most one, got both")
+    if args.labels is not None:
+        values = read_labels(args.labels, "--labels")
+        return check_labels(values, len(dataset), "--labels")
+    if args.normal_classes is None:
+        return None
+    if dataset.labels is None:
+        raise ValueError(f"--normal-classes: expected data with class labels, got "
+                         f"{dataset.name!r}, which has none; pass --labels FILE")
+    import torch
+
+    normal = torch.isin(dataset.labels, torch.tensor(args.normal_classes))
+    return check_labels((~normal).long().numpy(), len(dataset), "--normal-classes")
+
+
+def _likelihood_note(trained, x, note: Callable) -> str:
+    """Note when nll is only a score; → the likelihood's meaning on x."""
+    from vaelab.measure.evaluate import likelihood_meaning
+
+    meaning = likelihood_meaning(trained.model, x)
+    if meaning["meaning"] == "score":
+        note(f"note: nll is not −log p(x) here: {meaning['note']}")
+    return meaning["meaning"]
+
+
+def _report_detection(out: Path, roc: Path, names, columns: dict, labels, data: str) -> None:
+    """Print and write (JSON beside the CSV) each score's metrics; draw the ROC figure."""
+    from vaelab._files import atomic_write_json
+    from vaelab.show.roc import write_roc
+    from vaelab.show.tables import format_detection
+    from vaelab.use.detect import detection_results
+
+    results, curves = detection_results(names, columns, labels)
+    print(format_detection(results, labels))
+    metrics = atomic_write_json(out.with_suffix(".json"), {"data": data, "metrics": results})
+    written = [str(metrics)]
+    if curves:
+        written.append(str(write_roc(roc, curves, f"ROC on {data}")))
+    print("wrote " + "  ".join(written))
+
+
+def add_encode(commands) -> None:
+    p = commands.add_parser("encode", help="latent codes of data as a .npy array",
+                            description="Encode data with the run's q(z | x) and write an N × L "
+                            "float32 array: posterior means E_q[z | x], or one draw each with "
+                            "--sample (a hierarchical run: every layer, concatenated bottom "
+                            "to top).")
+    p.add_argument("run", type=Path, metavar="RUN")
+    add_run_data(p)
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.npy")
+    p.add_argument("--sample", action="store_true", help="draw z ~ q(z | x) instead of its mean")
+    p.add_argument("--limit", type=non_negative_int, metavar="N", default=0,
+                   help="encode the first N examples, 0 = all (default 0)")
+    p.add_argument("--seed", type=non_negative_int, metavar="N", default=0)
+    p.set_defaults(func=cmd_encode)
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    """``vaelab encode``: codes E_q[z | x] (or draws) of the data → an N × L .npy array."""
+    import torch
+
+    from vaelab.use.encode import encode
+    from vaelab.use.outputs import write_codes
+
+    trained = load_run(args.run, args.device)
+    inference_of(trained)
+    out = out_path(args.out, ".npy", "--out")
+    claim(out)
+    masked = masked_run(trained)       # its encoder reads NaN as missing
+    dataset, _ = examples(args, trained, allow_missing=masked)
+    encoder = trained.encode if not masked else (
+        lambda x: trained.model.encode(x.to(trained.device, torch.float32)))
+    z = encode(encoder, dataset.x, sample=args.sample,
+               generator=torch.Generator().manual_seed(args.seed))
+    write_codes(out, z)
+    what = "one draw z ~ q(z | x)" if args.sample else "posterior means E_q[z | x]"
+    layers = trained.config.model.latent_dim
+    layers = f" (layers {list(layers)}, bottom first)" if isinstance(layers, tuple) else ""
+    print(f"wrote {out}: {z.shape[0]} × {z.shape[1]} float32, {what}{layers}")
+    return 0
+
+
+def add_cluster(commands) -> None:
+    p = commands.add_parser(
+        "cluster", help="clusters in latent space, scored against class labels",
+        description="Cluster the codes E_q[z | x]: k-means (scikit-learn), or the mixture "
+        "prior's responsibilities p(c | z) for a run trained with --prior mog (as VaDE). With "
+        "labels (--labels, else the data's own) prints accuracy under the best one-to-one "
+        "cluster → class map, NMI, ARI and the linear-probe accuracy of the codes.")
+    p.add_argument("run", type=Path, metavar="RUN")
+    add_run_data(p)
+    p.add_argument("--labels", type=Path, metavar="FILE",
+                   help="integer class per example (.npy, .txt, .csv); default: the data's own")
+    p.add_argument("--clusters", type=positive_int, metavar="K",
+                   help="k-means clusters (default: the number of classes, else 10)")
+    p.add_argument("--method", choices=("auto", "kmeans", "prior"), default="auto",
+                   help="auto: prior for a --prior mog run, else kmeans")
+    p.add_argument("--limit", type=non_negative_int, metavar="N", default=0,
+                   help="the first N examples, 0 = all (default 0)")
+    p.add_argument("--seed", type=non_negative_int, metavar="N", default=0)
+    p.add_argument("--out", type=Path, metavar="FILE.csv",
+                   help="also write each example's cluster (and label)")
+    p.set_defaults(func=cmd_cluster)
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """``vaelab cluster``: clusters of E_q[z | x]; metrics against class labels."""
+    import numpy as np
+
+    from vaelab.show.tables import format_clusters
+    from vaelab.use import cluster, outputs
+    from vaelab.use.encode import encode
+
+    trained = load_run(args.run, args.device)
+    inference_of(trained)
+    out = None if args.out is None else out_path(args.out, ".csv", "--out")
+    if out is not None:
+        claim(out)
+    dataset, _ = examples(args, trained)
+    labels = _cluster_labels(args, dataset)
+    z = encode(trained.encode, dataset.x)
+    method, k, assignments = cluster.assign_clusters(
+        trained.model, z, method=args.method, clusters=args.clusters, labels=labels,
+        seed=args.seed, prior_name=trained.config.model.prior)
+    print(f"{len(dataset)} examples of {dataset.name}, {method}: {k} clusters, "
+          f"{len(np.unique(assignments))} used")
+    if labels is not None:
+        print(format_clusters(cluster.cluster_report(z, labels, assignments, seed=args.seed)))
+    if out is not None:
+        outputs.write_assignments_csv(out, assignments, labels)
+        print(f"wrote {out}")
+    return 0
+
+
+def _cluster_labels(args: argparse.Namespace, dataset):
+    if args.labels is None:
+        return None if dataset.labels is None else dataset.labels.numpy()
+    values = read_labels(args.labels, "--labels")
+    if values.shape[0] != len(dataset) or not (values == values.round()).all():
+        raise ValueError(f"--labels: expected {len(dataset)} integer class labels, one per "
+                         f"example, got {values.shape[0]} values from {str(args.labels)!r}")
+    return values.astype("int64")
+
+
+def add_complete(commands) -> None:
+    p = commands.add_parser("complete", help="fill in the hidden top half of images",
+                            description="Hide the top half of n binary held-out images and "
+                            "fill it in with a per-image q(h) fitted to the run's ELBO; writes "
+                            "a PNG (visible half, q's means, samples, truth) and prints the "
+                            "accuracy on the hidden pixels.")
+    p.add_argument("run", type=Path, metavar="RUN")
+    add_run_data(p)
+    p.add_argument("-n", type=positive_int, metavar="N", default=8,
+                   help="number of images (default 8)")
+    p.add_argument("--steps", type=positive_int, metavar="N", default=300,
+                   help="Adam steps fitting q(h) (default 300)")
+    p.add_argument("--samples", type=positive_int, metavar="S", default=16,
+                   help="samples of h per gradient (default 16)")
+    p.add_argument("--seed", type=non_negative_int, metavar="N", default=0)
+    p.add_argument("--out", type=Path, metavar="FILE.png", help="default: RUN/completions.png")
+    p.set_defaults(func=cmd_complete)
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    """``vaelab complete``: fill in the hidden top half of n held-out images."""
+    from vaelab.use import complete as missing
+
+    trained = load_run(args.run, args.device)
+    inference_of(trained)
+    if trained.config.model.image_shape is None:
+        raise ValueError("RUN: `complete` needs a run trained on images (image_shape is None)")
+    out = png_path(args.out or args.run / "completions.png", "--out")
+    claim(out)
+    dataset, _ = held_out(trained, args.data, args.split, args.seed, printer(False))
+    x = dataset.x[:args.n].to(trained.device)
+    result = missing.complete_top_half(trained.model, x, out, steps=args.steps,
+                                       samples=args.samples, seed=args.seed,
+                                       image_shape=trained.config.model.image_shape)
+    print(f"accuracy on the hidden half: {result['accuracy']:.3f} (marginal guess "
+          f"{result['baseline_accuracy']:.3f}, another image's completion "
+          f"{result['mismatched_accuracy']:.3f}; {result['num_images']} images)")
+    print(f"wrote {out}")
+    return 0
+
+
+def add_impute(commands) -> None:
+    p = commands.add_parser("impute", help="fill in missing entries (a run trained with "
+                            "--missing mask)", description="Fill in the NaN / empty entries "
+                            "of a .npy or .csv file: the importance-weighted conditional mean "
+                            "(the mode for binary data), or with --draws M, M imputations by "
+                            "sampling importance resampling ([M, N, D], .npy only). Observed "
+                            "entries are copied unchanged.")
+    p.add_argument("run", type=Path, metavar="RUN")
+    p.add_argument("--data", type=Path, required=True, metavar="FILE",
+                   help=".npy or .csv with NaN (or empty cells) marking missing entries")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.npy|FILE.csv")
+    p.add_argument("--draws", type=positive_int, metavar="M",
+                   help="M multiple imputations instead of one")
+    p.add_argument("--k", type=positive_int, metavar="K", default=1000,
+                   help="importance samples per row (default 1000)")
+    p.add_argument("--seed", type=non_negative_int, metavar="N", default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.set_defaults(func=cmd_impute)
+
+
+def cmd_impute(args: argparse.Namespace) -> int:
+    """``vaelab impute``: fill in the missing entries of a table."""
+    from vaelab.use import impute
+
+    trained = load_run(args.run, args.device)
+    if not masked_run(trained):
+        raise ValueError(f"RUN: `impute` needs a run trained with --missing mask, got "
+                         f"{str(args.run)!r} (trained on complete data; for images see "
+                         f"`vaelab complete`)")
+    claim(args.out)
+    result = impute.impute_file(trained, args.data, args.out, draws=args.draws,
+                                num_samples=args.k, seed=args.seed)
+    print(f"imputed {result['missing']} missing entries in {result['rows']} rows; wrote "
+          f"{result['out']} (shape {result['shape']})")
+    for line in result["warnings"]:          # importance sampling, as evaluate warns
+        print(line)
+    return 0
