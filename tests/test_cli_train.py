@@ -16,7 +16,7 @@ import torch
 import vaelab
 from vaelab import cli, data
 from vaelab.fit import runs
-from vaelab.fit.train import _describe, divergence_warning
+from vaelab.fit.progress import _describe, divergence_warning
 
 TINY = ["--limit", "300", "--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--quiet"]
 

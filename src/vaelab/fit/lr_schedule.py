@@ -12,7 +12,7 @@ Each schedule is a small class built from its catalogue options (``vaelab.catalo
   a better validation ELBO (``watches_validation``: the loop keeps that count).
 
 A linear warm-up (``lr_warmup_epochs``) multiplies any of them; it is a training option, not a
-schedule (``vaelab.fit.train.learning_rate``).
+schedule (``vaelab.fit.schedules.learning_rate``).
 """
 
 from __future__ import annotations

@@ -45,7 +45,6 @@ whose loss is non-finite on some ranks only would leave the others waiting in th
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import sys
@@ -55,20 +54,27 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from vaelab import catalogue, data_forms
 from vaelab import data as data_
+from vaelab import data_forms
 from vaelab._runtime import exact_cuda, isolated_rng, resolve_device
-from vaelab.config import RunConfig, TrainConfig
+from vaelab.config import RunConfig
 from vaelab.fit import distributed, runs
 from vaelab.fit.ema import WeightAverage
-from vaelab.fit.kl_schedule import kl_weight_for
-from vaelab.fit.lr_schedule import ConstantLR
-from vaelab.fit.masked import MaskedTrainStep, build_masked_model, load_masked_data
+from vaelab.fit.lr_schedule import PlateauLR
+from vaelab.fit.masked import MaskedTrainStep, build_masked_model
+
+#: Validation rows per forward pass.
+from vaelab.fit.progress import (
+    _describe,
+    _divergence_summary,
+    divergence_remedy,
+    speed_notes,
+)
 from vaelab.fit.resume import (
     Checkpointed,
     RunState,
@@ -76,8 +82,19 @@ from vaelab.fit.resume import (
     check_consistent,
     check_resumable,
 )
+from vaelab.fit.schedules import kl_weight, learning_rate, lr_schedule_of, noise_seed
 from vaelab.fit.step import TrainStep, nan_to_none
-from vaelab.infer.objectives import DIVERGED_ELBO, elbo_terms
+from vaelab.fit.train_data import (
+    _check_range,
+    _check_whole,
+    _Data,
+    _data_info,
+    _load_data,
+    _loader_config,
+    _model_kind,
+    _where_data_are,
+)
+from vaelab.infer.objectives import elbo_terms
 from vaelab.infer.schemes import Inference, scheme_for
 from vaelab.model import standardize
 from vaelab.model.hierarchical import (
@@ -89,7 +106,6 @@ from vaelab.model.hierarchical import (
 from vaelab.model.masked import build_model
 from vaelab.model.vae import VAE
 
-#: Validation rows per forward pass.
 VAL_BATCH_SIZE = 4096
 METRIC_KEYS = ("epoch", "step", "train_elbo", "train_rate", "train_distortion", "val_elbo",
                "val_rate", "val_distortion", "samples_per_s", "lr", "kl_weight",
@@ -120,41 +136,6 @@ class TrainResult:
     #: resume=True on a run that had already finished all its epochs: the line saying so
     #: (nothing was trained or written); None otherwise.
     nothing_to_do: str | None = None
-
-
-# --------------------------------------------------------------------------- schedules
-
-
-def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Weight β_t of the KL term at global step ``step`` (0-based): the config's beta and
-    kl_schedule (``vaelab.fit.kl_schedule.kl_weight_for``; linear: β · min(1, step / warm-up
-    steps))."""
-    return kl_weight_for(config, step, steps_per_epoch)
-
-
-def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int,
-                  plateau_scale: float = 1.0) -> float:
-    """Learning rate at global step ``step`` (0-based): lr × the chosen schedule's factor
-    (``vaelab.fit.lr_schedule``; plateau: ``plateau_scale``, kept by the loop). With
-    ``lr_warmup_epochs`` W > 0 the result is also multiplied by
-    min(1, (step + 1) / (W · steps_per_epoch)).
-    """
-    lr = config.lr * lr_schedule_of(config).factor(step, steps_per_epoch, config.epochs,
-                                                   plateau_scale)
-    warmup = getattr(config, "lr_warmup_epochs", 0.0) * steps_per_epoch
-    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
-
-
-def lr_schedule_of(config: TrainConfig) -> ConstantLR:
-    """The learning-rate schedule a TrainConfig chose, built from its options."""
-    entry, options = catalogue.chosen(config, "lr-schedule")
-    return entry.build(**options)
-
-
-def noise_seed(seed: int, epoch: int, rank: int) -> int:
-    """Seed of torch's global RNG (the reparameterization noise) for one epoch on one rank."""
-    state = np.random.SeedSequence([seed, epoch, rank, 0x5EED]).generate_state(1, np.uint64)
-    return int(state[0]) & ((1 << 63) - 1)
 
 
 # --------------------------------------------------------------------------- distributed
@@ -188,120 +169,6 @@ def _distributed(device: torch.device) -> _Dist:
     return _Dist(rank, world_size)
 
 
-# --------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class _Data:
-    train: data_.Dataset
-    val: data_.Dataset | None
-    #: the user's DataLoader, whose batches training takes as they come (else None)
-    loader: torch.utils.data.DataLoader | None = None
-
-    @cached_property
-    def sha256(self) -> str:
-        """Fingerprint of the training rows (checked on resume)."""
-        x = self.train.x.detach().cpu().contiguous()
-        return hashlib.sha256(x.numpy().data).hexdigest()
-
-
-def _check_range(ds: data_.Dataset, config: RunConfig) -> str | None:
-    """Refuse data the run cannot use, naming CLI flags (the rule of ``vaelab.data``); → a
-    note when the likelihood gives only an unnormalised score on them (else None)."""
-    from vaelab.model import likelihoods
-
-    x = ds.x
-    if config.model.missing != "none" and x.is_floating_point():   # check observed entries
-        x = x[~torch.isnan(x)]
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"data: expected finite values, got {int((~torch.isfinite(x)).sum())} "
-                         f"non-finite entries in {ds.name!r}")
-    lo, hi = float(data_.to_unit(x.min())), float(data_.to_unit(x.max()))
-    binarize = config.train.binarize
-    if (lo < 0 or hi > 1) and binarize != "none":
-        raise ValueError(f"data: --binarize {binarize} needs values in [0, 1], got "
-                         f"{data_.kind_of(ds)} data with values in [{lo:g}, {hi:g}]; pass "
-                         f"--binarize none (and --likelihood gaussian for real-valued data)")
-    values = x if binarize == "none" else None     # what the model sees: checked as given
-    return likelihoods.check_data_kind(config.model, _model_kind(ds, config.train), lo, hi,
-                                       values, ds.x.shape[1])
-
-
-def _model_kind(ds: data_.Dataset, tc: TrainConfig) -> str:
-    """The kind of data the model sees: binary when binarized, else the dataset's kind."""
-    if tc.binarize != "none":
-        return "binary"
-    return data_.infer_kind(ds.x) if getattr(tc, "perturb_fraction", 0) else data_.kind_of(ds)
-
-
-def _model_input(ds: data_.Dataset, tc: TrainConfig) -> data_.Dataset:
-    """8-bit data stay uint8 in memory (converted per batch by ``data.Batches``) unless the
-    inputs are perturbed; everything else becomes float32."""
-    if ds.x.dtype == torch.uint8 and not getattr(tc, "perturb_fraction", 0):
-        return ds
-    return replace(ds.floats(), x=ds.floats().x.to(torch.float32))
-
-
-def _check_whole(config: RunConfig, train: data_.Dataset) -> None:
-    """Check now what later commands will read of the data file, so that a problem that
-    would stop ``vaelab evaluate`` stops training instead: its test split (loaded whole:
-    every row parses, same values per example, finite and in range), and, when --limit or
-    --classes kept only some training rows, all of them (evaluate reads every row of a file
-    without a test split)."""
-    tc, masked = config.train, config.model.missing != "none"
-    if data_.is_named(tc.data):
-        return                                   # our own files, checked by their MD5
-    parts = [("test", "its test split")] if data_.has_split(tc.data, "test") else []
-    if not parts and (tc.limit is not None or tc.classes is not None) and not masked:
-        parts = [("train", "rows beyond --limit / --classes")]
-    for split, what in parts:
-        try:
-            whole = data_.load_dataset(tc.data, split, keep_uint8=True, mmap=True,
-                                       allow_missing=masked)
-            if whole.x[0].numel() != train.x.shape[1]:
-                raise ValueError(f"expected {train.x.shape[1]} values per example (as in the "
-                                 f"training rows), got {whole.x[0].numel()}")
-            if not masked:
-                _check_range(_model_input(whole, tc), config)
-        except ValueError as err:
-            raise ValueError(f"data: {what} of {tc.data!r} (read later by vaelab evaluate) "
-                             f"cannot be used: {err}") from None
-
-
-def _load_data(config: RunConfig, dataset: object) -> _Data:
-    """Load, check, split and (statically) binarize the data (``dataset``: any form of
-    ``vaelab.data_forms``, or None for ``config.train.data``)."""
-    tc = config.train
-    if dataset is not None and not isinstance(dataset, data_.Dataset):
-        loader = dataset if data_forms.is_loader(dataset) else None
-        dataset = data_forms.as_dataset(dataset, where="dataset", seed=tc.seed,
-                                        allow_missing=config.model.missing != "none")
-        if loader is not None:      # its batches are the training batches (_loader_config)
-            return replace(_load_data(config, dataset), loader=loader)
-    if config.model.missing != "none":      # NaN marks missing entries (vaelab.fit.masked)
-        return _Data(*load_masked_data(config, dataset))
-    if dataset is None:
-        dataset = data_.load_dataset(tc.data, "train", keep_uint8=True, mmap=True,
-                                     limit=tc.limit if tc.classes is None else None)
-    elif not isinstance(dataset, data_.Dataset):
-        raise TypeError(f"dataset: expected a vaelab.data.Dataset or None, "
-                        f"got {type(dataset).__name__}")
-    dataset = data_.select_classes(dataset, tc.classes)     # the one-class protocol
-    if tc.limit is not None and tc.limit < len(dataset):
-        dataset = dataset.subset(slice(0, tc.limit))
-    dataset = _model_input(dataset, tc)
-    _check_range(dataset, config)
-    dataset = data_.perturb(dataset, tc.perturb_fraction, tc.seed)   # a background model
-    train, val = dataset, None
-    if tc.val_fraction > 0:
-        train, val = data_.train_val_split(dataset, tc.val_fraction, tc.seed)
-    if tc.binarize == "static":
-        train = data_.static_binarize(train, tc.seed)
-    if val is not None and tc.binarize != "none":  # one fixed draw: comparable across epochs
-        val = data_.static_binarize(val, tc.seed + 1)
-    return _Data(train, None if val is None else val.floats())
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -315,9 +182,7 @@ def _resolve_config(config: RunConfig | dict | None, run_dir: Path, resume: bool
     return config
 
 
-
-
-def _build_model(config: RunConfig, x_train: torch.Tensor) -> VAE:
+def _build_model(config: RunConfig, x_train: torch.Tensor) -> VAE | HierarchicalVAE:
     """The VAE of ``config.model``, its columns standardized on the training rows when the
     config says so (``vaelab.model.standardize``)."""
     model = build_model(config.model)
@@ -479,7 +344,7 @@ class _Trainer(Checkpointed):
         s.stopped_early = patience is not None and s.epochs_since_best >= patience
         schedule = lr_schedule_of(self.tc)
         if schedule.watches_validation:     # reduce on plateau: halve, then wait again
-            s.lr_scale, s.plateau_epochs = schedule.after_epoch(
+            s.lr_scale, s.plateau_epochs = cast(PlateauLR, schedule).after_epoch(
                 s.lr_scale, s.plateau_epochs, s.epochs_since_best == 0)
 
     def _eval_weights(self) -> dict[str, torch.Tensor]:
@@ -581,51 +446,6 @@ class _Trainer(Checkpointed):
                              self.state.metrics, log=self.log)
 
 
-#: What to try when training diverges and the data's scale is not to blame.
-OPTIMIZER_REMEDY = "try a smaller --lr or --grad-clip"
-
-
-def divergence_remedy(config: RunConfig, x_train: torch.Tensor) -> str:
-    """The advice for a diverged run: the data's scale first (a Gaussian on unstandardized
-    columns of wildly different scales), the optimizer's settings only after that."""
-    if (config.model.likelihood != "gaussian" or config.model.standardize == "on"
-            or not x_train.is_floating_point()):
-        return OPTIMIZER_REMEDY
-    problem = standardize.scale_problem(x_train)
-    if problem is None:
-        return OPTIMIZER_REMEDY
-    return (f"check the data's scale first: {problem}; pass --standardize on (each column "
-            f"to mean 0, standard deviation 1, undone on every output), then if it still "
-            f"diverges {OPTIMIZER_REMEDY}")
-
-
-def divergence_warning(row: dict, steps_per_epoch: int,
-                       remedy: str = OPTIMIZER_REMEDY) -> str | None:
-    """Why this epoch's numbers cannot be trusted (most steps skipped as
-    non-finite, or an astronomically low ELBO), with ``remedy``; or None."""
-    skipped = row["skipped_steps"]
-    if steps_per_epoch > 0 and 2 * skipped > steps_per_epoch:
-        return (f"training diverged: {skipped} of {steps_per_epoch} steps skipped (non-finite) "
-                f"in epoch {row['epoch']}; {remedy}")
-    low = [v for v in (row["train_elbo"], row["val_elbo"]) if v is not None]
-    if any(v < DIVERGED_ELBO for v in low):
-        return f"training diverged: ELBO {min(low):.6g} in epoch {row['epoch']}; {remedy}"
-    return None
-
-
-def _describe(row: dict, epochs: int, steps_per_epoch: int = 0,
-              remedy: str = OPTIMIZER_REMEDY) -> str:
-    def fmt(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.6g}" if abs(v) >= 1e6 else f"{v:.2f}"
-
-    val = "" if row["val_elbo"] is None else f"  val ELBO {fmt(row['val_elbo'])}"
-    warning = divergence_warning(row, steps_per_epoch, remedy)
-    return (f"epoch {row['epoch']}/{epochs}  ELBO {fmt(row['train_elbo'])}{val}  "
-            f"rate {fmt(row['train_rate'])}  distortion {fmt(row['train_distortion'])}  "
-            f"{row['samples_per_s']:.0f} samples/s  skipped {row['skipped_steps']}  "
-            f"{row['seconds']:.1f} s" + ("" if warning is None else f"  WARNING: {warning}"))
-
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -691,9 +511,9 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
         recorded = runs.read_config(run_dir).model.standardize
         config = replace(config, model=replace(config.model, standardize=recorded))
     if dist.main:
-        for note in (*data.train.notes, _check_range(data.train, config)):
-            if note:
-                log(note)
+        for line in [*data.train.notes, _check_range(data.train, config)]:
+            if line:
+                log(line)
     stored = runs.read_config(run_dir) if resume else None
     if stored is not None:
         check_resumable(stored, config, run_dir)
@@ -716,52 +536,6 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
         runs.write_config(run_dir, config, dataset=_data_info(data))
     dist.barrier()
     return _run(trainer)
-
-
-def _loader_config(config: RunConfig, log: Callable[[str], object]) -> RunConfig:
-    """The config for training on a DataLoader's own batches: no rows can be held out of
-    them or chosen, binarized once or perturbed, and no table of per-row q is kept."""
-    tc = config.train
-    refused = {"limit": tc.limit is not None, "classes": tc.classes is not None,
-               "perturb_fraction": bool(tc.perturb_fraction), "binarize": tc.binarize == "static",
-               "inference": tc.inference == "per-datapoint"}
-    for name, bad in refused.items():
-        if bad:
-            raise ValueError(f"{name}: a DataLoader's batches are used as they come, so "
-                             f"expected the default {name} with one, got {getattr(tc, name)!r}; "
-                             f"pass the data as an array, DataFrame or Dataset instead")
-    if tc.val_fraction > 0:
-        log(f"note: a DataLoader's batches are used as they come, so no validation rows are "
-            f"held out of them (val_fraction {tc.val_fraction:g} → 0; val_* are null)")
-    return replace(config, train=replace(tc, val_fraction=0.0))
-
-
-def _where_data_are(config: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
-    """A new run records its data path made absolute (usable from any folder); a resumed run
-    keeps what it recorded when ``config`` names the same data (a relative path included)."""
-    data = data_.location(config.train.data)
-    if resume and (run_dir / runs.CONFIG_FILE).is_file():
-        stored = runs.read_config(run_dir).train.data
-        data = stored if data_.location(stored) == data else config.train.data
-    return replace(config, train=replace(config.train, data=data))
-
-
-def speed_notes(config: TrainConfig, device: torch.device) -> list[str]:
-    """One line per option that will make this run slow on ``device`` (said once, at start).
-
-    On a CPU, ``precision="bf16"`` replaces the hand-derived fp32 gradient with autograd under
-    bfloat16 autocast (about 6x slower than fp32 measured on a 2-core AMD EPYC, which has
-    avx512_bf16), and ``compile=True`` spends about 50 s compiling before its first step for
-    a step no faster than the eager fast path: a user who asked for either should know.
-    """
-    notes = []
-    if device.type == "cpu" and config.precision == "bf16":
-        notes.append("note: --precision bf16 on a CPU trains several times slower than fp32 "
-                     "(the fast hand-derived gradient needs fp32); bf16 is meant for GPUs")
-    if device.type == "cpu" and config.compile is True:
-        notes.append("note: --compile on a CPU spends about a minute compiling the step, "
-                     "which then runs no faster than the default eager step")
-    return notes
 
 
 def check_resume_epochs(finished: int, stored: RunConfig | None, config: RunConfig,
@@ -788,14 +562,6 @@ def check_resume_epochs(finished: int, stored: RunConfig | None, config: RunConf
                             f"--epochs {old}, or start a new run")
 
 
-def _data_info(data: _Data) -> dict:
-    info = {"name": data.train.name, "num_train": len(data.train),
-            "num_val": 0 if data.val is None else len(data.val)}
-    if data.train.columns is not None:       # a DataFrame's column names, for the outputs
-        info["columns"] = list(data.train.columns)
-    return info
-
-
 def _nothing_to_do(trainer: _Trainer, log: Callable[[str], object]) -> TrainResult:
     """Resume of a finished run trains and writes nothing (unless its outputs lag
     behind its checkpoint, after a kill between the two)."""
@@ -816,18 +582,6 @@ def _nothing_to_do(trainer: _Trainer, log: Callable[[str], object]) -> TrainResu
     return TrainResult(run_dir, trainer.config, trainer.model, trainer.inference,
                        list(state.metrics), state.stopped_early, state.best_epoch,
                        nothing_to_do=line)
-
-
-def _divergence_summary(metrics: list[dict], steps_per_epoch: int,
-                        remedy: str = OPTIMIZER_REMEDY) -> str | None:
-    """One line for the end of training when some epochs diverged, else None (the per-epoch
-    warnings scroll away)."""
-    bad = [row["epoch"] for row in metrics if divergence_warning(row, steps_per_epoch)]
-    if not bad:
-        return None
-    return (f"warning: training diverged in epoch(s) {', '.join(map(str, bad))} of "
-            f"{len(metrics)} (most steps skipped as non-finite or an astronomically low ELBO); "
-            f"the weights are not trustworthy: {remedy}")
 
 
 def _run(trainer: _Trainer) -> TrainResult:

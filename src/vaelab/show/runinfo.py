@@ -287,9 +287,9 @@ def _sizes(run: RunInfo) -> tuple[int, ...] | None:
 
 def model_problems(run: RunInfo) -> list[Problem]:
     """A diverged training run and posterior collapse, by the rules training and evaluation
-    use (``vaelab.fit.train.divergence_warning``, ``vaelab.model.hierarchical``'s
+    use (``vaelab.fit.progress.divergence_warning``, ``vaelab.model.hierarchical``'s
     ``collapse_warning``): eval.json's own warnings first, else the metrics' last epoch."""
-    from vaelab.fit.train import divergence_warning
+    from vaelab.fit.progress import divergence_warning
     from vaelab.model.hierarchical import collapse_from_metrics
 
     problems = []
