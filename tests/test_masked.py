@@ -152,9 +152,10 @@ def test_masked_training_and_imputation_on_the_device(tmp_path, device):
 D, L = 6, 2
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture()
 def _no_grad():
-    """These oracles compare values; no test here differentiates."""
+    """The oracles of this section compare values and do not differentiate (used by each of
+    them, not autouse: the training tests above need autograd)."""
     with torch.no_grad():
         yield
 
@@ -198,6 +199,7 @@ def _posterior_q(means: np.ndarray, covs: np.ndarray, widen: float = 1.0, shift:
 # ------------------------------------------------------------------ closed forms (PPCA)
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_masked_log_weights_at_the_exact_posterior_equal_the_observed_log_marginal():
     model = _ppca()
     x, mask = _data(model, 40)
@@ -214,6 +216,7 @@ def test_masked_log_weights_at_the_exact_posterior_equal_the_observed_log_margin
     np.testing.assert_allclose(terms.elbo.numpy(), logp, atol=1e-9)
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_masked_bounds_below_the_observed_marginal_and_rise_with_k():
     model = _ppca(2)
     x, mask = _data(model, 30, seed=4)
@@ -234,6 +237,7 @@ def test_masked_bounds_below_the_observed_marginal_and_rise_with_k():
     assert rel_se.max() < 0.05
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_missing_entries_do_not_enter_the_bound():
     model = _ppca()
     x, mask = _data(model, 10)
@@ -248,6 +252,7 @@ def test_missing_entries_do_not_enter_the_bound():
     assert torch.equal(a, b)
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_no_missing_values_give_the_ordinary_bounds():
     """All entries observed: the same numbers as vaelab.infer.objectives, same draws."""
     model = _ppca()
@@ -266,6 +271,7 @@ def test_no_missing_values_give_the_ordinary_bounds():
     torch.testing.assert_close(ours_elbo.elbo, ref_elbo.elbo, rtol=0, atol=1e-12)
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_a_row_with_nothing_observed_has_bound_zero_under_the_prior():
     """log p(x_∅) = 0: with q = p(z) every log-weight is exactly 0 for an empty row."""
     model = _ppca()
@@ -285,6 +291,7 @@ def _conditional_mean(model, means, mask, x):
     return np.where(mask.numpy(), x.numpy(), means @ w.T + b)
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_importance_weighted_imputation_converges_to_the_exact_conditional_mean():
     model = _ppca(1)
     x, mask = _data(model, 25, seed=6)
@@ -301,6 +308,7 @@ def test_importance_weighted_imputation_converges_to_the_exact_conditional_mean(
     assert errors[20000] < errors[100] < errors[10]
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_multiple_imputations_are_draws_from_the_exact_conditional():
     """SIR draws of x_mis: mean W_m m + b_m, covariance W_m S W_mᵀ + diag σ_m² (closed form)."""
     model = _ppca(3)
@@ -329,6 +337,7 @@ def _bernoulli_model(d: int, seed: int = 0) -> VAE:
     return VAE(priors.StandardNormal(2), dec)
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_bernoulli_missing_values_are_summed_out_exactly():
     """log p(x_o, m | z) vs enumeration of every x_mis ∈ {0,1}^|mis| (independent code)."""
     d = 4
@@ -364,6 +373,7 @@ def test_bernoulli_missing_values_are_summed_out_exactly():
         assert d_.mean[k, 0, 1].item() == pytest.approx(p1, abs=1e-10)
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_gaussian_missingness_term_is_unbiased_for_the_quadrature():
     """exp(term) for one missing Gaussian entry estimates ∫ N(x; μ, σ²) σ(w x + c) dx."""
     mu, sigma, w, c = 0.4, 0.8, 2.0, -0.5
@@ -379,6 +389,7 @@ def test_gaussian_missingness_term_is_unbiased_for_the_quadrature():
     assert abs(vals.mean() - exact) < 4 * vals.std() / math.sqrt(len(vals))
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_self_masking_log_prob_is_the_logistic_likelihood():
     mech = SelfMasking(3)
     with torch.no_grad():
@@ -401,6 +412,7 @@ def _masked_model(likelihood: str = "gaussian", missing_model: str = "none") -> 
     return build_model(cfg)
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_standardization_uses_observed_entries_and_the_density_keeps_its_jacobian():
     model = _masked_model()
     g = torch.Generator().manual_seed(0)
@@ -424,6 +436,7 @@ def test_standardization_uses_observed_entries_and_the_density_keeps_its_jacobia
                                base.log_prob((y - model.data_loc) / model.data_scale) - jac)
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_the_encoder_sees_zero_filled_values_and_the_mask():
     model = _masked_model()
     x = torch.tensor([[1.0, math.nan, 2.0, math.nan, 0.5, -1.0]])
@@ -431,6 +444,7 @@ def test_the_encoder_sees_zero_filled_values_and_the_mask():
     torch.testing.assert_close(model.encoder.net(x), model.encoder.net.net(expected_in))
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_missingness_parameters_are_trained_with_theta():
     model = _masked_model(missing_model="self-masking")
     ids = {id(p) for p in model.generative_parameters()}
@@ -438,6 +452,7 @@ def test_missingness_parameters_are_trained_with_theta():
     assert id(model.encoder.net.net[0].weight) not in ids
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_imputation_keeps_observed_entries_bit_for_bit():
     model = _masked_model().double()
     g = torch.Generator().manual_seed(1)
@@ -456,6 +471,7 @@ def test_imputation_keeps_observed_entries_bit_for_bit():
     assert np.array_equal(as_numpy, impute(model, x, num_samples=20, seed=0).numpy())
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_binary_imputation_is_the_mode():
     model = _masked_model("bernoulli")
     x = (torch.rand(8, D) < 0.5).float()
@@ -470,6 +486,7 @@ def test_binary_imputation_is_the_mode():
 # ------------------------------------------------------------------ bad input
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_bad_masks_and_values_are_refused():
     x = torch.zeros(2, 3)
     with pytest.raises(TypeError, match="mask: expected a bool tensor"):
@@ -494,6 +511,7 @@ def test_bad_masks_and_values_are_refused():
         impute(model, torch.zeros(1, D), num_samples=0)
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_config_refuses_a_missingness_model_without_masks():
     with pytest.raises(ValueError, match="missing_model: 'self-masking' needs missing='mask'"):
         ModelConfig(missing_model="self-masking")
@@ -501,6 +519,7 @@ def test_config_refuses_a_missingness_model_without_masks():
         ModelConfig(missing="drop")
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_nan_without_opting_in_says_how(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("a,b\n1,2\n,3\n")
@@ -518,6 +537,7 @@ def test_nan_without_opting_in_says_how(tmp_path):
 
 @pytest.mark.parametrize("name", ["discretized-logistic", "discretized-logistic-mixture",
                                   "gaussian"])
+@pytest.mark.usefixtures("_no_grad")
 def test_eight_bit_likelihoods_give_per_dimension_terms_that_sum_to_log_prob(name):
     cfg = ModelConfig(data_dim=D, latent_dim=L, hidden=(8,), likelihood=name,
                       data_kind="8-bit", likelihood_components=3)
@@ -533,6 +553,7 @@ def test_eight_bit_likelihoods_give_per_dimension_terms_that_sum_to_log_prob(nam
     torch.testing.assert_close(per.sum(-1), whole, rtol=0, atol=1e-10)
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_a_masked_conv_model_on_8_bit_images_trains_and_imputes(tmp_path):
     from vaelab.fit.train import train
 
@@ -558,6 +579,7 @@ def test_a_masked_conv_model_on_8_bit_images_trains_and_imputes(tmp_path):
     assert torch.allclose(k, k.round(), atol=1e-3)        # draws are 8-bit values
 
 
+@pytest.mark.usefixtures("_no_grad")
 def test_with_nothing_missing_the_masked_step_is_the_ordinary_elbo_step():
     """Same model, same draws: MaskedTrainStep's reported terms and its gradient are those of
     the ordinary ELBO (Monte Carlo KL) computed by vaelab.infer.objectives."""
@@ -585,6 +607,7 @@ def test_with_nothing_missing_the_masked_step_is_the_ordinary_elbo_step():
         torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.usefixtures("_no_grad")
 @pytest.mark.parametrize("objective", ["iwae", "iwae-dreg"])
 def test_with_nothing_missing_the_masked_iwae_steps_are_the_ordinary_ones(objective):
     """With every entry observed, MaskedTrainStep's gradient for "iwae" and "iwae-dreg" equals
