@@ -87,3 +87,27 @@ def test_continuous_bernoulli_on_8_bit_data_recommends_a_discrete_likelihood():
     assert "discrete" in note and "--likelihood discretized-logistic" in note
     assert "--binarize dynamic" in note
     assert check_data_kind("continuous-bernoulli", "unit-interval", 0.1, 0.9) is None
+
+
+def test_a_run_on_in_memory_data_asks_for_data_instead_of_reading_another_set(
+        tmp_path, capsys):
+    """Rows handed to train() in memory are recorded as such, never as the config's default
+    dataset (784 values per row would otherwise let Fashion-MNIST silently stand in)."""
+    from vaelab.fit.train import train
+
+    x = torch.rand(120, 784, generator=torch.Generator().manual_seed(0)).round()
+    run = tmp_path / "mem"
+    train({"model": {"hidden": [8], "latent_dim": 2}, "train": {"epochs": 1, "limit": 100}},
+          run, dataset=x, progress=False, log=None)
+    assert json.loads((run / "config.json").read_text())["train"]["data"] == "in-memory"
+    capsys.readouterr()                              # what training said
+    code, out, err = run_cli(capsys, "evaluate", run, "--k", "2", "--limit", "5")
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert "in memory" in err and "--data" in err
+    np_file = tmp_path / "x.npy"
+    import numpy as np
+
+    np.save(np_file, x.numpy())
+    code, out, err = run_cli(capsys, "evaluate", run, "--data", np_file, "--k", "2",
+                             "--limit", "5")
+    assert code == 0, err

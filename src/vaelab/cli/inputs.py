@@ -99,6 +99,9 @@ def _run_data(trained) -> str:
     from vaelab import data
 
     source = trained.config.train.data
+    if source == "in-memory":     # vaelab.fit.train_data.IN_MEMORY (cli imports no torch here)
+        raise ValueError("RUN: it was trained on data handed over in memory (Python), which "
+                         "no name or path finds again; pass --data PATH to a file of them")
     if data.is_named(source) or Path(source).expanduser().exists():
         return source
     relative = "" if Path(source).is_absolute() else (

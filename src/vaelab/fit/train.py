@@ -489,7 +489,8 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     run_dir = Path(out_dir).expanduser()
     if resume and (run_dir / runs.CONFIG_FILE).is_file():
         check_consistent(run_dir)     # never resume a folder that mixes two runs
-    config = _where_data_are(_resolve_config(config, run_dir, resume), run_dir, resume)
+    config = _where_data_are(_resolve_config(config, run_dir, resume), run_dir, resume,
+                             in_memory=dataset is not None)
     device = resolve_device(config.train.device)
     if device.type == "cuda":       # what a bit-identical resume needs there
         exact_cuda()

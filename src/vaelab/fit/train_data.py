@@ -156,9 +156,19 @@ def _loader_config(config: RunConfig, log: Callable[[str], object]) -> RunConfig
     return replace(config, train=replace(tc, val_fraction=0.0))
 
 
-def _where_data_are(config: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
+#: What a run trained on data handed to ``train(dataset=...)`` records as its data: no name or
+#: path can find those rows again, so commands reading the run must be given ``--data``.
+IN_MEMORY = "in-memory"
+
+
+def _where_data_are(config: RunConfig, run_dir: Path, resume: bool,
+                    in_memory: bool = False) -> RunConfig:
     """A new run records its data path made absolute (usable from any folder); a resumed run
-    keeps what it recorded when ``config`` names the same data (a relative path included)."""
+    keeps what it recorded when ``config`` names the same data (a relative path included).
+    Data handed over in memory are recorded as :data:`IN_MEMORY`, never as the config's
+    default dataset, which would silently stand in for them later."""
+    if in_memory:
+        return replace(config, train=replace(config.train, data=IN_MEMORY))
     data = data_.location(config.train.data)
     if resume and (run_dir / runs.CONFIG_FILE).is_file():
         stored = runs.read_config(run_dir).train.data
