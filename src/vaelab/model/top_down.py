@@ -25,8 +25,12 @@ from torch import nn
 from torch.distributions import Distribution
 
 from vaelab import _checks
-from vaelab.model import likelihoods
-from vaelab.model.layered import LayeredDistribution, PerExampleLayers, _diagonal
+from vaelab.model.layered import (
+    LayeredDistribution,
+    LikelihoodDecoder,
+    PerExampleLayers,
+    _diagonal,
+)
 
 
 class TopDownEncoder(nn.Module):
@@ -93,19 +97,11 @@ class TopDownEncoder(nn.Module):
                                 step), raw
 
 
-class SkipDecoder(nn.Module):
+class SkipDecoder(LikelihoodDecoder):
     """z [..., Σ L] (every layer) → p(x | z_1, …, z_n) = ``likelihood(net(z))``.
 
-    ``reads_all_layers`` tells ``HierarchicalVAE.decode`` to pass the whole concatenated z
-    rather than z_1 alone.
+    The same module as ``LikelihoodDecoder``; ``reads_all_layers`` tells
+    ``HierarchicalVAE.decode`` to pass the whole concatenated z rather than z_1 alone.
     """
 
     reads_all_layers = True
-
-    def __init__(self, net: nn.Module, likelihood: likelihoods.Likelihood, data_dim: int):
-        super().__init__()
-        self.net, self.likelihood = net, likelihood
-        self.data_dim = _checks.positive_int("data_dim", data_dim)
-
-    def forward(self, z: torch.Tensor) -> Distribution:
-        return self.likelihood(self.net(z))
