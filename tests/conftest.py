@@ -189,3 +189,16 @@ class ArrivedOn(Exception):
 def arrival(x, *_args, **_kwargs):
     """Stands in for an encoder or an inner step: reports where x arrived, and stops."""
     raise ArrivedOn(x.device)
+
+
+def without_flags(argv: list, flags: list) -> list:
+    """``argv`` without the flags (and their values) of ``flags``: each given once."""
+    out, skip = [], False
+    for i, token in enumerate(argv):
+        if skip:
+            skip = False
+        elif token in flags:
+            skip = i + 1 < len(argv) and not str(argv[i + 1]).startswith("--")
+        else:
+            out.append(token)
+    return out

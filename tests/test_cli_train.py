@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from conftest import without_flags
 
 import vaelab
 from vaelab import cli, data
@@ -21,17 +22,6 @@ from vaelab.fit.progress import _describe, divergence_warning
 TINY = ["--limit", "300", "--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--quiet"]
 
 
-def _without(argv: list, flags: list) -> list:
-    """``argv`` without the flags (and their values) of ``flags``: each given once."""
-    out, skip = [], False
-    for i, token in enumerate(argv):
-        if skip:
-            skip = False
-        elif token in flags:
-            skip = i + 1 < len(argv) and not str(argv[i + 1]).startswith("--")
-        else:
-            out.append(token)
-    return out
 
 
 @pytest.mark.parametrize("flags, expected", [
@@ -72,7 +62,7 @@ def test_divergence_is_reported_in_scientific_notation():
 
 
 def test_divergence_warns_at_the_end_even_quiet(tmp_path, capsys):
-    argv = ["train", *_without(TINY, ["--epochs"]), "--epochs", "2", "--lr", "1e6", "--out",
+    argv = ["train", *without_flags(TINY, ["--epochs"]), "--epochs", "2", "--lr", "1e6", "--out",
             str(tmp_path / "r")]
     assert cli.main(argv) == 0
     err = capsys.readouterr().err

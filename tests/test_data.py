@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, without_flags
 
 from vaelab import data
 from vaelab.data import Batches, Dataset, load_dataset
@@ -532,17 +532,6 @@ def test_data_protocol_name_reads_its_dataset(tmp_path):
 TINY = ["--limit", "300", "--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--quiet"]
 
 
-def _without(argv: list, flags: list) -> list:
-    """``argv`` without the flags (and their values) of ``flags``: each given once."""
-    out, skip = [], False
-    for i, token in enumerate(argv):
-        if skip:
-            skip = False
-        elif token in flags:
-            skip = i + 1 < len(argv) and not str(argv[i + 1]).startswith("--")
-        else:
-            out.append(token)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -608,7 +597,7 @@ def test_messages_name_flags(files, capsys, tmp_path, argv, message):
     flags = [a for a in argv if str(a).startswith("--")]   # the case's value, given once
     if "--net" in flags:     # --hidden is an option of --net mlp: refused beside --net conv
         flags.append("--hidden")
-    args = [*_without(["--data", files / "full.csv", *TINY], flags), "--out", tmp_path / "r",
+    args = [*without_flags(["--data", files / "full.csv", *TINY], flags), "--out", tmp_path / "r",
             *argv]
     code, _, err = run_cli(capsys, "train", *args)
     assert code != 0 and message in err and err.count("\n") == 1

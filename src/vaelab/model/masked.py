@@ -28,24 +28,21 @@ from vaelab import _checks, catalogue
 from vaelab.config import ModelConfig
 from vaelab.model import missingness as missingness_
 from vaelab.model.hierarchical import HierarchicalVAE
-from vaelab.model.standardize import column_stats, standardize_model, to_data_units
+from vaelab.model.standardize import (
+    StandardizedInput,
+    column_stats,
+    standardize_model,
+    to_data_units,
+)
 from vaelab.model.vae import VAE, Decoder, Encoder, build_vae
 
 
-class MaskedInput(nn.Module):
+class MaskedInput(StandardizedInput):
     """x [..., D] with NaN for missing → net([(x − loc)/scale ⊙ m, m]) (Mattei & Frellsen 2019).
 
-    ``loc`` and ``scale`` [D] are buffers (saved with the weights); ``net`` takes 2·D inputs.
+    ``loc`` and ``scale`` [D] are the standardized input's buffers (saved with the weights);
+    ``net`` takes 2·D inputs.
     """
-
-    loc: torch.Tensor
-    scale: torch.Tensor
-
-    def __init__(self, net: nn.Module, data_dim: int) -> None:
-        super().__init__()
-        self.net = net
-        self.register_buffer("loc", torch.zeros(data_dim))
-        self.register_buffer("scale", torch.ones(data_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         observed = ~torch.isnan(x)
