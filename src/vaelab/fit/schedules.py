@@ -15,8 +15,6 @@ from vaelab.config import TrainConfig
 from vaelab.fit.kl_schedule import kl_weight_for
 from vaelab.fit.lr_schedule import ConstantLR
 
-#: Validation rows per forward pass.
-
 
 def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """Weight β_t of the KL term at global step ``step`` (0-based): the config's beta and
