@@ -27,6 +27,7 @@ TINY = ["--limit", "300", "--epochs", "1", "--hidden", "16", "--latent-dim", "2"
 @pytest.mark.parametrize("flags, expected", [
     (["--kl-warmup", "3", "--kl-schedule", "constant"], "--kl-schedule constant"),
     (["--hierarchy", "ladder"], "--hierarchy ladder: needs several latent sizes"),
+    (["--hierarchy", "top-down"], "--hierarchy top-down: needs several latent sizes"),
     (["--q-components", "3"], "--q-components: needs --family mixture"),
     (["--q-flow-steps", "3"], "--q-flow-steps: needs --family iaf"),
     (["--prior-components", "3"], "--prior-components: needs --prior mog or --prior vamp"),

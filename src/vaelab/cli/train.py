@@ -333,7 +333,7 @@ def _check_given_flags(args: argparse.Namespace, config) -> None:
                                   for kind in TRAIN_KINDS})   # after the config's own rules
     layers = isinstance(m.latent_dim, tuple)
     checks = (
-        ("--hierarchy ladder", args.hierarchy == "ladder", layers,
+        (f"--hierarchy {args.hierarchy}", args.hierarchy is not None, layers,
          "several latent sizes (--latent-dim N,N,...)", f"--latent-dim {m.latent_dim}"),
         ("--drop-empty-rows", args.drop_empty_rows, m.missing == "mask", "--missing mask",
          f"--missing {m.missing}"),
