@@ -162,6 +162,9 @@ def pytest_configure(config) -> None:
     config.addinivalue_line(
         "markers", "device: device-sensitive; runs on $VAELAB_TEST_DEVICE (cpu by default; "
                    "VAELAB_TEST_DEVICE=cuda pytest -m device on a GPU), compared with the CPU")
+    config.addinivalue_line(
+        "markers", "torchrun: launches torchrun jobs (several processes, ~10-20 s each on 2 "
+                   "cores); part of the suite, deselect with -m 'not torchrun'")
 
 
 @pytest.fixture

@@ -215,3 +215,127 @@ def test_layer_metrics_join_the_sum_with_no_rows():
     seen = []
     assert layer_metrics(model, [], 4, lambda t: seen.append(t.clone()) or t) == {}
     assert len(seen) == 1 and torch.equal(seen[0], torch.zeros(3, dtype=torch.float64))
+
+
+# ------------------------------------------- torchrun launches: two nodes, a restarted worker
+
+#: A torchrun worker: ``vaelab`` itself without the end-of-run pictures (not compared here),
+#: and, when TEST_DIE_AT="rank:step" is set, that rank exits abruptly at that global step on
+#: torchrun's first start of the workers only: a worker lost mid-epoch, test code only.
+WORKER = """
+import os, sys
+import torch
+torch.set_num_threads(1)
+from vaelab.show import plots
+plots.write_run_figures = lambda *args, **kwargs: None
+die = os.environ.get("TEST_DIE_AT")
+if die and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+    rank, step = map(int, die.split(":"))
+    if int(os.environ["RANK"]) == rank:
+        from vaelab.fit import train as train_mod
+        one_step = train_mod._Trainer._one_step
+        def dying(self, x, index, sums):
+            if self.state.step == step:
+                os._exit(3)
+            return one_step(self, x, index, sums)
+        train_mod._Trainer._one_step = dying
+from vaelab.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+#: 360 training rows, 2 ranks x 50 rows: 4 steps per epoch, 3 epochs.
+TRAIN_FLAGS = ["train", "--epochs", "3", "--batch-size", "50", "--hidden", "16",
+               "--latent-dim", "2", "--val-fraction", "0.1"]
+
+
+def _torchrun(*flags: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", *flags]
+
+
+def _launch_env(**extra: str) -> dict[str, str]:
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+
+
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory):
+    """(worker script, its training flags with --data, the one-node two-rank reference run)."""
+    import subprocess
+
+    import numpy as np
+
+    where = tmp_path_factory.mktemp("launch")
+    images = where / "x.npy"
+    rng = np.random.default_rng(0)
+    np.save(images, (rng.random((400, 28, 28)) < 0.3).astype(np.uint8) * 255)
+    script = where / "worker.py"
+    script.write_text(WORKER)
+    flags = [str(script), *TRAIN_FLAGS, "--data", str(images)]
+    reference = where / "one-node"
+    done = subprocess.run(_torchrun("--standalone", "--nproc-per-node", "2", *flags,
+                                    "--out", str(reference)),
+                          capture_output=True, text=True, timeout=300, env=_launch_env())
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return flags, reference
+
+
+def _same_run(run, reference) -> None:
+    """Bit-identical weights, checkpoint and per-epoch metrics (timings aside)."""
+    from safetensors.torch import load_file
+
+    from vaelab.fit import runs
+
+    for name in ("model.safetensors", "checkpoint/state.safetensors"):
+        got, want = load_file(str(run / name)), load_file(str(reference / name))
+        assert got.keys() == want.keys()
+        for key in want:
+            assert torch.equal(got[key], want[key]), (name, key)
+    timing = {"samples_per_s", "seconds"}
+    rows = [{k: v for k, v in row.items() if k not in timing} for row in runs.read_metrics(run)]
+    assert rows == [{k: v for k, v in row.items() if k not in timing}
+                    for row in runs.read_metrics(reference)]
+    assert [row["step"] for row in rows] == [4, 8, 12]
+
+
+@pytest.mark.torchrun
+def test_two_nodes_train_the_weights_of_one_node_with_two_ranks(launch, tmp_path):
+    """Two torchrun launches, one per simulated node (--nnodes 2, one rank each, a c10d
+    rendezvous on 127.0.0.1), reach the weights of one launch with two ranks, bit for bit."""
+    import subprocess
+
+    flags, reference = launch
+    out, port = tmp_path / "two-nodes", _free_port()
+    nodes = [subprocess.Popen(_torchrun("--nnodes", "2", "--node-rank", str(node),
+                                        "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                                        "--rdzv-endpoint", f"127.0.0.1:{port}",
+                                        "--rdzv-id", "two-nodes", *flags, "--out", str(out)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=_launch_env())
+             for node in (0, 1)]
+    logs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(logs)[-3000:]
+    _same_run(out, reference)
+
+
+@pytest.mark.torchrun
+def test_a_worker_lost_mid_epoch_is_restarted_and_the_run_ends_as_if_never_stopped(
+        launch, tmp_path):
+    """--max-restarts 1: rank 1 dies at step 6 (mid-epoch 2, after epoch 1's checkpoint);
+    torchrun restarts both workers with the same flags, the run continues from the
+    checkpoint in --out and ends with the uninterrupted run's weights, bit for bit."""
+    import subprocess
+
+    flags, reference = launch
+    out = tmp_path / "restarted"
+    done = subprocess.run(_torchrun("--standalone", "--nproc-per-node", "2", "--max-restarts",
+                                    "1", *flags, "--out", str(out)),
+                          capture_output=True, text=True, timeout=300,
+                          env=_launch_env(TEST_DIE_AT="1:6"))
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    assert "exitcode: 3" in log and f"resuming {out} after epoch 1" in log, log[-3000:]
+    _same_run(out, reference)
+

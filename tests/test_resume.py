@@ -286,3 +286,24 @@ def test_cli_resume_with_fewer_epochs_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith("vaelab: error: epochs (--epochs):")
     assert snapshot(run) == before
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
+
+
+def test_an_out_folder_continues_only_after_a_torchrun_restart(tmp_path, monkeypatch):
+    """torchrun restarts workers with their first start's flags: `--out RUN` then continues
+    the run in RUN; a first start, an empty folder, or --overwrite never resume implicitly."""
+    from vaelab.fit.resume import continues_after_restart
+
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert not continues_after_restart(run)                      # no run in it yet
+    (run / runs.CONFIG_FILE).write_text("{}")
+    assert continues_after_restart(run)
+    assert not continues_after_restart(run, overwrite=True)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert not continues_after_restart(run)
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
+    assert not continues_after_restart(run)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "-1")
+    with pytest.raises(ValueError, match="TORCHELASTIC_RESTART_COUNT"):
+        continues_after_restart(run)

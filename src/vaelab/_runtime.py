@@ -7,6 +7,7 @@ device" and "which rank of how many" are answered in one place:
 * :func:`resolve_device` — "auto" (CUDA when available, else CPU), "cpu" or "cuda"; under
   torchrun CUDA means ``cuda:LOCAL_RANK``, the worker's own GPU;
 * :func:`read_env` — RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them, checked;
+* :func:`restart_count` — how many times torchrun has restarted this worker group;
 * :func:`rank_and_world_size` — of the joined process group, else of the environment (what
   this process is, or will be once it joins);
 * :func:`isolated_rng` — seeded draws that leave every global generator (CPU and CUDA) as it
@@ -88,6 +89,16 @@ def read_env(environ: Mapping[str, str] | None = None) -> DistEnv:
     if local < 0:
         raise ValueError(f"LOCAL_RANK: expected an integer >= 0, got {local}")
     return DistEnv(rank, world, local)
+
+
+def restart_count(environ: Mapping[str, str] | None = None) -> int:
+    """TORCHELASTIC_RESTART_COUNT: 0 on torchrun's first start of the workers (and without
+    torchrun), n after its n-th restart of them (``--max-restarts``), which starts every
+    worker again with the very same arguments."""
+    count = _env_int("TORCHELASTIC_RESTART_COUNT", 0, os.environ if environ is None else environ)
+    if count < 0:
+        raise ValueError(f"TORCHELASTIC_RESTART_COUNT: expected an integer >= 0, got {count}")
+    return count
 
 
 def joined() -> bool:

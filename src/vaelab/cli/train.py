@@ -208,20 +208,23 @@ def _train_locked(train_, args: argparse.Namespace, run_dir: Path, config):
     an epoch was saved, it says how to continue (exit code 130)."""
     from vaelab.data import first_missing, remove_empty_dirs
     from vaelab.fit import lock, runs
+    from vaelab.fit.resume import continues_after_restart
     from vaelab.show.plots import write_run_figures
 
     created = first_missing(run_dir)
     logger = None
+    # torchrun restarting the workers (--max-restarts) with these very flags: --out continues
+    resume = args.resume is not None or continues_after_restart(run_dir, overwrite=args.overwrite)
     lock.lock_run(run_dir, "--resume" if args.resume is not None else "--out")
     try:       # checked again under the lock: another writer may have just finished a run
-        if args.resume is None and not args.overwrite and runs.run_exists(run_dir):
+        if not resume and not args.overwrite and runs.run_exists(run_dir):
             raise ValueError(f"--out: {str(run_dir)!r} already holds a run; pass --resume "
                              f"{run_dir} to continue it or --overwrite to replace it")
         if args.tensorboard:
             from vaelab.show import tensorboard
 
             logger = tensorboard.open_logger(run_dir)  # one line if tensorboard is missing
-        return train_.train(config, run_dir, resume=args.resume is not None,
+        return train_.train(config, run_dir, resume=resume,
                             overwrite=args.overwrite, progress=not args.quiet,
                             log=printer(args.quiet), figures=write_run_figures,
                             on_epoch=logger)

@@ -6,7 +6,8 @@ methods: after every epoch :meth:`Checkpointed.save` writes, in this order, the 
 atomically by ``vaelab.fit.runs.write_checkpoint``), ``model.safetensors`` and
 ``metrics.jsonl``; :meth:`Checkpointed.restore` loads a checkpoint back and refuses one that
 does not fit the run (other data, other shapes). :func:`check_resumable` decides which config
-changes a resume may bring (:data:`RESUMABLE_CHANGES`).
+changes a resume may bring (:data:`RESUMABLE_CHANGES`); :func:`continues_after_restart`
+when a torchrun restart continues the run it interrupted.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from vaelab._runtime import restart_count
 from vaelab.config import RunConfig
 from vaelab.fit import runs
 from vaelab.infer.schemes import Inference
@@ -56,6 +58,49 @@ def check_resumable(stored: RunConfig, config: RunConfig, run_dir: Path) -> None
     if diff:
         raise runs.RunError(f"resume: the config differs from the run's in {diff} (run at "
                             f"{str(run_dir)!r}); only {list(RESUMABLE_CHANGES)} may change")
+
+
+def continues_after_restart(run_dir: Path, *, overwrite: bool = False) -> bool:
+    """Whether this start of ``train --out run_dir`` continues the run there from its last
+    checkpoint, as ``--resume run_dir`` would: yes when torchrun has restarted the workers
+    (``--max-restarts``; TORCHELASTIC_RESTART_COUNT > 0) and ``run_dir`` holds a run.
+
+    torchrun restarts a failed worker group with the arguments of its first start, so the
+    restarted ``--out DIR`` finds the run its first start wrote; without this it would be
+    refused as taken and every restart would fail the same way. A first start never resumes
+    implicitly (a second ``--out DIR`` by hand is still refused). ``--overwrite`` starts over
+    on restart as well (the run in the folder may be the one it was replacing), which still
+    reaches the same weights, with every finished epoch trained again. The config is checked
+    as for ``--resume``: a different run in the folder is refused, never continued.
+    Every rank decides before any joins the process group, when no rank of this start has
+    written yet, so all decide alike (the folder must be shared by the nodes).
+    """
+    return (not overwrite and restart_count() > 0
+            and (Path(run_dir).expanduser() / runs.CONFIG_FILE).is_file())
+
+
+def check_resume_epochs(finished: int, stored: RunConfig | None, config: RunConfig,
+                        run_dir: Path) -> None:
+    """RunError (nothing written yet) unless resuming to ``config.train.epochs`` keeps the
+    run directory consistent with itself (its weights, metrics and config must describe the
+    same run).
+
+    Fewer epochs than the ``finished`` ones are refused: the weights and metrics.jsonl hold
+    them, and config.json would say otherwise. More epochs extend the run, except with the
+    cosine learning-rate schedule, whose finished epochs decayed towards the old end.
+    """
+    wanted = config.train.epochs
+    if wanted < finished:
+        raise runs.RunError(f"epochs (--epochs): the run at {str(run_dir)!r} has already "
+                            f"finished {finished} epochs (its weights and metrics.jsonl hold "
+                            f"them); expected --epochs >= {finished} to extend it, got {wanted}")
+    old = None if stored is None else stored.train.epochs
+    if (old is not None and wanted != old and finished > 0
+            and config.train.lr_schedule == "cosine"):
+        raise runs.RunError(f"epochs (--epochs): the run at {str(run_dir)!r} decays its "
+                            f"learning rate on a cosine over {old} epochs, {finished} of them "
+                            f"done; changing it to {wanted} would contradict them; expected "
+                            f"--epochs {old}, or start a new run")
 
 
 def _config_difference(a: RunConfig, b: RunConfig) -> list[str]:

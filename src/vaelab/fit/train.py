@@ -81,6 +81,8 @@ from vaelab.fit.resume import (
     TrainingError,
     check_consistent,
     check_resumable,
+    check_resume_epochs,
+    continues_after_restart,
 )
 from vaelab.fit.schedules import kl_weight, learning_rate, lr_schedule_of, noise_seed
 from vaelab.fit.step import TrainStep, nan_to_none
@@ -461,7 +463,9 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
             bare keys); with ``resume=True`` it may be None (the run's own config is used).
         out_dir: the run directory; created if needed.
         resume: continue the run in ``out_dir`` from its last complete checkpoint (its config
-            must match, except epochs/device/compile/precision).
+            must match, except epochs/device/compile/precision). Implied when torchrun has
+            restarted the workers and ``out_dir`` holds a run
+            (``vaelab.fit.resume.continues_after_restart``).
         overwrite: replace the run in ``out_dir``. The old run's files are deleted only once
             the data are loaded and the model is built, just before the new config.json is
             written (config.json first, so the folder never mixes two runs).
@@ -487,6 +491,7 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     """
     log = log or (lambda _line: None)
     run_dir = Path(out_dir).expanduser()
+    resume = resume or continues_after_restart(run_dir, overwrite=overwrite)
     if resume and (run_dir / runs.CONFIG_FILE).is_file():
         check_consistent(run_dir)     # never resume a folder that mixes two runs
     config = _where_data_are(_resolve_config(config, run_dir, resume), run_dir, resume,
@@ -537,30 +542,6 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
         runs.write_config(run_dir, config, dataset=_data_info(data))
     dist.barrier()
     return _run(trainer)
-
-
-def check_resume_epochs(finished: int, stored: RunConfig | None, config: RunConfig,
-                        run_dir: Path) -> None:
-    """RunError (nothing written yet) unless resuming to ``config.train.epochs`` keeps the
-    run directory consistent with itself (its weights, metrics and config must describe the
-    same run).
-
-    Fewer epochs than the ``finished`` ones are refused: the weights and metrics.jsonl hold
-    them, and config.json would say otherwise. More epochs extend the run, except with the
-    cosine learning-rate schedule, whose finished epochs decayed towards the old end.
-    """
-    wanted = config.train.epochs
-    if wanted < finished:
-        raise runs.RunError(f"epochs (--epochs): the run at {str(run_dir)!r} has already "
-                            f"finished {finished} epochs (its weights and metrics.jsonl hold "
-                            f"them); expected --epochs >= {finished} to extend it, got {wanted}")
-    old = None if stored is None else stored.train.epochs
-    if (old is not None and wanted != old and finished > 0
-            and config.train.lr_schedule == "cosine"):
-        raise runs.RunError(f"epochs (--epochs): the run at {str(run_dir)!r} decays its "
-                            f"learning rate on a cosine over {old} epochs, {finished} of them "
-                            f"done; changing it to {wanted} would contradict them; expected "
-                            f"--epochs {old}, or start a new run")
 
 
 def _nothing_to_do(trainer: _Trainer, log: Callable[[str], object]) -> TrainResult:
