@@ -20,7 +20,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any, cast
 
-from vaelab import _checks, _trust, catalogue
+from vaelab import _checks, _trust, catalogue, condition_spec
 
 DATA_KINDS = ("binary", "8-bit", "unit-interval", "continuous")   # = vaelab.data.DATA_KINDS
 #: The components of a model, each stored as its name and its options (``vaelab.catalogue``).
@@ -71,11 +71,14 @@ class ModelConfig:
     #: Gaussian likelihood on real-valued data; a new run records what was decided ("on" or
     #: "off"); the columns' means and scales are saved with its weights.
     standardize: str = "auto"
+    #: Conditional VAE (Sohn et al. 2015): what c is (``vaelab.condition_spec``); None: none.
+    condition: dict | None = None
 
     def __post_init__(self) -> None:
         if self.data_dim is not None:  # None: resolved from the data at train time
             _checks.positive_int("data_dim", self.data_dim)
         object.__setattr__(self, "latent_dim", latent_sizes(self.latent_dim))
+        object.__setattr__(self, "condition", condition_spec.parse(self.condition))
         _checks.one_of("hierarchy", self.hierarchy, HIERARCHIES)
         catalogue.check_components(self, MODEL_KINDS, SNAKE_CASE)
         if self.net == "factory":      # checked without importing anything (vaelab._trust)

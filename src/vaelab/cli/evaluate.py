@@ -180,6 +180,8 @@ def add_sample(commands) -> None:
     p.add_argument("--nrow", type=positive_int, metavar="N",
                    help="images per row (default: about √n)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.add_argument("--condition", metavar="VALUE", help="a conditional run: generate for this "
+                   "c (a level such as 3, or comma-separated numbers for real covariates)")
     p.set_defaults(func=cmd_sample)
 
 
@@ -191,12 +193,38 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _check_memory("-n", args.n, _bytes_per_sample(trained.config.model))
     out = png_path(args.out or args.run / f"samples-{args.n}.png", "--out")
     claim(out)
-    path = plots.write_samples(trained.model, out, args.n, trained.config.model.image_shape,
+    path = plots.write_samples(_for_condition(trained, args.condition, "sample"), out, args.n,
+                               trained.config.model.image_shape,
                                seed=args.seed, nrow=args.nrow,
                                value_range=(0.0, 1.0) if trained.config.train.data in (
                                    "fashion-mnist", "mnist") else None)
     print(f"wrote {path}")
     return 0
+
+
+def _for_condition(trained, value: str | None, command: str, own=None):
+    """The run's model for ``--condition VALUE`` (a conditional run: ``use.conditioned.Given``);
+    one line for a missing or needless --condition."""
+    if trained.config.model.condition is None:
+        if value is not None:
+            raise ValueError(f"--condition: the run is not conditional (trained without "
+                             f"--condition); expected no --condition, got {value!r}")
+        return trained.model
+    if value is None and own is None:
+        raise ValueError(f"--condition: this run is conditional, p(x | z, c); `vaelab "
+                         f"{command}` needs the condition to generate for, such as "
+                         f"--condition {_first_level(trained)}; got none")
+    from vaelab.use.conditioned import Given
+
+    c = None if value is None else trained.condition(value, flag="--condition")
+    return Given(trained.model, c, own)
+
+
+def _first_level(trained) -> str:
+    spec = trained.config.model.condition
+    if spec["kind"] == "categorical":
+        return str(spec["levels"][0])
+    return ",".join(["0"] * len(spec["loc"]))
 
 
 def _available_memory() -> int | None:
@@ -246,6 +274,8 @@ def add_reconstruct(commands) -> None:
                    help="default: RUN/reconstructions-N.png")
     p.add_argument("--seed", type=non_negative_int, metavar="N", default=0,
                    help="picks the examples and their binarization")
+    p.add_argument("--condition", metavar="VALUE", help="a conditional run: decode each "
+                   "example's code under this c instead of its own (x as if it had c)")
     p.set_defaults(func=cmd_reconstruct)
 
 
@@ -263,7 +293,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     index = torch.randperm(len(dataset), generator=generator)[:args.n]
     x = dataset.x[index.sort().values].to(trained.device)
-    path = plots.write_reconstructions(trained.model, x, out, trained.config.model.image_shape,
+    model = trained.model
+    if trained.config.model.condition is not None:   # rows [x | c]: shown x, c held apart
+        x, own = model.split(x)
+        model = _for_condition(trained, args.condition, "reconstruct", own)
+    path = plots.write_reconstructions(model, x, out, trained.config.model.image_shape,
                                        binarized=trained.config.train.binarize != "none",
                                        value_range=plots.data_range(dataset))
     print(f"wrote {path}")

@@ -111,10 +111,12 @@ def _run_data(trained) -> str:
 
 
 def held_out(trained, source: str | None, split: str | None, seed: int, note: Callable,
-              allow_missing: bool = False):
+              allow_missing: bool = False, condition: str | None = None):
     """The run's evaluation data: (Dataset, split), binarized once (seeded) like training.
 
     ``allow_missing``: NaN / empty cells stay as missing entries (e.g. encode of a masked run).
+    A conditional run's rows are [x | c] (``vaelab.data.condition``): c from the data, or
+    ``condition`` (the --condition value) for every row.
     """
     from vaelab import data
 
@@ -128,8 +130,10 @@ def held_out(trained, source: str | None, split: str | None, seed: int, note: Ca
             raise
         dataset, split = _load_held_out(trained, source, "train", allow_missing), "train"
         note(f"note: {source} has no test split; using all of its examples")
-    if dataset.x.shape[1] != trained.model.data_dim:
-        raise ValueError(f"data: the run's model expects {trained.model.data_dim} values per "
+    dataset, c = _condition_of(trained, dataset, source, condition)
+    width = getattr(trained.model, "x_dim", trained.model.data_dim)
+    if dataset.x.shape[1] != width:
+        raise ValueError(f"data: the run's model expects {width} values per "
                          f"example, got {dataset.x.shape[1]} from {source!r}")
     if tc.binarize != "none" and allow_missing:       # one seeded draw, NaN kept
         from dataclasses import replace
@@ -146,13 +150,39 @@ def held_out(trained, source: str | None, split: str | None, seed: int, note: Ca
     if likelihood is not None and hasattr(likelihood, "check_support"):   # outside: one line
         likelihood.check_support(dataset.x.nan_to_num(0.0) if allow_missing else dataset.x,
                                  "--data")
+    if c is not None:
+        from vaelab.data.condition import packed
+
+        dataset = packed(dataset, c)
     return dataset, split
+
+
+def _condition_of(trained, dataset, source: str, value: str | None):
+    """(dataset without condition columns, c [N, C] or [C]) of a conditional run, else
+    (dataset, None); --condition without a conditional run is one line."""
+    spec = trained.config.model.condition
+    if spec is None:
+        if value is not None:
+            raise ValueError(f"--condition: the run is not conditional (trained without "
+                             f"--condition); expected no --condition, got {value!r}")
+        return dataset, None
+    import torch
+
+    from vaelab import condition_spec
+    from vaelab.data import condition
+
+    if value is not None and spec["source"] != "columns":   # c given: the data's not needed
+        return dataset, torch.tensor(condition_spec.encode_value(spec, value))
+    dataset, c = condition.for_dataset(spec, dataset, source)
+    if value is not None:
+        c = torch.tensor(condition_spec.encode_value(spec, value))
+    return dataset, c
 
 
 def examples(args: argparse.Namespace, trained, allow_missing: bool = False):
     """The data a use-command works on: (Dataset, split), the first --limit rows."""
     dataset, split = held_out(trained, args.data, args.split, args.seed, printer(False),
-                               allow_missing)
+                               allow_missing, getattr(args, "condition", None))
     if args.limit:
         dataset = dataset.subset(slice(0, args.limit))
     return dataset, split

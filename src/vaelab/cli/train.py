@@ -90,6 +90,11 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
                         "run and undone on every output (samples, reconstructions, "
                         "imputations; densities keep their Jacobian): auto (default) is on "
                         "for --likelihood gaussian on real-valued data")
+    g.add_argument("--condition", metavar="labels|COLUMNS",
+                   help="a conditional VAE, p(x | z, c) and q(z | x, c): c is the data's "
+                        "class labels, or the named comma-separated columns of a table "
+                        "(taken out of x; one integer column with few values is one-hot, "
+                        "other columns real)")
     g.add_argument("--binarize", choices=("dynamic", "static", "none"),
                    help="binarize [0, 1] data: a fresh Bernoulli draw per visit (dynamic, the "
                    "default), one draw (static), or keep the values (none: for real-valued "
@@ -290,7 +295,7 @@ def _train_overrides(args: argparse.Namespace) -> dict:
     return {"model": {"latent_dim": args.latent_dim, "hierarchy": args.hierarchy,
                       **component_values(args, MODEL_KINDS),
                       "missing": args.missing, "missing_model": args.missing_model,
-                      "standardize": args.standardize},
+                      "standardize": args.standardize, "condition": args.condition},
             "train": {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
                       "lr": args.lr, "binarize": args.binarize, "seed": args.seed,
                       "device": args.device, "limit": args.limit, "classes": args.classes,

@@ -127,7 +127,8 @@ class _GaussianBernoulliELBO(nn.Module):
     def matches(model: VAE, inference: Inference) -> bool:
         """True when (model, inference) is the standard VAE this function computes exactly."""
         encoder = getattr(inference, "encoder", None)
-        return (type(inference) is Amortized and isinstance(encoder, Encoder)
+        return (isinstance(model, VAE)     # a conditional VAE's decoder also reads c
+                and type(inference) is Amortized and isinstance(encoder, Encoder)
                 and type(encoder.family) is DiagonalNormal
                 and type(getattr(model, "prior_module", None)) is StandardNormal
                 and type(model.decoder.likelihood) is Bernoulli)

@@ -63,7 +63,8 @@ from vaelab import data as data_
 from vaelab import data_forms
 from vaelab._runtime import exact_cuda, isolated_rng, resolve_device
 from vaelab.config import RunConfig
-from vaelab.fit import distributed, runs
+from vaelab.data.condition import pack
+from vaelab.fit import conditioned, distributed, runs
 from vaelab.fit.ema import WeightAverage
 from vaelab.fit.lr_schedule import PlateauLR
 from vaelab.fit.masked import MaskedTrainStep, build_masked_model
@@ -105,6 +106,7 @@ from vaelab.model.hierarchical import (
     collapse_warning,
     layer_metrics,
 )
+from vaelab.model.conditional import ConditionalVAE
 from vaelab.model.masked import build_model
 from vaelab.model.vae import VAE
 
@@ -184,7 +186,8 @@ def _resolve_config(config: RunConfig | dict | None, run_dir: Path, resume: bool
     return config
 
 
-def _build_model(config: RunConfig, x_train: torch.Tensor) -> VAE | HierarchicalVAE:
+def _build_model(config: RunConfig, x_train: torch.Tensor
+                 ) -> VAE | HierarchicalVAE | ConditionalVAE:
     """The VAE of ``config.model``, its columns standardized on the training rows when the
     config says so (``vaelab.model.standardize``)."""
     model = build_model(config.model)
@@ -213,7 +216,7 @@ class _Trainer(Checkpointed):
                       else _build_model(config, data.train.x)).to(device)
         self.inference = self._build_inference().to(device)
         binarize = "dynamic" if self.tc.binarize == "dynamic" and not masked else "none"
-        self.batches: data_.Batches | data_forms.LoaderBatches = (
+        self.batches: data_.Batches | data_forms.LoaderBatches | conditioned.PackedBatches = (
             data_.Batches(data.train.x, self.tc.batch_size, seed=self.tc.seed, device=device,
                           binarize=binarize, rank=dist.rank, world_size=dist.world_size)
             if data.loader is None else
@@ -233,6 +236,10 @@ class _Trainer(Checkpointed):
                                         dynamic_binarize=self.tc.binarize == "dynamic")
         self.val_x = None if data.val is None else data.val.x[dist.rank::dist.world_size]
         self.val_x = None if self.val_x is None else self.val_x.to(device)
+        if data.c_train is not None:       # packed rows [x | c] (vaelab.fit.conditioned)
+            self.batches = conditioned.PackedBatches(self.batches, data.c_train.to(device))
+            self.val_x = None if data.c_val is None or self.val_x is None else pack(
+                self.val_x, data.c_val[dist.rank::dist.world_size].to(device))
         self.state = RunState()
         self.best: dict[str, torch.Tensor] | None = None
         self.ema = (None if self.tc.ema_decay is None
@@ -443,7 +450,10 @@ class _Trainer(Checkpointed):
             model = self.model
             if self.tc.inference == "per-datapoint":  # its encoder was never trained
                 model = VAE(self.model.prior_module, self.model.decoder, None)
-            if self.figures is not None:
+            if self.figures is not None and self.config.model.condition is not None:
+                self.log("figures: skipped for a conditional model; draw each condition with "
+                         "`vaelab sample RUN --condition VALUE`")
+            elif self.figures is not None:
                 self.figures(self.run_dir, model, self.data.val or self.data.train.floats(),
                              self.state.metrics, log=self.log)
 
@@ -507,6 +517,8 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     if data_forms.is_loader(dataset):
         config = _loader_config(config, log)
     data = _load_data(config, dataset)
+    if data.condition is not None:      # the condition resolved from the data: recorded
+        config = replace(config, model=replace(config.model, condition=data.condition))
     if dataset is None:
         _check_whole(config, data.train)
     config = replace(config, model=config.model.with_data(

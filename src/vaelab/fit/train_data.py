@@ -21,7 +21,7 @@ import torch
 from vaelab import data as data_
 from vaelab import data_forms
 from vaelab.config import RunConfig, TrainConfig
-from vaelab.fit import runs
+from vaelab.fit import conditioned, runs
 from vaelab.fit.masked import load_masked_data
 
 #: Validation rows per forward pass.
@@ -33,6 +33,10 @@ class _Data:
     val: data_.Dataset | None
     #: the user's DataLoader, whose batches training takes as they come (else None)
     loader: torch.utils.data.DataLoader | None = None
+    #: a conditional model's resolved condition and the rows' c [N, C] (``fit.conditioned``)
+    condition: dict | None = None
+    c_train: torch.Tensor | None = None
+    c_val: torch.Tensor | None = None
 
     @cached_property
     def sha256(self) -> str:
@@ -108,6 +112,9 @@ def _load_data(config: RunConfig, dataset: object) -> _Data:
     """Load, check, split and (statically) binarize the data (``dataset``: any form of
     ``vaelab.data_forms``, or None for ``config.train.data``)."""
     tc = config.train
+    if config.model.condition is not None:     # x and c (vaelab.fit.conditioned)
+        data, spec, c_train, c_val = conditioned.load(config, dataset, _load_data)
+        return replace(data, condition=spec, c_train=c_train, c_val=c_val)
     if dataset is not None and not isinstance(dataset, data_.Dataset):
         loader = dataset if data_forms.is_loader(dataset) else None
         dataset = data_forms.as_dataset(dataset, where="dataset", seed=tc.seed,

@@ -27,6 +27,7 @@ from torch.distributions import Distribution
 from vaelab import _checks, catalogue
 from vaelab.config import ModelConfig
 from vaelab.model import missingness as missingness_
+from vaelab.model.conditional import ConditionalVAE, build_conditional
 from vaelab.model.hierarchical import HierarchicalVAE
 from vaelab.model.standardize import (
     StandardizedInput,
@@ -146,8 +147,11 @@ def fit_standardization(model: MaskedVAE, x: torch.Tensor) -> None:
     model.masked_input.scale.copy_(std)
 
 
-def build_model(config: ModelConfig) -> VAE | HierarchicalVAE:
-    """``build_vae(config)``, or a :class:`MaskedVAE` when ``config.missing == "mask"``."""
+def build_model(config: ModelConfig) -> VAE | HierarchicalVAE | ConditionalVAE:
+    """``build_vae(config)``, a :class:`MaskedVAE` when ``config.missing == "mask"``, or a
+    ``ConditionalVAE`` when ``config.condition`` is set (``vaelab.model.conditional``)."""
+    if config.condition is not None:
+        return build_conditional(config)
     if getattr(config, "missing", "none") == "none":
         model = build_vae(config)         # standardized columns inside the model when asked
         return standardize_model(model) if config.standardize == "on" else model

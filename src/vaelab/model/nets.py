@@ -254,6 +254,11 @@ class MLPNets:
                 mlp(latent_dim, tuple(reversed(self.hidden)), data_dim * params_per_dim,
                     self.activation, self.gated))
 
+    def conditional_encoder(self, data_dim: int, condition_dim: int, out_features: int,
+                            image_shape: Sequence[int] | None = None) -> nn.Module:
+        """q(z | x, c)'s net on packed rows [x | c] [..., D + C]: an MLP reading both."""
+        return self.encoder(data_dim + condition_dim, out_features, image_shape)
+
     def encoder(self, in_features: int, out_features: int,
                 image_shape: Sequence[int] | None = None) -> nn.Module:
         """The encoder net alone: [..., in_features] → [..., out_features]."""
@@ -278,6 +283,16 @@ class ConvNets:
         return (self.encoder(data_dim, family_params, image_shape),
                 ConvDecoder(latent_dim, image_shape, self.channels, params_per_dim,
                             self.activation))
+
+    def conditional_encoder(self, data_dim: int, condition_dim: int, out_features: int,
+                            image_shape: Sequence[int] | None = None) -> nn.Module:
+        """q(z | x, c)'s net on packed rows [x | c]: the conv encoder over the image with c
+        broadcast as ``condition_dim`` extra constant channels (every filter sees c)."""
+        from vaelab.model.conditional import ChannelCondition
+
+        c, h, w = _image_shape(image_shape)
+        net = self.encoder(data_dim, out_features, (c + condition_dim, h, w))
+        return ChannelCondition(net, (c, h, w), condition_dim)
 
     def encoder(self, in_features: int, out_features: int,
                 image_shape: Sequence[int] | None = None) -> nn.Module:
@@ -336,6 +351,12 @@ class FactoryNets:
         if getattr(decoder, "out_features", None) is None:   # how the decoder tells D (vae)
             decoder.out_features = data_dim * params_per_dim
         return encoder, decoder
+
+    def conditional_encoder(self, data_dim: int, condition_dim: int, out_features: int,
+                            image_shape: Sequence[int] | None = None) -> nn.Module:
+        """Not built from a factory: how c enters the user's networks is the user's to say."""
+        raise ValueError("condition (--condition): a conditional VAE is built from the mlp or "
+                         "conv networks; expected --net mlp or conv with it, got factory")
 
     def encoder(self, in_features: int, out_features: int,
                 image_shape: Sequence[int] | None = None) -> nn.Module:

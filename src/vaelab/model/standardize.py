@@ -170,7 +170,7 @@ def resolve(config):
     if config.standardize != "auto":
         return config
     wanted = (real and config.data_kind == "continuous" and config.image_shape is None
-              and supports(hierarchy))
+              and supports(hierarchy) and config.condition is None)   # packed [x | c] rows
     return replace(config, standardize="on" if wanted else "off")
 
 

@@ -10,17 +10,21 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, cast
 
+import numpy as np
 import torch
 from torch.distributions import Distribution
 
-from vaelab import _checks, _trust, data_forms
+from vaelab import _checks, _trust, condition_spec, data_forms
 from vaelab.config import RunConfig
+from vaelab.data import condition as condition_
 from vaelab.fit.resume import check_consistent
 from vaelab.fit.runs import CONFIG_FILE, RunError, read_config, read_metrics, read_model
 from vaelab.infer.objectives import elbo_terms
 from vaelab.infer.schemes import scheme_for
 from vaelab.measure.evaluate import LogLikelihoodEstimate, log_likelihood
+from vaelab.model.conditional import NEEDS_CONDITION, ConditionalVAE
 from vaelab.model.hierarchical import HierarchicalVAE
 from vaelab.model.masked import build_model
 from vaelab.model.vae import VAE
@@ -44,7 +48,8 @@ class TrainedModel:
     runs with ``inference="per-datapoint"`` trained no encoder, so only :meth:`sample` works.
     """
 
-    def __init__(self, model: VAE | HierarchicalVAE, config: RunConfig, run_dir: Path,
+    def __init__(self, model: VAE | HierarchicalVAE | ConditionalVAE, config: RunConfig,
+                 run_dir: Path,
                  metrics: list[dict]) -> None:
         self.model, self.config, self.run_dir, self.metrics = model, config, run_dir, metrics
 
@@ -62,50 +67,83 @@ class TrainedModel:
         names = meta.get("columns") if isinstance(meta, dict) else None
         return tuple(map(str, names)) if isinstance(names, list) else None
 
-    def _data(self, x: object) -> torch.Tensor:
+    def _data(self, x: object, c: object = None) -> torch.Tensor:
         x = data_forms.as_rows(x, where="x")
         shape = self.config.model.image_shape
         if shape is not None and tuple(x.shape[1:]) == tuple(shape):
             x = x.reshape(x.shape[0], -1)
-        return self.model.check_data(x.to(self.device, torch.float32), "x")
+        x = x.to(self.device, torch.float32)
+        packed = c is None and x.shape[1] == self.model.data_dim    # [x | c] rows already
+        if self.config.model.condition is not None and not packed:  # (model.conditional)
+            x = condition_.pack(x, self.condition(c, len(x)))
+        return self.model.check_data(x, "x")
 
-    def _q(self, x: object, what: str) -> tuple[torch.Tensor, Distribution]:
+    def condition(self, c: object, n: int | None = None, flag: str = "c") -> torch.Tensor:
+        """A conditional run's c from raw values: one value (a level, or the real numbers)
+        → [C]; one per example (n of them) → [n, C]. One line for an unknown level."""
+        spec = self.config.model.condition
+        if spec is None:
+            raise ValueError(f"{flag}: this run is not conditional; expected no condition")
+        if c is None:
+            raise ValueError(NEEDS_CONDITION)
+        ndim = np.ndim(cast(Any, c))        # a str is one value (ndim 0); C > 1 reals: [C] is one
+        one = ndim == 0 or (spec["kind"] == "real" and ndim == 1
+                            and condition_spec.dim(spec) > 1)
+        coded = (torch.tensor(condition_spec.encode_value(spec, c, flag)) if one
+                 else condition_.encode(spec, c, flag))
+        if not one and n is not None and len(coded) != n:
+            raise ValueError(f"{flag}: expected one condition per example ({n}), got "
+                             f"{len(coded)}")
+        return coded.to(self.device)
+
+    def _q(self, x: object, what: str, c: object = None) -> tuple[torch.Tensor, Distribution]:
         """(x checked and flattened [B, D], q(z | x) batch [B]) without gradients."""
         if self.config.train.inference == "per-datapoint":
             raise ValueError(f"{what}: this run used inference='per-datapoint', which trains no "
                              f"encoder, so q(z | x) is not available for new x")
-        x = self._data(x)
+        x = self._data(x, c)
         scheme = scheme_for(self.config.train, self.model)
         with torch.no_grad():
             return x, scheme(x, None)
 
-    def encode(self, x: torch.Tensor) -> Distribution:
-        """q(z | x) for x [B, D]: a Distribution with batch [B], event [latent_dim]."""
-        return self._q(x, "encode")[1]
+    def encode(self, x: torch.Tensor, c: object = None) -> Distribution:
+        """q(z | x) for x [B, D] (q(z | x, c) for a conditional run: ``c`` one value or one
+        per example, see :meth:`condition`): a Distribution with batch [B], event [L]."""
+        return self._q(x, "encode", c)[1]
 
-    def elbo(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+    def elbo(self, x: torch.Tensor, num_samples: int = 1, c: object = None) -> torch.Tensor:
         """ELBO per example with the encoder's q, [B] (noise from torch's global RNG)."""
         num_samples = _checks.positive_int("num_samples", num_samples)
-        x, q = self._q(x, "elbo")
+        x, q = self._q(x, "elbo", c)
         with torch.no_grad():
             return elbo_terms(self.model, q, x, num_samples, validate=False).elbo
 
     def log_likelihood(self, x: torch.Tensor, num_samples: int = 5000,
-                       chunk_size: int | None = None) -> LogLikelihoodEstimate:
-        """Importance-sampled log p(x) with the encoder's q as proposal (tensors [B])."""
-        x, q = self._q(x, "log_likelihood")
+                       chunk_size: int | None = None, c: object = None
+                       ) -> LogLikelihoodEstimate:
+        """Importance-sampled log p(x) (log p(x | c) given ``c``) with the encoder's q as
+        proposal (tensors [B])."""
+        x, q = self._q(x, "log_likelihood", c)
         return log_likelihood(self.model, q, x, num_samples, chunk_size)
 
-    def sample(self, n: int, *, mean: bool = False,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """n draws x ~ p(x), [n, D] (``mean=True``: E[x | z] instead of a draw of x)."""
-        return self.model.sample(n, mean=mean, generator=generator)
+    def sample(self, n: int, *, mean: bool = False, generator: torch.Generator | None = None,
+               c: object = None) -> torch.Tensor:
+        """n draws x ~ p(x) (x ~ p(x | c) given ``c``), [n, D] (``mean=True``: E[x | z])."""
+        if self.config.model.condition is None:
+            return self.model.sample(n, mean=mean, generator=generator)
+        model = cast(ConditionalVAE, self.model)
+        return model.sample(n, self.condition(c, n), mean=mean, generator=generator)
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """E[x | z = mean of q(z | x)], [B, D]."""
-        _, q = self._q(x, "reconstruct")
+    def reconstruct(self, x: torch.Tensor, c: object = None, to: object = None) -> torch.Tensor:
+        """E[x | z = mean of q(z | x)], [B, D]; a conditional run encodes under ``c`` and
+        decodes under ``to`` (None: ``c``): x as if its condition had been ``to``."""
+        x, q = self._q(x, "reconstruct", c)
         with torch.no_grad():
-            return self.model.decode(q.mean).mean
+            if self.config.model.condition is None:
+                return self.model.decode(q.mean).mean
+            model = cast(ConditionalVAE, self.model)
+            target = model.split(x)[1] if to is None else self.condition(to, len(x))
+            return model.decode(q.mean, target).mean
 
 
 def _json_object(path: Path) -> dict:

@@ -1,0 +1,222 @@
+"""Conditional VAEs (vaelab.model.conditional and the pipeline that feeds it packed [x | c])."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from safetensors.torch import load_file
+
+from vaelab import condition_spec
+from vaelab.config import ModelConfig
+from vaelab.data import condition as condition_
+from vaelab.fit.train import train
+from vaelab.infer.objectives import elbo_terms
+from vaelab.model.conditional import ChannelCondition, ConditionalVAE
+from vaelab.model.masked import build_model
+from vaelab.use.trained import load
+
+LEVELS = {"source": "labels", "kind": "categorical", "levels": [0, 1, 2]}
+TRAIN = {"binarize": "none", "device": "cpu", "compile": False, "batch_size": 64}
+
+
+def _copy_with_zero_c(plain: torch.nn.Module, cond: ConditionalVAE, x_dim: int,
+                      latent: int) -> None:
+    """cond's weights := plain's, with every weight that reads c set to 0."""
+    src = plain.state_dict()
+    with torch.no_grad():
+        for name, p in cond.state_dict().items():
+            q = src[name.replace(".net.net.", ".net.")]   # ChannelCondition wraps the conv net
+            if p.shape == q.shape:
+                p.copy_(q)
+                continue
+            p.zero_()
+            reads = x_dim if name.startswith("encoder") else latent
+            if p.dim() == 2:                               # a dense layer reading [·, c]
+                p[:, :reads] = q
+            else:                                          # a conv reading extra c channels
+                p[:, :q.shape[1]] = q
+
+
+@pytest.mark.parametrize("model_options", [
+    {"likelihood": "bernoulli", "net_options": {"hidden": [16, 8]}},
+    {"likelihood": "gaussian", "net_options": {"hidden": [16], "gated": True}},
+    {"likelihood": "bernoulli", "net": "conv", "net_options": {"channels": [4]},
+     "image_shape": (1, 4, 4)},
+])
+def test_elbo_with_c_ignored_equals_the_plain_vae(model_options):
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(data_dim=16, latent_dim=3, **model_options))
+    cond = build_model(ModelConfig(data_dim=16, latent_dim=3, condition=LEVELS,
+                                   **model_options))
+    _copy_with_zero_c(plain, cond, 16, 3)
+    x = torch.rand(5, 16).round()
+    c = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 2, 0]), 3).float()
+    torch.manual_seed(1)
+    expected = elbo_terms(plain, plain.encode(x), x, 4).elbo
+    torch.manual_seed(1)
+    got = elbo_terms(cond, cond.encode(x, c), torch.cat([x, c], 1), 4).elbo
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(got, torch.zeros_like(got))
+
+
+def test_gradients_reach_the_weights_that_read_c():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(data_dim=6, latent_dim=2, condition=LEVELS,
+                                    net_options={"hidden": [8]}))
+    x = torch.rand(4, 6).round()
+    xc = torch.cat([x, torch.eye(3)[[0, 1, 2, 1]]], 1)
+    elbo_terms(model, model.encode(xc), xc, 2).elbo.sum().backward()
+    enc_first, dec_first = model.encoder.net[0].weight, model.decoder.net[0].weight
+    assert enc_first.grad[:, 6:].abs().sum() > 0        # q(z | x, c) reads c
+    assert dec_first.grad[:, 2:].abs().sum() > 0        # p(x | z, c) reads c
+    # oracle: a central finite difference of the ELBO (same draws) in one decoder weight on c
+    w = model.decoder.net[0].weight
+    i, j, h = 3, 2 + 1, 1e-3
+    def elbo_at(value):
+        with torch.no_grad():
+            w[i, j] = value
+            torch.manual_seed(5)
+            return elbo_terms(model, model.encode(xc), xc, 2).elbo.sum().double()
+    base = w.detach()[i, j].item()
+    torch.manual_seed(5)
+    model.zero_grad()
+    elbo_terms(model, model.encode(xc), xc, 2).elbo.sum().backward()
+    analytic = float(w.grad[i, j])
+    numeric = float((elbo_at(base + h) - elbo_at(base - h)) / (2 * h))
+    elbo_at(base)
+    assert analytic == pytest.approx(numeric, rel=1e-2, abs=1e-3)
+
+
+def test_channel_condition_stacks_c_as_constant_planes():
+    seen = []
+    net = torch.nn.Flatten()
+    net.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+    wrapped = ChannelCondition(net, (1, 2, 3), 2)
+    x, c = torch.arange(12.).reshape(2, 6), torch.tensor([[1., 0.], [0.5, -2.]])
+    wrapped(torch.cat([x, c], 1))
+    stacked = seen[0].reshape(2, 3, 2, 3)
+    torch.testing.assert_close(stacked[:, 0].reshape(2, 6), x)
+    torch.testing.assert_close(stacked[:, 1:], c[:, :, None, None].expand(2, 2, 2, 3))
+
+
+def _three_class_data(n: int = 900, seed: int = 0):
+    """x (8 binary values) depends only on c ∈ {0, 1, 2}: Bernoulli with a mean per class."""
+    rng = np.random.default_rng(seed)
+    c = rng.integers(0, 3, n)
+    means = np.array([[0.9] * 4 + [0.1] * 4, [0.1] * 4 + [0.9] * 4, [0.5, 0.2] * 4])
+    return (rng.random((n, 8)) < means[c]).astype(np.float32), c, means
+
+
+def _config(epochs: int) -> dict:
+    return {"model": {"latent_dim": 2, "net_options": {"hidden": [32]}, "condition": "labels"},
+            "train": {**TRAIN, "epochs": epochs, "lr": 3e-3, "seed": 3}}
+
+
+def test_samples_under_c_match_that_class(tmp_path):
+    x, c, means = _three_class_data()
+    train(_config(25), tmp_path / "run", dataset=(x, c), progress=False, log=None)
+    trained = load(tmp_path / "run")
+    for k in range(3):
+        draws = trained.sample(4000, c=k, generator=torch.Generator().manual_seed(k))
+        empirical = x[c == k].mean(0)
+        # 4000 Bernoulli draws: SE <= 0.008; the class means themselves differ by >= 0.3
+        np.testing.assert_allclose(draws.mean(0).numpy(), empirical, atol=0.06)
+        assert np.abs(draws.mean(0).numpy() - means[(k + 1) % 3]).max() > 0.25
+
+
+def test_save_load_and_resume_are_bit_exact(tmp_path):
+    x, c, _ = _three_class_data(300)
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    train(_config(4), whole, dataset=(x, c), progress=False, log=None)
+    train(_config(2), part, dataset=(x, c), progress=False, log=None)
+    train(_config(4), part, dataset=(x, c), resume=True, progress=False, log=None)
+    a, b = load_file(whole / "model.safetensors"), load_file(part / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    trained = load(whole)
+    assert trained.config.model.condition == {**LEVELS}
+    reloaded = load(whole)
+    torch.manual_seed(0)
+    first = trained.elbo(x[:10], c=c[:10])
+    torch.manual_seed(0)
+    again = reloaded.elbo(x[:10], c=c[:10])
+    assert torch.equal(first, again)
+
+
+def test_reconstruct_under_another_c_moves_x_to_that_class(tmp_path):
+    x, c, means = _three_class_data()
+    train(_config(25), tmp_path / "run", dataset=(x, c), progress=False, log=None)
+    trained = load(tmp_path / "run")
+    rows = x[c == 0][:200]
+    moved = trained.reconstruct(rows, c=0, to=1).mean(0).numpy()
+    np.testing.assert_allclose(moved, means[1], atol=0.1)
+
+
+def test_one_line_errors_for_levels_and_a_missing_condition(tmp_path):
+    x, c, _ = _three_class_data(200)
+    train(_config(1), tmp_path / "run", dataset=(x, c), progress=False, log=None)
+    trained = load(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"^c \(--condition\).*expected the condition"):
+        trained.sample(3)
+    with pytest.raises(ValueError, match=r"expected one of the run's condition levels "
+                                         r"\[0, 1, 2\], got 7"):
+        trained.sample(3, c=7)
+    with pytest.raises(ValueError, match=r"levels never seen in training: \['5'\]"):
+        trained.encode(x[:2], c=[0, 5])
+    with pytest.raises(ValueError, match="at most 1000 levels, got 1001"):
+        condition_.resolve({"source": "given", "kind": "categorical"}, np.arange(1001))
+
+
+def test_condition_specs_parse_and_resolve():
+    assert condition_spec.parse("labels") == {"source": "labels"}
+    assert condition_spec.parse("batch, age") == {"source": "columns",
+                                                  "columns": ["batch", "age"]}
+    with pytest.raises(ValueError, match="condition.source"):
+        condition_spec.parse({"source": "nowhere"})
+    batch = condition_.resolve({"source": "columns", "columns": ["b"]}, np.array([[2.], [0.]]))
+    assert batch["kind"] == "categorical" and batch["levels"] == [0, 2]
+    real = condition_.resolve({"source": "columns", "columns": ["a"]},
+                              np.array([[0.5], [1.5], [2.5]]))
+    assert real["kind"] == "real" and real["loc"] == [1.5]
+    assert real["scale"] == pytest.approx([np.std([0.5, 1.5, 2.5])])
+    coded = condition_.encode(real, np.array([[1.5], [2.5]]))
+    torch.testing.assert_close(coded, torch.tensor([[0.0], [1 / real["scale"][0]]]))
+    assert condition_spec.encode_value(batch, "2") == [0.0, 1.0]
+
+
+def test_cli_conditions_on_a_table_column(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 2, 400)
+    x = rng.normal(size=(400, 3)) + 3.0 * batch[:, None]      # the batch shifts every column
+    table = tmp_path / "cells.csv"
+    rows = [",".join(["a", "b", "c", "batch"])] + [
+        ",".join([*(f"{v:.5f}" for v in r), str(b)]) for r, b in zip(x, batch, strict=True)]
+    table.write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--data", table, "--out", run, "--condition",
+                             "batch", "--likelihood", "gaussian", "--binarize", "none",
+                             "--epochs", "2", "--latent-dim", "2", "--hidden", "16",
+                             "--device", "cpu", "--compile", "off")
+    assert code == 0, err
+    trained = load(run)
+    assert trained.config.model.condition["levels"] == [0, 1]
+    assert trained.model.x_dim == 3 and trained.model.data_dim == 5
+    code, out, err = run_cli(capsys, "evaluate", run, "--k", "10", "--limit", "20", "--quiet")
+    assert code == 0, err
+    codes = tmp_path / "z.npy"
+    code, _, err = run_cli(capsys, "encode", run, "--out", codes, "--condition", "1")
+    assert code == 0, err
+    assert np.load(codes).shape == (400, 2)
+    code, _, err = run_cli(capsys, "sample", run, "-n", "8", "--out", tmp_path / "s.png")
+    assert code != 0 and "--condition" in err and "\n" not in err.strip()
+    code, _, err = run_cli(capsys, "sample", run, "-n", "8", "--out", tmp_path / "s.png",
+                           "--condition", "7")
+    assert code != 0 and "levels [0, 1], got '7'" in err
+    code, _, err = run_cli(capsys, "sample", run, "-n", "8", "--out", tmp_path / "s.png",
+                           "--condition", "1")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "reconstruct", run, "-n", "8", "--out", tmp_path / "r.png",
+                           "--condition", "0")
+    assert code == 0, err
