@@ -145,6 +145,13 @@ def _load_data(config: RunConfig, dataset: object) -> _Data:
     return _Data(train, None if val is None else val.floats())
 
 
+def validation_rows(config: RunConfig) -> data_.Dataset | None:
+    """The validation rows of a run of ``config`` on its recorded data: the same seeded split
+    and the same one binarization as during training (None without validation rows).
+    ``vaelab tune`` re-ranks its trials on them, never on the test split."""
+    return _load_data(config, None).val
+
+
 def _loader_config(config: RunConfig, log: Callable[[str], object]) -> RunConfig:
     """The config for training on a DataLoader's own batches: no rows can be held out of
     them or chosen, binarized once or perturbed, and no table of per-row q is kept."""
