@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from vaelab.cli import evaluate, show, train, use
+from vaelab.cli import evaluate, show, train, tune, use
 from vaelab.cli.common import Parser, UsageError
 from vaelab.cli.errors import (
     DEBUG_ENV,
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "before the command: vaelab --trust mypkg evaluate RUN)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     train.add_train(commands)
+    tune.add_tune(commands)
     evaluate.add_evaluate(commands)
     evaluate.add_sample(commands)
     evaluate.add_reconstruct(commands)

@@ -38,7 +38,8 @@ def add_report(commands) -> None:
                             "errors, gaps, other results and pictures; with several runs, a "
                             "comparison table with paired differences against the first run.")
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories (the "
-                   "first is the reference of the comparison)")
+                   "first is the reference of the comparison), or the folder of a `vaelab "
+                   "tune` study (its trials, best config, importances and curves)")
     p.add_argument("--out", type=Path, metavar="FILE.html", help="where to write the page "
                    "(default: RUN/report.html for one run, ./vaelab-report.html for several)")
     p.add_argument("--title", metavar="TEXT", help="the page's title")
@@ -55,6 +56,12 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise ValueError(f"RUN: expected a run directory, got {str(run)!r}, which {state}")
     out = args.out or (args.runs[0] / "report.html" if len(args.runs) == 1
                        else Path("vaelab-report.html"))
+    from vaelab.show import study
+
+    if len(args.runs) == 1 and study.is_study(args.runs[0]):   # a `vaelab tune` folder
+        path = study.write_study_report(args.runs[0], out, title=args.title)
+        print(f"report: {path}")
+        return 0
     claim(out)
     path = report.write_report(args.runs, out, title=args.title)
     print(f"report: {path}")

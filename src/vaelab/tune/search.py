@@ -1,0 +1,167 @@
+"""``vaelab tune``'s one call: search, re-rank, write the recipe and the study's summary.
+
+Role in vaelab: :func:`tune` puts the parts of :mod:`vaelab.tune` together — the data's kind
+decides the default space (``vaelab.tune.space``), the study opens in its database
+(``vaelab.tune.storage``), this process and ``workers - 1`` more run trials until the budget
+is spent (``vaelab.tune.study``), the best trials by validation ELBO are re-ranked by
+validation log-likelihood (``vaelab.tune.rank``), and ``DIR/best.toml`` and ``DIR/study.json``
+(``vaelab.tune.summary``) are written. Running it again on the same DIR resumes the study.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from vaelab.config import RunConfig, load_config_file, merge
+from vaelab.tune.budget import Budget
+from vaelab.tune.space import default_space, likelihood_for, load_space
+from vaelab.tune.study import Search, open_search_study, run_trials
+
+RANK_BY = "importance-sampled validation log p̂(x)"
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What :func:`tune` returns.
+
+    Attributes:
+        out: the study's folder.
+        trials: the study's trials by state ({"complete": 7, "pruned": 5, ...}).
+        ranking: the re-ranked trials, best first (see ``vaelab.tune.rank.rerank``).
+        best: the chosen trial's number (None when no trial completed).
+        recipe: ``DIR/best.toml`` (None when no trial completed).
+    """
+
+    out: Path
+    trials: dict[str, int]
+    ranking: list[dict]
+    best: int | None
+    recipe: Path | None
+
+
+def base_config(data: str, kind: str, config_file: str | os.PathLike | None, *,
+                epochs: int, seed: int, limit: int | None) -> dict:
+    """The settings every trial starts from: a config file (or vaelab's defaults), the data,
+    the likelihood and binarization for the data's kind (unless the file chooses them), the
+    seed (the same validation rows for every trial) and a --limit. ValueError when the
+    result is not a valid config or has no validation rows."""
+    base = load_config_file(Path(config_file)) if config_file is not None else {"model": {},
+                                                                         "train": {}}
+    fixed = likelihood_for(kind)
+    overrides = {"data": data, "seed": seed, "limit": limit, "epochs": epochs,
+                 "binarize": None if "binarize" in base["train"] else fixed["binarize"],
+                 "likelihood": None if "likelihood" in base["model"] else fixed["likelihood"]}
+    merged = merge(base, overrides)
+    config = RunConfig.from_dict(merged)
+    if config.train.val_fraction == 0:
+        raise ValueError("val_fraction: tuning compares trials on validation rows; expected "
+                         "a fraction > 0, got 0")
+    return merged
+
+
+def data_kind(source: str) -> tuple[str, int]:
+    """(kind, values per example) of the training data at ``source``."""
+    from vaelab import data
+
+    dataset = data.load_dataset(source, "train", keep_uint8=True, mmap=True)
+    return data.kind_of(dataset), int(dataset.x.shape[1])
+
+
+def tune(data: str, out: str | os.PathLike, budget: Budget, *, epochs: int = 20,
+         space_file: str | os.PathLike | None = None, config_file: str | os.PathLike | None = None,
+         storage: str | None = None, study_name: str = "vaelab", workers: int = 1,
+         pruner: str = "median", seed: int = 0, limit: int | None = None, rerank_top: int = 3,
+         rerank_k: int = 1000, rerank_limit: int | None = 1000, progress: bool = True,
+         figures: Callable[..., object] | None = None,
+         log: Callable[[str], object] | None = print) -> TuneResult:
+    """Search for the best model of ``data`` within ``budget`` into the folder ``out``.
+
+    Args:
+        data: a dataset name or path (as ``vaelab train --data``).
+        out: the study's folder: ``trials/NNNN`` run directories, ``study.db`` (unless
+            ``storage``), ``study.json``, ``best.toml``. An existing study there resumes.
+        budget: trials for the study or time for this call (``vaelab.tune.budget``).
+        epochs: epochs per trial (a pruned trial stops earlier).
+        space_file: a TOML/JSON file overriding the default search space.
+        config_file: the config every trial starts from (default: vaelab's defaults).
+        storage: an Optuna database URL (default: SQLite in ``out``).
+        study_name: the study's name in the database.
+        workers: processes running trials (this one and ``workers - 1`` more).
+        pruner: "median", "halving" or "none".
+        seed: the runs' seed (their validation split) and the sampler's.
+        limit: use the first N training rows only.
+        rerank_top, rerank_k, rerank_limit: re-rank the best ``rerank_top`` trials by
+            log p̂(x) with k draws on the first ``rerank_limit`` validation rows (None: all).
+        progress: progress bars (on a terminal).
+        figures: draws each trial's pictures (the CLI passes the run figures).
+        log: where notes go (None: nowhere).
+
+    Raises:
+        ValueError: a bad budget, space file, config, data or database (one line).
+    """
+    from vaelab.tune.storage import require_optuna, storage_url
+
+    require_optuna()
+    out = Path(out).expanduser()
+    if workers < 1:
+        raise ValueError(f"--workers: expected an integer >= 1, got {workers}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out: cannot create {str(out)!r}: {exc.strerror or exc}") from None
+    url = storage_url(out, storage)
+    kind, width = data_kind(data)
+    base = base_config(data, kind, config_file, epochs=epochs, seed=seed, limit=limit)
+    space = default_space(kind, width)
+    if space_file is not None:
+        space = load_space(Path(space_file), space)
+    search = Search(out=out, url=url, study_name=study_name, base=base, space=space,
+                    epochs=epochs, budget=budget, pruner=pruner, seed=seed, progress=progress,
+                    figures=figures, log=log)
+    study = open_search_study(search)          # a database that cannot be opened: now
+    helpers = _start_workers(search, workers - 1)
+    try:
+        run_trials(search)
+    finally:
+        for process in helpers:
+            process.join()
+    return finish(study, search, rerank_top=rerank_top, rerank_k=rerank_k,
+                  rerank_limit=rerank_limit)
+
+
+def _start_workers(search: Search, count: int) -> list[Any]:
+    """``count`` more processes running trials of the same study (spawned: a fresh
+    interpreter each, no state shared but the database and the folder)."""
+    context = multiprocessing.get_context("spawn")
+    quiet = replace(search, progress=False, log=None)
+    processes = [context.Process(target=run_trials, args=(quiet,), daemon=True)
+                 for _ in range(count)]
+    for process in processes:
+        process.start()
+    return processes
+
+
+def finish(study: Any, search: Search, *, rerank_top: int, rerank_k: int,
+           rerank_limit: int | None) -> TuneResult:
+    """Re-rank, write the recipe and the final study.json; → the result."""
+    from vaelab.tune.rank import rerank, write_recipe
+    from vaelab.tune.summary import importances, trial_rows, write_summary
+
+    rows = trial_rows(study)
+    ranking = rerank(search.out, rows, top=rerank_top, k=rerank_k, limit=rerank_limit,
+                     log=search.log)
+    best = ranking[0]["number"] if ranking else None
+    recipe = write_recipe(search.out, ranking[0], RANK_BY) if ranking else None
+    final = {"ranking": ranking, "best": best, "rank_by": RANK_BY,
+             "recipe": None if recipe is None else recipe.name,
+             "importances": importances(study)}
+    write_summary(study, search, final)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    return TuneResult(search.out, counts, ranking, best, recipe)

@@ -1,0 +1,182 @@
+"""vaelab.tune.study: trials as run directories, pruning, a killed tune resumed, two processes.
+
+Everything runs on a tiny binary table (400 rows × 12) with a space file that fixes every
+parameter but the ones a test varies, so each trial is a fraction of a second of training;
+the processes are real ``python -m vaelab tune`` commands where a kill or a second process is
+the point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vaelab.tune import space as space_
+from vaelab.tune.budget import Budget
+from vaelab.tune.search import tune
+from vaelab.tune.storage import open_study, storage_url
+
+optuna = pytest.importorskip("optuna")
+TrialState = optuna.trial.TrialState
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> Path:
+    """400 binary rows of 12 values from a 2-latent logistic model (seeded)."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(400, 2))
+    logits = z @ (2 * rng.normal(size=(2, 12)))
+    path = tmp_path_factory.mktemp("tune_data") / "table.npy"
+    np.save(path, (rng.random((400, 12)) < 1 / (1 + np.exp(-logits))).astype(np.float32))
+    return path
+
+
+def fixed_space(folder: Path, **chosen) -> Path:
+    """A JSON space file fixing every default parameter (first choice, or the range's low
+    end), a small fast model, with ``chosen`` entries over it."""
+    values: dict = {}
+    for name, param in space_.default_space("binary", 12).items():
+        values[name] = param.choices[0] if param.choices else param.low
+    values.update({"latent_dim": 2, "lr": 3e-3, "net.mlp.hidden.units": 16,
+                   "batch_size": 16, **chosen})
+    path = folder / "space.json"
+    path.write_text(json.dumps(values))
+    return path
+
+
+def _study(out: Path):
+    return open_study(storage_url(out, None), "vaelab")
+
+
+def _epochs(run_dir: Path) -> list[int]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["epoch"] for line in lines if line.strip()]
+
+
+def _command(table: Path, out: Path, space: Path, budget: str, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "vaelab", "tune", "--data", str(table), "--out", str(out),
+            "--budget", budget, "--epochs", str(epochs), "--space", str(space),
+            "--pruner", "none", "--rerank", "0", "--quiet"]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _wait_for_epoch(run_dir: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Return once ``run_dir`` has finished an epoch (the process still training)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.is_file() and metrics.read_text().strip():
+            return
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        time.sleep(0.02)
+    raise AssertionError(f"no epoch finished in {run_dir} within {timeout} s")
+
+
+def test_trials_are_run_directories_and_the_best_is_a_recipe(table, tmp_path):
+    from vaelab.config import RunConfig, load_config_file
+    from vaelab.fit import runs
+    from vaelab.show.runs_table import format_runs
+
+    space = fixed_space(tmp_path, **{"latent_dim": {"low": 1, "high": 3}})
+    out = tmp_path / "study"
+    result = tune(str(table), out, Budget(trials=3), epochs=2, space_file=space,
+                  rerank_top=2, rerank_k=5, rerank_limit=None, progress=False, log=None)
+    study = _study(out)
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:                       # a normal run: config, weights, 2 epochs of metrics
+        run = out / "trials" / f"{t.number:04d}"
+        assert runs.read_config(run).model.latent_dim == t.params["latent_dim"]
+        assert _epochs(run) == [1, 2]
+        best = max(json.loads(x)["val_elbo"] for x in (run / "metrics.jsonl").open())
+        assert t.value == pytest.approx(best)
+    assert "3 runs" in format_runs(out)
+    # the recipe reads back to the chosen trial's config (what the data decide aside)
+    chosen = runs.read_config(out / "trials" / f"{result.best:04d}")
+    recipe = RunConfig.from_dict(load_config_file(out / "best.toml"))
+    assert recipe.to_dict()["train"] == chosen.to_dict()["train"]
+    assert recipe.model.with_data(12, None) == chosen.model
+    # re-ranked by validation log-likelihood, the best of the top two by the bound first
+    assert len(result.ranking) == 2 and result.best == result.ranking[0]["number"]
+    top2 = sorted((t for t in trials), key=lambda t: -t.value)[:2]
+    assert {r["number"] for r in result.ranking} == {t.number for t in top2}
+    assert result.ranking[0]["val_log_likelihood"] >= result.ranking[1]["val_log_likelihood"]
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["best"] == result.best and len(summary["trials"]) == 3
+    # a second call on a spent budget runs nothing and keeps every trial
+    again = tune(str(table), out, Budget(trials=3), epochs=2, space_file=space,
+                 rerank_top=2, rerank_k=5, rerank_limit=None, progress=False, log=None)
+    assert len(_study(out).get_trials()) == 3 and again.best == result.best
+
+
+def test_the_median_rule_prunes_a_hopeless_trial(table, tmp_path):
+    space = fixed_space(tmp_path, lr={"choices": [3e-3, 1e-7]})
+    out = tmp_path / "study"
+    out.mkdir()
+    study = _study(out)
+    for lr in (3e-3, 3e-3, 1e-7):          # two that learn, then one that cannot
+        study.enqueue_trial({"lr": lr})
+    tune(str(table), out, Budget(trials=3), epochs=5, space_file=space, pruner="median",
+         rerank_top=0, progress=False, log=None)
+    states = [t.state for t in _study(out).get_trials()]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
+    hopeless = _epochs(out / "trials" / "0002")
+    assert hopeless == list(range(1, len(hopeless) + 1)) and len(hopeless) < 5
+
+
+def test_a_killed_tune_resumes_its_trial_without_losing_or_repeating_one(table, tmp_path):
+    space = fixed_space(tmp_path)
+    out = tmp_path / "study"
+    argv = _command(table, out, space, "2-trials", 40)
+    first = subprocess.Popen(argv, env=_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_epoch(out / "trials" / "0000", first)
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait(60)
+    left = _study(out).get_trials()
+    assert [(t.number, t.state) for t in left] == [(0, TrialState.RUNNING)]
+    before = (out / "trials" / "0000" / "metrics.jsonl").read_text().splitlines()
+    assert 1 <= len(before) < 40            # killed in the middle of the trial
+    done = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    trials = _study(out).get_trials()
+    assert [(t.number, t.state) for t in trials] == [(0, TrialState.COMPLETE),
+                                                    (1, TrialState.COMPLETE)]
+    after = (out / "trials" / "0000" / "metrics.jsonl").read_text().splitlines()
+    assert _epochs(out / "trials" / "0000") == list(range(1, 41))
+    assert after[:len(before)] == before    # resumed from its checkpoint, not run again
+    assert trials[0].user_attrs["resumed_by"] != trials[0].user_attrs["worker"]
+    assert sorted(p.name for p in (out / "trials").iterdir()) == ["0000", "0001"]
+
+
+def test_two_processes_share_one_sqlite_study(table, tmp_path):
+    space = fixed_space(tmp_path)
+    out = tmp_path / "study"
+    argv = _command(table, out, space, "4-trials", 15)
+    first = subprocess.Popen(argv, env=_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_epoch(out / "trials" / "0000", first)   # the first holds trial 0 now
+        second = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=600)
+        assert second.returncode == 0, second.stderr
+    finally:
+        assert first.wait(600) == 0
+    trials = _study(out).get_trials()
+    # several processes may each start one trial beyond a trial budget (see the budget docs)
+    assert 4 <= len(trials) <= 5
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2       # both ran trials
+    for t in trials:                        # each trial trained once, in its own folder
+        assert _epochs(out / "trials" / f"{t.number:04d}") == list(range(1, 16))
