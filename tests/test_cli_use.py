@@ -87,8 +87,11 @@ def test_score_writes_csv_metrics_and_roc(runs, tmp_path, capsys):
     test = data.load_dataset("fashion-mnist", "test").labels[:200].numpy()
     np.testing.assert_array_equal(table["label"], (test != 1).astype(int))
     metrics = json.loads(out.with_suffix(".json").read_text())["metrics"]
-    assert set(metrics) == set(scores.SCORE_NAMES)
-    for name, column in scores.SCORE_COLUMNS.items():
+    # every score but hierarchical-llr, skipped for a run with one latent layer (with a note)
+    assert set(metrics) == set(scores.SCORE_NAMES) - {"hierarchical-llr"}
+    assert "note: hierarchical-llr skipped: the run has one latent layer" in stdout
+    for name in metrics:
+        column = scores.SCORE_COLUMNS[name]
         assert metrics[name]["auroc"] == pytest.approx(roc_auc_score(table["label"],
                                                                      table[column]))
     assert (tmp_path / "s-roc.png").is_file()
@@ -180,6 +183,41 @@ def test_cluster_kmeans_and_the_mixture_prior(runs, tmp_path, capsys):
 
 def test_cli_score_names_match_the_library():
     assert cli.use.SCORE_CHOICES == scores.SCORE_NAMES
+    assert cli.use.REFERENCE_SCORES == scores.REFERENCE_SCORES
+
+
+def test_reference_scores_read_the_runs_training_rows(runs, tmp_path, capsys):
+    out = tmp_path / "r.csv"
+    code, stdout, err = run_cli(capsys, "score", runs["run"], "--limit", "40", "--k", "5",
+                                "--score", "typicality", "latent-density", "latent-knn",
+                                "--reference-limit", "60", "--neighbours", "3",
+                                "--typicality-batch", "4", "--out", out)
+    assert code == 0, err
+    assert "reference: 60 training rows of fashion-mnist" in stdout
+    table = np.genfromtxt(out, delimiter=",", names=True)
+    assert table.shape == (40,)
+    typical = table["typicality"]
+    assert (typical >= 0).all() and (table["latent_knn"] > 0).all()
+    # batches of 4 share their statistic: ε̂ = |mean nll of the batch − Ĥ|, one Ĥ for all
+    np.testing.assert_array_equal(typical.reshape(10, 4), typical[::4, None].repeat(4, 1))
+    assert np.isfinite(table["latent_nll"]).all()
+
+
+def test_hierarchical_llr_needs_a_hierarchical_run(runs, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "score", runs["run"], "--score", "hierarchical-llr",
+                           "--limit", "5", "--out", tmp_path / "h.csv")
+    assert code == 1 and "--score hierarchical-llr: expected a hierarchical run" in err
+    tiny = [a if a != "3" else "3,2" for a in TINY]
+    assert cli.main(["train", "--classes", "1", "--out", str(tmp_path / "hvae"), *tiny]) == 0
+    code, stdout, err = run_cli(capsys, "score", tmp_path / "hvae", "--score",
+                                "hierarchical-llr", "--llr-k", "1", "--limit", "10",
+                                "--out", tmp_path / "h.csv")
+    assert code == 0, err
+    table = np.genfromtxt(tmp_path / "h.csv", delimiter=",", names=True)
+    assert np.isfinite(table["hierarchical_llr"]).all()
+    code, _, err = run_cli(capsys, "score", tmp_path / "hvae", "--score", "hierarchical-llr",
+                           "--llr-k", "3", "--limit", "10", "--out", tmp_path / "h2.csv")
+    assert code == 1 and "k (--llr-k): expected a layer index in 0..2" in err
 
 
 def _printed(line: str, name: str) -> float:

@@ -248,7 +248,8 @@ def test_one_class_fashion_mnist_flags_inverted_and_noise_images(tmp_path):
         assert anomaly_metrics(scores[column], labels)["auroc"] == 1.0
         assert scores[column][60:].min() > scores[column][:60].max()
     assert set(SCORE_NAMES) == {"elbo", "log-likelihood", "input-complexity",
-                                "likelihood-ratio", "regret"}
+                                "likelihood-ratio", "regret", "typicality", "hierarchical-llr",
+                                "latent-density", "latent-knn"}
 
 
 def test_scores_carry_the_effective_sample_size_behind_nll_se():

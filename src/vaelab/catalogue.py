@@ -391,6 +391,20 @@ _ENTRIES = (
     Entry("score", "regret", "vaelab.use.scores:anomaly_scores",
           "ELBO with q fitted to x − ELBO with the encoder's q (Xiao et al. 2020)",
           facts={"column": "regret"}),
+    Entry("score", "typicality", "vaelab.use.typicality:typicality",
+          "|mean −log p̂ of a batch of M − the training set's| (Nalisnick et al. 2019)",
+          (Option("batch", "int>=1", 1, "examples M tested together by typicality",
+                  flag="--typicality-batch", metavar="M"),), {"column": "typicality"}),
+    Entry("score", "hierarchical-llr", "vaelab.use.hierarchical_llr:hierarchical_llr",
+          "ELBO − the bound with layers above k from the prior (Havtorn et al. 2021)",
+          (Option("k", "int>=0", 1, "layers 1..k keep q in hierarchical-llr's L^{>k}",
+                  flag="--llr-k", metavar="K"),), {"column": "hierarchical_llr"}),
+    Entry("score", "latent-density", "vaelab.use.latent_scores:aggregate_posterior_nll",
+          "−log q̄(code), q̄ the training q's mixture", (), {"column": "latent_nll"}),
+    Entry("score", "latent-knn", "vaelab.use.latent_scores:knn_distance",
+          "mean distance of the code to its k nearest training codes",
+          (Option("neighbours", "int>=1", 5, "nearest training codes of latent-knn",
+                  flag="--neighbours", metavar="K"),), {"column": "latent_knn"}),
 )
 
 #: kind → {name → Entry}, in the order above (the first entry of a kind is its default).

@@ -14,7 +14,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from vaelab import catalogue
 from vaelab.cli.common import UsageError, add_run_data, class_list, non_negative_int, positive_int
+from vaelab.cli.components import dest
 from vaelab.cli.inputs import (
     claim,
     examples,
@@ -29,7 +31,10 @@ from vaelab.cli.inputs import (
     read_labels,
 )
 
-SCORE_CHOICES = ("elbo", "log-likelihood", "input-complexity", "likelihood-ratio", "regret")
+SCORE_CHOICES = catalogue.names("score")
+#: The scores that compare with the training rows (``vaelab.use.scores.REFERENCE_SCORES``,
+#: written out here so that --help imports no torch; a test pins the two equal).
+REFERENCE_SCORES = ("typicality", "latent-density", "latent-knn")
 
 
 def add_score(commands) -> None:
@@ -41,16 +46,23 @@ def add_score(commands) -> None:
         "input_complexity (−log₂ p̂(x) minus the PNG/zlib length in bits, Serrà et al. 2020; "
         "8-bit or binary data only); likelihood-ratio → neg_llr (log p̂_background − log p̂, "
         "Ren et al. 2019; needs --background); regret → regret (ELBO gain of re-fitting q to "
-        "the example, Xiao et al. 2020). Writes a CSV; with labels (1 = anomalous) also AUROC, "
-        "AUPRC, FPR at 95% TPR (a JSON beside the CSV) and an ROC figure.")
+        "the example, Xiao et al. 2020); typicality → typicality (|mean −log p̂ of M examples − "
+        "the training rows'|, Nalisnick et al. 2019); hierarchical-llr → hierarchical_llr "
+        "(ELBO − the bound with the layers above --llr-k drawn from the prior, Havtorn et al. "
+        "2021; hierarchical runs only); latent-density → latent_nll (−log of the code under "
+        "the training rows' aggregate posterior); latent-knn → latent_knn (mean distance to "
+        "the --neighbours nearest training codes). Writes a CSV; with labels (1 = anomalous) "
+        "also AUROC, AUPRC, FPR at 95% TPR (a JSON beside the CSV) and an ROC figure.")
     p.add_argument("run", type=Path, metavar="RUN")
     add_run_data(p)
     p.add_argument("--score", nargs="+", choices=SCORE_CHOICES, metavar="NAME",
                    help="scores to compute (NAME → CSV column): elbo → neg_elbo, "
                         "log-likelihood → nll and nll_se, input-complexity → "
-                        "input_complexity, likelihood-ratio → neg_llr, regret → regret "
-                        "(default: all; likelihood-ratio only with --background, "
-                        "input-complexity only on 8-bit or binary data)")
+                        "input_complexity, likelihood-ratio → neg_llr, regret → regret, "
+                        "typicality, hierarchical-llr → hierarchical_llr, latent-density → "
+                        "latent_nll, latent-knn → latent_knn (default: all; likelihood-ratio "
+                        "only with --background, input-complexity only on 8-bit or binary "
+                        "data, hierarchical-llr only for a hierarchical run)")
     p.add_argument("--out", type=Path, metavar="FILE.csv", help="default: RUN/scores.csv")
     p.add_argument("--roc", type=Path, metavar="FILE.png",
                    help="ROC figure with labels (default: <out>-roc.png)")
@@ -75,6 +87,14 @@ def _add_score_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=non_negative_int, metavar="N", default=0,
                    help="seeds the binarization of the data and the sampling")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--reference", metavar="DATA", help="the rows typicality and the latent "
+                   "scores compare with (a name or file; default: the run's training rows)")
+    p.add_argument("--reference-limit", type=positive_int, metavar="N", default=5000,
+                   help="the first N reference rows (default 5000)")
+    for flag, (option, _owners) in catalogue.flags("score").items():
+        p.add_argument(flag, type=positive_int if option.check == "int>=1" else
+                       non_negative_int, metavar=option.metavar, default=option.default,
+                       help=f"{option.help} (default {option.default})")
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -94,14 +114,21 @@ def cmd_score(args: argparse.Namespace) -> int:
                                            source=str(args.background), note=note)
                   if "likelihood-ratio" in names else None)
     dataset, _ = examples(args, trained)
-    names = _names_for_data(args, names, dataset, note)
+    names = _names_for_model(args, _names_for_data(args, names, dataset, note), trained, note)
     labels = _anomaly_labels(args, dataset)
-    options = scores_.ScoreOptions(num_samples=args.k, regret_steps=args.regret_steps)
+    reference = (_reference_rows(args, trained, note) if set(names) & set(REFERENCE_SCORES)
+                 else None)
+    options = scores_.ScoreOptions(
+        num_samples=args.k, regret_steps=args.regret_steps,
+        **{field: getattr(args, dest(flag)) for field, flag in (
+            ("typicality_batch", "--typicality-batch"), ("llr_k", "--llr-k"),
+            ("neighbours", "--neighbours"))})
     with isolated_rng(args.seed):
         columns = scores_.anomaly_scores(
             trained.model, dataset.x.to(trained.device), names, background=background,
             image_shape=trained.config.model.image_shape, options=options,
-            progress=None if args.quiet or not sys.stderr.isatty() else progress_bar("score"))
+            progress=None if args.quiet or not sys.stderr.isatty() else progress_bar("score"),
+            reference=reference)
     outputs.write_scores_csv(out, columns, labels)
     print(f"wrote {out}: {len(dataset)} rows, columns {', '.join(columns)} "
           "(higher = more anomalous)")
@@ -137,6 +164,43 @@ def _names_for_data(args: argparse.Namespace, names, dataset, note: Callable):
     note(f"note: input-complexity skipped: it needs 8-bit or binary data (it compresses them "
          f"as 8-bit images), got {kind} data")
     return tuple(n for n in names if n != "input-complexity")
+
+
+def _names_for_model(args: argparse.Namespace, names, trained, note: Callable):
+    """``names`` without hierarchical-llr for a run with one latent layer (it compares bounds
+    across layers): a note when it came from the default set, one line when asked for."""
+    if "hierarchical-llr" not in names or isinstance(trained.config.model.latent_dim, tuple):
+        return names
+    if args.score is not None:
+        raise ValueError(f"--score hierarchical-llr: expected a hierarchical run (trained with "
+                         f"--latent-dim L1,L2,...), got one latent layer of "
+                         f"{trained.config.model.latent_dim} units; drop it")
+    note("note: hierarchical-llr skipped: the run has one latent layer")
+    return tuple(n for n in names if n != "hierarchical-llr")
+
+
+def _reference_rows(args: argparse.Namespace, trained, note: Callable):
+    """The rows typicality and the latent scores compare with: the first --reference-limit
+    rows of --reference DATA, else of the run's training rows (its classes, limit and
+    validation split as trained), binarized once (seeded) as the run's data are."""
+    from vaelab import data
+
+    if args.reference is not None:
+        rows, _ = held_out(trained, args.reference, "train", args.seed, note)
+        source = args.reference
+    else:
+        from vaelab.fit.train_data import _load_data
+
+        if trained.config.train.data == "in-memory":
+            raise ValueError("--reference: the run was trained on data handed over in memory, "
+                             "which no name or path finds again; pass --reference DATA")
+        rows, source = _load_data(trained.config, None).train, trained.config.train.data
+        if trained.config.train.binarize == "dynamic":
+            rows = data.static_binarize(rows, args.seed)
+    rows = rows.subset(slice(0, args.reference_limit)).floats()
+    note(f"reference: {len(rows)} training rows of {source} (typicality's entropy, the "
+         f"latent scores' aggregate posterior and neighbours)")
+    return rows.x.to(trained.device)
 
 
 def _anomaly_labels(args: argparse.Namespace, dataset):

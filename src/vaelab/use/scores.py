@@ -23,6 +23,17 @@ Every score here is oriented the same way: **higher = more anomalous**. In nats 
   the same optimum for an encoder that can output any q of its family). Both ELBOs use the
   same noise draws (common random numbers), so the difference carries little Monte Carlo
   noise; it is ≥ 0 up to that noise.
+* ``typicality`` → ``typicality`` = |mean −log p̂ of a batch of M examples − Ĥ|, Ĥ the mean
+  −log p̂ of the reference (training) examples (Nalisnick et al. 2019,
+  :mod:`vaelab.use.typicality`).
+* ``hierarchical-llr`` → ``hierarchical_llr`` = L(x) − L^{>k}(x) and ``neg_elbo_above_k`` =
+  −L^{>k}(x), for hierarchical models (Havtorn et al. 2021, :mod:`vaelab.use.hierarchical_llr`).
+* ``latent-density`` → ``latent_nll`` = −log q̄(E_q[z | x]), q̄ the mixture of the reference
+  examples' q(z | x_n); ``latent-knn`` → ``latent_knn``, the mean distance of the code to its
+  k nearest reference codes (:mod:`vaelab.use.latent_scores`).
+
+The reference examples (``reference=``: the training data, or a sample of them) are what
+``typicality`` and the latent scores compare with.
 """
 
 from __future__ import annotations
@@ -43,11 +54,20 @@ from vaelab._runtime import device_of, isolated_rng
 from vaelab.infer.objectives import elbo_terms
 from vaelab.infer.schemes import optimize_q
 from vaelab.measure.evaluate import log_likelihood
+from vaelab.use import latent_scores
+from vaelab.use.hierarchical_llr import check_hierarchical, hierarchical_llr
+from vaelab.use.typicality import typicality
 
 #: Score names (CLI values) → the CSV column holding that anomaly score.
 SCORE_COLUMNS = {e.name: e.facts["column"] for e in catalogue.entries("score")}
 SCORE_NAMES = tuple(SCORE_COLUMNS)
-_NEEDS_LL = ("log-likelihood", "input-complexity", "likelihood-ratio")
+_NEEDS_LL = ("log-likelihood", "input-complexity", "likelihood-ratio", "typicality")
+#: The scores that compare with reference (training) examples.
+REFERENCE_SCORES = ("typicality", "latent-density", "latent-knn")
+
+
+def _default(score: str, option: str) -> Any:
+    return catalogue.get("score", score).option(option).default
 
 
 @dataclass(frozen=True)
@@ -56,7 +76,9 @@ class ScoreOptions:
 
     num_samples: importance samples k for log p̂(x); elbo_samples: z draws for the ELBO;
     regret_steps / regret_lr / regret_samples: :func:`optimize_q`'s caps, Adam step and
-    per-step draws; batch_size: examples scored at once.
+    per-step draws; batch_size: examples scored at once; typicality_batch: M examples tested
+    together by ``typicality``; llr_k: the k of ``hierarchical-llr``'s L^{>k} (its bounds
+    use ``elbo_samples`` draws); neighbours: the k of ``latent-knn``.
     """
 
     num_samples: int = 100
@@ -65,11 +87,15 @@ class ScoreOptions:
     regret_lr: float = 1e-2
     regret_samples: int = 4
     batch_size: int = 100
+    typicality_batch: int = _default("typicality", "batch")
+    llr_k: int = _default("hierarchical-llr", "k")
+    neighbours: int = _default("latent-knn", "neighbours")
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "elbo_samples", "regret_steps", "regret_samples",
-                     "batch_size"):
+                     "batch_size", "typicality_batch", "neighbours"):
             _checks.positive_int(name, getattr(self, name))
+        _checks.non_negative_int("llr_k", self.llr_k)
         _checks.positive_float("regret_lr", self.regret_lr)
 
 
@@ -153,6 +179,11 @@ def _batch_scores(names, model, encoder, x, background, image_shape,
         out["nll_background"], out["nll_background_se"] = -est.log_likelihood, est.stderr
         out["nll_background_ess"] = est.ess
         out["neg_llr"] = out["nll"] - out["nll_background"]
+    if "hierarchical-llr" in names:
+        llr, above = hierarchical_llr(model, q, x, k=options.llr_k,
+                                      num_samples=options.elbo_samples,
+                                      seed=int(torch.randint(2**62, ())))
+        out["hierarchical_llr"], out["neg_elbo_above_k"] = llr, -above
     if "regret" in names:
         with torch.no_grad():
             raw = encoder.net(x)
@@ -166,7 +197,8 @@ def anomaly_scores(model, x: torch.Tensor, names: Sequence[str], *, encoder=None
                    background: tuple | None = None,
                    image_shape: Sequence[int] | None = None,
                    options: ScoreOptions | None = None,
-                   progress: Callable | None = None) -> dict[str, np.ndarray]:
+                   progress: Callable | None = None,
+                   reference: object | None = None) -> dict[str, np.ndarray]:
     """Anomaly scores of every row of x [N, D] (higher = more anomalous; module docstring).
 
     Args:
@@ -180,16 +212,35 @@ def anomaly_scores(model, x: torch.Tensor, names: Sequence[str], *, encoder=None
         image_shape: (C, H, W) of the rows, for PNG compression in ``input-complexity``.
         options: :class:`ScoreOptions`.
         progress: optional wrapper of the batch iterator (e.g. tqdm).
+        reference: rows [N_ref, D] the model was trained on (or a sample of them), in any
+            form ``x`` takes; needed by the :data:`REFERENCE_SCORES`.
 
     Returns:
         column name → float64 array [N]: the score columns of :data:`SCORE_COLUMNS` and their
         companions (``nll_se``, ``nll_ess``, ``compressed_bits``, ``nll_background`` with its
-        ``_se`` and ``_ess``). Noise comes from
+        ``_se`` and ``_ess``, ``neg_elbo_above_k``). Noise comes from
         torch's global RNG (seed it for reproducible scores).
     """
     names = check_names(names)
     options = options or ScoreOptions()
     encoder = encoder if encoder is not None else getattr(model, "encoder", None)
+    x, reference = _check_needs(model, x, names, encoder, background, reference)
+    starts = range(0, x.shape[0], options.batch_size)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in (progress(starts) if progress else starts):
+        batch = _batch_scores(names, model, encoder, x[start:start + options.batch_size],
+                              background, image_shape, options)
+        for key, value in batch.items():
+            parts.setdefault(key, []).append(value)
+    out = {key: torch.cat(values).numpy() for key, values in parts.items()}
+    if reference is not None:
+        out.update(_reference_scores(names, model, encoder, x, reference, out, options))
+    return out
+
+
+def _check_needs(model, x: object, names: tuple[str, ...], encoder, background,
+                 reference: object | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x, reference) checked and on the model's device; one line for what a score lacks."""
     if encoder is None:
         raise ValueError("encoder: scoring new data needs q(z | x); the model has no encoder")
     if "likelihood-ratio" in names and background is None:
@@ -198,16 +249,50 @@ def anomaly_scores(model, x: torch.Tensor, names: Sequence[str], *, encoder=None
     if "regret" in names and not (hasattr(encoder, "net") and hasattr(encoder, "family")):
         raise ValueError(f"score: regret re-fits q's parameters, so it needs an encoder of the "
                          f"form family(net(x)), got {type(encoder).__name__}")
-    x = model.check_data(data_forms.as_rows(x), "x")    # any form of vaelab.data_forms
-    x = x.to(device_of(model))                           # CPU data to a GPU model's device
-    starts = range(0, x.shape[0], options.batch_size)
-    parts: dict[str, list[torch.Tensor]] = {}
-    for start in (progress(starts) if progress else starts):
-        batch = _batch_scores(names, model, encoder, x[start:start + options.batch_size],
-                              background, image_shape, options)
-        for key, value in batch.items():
-            parts.setdefault(key, []).append(value)
-    return {key: torch.cat(values).numpy() for key, values in parts.items()}
+    needs = [n for n in names if n in REFERENCE_SCORES]
+    if needs and reference is None:
+        raise ValueError(f"reference: the {', '.join(needs)} score compares with the training "
+                         f"examples; pass reference= (rows of the training data), got None")
+    device = device_of(model)
+    rows: torch.Tensor = model.check_data(data_forms.as_rows(x), "x").to(device)  # any form
+    if "hierarchical-llr" in names:
+        with torch.no_grad():
+            check_hierarchical(model, encoder(rows[:1]))
+    if not needs:
+        return rows, None
+    ref: torch.Tensor = model.check_data(data_forms.as_rows(reference, where="reference"),
+                                         "reference")
+    return rows, ref.to(device)
+
+
+def _reference_scores(names, model, encoder, x: torch.Tensor, reference: torch.Tensor,
+                      columns: dict[str, np.ndarray], options: ScoreOptions
+                      ) -> dict[str, np.ndarray]:
+    """The columns of the :data:`REFERENCE_SCORES` in ``names`` (x [N, D], reference
+    [N_ref, D]; ``columns``: what the batches gave, ``nll`` among them for typicality)."""
+    out: dict[str, np.ndarray] = {}
+    size = options.batch_size
+    if "typicality" in names:
+        ref_nll = []
+        for start in range(0, reference.shape[0], size):
+            part = reference[start:start + size]
+            with torch.no_grad():
+                q = encoder(part)
+            ref_nll.append(-log_likelihood(model, q, part, options.num_samples).log_likelihood)
+        out["typicality"] = typicality(columns["nll"], torch.cat(ref_nll).double().cpu(),
+                                       batch=options.typicality_batch)
+    if "latent-density" in names or "latent-knn" in names:
+        z = latent_scores.codes(encoder, x, size)
+    if "latent-density" in names:
+        out["latent_nll"] = torch.cat([
+            latent_scores.aggregate_posterior_nll(encoder, z[i:i + size], reference,
+                                                  chunk_size=size)
+            for i in range(0, z.shape[0], size)]).double().cpu().numpy()
+    if "latent-knn" in names:
+        out["latent_knn"] = latent_scores.knn_distance(
+            z.cpu(), latent_scores.codes(encoder, reference, size).cpu(),
+            neighbours=options.neighbours)
+    return out
 
 
 def sampling_warnings(columns: dict[str, np.ndarray], num_samples: int,
