@@ -205,6 +205,7 @@ def test_cli_conditions_on_a_table_column(tmp_path, capsys):
     assert trained.model.x_dim == 3 and trained.model.data_dim == 5
     code, out, err = run_cli(capsys, "evaluate", run, "--k", "10", "--limit", "20", "--quiet")
     assert code == 0, err
+    assert "conditional run" in out and "batch: categorical, 2 levels" in out
     codes = tmp_path / "z.npy"
     code, _, err = run_cli(capsys, "encode", run, "--out", codes, "--condition", "1")
     assert code == 0, err
@@ -220,3 +221,34 @@ def test_cli_conditions_on_a_table_column(tmp_path, capsys):
     code, _, err = run_cli(capsys, "reconstruct", run, "-n", "8", "--out", tmp_path / "r.png",
                            "--condition", "0")
     assert code == 0, err
+    code, out, err = run_cli(capsys, "score", run, "--out", tmp_path / "s.csv", "--k", "5",
+                             "--limit", "30", "--score", "elbo", "typicality", "latent-knn")
+    assert code == 0, err
+    assert "log p(x | c)" in out
+
+
+def test_importance_sampled_log_p_x_given_c_is_exact_when_the_decoder_ignores_z():
+    """Oracle: with the weights on z zeroed, p(x | z, c) = p(x | c) = Bernoulli(b + W_c c);
+    with the prior as proposal every importance weight is that value, so the estimate is
+    exact, and it must equal the Bernoulli log-probability computed in float64 by numpy."""
+    from vaelab.measure.evaluate import evaluate_model, log_likelihood
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(data_dim=5, latent_dim=2, condition=LEVELS,
+                                    net_options={"hidden": []}))
+    layer = model.decoder.net[0]
+    with torch.no_grad():
+        layer.weight[:, :2] = 0
+        layer.weight[:, 2:] *= 8                          # extreme logits too
+    x = torch.rand(6, 5).round()
+    c = torch.eye(3)[[0, 1, 2, 0, 1, 2]]
+    prior = torch.distributions.Independent(
+        torch.distributions.Normal(torch.zeros(6, 2), torch.ones(6, 2)), 1)
+    got = log_likelihood(model, prior, torch.cat([x, c], 1), 50).log_likelihood
+    w, b = layer.weight.detach().double().numpy(), layer.bias.detach().double().numpy()
+    logits = c.double().numpy() @ w[:, 2:].T + b
+    xs = x.double().numpy()
+    expected = (xs * logits - np.logaddexp(0, logits)).sum(1)
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-5)
+    report = evaluate_model(model, torch.cat([x, c], 1), num_samples=10, data_kind="binary")
+    assert report["data_dim"] == 5                        # bits per dimension of x, not [x | c]

@@ -151,9 +151,12 @@ def held_out(trained, source: str | None, split: str | None, seed: int, note: Ca
         likelihood.check_support(dataset.x.nan_to_num(0.0) if allow_missing else dataset.x,
                                  "--data")
     if c is not None:
+        from vaelab.condition_spec import describe
         from vaelab.data.condition import packed
 
         dataset = packed(dataset, c)
+        note(f"note: a conditional run: every example is read with its condition c "
+             f"({describe(trained.config.model.condition)}): log p(x | c), q(z | x, c)")
     return dataset, split
 
 

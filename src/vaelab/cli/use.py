@@ -194,9 +194,14 @@ def _reference_rows(args: argparse.Namespace, trained, note: Callable):
         if trained.config.train.data == "in-memory":
             raise ValueError("--reference: the run was trained on data handed over in memory, "
                              "which no name or path finds again; pass --reference DATA")
-        rows, source = _load_data(trained.config, None).train, trained.config.train.data
+        loaded = _load_data(trained.config, None)
+        rows, source = loaded.train, trained.config.train.data
         if trained.config.train.binarize == "dynamic":
             rows = data.static_binarize(rows, args.seed)
+        if loaded.c_train is not None:        # a conditional run's rows are [x | c]
+            from vaelab.data.condition import packed
+
+            rows = packed(rows, loaded.c_train)
     rows = rows.subset(slice(0, args.reference_limit)).floats()
     note(f"reference: {len(rows)} training rows of {source} (typicality's entropy, the "
          f"latent scores' aggregate posterior and neighbours)")

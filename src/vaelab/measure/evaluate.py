@@ -477,6 +477,6 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
         report["warnings"] = [*report.get("warnings", []), line]
     if per_example:
         report["per_example"] = {k: measures[k].double().tolist() for k in PER_EXAMPLE_KEYS}
-    return honest.json_safe(_apply_meaning(
-        _add_bits_per_dim(report, x.shape[1]), meaning))
+    dims = int(getattr(model, "x_dim", x.shape[1]))   # a conditional model's rows are [x | c]
+    return honest.json_safe(_apply_meaning(_add_bits_per_dim(report, dims), meaning))
 
