@@ -397,3 +397,14 @@ def test_cluster_on_few_examples_reduces_or_skips_the_probe(tmp_path, capsys):
         else:
             assert "linear probe skipped" in stdout
     assert probe_folds(labels[:60]) == 4
+
+
+def test_cluster_vade_fine_tunes_a_gmm_prior_and_reports(runs, capsys):
+    code, stdout, err = run_cli(capsys, "cluster", runs["mog"], "--method", "vade",
+                                "--clusters", "4", "--vade-epochs", "1", "--train-limit", "150",
+                                "--limit", "60")
+    assert code == 0, err
+    assert "VaDE: mixture prior from a GMM on 150 training codes, 1 epochs" in stdout
+    assert "VaDE epoch 1/1: ELBO" in stdout
+    line = next(row for row in stdout.splitlines() if "NMI" in row)
+    assert 0 <= _printed(line, "NMI") <= 1

@@ -206,3 +206,16 @@ def test_two_torchrun_ranks_train_the_users_networks_alike(tmp_path):
     assert all(np.array_equal(v.numpy(), ranks[0][k]) for k, v in
                trained.model.state_dict().items())
     assert len(trained.metrics) == 2
+
+
+@pytest.mark.parametrize("options", [{"missing": "mask"}, {"latent_dim": (2, 2)},
+                                     {"latent_dim": (2, 2), "hierarchy": "top-down"}])
+def test_incomplete_data_and_hierarchies_are_refused_in_one_line(tmp_path, x, options):
+    """The factory's nets read x [B, D] and give one layer's parameters: an encoder of
+    [values, mask] or a hierarchy's conditionals are not what it promised to build."""
+    data = x.copy()
+    data[0, 0] = np.nan                          # a missing value, for missing='mask'
+    with pytest.raises(ValueError, match=r"^(net|hierarchy)\b.*'?factory'?") as caught:
+        _fit(data if "missing" in options else x, tmp_path / "run", epochs=1, **options)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "run" / "model.safetensors").exists()

@@ -298,6 +298,11 @@ _ENTRIES = (
           "and vaelab.fit only; loading such a run needs trust)",
           (Option("factory", "any", None, "import path of the factory, 'package.module:function'"),
            Option("args", "any", None, "the factory's keyword arguments (JSON values)"))),
+    Entry("network", "model", "vaelab.model.user:UserModel",
+          "your own whole model p(z) p(x|z) and q(z|x), from a factory function you name "
+          "(config files and vaelab.fit only; loading such a run needs trust)",
+          (Option("factory", "any", None, "import path of the factory, 'package.module:function'"),
+           Option("args", "any", None, "the factory's keyword arguments (JSON values)"))),
     # ---- q(z | x)
     Entry("family", "diagonal-normal", "vaelab.model.families:DiagonalNormal",
           "N(μ, diag σ²), the standard VAE posterior", facts={"mixture": False}),

@@ -181,31 +181,38 @@ def _names_for_model(args: argparse.Namespace, names, trained, note: Callable):
 
 def _reference_rows(args: argparse.Namespace, trained, note: Callable):
     """The rows typicality and the latent scores compare with: the first --reference-limit
-    rows of --reference DATA, else of the run's training rows (its classes, limit and
-    validation split as trained), binarized once (seeded) as the run's data are."""
+    rows of --reference DATA, else of the run's training rows."""
+    rows, source = _training_rows(trained, args.reference, args.reference_limit, args.seed,
+                                  "--reference")
+    note(f"reference: {len(rows)} training rows of {source} (typicality's entropy, the "
+         f"latent scores' aggregate posterior and neighbours)")
+    return rows
+
+
+def _training_rows(trained, source: str | None, limit: int, seed: int, flag: str):
+    """(the first ``limit`` rows of ``source``, else of the run's training rows — its classes,
+    limit and validation split as trained — binarized once (seeded) as the run's data are,
+    on the run's device; where they came from)."""
     from vaelab import data
 
-    if args.reference is not None:
-        rows, _ = held_out(trained, args.reference, "train", args.seed, note)
-        source = args.reference
+    if source is not None:
+        rows, _ = held_out(trained, source, "train", seed, lambda _line: None)
     else:
         from vaelab.fit.train_data import _load_data
 
         if trained.config.train.data == "in-memory":
-            raise ValueError("--reference: the run was trained on data handed over in memory, "
-                             "which no name or path finds again; pass --reference DATA")
+            raise ValueError(f"{flag}: the run was trained on data handed over in memory, "
+                             f"which no name or path finds again; pass {flag} DATA")
         loaded = _load_data(trained.config, None)
         rows, source = loaded.train, trained.config.train.data
         if trained.config.train.binarize == "dynamic":
-            rows = data.static_binarize(rows, args.seed)
+            rows = data.static_binarize(rows, seed)
         if loaded.c_train is not None:        # a conditional run's rows are [x | c]
             from vaelab.data.condition import packed
 
             rows = packed(rows, loaded.c_train)
-    rows = rows.subset(slice(0, args.reference_limit)).floats()
-    note(f"reference: {len(rows)} training rows of {source} (typicality's entropy, the "
-         f"latent scores' aggregate posterior and neighbours)")
-    return rows.x.to(trained.device)
+    rows = rows.subset(slice(0, limit)).floats()
+    return rows.x.to(trained.device), source
 
 
 def _anomaly_labels(args: argparse.Namespace, dataset):
@@ -300,18 +307,25 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def add_cluster(commands) -> None:
     p = commands.add_parser(
         "cluster", help="clusters in latent space, scored against class labels",
-        description="Cluster the codes E_q[z | x]: k-means (scikit-learn), or the mixture "
-        "prior's responsibilities p(c | z) for a run trained with --prior mog (as VaDE). With "
-        "labels (--labels, else the data's own) prints accuracy under the best one-to-one "
-        "cluster → class map, NMI, ARI and the linear-probe accuracy of the codes.")
+        description="Cluster the codes E_q[z | x]: k-means (scikit-learn), the mixture "
+        "prior's responsibilities p(c | z) for a run trained with --prior mog, or VaDE "
+        "(--method vade: a GMM fitted to the training rows' codes becomes the prior, the "
+        "model is fine-tuned with the ELBO, then p(c | z); Jiang et al. 2017). With labels "
+        "(--labels, else the data's own) prints accuracy under the best one-to-one cluster → "
+        "class map, NMI, ARI and the linear-probe accuracy of the codes.")
     p.add_argument("run", type=Path, metavar="RUN")
     add_run_data(p)
     p.add_argument("--labels", type=Path, metavar="FILE",
                    help="integer class per example (.npy, .txt, .csv); default: the data's own")
     p.add_argument("--clusters", type=positive_int, metavar="K",
                    help="k-means clusters (default: the number of classes, else 10)")
-    p.add_argument("--method", choices=("auto", "kmeans", "prior"), default="auto",
+    p.add_argument("--method", choices=("auto", "kmeans", "prior", "vade"), default="auto",
                    help="auto: prior for a --prior mog run, else kmeans")
+    p.add_argument("--vade-epochs", type=non_negative_int, metavar="N", default=10,
+                   help="--method vade: epochs of ELBO fine-tuning (default 10; 0: the GMM "
+                        "prior alone)")
+    p.add_argument("--train-limit", type=positive_int, metavar="N", default=10000,
+                   help="--method vade: the first N training rows it fits (default 10000)")
     p.add_argument("--limit", type=non_negative_int, metavar="N", default=0,
                    help="the first N examples, 0 = all (default 0)")
     p.add_argument("--seed", type=non_negative_int, metavar="N", default=0)
@@ -335,10 +349,19 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         claim(out)
     dataset, _ = examples(args, trained)
     labels = _cluster_labels(args, dataset)
-    z = encode(trained.encode, dataset.x)
-    method, k, assignments = cluster.assign_clusters(
-        trained.model, z, method=args.method, clusters=args.clusters, labels=labels,
-        seed=args.seed, prior_name=trained.config.model.prior)
+    if args.method == "vade":
+        from vaelab.use.vade import VadeOptions, vade_clusters
+
+        k = args.clusters or (len(np.unique(labels)) if labels is not None else 10)
+        train, _ = _training_rows(trained, None, args.train_limit, args.seed, "--data")
+        method, z, assignments = vade_clusters(
+            trained.model, train, dataset.x, k, options=VadeOptions(epochs=args.vade_epochs),
+            seed=args.seed, progress=printer(False))
+    else:
+        z = encode(trained.encode, dataset.x)
+        method, k, assignments = cluster.assign_clusters(
+            trained.model, z, method=args.method, clusters=args.clusters, labels=labels,
+            seed=args.seed, prior_name=trained.config.model.prior)
     print(f"{len(dataset)} examples of {dataset.name}, {method}: {k} clusters, "
           f"{len(np.unique(assignments))} used")
     if labels is not None:

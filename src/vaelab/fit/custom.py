@@ -35,23 +35,30 @@ def factory_reference(factory: str | Callable) -> str:
 
 
 def fit(model: str | Callable, data: object, out: str | os.PathLike, *,
-        args: dict | None = None, epochs: int = 10, objective: str = "elbo",
+        args: dict | None = None, net: str = "factory", epochs: int = 10,
+        objective: str = "elbo",
         likelihood: str = "bernoulli", latent_dim: int = 20, resume: bool = False,
         overwrite: bool = False, progress: bool = True,
         log: Callable[[str], object] | None = print, figures: FigureWriter | None = None,
         **options: Any) -> TrainResult:
-    """Train a VAE whose networks come from your factory; write a run directory.
+    """Train a VAE whose networks (or whole model and q) come from your factory; write a run
+    directory.
 
     Args:
-        model: the factory of your networks, ``"pkg.module:function"`` or the function
-            itself, called as ``factory(data_dim=, latent_dim=, image_shape=, encoder_out=,
-            decoder_out=, **args)`` → (encoder net, decoder net)
-            (:class:`vaelab.model.nets.FactoryNets`). Naming it here is consent to import it,
-            now and on resume.
+        model: your factory, ``"pkg.module:function"`` or the function itself. With
+            ``net="factory"`` it is called as ``factory(data_dim=, latent_dim=, image_shape=,
+            encoder_out=, decoder_out=, **args)`` → (encoder net, decoder net)
+            (:class:`vaelab.model.nets.FactoryNets`); with ``net="model"`` as
+            ``factory(data_dim=, latent_dim=, image_shape=, **args)`` → (model, q), your whole
+            p(z) p(x | z) and q(z | x) (:mod:`vaelab.model.user`). Naming it here is consent
+            to import it, now and on resume.
         data: the training data in any form of ``vaelab.data_forms`` (array, tensor,
             DataFrame, torch Dataset or DataLoader).
         out: the run directory.
         args: the factory's keyword arguments, JSON values (stored in the run).
+        net: ``"factory"`` (your two nets in vaelab's family, prior and likelihood) or
+            ``"model"`` (your whole model and q; ``likelihood`` then only names the values
+            vaelab's data checks accept, and columns are not standardized unless asked).
         epochs, objective, likelihood, latent_dim: as ``vaelab train``.
         resume, overwrite, progress, log, figures: as :func:`vaelab.fit.train.train`.
         **options: any other config key (``family="iaf"``, ``prior="vamp"``,
@@ -67,7 +74,12 @@ def fit(model: str | Callable, data: object, out: str | os.PathLike, *,
     except (TypeError, ValueError) as err:
         raise TypeError(f"args: expected JSON values (they are stored in the run's "
                         f"config.json), got {err}") from None
-    config = {"net": "factory", "net_options": {"factory": reference, "args": args},
+    if net not in ("factory", "model"):
+        raise ValueError(f"net: expected 'factory' (your encoder and decoder nets) or 'model' "
+                         f"(your whole model and q), got {net!r}")
+    if net == "model":    # a whole model reads the data as given unless asked otherwise
+        options.setdefault("standardize", "off")
+    config = {"net": net, "net_options": {"factory": reference, "args": args},
               "epochs": epochs, "objective": objective, "likelihood": likelihood,
               "latent_dim": latent_dim, **options}
     with _trust.trusting(reference.partition(":")[0]):

@@ -163,12 +163,16 @@ class VAE(LatentVariableModel):
 
 
 def build_vae(config: ModelConfig) -> VAE | hierarchical.HierarchicalVAE:
-    """MLP encoder x → hidden → family params; MLP decoder z → reversed hidden → likelihood."""
+    """MLP encoder x → hidden → family params; MLP decoder z → reversed hidden → likelihood
+    (or the user's whole model and q, ``net = "model"``: ``vaelab.model.user``)."""
     if not isinstance(config, ModelConfig):
         raise TypeError(f"config: expected a ModelConfig, got {type(config).__name__}")
     if config.data_dim is None:
         raise ValueError("config.data_dim: expected an integer >= 1 (resolve it from the data "
                          "with config.with_data(...)), got None")
+    entry, options = catalogue.chosen(config, "network")
+    if getattr(entry.resolve(), "whole", False):   # the user's own p and q (model/user.py)
+        return entry.build(**options).model(config)
     if isinstance(config.latent_dim, tuple):   # latent sizes bottom to top: a hierarchy
         return hierarchical.build_hierarchical(config, likelihoods.from_model_config(config))
     entry, options = catalogue.chosen(config, "family")

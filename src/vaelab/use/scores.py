@@ -185,10 +185,9 @@ def _batch_scores(names, model, encoder, x, background, image_shape,
                                       seed=int(torch.randint(2**62, ())))
         out["hierarchical_llr"], out["neg_elbo_above_k"] = llr, -above
     if "regret" in names:
-        with torch.no_grad():
-            raw = encoder.net(x)
+        family, raw = encoder.per_example(x)      # q's parameters, free per example
         out["regret"] = likelihood_regret(
-            model, x, raw, encoder.family, steps=options.regret_steps, lr=options.regret_lr,
+            model, x, raw, family, steps=options.regret_steps, lr=options.regret_lr,
             num_samples=options.regret_samples, eval_samples=options.elbo_samples)
     return {k: v.detach().double().cpu() for k, v in out.items()}
 
@@ -246,9 +245,9 @@ def _check_needs(model, x: object, names: tuple[str, ...], encoder, background,
     if "likelihood-ratio" in names and background is None:
         raise ValueError("background: the likelihood-ratio score needs a background model "
                          "(train one with `vaelab train --background-of RUN`), got None")
-    if "regret" in names and not (hasattr(encoder, "net") and hasattr(encoder, "family")):
-        raise ValueError(f"score: regret re-fits q's parameters, so it needs an encoder of the "
-                         f"form family(net(x)), got {type(encoder).__name__}")
+    if "regret" in names and not callable(getattr(encoder, "per_example", None)):
+        raise ValueError(f"score: regret re-fits q's parameters, so it needs an encoder with "
+                         f"per_example(x) -> (family, raw), got {type(encoder).__name__}")
     needs = [n for n in names if n in REFERENCE_SCORES]
     if needs and reference is None:
         raise ValueError(f"reference: the {', '.join(needs)} score compares with the training "
