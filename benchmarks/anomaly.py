@@ -43,13 +43,18 @@ from vaelab.use.detect import anomaly_metrics
 from vaelab.use.scores import SCORE_COLUMNS, SCORE_NAMES, ScoreOptions, anomaly_scores
 
 BASELINES = ("isolation-forest", "pca-reconstruction", "knn-distance")
+#: Every score but hierarchical-llr: the models here have one latent layer.
+NAMES = tuple(n for n in SCORE_NAMES if n != "hierarchical-llr")
+#: Training rows that typicality and the latent scores compare with (the first ones).
+REFERENCE_ROWS = 5000
 
 
-def _score(model, background, x: torch.Tensor, options: ScoreOptions, seed: int) -> dict:
+def _score(model, background, x: torch.Tensor, options: ScoreOptions, seed: int,
+           reference: torch.Tensor) -> dict:
     torch.manual_seed(seed)
-    scores = anomaly_scores(model, x, SCORE_NAMES, background=(background, background.encoder),
-                            image_shape=(1, 28, 28), options=options)
-    return {name: scores[SCORE_COLUMNS[name]] for name in SCORE_NAMES} | {
+    scores = anomaly_scores(model, x, NAMES, background=(background, background.encoder),
+                            image_shape=(1, 28, 28), options=options, reference=reference)
+    return {name: scores[SCORE_COLUMNS[name]] for name in NAMES} | {
         "mean_log_likelihood": float(-scores["nll"].mean())}
 
 
@@ -73,25 +78,26 @@ def one_class(args, options: ScoreOptions, work: Path, save) -> dict:
         background = train_model(work / f"c{c}-bg", args.seed, args.epochs, classes=[c],
                                  perturb_fraction=args.mu, binarize=_binarize(args))
         labels = (test_grey.labels != c).long().numpy()
-        scores = _score(model, background, x_test, options, args.seed)
         grey = data.select_classes(train_grey, [c]).x.numpy()
+        reference = _model_input(torch.from_numpy(grey[:REFERENCE_ROWS]), args, args.seed)
+        scores = _score(model, background, x_test, options, args.seed, reference)
         scores |= baselines(grey, test_grey.x.numpy(), 16, args.seed)
         rows[c] = {name: anomaly_metrics(scores[name], labels)["auroc"]
-                   for name in (*SCORE_NAMES, *BASELINES)}
+                   for name in (*NAMES, *BASELINES)}
         print(f"class {c}: {rows[c]}  ({time.perf_counter() - start:.0f} s)", flush=True)
         save(rows, _table_one_class(rows))     # partial results survive an interrupted run
     return rows
 
 
 def _table_one_class(rows: dict) -> str:
-    names = (*SCORE_NAMES, *BASELINES)
+    names = (*NAMES, *BASELINES)
     lines = ["AUROC, one-class Fashion-MNIST (normal = class c; higher is better)",
              "class " + "".join(f"{n:>20}" for n in names)]
     for c, row in rows.items():
         lines.append(f"{c:<6}" + "".join(f"{row[n]:>20.3f}" for n in names))
     means = {n: float(np.mean([row[n] for row in rows.values()])) for n in names}
     lines.append("mean  " + "".join(f"{means[n]:>20.3f}" for n in names))
-    best_vae = max(SCORE_NAMES, key=means.get)
+    best_vae = max(NAMES, key=means.get)
     best_base = max(BASELINES, key=means.get)
     lines.append(f"best vaelab score: {best_vae} {means[best_vae]:.3f}; best baseline: "
                  f"{best_base} {means[best_base]:.3f}")
@@ -116,15 +122,18 @@ def ood(args, options: ScoreOptions, work: Path) -> dict:
     base_train = data.load_dataset("fashion-mnist", "train").x[:10000].numpy()
     grey_in = data.load_dataset("fashion-mnist", "test").x[:args.n_test]
     x_in = _model_input(grey_in, args, args.seed)
-    inside = _score(model, background, x_in, options, args.seed)
+    train_grey = data.load_dataset("fashion-mnist", "train").x
+    reference = _model_input(train_grey[:min(REFERENCE_ROWS, args.n_train or REFERENCE_ROWS)],
+                             args, args.seed + 100)
+    inside = _score(model, background, x_in, options, args.seed, reference)
     rows = {"fashion-mnist test": {"mean_log_likelihood": inside["mean_log_likelihood"]}}
     for i, (name, grey) in enumerate(ood_sets(args.n_test, args.seed).items()):
         foreign = _score(model, background, _model_input(grey, args, args.seed + 1 + i), options,
-                         args.seed)
+                         args.seed, reference)
         labels = np.r_[np.zeros(len(x_in)), np.ones(len(grey))].astype(int)
         base = baselines(base_train, np.r_[grey_in.numpy(), grey.numpy()], 16, args.seed)
         row = {"mean_log_likelihood": foreign["mean_log_likelihood"]}
-        for score in SCORE_NAMES:
+        for score in NAMES:
             both = np.r_[inside[score], foreign[score]]
             row[score] = anomaly_metrics(both, labels)["auroc"]
         row |= {b: anomaly_metrics(base[b], labels)["auroc"] for b in BASELINES}
@@ -134,7 +143,7 @@ def ood(args, options: ScoreOptions, work: Path) -> dict:
 
 
 def _table_ood(rows: dict) -> str:
-    names = (*SCORE_NAMES, *BASELINES)
+    names = (*NAMES, *BASELINES)
     lines = ["AUROC, Fashion-MNIST test (normal) vs each foreign set (higher is better); "
              "mean log p(x) (a score for --input grey) in nats",
              f"{'set':<24}{'mean log p':>11}" + "".join(f"{n:>19}" for n in names)]
