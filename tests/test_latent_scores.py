@@ -77,3 +77,20 @@ def test_scores_through_anomaly_scores_use_the_encoder_means():
     np.testing.assert_allclose(codes(encoder, x, 4).numpy(), code)
     with pytest.raises(ValueError, match="reference: the latent-density, latent-knn score"):
         anomaly_scores(model, x, ["latent-density", "latent-knn"], encoder=encoder)
+
+
+def test_the_aggregate_posterior_of_a_hierarchy_reads_every_layer():
+    """A layered q (ladder and bottom-up): the broadcast [B, N] evaluation equals one
+    q(code | x_n).log_prob per pair, over the concatenated layers."""
+    from test_hierarchical_llr import two_layer
+
+    x = torch.randn(5, 1, dtype=F64, generator=torch.Generator().manual_seed(0))
+    reference = torch.randn(7, 1, dtype=F64, generator=torch.Generator().manual_seed(1))
+    for inference in ("ladder", "bottom-up"):
+        model = two_layer(inference)
+        z = model.encode(x).mean                                  # [5, 2]: both layers
+        got = aggregate_posterior_nll(model.encoder, z, reference, chunk_size=3)
+        pairs = torch.stack([torch.stack([model.encode(reference[n:n + 1]).log_prob(z[i:i + 1])[0]
+                                          for n in range(7)]) for i in range(5)])
+        want = -(pairs.logsumexp(1) - math.log(7))
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
