@@ -17,6 +17,7 @@ from torch.distributions import Categorical, Independent, MultivariateNormal, No
 import vaelab
 from vaelab.config import ModelConfig
 from vaelab.model import column_likelihoods, exact, families, likelihoods, nets, priors
+from vaelab.model.mixed_likelihood import MixedLikelihood
 from vaelab.model.vae import Encoder
 
 DTYPES = [torch.float32, torch.float64]
@@ -258,6 +259,10 @@ LIKELIHOOD_CASES = {
     "student-t-learned": lambda: column_likelihoods.StudentT(data_dim=DATA),
     "student-t-3": lambda: column_likelihoods.StudentT(3.0),
     "log-normal": lambda: column_likelihoods.LogNormal(),
+    "mixed": lambda: MixedLikelihood([
+        {"name": "a", "likelihood": "categorical", "labels": ["x", "y"]},
+        {"name": "b", "likelihood": "negative-binomial", "scale": 3.0},
+        {"name": "c", "likelihood": "student-t", "loc": 1.0, "scale": 2.0}]),
 }
 
 
@@ -274,6 +279,8 @@ def _data(lik, *shape, dtype=torch.float32):
     """Data in the likelihood's support: [0, 1] for the Bernoullis, 8-bit values k/255 for the
     likelihoods of 8-bit data (discretized, dequantized Gaussian), counts 0..9, category codes,
     positive values, real values otherwise."""
+    if isinstance(lik, MixedLikelihood):          # a draw: every column in its support
+        return lik(torch.zeros(*shape, dtype=dtype)).sample().to(dtype)
     if lik.name in ("bernoulli", "continuous-bernoulli"):
         return torch.rand(*shape, dtype=dtype)
     if lik.support in ("counts", "categories"):

@@ -37,9 +37,14 @@ EXPECTED = {
                     "binomial", "categorical")},
     **{(name, kind): "density" for kind in ("continuous", "unit-interval")
        for name in ("student-t", "log-normal")},
+    **{("mixed", kind): "density" for kind in DATA_KINDS},   # its REQUIRED schema has a real
 }
 #: The options a likelihood cannot do without (the number of trials, of categories).
-REQUIRED = {"binomial": {"trials": 16}, "categorical": {"categories": 3}}
+REQUIRED = {"binomial": {"trials": 16}, "categorical": {"categories": 3},
+            "mixed": {"columns": [{"name": "a", "likelihood": "poisson"},
+                                  {"name": "b", "likelihood": "gaussian"},
+                                  {"name": "c", "likelihood": "categorical",
+                                   "labels": ["x", "y"]}]}}
 
 
 def _likelihoods() -> dict[str, likelihoods.Likelihood]:

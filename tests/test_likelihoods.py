@@ -367,7 +367,10 @@ def test_continuous_bernoulli_refuses_values_outside_the_unit_interval():
 
 
 #: The options a likelihood cannot do without (its number of trials, of categories).
-REQUIRED = {"binomial": {"trials": 16}, "categorical": {"categories": 3}}
+REQUIRED = {"binomial": {"trials": 16}, "categorical": {"categories": 3},
+            "mixed": {"columns": [{"name": "a", "likelihood": "poisson"},
+                                  {"name": "b", "likelihood": "categorical",
+                                   "labels": ["x", "y"]}]}}
 
 
 @pytest.mark.parametrize("name", list(likelihoods.LIKELIHOODS))

@@ -281,6 +281,11 @@ _ENTRIES = (
                 "student-t (default: learned per column)", metavar="NU"), _MIN_SCALE)),
     Entry("likelihood", "log-normal", "vaelab.model.column_likelihoods:LogNormal",
           "positive real data, log x Gaussian (a density)", (_MIN_SCALE,)),
+    Entry("likelihood", "mixed", "vaelab.model.mixed_likelihood:MixedLikelihood",
+          "a table of mixed columns, one likelihood each from its inferred schema",
+          (Option("column_types", "any", None, "JSON/TOML file: column → likelihood (others "
+                  "inferred)", flag="--column-types", key="column_types", metavar="FILE"),
+           Option("columns", "any", None, "the schema (inferred by vaelab train)"))),
     # ---- encoder and decoder networks
     Entry("network", "mlp", "vaelab.model.nets:MLPNets",
           "dense layers, x → hidden → q's parameters and back reversed",

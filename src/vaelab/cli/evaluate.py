@@ -22,6 +22,7 @@ from vaelab.cli.inputs import (
     held_out,
     inference_of,
     load_run,
+    out_path,
     png_path,
     printer,
     writable_dir,
@@ -175,7 +176,9 @@ def add_sample(commands) -> None:
     p.add_argument("run", type=Path, metavar="RUN")
     p.add_argument("-n", type=positive_int, metavar="N", default=64,
                    help="number of samples (default 64)")
-    p.add_argument("--out", type=Path, metavar="FILE.png", help="default: RUN/samples-N.png")
+    p.add_argument("--out", type=Path, metavar="FILE.png",
+                   help="default: RUN/samples-N.png; FILE.csv: the draws as a table, labels "
+                        "kept (a run trained with --likelihood mixed)")
     p.add_argument("--seed", type=non_negative_int, metavar="N", default=0)
     p.add_argument("--nrow", type=positive_int, metavar="N",
                    help="images per row (default: about √n)")
@@ -191,6 +194,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     trained = load_run(args.run, args.device)
     _check_memory("-n", args.n, _bytes_per_sample(trained.config.model))
+    if args.out is not None and args.out.suffix.lower() == ".csv":     # a mixed table's draws
+        from vaelab.use import tables
+
+        tables.table_schema(trained)
+        out = out_path(args.out, ".csv", "--out")
+        claim(out)
+        frame = tables.sample_table(trained, args.n, seed=args.seed)
+        print(f"wrote {tables.write_table(frame, out)}")
+        return 0
     out = png_path(args.out or args.run / f"samples-{args.n}.png", "--out")
     claim(out)
     path = plots.write_samples(_for_condition(trained, args.condition, "sample"), out, args.n,
@@ -271,7 +283,8 @@ def add_reconstruct(commands) -> None:
     p.add_argument("-n", type=positive_int, metavar="N", default=16,
                    help="number of examples (default 16)")
     p.add_argument("--out", type=Path, metavar="FILE.png",
-                   help="default: RUN/reconstructions-N.png")
+                   help="default: RUN/reconstructions-N.png; FILE.csv: the reconstructions as "
+                        "a table, labels kept (a run trained with --likelihood mixed)")
     p.add_argument("--seed", type=non_negative_int, metavar="N", default=0,
                    help="picks the examples and their binarization")
     p.add_argument("--condition", metavar="VALUE", help="a conditional run: decode each "
@@ -287,12 +300,20 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     trained = load_run(args.run, args.device)
     inference_of(trained)
-    out = png_path(args.out or args.run / f"reconstructions-{args.n}.png", "--out")
+    table = args.out is not None and args.out.suffix.lower() == ".csv"     # a mixed table's
+    out = (out_path(args.out, ".csv", "--out") if table else
+           png_path(args.out or args.run / f"reconstructions-{args.n}.png", "--out"))
     claim(out)
     dataset, _ = held_out(trained, args.data, args.split, args.seed, printer(False))
     generator = torch.Generator().manual_seed(args.seed)
     index = torch.randperm(len(dataset), generator=generator)[:args.n]
     x = dataset.x[index.sort().values].to(trained.device)
+    if table:
+        from vaelab.use import tables
+
+        schema = tables.table_schema(trained)
+        print(f"wrote {tables.write_table(schema.decode(trained.reconstruct(x).cpu()), out)}")
+        return 0
     model = trained.model
     if trained.config.model.condition is not None:   # rows [x | c]: shown x, c held apart
         x, own = model.split(x)

@@ -79,7 +79,15 @@ def masked_run(trained) -> bool:
 def _load_held_out(trained, source: str, split: str, allow_missing: bool):
     """load_dataset, with one line for a --missing mask run given incomplete data."""
     from vaelab import data
+    from vaelab.model.mixed_likelihood import schema_of
 
+    schema = schema_of(trained)        # a mixed table: read and encoded by the run's schema
+    if schema is not None:
+        if not data.has_split(source, split):
+            raise ValueError(f"split: {source} holds no {split!r} split")
+        from vaelab.data.schema import table_dataset
+
+        return table_dataset(schema, source, name=Path(source).stem, allow_missing=allow_missing)
     try:
         return data.load_dataset(source, split, allow_missing=allow_missing)
     except ValueError as err:

@@ -224,6 +224,9 @@ def read_csv_numbers(path: Path, skip_header: bool, allow_missing: bool = False)
                               converters=_missing_cell if allow_missing else None)
     except ValueError as err:
         hint = MISSING_HINT if "''" in str(err) and not allow_missing else ""
+        if "could not convert string" in str(err) and not hint:     # a column of text
+            hint = ("; for a table with text (category) columns pass --likelihood mixed to "
+                    "vaelab train (one likelihood per column)")
         raise ValueError(f"{path}: expected a CSV of numbers, got: {_csv_position(err)}"
                          f"{hint}") from err
 

@@ -95,6 +95,7 @@ from vaelab.fit.train_data import (
     _load_data,
     _loader_config,
     _model_kind,
+    mixed_table,
     _where_data_are,
 )
 from vaelab.infer.objectives import elbo_terms
@@ -516,6 +517,7 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
         run_dir = runs.prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     if data_forms.is_loader(dataset):
         config = _loader_config(config, log)
+    config, dataset = mixed_table(config, dataset, log)     # a table read by its schema
     data = _load_data(config, dataset)
     if data.condition is not None:      # the condition resolved from the data: recorded
         config = replace(config, model=replace(config.model, condition=data.condition))

@@ -112,6 +112,7 @@ def _load_data(config: RunConfig, dataset: object) -> _Data:
     """Load, check, split and (statically) binarize the data (``dataset``: any form of
     ``vaelab.data_forms``, or None for ``config.train.data``)."""
     tc = config.train
+    _, dataset = mixed_table(config, dataset)       # a table read by its schema (else as is)
     if config.model.condition is not None:     # x and c (vaelab.fit.conditioned)
         data, spec, c_train, c_val = conditioned.load(config, dataset, _load_data)
         return replace(data, condition=spec, c_train=c_train, c_val=c_val)
@@ -196,3 +197,42 @@ def _data_info(data: _Data) -> dict:
     if data.train.columns is not None:       # a DataFrame's column names, for the outputs
         info["columns"] = list(data.train.columns)
     return info
+
+
+def mixed_table(config: RunConfig, dataset: object,
+                log: Callable[[str], object] | None = None) -> tuple[RunConfig, object]:
+    """For a likelihood that reads a table by its schema (``--likelihood mixed``): the table
+    (``dataset``, a DataFrame, or the CSV at ``config.train.data``) with its schema inferred
+    (or the run's own, on resume) and shown, encoded as a Dataset of model columns, and the
+    config with the schema in its likelihood options (so config.json records it). Any other
+    likelihood: ``(config, dataset)`` as they came."""
+    from vaelab import catalogue
+    from vaelab.data.schema import Schema, table_dataset
+
+    entry, options = catalogue.chosen(config.model, "likelihood")
+    if not getattr(entry.resolve(), "reads_schema", False) or isinstance(dataset,
+                                                                          data_.Dataset):
+        return config, dataset
+    tc = config.train
+    if tc.binarize != "none":
+        raise ValueError(f"--binarize: --likelihood {entry.name} keeps every column's values "
+                         f"for its own likelihood, so expected --binarize none, got "
+                         f"--binarize {tc.binarize}")
+    if dataset is None:
+        from vaelab.data.schema import read_table
+
+        dataset, name = read_table(tc.data), Path(tc.data).stem
+    elif data_forms.is_dataframe(dataset):
+        name = "dataframe"
+    else:
+        raise TypeError(f"dataset: --likelihood {entry.name} reads a pandas DataFrame or a CSV "
+                        f"file (its columns named), got {type(dataset).__name__}")
+    schema = (Schema.from_list(options["columns"], "likelihood_options.columns")
+              if options["columns"] is not None else
+              Schema.infer(dataset, options["column_types"]))
+    if log is not None:
+        log(schema.describe())
+    table = table_dataset(schema, dataset, name=name, where="data",
+                          allow_missing=config.model.missing != "none")
+    options = {**options, "columns": schema.to_list()}
+    return replace(config, model=replace(config.model, likelihood_options=options)), table

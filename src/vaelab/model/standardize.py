@@ -61,6 +61,8 @@ class StandardizedDecoder(nn.Module):
         px = self.likelihood(self.net(z))
         inputs = self._inputs[0]
         mapped = to_data_units(px, inputs.loc, inputs.scale)
+        if mapped is None and getattr(self.likelihood, "data_units", False):
+            return px                   # a likelihood that maps its own columns (mixed tables)
         if mapped is None:
             base = getattr(px, "base_dist", None)
             raise ValueError(f"standardize: expected a Gaussian or Student-t p(x | z), got "
@@ -161,7 +163,9 @@ def resolve(config):
     from dataclasses import replace
 
     hierarchy = config.hierarchy if isinstance(config.latent_dim, tuple) else "flat"
-    density = catalogue.get("likelihood", config.likelihood).resolve().support == "real"
+    # a mixed table's real columns are mapped by its likelihood; its encoder reads them scaled
+    density = catalogue.get("likelihood", config.likelihood).resolve().support in ("real",
+                                                                                  "mixed")
     real = density and config.data_kind in ("continuous", "unit-interval")
     if config.standardize == "on" and not real:
         raise ValueError(f"standardize (--standardize): 'on' needs --likelihood gaussian on "

@@ -33,6 +33,7 @@ from vaelab.data import csv_header, read_csv_numbers, read_npy
 from vaelab.infer.masked import MissingLogits, check_mask, masked_draws
 from vaelab.measure import honest
 from vaelab.model.masked import MaskedVAE
+from vaelab.model.mixed_likelihood import schema_of
 from vaelab.model.vae import LatentVariableModel
 
 #: Rows per forward pass (each holds K × rows × D numbers).
@@ -121,7 +122,10 @@ def impute(model: object, x: object, *, num_samples: int = 1000, draws: int | No
     draws = None if draws is None else _checks.positive_int("draws", draws)
     batch_size = _checks.positive_int("batch_size", batch_size)
     frame = x if data_forms.is_dataframe(x) else None
-    if frame is not None:           # float64 values: observed entries kept bit for bit
+    schema = schema_of(model)           # a mixed table: encoded by its schema, labels kept
+    if frame is not None and schema is not None:
+        x = schema.encode(frame, "x")
+    elif frame is not None:         # float64 values: observed entries kept bit for bit
         x = data_forms.frame_values(frame, "x")[0].astype(np.float64)
     elif not isinstance(x, (np.ndarray, torch.Tensor)):
         x = data_forms.as_dataset(x, where="x", allow_missing=True).x
@@ -130,7 +134,8 @@ def impute(model: object, x: object, *, num_samples: int = 1000, draws: int | No
     home, rows = rows.device, rows.to(device_of(model))    # answered on x's own device
     if binary is None:
         observed = rows[~torch.isnan(rows)]
-        binary = (model.decoder.likelihood.meaning_on("binary") == "probability"
+        binary = (schema is None                 # a schema decodes its own columns
+                  and model.decoder.likelihood.meaning_on("binary") == "probability"
                   and bool(((observed == 0) | (observed == 1)).all()))
     seed = None if seed is None else _checks.non_negative_int("seed", seed)
     ess: list[torch.Tensor] = []
@@ -142,13 +147,16 @@ def impute(model: object, x: object, *, num_samples: int = 1000, draws: int | No
     filled = torch.where(~torch.isnan(rows), rows, guesses.to(rows.dtype))
     filled = filled.reshape((draws, *shape) if draws is not None else shape).to(home)
     if frame is not None:
-        return _frames(filled.numpy(), frame, draws)
+        return _frames(filled.numpy(), frame, draws, schema)
     return filled.numpy() if as_numpy else filled
 
 
-def _frames(filled: np.ndarray, frame: Any, draws: int | None) -> Any:
-    """The imputed values as a DataFrame (a list of M with ``draws``) like ``frame``."""
+def _frames(filled: np.ndarray, frame: Any, draws: int | None, schema: Any = None) -> Any:
+    """The imputed values as a DataFrame (a list of M with ``draws``) like ``frame``; a
+    schema's table with its labels (a category is the most probable one, not a mean)."""
     def like(values: np.ndarray) -> Any:
+        if schema is not None:
+            return schema.decode(values).set_axis(frame.index)[list(frame.columns)]
         return type(frame)(values, index=frame.index, columns=frame.columns)
     return like(filled) if draws is None else [like(values) for values in filled]
 
@@ -226,6 +234,8 @@ def impute_file(trained: object, data: str | Path, out: str | Path, *,
     if data.suffix.lower() not in TABLE_SUFFIXES:
         raise ValueError(f"--data: expected a .npy or .csv file with NaN (or empty cells) "
                          f"marking missing entries, got {str(data)!r}")
+    if schema_of(trained) is not None:
+        return _impute_table(trained, data, out, draws, num_samples, seed)
     array, header = _read_table(data, "--data")
     model = getattr(trained, "model", trained)
     rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array[None]
@@ -244,6 +254,30 @@ def impute_file(trained: object, data: str | Path, out: str | Path, *,
     warnings = honest.reliability_warnings(diagnostics["ess"][holes], None, num_samples,
                                            quantity="imputed values", bound=False)
     return {"rows": int(rows.shape[0]), "missing": int(np.isnan(rows).sum()),
+            "shape": list(filled.shape), "out": str(out), "warnings": warnings}
+
+
+def _impute_table(trained: object, data: Path, out: Path, draws: int | None,
+                  num_samples: int, seed: int) -> dict:
+    """:func:`impute_file` for a mixed-table run: a CSV in, a CSV out with the labels."""
+    from vaelab.data.schema import read_table
+
+    if out.suffix.lower() != ".csv" or draws is not None:
+        raise ValueError(f"--out: a mixed table's imputation is written as one .csv table "
+                         f"(labels kept), without --draws; got {str(out)!r}"
+                         + (f" with --draws {draws}" if draws is not None else ""))
+    frame = read_table(data, "--data")
+    table_schema = schema_of(trained)
+    assert table_schema is not None          # the caller checked
+    table_schema.encode(frame, "--data")     # its problems named as the file's
+    diagnostics: dict = {}
+    filled: Any = impute(trained, frame, num_samples=num_samples, seed=seed,
+                         diagnostics=diagnostics)
+    atomic_write_bytes(out, filled.to_csv(index=False).encode("utf-8"))
+    holes = torch.from_numpy(frame.isna().to_numpy().any(1))
+    warnings = honest.reliability_warnings(diagnostics["ess"][holes], None, num_samples,
+                                           quantity="imputed values", bound=False)
+    return {"rows": len(frame), "missing": int(frame.isna().to_numpy().sum()),
             "shape": list(filled.shape), "out": str(out), "warnings": warnings}
 
 

@@ -27,6 +27,7 @@ from vaelab.measure.evaluate import LogLikelihoodEstimate, log_likelihood
 from vaelab.model.conditional import NEEDS_CONDITION, ConditionalVAE
 from vaelab.model.hierarchical import HierarchicalVAE
 from vaelab.model.masked import build_model
+from vaelab.model.mixed_likelihood import schema_of
 from vaelab.model.vae import VAE
 
 
@@ -68,6 +69,8 @@ class TrainedModel:
         return tuple(map(str, names)) if isinstance(names, list) else None
 
     def _data(self, x: object, c: object = None) -> torch.Tensor:
+        schema = schema_of(self.model)          # a mixed table's DataFrame: by its schema
+        x = schema.encode(x, "x") if schema is not None and data_forms.is_dataframe(x) else x
         x = data_forms.as_rows(x, where="x")
         shape = self.config.model.image_shape
         if shape is not None and tuple(x.shape[1:]) == tuple(shape):
