@@ -215,7 +215,7 @@ def test_incomplete_data_and_hierarchies_are_refused_in_one_line(tmp_path, x, op
     [values, mask] or a hierarchy's conditionals are not what it promised to build."""
     data = x.copy()
     data[0, 0] = np.nan                          # a missing value, for missing='mask'
-    with pytest.raises(ValueError, match=r"^(net|hierarchy)\b.*'?factory'?") as caught:
+    with pytest.raises(ValueError, match=r"^(net|latent_dim): .*factory") as caught:
         _fit(data if "missing" in options else x, tmp_path / "run", epochs=1, **options)
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "run" / "model.safetensors").exists()

@@ -8,6 +8,10 @@ checkpoints and bit-exact resume, torchrun, early stopping, the metrics — beca
 ordinary run whose config says ``net = "factory"`` with the factory's import path and JSON
 arguments. The run directory holds JSON and safetensors only; ``vaelab.load(run,
 trust=["mypkg"])`` imports the factory again, and only with that consent (``vaelab._trust``).
+
+With ``net="model"`` the factory returns the whole model and q instead — your p(z), p(x | z)
+and q(z | x) as torch distributions (protocol: :mod:`vaelab.model.user`) — and only the
+trainer, the measures and the uses are vaelab's.
 """
 
 from __future__ import annotations
@@ -77,6 +81,9 @@ def fit(model: str | Callable, data: object, out: str | os.PathLike, *,
     if net not in ("factory", "model"):
         raise ValueError(f"net: expected 'factory' (your encoder and decoder nets) or 'model' "
                          f"(your whole model and q), got {net!r}")
+    if isinstance(latent_dim, (tuple, list)):     # vaelab's hierarchies are its own nets
+        raise ValueError(f"latent_dim: net {net!r} is one latent layer (your factory builds "
+                         f"no hierarchy); expected an integer, got {list(latent_dim)}")
     if net == "model":    # a whole model reads the data as given unless asked otherwise
         options.setdefault("standardize", "off")
     config = {"net": net, "net_options": {"factory": reference, "args": args},
