@@ -145,3 +145,31 @@ def test_comparison_page_holds_the_paired_numbers(runs, tmp_path):
     assert wider[3] == f"{d.mean():.3f} ± {d.std(ddof=1) / math.sqrt(len(d)):.3f}"
     assert bare[2] == "not computed" and bare[3] == "undefined"
     assert "Test evaluation: not computed" in dom   # the bare run says what it lacks
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """A three-trial `vaelab tune` study on a small binary table (all trials complete)."""
+    pytest.importorskip("optuna")
+    root = tmp_path_factory.mktemp("study")
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(300, 2)) @ (2 * rng.normal(size=(2, 10)))
+    np.save(root / "table.npy", (rng.random((300, 10)) < 1 / (1 + np.exp(-logits)))
+            .astype(np.float32))
+    (root / "space.toml").write_text('"net.mlp.hidden.units" = 16\nbatch_size = 32\n'
+                                     'family = "diagonal-normal"\nnum_samples = 1\n')
+    _cli("tune", "--data", root / "table.npy", "--out", root / "study", "--budget",
+         "3-trials", "--epochs", "2", "--space", root / "space.toml", "--pruner", "none",
+         "--rerank", "2", "--rerank-k", "5", "--quiet")
+    return root / "study"
+
+
+def test_study_page_loads_with_its_tables_and_curves(study, tmp_path):
+    page = tmp_path / "study.html"
+    _cli("report", study, "--out", page)
+    dom, stderr, shot = _open(page, tmp_path)
+    _assert_loaded(dom, stderr, shot)
+    summary = json.loads((study / "study.json").read_text())
+    for table in ("trials-table", "ranking-table", "importances-table", "space-table"):
+        assert f'id="{table}"' in dom, table
+    assert f"Trial {summary['best']}, written as the recipe" in dom

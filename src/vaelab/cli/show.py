@@ -56,10 +56,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise ValueError(f"RUN: expected a run directory, got {str(run)!r}, which {state}")
     out = args.out or (args.runs[0] / "report.html" if len(args.runs) == 1
                        else Path("vaelab-report.html"))
-    from vaelab.show import study
+    from vaelab.show import study_page
 
-    if len(args.runs) == 1 and study.is_study(args.runs[0]):   # a `vaelab tune` folder
-        path = study.write_study_report(args.runs[0], out, title=args.title)
+    if len(args.runs) == 1 and study_page.is_study(args.runs[0]):   # a `vaelab tune` folder
+        path = study_page.write_study_report(args.runs[0], out, title=args.title)
         print(f"report: {path}")
         return 0
     claim(out)

@@ -61,7 +61,8 @@ def _plain(value: object) -> object:
 
 def importances(study: Any) -> dict[str, float]:
     """Optuna's parameter importances (fANOVA, Hutter et al. 2014: the share of the score's
-    variance over the space each parameter explains) over the complete trials; {} with fewer
+    variance over the space each parameter explains; 16 seeded trees, a few seconds) over
+    the complete trials; {} with fewer
     than :data:`MIN_TRIALS_FOR_IMPORTANCE` or when they cannot be computed (e.g. every
     parameter constant)."""
     import optuna
@@ -71,7 +72,8 @@ def importances(study: Any) -> dict[str, float]:
     if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
         return {}
     try:
-        found = optuna.importance.get_param_importances(study)
+        evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=16, seed=0)
+        found = optuna.importance.get_param_importances(study, evaluator=evaluator)
     except (RuntimeError, ValueError):
         return {}
     return {name: float(value) for name, value in found.items()}

@@ -1,0 +1,122 @@
+"""``vaelab tune`` on the command line: one line for each bad input, a tiny study end to end,
+and ``vaelab report`` / ``vaelab runs`` on it."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+pytest.importorskip("optuna")
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(300, 2)) @ (2 * rng.normal(size=(2, 10)))
+    path = tmp_path_factory.mktemp("cli_tune") / "table.npy"
+    np.save(path, (rng.random((300, 10)) < 1 / (1 + np.exp(-logits))).astype(np.float32))
+    return path
+
+
+def _small_space(folder):
+    """Fix the expensive choices; latent size, lr and the prior stay searched."""
+    path = folder / "space.toml"
+    path.write_text('"net.mlp.hidden.layers" = 1\n"net.mlp.hidden.units" = 16\n'
+                    'batch_size = 32\nnum_samples = 1\nfamily = "diagonal-normal"\n'
+                    'prior = {choices = ["standard-normal", "learned-normal"]}\n'
+                    'latent_dim = {low = 1, high = 4}\n')
+    return path
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--budget", "0"], "--budget: expected a time such as 1h"),
+    (["--budget", "0-trials"], "--budget: expected"),
+    (["--budget", "2-trials", "--storage", "nosuchdb://x/y"],
+     "--storage: cannot open the study database 'nosuchdb://x/y'"),
+    (["--budget", "2-trials", "--storage", "sqlite:////no/such/folder/x.db"],
+     "--storage: cannot open the study database"),
+])
+def test_bad_input_is_one_line_and_a_non_zero_exit(capsys, table, tmp_path, flags, message):
+    code, out, err = run_cli(capsys, "tune", "--data", table, "--out", tmp_path / "s", *flags)
+    assert code != 0 and out == ""
+    assert err.startswith(f"vaelab: error: {message}") and err.count("\n") == 1, err
+
+
+def test_an_unknown_space_option_is_one_line_naming_the_file(capsys, table, tmp_path):
+    space = tmp_path / "space.toml"
+    space.write_text('"prior.vamp.component" = {low = 2, high = 5}\n')
+    code, _, err = run_cli(capsys, "tune", "--data", table, "--out", tmp_path / "s",
+                           "--budget", "2-trials", "--space", space)
+    assert code == 1 and err.count("\n") == 1
+    assert f"--space {str(space)!r}: unknown option 'prior.vamp.component'; did you mean " \
+           f"'prior.vamp.components'?" in err
+
+
+def test_help_lists_the_options(capsys):
+    code, out, _ = run_cli(capsys, "tune", "--help")
+    assert code == 0
+    for flag in ("--data", "--budget", "--out", "--space", "--storage", "--workers",
+                 "--pruner", "--rerank", "--epochs"):
+        assert flag in out
+
+
+class _Tables(HTMLParser):
+    """Rows of every table with an id, as lists of cell texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._id, self._cell = None, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table" and dict(attrs).get("id"):
+            self._id = dict(attrs)["id"]
+            self.tables[self._id] = []
+        elif self._id and tag == "tr":
+            self.tables[self._id].append([])
+        elif self._id and tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._id = None
+        elif tag in ("td", "th") and self._cell is not None:
+            self.tables[self._id][-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
+    def handle_data(self, text):
+        if self._cell is not None:
+            self._cell.append(text)
+
+
+def test_a_tiny_study_end_to_end_with_its_report(capsys, table, tmp_path):
+    out = tmp_path / "study"
+    code, text, err = run_cli(capsys, "tune", "--data", table, "--out", out, "--budget",
+                              "3-trials", "--epochs", "2", "--space", _small_space(tmp_path),
+                              "--rerank", "2", "--rerank-k", "5", "--quiet")
+    assert code == 0, err
+    summary = json.loads((out / "study.json").read_text())
+    assert len(summary["trials"]) == 3 and f"best: trial {summary['best']}" in text
+    assert (out / "best.toml").is_file() and "report: vaelab report" in text
+    code, text, _ = run_cli(capsys, "runs", out)
+    assert code == 0 and "3 runs" in text and "trials/0002" in text
+    code, text, _ = run_cli(capsys, "report", out)
+    assert code == 0
+    page = (out / "report.html").read_text()
+    tables = _Tables()
+    tables.feed(page)
+    trials = tables.tables["trials-table"][1:]
+    assert [row[0] for row in trials] == ["0", "1", "2"]
+    for row, trial in zip(trials, summary["trials"], strict=True):
+        assert row[1] == trial["state"]
+        if trial["value"] is not None:
+            assert row[2] == f"{trial['value']:.3f}"
+    ranking = tables.tables["ranking-table"][1:]
+    assert [int(r[1]) for r in ranking] == [r["number"] for r in summary["ranking"]]
+    assert ranking[0][4] == "reference"
+    assert "data:image/png;base64," in page          # the best trials' curves
+    assert "[model]" in page and "The search space" in page
