@@ -219,6 +219,7 @@ def _refuse_unsupported(config: ModelConfig) -> None:
                          f"encoder cannot wrap your q); expected 'none', got {config.missing!r}")
     if config.standardize == "on":
         raise ValueError("standardize: net 'model' reads the data as given (standardize "
-                         "inside your model); expected 'off', got 'on'")
+                         "inside your model); expected 'off' (set standardize = 'off'), got "
+                         "'on'")
     if config.data_dim is None:
         raise ValueError("data_dim: net 'model' needs the data's dimension, got None")
