@@ -165,6 +165,15 @@ def test_one_line_errors_for_levels_and_a_missing_condition(tmp_path):
         trained.sample(3, c=7)
     with pytest.raises(ValueError, match=r"levels never seen in training: \['5'\]"):
         trained.encode(x[:2], c=[0, 5])
+    from vaelab.config import RunConfig
+    from vaelab.use.trained import TrainedModel
+
+    plain = TrainedModel(build_model(ModelConfig(data_dim=8, latent_dim=2)), RunConfig(),
+                         tmp_path, [])
+    with pytest.raises(ValueError, match="not conditional.*expected no condition, got int"):
+        plain.sample(2, c=1)
+    with pytest.raises(ValueError, match="not conditional"):
+        plain.encode(x[:2], c=[0, 1])
     with pytest.raises(ValueError, match="at most 1000 levels, got 1001"):
         condition_.resolve({"source": "given", "kind": "categorical"}, np.arange(1001))
 

@@ -77,8 +77,8 @@ class TrainedModel:
             x = x.reshape(x.shape[0], -1)
         x = x.to(self.device, torch.float32)
         packed = c is None and x.shape[1] == self.model.data_dim    # [x | c] rows already
-        if self.config.model.condition is not None and not packed:  # (model.conditional)
-            x = condition_.pack(x, self.condition(c, len(x)))
+        if (self.config.model.condition is not None or c is not None) and not packed:
+            x = condition_.pack(x, self.condition(c, len(x)))     # (model.conditional)
         return self.model.check_data(x, "x")
 
     def condition(self, c: object, n: int | None = None, flag: str = "c") -> torch.Tensor:
@@ -86,7 +86,8 @@ class TrainedModel:
         → [C]; one per example (n of them) → [n, C]. One line for an unknown level."""
         spec = self.config.model.condition
         if spec is None:
-            raise ValueError(f"{flag}: this run is not conditional; expected no condition")
+            raise ValueError(f"{flag}: this run is not conditional (trained without a "
+                             f"condition); expected no condition, got {type(c).__name__}")
         if c is None:
             raise ValueError(NEEDS_CONDITION)
         ndim = np.ndim(cast(Any, c))        # a str is one value (ndim 0); C > 1 reals: [C] is one
@@ -132,7 +133,7 @@ class TrainedModel:
     def sample(self, n: int, *, mean: bool = False, generator: torch.Generator | None = None,
                c: object = None) -> torch.Tensor:
         """n draws x ~ p(x) (x ~ p(x | c) given ``c``), [n, D] (``mean=True``: E[x | z])."""
-        if self.config.model.condition is None:
+        if self.config.model.condition is None and c is None:
             return self.model.sample(n, mean=mean, generator=generator)
         model = cast(ConditionalVAE, self.model)
         return model.sample(n, self.condition(c, n), mean=mean, generator=generator)
