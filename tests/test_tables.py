@@ -121,6 +121,7 @@ def test_the_cli_trains_imputes_samples_and_reconstructs_a_csv(tmp_path, capsys)
     (["--column-types", "TYPES"], "--column-types: names the column 'weight', which the data "
                                   "do not have"),
     ([], "--binarize: --likelihood mixed keeps every column's values"),
+    (["--condition", "smoker"], "--condition: --likelihood mixed does not take a condition"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, extra, message):
     _table(30).to_csv(tmp_path / "t.csv", index=False)

@@ -214,6 +214,10 @@ def mixed_table(config: RunConfig, dataset: object,
                                                                           data_.Dataset):
         return config, dataset
     tc = config.train
+    if config.model.condition is not None:
+        raise ValueError(f"--condition: --likelihood {entry.name} does not take a condition yet "
+                         f"(its schema would model the condition's columns too); drop "
+                         f"--condition, or encode the table as numbers for a conditional run")
     if tc.binarize != "none":
         raise ValueError(f"--binarize: --likelihood {entry.name} keeps every column's values "
                          f"for its own likelihood, so expected --binarize none, got "
