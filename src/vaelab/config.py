@@ -354,6 +354,9 @@ class TrainConfig:
     #: With missing="mask": train without the rows whose every entry is missing (they are
     #: refused otherwise, ``--drop-empty-rows``).
     drop_empty_rows: bool = False
+    #: Stream the training rows of a .npy file from disk in shuffled blocks of this many
+    #: contiguous rows instead of loading them (``vaelab.data.stream``); None: in memory.
+    stream_block: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, str) or not self.data:
@@ -405,6 +408,8 @@ class TrainConfig:
             raise ValueError(ALTERNATING_NEEDS_PHI_STEPS)
         _checks.one_of("device", self.device, DEVICES)
         _checks.one_of("precision", self.precision, PRECISIONS)
+        if self.stream_block is not None:
+            _checks.positive_int("stream_block", self.stream_block)
         if not isinstance(self.drop_empty_rows, bool):
             raise TypeError(f"drop_empty_rows: expected true or false, "
                             f"got {self.drop_empty_rows!r}")

@@ -109,6 +109,11 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--perturb-fraction", type=non_negative_float, metavar="MU",
                    help="fraction of input values replaced by uniform noise (default 0; 0.2 "
                         "with --background-of)")
+    g.add_argument("--stream-block", type=positive_int, metavar="ROWS",
+                   help="read the training rows of a .npy file (uint8 or float32) from disk in "
+                        "blocks of ROWS contiguous rows, shuffled by block and within a few "
+                        "blocks, instead of loading it: memory for a few blocks, whatever the "
+                        "file's size (e.g. 4096)")
     g.add_argument("--val-fraction", type=fraction, metavar="F",
                    help="fraction of the training examples held out (seeded) for the "
                         "validation ELBO and early stopping (default 0.05; 0: none)")
@@ -307,7 +312,7 @@ def _train_overrides(args: argparse.Namespace) -> dict:
                       "beta": args.beta, "grad_clip": args.grad_clip,
                       "early_stopping_patience": args.early_stopping, "compile": compile_,
                       "ema_decay": args.ema, "lr_warmup_epochs": args.lr_warmup,
-                      "precision": args.precision}}
+                      "precision": args.precision, "stream_block": args.stream_block}}
 
 
 def _background_base(args: argparse.Namespace, config_) -> dict:

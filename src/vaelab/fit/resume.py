@@ -208,7 +208,7 @@ class Checkpointed:
         runs.write_checkpoint(self.run_dir, tensors, {
             **asdict(self.state), "optimizer": skeleton, "rng": self._rng(),
             "ema_updates": None if ema is None else ema.updates,
-            "num_train": len(self.data.train), "data_sha256": self.data.sha256,
+            "num_train": self.data.num_train, "data_sha256": self.data.sha256,
             "config": self.config.to_dict()})
         self.write_outputs(weights)
 
@@ -245,9 +245,9 @@ class Checkpointed:
 
     def restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         """Load a checkpoint read by ``runs.read_checkpoint``; RunError if it does not fit."""
-        if state.get("num_train") != len(self.data.train):
+        if state.get("num_train") != self.data.num_train:
             raise runs.RunError(f"checkpoint: expected {state.get('num_train')} training "
-                                f"examples (as when it was written), got {len(self.data.train)}")
+                                f"examples (as when it was written), got {self.data.num_train}")
         if state.get("data_sha256") != self.data.sha256:
             raise runs.RunError("checkpoint: the training data differ from the ones the run was "
                                 "trained on (their SHA-256 does not match)")

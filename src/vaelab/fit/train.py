@@ -98,6 +98,7 @@ from vaelab.fit.train_data import (
     mixed_table,
     _where_data_are,
 )
+from vaelab.fit.train_stream import StreamedData
 from vaelab.infer.objectives import elbo_terms
 from vaelab.infer.schemes import Inference, scheme_for
 from vaelab.model import standardize
@@ -223,6 +224,9 @@ class _Trainer(Checkpointed):
             if data.loader is None else
             data_forms.LoaderBatches(data.loader, data.train, seed=self.tc.seed, device=device,
                                      binarize=binarize, rank=dist.rank, where="dataset"))
+        if isinstance(data, StreamedData):   # a .npy file read in blocks: Batches' interface
+            self.batches = data.batches(  # type: ignore[assignment]
+                self.tc, device, dist.rank, dist.world_size, binarize)
         self.step = TrainStep(self.model, self.inference, lr=self.tc.lr, betas=self.tc.betas,
                               grad_clip=self.tc.grad_clip, schedule=self.tc.schedule,
                               phi_steps=self.tc.phi_steps, phi_lr=self.tc.phi_lr,

@@ -44,6 +44,11 @@ class _Data:
         x = self.train.x.detach().cpu().contiguous()
         return hashlib.sha256(x.numpy().data).hexdigest()
 
+    @property
+    def num_train(self) -> int:
+        """Training rows (a streamed file's all, ``fit.train_stream``)."""
+        return len(self.train)
+
 
 def _check_range(ds: data_.Dataset, config: RunConfig) -> str | None:
     """Refuse data the run cannot use, naming CLI flags (the rule of ``vaelab.data``); → a
@@ -112,6 +117,10 @@ def _load_data(config: RunConfig, dataset: object) -> _Data:
     """Load, check, split and (statically) binarize the data (``dataset``: any form of
     ``vaelab.data_forms``, or None for ``config.train.data``)."""
     tc = config.train
+    if tc.stream_block is not None:      # a .npy file read in blocks, never held whole
+        from vaelab.fit.train_stream import load_streamed
+
+        return load_streamed(config, dataset)
     _, dataset = mixed_table(config, dataset)       # a table read by its schema (else as is)
     if config.model.condition is not None:     # x and c (vaelab.fit.conditioned)
         data, spec, c_train, c_val = conditioned.load(config, dataset, _load_data)
@@ -192,7 +201,7 @@ def _where_data_are(config: RunConfig, run_dir: Path, resume: bool,
 
 
 def _data_info(data: _Data) -> dict:
-    info = {"name": data.train.name, "num_train": len(data.train),
+    info = {"name": data.train.name, "num_train": data.num_train,
             "num_val": 0 if data.val is None else len(data.val)}
     if data.train.columns is not None:       # a DataFrame's column names, for the outputs
         info["columns"] = list(data.train.columns)
