@@ -170,7 +170,9 @@ def test_today_s_flags_come_from_the_catalogue():
     assert catalogue.flags("family") == {
         "--q-components": (catalogue.get("family", "mixture").option("components"),
                            ("mixture",)),
-        "--q-flow-steps": (catalogue.get("family", "iaf").option("flow_steps"), ("iaf",))}
+        "--q-flow-steps": (catalogue.get("family", "iaf").option("flow_steps"), ("iaf",)),
+        **{f"--q-{side}-logvar": (catalogue.get("family", "diagonal-normal").option(
+            f"{side}_logvar"), ("diagonal-normal",)) for side in ("min", "max")}}
     prior = catalogue.flags("prior")
     assert prior["--prior-components"][1] == ("mog", "vamp")
     assert prior["--prior-flow-steps"][1] == ("flow",)
@@ -202,7 +204,7 @@ def test_chosen_reads_nested_options_or_the_old_flat_keys():
         prior, prior_options = "flow", {"flow_steps": 4}
 
     entry, options = catalogue.chosen(Flat(), "prior")
-    assert (entry.name, options) == ("vamp", {"components": 50})
+    assert (entry.name, options) == ("vamp", {"components": 50, "init": "uniform"})
     entry, options = catalogue.chosen(Nested(), "prior")
     assert (entry.name, options) == ("flow", {"flow_steps": 4})
 

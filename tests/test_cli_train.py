@@ -39,12 +39,51 @@ TINY = ["--limit", "300", "--epochs", "1", "--hidden", "16", "--latent-dim", "2"
     (["--conv-channels", "8"], "--conv-channels: needs --net conv"),
     (["--objective", "iwae"], "--objective iwae: needs --num-samples K >= 2"),
     (["--objective", "iwae-dreg", "--num-samples", "1"], "--objective iwae-dreg: needs"),
+    (["--prior-init", "data"], "--prior-init: needs --prior vamp"),
+    (["--family", "iaf", "--q-min-logvar", "-6"], "--q-min-logvar: needs --family "
+                                                 "diagonal-normal"),
+    (["--optimizer", "sgd"], "--optimizer: invalid choice: 'sgd'"),
 ])
 def test_ignored_flags_are_refused(tmp_path, capsys, flags, expected):
     code = cli.main(["train", *TINY, *flags, "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and expected in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_training_craft_flags_reach_the_run(tmp_path, capsys):
+    """--optimizer, --weight-norm, --prior-init and the log-variance bounds are recorded in
+    config.json and used by the run."""
+    import numpy as np
+
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).uniform(size=(60, 10)).astype(np.float32))
+    run = tmp_path / "run"
+    code = cli.main(["train", "--data", str(path), "--out", str(run), "--epochs", "1",
+                     "--hidden", "6", "--latent-dim", "2", "--batch-size", "20", "--quiet",
+                     "--optimizer", "adamax", "--weight-norm", "--gated", "--prior", "vamp",
+                     "--prior-components", "3", "--prior-init", "data",
+                     "--q-min-logvar", "-6", "--q-max-logvar", "2"])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((run / "config.json").read_text())
+    model, train = saved["model"], saved["train"]
+    assert train["optimizer"] == "adamax"
+    assert (model["net_options"]["weight_norm"], model["net_options"]["gated"]) == (True, True)
+    assert model["prior_options"] == {"components": 3, "init": "data"}
+    assert model["family_options"] == {"min_logvar": -6.0, "max_logvar": 2.0}
+    trained = vaelab.load(run)
+    assert trained.model.encoder.family.bounded
+    assert any("parametrizations" in k for k in trained.model.state_dict())
+    code = cli.main(["train", "--net", "conv", "--weight-norm", "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == "vaelab: error: --weight-norm: needs --net mlp, got " \
+        "--net conv"
+    code = cli.main(["train", "--q-min-logvar", "2", "--q-max-logvar", "1", "--out",
+                     str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.strip() == (
+        "vaelab: error: family_options.min_logvar (--q-min-logvar): expected a number below "
+        "family_options.max_logvar = 1, got 2") and not (tmp_path / "b").exists()
 
 
 def test_schedule_alternating_help_names_phi_steps(capsys):

@@ -173,14 +173,17 @@ def test_an_old_flat_config_json_loads_into_each_components_options(tmp_path):
                                 "train": {"epochs": 2}}))
     model = RunConfig.from_dict(load_config_file(path)).model
     assert (model.family, model.family_options) == ("iaf", {"flow_steps": 3})
-    assert (model.prior, model.prior_options) == ("vamp", {"components": 50})
+    assert (model.prior, model.prior_options) == ("vamp", {"components": 50,
+                                                          "init": "uniform"})
     assert model.likelihood_options == {}
-    assert model.net_options == {"hidden": (512, 256), "activation": "relu", "gated": False}
+    assert model.net_options == {"hidden": (512, 256), "activation": "relu", "gated": False,
+                                 "weight_norm": False}
     # the older names still read as the chosen component's option, or its default
     assert (model.prior_components, model.q_flow_steps, model.hidden) == (50, 3, (512, 256))
     assert model.q_components == 4 and model.conv_channels == (32, 64)
     saved = model.to_dict()
-    assert "q_components" not in saved and saved["prior_options"] == {"components": 50}
+    assert "q_components" not in saved and saved["prior_options"] == {"components": 50,
+                                                                      "init": "uniform"}
     assert saved["net_options"]["hidden"] == [512, 256]
     assert ModelConfig.from_dict(json.loads(json.dumps(saved))) == model
 
@@ -206,7 +209,8 @@ def test_flags_that_pick_another_component_drop_the_files_options():
     merged = merge(base, {"model": {"prior": "flow"}})
     assert RunConfig.from_dict(merged).model.prior_options == {"flow_steps": 2}
     kept = merge(base, {"model": {"prior": "vamp", "prior_components": 20}})
-    assert RunConfig.from_dict(kept).model.prior_options == {"components": 20}
+    assert RunConfig.from_dict(kept).model.prior_options == {"components": 20,
+                                                              "init": "uniform"}
 
 
 def test_an_old_flat_train_section_loads_into_each_components_options():

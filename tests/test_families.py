@@ -217,3 +217,66 @@ def test_iaf_log_prob_gradient_at_a_fixed_point_matches_finite_differences():
             step = step.view_as(raw)
             numeric[i] = (value(raw + step) - value(raw - step)) / 2e-6
     torch.testing.assert_close(grad, numeric.view_as(raw), rtol=1e-6, atol=1e-7)
+
+
+# ---- log-variance bounds of the diagonal Normal
+
+
+def test_logvar_bounds_hold_at_extreme_encoder_outputs():
+    family = families.DiagonalNormal(3, min_logvar=-6.0, max_logvar=2.0)
+    raw = torch.tensor([[0.0, 0.0, 0.0, -1e4, 0.3, 1e4],
+                        [0.0, 0.0, 0.0, -torch.inf, 50.0, torch.inf]], dtype=F64)
+    q = family(raw)
+    log_var = (2 * q.base_dist.scale.log()).numpy()
+    np.testing.assert_allclose(log_var[:, 0], -6.0, rtol=0, atol=1e-12)     # floor held
+    np.testing.assert_allclose(log_var[:, 2], 2.0, rtol=0, atol=1e-12)      # ceiling held
+    # inside the bounds σ is the unbounded family's exactly
+    unbounded = families.DiagonalNormal(3)(raw).base_dist.scale
+    assert float(q.base_dist.scale[0, 1]) == float(unbounded[0, 1])
+    assert bool(torch.isfinite(q.log_prob(torch.zeros(2, 3, dtype=F64))).all())
+    # without the bounds the same outputs give a σ at the floor 1e-5 and an infinite one
+    assert float(2 * unbounded[1, 0].log()) < -20 and not math.isfinite(float(unbounded[1, 2]))
+
+
+def test_logvar_bounds_leave_the_gradient_inside_them_unchanged():
+    torch.manual_seed(0)
+    raw = torch.randn(5, 8, dtype=F64)            # log σ² of softplus(N(0,1)) lies in (-6, 2)
+    z = torch.randn(5, 4, dtype=F64)
+    grads = []
+    for family in (families.DiagonalNormal(4), families.DiagonalNormal(4, min_logvar=-6.0,
+                                                                          max_logvar=2.0)):
+        r = raw.clone().requires_grad_()
+        q = family(r)
+        assert bool(((2 * q.base_dist.scale.log()).abs() < 6).all())
+        (q.log_prob(z).sum() + q.entropy().sum()).backward()
+        grads.append(r.grad)
+    assert torch.equal(grads[0], grads[1])
+    # outside a bound the clamp is flat: no gradient reaches that raw scale
+    r = torch.tensor([[0.0, 30.0]], dtype=F64, requires_grad=True)
+    families.DiagonalNormal(1, max_logvar=0.0)(r).entropy().sum().backward()
+    assert float(r.grad[0, 1]) == 0.0
+
+
+def test_logvar_bounds_reach_the_model_and_keep_it_off_the_fast_path():
+    from vaelab.fit.step import JointStep, StandardVAEStep, step_class
+    from vaelab.infer.schemes import Amortized
+
+    def model(**options):
+        return build_vae(config_.ModelConfig(data_dim=6, latent_dim=2, hidden=(5,),
+                                             family_options=options))
+
+    bounded = model(min_logvar=-4.0, max_logvar=1.0)
+    assert (bounded.encoder.family.min_logvar, bounded.encoder.family.max_logvar) == (-4, 1)
+    with torch.no_grad():                         # an encoder whose scales run off to ±∞
+        bounded.encoder.net[-1].bias[2:] = torch.tensor([-1e6, 1e6])
+    log_var = 2 * bounded.encode(torch.rand(3, 6)).base_dist.scale.log()
+    torch.testing.assert_close(log_var, torch.tensor([[-4.0, 1.0]]).expand(3, 2))
+    # the fast path computes σ by hand (no bounds): a bounded q must take autograd's step
+    assert step_class(bounded, Amortized(bounded.encoder)) is JointStep
+    plain = model()
+    assert step_class(plain, Amortized(plain.encoder)) is StandardVAEStep
+    with pytest.raises(ValueError, match=r"family_options.min_logvar \(--q-min-logvar\): "
+                                         r"expected a number below"):
+        model(min_logvar=1.0, max_logvar=1.0)
+    with pytest.raises(ValueError, match=r"q_min_logvar \(--q-min-logvar\).*below"):
+        families.DiagonalNormal(2, min_logvar=1.0, max_logvar=0.5)

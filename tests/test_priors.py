@@ -141,6 +141,30 @@ def test_vamp_gradients_reach_pseudo_inputs_and_the_encoder_and_errors_are_clear
         priors.VampPrior(2, 3, 4, wrong)()
 
 
+def test_vamp_data_init_copies_the_seeded_rows_and_uniform_keeps_its_draw():
+    x = torch.rand(30, 6, dtype=F64)
+    family = families.DiagonalNormal(2)
+    encoder = Encoder(nets.MLP(6, [8], family.param_size), family).double()
+    prior = priors.VampPrior(2, 4, 6, encoder, init="data").double()
+    torch.manual_seed(11)
+    rows = prior.initialise_from_data(x)
+    torch.manual_seed(11)
+    assert rows is not None and torch.equal(rows, torch.randperm(30)[:4])
+    assert len(set(rows.tolist())) == 4
+    assert torch.equal(prior.pseudo_inputs.detach(), x[rows])       # exactly those rows
+    uniform = priors.VampPrior(2, 4, 6, encoder).double()
+    before = uniform.pseudo_inputs.detach().clone()
+    assert uniform.initialise_from_data(x) is None
+    assert torch.equal(uniform.pseudo_inputs.detach(), before)
+    assert uniform.config().get("init") is None and prior.config()["init"] == "data"
+    with pytest.raises(ValueError, match=r"prior_init \(--prior-init\): 'data' copies 4"):
+        prior.initialise_from_data(x[:3])
+    with pytest.raises(ValueError, match="missing or non-finite"):
+        prior.initialise_from_data(torch.full((5, 6), math.nan, dtype=F64))
+    with pytest.raises(ValueError, match="prior_init"):
+        priors.VampPrior(2, 4, 6, encoder, init="noise")
+
+
 def test_flow_prior_is_the_change_of_variables_from_a_standard_normal():
     prior = priors.FlowPrior(3, steps=2).double()
     _randomize(prior, 0.4)

@@ -11,7 +11,8 @@ estimator, an anomaly score — is one :class:`Entry` here:
   flag, the flat config key older run directories used);
 * ``help`` — one line for ``--help`` and the report;
 * ``facts`` — what torch-free code must know without building the component (e.g. that a
-  family is a mixture). Torch code asks the built object instead; a test pins the two equal.
+  family is a mixture; ``ordered``: pairs of options that must satisfy low < high when both
+  are set). Torch code asks the built object instead; a test pins the two equal.
 
 The command line's choices and per-component flags, the config's validation, the report's
 settings table and the model builders are derived from :data:`CATALOGUE`: a new component is
@@ -37,6 +38,7 @@ KINDS = ("likelihood", "network", "family", "prior", "objective", "kl-schedule",
 CHECKS = {
     "int>=1": "an integer >= 1",
     "int>=0": "an integer >= 0",
+    "float": "a finite number",
     "float>0": "a finite number > 0",
     "float>=0": "a finite number >= 0",
     "fraction": "a number in [0, 1)",
@@ -64,8 +66,8 @@ def _scalar(check: str, value: object) -> bool:
         return _is_int(value) and int(cast(Integral, value)) >= (1 if check == "int>=1" else 0)
     if not _is_number(value) or not math.isfinite(number := float(cast(Real, value))):
         return False
-    return {"float>0": number > 0, "float>=0": number >= 0, "fraction": 0 <= number < 1,
-            "unit": 0 < number <= 1}[check]
+    return {"float": True, "float>0": number > 0, "float>=0": number >= 0,
+            "fraction": 0 <= number < 1, "unit": 0 < number <= 1}[check]
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ class Option:
         try:
             if self.check.startswith("int>"):
                 value: object = int(text)
-            elif self.check in ("float>0", "float>=0", "fraction", "unit"):
+            elif self.check in ("float", "float>0", "float>=0", "fraction", "unit"):
                 value = float(text)
             elif self.check in ("ints>=1", "sizes"):
                 value = tuple(int(part) for part in text.split(","))
@@ -202,8 +204,16 @@ class Entry:
             expected = f"one of {have}" if have else "none"
             raise ValueError(f"{where}: {self.kind} {self.name!r} has no option "
                              f"{unknown[0]!r}; expected {expected}")
-        return {o.name: o.validate(options.get(o.name, o.default), f"{where}.{o.name}")
-                for o in self.options}
+        out = {o.name: o.validate(options.get(o.name, o.default), f"{where}.{o.name}")
+               for o in self.options}
+        for low, high in self.facts.get("ordered", ()):     # bounds: low < high when both
+            a, b = cast(float | None, out[low]), cast(float | None, out[high])
+            if a is not None and b is not None and not float(a) < float(b):
+                flag = self.option(low).flag
+                raise ValueError(f"{where}.{low}" + (f" ({flag})" if flag else "") +
+                                 f": expected a number below {where}.{high} = {float(b):g}, "
+                                 f"got {float(a):g}")
+        return out
 
     def build(self, *context: object, **options: object) -> Any:
         """``resolve().from_options(*context, **options)`` with the options validated."""
@@ -292,7 +302,10 @@ _ENTRIES = (
           (Option("hidden", "sizes", (512, 256), "hidden layer sizes", flag="--hidden",
                   key="hidden", metavar="N,N,..."), _ACTIVATION,
            Option("gated", "bool", False, "gated dense units h = (W₁x + b₁) ⊙ σ(W₂x + b₂) "
-                  "instead of the activation", flag="--gated", key="gated"))),
+                  "instead of the activation", flag="--gated", key="gated"),
+           Option("weight_norm", "bool", False, "weight normalisation w = g·v/‖v‖ of every "
+                  "dense layer, g and b set from the first training batch (Salimans & Kingma "
+                  "2016)", flag="--weight-norm", key="weight_norm"))),
     Entry("network", "conv", "vaelab.model.nets:ConvNets",
           "residual convolutional nets (image data only)",
           (Option("channels", "ints>=1", (32, 64), "channels per stage",
@@ -310,7 +323,12 @@ _ENTRIES = (
            Option("args", "any", None, "the factory's keyword arguments (JSON values)"))),
     # ---- q(z | x)
     Entry("family", "diagonal-normal", "vaelab.model.families:DiagonalNormal",
-          "N(μ, diag σ²), the standard VAE posterior", facts={"mixture": False}),
+          "N(μ, diag σ²), the standard VAE posterior",
+          (_opt("q", "min_logvar", "float", None, "lower bound on log σ² of q (a clamp; "
+                "default: none)", metavar="LO"),
+           _opt("q", "max_logvar", "float", None, "upper bound on log σ² of q (a clamp; "
+                "default: none)", metavar="HI")),
+          facts={"mixture": False, "ordered": (("min_logvar", "max_logvar"),)}),
     Entry("family", "full-covariance-normal", "vaelab.model.families:FullCovarianceNormal",
           "N(μ, L Lᵀ), correlated posteriors", facts={"mixture": False}),
     Entry("family", "mixture", "vaelab.model.families:MixtureNormal",
@@ -327,7 +345,11 @@ _ENTRIES = (
     Entry("prior", "mog", "vaelab.model.priors:MixtureOfGaussians",
           "learned mixture of Gaussians", (_PRIOR_COMPONENTS,)),
     Entry("prior", "vamp", "vaelab.model.priors:VampPrior",
-          "VampPrior: q at learned pseudo-inputs", (_PRIOR_COMPONENTS,)),
+          "VampPrior: q at learned pseudo-inputs",
+          (_PRIOR_COMPONENTS,
+           _opt("prior", "init", "choice", "uniform", "where --prior vamp's pseudo-inputs "
+                "start: uniform on [0, 1), or K training rows drawn with the seed (data)",
+                metavar="FROM", choices=("uniform", "data")))),
     Entry("prior", "flow", "vaelab.model.priors:FlowPrior", "MAF from N(0, I)",
           (_opt("prior", "flow_steps", "int>=1", 2, "MAF steps of --prior flow",
                 metavar="T"),)),
@@ -370,6 +392,10 @@ _ENTRIES = (
     # ---- optimizers
     Entry("optimizer", "adam", "torch.optim:Adam", "Adam (Kingma & Ba 2015)",
           (Option("betas", "betas", (0.9, 0.999), "Adam's moment decay rates",
+                  key="betas"),)),
+    Entry("optimizer", "adamax", "torch.optim:Adamax",
+          "Adamax, Adam with an infinity-norm second moment (Kingma & Ba 2015, section 7)",
+          (Option("betas", "betas", (0.9, 0.999), "Adamax's decay rates (mean, max-norm)",
                   key="betas"),)),
     # ---- log p(x) estimators (vaelab.measure.estimators)
     Entry("estimator", "is", "vaelab.measure.estimators:ImportanceSampling",

@@ -281,12 +281,13 @@ class TrainConfig:
     ``kl_cycles``, ``kl_ratio``, ``lr_decay``, ``lr_patience``) are accepted and read as the
     chosen component's option (0 for a warm-up or free bits the component does not have).
 
-    Optimization: ``epochs``, ``batch_size``, Adam ``lr``/``betas``, ``grad_clip`` (global norm),
-    ``lr_schedule`` ("constant"; "cosine" from lr to 0 over all steps; "exponential": lr ×
-    decay^epoch; "plateau": lr × 0.5 after every ``patience`` epochs without a better
-    validation ELBO), ``lr_warmup_epochs`` (the rate ramps linearly from 0 over that many
-    epochs, on top of any schedule), ``ema_decay`` (keep an exponential moving average of the
-    weights, ``vaelab.fit.ema``, and validate, early-stop, sample and save with it; None: off),
+    Optimization: ``epochs``, ``batch_size``, ``optimizer`` ("adam", "adamax") with
+    ``lr``/``betas``, ``grad_clip`` (global norm), ``lr_schedule`` ("constant"; "cosine"
+    from lr to 0 over all steps; "exponential": lr × decay^epoch; "plateau": lr × 0.5 after
+    every ``patience`` epochs without a better validation ELBO), ``lr_warmup_epochs`` (the
+    rate ramps linearly from 0 over that many epochs, on top of any schedule), ``ema_decay``
+    (keep an exponential moving average of the weights, ``vaelab.fit.ema``, and validate,
+    early-stop, sample and save with it; None: off),
     ``num_samples`` (z samples per example; K for the IWAE objectives),
     ``early_stopping_patience`` (stop after that many epochs without a better validation ELBO;
     keeps the best weights).
@@ -326,6 +327,8 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
+    #: "adam" or "adamax" (``vaelab.fit.optimizers``); both read ``lr`` and ``betas``.
+    optimizer: str = "adam"
     seed: int = 0
     beta: float = 1.0
     objective: str = "elbo"
@@ -377,6 +380,8 @@ class TrainConfig:
         for name in ("lr", "refine_lr"):
             _checks.positive_float(name, getattr(self, name))
         object.__setattr__(self, "betas", _betas(self.betas))
+        object.__setattr__(self, "optimizer", catalogue.get(
+            "optimizer", self.optimizer, "optimizer (--optimizer)").name)
         catalogue.check_components(self, TRAIN_KINDS)
         if self.grad_clip is not None:
             _checks.positive_float("grad_clip", self.grad_clip)

@@ -19,7 +19,8 @@ from vaelab.cli.common import UsageError
 #: The flag that picks each kind of component (``vaelab.catalogue``).
 CHOOSER = {"likelihood": "--likelihood", "network": "--net", "family": "--family",
            "prior": "--prior", "objective": "--objective", "kl-schedule": "--kl-schedule",
-           "lr-schedule": "--lr-schedule", "estimator": "--estimator"}
+           "lr-schedule": "--lr-schedule", "optimizer": "--optimizer",
+           "estimator": "--estimator"}
 
 
 MODEL_KINDS = ("likelihood", "network", "family", "prior")

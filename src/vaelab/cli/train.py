@@ -153,10 +153,12 @@ def _add_inference_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_optimizer_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimization",
-                             "epochs, batches, Adam and its learning rate")
+                             "epochs, batches, the optimizer and its learning rate")
     g.add_argument("--epochs", type=positive_int, metavar="N")
     g.add_argument("--batch-size", type=positive_int, metavar="N")
-    g.add_argument("--lr", type=positive_float, metavar="X", help="Adam learning rate")
+    add_component(g, "optimizer", "the optimizer")
+    g.add_argument("--lr", type=positive_float, metavar="X", help="the optimizer's learning "
+                   "rate")
     g.add_argument("--grad-clip", type=positive_float, metavar="X", help="clip the gradient norm")
     g.add_argument("--early-stopping", type=positive_int, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without a better validation ELBO")
@@ -302,7 +304,8 @@ def _train_overrides(args: argparse.Namespace) -> dict:
                       "missing": args.missing, "missing_model": args.missing_model,
                       "standardize": args.standardize, "condition": args.condition},
             "train": {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size,
-                      "lr": args.lr, "binarize": args.binarize, "seed": args.seed,
+                      "lr": args.lr, "optimizer": args.optimizer,
+                      "binarize": args.binarize, "seed": args.seed,
                       "device": args.device, "limit": args.limit, "classes": args.classes,
                       "perturb_fraction": args.perturb_fraction, "inference": args.inference,
                       "val_fraction": args.val_fraction,

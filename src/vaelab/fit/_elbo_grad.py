@@ -31,6 +31,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from vaelab.model._bernoulli_fast import softplus_sum
 from vaelab.model.nets import MLP, has_hooks
@@ -41,8 +42,8 @@ _BACKWARD_FROM_OUTPUT = (nn.ReLU, nn.LeakyReLU, nn.Tanh)
 
 def _layers(net: nn.Module) -> list[tuple[nn.Linear, nn.Module | None]] | None:
     """[(Linear, activation after it or None)] of an MLP, or None if ``net`` is not one."""
-    if type(net) is not MLP:
-        return None
+    if type(net) is not MLP or any(parametrize.is_parametrized(m) for m in net):
+        return None         # a re-parameterised weight (weight norm) is autograd's
     modules = list(net)
     out: list[tuple[nn.Linear, nn.Module | None]] = []
     for i, m in enumerate(modules):

@@ -48,10 +48,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaelab import _checks
+from vaelab import _checks, catalogue
 from vaelab._runtime import restore_rng_states, rng_states
 from vaelab.fit._elbo_grad import GaussianBernoulliELBOGrad
-from vaelab.fit.adam import DirectFusedAdam, fused_adam
+from vaelab.fit.adam import DirectFusedAdam
+from vaelab.fit.optimizers import OPTIMIZERS, make_optimizer
 from vaelab.infer.objectives import OBJECTIVES, training_terms
 from vaelab.infer.schemes import Amortized, Inference
 from vaelab.model.families import DiagonalNormal
@@ -129,7 +130,7 @@ class _GaussianBernoulliELBO(nn.Module):
         encoder = getattr(inference, "encoder", None)
         return (isinstance(model, VAE)     # a conditional VAE's decoder also reads c
                 and type(inference) is Amortized and isinstance(encoder, Encoder)
-                and type(encoder.family) is DiagonalNormal
+                and type(encoder.family) is DiagonalNormal and not encoder.family.bounded
                 and type(getattr(model, "prior_module", None)) is StandardNormal
                 and type(model.decoder.likelihood) is Bernoulli)
 
@@ -150,19 +151,22 @@ def step_class(model: VAE, inference: Inference, *, schedule: str = "joint",
 
 
 def _optimizers_for(theta: list[nn.Parameter], phi: list[nn.Parameter], inference: Inference,
-                    joint: bool, lr: float, phi_lr: float, betas: tuple[float, float]
+                    joint: bool, lr: float, phi_lr: float, betas: tuple[float, float],
+                    optimizer: str = "adam"
                     ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
-    """(θ's optimizer, φ's own or None): sparse rows → SparseAdam, the rest fused Adam; a
-    joint step has one Adam over θ and φ, an alternating one an Adam each."""
-    if inference.sparse:   # sparse rows → SparseAdam; dense φ (e.g. IAF's MADEs) → Adam
+    """(θ's optimizer, φ's own or None): sparse rows → SparseAdam, the rest ``optimizer``
+    (fused Adam by default); a joint step has one over θ and φ, an alternating one each."""
+    if inference.sparse:   # sparse rows → SparseAdam; dense φ (e.g. IAF's MADEs) → optimizer
         rows = {id(m.weight) for m in inference.modules()
                 if isinstance(m, nn.Embedding) and m.sparse}
-        return (fused_adam(theta + [p for p in phi if id(p) not in rows], lr, betas),
+        return (make_optimizer(optimizer, theta + [p for p in phi if id(p) not in rows], lr,
+                               betas),
                 torch.optim.SparseAdam([p for p in phi if id(p) in rows], lr=phi_lr,
                                        betas=betas))
     if joint:
-        return fused_adam(theta + phi, lr, betas), None
-    return fused_adam(theta, lr, betas), fused_adam(phi, phi_lr, betas)
+        return make_optimizer(optimizer, theta + phi, lr, betas), None
+    return (make_optimizer(optimizer, theta, lr, betas),
+            make_optimizer(optimizer, phi, phi_lr, betas))
 
 
 class TrainStep:
@@ -177,7 +181,8 @@ class TrainStep:
     Args:
         model: the VAE (θ = ``model.generative_parameters()``).
         inference: the inference scheme (φ = its parameters).
-        lr, betas: Adam hyper-parameters (Kingma & Ba 2015).
+        lr, betas: the optimizer's hyper-parameters (Kingma & Ba 2015).
+        optimizer: ``"adam"`` or ``"adamax"`` (``vaelab.fit.optimizers``).
         phi_lr: learning rate of φ when it has its own optimizer (per-datapoint rows, which
             see one update per epoch, or the alternating schedule); None: ``lr``.
         grad_clip: clip the global gradient norm to this value (None: no clipping).
@@ -220,7 +225,7 @@ class TrainStep:
                  compile: str | bool = "auto", expected_steps: int | None = None,
                  phi_lr: float | None = None,
                  reduce_gradients: Callable[[Sequence[torch.Tensor]], None] | None = None,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", optimizer: str = "adam") -> None:
         self.model, self.inference = model, inference
         self.reduce_gradients = reduce_gradients
         self.precision = _checks.one_of("precision", precision, PRECISIONS)
@@ -251,8 +256,11 @@ class TrainStep:
         theta_ids = {id(p) for p in self.theta}
         self.phi = [p for p in _unique(inference.parameters()) if id(p) not in theta_ids]
         self.params = self.theta + self.phi      # θ then φ, built once for the hot path
+        self.optimizer = _checks.one_of("optimizer", catalogue.canonical(optimizer),
+                                        OPTIMIZERS)
         self.theta_opt, self.phi_opt = _optimizers_for(
-            self.theta, self.phi, inference, self.schedule == "joint", lr, phi_lr, betas)
+            self.theta, self.phi, inference, self.schedule == "joint", lr, phi_lr, betas,
+            self.optimizer)
         self._device_type = next(iter(self.params), torch.empty(0)).device.type
         self.steps = 0
 

@@ -64,7 +64,7 @@ from vaelab import data_forms
 from vaelab._runtime import exact_cuda, isolated_rng, resolve_device
 from vaelab.config import RunConfig
 from vaelab.data.condition import pack
-from vaelab.fit import conditioned, distributed, runs
+from vaelab.fit import conditioned, data_init, distributed, runs
 from vaelab.fit.ema import WeightAverage
 from vaelab.fit.lr_schedule import PlateauLR
 from vaelab.fit.masked import MaskedTrainStep, build_masked_model
@@ -195,6 +195,7 @@ def _build_model(config: RunConfig, x_train: torch.Tensor
     model = build_model(config.model)
     if config.model.standardize == "on":
         standardize.fit_columns(model, x_train)
+    data_init.start_from_rows(model, x_train)      # e.g. --prior-init data
     return model
 
 
@@ -228,6 +229,7 @@ class _Trainer(Checkpointed):
             self.batches = data.batches(  # type: ignore[assignment]
                 self.tc, device, dist.rank, dist.world_size, binarize)
         self.step = TrainStep(self.model, self.inference, lr=self.tc.lr, betas=self.tc.betas,
+                              optimizer=self.tc.optimizer,
                               grad_clip=self.tc.grad_clip, schedule=self.tc.schedule,
                               phi_steps=self.tc.phi_steps, phi_lr=self.tc.phi_lr,
                               num_samples=self.tc.num_samples, objective=self.tc.objective,
@@ -247,8 +249,28 @@ class _Trainer(Checkpointed):
                 self.val_x, data.c_val[dist.rank::dist.world_size].to(device))
         self.state = RunState()
         self.best: dict[str, torch.Tensor] | None = None
+        self._weight_norm_init()
         self.ema = (None if self.tc.ema_decay is None
                     else WeightAverage(self._weights(), self.tc.ema_decay))
+
+    def _weight_norm_init(self) -> None:
+        """Weight-normalised layers: g and b from the bound on the first training batch
+        (``vaelab.fit.data_init``); a resumed run loads its own weights over them."""
+        def first_batch() -> object:       # drawn only when there are such layers
+            return self._terms(*next(iter(self.batches.epoch(0))))
+
+        done = data_init.weight_norm_from_batch((self.model, self.inference), first_batch,
+                                                self.tc.seed + 7907, self.dist.world_size)
+        if done and self.dist.main:
+            self.log(f"weight normalisation: g and b of {done} layers set from the first "
+                     f"training batch")
+
+    def _terms(self, x: torch.Tensor, index: torch.Tensor | None):
+        """The bound's terms on x (the masked bound for incomplete data)."""
+        if isinstance(self.step, MaskedTrainStep):
+            return self.step.terms(x)
+        return elbo_terms(self.model, self.inference(x, index), x, self.tc.num_samples,
+                          validate=False)
 
     @cached_property
     def remedy(self) -> str:
@@ -329,9 +351,7 @@ class _Trainer(Checkpointed):
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)
         with isolated_rng(self.tc.seed + 7919):
             for x in self._val_batches():
-                terms = (self.step.terms(x) if isinstance(self.step, MaskedTrainStep) else
-                         elbo_terms(self.model, self.inference(x, None), x,
-                                    self.tc.num_samples, validate=False))
+                terms = self._terms(x, None)
                 sums += torch.stack([terms.elbo.sum(), terms.kl.sum(),
                                      -terms.expected_log_likelihood.sum(),
                                      torch.tensor(x.shape[0], device=self.device)]).double()

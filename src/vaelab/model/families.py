@@ -84,16 +84,37 @@ def _softplus_inverse_one(min_scale: float) -> float:
 class DiagonalNormal(Family):
     """q(z) = N(z; loc, diag(scale²)); raw [..., 2L] = [loc, raw_scale], scale = softplus + floor.
 
+    With log-variance bounds [lo, hi] (``--q-min-logvar``, ``--q-max-logvar``; either may be
+    absent) the scale is then clamped to [e^{lo/2}, e^{hi/2}], i.e. log σ² to [lo, hi], as the
+    VampPrior code's hard-tanh on log σ² does (Tomczak & Welling 2018): an encoder whose raw
+    output runs off to ±∞ still gives a finite, bounded q, while inside the bounds the scale
+    and its gradient are exactly those of the unbounded family (outside, the gradient of the
+    scale is 0, the price of a hard clamp).
+
     Args:
         latent_dim: L.
         min_scale: floor on the scale, keeps log q finite.
+        min_logvar, max_logvar: the bounds on log σ² (None: unbounded on that side).
     """
 
     name = "diagonal_normal"
 
-    def __init__(self, latent_dim: int, min_scale: float = 1e-5) -> None:
+    def __init__(self, latent_dim: int, min_scale: float = 1e-5, min_logvar: float | None = None,
+                 max_logvar: float | None = None) -> None:
         super().__init__(latent_dim)
         self.min_scale = float(min_scale)
+        self.min_logvar, self.max_logvar = logvar_bounds(min_logvar, max_logvar)
+
+    @classmethod
+    def from_options(cls, latent_dim: int, *, min_logvar: float | None = None,
+                     max_logvar: float | None = None) -> DiagonalNormal:
+        """Over ``latent_dim`` latents, log σ² bounded by ``min_logvar``/``max_logvar``."""
+        return cls(latent_dim, min_logvar=min_logvar, max_logvar=max_logvar)
+
+    @property
+    def bounded(self) -> bool:
+        """Whether log σ² is clamped (code that computes q's scale by hand must not run)."""
+        return self.min_logvar is not None or self.max_logvar is not None
 
     @property
     def param_size(self) -> int:
@@ -102,7 +123,10 @@ class DiagonalNormal(Family):
     def forward(self, raw: torch.Tensor) -> Distribution:
         """raw: [..., 2L] → Independent(Normal(loc, scale), 1), batch [...], event [L]."""
         loc, raw_scale = raw.chunk(2, dim=-1)
-        return self.from_params(loc, F.softplus(raw_scale) + self.min_scale)
+        scale = F.softplus(raw_scale) + self.min_scale
+        if self.bounded:
+            scale = clamp_logvar(scale, self.min_logvar, self.max_logvar)
+        return self.from_params(loc, scale)
 
     @staticmethod
     def from_params(loc: torch.Tensor, scale: torch.Tensor) -> Distribution:
@@ -116,7 +140,32 @@ class DiagonalNormal(Family):
         return raw
 
     def config(self) -> dict:
-        return {**super().config(), "min_scale": self.min_scale}
+        bounds = {k: v for k, v in (("min_logvar", self.min_logvar),
+                                    ("max_logvar", self.max_logvar)) if v is not None}
+        return {**super().config(), "min_scale": self.min_scale, **bounds}
+
+
+def logvar_bounds(low: float | None, high: float | None) -> tuple[float | None, float | None]:
+    """(low, high) checked: finite numbers or None, low < high when both are given."""
+    out = []
+    for name, value in (("q_min_logvar (--q-min-logvar)", low),
+                        ("q_max_logvar (--q-max-logvar)", high)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise ValueError(f"{name}: expected a finite number (a bound on log σ²) or none, "
+                             f"got {value!r}")
+        out.append(None if value is None else float(value))
+    if out[0] is not None and out[1] is not None and not out[0] < out[1]:
+        raise ValueError(f"q_min_logvar (--q-min-logvar): expected a lower bound below "
+                         f"q_max_logvar {out[1]:g}, got {out[0]:g}")
+    return out[0], out[1]
+
+
+def clamp_logvar(scale: torch.Tensor, low: float | None, high: float | None) -> torch.Tensor:
+    """σ with log σ² clamped to [low, high] (None: no bound): σ clamped to [e^{low/2},
+    e^{high/2}], the identity (value and gradient) strictly inside."""
+    return scale.clamp(None if low is None else math.exp(0.5 * low),
+                       None if high is None else math.exp(0.5 * high))
 
 
 class FullCovarianceNormal(Family):

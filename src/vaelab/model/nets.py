@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from vaelab import _checks, _trust, catalogue
+from vaelab.model import weight_norm as wn
+
+_M = TypeVar("_M", bound=nn.Module)
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -108,6 +112,15 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: 
     if gated:
         return GatedMLP(in_features, hidden, out_features)
     return MLP(in_features, hidden, out_features, activation)
+
+
+def weight_normalise_mlps(model: _M) -> _M:
+    """``model`` with the dense layers of every :class:`MLP` and :class:`GatedMLP` inside it
+    weight-normalised (``vaelab.model.weight_norm``; in place, idempotent)."""
+    for net in list(model.modules()):
+        if isinstance(net, (MLP, GatedMLP)):
+            wn.normalise(net)
+    return model
 
 
 def has_hooks(*modules: nn.Module) -> bool:
@@ -241,18 +254,21 @@ class MLPNets:
     hidden: tuple[int, ...] = (512, 256)
     activation: str = "relu"
     gated: bool = False
+    #: Every dense layer weight-normalised (``vaelab.model.weight_norm``).
+    weight_norm: bool = False
 
     @classmethod
     def from_options(cls, *, hidden: tuple[int, ...] = (512, 256), activation: str = "relu",
-                     gated: bool = False) -> MLPNets:
-        return cls(tuple(hidden), activation, gated)
+                     gated: bool = False, weight_norm: bool = False) -> MLPNets:
+        return cls(tuple(hidden), activation, gated, weight_norm)
 
     def pair(self, data_dim: int, latent_dim: int, family_params: int, params_per_dim: int,
              image_shape: Sequence[int] | None = None) -> tuple[nn.Module, nn.Module]:
         """(encoder net, decoder net) for x [D], z [L], q's and the likelihood's sizes."""
+        decoder = mlp(latent_dim, tuple(reversed(self.hidden)), data_dim * params_per_dim,
+                      self.activation, self.gated)
         return (self.encoder(data_dim, family_params, image_shape),
-                mlp(latent_dim, tuple(reversed(self.hidden)), data_dim * params_per_dim,
-                    self.activation, self.gated))
+                wn.normalise(decoder) if self.weight_norm else decoder)
 
     def conditional_encoder(self, data_dim: int, condition_dim: int, out_features: int,
                             image_shape: Sequence[int] | None = None) -> nn.Module:
@@ -262,7 +278,8 @@ class MLPNets:
     def encoder(self, in_features: int, out_features: int,
                 image_shape: Sequence[int] | None = None) -> nn.Module:
         """The encoder net alone: [..., in_features] → [..., out_features]."""
-        return mlp(in_features, self.hidden, out_features, self.activation, self.gated)
+        net = mlp(in_features, self.hidden, out_features, self.activation, self.gated)
+        return wn.normalise(net) if self.weight_norm else net
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,10 @@ class VampPrior(StandardNormal):
     Tomczak & Welling (2018). The encoder (x [K, D] → q with batch [K], event [L]; any family)
     is injected with :meth:`set_encoder` and held by reference, not as a submodule, so its
     weights are saved once, under the VAE's encoder. The prior's own parameters are the
-    pseudo-inputs, initialized uniform on [0, 1) (torch's global RNG); the encoder's φ gets
+    pseudo-inputs, unconstrained (no squashing whose flat region would stop their gradient),
+    initialized uniform on [0, 1) (torch's global RNG) or, with ``init="data"``, replaced by
+    K distinct training rows in :meth:`initialise_from_data` (the VampPrior code's
+    ``use_training_data_init``, without its added noise); the encoder's φ gets
     gradients from log p(z) too and is trained by whichever optimizer trains the encoder (with
     per-datapoint inference none does, so there the component map stays the initial encoder
     and only the pseudo-inputs are learned). Every prior evaluation runs the encoder on K
@@ -137,6 +140,7 @@ class VampPrior(StandardNormal):
     Args:
         latent_dim: L. components: K (``--prior-components``). data_dim: D.
         encoder: optional; otherwise call :meth:`set_encoder` before use.
+        init: "uniform" or "data" (``--prior-init``): where training starts the pseudo-inputs.
     """
 
     name = "vamp"
@@ -144,23 +148,48 @@ class VampPrior(StandardNormal):
 
     @classmethod
     def from_options(cls, latent_dim: int, data_dim: int | None = None,
-                     encoder: nn.Module | None = None, *, components: int = 10) -> VampPrior:
+                     encoder: nn.Module | None = None, *, components: int = 10,
+                     init: str = "uniform") -> VampPrior:
         """K = ``components`` pseudo-inputs (``--prior-components``) of ``data_dim`` values,
-        mapped by ``encoder``; both are required."""
+        mapped by ``encoder``; both are required. ``init`` (``--prior-init``)."""
         if data_dim is None or encoder is None:
             raise ValueError("prior: 'vamp' needs data_dim and the encoder, got "
                              f"data_dim={data_dim} and encoder={type(encoder).__name__}")
-        return cls(latent_dim, components, data_dim, encoder)
+        return cls(latent_dim, components, data_dim, encoder, init)
 
     def __init__(self, latent_dim: int, components: int = 10, data_dim: int = 1,
-                 encoder: nn.Module | None = None) -> None:
+                 encoder: nn.Module | None = None, init: str = "uniform") -> None:
         super().__init__(latent_dim)
         self.components = _checks.positive_int("components", components)
         self.data_dim = _checks.positive_int("data_dim", data_dim)
+        self.init = _checks.one_of("prior_init (--prior-init)", init, ("uniform", "data"))
         self.pseudo_inputs = nn.Parameter(torch.rand(self.components, self.data_dim))
         self._encoder: tuple[nn.Module, ...] = ()
         if encoder is not None:
             self.set_encoder(encoder)
+
+    @torch.no_grad()
+    def initialise_from_data(self, x: torch.Tensor) -> torch.Tensor | None:
+        """With ``init="data"``: the pseudo-inputs become K distinct rows of the training data
+        x [N, D], the first K of ``torch.randperm(N)`` (torch's global RNG: the run's seed
+        decides them) → those row indices [K]. With "uniform": nothing (None).
+
+        Raises ValueError for fewer than K rows, another width than D, or missing values.
+        """
+        if self.init != "data":
+            return None
+        if x.dim() != 2 or x.shape[1] != self.data_dim or len(x) < self.components:
+            raise ValueError(f"prior_init (--prior-init): 'data' copies {self.components} "
+                             f"distinct training rows of {self.data_dim} values; expected at "
+                             f"least that many rows, got data of shape {list(x.shape)}")
+        rows = torch.randperm(len(x))[:self.components]
+        chosen = x[rows.to(x.device)]
+        if not bool(torch.isfinite(chosen).all()):
+            raise ValueError("prior_init (--prior-init): 'data' copies training rows, and "
+                             "these have missing or non-finite values; expected "
+                             "--prior-init uniform")
+        self.pseudo_inputs.copy_(chosen.to(self.pseudo_inputs))
+        return rows
 
     def set_encoder(self, encoder: nn.Module) -> None:
         """Inject the encoder x [K, D] → q(z | x), batch [K], event [L]."""
@@ -184,7 +213,8 @@ class VampPrior(StandardNormal):
         return MixtureSameFamily(uniform, q, validate_args=False)
 
     def config(self) -> dict:
-        return {**super().config(), "components": self.components, "data_dim": self.data_dim}
+        return {**super().config(), "components": self.components, "data_dim": self.data_dim,
+                **({"init": self.init} if self.init != "uniform" else {})}
 
 
 class FlowPrior(StandardNormal):

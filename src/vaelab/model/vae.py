@@ -174,7 +174,9 @@ def build_vae(config: ModelConfig) -> VAE | hierarchical.HierarchicalVAE:
     if getattr(entry.resolve(), "whole", False):   # the user's own p and q (model/user.py)
         return entry.build(**options).model(config)
     if isinstance(config.latent_dim, tuple):   # latent sizes bottom to top: a hierarchy
-        return hierarchical.build_hierarchical(config, likelihoods.from_model_config(config))
+        layered = hierarchical.build_hierarchical(config, likelihoods.from_model_config(config))
+        # every MLP of the hierarchy (q's and p's conditionals too), as the option says
+        return nets.weight_normalise_mlps(layered) if config.weight_norm else layered
     entry, options = catalogue.chosen(config, "family")
     family = entry.build(config.latent_dim, **options)
     lik: likelihoods.Likelihood = likelihoods.from_model_config(config)
