@@ -31,3 +31,12 @@ def test_sample_feeds_the_decoder_standard_normal_draws(seeded):
         assert bool(((z.var(0) - 1).abs() < 4 * math.sqrt(2 / n)).all()), z.var(0)
         corr = torch.corrcoef(z.T) - torch.eye(4, dtype=z.dtype)
         assert float(corr.abs().max()) < 4 / math.sqrt(n)
+
+
+def test_a_hierarchy_refuses_log_variance_bounds_it_would_ignore():
+    config = ModelConfig(data_dim=6, latent_dim=(3, 2), hidden=(5,),
+                         family_options={"max_logvar": 2.0})
+    with pytest.raises(ValueError, match=r"family_options.max_logvar \(--q-max-logvar\): "
+                                         r"bounds the log-variance of a one-layer"):
+        build_vae(config)
+    assert build_vae(ModelConfig(data_dim=6, latent_dim=(3, 2), hidden=(5,))) is not None

@@ -162,6 +162,18 @@ class VAE(LatentVariableModel):
         return build_vae(config)
 
 
+def _no_logvar_bounds(config: ModelConfig) -> None:
+    """A hierarchy's layers are diagonal Normals of their own (``vaelab.model.layered``),
+    which do not read q's log-variance bounds: refused rather than silently ignored."""
+    for side in ("min", "max"):
+        value = (config.family_options or {}).get(f"{side}_logvar")
+        if value is not None:
+            raise ValueError(f"family_options.{side}_logvar (--q-{side}-logvar): bounds the "
+                             f"log-variance of a one-layer model's q; a hierarchical model "
+                             f"(latent_dim {config.latent_dim}) has none; expected no "
+                             f"bound, got {value:g}")
+
+
 def build_vae(config: ModelConfig) -> VAE | hierarchical.HierarchicalVAE:
     """MLP encoder x → hidden → family params; MLP decoder z → reversed hidden → likelihood
     (or the user's whole model and q, ``net = "model"``: ``vaelab.model.user``)."""
@@ -174,6 +186,7 @@ def build_vae(config: ModelConfig) -> VAE | hierarchical.HierarchicalVAE:
     if getattr(entry.resolve(), "whole", False):   # the user's own p and q (model/user.py)
         return entry.build(**options).model(config)
     if isinstance(config.latent_dim, tuple):   # latent sizes bottom to top: a hierarchy
+        _no_logvar_bounds(config)
         layered = hierarchical.build_hierarchical(config, likelihoods.from_model_config(config))
         # every MLP of the hierarchy (q's and p's conditionals too), as the option says
         return nets.weight_normalise_mlps(layered) if config.weight_norm else layered
