@@ -83,9 +83,11 @@ class RowFile:
                              f"({need} bytes with the header), got a file of "
                              f"{self.path.stat().st_size} bytes")
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows start … stop − 1 → a new writable array [stop − start, D] of the file's dtype."""
-        out = np.empty((stop - start, self.width), self.dtype)
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows start … stop − 1 → ``out`` (a C-contiguous [stop − start, D] array of the
+        file's dtype) or a new writable array."""
+        if out is None:
+            out = np.empty((stop - start, self.width), self.dtype)
         with open(self.path, "rb", buffering=0) as handle:
             handle.seek(self.offset + start * self.width * self.dtype.itemsize)
             view = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
@@ -177,29 +179,43 @@ class BlockBatches:
         mine = self.my_blocks(epoch)
         for i in range(0, len(mine), self.buffer_blocks):
             group = mine[i:i + self.buffer_blocks]
-            parts = [self.file.read(b * self.block_rows, b * self.block_rows + self._size(b))
-                     for b in group]
-            numbers = np.concatenate([np.arange(b * self.block_rows,
-                                                b * self.block_rows + self._size(b))
-                                      for b in group])
+            sizes = [self._size(b) for b in group]
+            rows = np.empty((sum(sizes), self.file.width), self.file.dtype)
+            numbers = np.empty(sum(sizes), np.int64)
+            at = 0
+            for b, size in zip(group, sizes, strict=True):   # one contiguous read per block
+                first = b * self.block_rows
+                self.file.read(first, first + size, rows[at:at + size])
+                numbers[at:at + size] = np.arange(first, first + size)
+                at += size
             perm = shuffle.permutation(len(numbers))
-            yield np.concatenate(parts)[perm], numbers[perm]
+            yield rows[perm], numbers[perm]
 
     def _iterate(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         uniform = (None if self.binarize == "none" else
                    _UniformStream(_derive_seed(self.seed, epoch, 1 + self.rank), self.device))
-        left, carry_x, carry_i = self.rows_per_rank, None, None
+        left = self.rows_per_rank
+        carry: tuple[np.ndarray, np.ndarray] | None = None   # a batch's first rows
         for x, index in self._buffers(epoch):
-            if carry_x is not None:
-                x, index = np.concatenate([carry_x, x]), np.concatenate([carry_i, index])
             start = 0
-            while left > 0 and (len(x) - start >= self.batch_size or len(x) - start >= left):
+            if carry is not None:      # complete the batch begun in the last buffer
+                start = min(len(x), min(self.batch_size, left) - len(carry[0]))
+                x0, i0 = np.concatenate([carry[0], x[:start]]), np.concatenate(
+                    [carry[1], index[:start]])
+                carry = None
+                if len(x0) < min(self.batch_size, left):
+                    carry = (x0, i0)
+                    continue
+                yield self._batch(x0, i0, uniform)
+                left -= len(x0)
+            while left > 0 and len(x) - start >= min(self.batch_size, left):
                 b = min(self.batch_size, left)
                 yield self._batch(x[start:start + b], index[start:start + b], uniform)
                 start, left = start + b, left - b
-            carry_x, carry_i = x[start:], index[start:]
             if left == 0:
                 return
+            if start < len(x):
+                carry = (x[start:], index[start:])
 
     def _batch(self, x: np.ndarray, index: np.ndarray, uniform: _UniformStream | None
                ) -> tuple[torch.Tensor, torch.Tensor]:
