@@ -96,9 +96,13 @@ def test_trials_are_run_directories_and_the_best_is_a_recipe(table, tmp_path):
     trials = study.get_trials()
     assert [t.number for t in trials] == [0, 1, 2]
     assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert trials[0].user_attrs["baseline"] and trials[0].params == {}
+    base = runs.read_config(out / "trials" / "0000")   # the starting point: vaelab's defaults
+    assert base.model.latent_dim == 20 and base.model.net_options["hidden"] == (512, 256)
     for t in trials:                       # a normal run: config, weights, 2 epochs of metrics
         run = out / "trials" / f"{t.number:04d}"
-        assert runs.read_config(run).model.latent_dim == t.params["latent_dim"]
+        if t.number > 0:
+            assert runs.read_config(run).model.latent_dim == t.params["latent_dim"]
         assert _epochs(run) == [1, 2]
         best = max(json.loads(x)["val_elbo"] for x in (run / "metrics.jsonl").open())
         assert t.value == pytest.approx(best)
@@ -129,7 +133,7 @@ def test_the_median_rule_prunes_a_hopeless_trial(table, tmp_path):
     for lr in (3e-3, 3e-3, 1e-7):          # two that learn, then one that cannot
         study.enqueue_trial({"lr": lr})
     tune(str(table), out, Budget(trials=3), epochs=5, space_file=space, pruner="median",
-         rerank_top=0, progress=False, log=None)
+         rerank_top=0, baseline=False, progress=False, log=None)
     states = [t.state for t in _study(out).get_trials()]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
     hopeless = _epochs(out / "trials" / "0002")

@@ -76,7 +76,8 @@ def tune(data: str, out: str | os.PathLike, budget: Budget, *, epochs: int = 20,
          space_file: str | os.PathLike | None = None, config_file: str | os.PathLike | None = None,
          storage: str | None = None, study_name: str = "vaelab", workers: int = 1,
          pruner: str = "median", seed: int = 0, limit: int | None = None, rerank_top: int = 3,
-         rerank_k: int = 1000, rerank_limit: int | None = 1000, progress: bool = True,
+         rerank_k: int = 1000, rerank_limit: int | None = 1000, baseline: bool = True,
+         progress: bool = True,
          figures: Callable[..., object] | None = None,
          log: Callable[[str], object] | None = print) -> TuneResult:
     """Search for the best model of ``data`` within ``budget`` into the folder ``out``.
@@ -97,6 +98,8 @@ def tune(data: str, out: str | os.PathLike, budget: Budget, *, epochs: int = 20,
         limit: use the first N training rows only.
         rerank_top, rerank_k, rerank_limit: re-rank the best ``rerank_top`` trials by
             log p̂(x) with k draws on the first ``rerank_limit`` validation rows (None: all).
+        baseline: the study's first trial is the starting config itself, unsampled (so the
+            search never ends worse on validation than where it started).
         progress: progress bars (on a terminal).
         figures: draws each trial's pictures (the CLI passes the run figures).
         log: where notes go (None: nowhere).
@@ -122,7 +125,7 @@ def tune(data: str, out: str | os.PathLike, budget: Budget, *, epochs: int = 20,
         space = load_space(Path(space_file), space)
     search = Search(out=out, url=url, study_name=study_name, base=base, space=space,
                     epochs=epochs, budget=budget, pruner=pruner, seed=seed, progress=progress,
-                    figures=figures, log=log)
+                    figures=figures, log=log, baseline=baseline)
     study = open_search_study(search)          # a database that cannot be opened: now
     helpers = _start_workers(search, workers - 1)
     try:
@@ -138,7 +141,7 @@ def _start_workers(search: Search, count: int) -> list[Any]:
     """``count`` more processes running trials of the same study (spawned: a fresh
     interpreter each, no state shared but the database and the folder)."""
     context = multiprocessing.get_context("spawn")
-    quiet = replace(search, progress=False, log=None)
+    quiet = replace(search, progress=False, log=None, baseline=False)
     processes = [context.Process(target=run_trials, args=(quiet,), daemon=True)
                  for _ in range(count)]
     for process in processes:

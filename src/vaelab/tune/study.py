@@ -58,6 +58,9 @@ class Search:
     figures: Callable[..., object] | None = None
     log: Callable[[str], object] | None = None
     started: float = field(default_factory=time.monotonic)
+    #: Make the study's first trial the base config itself (vaelab's defaults or --config),
+    #: unsampled: the search then never ends worse on validation than where it started.
+    baseline: bool = True
 
     def say(self, line: str) -> None:
         if self.log is not None:
@@ -117,6 +120,9 @@ def run_trials(search: Search) -> None:
                 lock.lock_run(folder, "--out")
                 trial.set_user_attr("run_dir", str(folder.relative_to(search.out)))
                 trial.set_user_attr("worker", worker())
+                if search.baseline and not any(t.user_attrs.get("baseline") for t in
+                                               study.get_trials(deepcopy=False)):
+                    trial.set_user_attr("baseline", True)
                 _run(study, trial, search)
             _advance(bar, study, search)
 
@@ -200,9 +206,11 @@ def worker() -> str:
 
 
 def trial_config(trial: Any, search: Search) -> RunConfig:
-    """The run config of a trial: the base config, the sampled settings over it, the
-    search's epochs. Raises ValueError/TypeError for a combination the config refuses."""
-    settings = sample(trial, search.space)
+    """The run config of a trial: the base config, the sampled settings over it (none for
+    the baseline trial), the search's epochs. Raises ValueError/TypeError for a combination
+    the config refuses."""
+    baseline = trial.user_attrs.get("baseline", False)
+    settings = {} if baseline else sample(trial, search.space)
     merged = merge(search.base, {**settings, "epochs": search.epochs})
     return RunConfig.from_dict(merged)
 

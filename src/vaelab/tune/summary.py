@@ -48,6 +48,7 @@ def trial_rows(study: Any) -> list[dict]:
         rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value,
                      "params": {k: _plain(v) for k, v in t.params.items()},
                      "run_dir": t.user_attrs.get("run_dir"),
+                     "baseline": bool(t.user_attrs.get("baseline", False)),
                      "epochs": max(values) if values else 0,
                      "error": t.user_attrs.get("error"),
                      "seconds": (t.duration.total_seconds() if t.duration is not None
@@ -71,9 +72,16 @@ def importances(study: Any) -> dict[str, float]:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
         return {}
+    # The parameters every sampled trial has (the baseline trial has none, and a component's
+    # options only the trials that chose it): Optuna then uses the trials that have them all.
+    sampled = [set(t.params) for t in complete if t.params]
+    params = sorted(set.intersection(*sampled)) if sampled else []
+    if len(sampled) < MIN_TRIALS_FOR_IMPORTANCE or not params:
+        return {}
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=16, seed=0)
-        found = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        found = optuna.importance.get_param_importances(study, evaluator=evaluator,
+                                                        params=params)
     except (RuntimeError, ValueError):
         return {}
     return {name: float(value) for name, value in found.items()}
