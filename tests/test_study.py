@@ -130,13 +130,13 @@ def test_the_median_rule_prunes_a_hopeless_trial(table, tmp_path):
     out = tmp_path / "study"
     out.mkdir()
     study = _study(out)
-    for lr in (3e-3, 3e-3, 1e-7):          # two that learn, then one that cannot
+    for lr in (3e-3, 3e-3, 3e-3, 1e-7):     # three that learn, then one that cannot
         study.enqueue_trial({"lr": lr})
-    tune(str(table), out, Budget(trials=3), epochs=5, space_file=space, pruner="median",
+    tune(str(table), out, Budget(trials=4), epochs=5, space_file=space, pruner="median",
          rerank_top=0, baseline=False, progress=False, log=None)
     states = [t.state for t in _study(out).get_trials()]
-    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
-    hopeless = _epochs(out / "trials" / "0002")
+    assert states == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED]
+    hopeless = _epochs(out / "trials" / "0003")
     assert hopeless == list(range(1, len(hopeless) + 1)) and len(hopeless) < 5
 
 
