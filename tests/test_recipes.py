@@ -16,7 +16,8 @@ RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/*.tom
 
 
 def test_there_are_recipes():
-    assert {p.stem for p in RECIPES} >= {"vae", "vamp", "hvae", "hvae-vamp", "hvae3", "iwae", "iaf"}
+    assert {p.stem for p in RECIPES} >= {"vae", "vamp", "hvae", "hvae-vamp", "hvae3", "iwae",
+                                         "iaf", "convhvae", "convhvae-vamp"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")

@@ -307,10 +307,18 @@ _ENTRIES = (
                   "dense layer, g and b set from the first training batch (Salimans & Kingma "
                   "2016)", flag="--weight-norm", key="weight_norm"))),
     Entry("network", "conv", "vaelab.model.nets:ConvNets",
-          "residual convolutional nets (image data only)",
+          "convolutional nets (image data only): residual nets for one latent layer, the "
+          "VampPrior paper's convolutional HVAE for --hierarchy top-down",
           (Option("channels", "ints>=1", (32, 64), "channels per stage",
                   flag="--conv-channels", key="conv_channels", metavar="N,N,..."),
-           _ACTIVATION)),
+           _ACTIVATION,
+           Option("gated", "bool", False, "gated units h = (W₁∗x + b₁) ⊙ σ(W₂∗x + b₂) in "
+                  "every convolution and dense layer instead of the activation (--hierarchy "
+                  "top-down only)", flag="--gated", key="gated"),
+           Option("width", "int>=1", 300, "width of the dense units of a convolutional "
+                  "hierarchy: q(z_i | x, z_(i+1))'s joint layer, p(z_i | z_(i+1)), the "
+                  "decoder's path from each layer", flag="--conv-width", key="conv_width",
+                  metavar="N"))),
     Entry("network", "factory", "vaelab.model.nets:FactoryNets",
           "your own encoder and decoder nets, from a factory function you name (config files "
           "and vaelab.fit only; loading such a run needs trust)",

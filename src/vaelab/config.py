@@ -40,10 +40,10 @@ class ModelConfig:
 
     Each component is its name and its options (``vaelab.catalogue``): ``likelihood`` +
     ``likelihood_options`` (e.g. ``{"trials": 16}`` for binomial), ``net`` + ``net_options``
-    (mlp: hidden, activation, gated; conv: channels, activation; factory: the user's own,
-    ``{"factory": "pkg.mod:fn", "args": {...}}``), ``family`` + ``family_options`` (mixture:
-    components; iaf: flow_steps), ``prior`` + ``prior_options`` (mog, vamp: components; flow:
-    flow_steps).
+    (mlp: hidden, activation, gated; conv: channels, activation, gated, width; factory: the
+    user's own, ``{"factory": "pkg.mod:fn", "args": {...}}``), ``family`` + ``family_options``
+    (mixture: components; iaf: flow_steps), ``prior`` + ``prior_options`` (mog, vamp:
+    components; flow: flow_steps).
     Names may be kebab-case. The older flat keys (``hidden``, ``q_components``,
     ``prior_components``, …) are accepted and read as the chosen component's option.
     """

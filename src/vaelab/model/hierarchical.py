@@ -291,23 +291,24 @@ def _act(activation: str) -> nn.Module:
     return nets.activation_class(activation)()
 
 
-def _encoder(hierarchy: str, sizes: tuple[int, ...], data_dim: int, hidden: tuple[int, ...],
-             activation: str, conditionals: nn.ModuleList, gated: bool = False) -> nn.Module:
-    """The inference network of ``hierarchy``; x-level nets use ``hidden``, latent-level nets
-    two layers of width hidden[-1]."""
+def _encoder(hierarchy: str, sizes: tuple[int, ...], config, spec,
+             conditionals: nn.ModuleList) -> nn.Module:
+    """The inference network of ``hierarchy`` from the network ``spec`` (the config's
+    ``vaelab.model.nets`` kind): top-down asks the spec for its nets; bottom-up and ladder are
+    built of MLPs (x-level nets use ``hidden``, latent-level nets two layers of hidden[-1])."""
+    if hierarchy == "top-down":
+        from vaelab.model.top_down import TopDownEncoder
+
+        top, lower = spec.top_down_encoder(config.data_dim, sizes, config.image_shape)
+        return TopDownEncoder(top, lower, sizes, MIN_SCALE)
+    data_dim, hidden, activation, gated = (config.data_dim, tuple(spec.hidden), spec.activation,
+                                           spec.gated)
     width = hidden[-1]
     if hierarchy == "bottom-up":
         first = GaussianConditional(data_dim, hidden, sizes[0], activation, MIN_SCALE, gated)
         upper = [GaussianConditional(a, (width, width), b, activation, MIN_SCALE, gated)
                  for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
         return BottomUpEncoder(first, upper, sizes)
-    if hierarchy == "top-down":
-        from vaelab.model.top_down import TopDownEncoder
-
-        top = nets.mlp(data_dim, hidden, 2 * sizes[-1], activation, gated)
-        lower = [nets.mlp(data_dim + above, hidden, 2 * below, activation, gated)
-                 for below, above in zip(sizes[:-1], sizes[1:], strict=True)]
-        return TopDownEncoder(top, lower, sizes, MIN_SCALE)
     trunks = [nn.Sequential(nets.MLP(data_dim, hidden[:-1], width, activation),
                             _act(activation))]
     trunks += [nn.Sequential(nets.MLP(width, (width,), width, activation), _act(activation))
@@ -321,13 +322,17 @@ def build_hierarchical(config, likelihood: likelihoods.Likelihood) -> Hierarchic
 
     Sizes come from ``config.latent_dim`` (bottom to top), the inference structure from
     ``config.hierarchy``, the top prior from ``config.prior``; ``likelihood`` is built by the
-    caller (``vaelab.model.vae.build_vae``). The decoder is z_1 → reversed(hidden) → x, each
-    p(z_i | z_{i+1}) and each bottom-up q(z_{i+1} | z_i) an MLP with two hidden layers of
-    width hidden[-1].
+    caller (``vaelab.model.vae.build_vae``); the networks from ``config.net``, whose spec
+    (``vaelab.model.nets``) says which hierarchies it builds (``hierarchies``) and builds the
+    top-down encoder's and decoder's nets. With MLP nets the decoder is z_1 (top-down: every
+    layer) → reversed(hidden) → x, each bottom-up q(z_{i+1} | z_i) an MLP with two hidden
+    layers of width hidden[-1]; each p(z_i | z_{i+1}) is an MLP with two hidden layers of the
+    spec's ``latent_width``.
 
     Raises ValueError naming the field for a family other than "diagonal_normal" (each layer
-    is a diagonal Normal) or ``prior="vamp"`` without ladder inference (the VampPrior mixes
-    q(z_n | u_k), which only the ladder has in closed form: its top evidence).
+    is a diagonal Normal), a hierarchy the network does not build, or ``prior="vamp"`` with
+    bottom-up inference (the VampPrior mixes q(z_n | u_k), which the ladder and top-down
+    structures have in closed form and bottom-up does not).
     """
     sizes = tuple(config.latent_dim)
     hierarchy = _checks.one_of("hierarchy", config.hierarchy, HIERARCHIES)
@@ -335,8 +340,14 @@ def build_hierarchical(config, likelihood: likelihoods.Likelihood) -> Hierarchic
         raise ValueError(f"family (--family): a hierarchical model (latent_dim {list(sizes)}) "
                          f"uses a diagonal Normal per layer; expected 'diagonal_normal', "
                          f"got {config.family!r}")
-    hidden, act, width = tuple(config.hidden), config.activation, config.hidden[-1]
-    gated = bool(getattr(config, "gated", False))
+    network, network_options = catalogue.chosen(config, "network")
+    spec = network.build(**network_options)
+    if hierarchy not in spec.hierarchies:
+        built = (f"one of {', '.join(map(repr, spec.hierarchies))}" if spec.hierarchies
+                 else "one latent layer (it builds no hierarchy)")
+        raise ValueError(f"hierarchy (--hierarchy): with --net {network.name} expected {built}, "
+                         f"got {hierarchy!r} (latent_dim {list(sizes)})")
+    act, width, gated = spec.activation, spec.latent_width, spec.gated
     conditionals = nn.ModuleList(
         GaussianConditional(above, (width, width), below, act, MIN_SCALE, gated)
         for below, above in zip(sizes[:-1], sizes[1:], strict=True))
@@ -347,17 +358,18 @@ def build_hierarchical(config, likelihood: likelihoods.Likelihood) -> Hierarchic
                          "(its top q is a marginal over the layers below); expected "
                          "--hierarchy ladder or top-down with --prior vamp, got --hierarchy "
                          "bottom-up (the default)")
-    encoder = _encoder(hierarchy, sizes, config.data_dim, hidden, act, conditionals, gated)
+    encoder = _encoder(hierarchy, sizes, config, spec, conditionals)
     top = prior.build(sizes[-1], config.data_dim, getattr(encoder, "top_posterior", None),
                       **prior_options)
-    out = config.data_dim * likelihood.params_per_dim
     if hierarchy == "top-down":     # p(x | z_1, …, z_n): a skip path from every layer
         from vaelab.model.top_down import SkipDecoder
 
-        net = nets.mlp(sum(sizes), tuple(reversed(hidden)), out, act, gated)
-        decoder: nn.Module = SkipDecoder(net, likelihood, config.data_dim)
+        decoder: nn.Module = SkipDecoder(
+            spec.skip_decoder(sizes, config.data_dim, likelihood.params_per_dim,
+                              config.image_shape), likelihood, config.data_dim)
     else:
-        net = nets.mlp(sizes[0], tuple(reversed(hidden)), out, act, gated)
+        out = config.data_dim * likelihood.params_per_dim
+        net = nets.mlp(sizes[0], tuple(reversed(spec.hidden)), out, act, gated)
         decoder = LikelihoodDecoder(net, likelihood, config.data_dim)
     model = HierarchicalVAE(sizes, top, conditionals, decoder, encoder)
     model.config = config

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -281,22 +281,62 @@ class MLPNets:
         net = mlp(in_features, self.hidden, out_features, self.activation, self.gated)
         return wn.normalise(net) if self.weight_norm else net
 
+    # ---- the parts of a hierarchy (vaelab.model.hierarchical asks these)
+
+    #: The inference structures of a hierarchy these nets build.
+    hierarchies: ClassVar[tuple[str, ...]] = ("bottom-up", "ladder", "top-down")
+
+    @property
+    def latent_width(self) -> int:
+        """Width of the two hidden layers of every net between latent layers
+        (p(z_i | z_{i+1}), bottom-up q(z_{i+1} | z_i)): hidden[-1]."""
+        return self.hidden[-1]
+
+    def top_down_encoder(self, data_dim: int, sizes: Sequence[int],
+                         image_shape: Sequence[int] | None = None
+                         ) -> tuple[nn.Module, list[nn.Module]]:
+        """(top, lower) of ``vaelab.model.top_down.TopDownEncoder``: x [.., D] → [.., 2 L_n]
+        and, per layer below the top, [x, z_{i+1}] [.., D + L_{i+1}] → [.., 2 L_i]."""
+        top = mlp(data_dim, self.hidden, 2 * sizes[-1], self.activation, self.gated)
+        lower = [mlp(data_dim + above, self.hidden, 2 * below, self.activation, self.gated)
+                 for below, above in zip(sizes[:-1], sizes[1:], strict=True)]
+        return top, lower
+
+    def skip_decoder(self, sizes: Sequence[int], data_dim: int, params_per_dim: int,
+                     image_shape: Sequence[int] | None = None) -> nn.Module:
+        """z [..., Σ L_i] (every layer) → reversed(hidden) → [..., D·P]."""
+        return mlp(sum(sizes), tuple(reversed(self.hidden)), data_dim * params_per_dim,
+                   self.activation, self.gated)
+
 
 @dataclass(frozen=True)
 class ConvNets:
-    """The "conv" networks: :class:`ConvEncoder` and :class:`ConvDecoder` over the images'
-    (C, H, W) with ``channels`` per stage."""
+    """The "conv" networks over the images' (C, H, W) with ``channels`` per stage.
+
+    One latent layer: :class:`ConvEncoder` and :class:`ConvDecoder` (residual nets of
+    ``activation`` units). A top-down hierarchy: the convolutional two-layer HVAE of the
+    VampPrior code lineage (``vaelab.model.conv_hierarchy``), with ``gated`` units or
+    ``activation`` ones and dense units of ``width``.
+    """
 
     channels: tuple[int, ...] = (32, 64)
     activation: str = "relu"
+    gated: bool = False
+    width: int = 300
 
     @classmethod
-    def from_options(cls, *, channels: tuple[int, ...] = (32, 64),
-                     activation: str = "relu") -> ConvNets:
-        return cls(tuple(channels), activation)
+    def from_options(cls, *, channels: tuple[int, ...] = (32, 64), activation: str = "relu",
+                     gated: bool = False, width: int = 300) -> ConvNets:
+        return cls(tuple(channels), activation, gated, width)
 
     def pair(self, data_dim: int, latent_dim: int, family_params: int, params_per_dim: int,
              image_shape: Sequence[int] | None = None) -> tuple[nn.Module, nn.Module]:
+        if self.gated:
+            raise ValueError("gated (--gated): --net conv has gated units in a top-down "
+                             "hierarchy only (--hierarchy top-down with two or more "
+                             "--latent-dim sizes); the one-layer conv nets are residual nets "
+                             f"of --activation units; expected gated off with latent_dim "
+                             f"{latent_dim}, got on")
         return (self.encoder(data_dim, family_params, image_shape),
                 ConvDecoder(latent_dim, image_shape, self.channels, params_per_dim,
                             self.activation))
@@ -315,6 +355,40 @@ class ConvNets:
                 image_shape: Sequence[int] | None = None) -> nn.Module:
         """The encoder net alone over images of ``image_shape`` (C, H, W)."""
         return ConvEncoder(image_shape, self.channels, out_features, self.activation)
+
+    # ---- the parts of a hierarchy (vaelab.model.hierarchical asks these)
+
+    #: The inference structures of a hierarchy these nets build: top-down only (its top q
+    #: reads x alone and every lower q reads x, so each has its own convolutional stack).
+    hierarchies: ClassVar[tuple[str, ...]] = ("top-down",)
+
+    @property
+    def latent_width(self) -> int:
+        """Width of the two hidden layers of each p(z_i | z_{i+1})."""
+        return self.width
+
+    def top_down_encoder(self, data_dim: int, sizes: Sequence[int],
+                         image_shape: Sequence[int] | None = None
+                         ) -> tuple[nn.Module, list[nn.Module]]:
+        """(top, lower) of ``vaelab.model.top_down.TopDownEncoder``: a
+        ``conv_hierarchy.ConvTopNet`` and one ``ConvLowerNet`` per layer below the top."""
+        from vaelab.model.conv_hierarchy import ConvLowerNet, ConvTopNet
+
+        top = ConvTopNet(image_shape, self.channels, 2 * sizes[-1], self.gated, self.activation)
+        lower: list[nn.Module] = [
+            ConvLowerNet(image_shape, self.channels, above, 2 * below, self.width, self.gated,
+                         self.activation)
+            for below, above in zip(sizes[:-1], sizes[1:], strict=True)]
+        return top, lower
+
+    def skip_decoder(self, sizes: Sequence[int], data_dim: int, params_per_dim: int,
+                     image_shape: Sequence[int] | None = None) -> nn.Module:
+        """``conv_hierarchy.ConvSkipNet`` with channels[-1] maps: z [..., Σ L_i] →
+        [..., P·C·H·W]."""
+        from vaelab.model.conv_hierarchy import ConvSkipNet
+
+        return ConvSkipNet(sizes, image_shape, params_per_dim, self.width, self.channels[-1],
+                           self.gated, self.activation)
 
 
 @dataclass(frozen=True)
@@ -382,6 +456,9 @@ class FactoryNets:
         raise ValueError("net: 'factory' networks are built as an (encoder, decoder) pair for "
                          "a one-layer VAE on complete data; expected missing 'none' and one "
                          "latent layer with them")
+
+    #: A factory builds one latent layer's nets: no hierarchy.
+    hierarchies: ClassVar[tuple[str, ...]] = ()
 
 
 def build_nets(config, family_params: int, params_per_dim: int) -> tuple[nn.Module, nn.Module]:

@@ -40,7 +40,7 @@ class TopDownEncoder(nn.Module):
     Args:
         top: a net x [.., D] → [.., 2 L_n] (raw location and pre-softplus scale).
         lower: n − 1 nets, ``lower[i]`` maps ``[x, z_{i+1}]``, shape ``[.., D + L_{i+1}]``,
-            → [.., 2 L_i].
+            → [.., 2 L_i] (or, with ``reads_x_apart``, ``(x [B, D], z_{i+1} [.., B, L])``).
         sizes: L_1, …, L_n, bottom to top.
     """
 
@@ -56,7 +56,11 @@ class TopDownEncoder(nn.Module):
         self.min_scale = float(min_scale)
 
     def _lower_raw(self, i: int, x: torch.Tensor, above: torch.Tensor) -> torch.Tensor:
-        """raw of q(z_i | x, z_{i+1}); x [B, D] broadcast against z_{i+1} [..., B, L]."""
+        """raw of q(z_i | x, z_{i+1}); x [B, D] broadcast against z_{i+1} [..., B, L]. A net
+        with ``reads_x_apart`` (``vaelab.model.conv_hierarchy.ConvLowerNet``) gets x and
+        z_{i+1} separately, so that it computes x's features once for every draw of z_{i+1}."""
+        if getattr(self.lower[i], "reads_x_apart", False):
+            return self.lower[i](x, above)
         x = x.expand(*above.shape[:-1], x.shape[-1])
         return self.lower[i](torch.cat([x, above], dim=-1))
 
