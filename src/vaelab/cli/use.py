@@ -276,6 +276,10 @@ def add_encode(commands) -> None:
     p.add_argument("--limit", type=non_negative_int, metavar="N", default=0,
                    help="encode the first N examples, 0 = all (default 0)")
     p.add_argument("--seed", type=non_negative_int, metavar="N", default=0)
+    p.add_argument("--stream-block", type=positive_int, metavar="ROWS",
+                   help="encode a .npy file (--data) ROWS rows at a time, each block's codes "
+                        "written to --out as they come (memory for one block, whatever the "
+                        "file's size); started again after a kill, it continues")
     p.set_defaults(func=cmd_encode)
 
 
@@ -290,6 +294,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     inference_of(trained)
     out = out_path(args.out, ".npy", "--out")
     claim(out)
+    if args.stream_block is not None:
+        return _encode_streamed(args, trained, out)
     masked = masked_run(trained)       # its encoder reads NaN as missing
     dataset, _ = examples(args, trained, allow_missing=masked)
     encoder = trained.encode if not masked else (
@@ -301,6 +307,37 @@ def cmd_encode(args: argparse.Namespace) -> int:
     layers = trained.config.model.latent_dim
     layers = f" (layers {list(layers)}, bottom first)" if isinstance(layers, tuple) else ""
     print(f"wrote {out}: {z.shape[0]} × {z.shape[1]} float32, {what}{layers}")
+    return 0
+
+
+def _encode_streamed(args: argparse.Namespace, trained, out: Path) -> int:
+    """``encode --stream-block``: the file's codes block by block (``vaelab.use.streamed``);
+    a binarized run's blocks are binarized once, seeded by (--seed, the block's first row)."""
+    import torch
+
+    from vaelab.data import to_unit
+    from vaelab.data.stream import RowFile
+    from vaelab.measure.shard import batch_seed
+    from vaelab.use.encode import encode
+    from vaelab.use.streamed import map_rows_to_file
+
+    if args.data is None or args.limit or args.condition is not None or masked_run(trained):
+        raise UsageError("--stream-block: expected --data FILE.npy, without --limit or "
+                         "--condition, and a run without --missing mask")
+    rows = RowFile(args.data)
+    binarize = trained.config.train.binarize != "none"
+
+    def codes(x, first: int):
+        generator = torch.Generator().manual_seed(batch_seed(args.seed, first))
+        x = to_unit(torch.from_numpy(x))
+        if binarize:
+            x = torch.bernoulli(x, generator=generator)
+        return encode(trained.encode, x, sample=args.sample, generator=generator).cpu().numpy()
+
+    width = codes(rows.read(0, 1), 0).shape[1]
+    map_rows_to_file(rows, out, width, codes, args.stream_block)
+    what = "one draw z ~ q(z | x)" if args.sample else "posterior means E_q[z | x]"
+    print(f"wrote {out}: {rows.rows} × {width} float32, {what}")
     return 0
 
 
