@@ -50,8 +50,8 @@ class RowFile:
     """The rows of a C-ordered .npy file (N×D, N×H×W or N×C×H×W; uint8 or float32), read by
     positioned reads into fresh arrays.
 
-    Attributes: path, rows (N), width (D values per row), dtype, image_shape ((C, H, W) or
-    None), offset (where the values start in the file).
+    It knows its ``path``, ``rows`` (N), ``width`` (D values per row), ``dtype``,
+    ``image_shape`` ((C, H, W) or None) and ``offset`` (where the values start in the file).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
