@@ -259,7 +259,7 @@ def _train_trial(trial: Any, folder: Path, search: Search) -> tuple[Any, float |
     try:
         result = train(None if resume else config, folder, resume=resume, overwrite=not resume,
                        progress=False, log=None, figures=search.figures,
-                       on_epoch=_reporter(trial, bar))
+                       on_epoch=_reporter(trial, bar, search.epochs))
     except optuna.TrialPruned:
         return TrialState.PRUNED, None, None
     except (TrainingError, ValueError) as exc:
@@ -279,7 +279,7 @@ def best_val_elbo(metrics: list[dict]) -> float | None:
     return max(finite) if finite else None
 
 
-def _reporter(trial: Any, bar: Any) -> Callable[[dict], None]:
+def _reporter(trial: Any, bar: Any, epochs: int) -> Callable[[dict], None]:
     """The per-epoch hook: report the validation ELBO, stop the trial if the pruner says."""
     import optuna
 
@@ -289,7 +289,7 @@ def _reporter(trial: Any, bar: Any) -> Callable[[dict], None]:
         if isinstance(value, (int, float)) and math.isfinite(value):
             bar.set_postfix(val_elbo=f"{value:.2f}")
             trial.report(float(value), int(row["epoch"]))
-            if trial.should_prune():
+            if row["epoch"] < epochs and trial.should_prune():   # the last epoch: complete
                 raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
     return on_epoch
 
