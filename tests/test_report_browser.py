@@ -149,7 +149,8 @@ def test_comparison_page_holds_the_paired_numbers(runs, tmp_path):
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
-    """A three-trial `vaelab tune` study on a small binary table (all trials complete)."""
+    """A four-trial `vaelab tune` study on a small binary table (all trials complete: the
+    baseline and three sampled ones, enough for parameter importances)."""
     pytest.importorskip("optuna")
     root = tmp_path_factory.mktemp("study")
     rng = np.random.default_rng(0)
@@ -159,7 +160,7 @@ def study(tmp_path_factory) -> Path:
     (root / "space.toml").write_text('"net.mlp.hidden.units" = 16\nbatch_size = 32\n'
                                      'family = "diagonal-normal"\nnum_samples = 1\n')
     _cli("tune", "--data", root / "table.npy", "--out", root / "study", "--budget",
-         "3-trials", "--epochs", "2", "--space", root / "space.toml", "--pruner", "none",
+         "4-trials", "--epochs", "2", "--space", root / "space.toml", "--pruner", "none",
          "--rerank", "2", "--rerank-k", "5", "--quiet")
     return root / "study"
 
