@@ -13,8 +13,9 @@ from vaelab.config import ModelConfig
 from vaelab.data import condition as condition_
 from vaelab.fit.train import train
 from vaelab.infer.objectives import elbo_terms
-from vaelab.model.conditional import ChannelCondition, ConditionalVAE
+from vaelab.model.conditional import ConditionalVAE
 from vaelab.model.masked import build_model
+from vaelab.model.units import ChannelCondition
 from vaelab.use.trained import load
 
 LEVELS = {"source": "labels", "kind": "categorical", "levels": [0, 1, 2]}

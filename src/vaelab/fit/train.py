@@ -68,8 +68,6 @@ from vaelab.fit import conditioned, data_init, distributed, runs
 from vaelab.fit.ema import WeightAverage
 from vaelab.fit.lr_schedule import PlateauLR
 from vaelab.fit.masked import MaskedTrainStep, build_masked_model
-
-#: Validation rows per forward pass.
 from vaelab.fit.progress import (
     _describe,
     _divergence_summary,
@@ -95,23 +93,24 @@ from vaelab.fit.train_data import (
     _load_data,
     _loader_config,
     _model_kind,
-    mixed_table,
     _where_data_are,
+    mixed_table,
 )
-from vaelab.fit.train_stream import StreamedData
+from vaelab.fit.train_stream import StreamedData, load_streamed
 from vaelab.infer.objectives import elbo_terms
 from vaelab.infer.schemes import Inference, scheme_for
 from vaelab.model import standardize
+from vaelab.model.conditional import ConditionalVAE
 from vaelab.model.hierarchical import (
     HierarchicalVAE,
     collapse_from_metrics,
     collapse_warning,
     layer_metrics,
 )
-from vaelab.model.conditional import ConditionalVAE
 from vaelab.model.masked import build_model
 from vaelab.model.vae import VAE
 
+#: Validation rows per forward pass.
 VAL_BATCH_SIZE = 4096
 METRIC_KEYS = ("epoch", "step", "train_elbo", "train_rate", "train_distortion", "val_elbo",
                "val_rate", "val_distortion", "samples_per_s", "lr", "kl_weight",
@@ -542,7 +541,9 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     if data_forms.is_loader(dataset):
         config = _loader_config(config, log)
     config, dataset = mixed_table(config, dataset, log)     # a table read by its schema
-    data = _load_data(config, dataset)
+    # a .npy file streamed in blocks is never held whole
+    data = (load_streamed(config, dataset) if config.train.stream_block is not None
+            else _load_data(config, dataset))
     if data.condition is not None:      # the condition resolved from the data: recorded
         config = replace(config, model=replace(config.model, condition=data.condition))
     if dataset is None:

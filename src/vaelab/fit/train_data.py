@@ -117,10 +117,9 @@ def _load_data(config: RunConfig, dataset: object) -> _Data:
     """Load, check, split and (statically) binarize the data (``dataset``: any form of
     ``vaelab.data_forms``, or None for ``config.train.data``)."""
     tc = config.train
-    if tc.stream_block is not None:      # a .npy file read in blocks, never held whole
-        from vaelab.fit.train_stream import load_streamed
-
-        return load_streamed(config, dataset)
+    if tc.stream_block is not None:      # read in blocks by vaelab.fit.train_stream instead
+        raise ValueError("stream_block (--stream-block): a streamed file is loaded by "
+                         "vaelab.fit.train_stream.load_streamed, not held in memory")
     _, dataset = mixed_table(config, dataset)       # a table read by its schema (else as is)
     if config.model.condition is not None:     # x and c (vaelab.fit.conditioned)
         data, spec, c_train, c_val = conditioned.load(config, dataset, _load_data)

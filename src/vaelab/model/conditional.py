@@ -13,15 +13,14 @@ How c enters the networks (concatenation, as in Sohn et al.):
   every network kind (the conv decoder's first, dense layer reads [z, c]);
 * encoder: q_φ(z | x, c) = family(net'(x, c)), where the network kind decides (its
   ``conditional_encoder``): the MLP reads [x, c]; the conv encoder reads the image with c
-  broadcast as C extra constant channels (:class:`ChannelCondition`), so every filter sees c.
+  broadcast as C extra constant channels
+  (:class:`vaelab.model.units.ChannelCondition`), so every filter sees c.
 
 The prior p(z) does not depend on c (any prior of the catalogue; a VampPrior's pseudo-inputs
 are packed rows, so it learns pseudo-conditions with them): p(x | c) = ∫ p(z) p(x | z, c) dz.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -35,31 +34,6 @@ from vaelab.model.vae import Decoder, Encoder, LatentVariableModel, _draw
 #: The message for a conditional model asked to generate without c.
 NEEDS_CONDITION = ("c (--condition): this model is conditional, p(x | z, c); expected the "
                    "condition to generate for, got none")
-
-
-class ChannelCondition(nn.Module):
-    """Packed rows [x | c] → ``net`` over the image with c as extra channels.
-
-    x [..., C_img·H·W] is reshaped to (C_img, H, W); each of the C numbers of c becomes one
-    constant H×W plane; ``net`` (built for (C_img + C, H, W)) reads the flattened stack.
-    """
-
-    def __init__(self, net: nn.Module, image_shape: Sequence[int], condition_dim: int) -> None:
-        super().__init__()
-        self.net = net
-        self.image_shape = tuple(int(s) for s in image_shape)
-        self.condition_dim = _checks.positive_int("condition_dim", condition_dim)
-        c, h, w = self.image_shape
-        self.in_features = c * h * w + self.condition_dim
-        self.out_features = getattr(net, "out_features", None)
-
-    def forward(self, xc: torch.Tensor) -> torch.Tensor:
-        lead, (c, h, w) = xc.shape[:-1], self.image_shape
-        x, cond = xc.reshape(-1, xc.shape[-1]).split([c * h * w, self.condition_dim], -1)
-        planes = cond[:, :, None, None].expand(-1, -1, h, w)
-        stacked = torch.cat([x.reshape(-1, c, h, w), planes], 1).flatten(1)
-        out = self.net(stacked)
-        return out.reshape(*lead, out.shape[-1])
 
 
 class PackedLikelihood(Distribution):

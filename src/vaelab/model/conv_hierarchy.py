@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from vaelab import _checks
-from vaelab.model.nets import GatedLinear, _halvings, _image_shape, activation_class
+from vaelab.model.units import GatedLinear, _halvings, _image_shape, activation_class
 
 #: Channels of the last convolution of an encoder stack: x's features are this many maps at
 #: the stack's smallest resolution (6 × 7 × 7 = 294 for 28 × 28 images, as in the reference).
@@ -71,7 +71,7 @@ def conv_unit(in_channels: int, out_channels: int, kernel: int, stride: int, gat
 
 
 def dense_unit(in_features: int, out_features: int, gated: bool, activation: str) -> nn.Module:
-    """A :class:`~vaelab.model.nets.GatedLinear` or a linear map followed by ``activation``."""
+    """A :class:`~vaelab.model.units.GatedLinear` or a linear map followed by ``activation``."""
     if gated:
         return GatedLinear(in_features, out_features)
     return nn.Sequential(nn.Linear(in_features, out_features), activation_class(activation)())
