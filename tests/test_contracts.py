@@ -16,7 +16,15 @@ from torch.distributions import Categorical, Independent, MultivariateNormal, No
 
 import vaelab
 from vaelab.config import ModelConfig
-from vaelab.model import column_likelihoods, exact, families, likelihoods, nets, priors
+from vaelab.model import (
+    column_likelihoods,
+    discretized_logistic,
+    exact,
+    families,
+    likelihoods,
+    nets,
+    priors,
+)
 from vaelab.model.mixed_likelihood import MixedLikelihood
 from vaelab.model.vae import Encoder
 
@@ -247,8 +255,8 @@ LIKELIHOOD_CASES = {
        for scale in likelihoods.SCALE_MODES for transform in likelihoods.TRANSFORMS},
     "gaussian-dequantized": lambda: likelihoods.Gaussian(data_dim=DATA, dequantize=True),
     "continuous-bernoulli": lambda: likelihoods.ContinuousBernoulli(),
-    "discretized-logistic": lambda: likelihoods.DiscretizedLogistic(),
-    "discretized-logistic-mixture-3": lambda: likelihoods.DiscretizedLogisticMixture(3),
+    "discretized-logistic": lambda: discretized_logistic.DiscretizedLogistic(),
+    "discretized-logistic-mixture-3": lambda: discretized_logistic.DiscretizedLogisticMixture(3),
     "poisson": lambda: column_likelihoods.Poisson(),
     **{f"{cls.name}-{where}": (lambda cls=cls, where=where: cls(where, DATA))
        for cls in (column_likelihoods.NegativeBinomial,

@@ -18,7 +18,7 @@ from scipy import integrate, stats
 from vaelab.config import ModelConfig
 from vaelab.fit.step import TrainStep
 from vaelab.infer.schemes import build_inference
-from vaelab.model import _bernoulli_fast, likelihoods
+from vaelab.model import _bernoulli_fast, discretized_logistic, likelihoods
 from vaelab.model.vae import build_vae
 
 DTYPES = [torch.float32, torch.float64]
@@ -91,7 +91,7 @@ def test_continuous_bernoulli_samples_have_its_mean_at_extreme_logits(dtype):
 
 
 def test_discretized_logistic_maps_raw_numbers_to_loc_and_softplus_scale():
-    px = likelihoods.DiscretizedLogistic()(torch.tensor([[0.5, 0.0]], dtype=torch.float64))
+    px = discretized_logistic.DiscretizedLogistic()(torch.tensor([[0.5, 0.0]], dtype=torch.float64))
     assert px.loc.item() == 0.5
     assert px.scale.item() == pytest.approx(math.log(2) + 1e-4, rel=1e-14)
     assert px.scale.item() == pytest.approx(0.6932471806, abs=1e-10)
@@ -104,8 +104,8 @@ def test_discretized_logistic_maps_raw_numbers_to_loc_and_softplus_scale():
     assert lp == pytest.approx(-6.561191911416, abs=1e-11)
 
 
-@pytest.mark.parametrize("make", [likelihoods.DiscretizedLogistic,
-                                  lambda: likelihoods.DiscretizedLogisticMixture(3),
+@pytest.mark.parametrize("make", [discretized_logistic.DiscretizedLogistic,
+                                  lambda: discretized_logistic.DiscretizedLogisticMixture(3),
                                   lambda: likelihoods.Gaussian(4, dequantize=True)],
                          ids=["logistic", "mixture", "dequantized"])
 def test_exact_means_are_differentiable_and_agree_with_and_without_autograd(make):
@@ -138,9 +138,9 @@ F64 = torch.float64
 LEVELS = torch.arange(256, dtype=F64) / 255
 
 
-def _mixture(logits, loc, scale) -> likelihoods.DiscretizedLogisticMixtureDistribution:
+def _mixture(logits, loc, scale) -> discretized_logistic.DiscretizedLogisticMixtureDistribution:
     as_t = lambda v: torch.as_tensor(v, dtype=F64).reshape(1, 1, -1)  # noqa: E731 - [1, D=1, K]
-    return likelihoods.DiscretizedLogisticMixtureDistribution(as_t(logits), as_t(loc),
+    return discretized_logistic.DiscretizedLogisticMixtureDistribution(as_t(logits), as_t(loc),
                                                               as_t(scale))
 
 
@@ -202,8 +202,8 @@ def test_mixture_is_the_weighted_sum_and_sums_to_one():
 @pytest.mark.parametrize("components", [1, 3])
 def test_likelihood_module_sums_to_one_per_dimension(components):
     torch.manual_seed(0)
-    lik = (likelihoods.DiscretizedLogistic() if components == 1
-           else likelihoods.DiscretizedLogisticMixture(components))
+    lik = (discretized_logistic.DiscretizedLogistic() if components == 1
+           else discretized_logistic.DiscretizedLogisticMixture(components))
     d = lik(3 * torch.randn(2, lik.params_per_dim * 4, dtype=F64))   # B = 2, D = 4
     for dim in range(4):
         x = torch.zeros(256, 2, 4, dtype=F64)
@@ -215,12 +215,12 @@ def test_likelihood_module_sums_to_one_per_dimension(components):
 
 
 def _one_dim(d, x, dim):
-    per = likelihoods._log_bin_mass(x.unsqueeze(-1), d.loc, d.scale)
+    per = discretized_logistic._log_bin_mass(x.unsqueeze(-1), d.loc, d.scale)
     return (per + d.logits.log_softmax(-1)).logsumexp(-1)[..., dim]
 
 
 def test_raw_parameter_layout_is_parameter_major():
-    lik = likelihoods.DiscretizedLogisticMixture(2)
+    lik = discretized_logistic.DiscretizedLogisticMixture(2)
     raw = torch.arange(12, dtype=F64).view(1, 12)          # D = 2: [logits|loc|scale]×K×D
     d = lik(raw)
     torch.testing.assert_close(d.logits, torch.tensor([[[0.0, 2.0], [1.0, 3.0]]], dtype=F64))
@@ -240,7 +240,7 @@ def test_sampler_frequencies_match_the_bin_masses():
 
 def test_gradients_stay_finite_at_extremes():
     raw = torch.tensor([[-40.0, 40.0, 0.0, -40.0, 40.0, 0.0]], dtype=F64, requires_grad=True)
-    lik = likelihoods.DiscretizedLogistic()
+    lik = discretized_logistic.DiscretizedLogistic()
     x = torch.tensor([[0.0, 1.0, 128 / 255]], dtype=F64)
     lik(raw).log_prob(x).sum().backward()
     assert torch.isfinite(raw.grad).all()
@@ -349,8 +349,8 @@ def test_dequantized_importance_average_is_unbiased_for_the_discrete_probability
 # --------------------------------------------------------------------------- support
 
 
-@pytest.mark.parametrize("lik", [likelihoods.DiscretizedLogistic(),
-                                 likelihoods.DiscretizedLogisticMixture(2),
+@pytest.mark.parametrize("lik", [discretized_logistic.DiscretizedLogistic(),
+                                 discretized_logistic.DiscretizedLogisticMixture(2),
                                  likelihoods.Gaussian(dequantize=True)])
 @pytest.mark.parametrize("values", [[0.5], [-1 / 255], [256 / 255], [0.1]])
 def test_eight_bit_likelihoods_refuse_other_values_in_one_line(lik, values):

@@ -17,7 +17,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from vaelab.model import column_likelihoods, families, likelihoods, priors
+from vaelab.model import column_likelihoods, discretized_logistic, families, likelihoods, priors
 from vaelab.model.vae import Encoder
 
 DTYPES = [torch.float32, torch.float64]
@@ -152,8 +152,8 @@ def _logistic_cases() -> list[tuple[str, list[float]]]:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name, raw", _logistic_cases())
 def test_discretized_logistics_sum_to_one_over_the_256_values(name, raw, dtype):
-    lik = (likelihoods.DiscretizedLogistic() if name == "discretized-logistic"
-           else likelihoods.DiscretizedLogisticMixture(3))
+    lik = (discretized_logistic.DiscretizedLogistic() if name == "discretized-logistic"
+           else discretized_logistic.DiscretizedLogisticMixture(3))
     px = lik(torch.tensor([raw], dtype=dtype))
     x = torch.arange(256, dtype=dtype)[:, None] / 255
     p = px.log_prob(x).to(F64).exp()
