@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from vaelab import _checks, _trust, catalogue, condition_spec
+from vaelab import _checks, _trust, catalogue, condition_spec, config_checks
 
 DATA_KINDS = ("binary", "8-bit", "unit-interval", "continuous")   # = vaelab.data.DATA_KINDS
 #: The components of a model, each stored as its name and its options (``vaelab.catalogue``).
@@ -77,7 +75,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.data_dim is not None:  # None: resolved from the data at train time
             _checks.positive_int("data_dim", self.data_dim)
-        object.__setattr__(self, "latent_dim", latent_sizes(self.latent_dim))
+        object.__setattr__(self, "latent_dim", config_checks.latent_sizes(self.latent_dim))
         object.__setattr__(self, "condition", condition_spec.parse(self.condition))
         _checks.one_of("hierarchy", self.hierarchy, HIERARCHIES)
         catalogue.check_components(self, MODEL_KINDS, SNAKE_CASE)
@@ -87,7 +85,7 @@ class ModelConfig:
                 raise TypeError(f"net_options.args: expected a dict of JSON values, got "
                                 f"{type(self.net_options['args']).__name__}")
         if self.image_shape is not None:
-            object.__setattr__(self, "image_shape", _image_shape(self.image_shape))
+            object.__setattr__(self, "image_shape", config_checks.image_shape(self.image_shape))
         if self.data_kind is not None:
             _checks.one_of("data_kind", self.data_kind, DATA_KINDS)
         _checks.one_of("missing", self.missing, ("none", "mask"))
@@ -132,28 +130,9 @@ class ModelConfig:
 HIERARCHIES = ("bottom-up", "ladder", "top-down")
 
 
-def latent_sizes(value: object) -> int | tuple[int, ...]:
-    """``latent_dim``: an integer (one latent layer) or latent sizes bottom to top (a hierarchy,
-    ``vaelab.model.hierarchical``); a one-element sequence is that integer."""
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise ValueError("latent_dim: expected an integer or a non-empty list of integers "
-                             "(latent sizes, bottom to top), got []")
-        sizes = tuple(_checks.positive_int("latent_dim", v) for v in value)
-        return sizes[0] if len(sizes) == 1 else sizes
-    return _checks.positive_int("latent_dim", value)
-
-
 def _lists(data: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else _lists(v) if isinstance(v, dict) else v
             for k, v in data.items()}
-
-
-def _image_shape(value: object) -> tuple[int, ...]:
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise TypeError(f"image_shape: expected a sequence of integers such as (1, 28, 28), "
-                        f"got {value!r}")
-    return tuple(_checks.positive_int("image_shape", s) for s in value)
 
 
 def _older_keys(cls: type) -> set[str]:
@@ -191,46 +170,6 @@ OBJECTIVES = catalogue.names("objective")
 KL_SCHEDULES = catalogue.names("kl-schedule")
 
 
-def _fraction(name: str, value: object) -> float:
-    """A number in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name}: expected a number in [0, 1), got {value!r} "
-                        f"({type(value).__name__})")
-    number = float(value)
-    if not 0 <= number < 1:
-        raise ValueError(f"{name}: expected a number in [0, 1), got {value}")
-    return number
-
-
-def _non_negative_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name}: expected a number >= 0, got {value!r} ({type(value).__name__})")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
-    return float(value)
-
-
-def _classes(value: object) -> tuple[int, ...]:
-    """A non-empty sequence of class labels >= 0 → sorted tuple without repeats."""
-    ok = not isinstance(value, (str, bytes)) and hasattr(value, "__iter__")
-    labels: tuple[Any, ...] = tuple(cast(Iterable[Any], value)) if ok else ()
-    if not labels or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
-                             for c in labels):
-        raise ValueError(f"classes: expected a non-empty list of integer labels >= 0 such as "
-                         f"[0, 1], got {value!r}")
-    return tuple(sorted(set(labels)))
-
-
-def _betas(value: object) -> tuple[float, float]:
-    pair = cast(Sequence[Any], value)      # checked to be a sequence before it is read
-    ok = not isinstance(value, (str, bytes)) and hasattr(value, "__len__") and len(pair) == 2
-    if ok and all(isinstance(b, Real) and not isinstance(b, bool) for b in pair):
-        betas = (float(pair[0]), float(pair[1]))
-        if all(0 <= b < 1 for b in betas):
-            return betas
-    raise ValueError(f"betas: expected two numbers in [0, 1) such as (0.9, 0.999), got {value!r}")
-
-
 #: The components of training, each stored as its name and its options.
 TRAIN_KINDS = ("objective", "kl-schedule", "lr-schedule")
 
@@ -241,7 +180,7 @@ def _older_train_keys(values: dict) -> dict:
     "linear"; ``free_bits`` belongs to objective "elbo" only."""
     warm = values.pop("kl_warmup_epochs", None)
     if warm is not None:
-        warm = _non_negative_float("kl_warmup_epochs", warm)
+        warm = config_checks.non_negative_float("kl_warmup_epochs", warm)
     schedule = values.get("kl_schedule", "constant")
     nested = values.get("kl_schedule_options") or {}
     if warm and schedule == "constant":
@@ -370,16 +309,16 @@ class TrainConfig:
         if self.limit is not None:
             _checks.positive_int("limit", self.limit)
         if self.classes is not None:
-            object.__setattr__(self, "classes", _classes(self.classes))
-        _fraction("val_fraction", self.val_fraction)
-        _fraction("perturb_fraction", self.perturb_fraction)
+            object.__setattr__(self, "classes", config_checks.classes(self.classes))
+        config_checks.fraction("val_fraction", self.val_fraction)
+        config_checks.fraction("perturb_fraction", self.perturb_fraction)
         for name in ("epochs", "batch_size", "num_samples", "max_nonfinite_steps"):
             _checks.positive_int(name, getattr(self, name))
         for name in ("seed", "phi_steps", "refine_steps"):
             _checks.non_negative_int(name, getattr(self, name))
         for name in ("lr", "refine_lr"):
             _checks.positive_float(name, getattr(self, name))
-        object.__setattr__(self, "betas", _betas(self.betas))
+        object.__setattr__(self, "betas", config_checks.betas(self.betas))
         object.__setattr__(self, "optimizer", catalogue.get(
             "optimizer", self.optimizer, "optimizer (--optimizer)").name)
         catalogue.check_components(self, TRAIN_KINDS)
@@ -393,11 +332,11 @@ class TrainConfig:
         self._check_objective()
 
     def _check_objective(self) -> None:
-        object.__setattr__(self, "beta", _non_negative_float("beta", self.beta))
+        object.__setattr__(self, "beta", config_checks.non_negative_float("beta", self.beta))
 
     def _check_choices(self) -> None:
-        object.__setattr__(self, "lr_warmup_epochs",
-                           _non_negative_float("lr_warmup_epochs", self.lr_warmup_epochs))
+        object.__setattr__(self, "lr_warmup_epochs", config_checks.non_negative_float(
+            "lr_warmup_epochs", self.lr_warmup_epochs))
         if self.ema_decay is not None:
             decay = _checks.positive_float("ema_decay", self.ema_decay)
             if decay >= 1:
