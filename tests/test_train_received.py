@@ -19,6 +19,7 @@ import torch
 from vaelab import data
 from vaelab.config import TrainConfig
 from vaelab.fit import step as step_mod
+from vaelab.fit import validation
 from vaelab.model import hierarchical
 
 train_mod = importlib.import_module("vaelab.fit.train")
@@ -102,7 +103,7 @@ def test_per_layer_validation_rates_are_the_replayed_draws(tmp_path, monkeypatch
     rows when it runs, and the RNG state its draws start from); replaying those draws through
     the per-layer rate gives what metrics.jsonl holds, to 1e-6, every epoch."""
     calls, states = [], []
-    trainer_pass, rates_pass = train_mod._Trainer._layer_metrics, train_mod.layer_metrics
+    trainer_pass, rates_pass = train_mod._Trainer._layer_metrics, validation.layer_metrics
 
     def spy_trainer(self):
         calls.append(copy.deepcopy((self.model, self.inference, self.val_x)))
@@ -113,7 +114,7 @@ def test_per_layer_validation_rates_are_the_replayed_draws(tmp_path, monkeypatch
         return rates_pass(model, qs, num_samples, all_reduce_sum)
 
     monkeypatch.setattr(train_mod._Trainer, "_layer_metrics", spy_trainer)
-    monkeypatch.setattr(train_mod, "layer_metrics", spy_rates)
+    monkeypatch.setattr(validation, "layer_metrics", spy_rates)  # looked up there
     _, rows = _train_with_spy(tmp_path, monkeypatch, {}, {"latent_dim": [4, 2]})
     assert len(calls) == len(states) == EPOCHS
     for (model, inference, val_x), (state, k), row in zip(calls, states, rows, strict=True):

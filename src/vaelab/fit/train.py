@@ -61,7 +61,7 @@ from tqdm import tqdm
 
 from vaelab import data as data_
 from vaelab import data_forms
-from vaelab._runtime import exact_cuda, isolated_rng, resolve_device
+from vaelab._runtime import exact_cuda, resolve_device
 from vaelab.config import RunConfig
 from vaelab.data.condition import pack
 from vaelab.fit import conditioned, data_init, distributed, runs
@@ -97,21 +97,16 @@ from vaelab.fit.train_data import (
     mixed_table,
 )
 from vaelab.fit.train_stream import StreamedData, load_streamed
+from vaelab.fit.validation import VAL_BATCH_SIZE as VAL_BATCH_SIZE  # tests read it here
+from vaelab.fit.validation import Validated
 from vaelab.infer.objectives import elbo_terms
 from vaelab.infer.schemes import Inference, scheme_for
 from vaelab.model import standardize
 from vaelab.model.conditional import ConditionalVAE
-from vaelab.model.hierarchical import (
-    HierarchicalVAE,
-    collapse_from_metrics,
-    collapse_warning,
-    layer_metrics,
-)
+from vaelab.model.hierarchical import HierarchicalVAE, collapse_from_metrics
 from vaelab.model.masked import build_model
 from vaelab.model.vae import VAE
 
-#: Validation rows per forward pass.
-VAL_BATCH_SIZE = 4096
 METRIC_KEYS = ("epoch", "step", "train_elbo", "train_rate", "train_distortion", "val_elbo",
                "val_rate", "val_distortion", "samples_per_s", "lr", "kl_weight",
                "skipped_steps", "seconds")
@@ -202,7 +197,7 @@ def _build_model(config: RunConfig, x_train: torch.Tensor
 FigureWriter = Callable[..., object]
 
 
-class _Trainer(Checkpointed):
+class _Trainer(Checkpointed, Validated):
     """One training run; built by :func:`train`."""
 
     figures: FigureWriter | None = None
@@ -340,29 +335,6 @@ class _Trainer(Checkpointed):
                 "samples_per_s": float(sums[5]) / seconds, "skipped_steps": int(sums[4]),
                 "train_seconds": seconds}
 
-    @torch.no_grad()
-    def validate(self) -> tuple[float, float, float] | None:
-        """Mean validation (ELBO, rate, distortion); None without validation data."""
-        if self.val_x is None or self.tc.inference == "per-datapoint":
-            return None
-        self.model.eval()
-        self.inference.eval()
-        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
-        with isolated_rng(self.tc.seed + 7919):
-            for x in self._val_batches():
-                terms = self._terms(x, None)
-                sums += torch.stack([terms.elbo.sum(), terms.kl.sum(),
-                                     -terms.expected_log_likelihood.sum(),
-                                     torch.tensor(x.shape[0], device=self.device)]).double()
-        sums = self.dist.all_reduce_sum(sums).cpu()
-        return tuple((sums[:3] / sums[3]).tolist())
-
-    def _val_batches(self) -> list[torch.Tensor]:
-        """This process's validation rows in batches; none (not one empty batch) when a
-        rank's share is empty, so it only joins the metrics' all-reduce."""
-        return [] if self.val_x is None or not len(self.val_x) else list(
-            self.val_x.split(VAL_BATCH_SIZE))
-
     def _early_stopping(self, val_elbo: float | None) -> None:
         s = self.state
         if val_elbo is None or not math.isfinite(val_elbo):
@@ -398,42 +370,6 @@ class _Trainer(Checkpointed):
             yield
         finally:
             self._load_weights(live, "live")
-
-    @torch.no_grad()
-    def _layer_metrics(self) -> dict:
-        """val_rate_per_layer / val_active_units_per_layer of a hierarchical model, else
-        :meth:`_active_units`."""
-        if not isinstance(self.model, HierarchicalVAE):
-            return self._active_units()
-        if self.val_x is None:
-            return {}
-        self.model.eval()
-        self.inference.eval()
-        with isolated_rng(self.tc.seed + 7919):
-            qs = (self.inference(x, None) for x in self._val_batches())
-            out = layer_metrics(self.model, qs, self.tc.num_samples, self.dist.all_reduce_sum)
-        warning = collapse_warning(
-            [i + 1 for i, a in enumerate(out.get("val_active_units_per_layer") or []) if a == 0],
-            self.model.sizes, out.get("val_rate_per_layer"))
-        if warning is not None and self.dist.main and self.state.epoch == self.tc.epochs:
-            self.log(warning + " (validation set)")
-        return out
-
-    @torch.no_grad()
-    def _active_units(self) -> dict:
-        """{"val_active_units": the units whose q mean varies over this process's validation
-        rows, Var_x E_q[z_u|x] > 0.01} of a one-layer model with an encoder, else {}: with the
-        rate it tells posterior collapse (``hierarchical.collapse_from_metrics``)."""
-        if self.val_x is None or self.tc.inference != "amortized" or len(self.val_x) < 2:
-            return {}
-        self.model.eval()
-        self.inference.eval()
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):   # a flow's mean may draw: keep the stream
-            torch.manual_seed(self.tc.seed + 7919)
-            means = torch.cat([self.inference(x, None).mean.reshape(len(x), -1)
-                               for x in self.val_x.split(VAL_BATCH_SIZE)])
-        return {"val_active_units": int((means.double().var(0) > 1e-2).sum())}
 
     def run_epoch(self) -> dict:
         """Train, validate, early-stopping bookkeeping, checkpoint, log; → the metrics row."""
