@@ -21,6 +21,7 @@ from vaelab.measure.gaps import gaps
 from vaelab.model import hierarchical as H
 from vaelab.model import likelihoods
 from vaelab.model import priors as priors_
+from vaelab.model.nets import MLPNets
 from vaelab.model.vae import build_vae
 
 F64 = torch.float64
@@ -58,7 +59,8 @@ def linear_hierarchy(hierarchy: str) -> H.HierarchicalVAE:
         net.weight.copy_(torch.diag(torch.as_tensor(B)))
         net.bias.copy_(torch.as_tensor(b))
     decoder = H.LikelihoodDecoder(net, likelihoods.Gaussian(scale="fixed", fixed_scale=S0), 3)
-    encoder = H._encoder(hierarchy, sizes, 3, (16,), "tanh", conditionals)
+    encoder = H._encoder(hierarchy, sizes, ModelConfig(data_dim=3, latent_dim=sizes),
+                         MLPNets((16,), "tanh"), conditionals)
     if hierarchy == "bottom-up":
         # q(z_2 | z_1) of the posterior's form: p(z_2 | z_1) has mean (A/D1)/(1 + A²/D1) z_1 + c;
         # the intercept and scale are left wrong on purpose (the per-example offsets fix them).

@@ -114,5 +114,5 @@ def test_vade_recovers_a_well_separated_mixture_and_leaves_the_input_model():
 def test_vade_needs_a_one_layer_model_with_an_encoder():
     from conftest import make_linear_gaussian
 
-    with pytest.raises(ValueError, match="model: VaDE replaces the prior"):
+    with pytest.raises(ValueError, match=r"model \(--method vade\): VaDE replaces the prior"):
         vade(make_linear_gaussian(), torch.zeros(4, 5), 2)

@@ -55,10 +55,11 @@ class MLPNets:
     def pair(self, data_dim: int, latent_dim: int, family_params: int, params_per_dim: int,
              image_shape: Sequence[int] | None = None) -> tuple[nn.Module, nn.Module]:
         """(encoder net, decoder net) for x [D], z [L], q's and the likelihood's sizes."""
+        # The encoder first: a seed gives the same initial weights as before this option.
+        encoder = self.encoder(data_dim, family_params, image_shape)
         decoder = mlp(latent_dim, tuple(reversed(self.hidden)), data_dim * params_per_dim,
                       self.activation, self.gated)
-        return (self.encoder(data_dim, family_params, image_shape),
-                wn.normalise(decoder) if self.weight_norm else decoder)
+        return encoder, wn.normalise(decoder) if self.weight_norm else decoder
 
     def conditional_encoder(self, data_dim: int, condition_dim: int, out_features: int,
                             image_shape: Sequence[int] | None = None) -> nn.Module:
