@@ -17,6 +17,7 @@ This is a tiny process-group helper of its own (``vaelab.measure`` does not impo
 
 from __future__ import annotations
 
+import atexit
 import datetime
 from collections.abc import Callable
 
@@ -36,7 +37,16 @@ def process_group() -> tuple[int, int]:
         return rank, world
     dist.init_process_group("gloo", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=3600))
+    # Leave the group before the interpreter exits: gloo's threads still running at exit can
+    # abort the process ("terminate called without an active exception", exit -6) after every
+    # result was written. Destroying the group is local (no collective), so it cannot hang.
+    atexit.register(_leave)
     return dist.get_rank(), world
+
+
+def _leave() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_main_process() -> bool:
