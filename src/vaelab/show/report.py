@@ -20,7 +20,7 @@ import base64
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -469,10 +469,16 @@ def write_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
     Raises:
         ValueError: as :func:`render_report`, or ``out`` not ending in .html/.htm.
     """
+    return write_html(out, lambda: render_report(run_dirs, title))
+
+
+def write_html(out: str | os.PathLike, render: Callable[[], str]) -> Path:
+    """Check that ``out`` ends in .html/.htm, then write ``render()`` to it atomically (a
+    one-line ``--out`` error for a wrong suffix or an unwritable path)."""
     out = Path(out).expanduser()
     if out.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"--out: expected a path ending in .html, got {str(out)!r}")
-    html = render_report(run_dirs, title)
+    html = render()
     try:
         atomic_write_bytes(out, html.encode("utf-8"))
     except OSError as exc:

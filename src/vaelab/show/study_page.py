@@ -18,7 +18,7 @@ from pathlib import Path
 
 from markupsafe import Markup
 
-from vaelab._files import atomic_write_bytes
+from vaelab.show import report
 from vaelab.show.report import _curves_uri, _version, fmt
 from vaelab.show.runinfo import read_run
 
@@ -105,12 +105,4 @@ def render_study(folder: str | os.PathLike, title: str | None = None) -> str:
 def write_study_report(folder: str | os.PathLike, out: str | os.PathLike,
                        title: str | None = None) -> Path:
     """Render :func:`render_study` and write it atomically to ``out`` (an .html path)."""
-    out = Path(out).expanduser()
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise ValueError(f"--out: expected a path ending in .html, got {str(out)!r}")
-    html = render_study(folder, title)
-    try:
-        atomic_write_bytes(out, html.encode("utf-8"))
-    except OSError as exc:
-        raise ValueError(f"--out: cannot write {str(out)!r}: {exc.strerror or exc}") from None
-    return out
+    return report.write_html(out, lambda: render_study(folder, title))
