@@ -148,3 +148,45 @@ def test_json_space_files_and_unreadable_ones(tmp_path):
     (tmp_path / "space.yaml").write_text("lr: 1")
     with pytest.raises(ValueError, match="expected a .toml or .json file"):
         space_.load_space(tmp_path / "space.yaml", {})
+
+
+def test_tables_search_the_batch_size_and_comparable_likelihoods():
+    table = space_.default_space("continuous", 13, rows=142)
+    assert table["batch_size"] == space_.Param("batch_size", "int", 8, 142, log=True)
+    assert table["lr"].high == 1e-2
+    assert table["likelihood"].choices == space_.TABLE_LIKELIHOODS
+    gaussian = catalogue.get("likelihood", "gaussian").option("scale")
+    assert table["likelihood.gaussian.scale"].choices == gaussian.choices
+    assert "likelihood.student-t.df" not in table        # no default: learned per column
+    images = space_.default_space("binary", 784)
+    assert "likelihood" not in images and "batch_size" not in images
+    assert images["lr"].high == 3e-3
+    params = {}
+    for name, param in table.items():
+        if param.kind != "fixed":
+            params[name] = param.choices[0] if param.choices else param.low
+    params.update({"likelihood": "student-t", "likelihood.student-t.min_scale": 0.01,
+                   "batch_size": 16})
+    settings = space_.sample(optuna.trial.FixedTrial(params), table)
+    assert settings["likelihood_options"] == {"min_scale": 0.01}
+    config = RunConfig.from_dict(merge({"binarize": "none"}, settings))
+    assert catalogue.get("likelihood", config.model.likelihood).name == "student-t"
+    assert config.model.likelihood_options["min_scale"] == 0.01
+    assert config.train.batch_size == 16
+
+
+@pytest.mark.parametrize("kind, choices, refused", [
+    ("continuous", ["gaussian", "student-t"], False),
+    ("continuous", ["gaussian"], False),                 # one likelihood: all trials share it
+    ("continuous", ["gaussian", "bernoulli"], True),     # a density and a probability
+    ("binary", ["bernoulli", "continuous-bernoulli"], True),
+    ("binary", ["gaussian", "student-t"], True),
+])
+def test_a_space_mixing_likelihoods_of_different_meanings_is_refused(kind, choices, refused):
+    space = {"likelihood": space_.Param("likelihood", "choice", choices=tuple(choices))}
+    if not refused:
+        space_.check_likelihoods(space, kind)
+        return
+    with pytest.raises(ValueError) as info:
+        space_.check_likelihoods(space, kind)
+    assert "likelihood" in str(info.value) and "\n" not in str(info.value)

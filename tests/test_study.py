@@ -104,6 +104,8 @@ def test_trials_are_run_directories_and_the_best_is_a_recipe(table, tmp_path):
         if t.number > 0:
             assert runs.read_config(run).model.latent_dim == t.params["latent_dim"]
         assert _epochs(run) == [1, 2]
+        # it keeps its best validation epoch's weights, the ones its score measured
+        assert runs.read_config(run).train.early_stopping_patience == 2
         best = max(json.loads(x)["val_elbo"] for x in (run / "metrics.jsonl").open())
         assert t.value == pytest.approx(best)
     assert "3 runs" in format_runs(out)

@@ -19,7 +19,7 @@ from typing import Any
 
 from vaelab.config import RunConfig, load_config_file, merge
 from vaelab.tune.budget import Budget
-from vaelab.tune.space import default_space, likelihood_for, load_space
+from vaelab.tune.space import check_likelihoods, default_space, likelihood_for, load_space
 from vaelab.tune.study import Search, open_search_study, run_trials
 
 RANK_BY = "importance-sampled validation log p̂(x)"
@@ -56,6 +56,12 @@ def base_config(data: str, kind: str, config_file: str | os.PathLike | None, *,
     overrides = {"data": data, "seed": seed, "limit": limit, "epochs": epochs,
                  "binarize": None if "binarize" in base["train"] else fixed["binarize"],
                  "likelihood": None if "likelihood" in base["model"] else fixed["likelihood"]}
+    if base["train"].get("early_stopping_patience") is None:
+        # Keep each trial's weights of its best validation epoch (a patience of all the
+        # epochs never stops one early): the score is the best validation ELBO, so the
+        # saved model, re-ranked and evaluated, is the one the score measured, not a later
+        # one that has overfitted a small table since.
+        overrides["early_stopping_patience"] = epochs
     merged = merge(base, overrides)
     config = RunConfig.from_dict(merged)
     if config.train.val_fraction == 0:
@@ -64,12 +70,12 @@ def base_config(data: str, kind: str, config_file: str | os.PathLike | None, *,
     return merged
 
 
-def data_kind(source: str) -> tuple[str, int]:
-    """(kind, values per example) of the training data at ``source``."""
+def data_kind(source: str) -> tuple[str, int, int]:
+    """(kind, values per example, rows) of the training data at ``source``."""
     from vaelab import data
 
     dataset = data.load_dataset(source, "train", keep_uint8=True, mmap=True)
-    return data.kind_of(dataset), int(dataset.x.shape[1])
+    return data.kind_of(dataset), int(dataset.x.shape[1]), int(dataset.x.shape[0])
 
 
 def tune(data: str, out: str | os.PathLike, budget: Budget, *, epochs: int = 20,
@@ -118,11 +124,12 @@ def tune(data: str, out: str | os.PathLike, budget: Budget, *, epochs: int = 20,
     except OSError as exc:
         raise ValueError(f"--out: cannot create {str(out)!r}: {exc.strerror or exc}") from None
     url = storage_url(out, storage)
-    kind, width = data_kind(data)
+    kind, width, rows = data_kind(data)
     base = base_config(data, kind, config_file, epochs=epochs, seed=seed, limit=limit)
-    space = default_space(kind, width)
+    space = default_space(kind, width, rows if limit is None else min(rows, limit))
     if space_file is not None:
         space = load_space(Path(space_file), space)
+        check_likelihoods(space, kind)
     search = Search(out=out, url=url, study_name=study_name, base=base, space=space,
                     epochs=epochs, budget=budget, pruner=pruner, seed=seed, progress=progress,
                     figures=figures, log=log, baseline=baseline)

@@ -19,7 +19,8 @@ editing this module, and no second list of option names exists. A space file
 name is one line suggesting the nearest known one.
 
 What is never searched: the data, their split (``seed``, ``val_fraction``) and the test set —
-the trials are compared on the same validation rows.
+the trials are compared on the same validation rows — and a likelihood whose log p(x) means
+something else than the others' (:func:`check_likelihoods`).
 """
 
 from __future__ import annotations
@@ -51,9 +52,17 @@ RANGES: dict[str, tuple[float, float]] = {
     "kl_schedule.linear.warmup_epochs": (0.5, 20.0),
 }
 #: Config fields that fix what the trials are compared on: never searched nor overridden.
+#: (The likelihood is a component: see :data:`TABLE_LIKELIHOODS` and :func:`check_likelihoods`.)
 FIXED_FIELDS = ("data", "seed", "val_fraction", "limit", "classes", "perturb_fraction",
-                "binarize", "likelihood", "likelihood_options", "data_dim", "image_shape",
-                "data_kind", "missing", "missing_model", "device", "epochs")
+                "binarize", "data_dim", "image_shape", "data_kind", "missing",
+                "missing_model", "device", "epochs")
+#: The likelihoods searched for real-valued tables. Each is a density of the same
+#: standardized values (the same Jacobian back to the raw ones), so their log p(x) and ELBOs
+#: rank on one scale; a heavy-tailed Student-t (its degrees of freedom learned per column)
+#: often fits skewed columns with outliers, and the Gaussian's scale per example (from the
+#: network) or per column (learned) is a capacity choice that matters on a few hundred rows.
+#: Likelihoods of other meanings (a probability of binarized values, a score) are never mixed.
+TABLE_LIKELIHOODS = ("gaussian", "student-t")
 
 
 @dataclass(frozen=True)
@@ -162,23 +171,50 @@ def component_params(kind: str, choices: tuple[str, ...] | None = None) -> list[
     return params
 
 
-def default_space(data_kind: str, data_dim: int) -> dict[str, Param]:
+def default_space(data_kind: str, data_dim: int, rows: int | None = None) -> dict[str, Param]:
     """The space searched when no space file says otherwise, for data of ``data_kind``
-    (``vaelab.data.DATA_KINDS``) with ``data_dim`` values per example.
+    (``vaelab.data.DATA_KINDS``) with ``data_dim`` values per example and ``rows`` training
+    rows (None: not known).
 
-    The likelihood follows the data's kind (:func:`likelihood_for`) and is not searched: its
-    choice changes what log p(x) means, so trials with different ones are not comparable.
     The latent size is searched up to the data's dimension (a larger one only adds
-    unused units).
+    unused units). The likelihood follows the data's kind (:func:`likelihood_for`); only for
+    real-valued tables is it searched, among :data:`TABLE_LIKELIHOODS` (densities of the same
+    values, so comparable). Tables also search:
+
+    * the batch size, from 8 to 256 (at most the rows): a table of a few hundred rows is one
+      or a few steps of the default batch of 128 per epoch, so at a fixed number of epochs the
+      batch size decides how many steps a trial takes (images, tens of thousands of rows,
+      take hundreds of steps per epoch at any batch size: there it is a speed choice);
+    * Adam's learning rate up to 10⁻² (images: 3·10⁻³): small networks on few rows take, and
+      with few steps need, larger steps.
     """
     top = min(64, max(2, data_dim))
+    table = data_kind == "continuous"
     params = [Param("latent_dim", "int", 2, top, log=top >= 16),
-              Param("lr", "float", 1e-4, 3e-3, log=True),
+              Param("lr", "float", 1e-4, 1e-2 if table else 3e-3, log=True),
               Param("num_samples", "int", 1, 8, log=True),
               Param("ema_decay", "choice", choices=(None, 0.99, 0.999))]
+    if table:
+        high = 256 if rows is None else max(8, min(256, rows))
+        params.append(Param("batch_size", "int", 8, high, log=True))
+        params += component_params("likelihood", TABLE_LIKELIHOODS)
     for kind in SEARCHED_KINDS:
         params += component_params(kind)
     return {p.name: p for p in params}
+
+
+def check_likelihoods(space: dict[str, Param], data_kind: str) -> None:
+    """Refuse a space whose trials would use likelihoods of different meanings: a searched
+    likelihood (more than one choice) must be real-valued data's and among
+    :data:`TABLE_LIKELIHOODS`. ValueError in one line."""
+    param = space.get("likelihood")
+    if param is None or param.kind != "choice" or len(param.choices) < 2:
+        return
+    if data_kind != "continuous" or not set(param.choices) <= set(TABLE_LIKELIHOODS):
+        raise ValueError(
+            f"--space: likelihood: trials are ranked by log p(x), which must mean the same in "
+            f"each; expected choices among {', '.join(map(repr, TABLE_LIKELIHOODS))} for a "
+            f"real-valued table, got {list(param.choices)!r} for {data_kind} data")
 
 
 def likelihood_for(data_kind: str) -> dict:
@@ -198,7 +234,7 @@ def sample(trial: Any, space: dict[str, Param]) -> dict:
     each component with its ``<field>_options``; only the chosen components' options are
     sampled (conditional parameters)."""
     settings: dict[str, Any] = {}
-    fields = {catalogue.FIELDS[k]: k for k in SEARCHED_KINDS}
+    fields = {catalogue.FIELDS[k]: k for k in (*SEARCHED_KINDS, "likelihood")}
     for name, param in space.items():
         if "." in name:
             continue
@@ -233,7 +269,7 @@ def known_names() -> list[str]:
     """Every name a space file may use: the searched components' parameters (all components
     of each kind, also those left out by default) and the config fields not in
     :data:`FIXED_FIELDS`."""
-    names = {p.name for kind in SEARCHED_KINDS
+    names = {p.name for kind in (*SEARCHED_KINDS, "likelihood")
              for p in component_params(kind, catalogue.names(kind))}
     for cls in (ModelConfig, TrainConfig):
         names |= {f.name for f in dataclasses.fields(cls)
