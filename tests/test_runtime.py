@@ -159,3 +159,66 @@ def test_exact_cuda_turns_off_tf32_and_picks_deterministic_kernels(monkeypatch):
         assert not cudnn.deterministic and calls[-1] == (False, True)
     finally:
         matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic = saved
+
+
+def _join_and_sum(rank: int, port: int, start: int, late: float, out: str,
+                  plain: bool = False) -> None:
+    """One worker of a two-rank job on a key-value store hosted elsewhere (as torchrun's
+    agent hosts it): join, all-reduce the rank + 1, write the sum."""
+    import time
+
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      TORCHELASTIC_USE_AGENT_STORE="True",
+                      TORCHELASTIC_RESTART_COUNT=str(start))
+    torch.set_num_threads(1)
+    time.sleep(late)
+    if plain:       # what torch does alone: every start reads the same keys
+        dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=20))
+    else:
+        _runtime.join_group("gloo", timeout_s=20)
+    total = torch.tensor([rank + 1.0])
+    dist.all_reduce(total)
+    with open(f"{out}.{start}.{rank}", "w") as f:
+        f.write(str(total.item()))
+
+
+def _start_workers(port: int, start: int, out: str, plain: bool = False) -> list[int | None]:
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    # the restarted rank 1 comes late, so the new rank 0 reads the store before it writes
+    workers = [spawn.Process(target=_join_and_sum,
+                             args=(rank, port, start, 3.0 * rank * (start > 0), out, plain))
+               for rank in (0, 1)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        if w.is_alive():
+            w.kill()
+            w.join()
+    return [w.exitcode for w in workers]
+
+
+@pytest.mark.torchrun
+def test_a_restarted_job_joins_on_keys_of_its_own_start(tmp_path):
+    """torchrun keeps one store across restarts: the keys of the workers that died (their
+    gloo addresses) are still in it. The restarted workers join on keys of their own start
+    and sum as if the store were new."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
+    out = str(tmp_path / "sum")
+    assert _start_workers(port, 0, out) == [0, 0]
+    assert _start_workers(port, 1, out) == [0, 0]
+    for start in (0, 1):
+        assert [open(f"{out}.{start}.{r}").read() for r in (0, 1)] == ["3.0", "3.0"]
+    del store

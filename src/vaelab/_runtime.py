@@ -10,6 +10,8 @@ device" and "which rank of how many" are answered in one place:
 * :func:`restart_count` — how many times torchrun has restarted this worker group;
 * :func:`rank_and_world_size` — of the joined process group, else of the environment (what
   this process is, or will be once it joins);
+* :func:`join_group` — join the job's process group on a key-value store of this restart's
+  own, and leave it when the interpreter exits;
 * :func:`isolated_rng` — seeded draws that leave every global generator (CPU and CUDA) as it
   was (:func:`rng_states` / :func:`restore_rng_states` save and restore them all);
 * :func:`exact_cuda` — the settings under which a CUDA run repeats bit for bit.
@@ -17,6 +19,8 @@ device" and "which rank of how many" are answered in one place:
 
 from __future__ import annotations
 
+import atexit
+import datetime
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -112,6 +116,33 @@ def rank_and_world_size() -> tuple[int, int]:
         return dist.get_rank(), dist.get_world_size()
     env = read_env()
     return env.rank, env.world_size
+
+
+def join_group(backend: str, timeout_s: float) -> None:
+    """Join the process group the environment (torchrun's, or MASTER_ADDR/PORT) describes.
+
+    torchrun's agent keeps one key-value store for the whole job and hands it to the workers
+    again after each restart (``--max-restarts``), so the keys the dead workers wrote (each
+    rank's address for the gloo mesh, the init counters) are still there when the new workers
+    read them: a new rank 0 could read the dead rank 1's address (gloo: "Connection refused")
+    or a counter already full (a hang in the group's constructor), depending on who writes
+    first. Every start of the workers therefore works under a key prefix of its own restart
+    count. The group is left again when the interpreter exits: gloo's threads still running
+    then abort the process ("terminate called without an active exception", exit -6) after
+    every result was written. Leaving is local (no collective), so it cannot hang.
+    """
+    env = read_env()
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store, _, _ = next(dist.rendezvous("env://", env.rank, env.world_size, timeout=timeout))
+    store = dist.PrefixStore(f"vaelab/start-{restart_count()}/", store)
+    dist.init_process_group(backend, store=store, rank=env.rank, world_size=env.world_size,
+                            timeout=timeout)
+    atexit.register(_leave_group)
+
+
+def _leave_group() -> None:
+    if joined():
+        dist.destroy_process_group()
 
 
 @contextmanager

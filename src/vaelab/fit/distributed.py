@@ -14,7 +14,6 @@ training loop calls them unconditionally.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Iterable, Mapping
 from numbers import Real
 
@@ -25,6 +24,7 @@ from torch import nn
 # Re-exported for training's callers; they live in vaelab._runtime (evaluation shares them).
 from vaelab._runtime import ENV_VARS as ENV_VARS
 from vaelab._runtime import DistEnv as DistEnv
+from vaelab._runtime import join_group
 from vaelab._runtime import joined as _active
 from vaelab._runtime import read_env as read_env
 
@@ -53,8 +53,7 @@ def init_from_env(device: torch.device | str | None = None, *, backend: str | No
     backend = backend or backend_for(device)
     if backend == "nccl":
         torch.cuda.set_device(env.local_rank)
-    dist.init_process_group(backend, rank=env.rank, world_size=env.world_size,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    join_group(backend, timeout_s)
     return env.rank, env.world_size
 
 

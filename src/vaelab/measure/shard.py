@@ -17,14 +17,12 @@ This is a tiny process-group helper of its own (``vaelab.measure`` does not impo
 
 from __future__ import annotations
 
-import atexit
-import datetime
 from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 
-from vaelab._runtime import isolated_rng, joined, rank_and_world_size
+from vaelab._runtime import isolated_rng, join_group, joined, rank_and_world_size
 
 #: Offsets the per-batch seeds so they do not collide with seeds users pass elsewhere.
 _SEED_STRIDE = 1_000_003
@@ -35,18 +33,8 @@ def process_group() -> tuple[int, int]:
     rank, world = rank_and_world_size()
     if world <= 1 or joined():
         return rank, world
-    dist.init_process_group("gloo", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=3600))
-    # Leave the group before the interpreter exits: gloo's threads still running at exit can
-    # abort the process ("terminate called without an active exception", exit -6) after every
-    # result was written. Destroying the group is local (no collective), so it cannot hang.
-    atexit.register(_leave)
+    join_group("gloo", timeout_s=3600)
     return dist.get_rank(), world
-
-
-def _leave() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def is_main_process() -> bool:
