@@ -142,6 +142,26 @@ def test_the_median_rule_prunes_a_hopeless_trial(table, tmp_path):
     assert hopeless == list(range(1, len(hopeless) + 1)) and len(hopeless) < 5
 
 
+def test_a_refused_combination_is_a_bad_trial_the_sampler_sees(table, tmp_path):
+    # iwae-dreg has no form for a mixture q: those trials are refused before any epoch. Told
+    # as pruned (not failed, which TPE leaves out of its model and then proposes again) with
+    # the reason, and the study goes on with the rest.
+    space = fixed_space(tmp_path, objective="iwae-dreg",
+                        family={"choices": ["mixture", "diagonal-normal"]})
+    out = tmp_path / "study"
+    out.mkdir()
+    study = _study(out)
+    for family in ("mixture", "diagonal-normal"):
+        study.enqueue_trial({"family": family})
+    tune(str(table), out, Budget(trials=2), epochs=1, space_file=space, pruner="none",
+         rerank_top=0, baseline=False, progress=False, log=None)
+    refused, trained = _study(out).get_trials()
+    assert refused.state == TrialState.PRUNED and refused.intermediate_values == {}
+    assert refused.user_attrs["error"].startswith("invalid combination: objective")
+    assert not (out / "trials" / "0000" / "metrics.jsonl").exists()
+    assert trained.state == TrialState.COMPLETE and "error" not in trained.user_attrs
+
+
 def test_a_killed_tune_resumes_its_trial_without_losing_or_repeating_one(table, tmp_path):
     space = fixed_space(tmp_path)
     out = tmp_path / "study"
