@@ -181,6 +181,17 @@ def test_cluster_kmeans_and_the_mixture_prior(runs, tmp_path, capsys):
     assert code == 1 and "--clusters: the run's mixture prior has 3 components, got 5" in err
 
 
+def test_cluster_manifold_reports_and_names_its_flags(runs, capsys):
+    code, stdout, err = run_cli(capsys, "cluster", runs["run"], "--method", "manifold",
+                                "--neighbours", "8", "--limit", "300")
+    assert code == 0, err
+    assert "GMM on the spectral embedding of the 8-nearest-neighbour graph: 10 clusters" \
+        in stdout and "NMI" in stdout
+    code, _, err = run_cli(capsys, "cluster", runs["run"], "--method", "manifold",
+                           "--neighbours", "40", "--limit", "40")
+    assert code == 1 and "--neighbours: expected fewer than the 40 examples, got 40" in err
+
+
 def test_cli_score_names_match_the_library():
     assert cli.use.SCORE_CHOICES == scores.SCORE_NAMES
     assert cli.use.REFERENCE_SCORES == scores.REFERENCE_SCORES

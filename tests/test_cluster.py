@@ -168,3 +168,43 @@ def test_assign_clusters_auto_is_kmeans_with_one_cluster_per_class_for_a_normal_
     with pytest.raises(ValueError, match="--method prior: expected a run trained with --prior"):
         assign_clusters(type("M", (), {"prior": lambda self: torch.distributions.Normal(0, 1)})(),
                         z, method="prior", prior_name="standard-normal")
+
+
+def _rings(per_ring: int = 150, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three concentric rings (radii 1, 2.5, 4; noise 0.05): curved clusters whose centroids
+    all sit at the origin, so k-means cuts them into sectors."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1, 2], per_ring)
+    angle = rng.uniform(0, 2 * math.pi, labels.shape[0])
+    radius = np.array([1.0, 2.5, 4.0])[labels] + rng.normal(0, 0.05, labels.shape[0])
+    return np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1), labels
+
+
+def test_manifold_recovers_rings_that_kmeans_cuts_into_sectors():
+    from vaelab.use.cluster import manifold
+
+    z, labels = _rings()
+    assert matched_accuracy(labels, kmeans(z, 3, seed=0)) < 0.7     # the case is hard
+    for seed in (0, 1):
+        found = manifold(z, 3, neighbours=10, seed=seed)
+        assert found.dtype == np.int64 and found.shape == labels.shape
+        assert cluster_metrics(labels, found) == pytest.approx(
+            {"accuracy": 1.0, "nmi": 1.0, "ari": 1.0})
+
+
+def test_manifold_inputs_are_checked_and_assign_clusters_dispatches_to_it():
+    from vaelab.use.cluster import assign_clusters, manifold
+
+    z, labels = _rings(20)
+    with pytest.raises(ValueError, match=r"neighbours: expected fewer than the number of "
+                                         r"examples \(60\), got 60"):
+        manifold(z, 3, neighbours=60)
+    with pytest.raises(ValueError, match="dims: expected an integer >= 1, got 0"):
+        manifold(z, 3, dims=0)
+    with pytest.raises(ValueError, match="expected finite codes"):
+        manifold(np.full((5, 2), np.nan), 2)
+    z, labels = _rings()
+    how, k, found = assign_clusters(None, torch.as_tensor(z), method="manifold",
+                                    labels=labels, neighbours=8, seed=0)
+    assert k == 3 and "8-nearest-neighbour graph" in how
+    assert matched_accuracy(labels, found) == 1.0

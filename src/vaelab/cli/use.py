@@ -345,19 +345,26 @@ def add_cluster(commands) -> None:
     p = commands.add_parser(
         "cluster", help="clusters in latent space, scored against class labels",
         description="Cluster the codes E_q[z | x]: k-means (scikit-learn), the mixture "
-        "prior's responsibilities p(c | z) for a run trained with --prior mog, or VaDE "
+        "prior's responsibilities p(c | z) for a run trained with --prior mog, VaDE "
         "(--method vade: a GMM fitted to the training rows' codes becomes the prior, the "
-        "model is fine-tuned with the ELBO, then p(c | z); Jiang et al. 2017). With labels "
+        "model is fine-tuned with the ELBO, then p(c | z); Jiang et al. 2017), or a GMM on "
+        "the spectral embedding of the codes' nearest-neighbour graph (--method manifold, as "
+        "N2D; McConville et al. 2020). With labels "
         "(--labels, else the data's own) prints accuracy under the best one-to-one cluster → "
-        "class map, NMI, ARI and the linear-probe accuracy of the codes.")
+        "class map, NMI, ARI and the linear-probe accuracy of the codes. A model trained for "
+        "clustering Fashion-MNIST: recipes/fashion-mnist/cluster.toml.")
     p.add_argument("run", type=Path, metavar="RUN")
     add_run_data(p)
     p.add_argument("--labels", type=Path, metavar="FILE",
                    help="integer class per example (.npy, .txt, .csv); default: the data's own")
     p.add_argument("--clusters", type=positive_int, metavar="K",
                    help="k-means clusters (default: the number of classes, else 10)")
-    p.add_argument("--method", choices=("auto", "kmeans", "prior", "vade"), default="auto",
-                   help="auto: prior for a --prior mog run, else kmeans")
+    p.add_argument("--method", choices=("auto", "kmeans", "prior", "vade", "manifold"),
+                   default="auto", help="auto: prior for a --prior mog run, else kmeans")
+    p.add_argument("--neighbours", type=positive_int, metavar="K", default=10,
+                   help="--method manifold: neighbours per code in the graph (default 10)")
+    p.add_argument("--embed-dim", type=positive_int, metavar="D",
+                   help="--method manifold: embedding dimensions (default: --clusters)")
     p.add_argument("--vade-epochs", type=non_negative_int, metavar="N", default=10,
                    help="--method vade: epochs of ELBO fine-tuning (default 10; 0: the GMM "
                         "prior alone)")
@@ -398,7 +405,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         z = encode(trained.encode, dataset.x)
         method, k, assignments = cluster.assign_clusters(
             trained.model, z, method=args.method, clusters=args.clusters, labels=labels,
-            seed=args.seed, prior_name=trained.config.model.prior)
+            seed=args.seed, prior_name=trained.config.model.prior,
+            neighbours=args.neighbours, dims=args.embed_dim)
     print(f"{len(dataset)} examples of {dataset.name}, {method}: {k} clusters, "
           f"{len(np.unique(assignments))} used")
     if labels is not None:

@@ -1,13 +1,19 @@
 """Clusters and representations from latent codes: k-means, mixture-prior assignments, scores.
 
-The lecture calls inferring z given x "an extension of k-means". Two ways to cluster:
+The lecture calls inferring z given x "an extension of k-means". Three ways to cluster here
+(and VaDE in :mod:`vaelab.use.vade`):
 
 * :func:`kmeans` — scikit-learn's k-means (Lloyd's algorithm, k-means++ starts) on codes
   [N, L], e.g. the posterior means of :func:`vaelab.use.encode.encode`;
 * :func:`prior_responsibilities` — when the prior is a mixture p(z) = Σ_c π_c p(z | c) (a
   ``torch.distributions.MixtureSameFamily``, e.g. ``--prior mog``), the responsibilities
   p(c | z) ∝ π_c p(z | c) at z = each example's posterior mean, as VaDE (Jiang et al. 2017)
-  and GMVAE (Dilokthanakul et al. 2016) assign clusters; the argmax is the cluster.
+  and GMVAE (Dilokthanakul et al. 2016) assign clusters; the argmax is the cluster;
+* :func:`manifold` — the codes' neighbour graph, embedded by its Laplacian eigenmap, then a
+  Gaussian mixture, as N2D (McConville, Santos-Rodriguez, Piechocki & Craddock 2020: an
+  autoencoder's codes → a manifold embedding → a GMM), with scikit-learn's spectral embedding
+  (Belkin & Niyogi 2003) in place of UMAP. Clusters that are curved, elongated or joined by
+  thin bridges in the code space, which k-means cuts across, become compact blobs there.
 
 Against class labels (:func:`cluster_metrics`): accuracy under the best one-to-one matching of
 clusters to classes (Hungarian algorithm, :func:`scipy.optimize.linear_sum_assignment`; with
@@ -55,6 +61,35 @@ def kmeans(z: object, clusters: int, *, seed: int = 0, n_init: int = 10) -> np.n
                          f"got {clusters}")
     model = KMeans(clusters, n_init=n_init, random_state=_checks.non_negative_int("seed", seed))
     return model.fit_predict(z).astype(np.int64)
+
+
+def manifold(z: object, clusters: int, *, neighbours: int = 10, dims: int | None = None,
+             seed: int = 0, n_init: int = 5) -> np.ndarray:
+    """Clusters of codes z [N, L] through a neighbour-graph embedding → int64 [N].
+
+    1. the symmetrised k-nearest-neighbour graph of the codes (``neighbours`` each, Euclidean,
+       0/1 weights) and its normalised Laplacian L = I − D^{-1/2} W D^{-1/2};
+    2. each example's coordinates in the ``dims`` (default: ``clusters``) eigenvectors of L
+       with the smallest non-zero eigenvalues (``sklearn.manifold.SpectralEmbedding``);
+    3. a Gaussian mixture with full covariances and ``clusters`` components fitted to those
+       coordinates (EM, ``n_init`` k-means starts); the cluster is argmax_c p(c | embedding).
+    """
+    from sklearn.manifold import SpectralEmbedding
+    from sklearn.mixture import GaussianMixture
+
+    z = _codes(z)
+    clusters = _checks.positive_int("clusters", clusters)
+    neighbours = _checks.positive_int("neighbours", neighbours)
+    dims = clusters if dims is None else _checks.positive_int("dims", dims)
+    seed = _checks.non_negative_int("seed", seed)
+    for name, value in (("clusters", clusters), ("neighbours", neighbours), ("dims", dims)):
+        if value >= z.shape[0]:
+            raise ValueError(f"{name}: expected fewer than the number of examples "
+                             f"({z.shape[0]}), got {value}")
+    embedding = SpectralEmbedding(dims, affinity="nearest_neighbors", n_neighbors=neighbours,
+                                  random_state=seed).fit_transform(z)
+    gmm = GaussianMixture(clusters, covariance_type="full", n_init=n_init, random_state=seed)
+    return gmm.fit(embedding).predict(embedding).astype(np.int64)
 
 
 def is_mixture(prior: Distribution) -> bool:
@@ -142,15 +177,16 @@ def probe_folds(labels: object, folds: int = 5) -> int:
 
 def assign_clusters(model: Any, z: torch.Tensor, *, method: str = "auto",
                     clusters: int | None = None, labels: np.ndarray | None = None,
-                    seed: int = 0, prior_name: str | None = None
-                    ) -> tuple[str, int, np.ndarray]:
+                    seed: int = 0, prior_name: str | None = None, neighbours: int = 10,
+                    dims: int | None = None) -> tuple[str, int, np.ndarray]:
     """(how, number of clusters, assignments [N]) for the codes z [N, L] of ``model``'s run.
 
     ``method`` "auto" takes the prior's responsibilities when the prior's components are
     clusters (a mixture prior), else k-means with ``clusters`` (default: the number of classes
-    in ``labels``, else 10); "prior" and "kmeans" choose. Messages name the CLI flags
-    (--method, --clusters), as ``vaelab cluster`` takes them; ``prior_name`` is the prior
-    the run was trained with, for them.
+    in ``labels``, else 10); "prior", "kmeans" and "manifold" (:func:`manifold`, with
+    ``neighbours`` and ``dims``) choose. Messages name the CLI flags (--method, --clusters),
+    as ``vaelab cluster`` takes them; ``prior_name`` is the prior the run was trained with,
+    for them.
     """
     if method == "auto":
         found = getattr(getattr(model, "prior_module", None), "clusters", False)
@@ -166,6 +202,14 @@ def assign_clusters(model: Any, z: torch.Tensor, *, method: str = "auto",
                              f"components, got {clusters}; drop --clusters")
         return "mixture prior p(c | z)", resp.shape[1], resp.argmax(1).cpu().numpy()
     k = clusters or (len(np.unique(labels)) if labels is not None else 10)
+    if method == "manifold":
+        for flag, value in (("--neighbours", neighbours), ("--embed-dim", dims or k)):
+            if value >= z.shape[0]:
+                raise ValueError(f"{flag}: expected fewer than the {z.shape[0]} examples, "
+                                 f"got {value}")
+        found = manifold(z.cpu().numpy(), k, neighbours=neighbours, dims=dims, seed=seed)
+        return (f"GMM on the spectral embedding of the {neighbours}-nearest-neighbour graph",
+                k, found)
     return "k-means", k, kmeans(z.cpu().numpy(), k, seed=seed)
 
 
