@@ -162,6 +162,22 @@ def test_a_refused_combination_is_a_bad_trial_the_sampler_sees(table, tmp_path):
     assert trained.state == TrialState.COMPLETE and "error" not in trained.user_attrs
 
 
+def test_an_epoch_with_a_negative_kl_fails_the_trial_before_it_is_reported():
+    from vaelab.tune import study as study_
+
+    class Bar:
+        def update(self, n): pass
+        def set_postfix(self, **kw): pass
+
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    on_epoch = study_._reporter(trial, Bar(), epochs=10)
+    on_epoch({"epoch": 1, "val_elbo": -20.0, "val_rate": -0.5})     # MC noise near KL 0
+    with pytest.raises(study_.BrokenEstimate, match="KL estimate -5.43e.08 nats at epoch 2"):
+        on_epoch({"epoch": 2, "val_elbo": 5.4e8, "val_rate": -5.43e8})
+    assert study.trials[0].intermediate_values == {1: -20.0}      # the +5.4e8 never counts
+
+
 def test_a_killed_tune_resumes_its_trial_without_losing_or_repeating_one(table, tmp_path):
     space = fixed_space(tmp_path)
     out = tmp_path / "study"

@@ -39,6 +39,17 @@ TRIALS_DIR = "trials"
 #: process may be between asking for the trial and locking its folder.
 CLAIM_GRACE_S = 60.0
 PRUNERS = ("median", "halving", "none")
+#: A validation rate (the mean over the rows of log q(z|x) − log p(z) at z ~ q, an unbiased
+#: estimate of a KL, which is never negative) below minus this many nats per example is a
+#: numerically broken q or prior, not noise: the estimate's spread is about √(2·KL/n) for n
+#: rows, and KL − √(2·KL/n) > −1 for every KL ≥ 0 and n ≥ 1. (A wine trial with a
+#: full-covariance q and a flow prior had a rate of −5.4e8 at epoch 1, so a validation
+#: "ELBO" of +5.4e8 that would have won the study and been kept as its best epoch.)
+RATE_FLOOR = -1.0
+
+
+class BrokenEstimate(Exception):
+    """A validation epoch whose numbers no valid model can give (see :data:`RATE_FLOOR`)."""
 
 
 @dataclass
@@ -267,6 +278,8 @@ def _train_trial(trial: Any, folder: Path, search: Search) -> tuple[Any, float |
                        on_epoch=_reporter(trial, bar, search.epochs))
     except optuna.TrialPruned:
         return TrialState.PRUNED, None, None
+    except BrokenEstimate as exc:
+        return TrialState.FAIL, None, str(exc)
     except (TrainingError, ValueError) as exc:
         return TrialState.FAIL, None, " ".join(str(exc).split())
     finally:
@@ -290,6 +303,11 @@ def _reporter(trial: Any, bar: Any, epochs: int) -> Callable[[dict], None]:
 
     def on_epoch(row: dict) -> None:
         bar.update(1)
+        rate = row.get("val_rate")
+        if isinstance(rate, (int, float)) and rate < RATE_FLOOR:   # checked before reporting
+            raise BrokenEstimate(
+                f"validation KL estimate {rate:.3g} nats at epoch {row['epoch']}: a KL is "
+                f"never negative, so q's or the prior's log-density is numerically broken")
         value = row.get("val_elbo")
         if isinstance(value, (int, float)) and math.isfinite(value):
             bar.set_postfix(val_elbo=f"{value:.2f}")
