@@ -172,6 +172,28 @@ def test_bad_factories_are_one_line(tmp_path, x):
         vaelab.fit(make_nets, x, tmp_path / "e", args={"width": object()})
 
 
+def test_a_trusted_factory_that_cannot_be_imported_is_one_line(tmp_path, x, capsys):
+    """A run moved to where its factory's module is gone (consent given): ``vaelab.load``
+    and the CLI refuse in one line naming the factory, no traceback."""
+    from vaelab import cli
+
+    _fit(x, tmp_path / "run", epochs=1)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    for reference in ("gone_pkg.nets:make", f"{MODULE}:no_such_function"):
+        config["model"]["net_options"]["factory"] = reference
+        (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+        trust = reference.split(".")[0].split(":")[0]
+        with pytest.raises(ValueError) as caught:
+            vaelab.load(tmp_path / "run", trust=[trust])
+        message = str(caught.value)
+        assert "\n" not in message
+        assert message.startswith(f"net_options.factory: expected an importable factory, "
+                                  f"could not import {reference!r}: ")
+        assert cli.main(["--trust", trust, "evaluate", str(tmp_path / "run")]) != 0
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "Traceback" not in err and repr(reference) in err
+
+
 def _fit_rank(rank: int, world: int, port: int, folder: str) -> None:
     """One torchrun rank training the user's networks through vaelab.fit."""
     import os
