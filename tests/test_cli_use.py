@@ -478,3 +478,40 @@ def test_streamed_encode_killed_continues_to_the_same_codes(binary_run, tmp_path
     assert run_cli(capsys, *flags, "--out", str(out))[0] == 0
     assert calls == [1, 64, 38]        # the width, then rows 128-191 and 192-229 only
     np.testing.assert_array_equal(np.load(out), np.load(tmp_path / "whole.npy"))
+
+
+def test_score_a_run_trained_with_missing_mask_on_complete_and_incomplete_rows(tmp_path,
+                                                                                capsys):
+    """A --missing mask run of a mixed table: score takes its incomplete training rows as
+    the reference and scores complete and incomplete rows (log p̂(x_obs)); the scores of the
+    whole x are skipped on incomplete rows; evaluate refuses incomplete rows in one line that
+    does not tell to pass --missing mask (the run has it)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 120
+    full = pd.DataFrame({"city": rng.choice(["Lyon", "Nice"], n), "kids": rng.poisson(1.5, n),
+                         "income": np.round(rng.normal(40000, 5000, n), 2)})
+    holes = full.astype(object).mask(rng.random(full.shape) < 0.2)
+    holes["income"] = full["income"]              # no row without an observed cell
+    full.to_csv(tmp_path / "full.csv", index=False)
+    holes.to_csv(tmp_path / "holes.csv", index=False)
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--data", tmp_path / "holes.csv", "--likelihood",
+                           "mixed", "--binarize", "none", "--missing", "mask", "--epochs", "1",
+                           "--latent-dim", "2", "--hidden", "8", "--quiet", "--out", run)
+    assert code == 0, err
+    for name, complete in (("full", True), ("holes", False)):
+        out = tmp_path / f"{name}-scores.csv"
+        code, stdout, err = run_cli(capsys, "score", run, "--data", tmp_path / f"{name}.csv",
+                                    "--k", "8", "--quiet", "--out", out)
+        assert code == 0, err
+        table = pd.read_csv(out)
+        assert len(table) == n and np.isfinite(table[["neg_elbo", "nll", "typicality",
+                                                      "latent_knn"]].to_numpy()).all()
+        assert ("regret" in table) == complete
+        assert complete or "regret skipped: defined on complete rows only" in stdout
+    code, _, err = run_cli(capsys, "evaluate", run, "--data", tmp_path / "holes.csv")
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert "pass --missing mask" not in err and "expected complete rows" in err
+    assert "vaelab score RUN" in err

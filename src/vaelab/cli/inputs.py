@@ -82,22 +82,24 @@ def _load_held_out(trained, source: str, split: str, allow_missing: bool):
     from vaelab.model.mixed_likelihood import schema_of
 
     schema = schema_of(trained)        # a mixed table: read and encoded by the run's schema
-    if schema is not None:
-        if not data.has_split(source, split):
-            raise ValueError(f"split: {source} holds no {split!r} split")
-        from vaelab.data.schema import table_dataset
-
-        return table_dataset(schema, source, name=Path(source).stem, allow_missing=allow_missing)
     try:
+        if schema is not None:
+            if not data.has_split(source, split):
+                raise ValueError(f"split: {source} holds no {split!r} split")
+            from vaelab.data.schema import table_dataset
+
+            return table_dataset(schema, source, name=Path(source).stem,
+                                 allow_missing=allow_missing)
         return data.load_dataset(source, split, allow_missing=allow_missing)
     except ValueError as err:
         if not masked_run(trained) or data.MISSING_HINT not in str(err):
             raise
-        raise ValueError(f"--data: expected complete held-out data (no NaN or empty cells) for "
-                         f"this command, got missing entries in {source!r} (this run was "
-                         f"trained on it with --missing mask); pass --data FILE with complete "
-                         f"examples (`vaelab impute RUN --data {source} --out FILE` fills in "
-                         f"the missing ones; `vaelab encode` reads incomplete data)") from None
+        # the run already reads missing cells: the limit is this command's, not training's
+        raise ValueError(f"--data: expected complete rows (no NaN or empty cells) for this "
+                         f"command, got missing entries in {source!r}; `vaelab score RUN --data "
+                         f"{source}` scores incomplete rows by log p̂(x_obs), the likelihood "
+                         f"of their observed cells, "
+                         f"`vaelab impute` fills them in and `vaelab encode` reads them") from None
 
 
 def _run_data(trained) -> str:

@@ -113,8 +113,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     background = (scores_.background_model(load_run(args.background, args.device), trained,
                                            source=str(args.background), note=note)
                   if "likelihood-ratio" in names else None)
-    dataset, _ = examples(args, trained)
+    dataset, _ = examples(args, trained, allow_missing=masked_run(trained))
     names = _names_for_model(args, _names_for_data(args, names, dataset, note), trained, note)
+    names = _names_for_missing(args, names, dataset, note)
     labels = _anomaly_labels(args, dataset)
     reference = (_reference_rows(args, trained, note) if set(names) & set(REFERENCE_SCORES)
                  else None)
@@ -132,7 +133,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     outputs.write_scores_csv(out, columns, labels)
     print(f"wrote {out}: {len(dataset)} rows, columns {', '.join(columns)} "
           "(higher = more anomalous)")
-    meaning = _likelihood_note(trained, dataset.x, note)
+    complete = dataset.x[~dataset.x.isnan().any(1)]     # the kind of data: observed rows
+    meaning = _likelihood_note(trained, complete if len(complete) else
+                               dataset.x.nan_to_num(0.0), note)
     for line in scores_.sampling_warnings(columns, args.k, meaning):   # as evaluate warns
         print(line)
     if labels is not None:
@@ -164,6 +167,22 @@ def _names_for_data(args: argparse.Namespace, names, dataset, note: Callable):
     note(f"note: input-complexity skipped: it needs 8-bit or binary data (it compresses them "
          f"as 8-bit images), got {kind} data")
     return tuple(n for n in names if n != "input-complexity")
+
+
+def _names_for_missing(args: argparse.Namespace, names, dataset, note: Callable):
+    """``names`` without the scores of complete rows when rows have missing cells (a run
+    trained with --missing mask): a note when they came from the default set; asked for,
+    the library refuses them in one line."""
+    from vaelab.use.scores import COMPLETE_ONLY
+
+    incomplete = int(dataset.x.isnan().any(1).sum())
+    if not incomplete or args.score is not None or not set(names) & set(COMPLETE_ONLY):
+        return names
+    skipped = [n for n in names if n in COMPLETE_ONLY]
+    note(f"note: {', '.join(skipped)} skipped: defined on complete rows only, and "
+         f"{incomplete} rows have missing cells (the other scores use log p̂(x_obs), the "
+         f"likelihood of the observed cells)")
+    return tuple(n for n in names if n not in COMPLETE_ONLY)
 
 
 def _names_for_model(args: argparse.Namespace, names, trained, note: Callable):

@@ -34,6 +34,15 @@ Every score here is oriented the same way: **higher = more anomalous**. In nats 
 
 The reference examples (``reference=``: the training data, or a sample of them) are what
 ``typicality`` and the latent scores compare with.
+
+A model trained with ``missing="mask"`` (``vaelab.model.masked``) defines the likelihood of
+the observed cells, so its rows may hold NaN (missing) and every row, complete or not, is
+scored by that model's own quantity: ``neg_elbo`` is −(masked ELBO) and ``nll`` = −log p̂(x_obs)
+(−log p̂(x_obs, m) with a missingness model), the MIWAE importance weights
+(``vaelab.infer.masked``); the reference rows may be incomplete too. ``regret``,
+``hierarchical-llr`` and ``input-complexity`` are defined on complete rows only (they re-fit
+q to, bound layer by layer, or compress the full x), so on incomplete rows they are refused
+in one line.
 """
 
 from __future__ import annotations
@@ -51,9 +60,10 @@ from torch.distributions import Distribution
 
 from vaelab import _checks, catalogue, data_forms
 from vaelab._runtime import device_of, isolated_rng
+from vaelab.infer.masked import masked_draws
 from vaelab.infer.objectives import elbo_terms
 from vaelab.infer.schemes import optimize_q
-from vaelab.measure.evaluate import log_likelihood
+from vaelab.measure.evaluate import LogLikelihoodEstimate, from_log_sums, log_likelihood
 from vaelab.use import latent_scores
 from vaelab.use.hierarchical_llr import check_hierarchical, hierarchical_llr
 from vaelab.use.typicality import typicality
@@ -64,6 +74,8 @@ SCORE_NAMES = tuple(SCORE_COLUMNS)
 _NEEDS_LL = ("log-likelihood", "input-complexity", "likelihood-ratio", "typicality")
 #: The scores that compare with reference (training) examples.
 REFERENCE_SCORES = ("typicality", "latent-density", "latent-knn")
+#: The scores of the full x: not defined on a row with missing cells.
+COMPLETE_ONLY = ("regret", "hierarchical-llr", "input-complexity")
 
 
 def _default(score: str, option: str) -> Any:
@@ -164,9 +176,12 @@ def _batch_scores(names, model, encoder, x, background, image_shape,
         q: Distribution = encoder(x)
     if "elbo" in names:
         with torch.no_grad():
-            out["neg_elbo"] = -elbo_terms(model, q, x, options.elbo_samples, validate=False).elbo
+            out["neg_elbo"] = (-_masked_estimate(model, q, x, options.elbo_samples, elbo=True)
+                               if _is_masked(model) else
+                               -elbo_terms(model, q, x, options.elbo_samples,
+                                           validate=False).elbo)
     if any(n in names for n in _NEEDS_LL):
-        est = log_likelihood(model, q, x, options.num_samples)
+        est = _log_likelihood(model, q, x, options.num_samples)
         out["nll"], out["nll_se"], out["nll_ess"] = -est.log_likelihood, est.stderr, est.ess
     if "input-complexity" in names:
         out["compressed_bits"] = compressed_bits(x, image_shape)
@@ -175,7 +190,7 @@ def _batch_scores(names, model, encoder, x, background, image_shape,
         bg_model, bg_encoder = background
         with torch.no_grad():
             q_bg = bg_encoder(x)
-        est = log_likelihood(bg_model, q_bg, x, options.num_samples)
+        est = _log_likelihood(bg_model, q_bg, x, options.num_samples)
         out["nll_background"], out["nll_background_se"] = -est.log_likelihood, est.stderr
         out["nll_background_ess"] = est.ess
         out["neg_llr"] = out["nll"] - out["nll_background"]
@@ -190,6 +205,33 @@ def _batch_scores(names, model, encoder, x, background, image_shape,
             model, x, raw, family, steps=options.regret_steps, lr=options.regret_lr,
             num_samples=options.regret_samples, eval_samples=options.elbo_samples)
     return {k: v.detach().double().cpu() for k, v in out.items()}
+
+
+def _is_masked(model) -> bool:
+    """Whether the model reads NaN as missing (trained with ``missing="mask"``)."""
+    return callable(getattr(model, "check_masked", None))
+
+
+def _masked_estimate(model, q: Distribution, x: torch.Tensor, k: int, *,
+                     elbo: bool = False) -> Any:
+    """A masked model's estimate of x [B, D] (NaN = missing) with k draws from q: the masked
+    ELBO [B] (``elbo``), else a :class:`LogLikelihoodEstimate` of log p(x_obs) (with m)."""
+    observed = ~torch.isnan(x)
+    values = torch.where(observed, x, torch.zeros_like(x))
+    logits = model.missing_logits if getattr(model, "missingness", None) is not None else None
+    with torch.no_grad():
+        d = masked_draws(model, q, values, observed, k, missing_logits=logits)
+    if elbo:
+        return d.log_likelihood.mean(0) - (d.log_q - d.log_prior).mean(0)
+    lw = d.log_weights
+    return LogLikelihoodEstimate(*from_log_sums(lw.logsumexp(0), (2 * lw).logsumexp(0), k), k)
+
+
+def _log_likelihood(model, q: Distribution, x: torch.Tensor, k: int) -> Any:
+    """log p̂(x) of the model as it defines it: of the observed cells for a masked model."""
+    if _is_masked(model):
+        return _masked_estimate(model, q, x, k)
+    return log_likelihood(model, q, x, k)
 
 
 def anomaly_scores(model, x: torch.Tensor, names: Sequence[str], *, encoder=None,
@@ -253,15 +295,32 @@ def _check_needs(model, x: object, names: tuple[str, ...], encoder, background,
         raise ValueError(f"reference: the {', '.join(needs)} score compares with the training "
                          f"examples; pass reference= (rows of the training data), got None")
     device = device_of(model)
-    rows: torch.Tensor = model.check_data(data_forms.as_rows(x), "x").to(device)  # any form
+    rows: torch.Tensor = _checked_rows(model, data_forms.as_rows(x), "x").to(device)  # any form
+    if bool(torch.isnan(rows).any()):
+        refused = [n for n in names if n in COMPLETE_ONLY]
+        if refused:
+            raise ValueError(f"x: {', '.join(refused)} is defined on complete rows only (it "
+                             f"re-fits q to, bounds layer by layer, or compresses the whole "
+                             f"x), got {int(torch.isnan(rows).any(1).sum())} rows with missing "
+                             f"cells; drop it, or score complete rows")
     if "hierarchical-llr" in names:
         with torch.no_grad():
             check_hierarchical(model, encoder(rows[:1]))
     if not needs:
         return rows, None
-    ref: torch.Tensor = model.check_data(data_forms.as_rows(reference, where="reference"),
-                                         "reference")
+    ref: torch.Tensor = _checked_rows(
+        model, data_forms.as_rows(reference, where="reference"), "reference")
     return rows, ref.to(device)
+
+
+def _checked_rows(model, rows: torch.Tensor, name: str) -> torch.Tensor:
+    """``rows`` checked by the model: NaN (missing) allowed where the model reads it."""
+    if _is_masked(model):
+        model.check_masked(rows.to(torch.float32) if not rows.is_floating_point() else rows,
+                           name)
+        return rows
+    checked: torch.Tensor = model.check_data(rows, name)
+    return checked
 
 
 def _reference_scores(names, model, encoder, x: torch.Tensor, reference: torch.Tensor,
@@ -277,7 +336,7 @@ def _reference_scores(names, model, encoder, x: torch.Tensor, reference: torch.T
             part = reference[start:start + size]
             with torch.no_grad():
                 q = encoder(part)
-            ref_nll.append(-log_likelihood(model, q, part, options.num_samples).log_likelihood)
+            ref_nll.append(-_log_likelihood(model, q, part, options.num_samples).log_likelihood)
         out["typicality"] = typicality(columns["nll"], torch.cat(ref_nll).double().cpu(),
                                        batch=options.typicality_batch)
     if "latent-density" in names or "latent-knn" in names:
