@@ -241,3 +241,60 @@ def test_incomplete_data_and_hierarchies_are_refused_in_one_line(tmp_path, x, op
         _fit(data if "missing" in options else x, tmp_path / "run", epochs=1, **options)
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_a_trusted_factory_is_found_in_the_working_directory_only_while_imported(
+        tmp_path, monkeypatch):
+    """The `vaelab` console script does not put the working directory on sys.path (as
+    `python -m vaelab` does): a trusted module there is found anyway, sys.path is left as it
+    was, and an untrusted one there is still refused without being imported."""
+    import os
+    import sys
+
+    from vaelab._trust import import_factory, trusting
+
+    (tmp_path / "here_nets.py").write_text("def make(**_):\n    return 'made'\n")
+    (tmp_path / "here_evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n"
+                                           "def make(**_):\n    return 'evil'\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd())])
+    before = list(sys.path)
+    with trusting(["here_nets"]):
+        assert import_factory("here_nets:make")() == "made"
+        with pytest.raises(ValueError, match="trusted modules"):
+            import_factory("here_evil:make")
+    assert sys.path == before and not (tmp_path / "ran").exists()
+    sys.modules.pop("here_nets", None)
+
+
+def test_the_console_script_scores_a_run_whose_factory_is_in_the_working_directory(tmp_path):
+    """The page's command line, run as a user runs it: a factory module next to the data,
+    the run fitted in Python, then `vaelab --trust M score RUN --data F --reference F` from
+    that folder; resuming it from the command line is one line pointing to vaelab.fit."""
+    import subprocess
+    import sys
+
+    source = Path(__file__).read_text()
+    factory = source[source.index("def make_nets"):source.index("def not_nets")]
+    (tmp_path / "folder_nets.py").write_text("from torch import nn\n\n\n" + factory)
+    fit = ("import numpy as np, vaelab\nfrom folder_nets import make_nets\n"
+           "x = (np.random.default_rng(0).random((32, 6)) > 0.5).astype('float32')\n"
+           "np.save('x.npy', x)\n"
+           "vaelab.fit(make_nets, x, 'runs/own', epochs=1, latent_dim=2, batch_size=16, "
+           "log=None, progress=False, compile=False)\n")
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    done = subprocess.run([sys.executable, "-c", fit], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    script = Path(sys.executable).with_name("vaelab")
+    done = subprocess.run([str(script), "--trust", "folder_nets", "score", "runs/own",
+                           "--data", "x.npy", "--reference", "x.npy", "--score", "elbo",
+                           "latent-knn", "--quiet"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "runs" / "own" / "scores.csv").is_file()
+    done = subprocess.run([str(script), "--trust", "folder_nets", "train", "--resume",
+                           "runs/own", "--epochs", "2"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "resume it in Python with vaelab.fit(..., resume=True)" in done.stderr

@@ -7,13 +7,21 @@ config says ``"os:system"`` with ``["rm -rf ~"]`` is a program). So vaelab impor
 only inside :func:`trusting`, which names the module prefixes the caller trusts
 (``vaelab.load(run, trust=["mypkg"])``; ``vaelab.fit`` trusts the factory it was handed), and
 refuses anything else in one line. The built-in networks import nothing from a run.
+
+A trusted module is looked for where Python looks, then in the current working directory (as
+``python -m`` and servers such as uvicorn do for "module:attr" strings): the ``vaelab`` console
+script, unlike ``python -m vaelab``, does not put that folder on ``sys.path``, and a factory
+written next to the data is where a user keeps it. The folder is on the path only while the
+trusted module is imported, and after every other entry, so it shadows no installed module.
 """
 
 from __future__ import annotations
 
 import contextvars
 import importlib
+import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -55,6 +63,20 @@ def is_trusted(module: str) -> bool:
     return any(module == p or module.startswith(p + ".") for p in _TRUSTED.get())
 
 
+def _import_here_too(module_name: str) -> object:
+    """``importlib.import_module`` of a trusted module, the working directory searched last
+    (see the module docstring); ``sys.path`` is as it was afterwards."""
+    here = os.getcwd()
+    if here in sys.path or "" in sys.path:
+        return importlib.import_module(module_name)
+    sys.path.append(here)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if here in sys.path:
+            sys.path.remove(here)
+
+
 def import_factory(reference: str, where: str = "factory") -> Callable:
     """The function ``reference`` names, imported only when its module is trusted; a
     one-line ValueError when it is not, cannot be imported, or is not callable."""
@@ -67,7 +89,7 @@ def import_factory(reference: str, where: str = "factory") -> Callable:
                          f"trust this run, pass trust=[{module_name.split('.')[0]!r}], or "
                          f"--trust {module_name.split('.')[0]} on the command line)")
     try:
-        value: object = importlib.import_module(module_name)
+        value: object = _import_here_too(module_name)
         for part in attribute.split("."):
             value = getattr(value, part)
     except (ImportError, AttributeError) as err:

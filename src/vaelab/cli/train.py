@@ -263,8 +263,26 @@ def _run_dir(args: argparse.Namespace) -> Path:
         if not (args.resume / "config.json").is_file():
             raise ValueError(f"--resume: expected a run directory written by `vaelab train`, "
                              f"got {str(args.resume)!r} (no config.json)")
+        _check_resumable_here(args.resume)
         return args.resume
     return args.out if args.out is not None else _default_out()
+
+
+def _check_resumable_here(run_dir: Path) -> None:
+    """One line for a run trained on data handed over in memory (``vaelab.fit``): no flag
+    finds those rows again, and --data would be other rows as far as the run can tell (it
+    records no fingerprint of them), so only Python can hand them over again."""
+    import json
+
+    try:
+        data = json.loads((run_dir / "config.json").read_text()).get("train", {}).get("data")
+    except (OSError, ValueError, AttributeError):
+        return                                # the config's own checks say what is wrong
+    if data == "in-memory":       # vaelab.fit.train_data.IN_MEMORY (cli imports no torch here)
+        raise ValueError(f"--resume: {str(run_dir)!r} was trained on data handed over in "
+                         f"memory (vaelab.fit), which the command line cannot hand over again; "
+                         f"resume it in Python with vaelab.fit(..., resume=True), passing the "
+                         f"same factory and data")
 
 
 def _default_out() -> Path:
