@@ -163,3 +163,42 @@ def test_cli_refuses_bad_columns_in_one_line(tmp_path, capsys, case, message):
     assert message in err
     assert ("group rare categories" if case == "ids" else "--column-types gaussian") in err
     assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_an_imputed_csv_keeps_observed_cells_as_read_and_writes_no_float32_noise(masked_run,
+                                                                                 tmp_path):
+    """impute's CSV: every observed cell is the very text of the input file (integers stay
+    integers: 3, not 3.0), whole numbers are written without a decimal point, and the model's
+    values carry no digits beyond float32's (at most 9 significant digits)."""
+    import csv
+
+    from vaelab.use.impute import impute_file
+
+    holes = _table(holes=True)
+    holes.to_csv(tmp_path / "holes.csv", index=False)
+    impute_file(masked_run, tmp_path / "holes.csv", tmp_path / "filled.csv", num_samples=8)
+    read = list(csv.reader((tmp_path / "holes.csv").open()))
+    wrote = list(csv.reader((tmp_path / "filled.csv").open()))
+    assert wrote[0] == read[0] and len(wrote) == len(read)
+    for before, after in zip(read[1:], wrote[1:], strict=True):
+        for name, given, cell in zip(read[0], before, after, strict=True):
+            if given:
+                assert cell == given, (name, given, cell)
+            elif name == "smoker":
+                assert cell in ("0", "1")
+            elif name != "colour":
+                digits = cell.lstrip("-").replace(".", "").lstrip("0")
+                assert len(digits) <= 9, cell           # float32's shortest decimals
+    assert "3.0" not in {row[1] for row in wrote[1:]}
+
+
+def test_table_csv_writes_whole_numbers_as_integers_and_model_values_at_float32():
+    from vaelab.use.tables import table_csv
+
+    frame = pd.DataFrame({"n": [1.0, 2.0, float("nan")], "x": [0.1, 42253.26171875, 2.5],
+                          "c": ["a", None, "b"]})
+    observed = np.array([[True, True, True], [True, False, False], [False, True, True]])
+    assert table_csv(frame, observed).splitlines() == ["n,x,c", "1,0.1,a", "2,42253.26,",
+                                                       ",2.5,b"]
+    assert table_csv(frame.assign(x=[0.1, 1 / 3, 7.0])).splitlines()[1:] == [
+        "1,0.1,a", "2,0.33333334,", ",7,b"]

@@ -261,6 +261,7 @@ def _impute_table(trained: object, data: Path, out: Path, draws: int | None,
                   num_samples: int, seed: int) -> dict:
     """:func:`impute_file` for a mixed-table run: a CSV in, a CSV out with the labels."""
     from vaelab.data.schema import read_table
+    from vaelab.use.tables import write_table
 
     if out.suffix.lower() != ".csv" or draws is not None:
         raise ValueError(f"--out: a mixed table's imputation is written as one .csv table "
@@ -273,7 +274,7 @@ def _impute_table(trained: object, data: Path, out: Path, draws: int | None,
     diagnostics: dict = {}
     filled: Any = impute(trained, frame, num_samples=num_samples, seed=seed,
                          diagnostics=diagnostics)
-    atomic_write_bytes(out, filled.to_csv(index=False).encode("utf-8"))
+    write_table(filled, out, observed=frame.notna().to_numpy())   # as read where observed
     holes = torch.from_numpy(frame.isna().to_numpy().any(1))
     warnings = honest.reliability_warnings(diagnostics["ess"][holes], None, num_samples,
                                            quantity="imputed values", bound=False)

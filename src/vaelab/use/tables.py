@@ -50,8 +50,42 @@ def reconstruct_table(trained: Any, table: Any) -> Any:
     return schema.decode(x.detach().cpu().double().numpy()).set_axis(frame.index)
 
 
-def write_table(frame: Any, out: str | Path) -> Path:
-    """``frame`` as a CSV at ``out``, written atomically (empty cells for missing values)."""
+def write_table(frame: Any, out: str | Path, observed: Any = None) -> Path:
+    """``frame`` as a CSV at ``out``, written atomically (empty cells for missing values), its
+    numbers as :func:`table_csv` writes them."""
     out = Path(out)
-    atomic_write_bytes(out, frame.to_csv(index=False).encode("utf-8"))
+    atomic_write_bytes(out, table_csv(frame, observed).encode("utf-8"))
     return out
+
+
+def table_csv(frame: Any, observed: Any = None) -> str:
+    """``frame`` as CSV text: whole numbers without a decimal point (counts, 0/1, labels that
+    are numbers), cells of ``observed`` (a bool DataFrame or array of frame's shape: the cells
+    read from the user's file) as the shortest decimal that gives back the value read, and
+    the model's values (float32 arithmetic) as the shortest decimal of their float32, so
+    42253.26171875 is written 42253.26: digits beyond float32's precision are noise."""
+    import numpy as np
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    mask = (np.zeros(frame.shape, dtype=bool) if observed is None
+            else np.asarray(observed, dtype=bool))
+    text = frame.copy()
+    for j, name in enumerate(frame.columns):
+        column = frame[name]
+        if not is_numeric_dtype(column.dtype) or is_bool_dtype(column.dtype):   # labels
+            continue
+        text[name] = [_number(v, bool(mask[i, j])) for i, v in enumerate(column.tolist())]
+    csv: str = text.to_csv(index=False)
+    return csv
+
+
+def _number(value: Any, exact: bool) -> str:
+    import numpy as np
+
+    if value is None or value != value:               # NaN / NA: an empty cell
+        return ""
+    value = float(value)
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value) if exact else np.format_float_positional(np.float32(value), unique=True,
+                                                               trim="-")
