@@ -262,3 +262,57 @@ def test_importance_sampled_log_p_x_given_c_is_exact_when_the_decoder_ignores_z(
     np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-5)
     report = evaluate_model(model, torch.cat([x, c], 1), num_samples=10, data_kind="binary")
     assert report["data_dim"] == 5                        # bits per dimension of x, not [x | c]
+
+
+def test_cli_batch_correction_of_a_table_writes_the_values(tmp_path, capsys):
+    """reconstruct --condition 0 --out X.csv|X.npy writes every row's E[x | z, c = 0] under
+    the table's column names (the batch column left out), the same numbers as the Python
+    API; sample --out X.csv writes n draws; the picture's line names the condition used."""
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    batch = rng.integers(0, 2, 120)
+    x = rng.normal(size=(120, 3)) + 3.0 * batch[:, None]
+    pd.DataFrame({"g0": x[:, 0], "g1": x[:, 1], "batch": batch, "g2": x[:, 2]}).to_csv(
+        tmp_path / "cells.csv", index=False)
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--data", tmp_path / "cells.csv", "--out", run,
+                           "--condition", "batch", "--likelihood", "gaussian", "--binarize",
+                           "none", "--epochs", "1", "--latent-dim", "2", "--hidden", "8",
+                           "--compile", "off", "--quiet")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "reconstruct", run, "--condition", "0", "--out",
+                             tmp_path / "corrected.csv")
+    assert code == 0, err
+    assert "120 rows" in out and "--condition 0" in out
+    corrected = pd.read_csv(tmp_path / "corrected.csv")
+    assert list(corrected.columns) == ["g0", "g1", "g2"] and len(corrected) == 120
+    trained = load(run)
+    expected = trained.reconstruct(torch.from_numpy(x).float(), c=batch.tolist(), to=0)
+    np.testing.assert_allclose(corrected.to_numpy(), expected.numpy(), rtol=1e-6, atol=1e-6)
+    code, _, err = run_cli(capsys, "reconstruct", run, "--condition", "0", "--out",
+                           tmp_path / "corrected.npy")
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "corrected.npy"), expected.numpy(),
+                               rtol=1e-6, atol=1e-6)
+    code, out, err = run_cli(capsys, "sample", run, "--condition", "1", "-n", "5", "--out",
+                             tmp_path / "s.csv")
+    assert code == 0, err
+    assert list(pd.read_csv(tmp_path / "s.csv").columns) == ["g0", "g1", "g2"]
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 5 and "p(x | c = 1)" in out
+    code, out, err = run_cli(capsys, "reconstruct", run, "-n", "4", "--condition", "1",
+                             "--out", tmp_path / "r.png")
+    assert code == 0 and "decoded under --condition 1" in out, err
+
+
+def test_a_level_of_class_labels_can_be_given_by_its_class_name():
+    """A run conditioned on Fashion-MNIST's labels takes "Sneaker" (any case) for level 7;
+    an unknown name lists the names."""
+    spec = {"source": "labels", "kind": "categorical", "levels": list(range(10))}
+    named = condition_spec.with_class_names(spec, "fashion-mnist")
+    assert condition_spec.encode_value(named, "Sneaker") == [float(i == 7) for i in range(10)]
+    assert condition_spec.encode_value(named, "ankle boot")[9] == 1.0
+    assert condition_spec.encode_value(named, "3")[3] == 1.0            # levels still work
+    with pytest.raises(ValueError, match="or their class names .*'Sneaker'"):
+        condition_spec.encode_value(named, "Sandals")
+    assert condition_spec.with_class_names(spec, "table.csv") is spec    # no names known

@@ -136,9 +136,30 @@ def level_index(spec: dict, value: Any, flag: str = "--condition") -> int:
     for i, level in enumerate(levels):
         if level == value or str(level) == str(value).strip():
             return i
+    names = spec.get("names") or {}          # class name → label (with_class_names)
+    wanted = str(value).strip().casefold()
+    for name, label in names.items():
+        if name.casefold() == wanted and label in levels:
+            return levels.index(label)
     shown = levels if len(levels) <= 20 else [*levels[:20], "…"]
-    raise ValueError(f"{flag}: expected one of the run's condition levels {shown}, "
+    named = (f" or their class names {[n for n, lab in names.items() if lab in levels]}"
+             if names else "")
+    raise ValueError(f"{flag}: expected one of the run's condition levels {shown}{named}, "
                      f"got {value!r}")
+
+
+def with_class_names(spec: dict, data: str) -> dict:
+    """``spec`` with ``names`` (class name → label) when its levels are the class labels of
+    a data set whose classes have names (Fashion-MNIST's "Sneaker" is label 7), so a level
+    can be given by its name; else ``spec`` as it is."""
+    if spec.get("source") != "labels" or spec.get("kind") != "categorical":
+        return spec
+    from vaelab.data.named import CLASS_NAMES
+
+    classes = CLASS_NAMES.get(data)
+    if classes is None:
+        return spec
+    return {**spec, "names": {name: label for label, name in enumerate(classes)}}
 
 
 def encode_value(spec: dict, value: Any, flag: str = "--condition") -> list[float]:

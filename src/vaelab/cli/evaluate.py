@@ -177,8 +177,9 @@ def add_sample(commands) -> None:
     p.add_argument("-n", type=positive_int, metavar="N", default=64,
                    help="number of samples (default 64)")
     p.add_argument("--out", type=Path, metavar="FILE.png",
-                   help="default: RUN/samples-N.png; FILE.csv: the draws as a table, labels "
-                        "kept (a run trained with --likelihood mixed)")
+                   help="default: RUN/samples-N.png; FILE.csv or FILE.npy: the draws "
+                        "x ~ p(x) themselves (a table run: its column names, a mixed table's "
+                        "labels kept)")
     p.add_argument("--seed", type=non_negative_int, metavar="N", default=0)
     p.add_argument("--nrow", type=positive_int, metavar="N",
                    help="images per row (default: about √n)")
@@ -194,15 +195,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     trained = load_run(args.run, args.device)
     _check_memory("-n", args.n, _bytes_per_sample(trained.config.model))
-    if args.out is not None and args.out.suffix.lower() == ".csv":     # a mixed table's draws
-        from vaelab.use import tables
-
-        tables.table_schema(trained)
-        out = out_path(args.out, ".csv", "--out")
-        claim(out)
-        frame = tables.sample_table(trained, args.n, seed=args.seed)
-        print(f"wrote {tables.write_table(frame, out)}")
-        return 0
+    suffix = "" if args.out is None else args.out.suffix.lower()
+    if suffix in (".csv", ".npy"):                   # the draws themselves, not a picture
+        return _sample_values(args, trained, suffix)
     out = png_path(args.out or args.run / f"samples-{args.n}.png", "--out")
     claim(out)
     path = plots.write_samples(_for_condition(trained, args.condition, "sample"), out, args.n,
@@ -212,6 +207,41 @@ def cmd_sample(args: argparse.Namespace) -> int:
                                    "fashion-mnist", "mnist") else None)
     print(f"wrote {path}")
     return 0
+
+
+def _sample_values(args: argparse.Namespace, trained, suffix: str) -> int:
+    """``sample --out FILE.csv|FILE.npy``: n draws x ~ p(x) (p(x | c) with --condition) as a
+    table: a mixed table's columns with their labels, else the run's column names."""
+    import torch
+
+    from vaelab.model.mixed_likelihood import schema_of
+    from vaelab.use import tables
+
+    mixed = schema_of(trained) is not None
+    _check_values_out(trained, suffix, mixed)
+    out = out_path(args.out, suffix, "--out")
+    claim(out)
+    if mixed:
+        frame = tables.sample_table(trained, args.n, seed=args.seed)
+        print(f"wrote {tables.write_table(frame, out)}")
+        return 0
+    model = _for_condition(trained, args.condition, "sample")
+    x = model.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
+    tables.write_values(x, out, tables.value_columns(trained))
+    given = "" if args.condition is None else f" | c = {args.condition}"
+    print(f"wrote {out}: {args.n} draws x ~ p(x{given})")
+    return 0
+
+
+def _check_values_out(trained, suffix: str, mixed: bool) -> None:
+    """One line for an output of values the run cannot give: a mixed table's as .npy (its
+    labels), a .csv of images."""
+    if mixed and suffix == ".npy":
+        raise ValueError("--out: a mixed table's values are written as a .csv (its labels "
+                         "kept), got a .npy file name")
+    if suffix == ".csv" and trained.config.model.image_shape is not None:
+        raise ValueError("--out: expected a .png or .npy file name for a run of images, got a "
+                         ".csv file name")
 
 
 def _for_condition(trained, value: str | None, command: str, own=None):
@@ -280,11 +310,13 @@ def add_reconstruct(commands) -> None:
                             "above their reconstructions E[x | z = E_q z].")
     p.add_argument("run", type=Path, metavar="RUN")
     add_run_data(p)
-    p.add_argument("-n", type=positive_int, metavar="N", default=16,
-                   help="number of examples (default 16)")
+    p.add_argument("-n", type=positive_int, metavar="N",
+                   help="number of examples, drawn at random (default 16 for a picture; "
+                        "every row, in order, for FILE.csv or FILE.npy)")
     p.add_argument("--out", type=Path, metavar="FILE.png",
-                   help="default: RUN/reconstructions-N.png; FILE.csv: the reconstructions as "
-                        "a table, labels kept (a run trained with --likelihood mixed)")
+                   help="default: RUN/reconstructions-N.png; FILE.csv or FILE.npy: the "
+                        "reconstructions themselves (a table run: its column names, a mixed "
+                        "table's labels kept)")
     p.add_argument("--seed", type=non_negative_int, metavar="N", default=0,
                    help="picks the examples and their binarization")
     p.add_argument("--condition", metavar="VALUE", help="a conditional run: decode each "
@@ -296,21 +328,26 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     """``vaelab reconstruct``: n held-out examples above their reconstructions."""
     import torch
 
+    from vaelab.model.mixed_likelihood import schema_of
     from vaelab.show import plots
+    from vaelab.use import tables
 
     trained = load_run(args.run, args.device)
     inference_of(trained)
-    table = args.out is not None and args.out.suffix.lower() == ".csv"     # a mixed table's
-    out = (out_path(args.out, ".csv", "--out") if table else
-           png_path(args.out or args.run / f"reconstructions-{args.n}.png", "--out"))
+    suffix = "" if args.out is None else args.out.suffix.lower()
+    values = suffix in (".csv", ".npy")              # the reconstructions, not a picture
+    mixed = schema_of(trained) is not None
+    if values:
+        _check_values_out(trained, suffix, mixed)
+    n = args.n or (None if values else 16)
+    out = (out_path(args.out, suffix, "--out") if values else
+           png_path(args.out or args.run / f"reconstructions-{n}.png", "--out"))
     claim(out)
     dataset, _ = held_out(trained, args.data, args.split, args.seed, printer(False))
     generator = torch.Generator().manual_seed(args.seed)
-    index = torch.randperm(len(dataset), generator=generator)[:args.n]
-    x = dataset.x[index.sort().values].to(trained.device)
-    if table:
-        from vaelab.use import tables
-
+    index = torch.randperm(len(dataset), generator=generator)[:n]
+    x = dataset.x[index.sort().values if n is not None else slice(None)].to(trained.device)
+    if values and mixed:
         schema = tables.table_schema(trained)
         print(f"wrote {tables.write_table(schema.decode(trained.reconstruct(x).cpu()), out)}")
         return 0
@@ -318,8 +355,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     if trained.config.model.condition is not None:   # rows [x | c]: shown x, c held apart
         x, own = model.split(x)
         model = _for_condition(trained, args.condition, "reconstruct", own)
+    decoded = ("" if args.condition is None else
+               f", each decoded under --condition {args.condition} (x as if it had that c)")
+    if values:
+        tables.write_values(model.reconstruct(x), out, tables.value_columns(trained, args.data))
+        print(f"wrote {out}: {len(x)} rows, E[x | z = E_q z]{decoded}")
+        return 0
     path = plots.write_reconstructions(model, x, out, trained.config.model.image_shape,
                                        binarized=trained.config.train.binarize != "none",
                                        value_range=plots.data_range(dataset))
-    print(f"wrote {path}")
+    print(f"wrote {path}{decoded}")
     return 0

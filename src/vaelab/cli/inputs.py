@@ -184,11 +184,12 @@ def _condition_of(trained, dataset, source: str, value: str | None):
     from vaelab import condition_spec
     from vaelab.data import condition
 
+    named = condition_spec.with_class_names(spec, trained.config.train.data)   # "Sneaker"
     if value is not None and spec["source"] != "columns":   # c given: the data's not needed
-        return dataset, torch.tensor(condition_spec.encode_value(spec, value))
+        return dataset, torch.tensor(condition_spec.encode_value(named, value))
     dataset, c = condition.for_dataset(spec, dataset, source)
     if value is not None:
-        c = torch.tensor(condition_spec.encode_value(spec, value))
+        c = torch.tensor(condition_spec.encode_value(named, value))
     return dataset, c
 
 

@@ -22,6 +22,11 @@ from vaelab.data.kinds import Dataset, _describe
 from vaelab.data.readers import read_idx
 
 DEFAULT_DATASET = "fashion-mnist"
+#: The class names of the named data sets, by label (figures, and conditions given by name).
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASS_NAMES = {"fashion-mnist": FASHION_MNIST_CLASSES,
+               "mnist": tuple(str(d) for d in range(10))}
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")  # Debian's dataset-fashion-mnist installs here
 
 

@@ -30,11 +30,8 @@ from matplotlib.ticker import MaxNLocator
 from vaelab import _checks
 from vaelab._files import save_figure
 from vaelab._runtime import device_of
+from vaelab.data.named import CLASS_NAMES, FASHION_MNIST_CLASSES  # noqa: F401  (re-exported)
 
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                         "Shirt", "Sneaker", "Bag", "Ankle boot")
-CLASS_NAMES = {"fashion-mnist": FASHION_MNIST_CLASSES,
-               "mnist": tuple(str(d) for d in range(10))}
 CURVE_METRICS = (("elbo", "ELBO (nats)"), ("rate", "rate KL(q‖p) (nats)"),
                  ("distortion", "distortion −E log p(x|z) (nats)"))
 

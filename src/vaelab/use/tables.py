@@ -89,3 +89,39 @@ def _number(value: Any, exact: bool) -> str:
         return str(int(value))
     return repr(value) if exact else np.format_float_positional(np.float32(value), unique=True,
                                                                trim="-")
+
+
+def value_columns(trained: Any, source: str | Path | None = None) -> list[str]:
+    """The names of a run's x columns, for a table of its values: the DataFrame columns the
+    run recorded, else the header row of the CSV ``source`` (default: the run's training
+    file) without a conditional run's condition columns, else x0, x1, ...; one name per
+    value of x."""
+    from vaelab.data.readers import csv_header
+
+    width = int(getattr(trained.model, "x_dim", trained.model.data_dim))
+    names = list(trained.columns or ())
+    path = Path(source if source is not None else trained.config.train.data).expanduser()
+    if not names and path.suffix.lower() == ".csv" and path.is_file():
+        names = list(csv_header(path) or ())
+        spec = trained.config.model.condition
+        if spec is not None and spec.get("source") == "columns":
+            names = [name for name in names if name not in spec["columns"]]
+    return names if len(names) == width else [f"x{i}" for i in range(width)]
+
+
+def write_values(values: Any, out: str | Path, columns: list[str]) -> Path:
+    """Rows of values [N, D] at ``out``: a .csv with the ``columns`` header (float32's
+    shortest decimals, :func:`table_csv`) or a float32 .npy array (no pickle)."""
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    array = torch.as_tensor(values).detach().cpu().numpy().astype(np.float32)
+    out = Path(out)
+    if out.suffix.lower() == ".npy":
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        atomic_write_bytes(out, buffer.getvalue())
+        return out
+    return write_table(pd.DataFrame(array.astype(np.float64), columns=columns), out)

@@ -93,6 +93,7 @@ class TrainedModel:
         ndim = np.ndim(cast(Any, c))        # a str is one value (ndim 0); C > 1 reals: [C] is one
         one = ndim == 0 or (spec["kind"] == "real" and ndim == 1
                             and condition_spec.dim(spec) > 1)
+        spec = condition_spec.with_class_names(spec, self.config.train.data)   # "Sneaker"
         coded = (torch.tensor(condition_spec.encode_value(spec, c, flag)) if one
                  else condition_.encode(spec, c, flag))
         if not one and n is not None and len(coded) != n:
