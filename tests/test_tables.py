@@ -202,3 +202,14 @@ def test_table_csv_writes_whole_numbers_as_integers_and_model_values_at_float32(
                                                        ",2.5,b"]
     assert table_csv(frame.assign(x=[0.1, 1 / 3, 7.0])).splitlines()[1:] == [
         "1,0.1,a", "2,0.33333334,", ",7,b"]
+
+
+def test_python_impute_gives_whole_number_columns_back_as_integers(masked_run):
+    """A yes/no column read as floats (it has missing cells) comes back as integers 0/1,
+    observed values unchanged; a real column stays float."""
+    frame = _table(holes=True)
+    filled = vaelab.impute(masked_run, frame, num_samples=20, seed=0)
+    assert str(filled["smoker"].dtype) == "Int64" and set(filled["smoker"]) <= {0, 1}
+    assert filled["income"].dtype == np.float64
+    seen = frame["smoker"].notna()
+    assert filled.loc[seen, "smoker"].tolist() == [int(v) for v in frame.loc[seen, "smoker"]]

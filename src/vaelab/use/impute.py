@@ -156,9 +156,26 @@ def _frames(filled: np.ndarray, frame: Any, draws: int | None, schema: Any = Non
     schema's table with its labels (a category is the most probable one, not a mean)."""
     def like(values: np.ndarray) -> Any:
         if schema is not None:
-            return schema.decode(values).set_axis(frame.index)[list(frame.columns)]
+            table = schema.decode(values).set_axis(frame.index)[list(frame.columns)]
+            return _whole_numbers_as_integers(table)
         return type(frame)(values, index=frame.index, columns=frame.columns)
     return like(filled) if draws is None else [like(values) for values in filled]
+
+
+def _whole_numbers_as_integers(table: Any) -> Any:
+    """``table`` with each numeric column whose every value is a whole number (a yes/no
+    column, counts observed or drawn, integers as read) as pandas' nullable Int64: a column
+    with a missing cell was read as floats, and its 0/1 would otherwise come back as 0.0."""
+    from pandas.api.types import is_bool_dtype, is_float_dtype
+
+    for name in table.columns:
+        column = table[name]
+        if is_float_dtype(column.dtype) and not is_bool_dtype(column.dtype):
+            values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+            seen = values[~np.isnan(values)]
+            if seen.size and (seen == np.round(seen)).all() and np.abs(seen).max() < 2**53:
+                table[name] = column.astype("Int64")
+    return table
 
 
 def _impute_rows(model: MaskedVAE, rows: torch.Tensor, num_samples: int, draws: int | None,
