@@ -295,14 +295,14 @@ def _check_needs(model, x: object, names: tuple[str, ...], encoder, background,
         raise ValueError(f"reference: the {', '.join(needs)} score compares with the training "
                          f"examples; pass reference= (rows of the training data), got None")
     device = device_of(model)
-    rows: torch.Tensor = _checked_rows(model, data_forms.as_rows(x), "x").to(device)  # any form
-    if bool(torch.isnan(rows).any()):
-        refused = [n for n in names if n in COMPLETE_ONLY]
-        if refused:
-            raise ValueError(f"x: {', '.join(refused)} is defined on complete rows only (it "
-                             f"re-fits q to, bounds layer by layer, or compresses the whole "
-                             f"x), got {int(torch.isnan(rows).any(1).sum())} rows with missing "
-                             f"cells; drop it, or score complete rows")
+    rows: torch.Tensor = _checked_rows(model, data_forms.as_rows(x), "x")   # any form
+    refused = [n for n in names if n in COMPLETE_ONLY]
+    if refused and bool(torch.isnan(rows).any()):      # checked where x is, before the move
+        raise ValueError(f"x: {', '.join(refused)} is defined on complete rows only (it "
+                         f"re-fits q to, bounds layer by layer, or compresses the whole "
+                         f"x), got {int(torch.isnan(rows).any(1).sum())} rows with missing "
+                         f"cells; drop it, or score complete rows")
+    rows = rows.to(device)
     if "hierarchical-llr" in names:
         with torch.no_grad():
             check_hierarchical(model, encoder(rows[:1]))
