@@ -79,6 +79,28 @@ def test_the_detector_flags_its_contamination_and_far_points():
                                   detector.score_samples(x) - detector.offset_)
 
 
+def test_scores_take_as_many_rows_at_once_as_fit_in_memory(monkeypatch):
+    """Each [K, rows, D] pass holds at most SCORE_NUMBERS numbers (K = 1000 over 784 pixels
+    in a fixed 1024 rows took 19 GB); the rows' scores are those of a single pass."""
+    from vaelab.use import sklearn as estimators
+
+    x = _correlated(50)
+    model = VAETransformer(**TINY, random_state=0).fit(x)
+    whole = model.score_samples(x)                 # K·50·3 numbers: one pass
+    passes = []
+    inner = estimators._common_noise_log_weights
+
+    def spy(net, infer, part, k, seed):
+        passes.append(part.shape[0])
+        return inner(net, infer, part, k, seed)
+
+    monkeypatch.setattr(estimators, "_common_noise_log_weights", spy)
+    monkeypatch.setattr(estimators, "SCORE_NUMBERS", 7 * TINY["num_samples"] * 3)
+    chunked = model.score_samples(x)
+    assert passes == [7] * 7 + [1]
+    np.testing.assert_allclose(chunked, whole, rtol=1e-12)
+
+
 def test_the_transformer_scores_the_log_likelihood_of_its_run(tmp_path):
     x = _correlated(120)
     model = VAETransformer(latent_dim=1, hidden=(16,), epochs=10, lr=1e-2, num_samples=500,

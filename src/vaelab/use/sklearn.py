@@ -67,6 +67,9 @@ from vaelab.use.trained import TrainedModel, load
 
 #: The run files an estimator keeps (JSON and safetensors only: no checkpoint, no pickle).
 RUN_FILES = ("config.json", "model.safetensors", "metrics.jsonl")
+#: Most numbers in one [K, rows, D] tensor of a score (2^24 float64: 128 MiB): a score takes
+#: as many rows at once as fit (a fixed 1024 rows at K = 1000 over 784 pixels took 19 GB).
+SCORE_NUMBERS = 2**24
 
 
 class _VAEEstimator(BaseEstimator):
@@ -179,7 +182,8 @@ class _VAEEstimator(BaseEstimator):
         model, infer = self._float64()
         k = int(self.num_samples)
         out = []
-        for part in self._rows(X).split(1024):
+        rows = self._rows(X)
+        for part in rows.split(max(1, SCORE_NUMBERS // (k * max(1, rows[0].numel())))):
             with torch.no_grad():
                 lw = _common_noise_log_weights(model, infer, part, k, self.seed_)   # [k, B]
             out.append((lw.logsumexp(0) - math.log(k)).cpu())
