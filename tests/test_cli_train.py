@@ -238,3 +238,58 @@ def test_bad_family_and_prior_flags_are_one_line_errors(argv, flag, tmp_path, ca
     assert code == 2 and flag in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+RECIPE = __import__("pathlib").Path(__file__).parents[1] / "recipes/fashion-mnist/vae.toml"
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--val-fraction", "0.1"], "val_fraction (--val-fraction): the data protocol"),
+    (["--binarize", "static"], "binarize (--binarize): the data protocol"),
+])
+def test_a_recipes_protocol_refuses_a_conflicting_flag(tmp_path, capsys, flags, expected):
+    """As with --data binarized-fashion-mnist on the command line: one line, nothing made."""
+    for source in (["--config", str(RECIPE)], ["--data", "binarized-fashion-mnist"]):
+        code = cli.main(["train", *source, *TINY, *flags, "--out", str(tmp_path / "run")])
+        err = capsys.readouterr().err
+        assert code == 1 and err.count("\n") == 1 and expected in err, err
+        assert not (tmp_path / "run").exists()
+
+
+def test_flags_switch_off_what_a_recipe_turns_on(tmp_path):
+    """--kl-schedule constant, --ema 0/off and --early-stopping 0/off override the recipe's
+    warm-up, average and patience, without blaming flags the user never typed."""
+    from vaelab.cli.command import build_parser
+    from vaelab.cli.train import _train_config
+
+    def config(*flags):
+        args = build_parser().parse_args(["train", "--config", str(RECIPE), *flags])
+        return _train_config(args, tmp_path / "run").train
+
+    recipe = config()
+    assert (recipe.kl_schedule, recipe.ema_decay, recipe.early_stopping_patience) == (
+        "linear", 0.999, 50)
+    for off in ("0", "off"):
+        plain = config("--kl-schedule", "constant", "--ema", off, "--early-stopping", off)
+        assert (plain.kl_schedule, plain.kl_schedule_options) == ("constant", {})
+        assert (plain.ema_decay, plain.early_stopping_patience) == (None, None)
+    assert config("--kl-schedule", "linear").kl_schedule_options == {"warmup_epochs": 100.0}
+
+
+def test_a_warm_up_longer_than_the_run_is_one_warning_line(tmp_path, capsys):
+    """--epochs 1 under a 100-epoch warm-up trains at KL weight 0.01 β: said, not rescaled."""
+    import numpy as np
+
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).uniform(size=(40, 6)).astype(np.float32))
+    code = cli.main(["train", "--data", str(path), "--kl-warmup", "4", "--epochs", "2",
+                     "--hidden", "4", "--latent-dim", "2", "--batch-size", "20",
+                     "--out", str(tmp_path / "run")])
+    out, err = capsys.readouterr()
+    lines = [line for line in (out + err).splitlines() if "longer than the run" in line]
+    assert code == 0 and lines == [
+        "warning: the KL warm-up (--kl-warmup 4 epochs) is longer than the run (--epochs 2): "
+        "training ends at KL weight 0.5 × β, not β; pass a --kl-warmup of at most 2 epochs, "
+        "or --kl-schedule constant for none"], out + err
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert saved["kl_schedule_options"] == {"warmup_epochs": 4.0}    # not rescaled

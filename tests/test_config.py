@@ -45,7 +45,7 @@ def test_unknown_keys_are_errors_naming_them(data, name):
 @pytest.mark.parametrize("field, value", [
     ("epochs", -1), ("epochs", 0), ("batch_size", 0), ("lr", 0.0), ("lr", float("nan")),
     ("val_fraction", 1.0), ("val_fraction", -0.1), ("limit", 0), ("seed", -1),
-    ("kl_warmup_epochs", -1), ("grad_clip", 0), ("early_stopping_patience", 0),
+    ("kl_warmup_epochs", -1), ("grad_clip", 0), ("early_stopping_patience", -1),
     ("lr_schedule", "linear"), ("lr_decay", 1.5), ("binarize", "yes"), ("num_samples", 0),
     ("inference", "amortised"), ("schedule", "em"), ("phi_steps", -2), ("device", "tpu"),
     ("compile", "always"), ("max_nonfinite_steps", 0), ("betas", (0.9,)),
@@ -136,9 +136,62 @@ def test_data_protocol_expands_into_the_published_split():
     assert round(config.train.val_fraction * 60_000) == 10_000
     assert TrainConfig(data="binarized-fashion-mnist").val_fraction == 1 / 6
     with pytest.raises(ValueError, match="val_fraction"):
-        merge({}, {"train": {"data": "binarized-fashion-mnist", "val_fraction": 0.1}})
+        RunConfig.from_dict(merge({}, {"train": {"data": "binarized-fashion-mnist",
+                                                  "val_fraction": 0.1}}))
     with pytest.raises(ValueError, match="binarize"):
         RunConfig.from_dict({"data": "binarized-fashion-mnist", "binarize": "static"})
+    with pytest.raises(ValueError, match=r"val_fraction \(--val-fraction\)"):
+        TrainConfig(data="binarized-fashion-mnist", val_fraction=0.1)   # not silently 1/6
+
+
+def test_data_protocol_of_a_config_file_refuses_a_conflicting_flag(tmp_path):
+    """The protocol named in a file is checked against the flags merged over it, as when
+    the flag names it: a file's protocol cannot be broken without a word."""
+    path = tmp_path / "recipe.toml"
+    path.write_text('[train]\ndata = "binarized-fashion-mnist"\n')
+    recipe = load_config_file(path)
+    for flags, key in (({"val_fraction": 0.1}, "val_fraction"), ({"binarize": "static"},
+                                                                 "binarize")):
+        with pytest.raises(ValueError, match=f"{key} .*'binarized-fashion-mnist'"):
+            RunConfig.from_dict(merge(recipe, {"train": flags}))
+    agreeing = RunConfig.from_dict(merge(recipe, {"train": {"binarize": "dynamic"}})).train
+    assert (agreeing.data, agreeing.val_fraction) == ("fashion-mnist", 1 / 6)
+    other = RunConfig.from_dict(merge(recipe, {"train": {"data": "mnist"}})).train
+    assert (other.data, other.val_fraction) == ("mnist", 0.05)    # another data set: no protocol
+
+
+def test_linear_kl_schedule_alone_ramps_over_its_documented_default():
+    """--help gives --kl-warmup a default of 1 epoch, and the collapse warning advises
+    --kl-schedule linear alone: that must train."""
+    from vaelab.catalogue import get
+
+    default = next(o.default for o in get("kl-schedule", "linear").options)
+    config = RunConfig.from_dict({"kl_schedule": "linear"}).train
+    assert config.kl_schedule_options == {"warmup_epochs": default} and default == 1.0
+    with pytest.raises(ValueError, match="kl_warmup_epochs"):
+        RunConfig.from_dict({"kl_schedule": "linear", "kl_warmup_epochs": 0})
+
+
+def test_zero_turns_off_ema_and_early_stopping():
+    """0 is the 'off' a flag or a TOML file can write (neither can write None)."""
+    recipe = {"train": {"ema_decay": 0.999, "early_stopping_patience": 50}}
+    config = RunConfig.from_dict(merge(recipe, {"train": {"ema_decay": 0,
+                                                          "early_stopping_patience": 0}}))
+    assert (config.train.ema_decay, config.train.early_stopping_patience) == (None, None)
+    assert RunConfig.from_dict(config.to_dict()) == config
+
+
+def test_a_chosen_kl_schedule_replaces_the_files_warm_up():
+    """--kl-schedule constant over a file's kl_warmup_epochs is a constant weight (not the
+    file's warm-up, nor a clash); --kl-schedule linear keeps the file's warm-up."""
+    recipe = {"train": {"kl_warmup_epochs": 100, "free_bits": 0.5}}
+    constant = RunConfig.from_dict(merge(recipe, {"train": {"kl_schedule": "constant"}}))
+    assert (constant.train.kl_schedule, constant.train.kl_schedule_options) == ("constant", {})
+    linear = RunConfig.from_dict(merge(recipe, {"train": {"kl_schedule": "linear"}}))
+    assert linear.train.kl_schedule_options == {"warmup_epochs": 100.0}
+    iwae = RunConfig.from_dict(merge(recipe, {"train": {"objective": "iwae",
+                                                        "num_samples": 5}}))
+    assert iwae.train.objective == "iwae"       # the file's elbo-only free bits dropped
 
 
 def test_likelihood_options_are_checked_against_the_catalogue_and_round_trip():

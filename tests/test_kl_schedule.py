@@ -59,7 +59,7 @@ def test_config_kl_warmup_alone_is_the_linear_schedule_with_the_old_values():
 
 
 @pytest.mark.parametrize(("options", "field"), [
-    ({"kl_schedule": "linear"}, "kl_warmup_epochs"),
+    ({"kl_schedule": "linear", "kl_warmup_epochs": 0}, "kl_warmup_epochs"),   # 0, typed
     ({"kl_schedule": "cyclical", "kl_warmup_epochs": 1}, "kl_warmup_epochs"),
     ({"free_bits": 0.5, "objective": "iwae"}, "free_bits"),
     ({"kl_ratio": 1.5}, "kl_ratio"), ({"kl_cycles": 0}, "kl_cycles"),
@@ -99,3 +99,12 @@ def test_cli_rejects_bad_objective_flags_in_one_line(argv, tmp_path, capsys):
     assert code != 0 and err.startswith("vaelab: error:") and err.count("\n") == 1
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_warmup_warning_only_when_the_warm_up_outlasts_the_run():
+    warmup_warning = kl_schedule.warmup_warning
+    assert warmup_warning(TrainConfig(kl_warmup_epochs=100, epochs=400)) is None
+    assert warmup_warning(TrainConfig(epochs=1)) is None                       # constant
+    line = warmup_warning(TrainConfig(kl_warmup_epochs=100, epochs=1))
+    assert line is not None and line.startswith("warning: ") and "\n" not in line
+    assert "KL weight 0.01 × β" in line      # 1 / 100 of the way up the ramp

@@ -176,8 +176,9 @@ TRAIN_KINDS = ("objective", "kl-schedule", "lr-schedule")
 
 def _older_train_keys(values: dict) -> dict:
     """The rules of the older flat keys of training: ``kl_warmup_epochs`` > 0 alone means the
-    "linear" schedule (0 means none); a warm-up is refused with "cyclical" and needed with
-    "linear"; ``free_bits`` belongs to objective "elbo" only."""
+    "linear" schedule (0 means none); a warm-up is refused with "cyclical"; "linear" without
+    one ramps over its catalogue default (1 epoch, what ``--help`` says), an explicit 0 is
+    refused; ``free_bits`` belongs to objective "elbo" only."""
     warm = values.pop("kl_warmup_epochs", None)
     if warm is not None:
         warm = config_checks.non_negative_float("kl_warmup_epochs", warm)
@@ -185,7 +186,7 @@ def _older_train_keys(values: dict) -> dict:
     nested = values.get("kl_schedule_options") or {}
     if warm and schedule == "constant":
         values["kl_schedule"] = schedule = "linear"      # the older spelling of linear
-    if schedule == "linear" and not warm and "warmup_epochs" not in nested:
+    if schedule == "linear" and warm == 0 and "warmup_epochs" not in nested:
         raise ValueError("kl_warmup_epochs (--kl-warmup): kl_schedule 'linear' ramps the KL "
                          "weight over that many epochs; expected a number > 0, got 0")
     if schedule == "cyclical" and warm:
@@ -226,10 +227,10 @@ class TrainConfig:
     every ``patience`` epochs without a better validation ELBO), ``lr_warmup_epochs`` (the
     rate ramps linearly from 0 over that many epochs, on top of any schedule), ``ema_decay``
     (keep an exponential moving average of the weights, ``vaelab.fit.ema``, and validate,
-    early-stop, sample and save with it; None: off),
+    early-stop, sample and save with it; None or 0: off),
     ``num_samples`` (z samples per example; K for the IWAE objectives),
     ``early_stopping_patience`` (stop after that many epochs without a better validation ELBO;
-    keeps the best weights).
+    keeps the best weights; None or 0: off).
 
     Objective (``vaelab.infer.objectives.training_terms``, ``vaelab.fit.kl_schedule``):
     ``objective`` ("elbo"; "iwae", Burda et al. 2016; "iwae-dreg", Tucker et al. 2019), the KL
@@ -304,8 +305,12 @@ class TrainConfig:
         if not isinstance(self.data, str) or not self.data:
             raise TypeError(f"data: expected a dataset name or a path (a non-empty string), "
                             f"got {self.data!r}")
-        for key, value in DATA_PROTOCOLS.get(self.data.strip().lower(), {}).items():
-            object.__setattr__(self, key, value)    # a protocol fixes its split (see above)
+        if self.data.strip().lower() in DATA_PROTOCOLS:   # fixes its split (see above)
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            given = {key: getattr(self, key) for key in DATA_PROTOCOLS[self.data.strip().lower()]
+                     if key != "data" and getattr(self, key) != defaults[key]}
+            for key, value in expand_protocol({"data": self.data, **given}).items():
+                object.__setattr__(self, key, value)
         if self.limit is not None:
             _checks.positive_int("limit", self.limit)
         if self.classes is not None:
@@ -326,6 +331,10 @@ class TrainConfig:
             _checks.positive_float("grad_clip", self.grad_clip)
         if self.phi_lr is not None:
             _checks.positive_float("phi_lr", self.phi_lr)
+        for name in ("early_stopping_patience", "ema_decay"):
+            value = getattr(self, name)
+            if isinstance(value, Real) and not isinstance(value, bool) and value == 0:
+                object.__setattr__(self, name, None)   # 0 = off: what a file or flag can say
         if self.early_stopping_patience is not None:
             _checks.positive_int("early_stopping_patience", self.early_stopping_patience)
         self._check_choices()
@@ -382,8 +391,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
-        data = _known_keys("train", data, cls)
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming them. A data protocol
+        (``DATA_PROTOCOLS``) is expanded here, after every source of settings was merged, so
+        a conflicting value is refused whether it came from a file or a flag."""
+        data = expand_protocol(_known_keys("train", data, cls))
         if isinstance(data.get("betas"), list):
             data["betas"] = tuple(data["betas"])
         if isinstance(data.get("classes"), list):
@@ -406,15 +417,19 @@ DATA_PROTOCOLS: dict[str, dict] = {
 def expand_protocol(train: dict) -> dict:
     """``train`` with a protocol name in ``data`` replaced by the protocol's settings.
 
-    Raises ValueError naming the key when ``train`` also sets one of them differently.
+    Raises ValueError naming the key when ``train`` also sets one of them differently. The one
+    check of a protocol: :meth:`TrainConfig.from_dict` applies it to the merged settings (a
+    config file's and the flags'), the constructor to the values it was given.
     """
     preset = DATA_PROTOCOLS.get(str(train.get("data", "")).strip().lower())
     if preset is None:
         return train
     for key, value in preset.items():
         if key != "data" and key in train and train[key] != value:
-            raise ValueError(f"{key}: the data protocol {train['data']!r} fixes {key} = "
-                             f"{value!r}; expected that value or no {key}, got {train[key]!r}")
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"{key} ({flag}): the data protocol {train['data']!r} fixes "
+                             f"{key} = {value!r}; expected that value or no {flag}, got "
+                             f"{train[key]!r}")
     return {**train, **preset}
 
 
@@ -494,7 +509,6 @@ def normalize(data: object) -> dict:
                              f"'model' or 'train'")
         section = section or _section_of(name)
         out[section].update(_known_keys(section, {name: value}, SECTIONS[section]))
-    out["train"] = expand_protocol(out["train"])
     return out
 
 
@@ -503,8 +517,11 @@ def merge(config: dict, overrides: dict) -> dict:
 
     Meant for command-line flags over a file: an override whose value is None counts as "not
     given" and is skipped. An override that picks another component (``--prior flow`` over a
-    file's VampPrior) drops the file's options of the old one. Unknown keys in either dict
-    raise ValueError naming them. Returns the nested form ``{"model": {...}, "train": {...}}``.
+    file's VampPrior) drops the file's options of the old one; for training's components
+    also the file's flat keys the new one lacks (``--kl-schedule constant`` over a file's
+    ``kl_warmup_epochs = 100``: a constant weight, not a clash with the file's warm-up).
+    Unknown keys in either dict raise ValueError naming them. Returns the nested form
+    ``{"model": {...}, "train": {...}}``.
     """
     base = normalize(config)
     given = {k: v for k, v in _flatten(overrides).items() if v is not None}
@@ -513,6 +530,16 @@ def merge(config: dict, overrides: dict) -> dict:
             name = catalogue.FIELDS[kind]
             if name in values and values[name] != base[section].get(name):
                 base[section].pop(f"{name}_options", None)
+        for kind in TRAIN_KINDS if section == "train" else ():
+            name = catalogue.FIELDS[kind]
+            if name not in values:
+                continue
+            if values[name] != base[section].get(name):
+                base[section].pop(f"{name}_options", None)
+            kept = {o.key for o in catalogue.get(kind, values[name], name).options}
+            for key in catalogue.older_keys(kind):
+                if key not in kept:
+                    base[section].pop(key, None)
         base[section].update(values)
     return base
 

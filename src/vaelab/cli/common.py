@@ -91,6 +91,24 @@ fraction = number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 ratio_in_0_1 = number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
+def or_off(parse: Callable) -> Callable:
+    """``parse``, with "off" read as 0: the value that switches a setting off, so a flag can
+    turn off what a --config file turned on."""
+    def parse_or_off(text: str):
+        return 0 if text.strip().lower() == "off" else parse(text)
+    parse_or_off.__name__ = parse.__name__
+    return parse_or_off
+
+
+#: --ema: a decay, or 0 / off.
+ema_decay = or_off(number(float, lambda v: 0 <= v < 1, "a decay in [0, 1) such as 0.999, "
+                                                       "or 0 / off"))
+
+
+#: --early-stopping: a patience in epochs, or 0 / off.
+patience = or_off(number(int, lambda v: v >= 0, "an integer >= 1, or 0 / off"))
+
+
 def hidden_sizes(text: str) -> tuple[int, ...]:
     """``"512,256"`` → (512, 256); every size an integer >= 1."""
     try:

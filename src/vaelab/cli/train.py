@@ -20,13 +20,14 @@ from vaelab import catalogue
 from vaelab.cli.common import (
     UsageError,
     class_list,
+    ema_decay,
     fraction,
     latent_sizes,
     non_negative_float,
     non_negative_int,
+    patience,
     positive_float,
     positive_int,
-    ratio_in_0_1,
 )
 from vaelab.cli.components import (
     MODEL_KINDS,
@@ -160,11 +161,13 @@ def _add_optimizer_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=positive_float, metavar="X", help="the optimizer's learning "
                    "rate")
     g.add_argument("--grad-clip", type=positive_float, metavar="X", help="clip the gradient norm")
-    g.add_argument("--early-stopping", type=positive_int, metavar="PATIENCE",
-                   help="stop after PATIENCE epochs without a better validation ELBO")
-    g.add_argument("--ema", type=ratio_in_0_1, metavar="DECAY",
+    g.add_argument("--early-stopping", type=patience, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a better validation ELBO; 0 or "
+                        "off: no early stopping (e.g. over a --config that sets it)")
+    g.add_argument("--ema", type=ema_decay, metavar="DECAY",
                    help="keep an exponential moving average (Polyak) of the weights with this "
-                        "decay (e.g. 0.999) and validate, sample and save with it")
+                        "decay (e.g. 0.999) and validate, sample and save with it; 0 or off: "
+                        "no average (e.g. over a --config that sets one)")
     add_component(g, "lr-schedule", "the learning rate over training")
     g.add_argument("--lr-warmup", type=non_negative_float, metavar="EPOCHS",
                    help="ramp the learning rate linearly from 0 over this many epochs")
@@ -197,7 +200,8 @@ def _add_objective(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beta", type=non_negative_float, metavar="X",
                    help="KL weight β (default 1): maximize E log p(x|z) − β KL; for the IWAE "
                         "objectives it tempers the log-weights")
-    add_component(g, "kl-schedule", "the KL weight over training")
+    add_component(g, "kl-schedule", "the KL weight over training; given, it replaces a "
+                  "--config file's schedule and warm-up (constant: no warm-up)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -359,8 +363,8 @@ def _check_given_flags(args: argparse.Namespace, config) -> None:
     naming the flag, what it needs, and what the run has instead.
     """
     m, t = config.model, config.train
-    if args.kl_schedule == "constant" and t.kl_warmup_epochs > 0:
-        raise UsageError(f"--kl-warmup {t.kl_warmup_epochs:g} and --kl-schedule constant: a "
+    if args.kl_schedule == "constant" and args.kl_warmup is not None:   # both typed
+        raise UsageError(f"--kl-warmup {args.kl_warmup:g} and --kl-schedule constant: a "
                          f"warm-up ramps the KL weight, a constant schedule has none; expected "
                          f"--kl-schedule linear (or no --kl-schedule), got --kl-schedule constant")
     check_component_flags(args, {kind: getattr(t, catalogue.FIELDS[kind])

@@ -114,3 +114,19 @@ def kl_weight_for(config: TrainConfig, step: int, steps_per_epoch: int) -> float
     entry, options = catalogue.chosen(config, "kl-schedule")
     return _weight(entry.resolve().from_options(**options), step, steps_per_epoch,
                    config.beta, config.epochs)
+
+
+def warmup_warning(config: TrainConfig) -> str | None:
+    """One warning line when the linear warm-up outlasts the run (``--epochs`` below a
+    --config file's ``kl_warmup_epochs``, say): the run then never reaches the KL weight β,
+    which its ELBO-trained weights silently assume. None otherwise. The warm-up is not
+    rescaled: the user picks a shorter one or none."""
+    if catalogue.canonical(config.kl_schedule) != "linear":
+        return None
+    warmup = float(catalogue.chosen(config, "kl-schedule")[1]["warmup_epochs"])
+    if warmup <= config.epochs:
+        return None
+    return (f"warning: the KL warm-up (--kl-warmup {warmup:g} epochs) is longer than the run "
+            f"(--epochs {config.epochs}): training ends at KL weight {config.epochs / warmup:.2g}"
+            f" × β, not β; pass a --kl-warmup of at most {config.epochs} epochs, or "
+            f"--kl-schedule constant for none")

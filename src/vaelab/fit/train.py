@@ -66,6 +66,7 @@ from vaelab.config import RunConfig
 from vaelab.data.condition import pack
 from vaelab.fit import conditioned, data_init, distributed, runs
 from vaelab.fit.ema import WeightAverage
+from vaelab.fit.kl_schedule import warmup_warning
 from vaelab.fit.lr_schedule import PlateauLR
 from vaelab.fit.masked import MaskedTrainStep, build_masked_model
 from vaelab.fit.progress import (
@@ -492,7 +493,8 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
         recorded = runs.read_config(run_dir).model.standardize
         config = replace(config, model=replace(config.model, standardize=recorded))
     if dist.main:
-        for line in [*data.train.notes, _check_range(data.train, config)]:
+        for line in [*data.train.notes, _check_range(data.train, config),
+                     warmup_warning(config.train)]:
             if line:
                 log(line)
     stored = runs.read_config(run_dir) if resume else None
