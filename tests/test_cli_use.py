@@ -152,7 +152,8 @@ def test_encode_writes_the_encoder_means_and_seeded_draws(runs, tmp_path, capsys
                               tmp_path / "z.npy")
     assert code == 0 and "50 × 3 float32, posterior means" in stdout
     z = np.load(tmp_path / "z.npy")
-    test = data.static_binarize(data.load_dataset("fashion-mnist", "test"), 0).x[:50]
+    # each row binarized by its own draw (data.binarize_rows), as --stream-block does
+    test = data.binarize_rows(data.load_dataset("fashion-mnist", "test").floats().x[:50], 0)
     expected = load(runs["run"]).encode(test).mean.numpy()
     np.testing.assert_allclose(z, expected, rtol=1e-5, atol=1e-6)
     for name in ("a", "b"):

@@ -602,3 +602,20 @@ def test_messages_name_flags(files, capsys, tmp_path, argv, message):
     code, _, err = run_cli(capsys, "train", *args)
     assert code != 0 and message in err and err.count("\n") == 1
     assert "_" not in err.split("error:")[1].split("got")[0]
+
+
+def test_binarize_rows_gives_each_row_its_own_draw():
+    """A row's draw does not depend on the rows read with it (blocks of a file, or all of
+    it), the draw follows Bernoulli(x), and NaN (a missing entry) is kept."""
+    x = torch.rand(50, 13, generator=torch.Generator().manual_seed(0))
+    whole = data.binarize_rows(x, seed=4)
+    for block in (1, 7):
+        parts = [data.binarize_rows(x[s:s + block], 4, first_row=s) for s in range(0, 50, block)]
+        assert torch.equal(torch.cat(parts), whole)
+    assert not torch.equal(data.binarize_rows(x, seed=5), whole)
+    p = torch.full((400, 250), 0.3)
+    assert abs(data.binarize_rows(p, 0).mean().item() - 0.3) < 0.005   # 3.4 standard errors
+    assert set(data.binarize_rows(p, 0).unique().tolist()) == {0.0, 1.0}
+    x[0, 0] = float("nan")
+    assert data.binarize_rows(x, 4)[0, 0].isnan() and torch.equal(
+        data.binarize_rows(x, 4)[1:], whole[1:])

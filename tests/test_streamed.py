@@ -70,3 +70,58 @@ def test_a_partial_output_of_another_shape_is_started_over(tmp_path):
 def test_a_wrong_output_shape_is_refused(tmp_path):
     with pytest.raises(ValueError, match="expected an array of shape"):
         map_rows_to_file(RowFile(_rows(tmp_path)), tmp_path / "y.npy", 3, _compute)
+
+
+def _trained_run(tmp_path, capsys, *flags):
+    """A tiny run on 8-bit rows (binarized in training) and the .npy file to encode."""
+    from conftest import run_cli
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 90)
+    x = np.clip(rng.normal(60 + 60 * labels[:, None], 40, (90, 16)), 0, 255).astype(np.uint8)
+    np.savez(tmp_path / "train.npz", x=x, y=labels)
+    np.save(tmp_path / "x.npy", x)
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--data", tmp_path / "train.npz", "--out", run,
+                           "--epochs", "1", "--hidden", "8", "--latent-dim", "3",
+                           "--batch-size", "30", "--quiet", "--device", "cpu", *flags)
+    assert code == 0, err
+    return run, tmp_path / "x.npy"
+
+
+def _codes(capsys, run, data, out, *flags):
+    from conftest import run_cli
+
+    code, _, err = run_cli(capsys, "encode", run, "--data", data, "--out", out, *flags)
+    assert code == 0, err
+    return np.load(out)
+
+
+def test_streamed_codes_equal_the_in_memory_codes_for_any_block_size(tmp_path, capsys):
+    """The images are binarized before encoding: by a draw of each row's own, so neither the
+    block size nor reading the file whole changes a code (up to float rounding of the
+    encoder's batches; a different binarization moves codes by ~1)."""
+    run, data = _trained_run(tmp_path, capsys)
+    whole = _codes(capsys, run, data, tmp_path / "z.npy")
+    for block in (1, 7):
+        streamed = _codes(capsys, run, data, tmp_path / f"z{block}.npy", "--stream-block",
+                          str(block))
+        np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-5)
+    other_seed = _codes(capsys, run, data, tmp_path / "s.npy", "--seed", "3")
+    assert np.abs(other_seed - whole).max() > 1e-3        # the draw does matter
+
+
+def test_a_conditional_run_is_streamed_under_the_given_condition(tmp_path, capsys):
+    from conftest import run_cli
+
+    run, data = _trained_run(tmp_path, capsys, "--condition", "labels")
+    code, _, err = run_cli(capsys, "encode", run, "--data", data, "--out", tmp_path / "n.npy",
+                           "--stream-block", "7")
+    assert code != 0 and err.count("\n") == 1 and "expected --condition VALUE" in err, err
+    whole = _codes(capsys, run, data, tmp_path / "z.npy", "--condition", "2")
+    streamed = _codes(capsys, run, data, tmp_path / "z7.npy", "--condition", "2",
+                      "--stream-block", "7")
+    np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-5)
+    other = _codes(capsys, run, data, tmp_path / "z0.npy", "--condition", "0",
+                   "--stream-block", "7")
+    assert np.abs(other - streamed).max() > 1e-3        # c reaches q(z | x, c)

@@ -121,8 +121,11 @@ def _run_data(trained) -> str:
 
 
 def held_out(trained, source: str | None, split: str | None, seed: int, note: Callable,
-              allow_missing: bool = False, condition: str | None = None):
-    """The run's evaluation data: (Dataset, split), binarized once (seeded) like training.
+              allow_missing: bool = False, condition: str | None = None,
+              per_row: bool = False):
+    """The run's evaluation data: (Dataset, split), binarized once (seeded) like training;
+    ``per_row``: by ``vaelab.data.binarize_rows`` (each row its own draw, as a file read in
+    blocks gets; encode), else by one generator over all rows (the evaluation protocol).
 
     ``allow_missing``: NaN / empty cells stay as missing entries (e.g. encode of a masked run).
     A conditional run's rows are [x | c] (``vaelab.data.condition``): c from the data, or
@@ -145,7 +148,12 @@ def held_out(trained, source: str | None, split: str | None, seed: int, note: Ca
     if dataset.x.shape[1] != width:
         raise ValueError(f"data: the run's model expects {width} values per "
                          f"example, got {dataset.x.shape[1]} from {source!r}")
-    if tc.binarize != "none" and allow_missing:       # one seeded draw, NaN kept
+    if tc.binarize != "none" and per_row:             # NaN kept
+        from dataclasses import replace
+
+        dataset = replace(dataset, x=data.binarize_rows(data.to_unit(dataset.x), seed),
+                          kind="binary")
+    elif tc.binarize != "none" and allow_missing:       # one seeded draw, NaN kept
         from dataclasses import replace
 
         import torch
@@ -193,10 +201,12 @@ def _condition_of(trained, dataset, source: str, value: str | None):
     return dataset, c
 
 
-def examples(args: argparse.Namespace, trained, allow_missing: bool = False):
-    """The data a use-command works on: (Dataset, split), the first --limit rows."""
+def examples(args: argparse.Namespace, trained, allow_missing: bool = False,
+             per_row: bool = False):
+    """The data a use-command works on: (Dataset, split), the first --limit rows
+    (``per_row``: see :func:`held_out`)."""
     dataset, split = held_out(trained, args.data, args.split, args.seed, printer(False),
-                               allow_missing, getattr(args, "condition", None))
+                               allow_missing, getattr(args, "condition", None), per_row)
     if args.limit:
         dataset = dataset.subset(slice(0, args.limit))
     return dataset, split

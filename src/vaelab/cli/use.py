@@ -298,7 +298,10 @@ def add_encode(commands) -> None:
     p.add_argument("--stream-block", type=positive_int, metavar="ROWS",
                    help="encode a .npy file (--data) ROWS rows at a time, each block's codes "
                         "written to --out as they come (memory for one block, whatever the "
-                        "file's size); started again after a kill, it continues")
+                        "file's size); started again after a kill, it continues. The means "
+                        "equal the in-memory ones for any ROWS (a binarized run binarizes "
+                        "each row by its own --seed draw); a conditional run needs "
+                        "--condition VALUE (a .npy file has no labels)")
     p.set_defaults(func=cmd_encode)
 
 
@@ -316,7 +319,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if args.stream_block is not None:
         return _encode_streamed(args, trained, out)
     masked = masked_run(trained)       # its encoder reads NaN as missing
-    dataset, _ = examples(args, trained, allow_missing=masked)
+    # each row binarized by its own seeded draw: the codes --stream-block gives, any block
+    dataset, _ = examples(args, trained, allow_missing=masked, per_row=True)
     encoder = trained.encode if not masked else (
         lambda x: trained.model.encode(x.to(trained.device, torch.float32)))
     z = encode(encoder, dataset.x, sample=args.sample,
@@ -330,33 +334,18 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _encode_streamed(args: argparse.Namespace, trained, out: Path) -> int:
-    """``encode --stream-block``: the file's codes block by block (``vaelab.use.streamed``);
-    a binarized run's blocks are binarized once, seeded by (--seed, the block's first row)."""
-    import torch
+    """``encode --stream-block``: the file's codes block by block, the same for any block
+    size as the in-memory codes (``vaelab.use.streamed.encode_file``)."""
+    from vaelab.use.streamed import encode_file
 
-    from vaelab.data import to_unit
-    from vaelab.data.stream import RowFile
-    from vaelab.measure.shard import batch_seed
-    from vaelab.use.encode import encode
-    from vaelab.use.streamed import map_rows_to_file
-
-    if args.data is None or args.limit or args.condition is not None or masked_run(trained):
-        raise UsageError("--stream-block: expected --data FILE.npy, without --limit or "
-                         "--condition, and a run without --missing mask")
-    rows = RowFile(args.data)
-    binarize = trained.config.train.binarize != "none"
-
-    def codes(x, first: int):
-        generator = torch.Generator().manual_seed(batch_seed(args.seed, first))
-        x = to_unit(torch.from_numpy(x))
-        if binarize:
-            x = torch.bernoulli(x, generator=generator)
-        return encode(trained.encode, x, sample=args.sample, generator=generator).cpu().numpy()
-
-    width = codes(rows.read(0, 1), 0).shape[1]
-    map_rows_to_file(rows, out, width, codes, args.stream_block)
+    if args.data is None or args.limit:
+        raise UsageError(f"--stream-block: reads every row of a .npy file; expected --data "
+                         f"FILE.npy and no --limit, got "
+                         f"{'no --data' if args.data is None else f'--limit {args.limit}'}")
+    n, width = encode_file(trained, args.data, out, block_rows=args.stream_block,
+                           seed=args.seed, sample=args.sample, condition=args.condition)
     what = "one draw z ~ q(z | x)" if args.sample else "posterior means E_q[z | x]"
-    print(f"wrote {out}: {rows.rows} × {width} float32, {what}")
+    print(f"wrote {out}: {n} × {width} float32, {what}")
     return 0
 
 

@@ -55,6 +55,7 @@ from vaelab.data.readers import (
 from vaelab.data.transforms import (
     BINARIZE_MODES,
     binarize,
+    binarize_rows,
     perturb,
     select_classes,
     static_binarize,
@@ -64,8 +65,9 @@ from vaelab.data.transforms import (
 __all__ = [
     "BINARIZE_MODES", "DATA_KINDS", "DEFAULT_DATASET", "EIGHT_BIT_NOTE", "IDX_FILES",
     "IMAGE_SUFFIXES", "MISSING_HINT", "NAMED_SOURCES", "SPLITS", "Batches", "Dataset",
-    "NamedSource", "binarize", "cache_dir", "csv_header", "download_file", "first_missing",
-    "has_split", "infer_kind", "is_named", "kind_of", "load_dataset", "location", "perturb",
-    "read_csv_numbers", "read_idx", "read_npy", "remove_empty_dirs", "search_dirs",
-    "select_classes", "static_binarize", "to_unit", "train_val_split", "write_idx",
+    "NamedSource", "binarize", "binarize_rows", "cache_dir", "csv_header", "download_file",
+    "first_missing", "has_split", "infer_kind", "is_named", "kind_of", "load_dataset",
+    "location", "perturb", "read_csv_numbers", "read_idx", "read_npy", "remove_empty_dirs",
+    "search_dirs", "select_classes", "static_binarize", "to_unit", "train_val_split",
+    "write_idx",
 ]

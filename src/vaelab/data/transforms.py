@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from numbers import Real
 
+import numpy as np
 import torch
 
 from vaelab import _checks
@@ -35,6 +36,49 @@ def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
     x = _checks.tensor("x", x)
     _check_probabilities("x", x)
     return torch.bernoulli(x.to(torch.float32), generator=generator)
+
+
+#: SplitMix64's increment and output mix (Steele, Lea & Flood 2014).
+_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def _splitmix(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function of each uint64 state (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX2)
+    return z ^ (z >> np.uint64(31))
+
+
+def binarize_rows(x: torch.Tensor, seed: int, first_row: int = 0) -> torch.Tensor:
+    """One Bernoulli(x) draw per entry whose randomness belongs to the entry: x [N, D] in
+    [0, 1] (NaN kept, a missing entry) → float32 [N, D].
+
+    Entry (i, j) is 1 when u < x, u uniform from the SplitMix64 output number
+    ``(first_row + i) · D + j`` of the stream seeded by ``seed``. So a row's draw is the same
+    whichever rows are read with it: a file read in blocks of any size (``first_row`` = the
+    block's first row) gives what reading it whole gives, unlike one generator over the
+    whole tensor (:func:`static_binarize`), whose draw of a row depends on the rows before it.
+    """
+    x = _checks.tensor("x", x)
+    if x.dim() != 2:
+        raise ValueError(f"x: expected rows [N, D], got shape {list(x.shape)}")
+    seed = _checks.non_negative_int("seed", seed)
+    first_row = _checks.non_negative_int("first_row", first_row)
+    x = x.to(torch.float32)
+    observed = x.nan_to_num(0.0)
+    _check_probabilities("x", observed)
+    n, d = x.shape
+    with np.errstate(over="ignore"):
+        start = _splitmix(np.array([seed], dtype=np.uint64))[0]
+        out = torch.empty_like(x)
+        for lo in range(0, n, 4096):         # bounded memory for a whole data set
+            hi = min(lo + 4096, n)
+            counter = (np.arange(first_row + lo, first_row + hi, dtype=np.uint64)[:, None]
+                       * np.uint64(d) + np.arange(d, dtype=np.uint64)[None, :])
+            u = (_splitmix(start + (counter + np.uint64(1)) * np.uint64(_GOLDEN))
+                 >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+            out[lo:hi] = (torch.from_numpy(u) < observed[lo:hi].double()).to(torch.float32)
+    return torch.where(x.isnan(), x, out)
 
 
 def static_binarize(ds: Dataset, seed: int) -> Dataset:

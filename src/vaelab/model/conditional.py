@@ -31,9 +31,10 @@ from vaelab.config import ModelConfig
 from vaelab.model import likelihoods
 from vaelab.model.vae import Decoder, Encoder, LatentVariableModel, _draw
 
-#: The message for a conditional model asked to generate without c.
-NEEDS_CONDITION = ("c (--condition): this model is conditional, p(x | z, c); expected the "
-                   "condition to generate for, got none")
+#: The message for a conditional model asked for anything without c (generating, encoding,
+#: a bound): every one of them reads c.
+NEEDS_CONDITION = ("c (--condition): this model is conditional, p(x | z, c) and q(z | x, c); "
+                   "expected the condition c (one per example, or one for all), got none")
 
 
 class PackedLikelihood(Distribution):
