@@ -573,7 +573,8 @@ def test_masked_run_next_evaluate_encode_impute(files, capsys, tmp_path):
                            "--out", run, *TINY)
     assert code == 0 and f"next: vaelab impute {run}" in out and "--data" in out
     code, _, err = run_cli(capsys, "evaluate", run)
-    assert code == 1 and err.count("\n") == 1 and "expected complete held-out data" in err
+    assert code == 1 and err.count("\n") == 1 and "vaelab score" in err
+    assert "expected complete rows (no NaN or empty cells)" in err
     assert "pass --missing mask" not in err and "--data" in err
     code, _, err = run_cli(capsys, "encode", run, "--data", files / "inc.csv",
                            "--out", tmp_path / "z.npy")
