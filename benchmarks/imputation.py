@@ -29,6 +29,13 @@ minutes, and the 8-bit table from ``--skip-tables --image-kinds 8-bit --workers 
 same image sizes (imputation_8bit.json); on a shared 2-core
 machine use ``nice -n 10 .venv/bin/python benchmarks/imputation.py --workers 2`` (about 20×
 longer), or ``--quick`` for a smoke test.
+
+``--via sklearn|cli|both`` trains and imputes the tables' MIWAE and not-MIWAE through
+``vaelab.sklearn.VAEImputer``, through the command line (``vaelab train`` + ``vaelab impute``,
+the estimator's settings as flags, ``--table-epochs``), or both; with both, each row records
+the largest difference between the two paths' imputations and whether their weights are
+byte-identical, in benchmarks/results/sklearn-vs-cli.{json,md} (``--tables`` and
+``--settings`` pick a few cells).
 """
 
 from __future__ import annotations
@@ -37,7 +44,10 @@ import argparse
 import json
 import math
 import multiprocessing as mp
+import os
 import platform
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,12 +59,14 @@ from sklearn.experimental import enable_iterative_imputer  # noqa: F401
 from sklearn.impute import IterativeImputer, KNNImputer, SimpleImputer
 from threadpoolctl import threadpool_limits
 
+from use_common import estimator_seed, record_sklearn_vs_cli, same_weights, vaelab_cli
 from vaelab import data as data_
 from vaelab.config import ModelConfig, RunConfig, TrainConfig
 from vaelab.fit.masked import MaskedTrainStep, build_masked_model
 from vaelab.fit.step import TrainStep
 from vaelab.infer.schemes import Amortized
 from vaelab.model.vae import build_vae
+from vaelab.sklearn import VAEImputer
 from vaelab.use import complete as complete_
 from vaelab.use.impute import impute
 
@@ -130,6 +142,9 @@ def table_task(args, name: str, setting: str, seed: int) -> dict:
         row[p] = rmse(peer(p, seed).fit_transform(xm), x, miss)
         row[p + "_s"] = time.perf_counter() - start
     for label, mm in (("miwae", "none"), ("not-miwae", "self-masking")):
+        if args.via != "loop":
+            row |= vaelab_paths(args, label, mm, xm, x, miss, seed)
+            continue
         start = time.perf_counter()
         model = train_vaelab(xm, missing_model=mm, likelihood="gaussian", hidden=(128, 128),
                              latent=max(1, x.shape[1] - 1), steps=args.table_steps, k=20,
@@ -137,6 +152,53 @@ def table_task(args, name: str, setting: str, seed: int) -> dict:
         filled = impute(model, xm, num_samples=args.table_k, seed=seed)
         row[label] = rmse(filled, x, miss)
         row[label + "_s"] = time.perf_counter() - start
+    return row
+
+
+def vaelab_paths(args, label: str, missing_model: str, xm: np.ndarray, x: np.ndarray,
+                 miss: np.ndarray, seed: int) -> dict:
+    """MIWAE / not-MIWAE through ``vaelab.sklearn.VAEImputer`` and/or the command line
+    (``vaelab train`` + ``vaelab impute``) with the same settings and seed → RMSE per path
+    (``label`` is the first path's), and with both the largest |difference| between their
+    imputations and whether the two runs' weights are byte-identical."""
+    latent, k = max(1, x.shape[1] - 1), args.table_k
+    row, filled = {}, {}
+    run_seed = estimator_seed(seed)
+    with tempfile.TemporaryDirectory(prefix="imputation-") as tmp:
+        work = Path(tmp)
+        if args.via in ("sklearn", "both"):
+            start = time.perf_counter()
+            imputer = VAEImputer(latent_dim=latent, hidden=(128, 128), likelihood="gaussian",
+                                 epochs=args.table_epochs, batch_size=64, lr=1e-3,
+                                 num_samples=k, train_samples=20, missing_model=missing_model,
+                                 random_state=seed).fit(xm)
+            filled["sklearn"] = imputer.transform(xm)
+            row[f"{label}-sklearn_s"] = time.perf_counter() - start
+            imputer.save(work / "sklearn-run")
+        if args.via in ("cli", "both"):
+            # The estimator's settings as flags; where the CLI's defaults differ from the
+            # estimator's (val-fraction, binarize, objective, num-samples, drop-empty-rows,
+            # compile, the seed) they are named.
+            start = time.perf_counter()
+            np.save(work / "x.npy", xm)
+            vaelab_cli("train", "--data", str(work / "x.npy"), "--out", str(work / "cli-run"),
+                       "--quiet", "--missing", "mask", "--missing-model", missing_model,
+                       "--drop-empty-rows", "--objective", "iwae", "--num-samples", "20",
+                       "--latent-dim", str(latent), "--hidden", "128,128",
+                       "--likelihood", "gaussian", "--epochs", str(args.table_epochs),
+                       "--batch-size", "64", "--lr", "0.001", "--seed", str(run_seed),
+                       "--val-fraction", "0", "--binarize", "none", "--device", "cpu",
+                       "--compile", "off")
+            vaelab_cli("impute", str(work / "cli-run"), "--data", str(work / "x.npy"),
+                       "--out", str(work / "filled.npy"), "--k", str(k), "--seed", str(run_seed))
+            filled["cli"] = np.load(work / "filled.npy")
+            row[f"{label}-cli_s"] = time.perf_counter() - start
+        for path, values in filled.items():
+            row[f"{label}-{path}"] = rmse(values, x, miss)
+        row[label] = row[f"{label}-{next(iter(filled))}"]
+        if len(filled) == 2:
+            row[f"{label}-max-abs-diff"] = float(np.abs(filled["sklearn"] - filled["cli"]).max())
+            row[f"{label}-same-weights"] = same_weights(work / "sklearn-run", work / "cli-run")
     return row
 
 
@@ -148,8 +210,8 @@ def _one_thread() -> None:
 def _run_all(args) -> tuple[list[dict], dict | None]:
     """Every table task and the image task, on ``args.workers`` processes (one thread each)."""
     tasks = [] if args.skip_tables else [
-        (name, setting, seed) for seed in range(args.seeds) for name in TABLES
-        for setting in SETTINGS]
+        (name, setting, seed) for seed in range(args.seeds) for name in args.tables
+        for setting in args.settings]
     rows: list[dict] = []
     log = args.out.with_suffix(".rows.jsonl").open("w")
     with mp.get_context("fork").Pool(args.workers, initializer=_one_thread) as pool:
@@ -346,8 +408,24 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="processes, one thread each")
     ap.add_argument("--image-kinds", default="binary,8-bit",
                     help="comma-separated: binary (accuracy), 8-bit (RMSE)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/imputation"))
+    ap.add_argument("--tables", type=_names(TABLES), default=list(TABLES),
+                    help="comma-separated tables (default: all)")
+    ap.add_argument("--settings", type=_names(SETTINGS), default=list(SETTINGS),
+                    help="comma-separated missingness settings (default: all)")
+    ap.add_argument("--via", choices=("loop", "sklearn", "cli", "both"), default="loop",
+                    help="how the tables' MIWAE / not-MIWAE are trained and imputed: loop (the "
+                         "step in a plain loop, --table-steps), sklearn (vaelab.sklearn."
+                         "VAEImputer), cli (vaelab train + vaelab impute) or both, compared "
+                         "(--table-epochs; results/sklearn-vs-cli)")
+    ap.add_argument("--table-epochs", type=int, default=100,
+                    help="epochs of the sklearn / cli paths (--via)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: benchmarks/results/imputation with --via loop, else a "
+                         "temporary folder")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = (Path("benchmarks/results/imputation") if args.via == "loop"
+                    else Path(tempfile.mkdtemp(prefix="imputation-")) / "imputation")
     if args.quick:
         args.seeds, args.table_steps, args.table_k = 2, 50, 50
         args.image_train, args.image_test, args.image_steps, args.image_k = 300, 50, 30, 20
@@ -362,6 +440,52 @@ def main() -> None:
     args.out.with_suffix(".md").write_text(markdown(summary, images, args))
     print(markdown(summary, images, args))
     print(f"total {meta['seconds']:.0f} s")
+    if args.via == "both":
+        _record_both(rows, meta)
+
+
+def _names(allowed) -> object:
+    def parse(text: str) -> list[str]:
+        names = text.split(",")
+        for name in names:
+            if name not in allowed:
+                raise argparse.ArgumentTypeError(f"expected names among {', '.join(allowed)}, "
+                                                 f"got {name!r}")
+        return names
+    return parse
+
+
+def _record_both(rows: list[dict], meta: dict) -> None:
+    """The sklearn-vs-CLI section of results/sklearn-vs-cli (every row, one line each)."""
+    args = meta["args"]
+    lines = [f"Imputation: RMSE on the missing entries (standardized scale), in-sample, "
+             f"through `VAEImputer` and through `vaelab train` + `vaelab impute` with the same "
+             f"settings ({args['table_epochs']} epochs, batch 64, MIWAE bound K = 20, "
+             f"imputation K = {args['table_k']}, 128-128 MLP, latent D − 1), beside "
+             f"scikit-learn's imputers on the same mask; max |Δ| is the largest difference "
+             f"between the two paths' imputed values, same weights whether the two runs' "
+             f"model.safetensors are byte-identical. One seed and a short training (one Adam "
+             f"step per batch of 64 rows, {args['table_epochs']} times over the table), on "
+             f"{os.cpu_count()} CPU cores, one thread per process: a check that the two paths "
+             f"agree, not a quality figure (that is benchmarks/results/imputation.md, "
+             f"3000 steps and 5 seeds).", "",
+             "| data | setting | seed | mean | knn | mice | missforest | model | sklearn | "
+             "cli | max \\|Δ\\| | same weights |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for label in ("miwae", "not-miwae"):
+            lines.append(
+                f"| {r['data']} | {r['setting']} | {r['seed']} | " + " | ".join(
+                    f"{r[p]:.4f}" for p in PEERS) + f" | {label} | {r[label + '-sklearn']:.4f} | "
+                f"{r[label + '-cli']:.4f} | {r[label + '-max-abs-diff']:.3g} | "
+                f"{'yes' if r[label + '-same-weights'] else 'no'} |")
+    command = ("nice -n 5 env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python "
+               "benchmarks/imputation.py " + " ".join(sys.argv[1:]))
+    machine = (f"{meta['machine']} CPU, {os.cpu_count()} cores, one thread per process "
+               f"(--workers {args['workers']}), torch {meta['torch']}")
+    record_sklearn_vs_cli("imputation", {"command": command, "machine": machine,
+                                         "torch": meta["torch"], "seconds": meta["seconds"],
+                                         "settings": args, "rows": rows}, "\n".join(lines))
 
 
 if __name__ == "__main__":

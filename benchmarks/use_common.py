@@ -1,10 +1,14 @@
-"""Shared pieces of the anomaly and clustering benchmarks: data sets, training,
-baselines on pixels. Imported by benchmarks/anomaly.py and benchmarks/clustering.py."""
+"""Shared pieces of the anomaly, clustering and imputation benchmarks: data sets, training,
+baselines on pixels, the ``vaelab`` command line and the scikit-learn-API-vs-CLI record.
+Imported by benchmarks/anomaly.py, benchmarks/clustering.py and benchmarks/imputation.py."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -85,4 +89,54 @@ def write(name: str, result: dict, table: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     (RESULTS / f"{name}.txt").write_text(table + "\n")
+    print(table)
+
+
+def vaelab_cli(*args: str) -> str:
+    """Run the ``vaelab`` command line (this interpreter's, one thread) → its stdout; a
+    failure raises with the command's last lines of output."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "vaelab", *args], capture_output=True,
+                          text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"vaelab {' '.join(args)} failed ({done.returncode}): "
+                           f"{(done.stdout + done.stderr)[-2000:]}")
+    return done.stdout
+
+
+def estimator_seed(random_state: int) -> int:
+    """The run seed a ``vaelab.sklearn`` estimator trains with for ``random_state``: its
+    ``fit`` draws one int32 from ``check_random_state(random_state)`` (``seed_``), so the CLI
+    needs ``--seed`` of that number, not of ``random_state`` itself, to train the same run."""
+    from sklearn.utils import check_random_state
+
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+def same_weights(run_a: Path, run_b: Path) -> bool:
+    """Whether two run directories hold byte-identical model.safetensors."""
+    return (run_a / "model.safetensors").read_bytes() == (run_b / "model.safetensors").read_bytes()
+
+
+SKLEARN_VS_CLI = RESULTS / "sklearn-vs-cli"
+
+
+def record_sklearn_vs_cli(section: str, result: dict, table: str) -> None:
+    """Store one benchmark's scikit-learn-API-vs-CLI comparison as ``section`` of
+    results/sklearn-vs-cli.json (the other benchmark's section is kept) and rewrite the .md
+    from every section's table, command and machine."""
+    path = SKLEARN_VS_CLI.with_suffix(".json")
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record[section] = result | {"table": table}
+    RESULTS.mkdir(exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    lines = ["# vaelab through scikit-learn's API and through its command line", "",
+             "The same settings and seed through `vaelab.sklearn` and through `vaelab train` "
+             "+ `vaelab impute` / `vaelab score`, side by side (written by the benchmarks' "
+             "`--via both`).", ""]
+    for name, part in sorted(record.items()):
+        lines += [f"## {name}", "", part["table"], "",
+                  f"Command: `{part['command']}`", "",
+                  f"Machine: {part['machine']}, {part['seconds']:.0f} s.", ""]
+    SKLEARN_VS_CLI.with_suffix(".md").write_text("\n".join(lines))
     print(table)
