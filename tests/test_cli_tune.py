@@ -117,6 +117,9 @@ def test_a_tiny_study_end_to_end_with_its_report(capsys, table, tmp_path):
             assert row[2] == f"{trial['value']:.3f}"
     ranking = tables.tables["ranking-table"][1:]
     assert [int(r[1]) for r in ranking] == [r["number"] for r in summary["ranking"]]
-    assert ranking[0][4] == "reference"
+    assert ranking[0][5] == "reference"
+    best = summary["ranking"][0]                     # ± over the rows, Monte Carlo apart
+    assert ranking[0][3] == f"{best['val_log_likelihood']:.3f} ± {best['se']:.3f}"
+    assert ranking[0][4] == f"{best['se_mc']:.3f}"
     assert "data:image/png;base64," in page          # the best trials' curves
     assert "[model]" in page and "The search space" in page

@@ -54,6 +54,31 @@ def test_the_bound_chooses_the_candidates_and_the_likelihood_orders_them(tmp_pat
     assert ranked[1]["difference"] == pytest.approx(mean) == pytest.approx(-4.0)
     assert ranked[1]["difference_se"] == pytest.approx(se)
     assert ranked[1]["val_elbo"] == -90.0 and ranked[0]["k"] == 7
+    # ± is the standard error over the rows (numpy), the cached Monte Carlo error apart
+    per = np.asarray(values[1], dtype=float)
+    assert ranked[1]["se"] == pytest.approx(per.std(ddof=1) / math.sqrt(3))
+    assert ranked[1]["se_mc"] == pytest.approx(per.std(ddof=1) / math.sqrt(3))   # _cached's
+
+
+def _ranking(diffs):
+    rows = [{"number": 0, "val_log_likelihood": -1.0, "se": 0.5, "se_mc": 0.01, "k": 50,
+             "num_examples": 28, "val_elbo": -2.0, "difference": None, "difference_se": None}]
+    for n, (d, se) in enumerate(diffs, start=1):
+        rows.append({**rows[0], "number": n, "difference": d, "difference_se": se})
+    return rows
+
+
+def test_runners_up_within_two_paired_standard_errors_are_not_separated():
+    ranking = _ranking([(-1.015, 0.984), (-3.0, 1.0), (-2.1, 1.0), (-0.5, None)])
+    assert [r["number"] for r in rank.not_separated(ranking)] == [1, 4]
+    lines = rank.ranking_lines(ranking)
+    assert lines[0] == ("1. trial 0: validation log p̂(x) -1.000 ± 0.500 over 28 rows "
+                        "(Monte Carlo ± 0.010, k=50), ELBO -2.000")
+    assert lines[1].endswith("(-1.015 ± 0.984 paired)")
+    assert lines[4].endswith("(-0.500 ± undefined paired)")
+    assert lines[-1].startswith("note: the leader, trial 0, is not ahead of trial(s) 1, 4 by "
+                                "more than 2 paired standard errors on 28 validation rows")
+    assert not any(line.startswith("note") for line in rank.ranking_lines(_ranking([(-3, 1)])))
 
 
 def test_a_cached_estimate_with_other_settings_is_not_reused(tmp_path, monkeypatch):

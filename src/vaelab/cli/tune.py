@@ -65,6 +65,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from vaelab.cli.inputs import printer
     from vaelab.show.plots import write_run_figures
     from vaelab.tune.budget import parse_budget
+    from vaelab.tune.rank import ranking_lines
     from vaelab.tune.search import tune
 
     budget = parse_budget(args.budget)
@@ -76,12 +77,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
                   figures=write_run_figures, log=printer(args.quiet))
     counts = ", ".join(f"{n} {state}" for state, n in sorted(result.trials.items()))
     print(f"trials: {counts or 'none'}")
-    for i, row in enumerate(result.ranking):
-        diff = ("" if i == 0 else f"  ({row['difference']:+.3f} ± "
-                f"{row['difference_se'] or float('nan'):.3f} paired)")
-        print(f"{i + 1}. trial {row['number']}: validation log p̂(x) "
-              f"{row['val_log_likelihood']:.3f} ± {row['se']:.3f} (k={row['k']}), "
-              f"ELBO {row['val_elbo']:.3f}{diff}")
+    for line in ranking_lines(result.ranking):
+        print(line)
     if result.recipe is not None:
         print(f"best: trial {result.best}; recipe {result.recipe}")
     else:

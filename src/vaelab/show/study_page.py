@@ -53,7 +53,10 @@ def _trial_rows(trials: list[dict]) -> list[list]:
     rows = []
     for t in trials:
         seconds = t.get("seconds")
-        rows.append([t["number"], t["state"], fmt(t.get("value")), t.get("epochs", 0),
+        # a trial that failed or was refused before its first epoch has no score at all
+        value = t.get("value")
+        score = fmt(value) if value is not None or t["state"] == "complete" else "—"
+        rows.append([t["number"], t["state"], score, t.get("epochs", 0),
                      "—" if seconds is None else f"{seconds:.1f}", _params(t.get("params", {})),
                      t.get("error") or ""])
     return rows
@@ -65,8 +68,8 @@ def _ranking_rows(ranking: list[dict]) -> list[list]:
         diff = (Markup("reference") if i == 0 else
                 Markup(f"{fmt(r['difference'])} ± {fmt(r['difference_se'])}"))
         rows.append([i + 1, r["number"], fmt(r["val_elbo"]),
-                     Markup(f"{fmt(r['val_log_likelihood'])} ± {fmt(r['se'])}"), diff,
-                     r["k"], r["num_examples"]])
+                     Markup(f"{fmt(r['val_log_likelihood'])} ± {fmt(r['se'])}"),
+                     fmt(r.get("se_mc")), diff, r["k"], r["num_examples"]])
     return rows
 
 

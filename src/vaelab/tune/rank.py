@@ -81,9 +81,13 @@ def rerank(out: Path, trials: list[dict], *, top: int, k: int, limit: int | None
         if log is not None:
             log(f"re-ranking trial {t['number']}: validation log p̂(x) with k = {k}")
         ll = validation_log_likelihood(out / t["run_dir"], k=k, limit=limit)
+        # "se" is the standard error of the mean over the validation rows (what a reader
+        # takes "±" to mean: how far another draw of rows could move it); the estimator's
+        # own Monte Carlo error on these very rows is much smaller and kept apart, as se_mc.
         ranked.append({"number": t["number"], "run_dir": t["run_dir"], "val_elbo": t["value"],
-                       "val_log_likelihood": ll["mean"], "se": ll["se"], "k": k,
-                       "num_examples": ll["num_examples"], "_per": ll["per_example"]})
+                       "val_log_likelihood": ll["mean"], "se": _se_over_rows(ll["per_example"]),
+                       "se_mc": ll["se"], "k": k, "num_examples": ll["num_examples"],
+                       "_per": ll["per_example"]})
     ranked.sort(key=lambda r: -r["val_log_likelihood"])
     for i, r in enumerate(ranked):      # the leader is the reference: no difference
         r["difference"], r["difference_se"] = ((None, None) if i == 0
@@ -91,6 +95,27 @@ def rerank(out: Path, trials: list[dict], *, top: int, k: int, limit: int | None
     for r in ranked:
         del r["_per"]
     return ranked
+
+
+#: A runner-up whose paired difference to the leader is within this many standard errors is
+#: not told apart from it by the validation rows.
+SEPARATED_SE = 2.0
+
+
+def _se_over_rows(per_example: list[float]) -> float | None:
+    n = len(per_example)
+    if n < 2:
+        return None
+    mean = sum(per_example) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in per_example) / (n - 1) / n)
+
+
+def not_separated(ranking: list[dict]) -> list[dict]:
+    """The runners-up of ``ranking`` (from :func:`rerank`) whose paired difference to the
+    leader is within :data:`SEPARATED_SE` standard errors (or undefined): the validation
+    rows do not say the leader is better than them."""
+    return [r for r in ranking[1:] if r["difference_se"] is None
+            or abs(r["difference"]) <= SEPARATED_SE * r["difference_se"]]
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -143,3 +168,30 @@ def write_recipe(out: Path, best: dict, rank_by: str) -> Path:
     path = out / RECIPE_FILE
     atomic_write_bytes(path, recipe_text(config, header).encode("utf-8"))
     return path
+
+
+def _num(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
+def ranking_lines(ranking: list[dict]) -> list[str]:
+    """The re-ranking as lines for a terminal: each trial's validation log p̂(x) ± its standard
+    error over the rows (the Monte Carlo error apart), its paired difference to the leader,
+    and a note when the rows do not separate the leader from a runner-up."""
+    lines = []
+    for i, r in enumerate(ranking):
+        diff = ("" if i == 0 else
+                f"  ({r['difference']:+.3f} ± {_num(r['difference_se'])} paired)")
+        lines.append(f"{i + 1}. trial {r['number']}: validation log p̂(x) "
+                     f"{r['val_log_likelihood']:.3f} ± {_num(r.get('se'))} over "
+                     f"{r['num_examples']} rows (Monte Carlo ± {_num(r.get('se_mc'))}, "
+                     f"k={r['k']}), ELBO {r['val_elbo']:.3f}{diff}")
+    close = not_separated(ranking)
+    if close:
+        trials = ", ".join(str(r["number"]) for r in close)
+        lines.append(f"note: the leader, trial {ranking[0]['number']}, is not ahead of trial(s) "
+                     f"{trials} by more than {SEPARATED_SE:g} paired standard errors on "
+                     f"{ranking[0]['num_examples']} validation rows: the choice between them "
+                     "is not supported by the data (more validation rows, e.g. val_fraction "
+                     "in --config, would tell them apart)")
+    return lines
