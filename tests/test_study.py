@@ -125,6 +125,21 @@ def test_trials_are_run_directories_and_the_best_is_a_recipe(table, tmp_path):
     again = tune(str(table), out, Budget(trials=3), epochs=2, space_file=space,
                  rerank_top=2, rerank_k=5, rerank_limit=None, progress=False, log=None)
     assert len(_study(out).get_trials()) == 3 and again.best == result.best
+    # resuming under other settings would mix trials of two setups in one ranking: refused
+    with pytest.raises(ValueError, match=r"^--epochs: the study 'vaelab' in .* was started "
+                                         r"with 2; expected the same to resume it .*got 3$"):
+        tune(str(table), out, Budget(trials=4), epochs=3, space_file=space, progress=False,
+             log=None)
+    (tmp_path / "other").mkdir()
+    other = fixed_space(tmp_path / "other", **{"latent_dim": {"low": 1, "high": 4}})
+    with pytest.raises(ValueError, match=r"^--space: the study 'vaelab'"):
+        tune(str(table), out, Budget(trials=4), epochs=2, space_file=other, progress=False,
+             log=None)
+    assert len(_study(out).get_trials()) == 3
+    # a training run's folder is not a study's
+    with pytest.raises(ValueError, match=r"^--out: .*0000' is a training run"):
+        tune(str(table), out / "trials" / "0000", Budget(trials=1), epochs=2, progress=False,
+             log=None)
 
 
 def test_the_median_rule_prunes_a_hopeless_trial(table, tmp_path):

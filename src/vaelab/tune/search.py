@@ -10,6 +10,7 @@ validation log-likelihood (``vaelab.tune.rank``), and ``DIR/best.toml`` and ``DI
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 from collections.abc import Callable
@@ -123,6 +124,11 @@ def tune(data: str, out: str | os.PathLike, budget: Budget, *, epochs: int = 20,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"--out: cannot create {str(out)!r}: {exc.strerror or exc}") from None
+    from vaelab.fit.runs import run_exists
+
+    if run_exists(out):
+        raise ValueError(f"--out: {str(out)!r} is a training run (it holds config.json); "
+                         "expected an empty or new folder, or a study's folder")
     url = storage_url(out, storage)
     kind, width, rows = data_kind(data)
     base = base_config(data, kind, config_file, epochs=epochs, seed=seed, limit=limit)
@@ -134,6 +140,7 @@ def tune(data: str, out: str | os.PathLike, budget: Budget, *, epochs: int = 20,
                     epochs=epochs, budget=budget, pruner=pruner, seed=seed, progress=progress,
                     figures=figures, log=log, baseline=baseline)
     study = open_search_study(search)          # a database that cannot be opened: now
+    check_same_setup(study, search)
     helpers = _start_workers(search, workers - 1)
     try:
         run_trials(search)
@@ -142,6 +149,38 @@ def tune(data: str, out: str | os.PathLike, budget: Budget, *, epochs: int = 20,
             process.join()
     return finish(study, search, rerank_top=rerank_top, rerank_k=rerank_k,
                   rerank_limit=rerank_limit)
+
+
+#: What defines a study, with the flags that set it: resuming a study under other values
+#: would mix trials of different settings in one ranking.
+SETUP_FLAGS = {"epochs": "--epochs", "base": "--config / --data / --seed / --limit",
+               "space": "--space", "pruner": "--pruner"}
+
+
+def _setup(search: Search) -> dict:
+    import json
+
+    space = {name: dataclasses.asdict(param) for name, param in search.space.items()}
+    # through JSON, so that the values compare as the database gives them back
+    return json.loads(json.dumps({"epochs": search.epochs, "base": search.base,
+                                  "space": space, "pruner": search.pruner}, default=str))
+
+
+def check_same_setup(study: Any, search: Search) -> None:
+    """Record the study's setup on its first start; on a resume, refuse (one line naming the
+    flag) a setup that differs from the recorded one."""
+    setup = _setup(search)
+    recorded = study.user_attrs.get("setup")
+    if recorded is None:
+        study.set_user_attr("setup", setup)
+        return
+    for key, flag in SETUP_FLAGS.items():
+        if recorded.get(key) != setup[key]:
+            was = recorded.get(key) if key in ("epochs", "pruner") else "other values"
+            now = setup[key] if key in ("epochs", "pruner") else "these"
+            raise ValueError(f"{flag}: the study {search.study_name!r} in {str(search.out)!r} "
+                             f"was started with {was}; expected the same to resume it (or a "
+                             f"new --out or --study-name), got {now}")
 
 
 def _start_workers(search: Search, count: int) -> list[Any]:
