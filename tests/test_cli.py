@@ -265,3 +265,21 @@ def test_reconstruct_shows_the_library_reconstructions(trained_run, tmp_path, ca
     torch.testing.assert_close(grids[0][6:], want, rtol=0, atol=1e-6)
     dist = torch.cdist(want, originals)                  # each is nearest its own image
     assert dist.diagonal().mean() < dist.mean()
+
+
+def test_evaluating_the_training_file_says_the_figure_is_in_sample(tmp_path, capsys):
+    """A file has no test split: evaluating the run on its own training file measures the rows
+    it was fitted to, and the note says so; another file gets the plain note."""
+    rng = np.random.default_rng(0)
+    for name in ("train.npy", "other.npy"):
+        np.save(tmp_path / name, (rng.random((80, 28, 28)) < 0.3).astype(np.uint8) * 255)
+    run = tmp_path / "run"
+    code, _, _ = run_cli(capsys, "train", "--data", tmp_path / "train.npy", "--out", run,
+                         "--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--quiet")
+    assert code == 0
+    code, out, _ = run_cli(capsys, "evaluate", run, "--k", "5")
+    assert code == 0 and "is the run's training data" in out and "in-sample" in out
+    code, out, _ = run_cli(capsys, "evaluate", run, "--k", "5", "--data",
+                           tmp_path / "other.npy")
+    assert code == 0 and "has no test split; using all of its examples" in out
+    assert "in-sample" not in out

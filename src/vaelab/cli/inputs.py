@@ -120,6 +120,13 @@ def _run_data(trained) -> str:
                      f"deleted?); pass --data PATH to where they are now")
 
 
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
 def held_out(trained, source: str | None, split: str | None, seed: int, note: Callable,
               allow_missing: bool = False, condition: str | None = None,
               per_row: bool = False):
@@ -142,7 +149,13 @@ def held_out(trained, source: str | None, split: str | None, seed: int, note: Ca
         if split is not None or not Path(source).exists():   # only user files lack splits
             raise
         dataset, split = _load_held_out(trained, source, "train", allow_missing), "train"
-        note(f"note: {source} has no test split; using all of its examples")
+        if _same_file(source, trained.config.train.data):
+            # the very rows the model was fitted to: an in-sample figure, optimistic
+            note(f"note: {source} has no test split and is the run's training data: using all "
+                 "of its examples, the rows the model was trained on (an in-sample figure, "
+                 "not a held-out one; pass --data with rows it has not seen)")
+        else:
+            note(f"note: {source} has no test split; using all of its examples")
     dataset, c = _condition_of(trained, dataset, source, condition)
     width = getattr(trained.model, "x_dim", trained.model.data_dim)
     if dataset.x.shape[1] != width:
