@@ -4,6 +4,9 @@
   mixture computed with scipy; its raw layout is the documented one;
 * the IAF q's density is the change of variables computed by hand with an autograd Jacobian,
   for draws (cached) and for arbitrary points (sequential inverse); its context matters;
+* the full-covariance q's log density at its own draws is the closed form log N(ε) − Σ log L_ii
+  (float64) for an ill-conditioned Cholesky factor, where solving ε back from the float32 draw
+  is off by 1e30; its gradients match MultivariateNormal in float64;
 * on the linear-Gaussian model (exact log p(x), Gaussian posterior), a per-example q optimized
   in each family reaches log p(x): the mixture on a model whose posterior is diagonal, the IAF
   on one whose posterior is correlated, where the best diagonal q provably cannot (its gap,
@@ -18,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from torch.distributions import Normal
+from torch.distributions import MultivariateNormal, Normal
 
 from vaelab import config as config_
 from vaelab.infer.objectives import elbo
@@ -217,6 +220,135 @@ def test_iaf_log_prob_gradient_at_a_fixed_point_matches_finite_differences():
             step = step.view_as(raw)
             numeric[i] = (value(raw + step) - value(raw - step)) / 2e-6
     torch.testing.assert_close(grad, numeric.view_as(raw), rtol=1e-6, atol=1e-7)
+
+
+# ---- full-covariance Normal: log q at its own draws
+
+
+def _ill_conditioned_raw(family: families.FullCovarianceNormal, batch: int, seed: int,
+                         diag: float, off: float, loc: float) -> torch.Tensor:
+    """Raw parameters of the kind a diverging encoder gave on wine (a Cholesky diagonal near
+    ``min_scale``, off-diagonal entries ~ ``off``, means ~ ``loc``): float64, [batch, P]."""
+    g = torch.Generator().manual_seed(seed)
+    n = family.latent_dim
+    raw = torch.empty(batch, family.param_size, dtype=F64)
+    raw[:, :n] = loc * torch.randn(batch, n, generator=g, dtype=F64)
+    on_diag = (family._rows == family._cols)
+    tri = off * torch.randn(batch, on_diag.numel(), generator=g, dtype=F64)
+    # softplus(raw) = diag · U(0.5, 2): the diagonal's size, never below min_scale
+    wanted = diag * (0.5 + 1.5 * torch.rand(batch, int(on_diag.sum()), generator=g, dtype=F64))
+    tri[:, on_diag] = torch.log(torch.expm1(wanted))
+    raw[:, n:] = tri
+    return raw
+
+
+def _eps_of_next_draw(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """ε of the next rsample (torch draws it as empty().normal_()): seeds, draws, re-seeds."""
+    torch.manual_seed(seed)
+    eps = torch.empty(shape).normal_().double()
+    torch.manual_seed(seed)
+    return eps
+
+
+def _closed_form_log_q(raw64: torch.Tensor, family: families.FullCovarianceNormal,
+                       eps: torch.Tensor) -> torch.Tensor:
+    """log q(loc + L ε) = log N(ε; 0, I) − Σ log L_ii, in float64 (no z − loc anywhere)."""
+    tril = family.double()(raw64).scale_tril
+    n = family.latent_dim
+    return (-0.5 * eps.square().sum(-1) - 0.5 * n * math.log(2 * math.pi)
+            - tril.diagonal(dim1=-2, dim2=-1).log().sum(-1))
+
+
+def test_full_covariance_log_q_of_its_own_draws_is_exact_for_an_ill_conditioned_factor():
+    """float32 z = loc + L ε loses L_ii ε_i when L_ii ~ 1e-5 beside entries ~ 5 and means ~ 20;
+    the triangular solve of MultivariateNormal.log_prob then multiplies that rounding down the
+    rows (log q of q's own draw came out −2.5e10 on wine). At its own draw q must give the
+    closed form log N(ε) − Σ log L_ii, computed here in float64."""
+    family = families.FullCovarianceNormal(5)
+    raw64 = _ill_conditioned_raw(family, 8, seed=0, diag=1e-4, off=5.0, loc=20.0)
+    eps = _eps_of_next_draw((64, 8, 5), seed=1)
+    q = family(raw64.float())
+    z = q.rsample((64,))
+    want = _closed_form_log_q(raw64, family, eps)
+    loc64, tril64 = family.double()(raw64).loc, family.double()(raw64).scale_tril
+    # the draw is loc + L ε rounded to float32 (ε is the one the oracle uses)
+    z64 = loc64 + (tril64 @ eps.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(z.double(), z64, rtol=1e-6, atol=1e-5)
+    # the setting is extreme: the plain solve at the same float32 z is off by far more than 1e3
+    plain = MultivariateNormal(q.loc, scale_tril=q.scale_tril).log_prob(z).double()
+    assert float((plain - want).abs().max()) > 1e3
+    got = q.log_prob(z).double()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)
+    # sample() (no gradient) is a draw too; so is the draw's detached view (DReG's score term)
+    with torch.no_grad():
+        torch.testing.assert_close(q.log_prob(z.detach()).double(), want, rtol=1e-5, atol=1e-3)
+        eps2 = _eps_of_next_draw((3, 8, 5), seed=2)
+        z2 = q.sample((3,))
+        torch.testing.assert_close(q.log_prob(z2).double(),
+                                   _closed_form_log_q(raw64, family, eps2), rtol=1e-5, atol=1e-3)
+    # evaluation runs under inference mode (inference tensors have no version counter)
+    with torch.inference_mode():
+        q = family(raw64.float())
+        eps3 = _eps_of_next_draw((3, 8, 5), seed=5)
+        z3 = q.rsample((3,))
+        torch.testing.assert_close(q.log_prob(z3).double(),
+                                   _closed_form_log_q(raw64, family, eps3), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("diag", [1e-1, 1e-2])
+def test_full_covariance_log_q_gradients_at_its_own_draw_match_float64(diag):
+    """The gradients the objectives take of log q at the draw, against MultivariateNormal in
+    float64 at z64 = loc + L ε: at the draw held fixed (DReG's score term, in the raw
+    parameters) and in z (the path term), each to float32's relative precision; along the draw
+    (the ELBO's total derivative, where only −Σ log L_ii moves) it is the sum of the two, whose
+    sizes (|∂/∂z| ~ 1e6 at diag 0.1, 1e10 at 0.01) cancel to ~2, so a float32 check of it is
+    only meaningful at the milder factor."""
+    family = families.FullCovarianceNormal(4)
+    raw64 = _ill_conditioned_raw(family, 6, seed=3, diag=diag, off=3.0, loc=20.0)
+    eps = _eps_of_next_draw((2, 6, 4), seed=4)
+
+    raw = raw64.float().requires_grad_(True)
+    q = family(raw)
+    z = q.rsample((2,))
+    (along,) = torch.autograd.grad(q.log_prob(z).sum(), raw, retain_graph=True)
+    fixed = z.detach().requires_grad_(True)      # the draw's memory: still the draw
+    score, dz = torch.autograd.grad(q.log_prob(fixed).sum(), (raw, fixed))
+
+    r64 = raw64.clone().requires_grad_(True)
+    (want_along,) = torch.autograd.grad(_closed_form_log_q(r64, family, eps).sum(), r64)
+    q64 = family.double()(r64)
+    family.float()
+    z64 = (q64.loc + (q64.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)).detach()
+    z64.requires_grad_(True)
+    want_score, want_dz = torch.autograd.grad(
+        MultivariateNormal(q64.loc, scale_tril=q64.scale_tril).log_prob(z64).sum(), (r64, z64))
+    for got, want in ((score, want_score), (dz, want_dz)):
+        assert float((got.double() - want).abs().max() / want.abs().max()) < 1e-5
+    if diag >= 0.1:
+        torch.testing.assert_close(along.double(), want_along, rtol=0, atol=1e-2)
+
+
+def test_full_covariance_draws_and_other_points_are_multivariate_normals():
+    """Same random stream and values as MultivariateNormal where float32 is enough; a point
+    that is not the last draw, or a draw changed in place, takes the ordinary log_prob."""
+    family = families.FullCovarianceNormal(3)
+    raw = torch.randn(4, family.param_size, generator=torch.Generator().manual_seed(5))
+    q = family(raw)
+    mvn = MultivariateNormal(q.loc, scale_tril=q.scale_tril)
+    torch.manual_seed(6)
+    z = q.rsample((5,))
+    torch.manual_seed(6)
+    torch.testing.assert_close(z, mvn.rsample((5,)), rtol=0, atol=0)
+    torch.testing.assert_close(q.log_prob(z), mvn.log_prob(z), rtol=1e-5, atol=1e-5)
+    other = z + 0.3
+    torch.testing.assert_close(q.log_prob(other), mvn.log_prob(other), rtol=0, atol=0)
+    z.add_(0.3)
+    torch.testing.assert_close(q.log_prob(z), mvn.log_prob(z), rtol=0, atol=0)
+    with torch.inference_mode():
+        q = family(raw)
+        z = q.sample((5,))
+        z.add_(0.3)
+        torch.testing.assert_close(q.log_prob(z), mvn.log_prob(z), rtol=0, atol=0)
 
 
 # ---- log-variance bounds of the diagonal Normal

@@ -37,6 +37,7 @@ from torch.distributions import (
     TransformedDistribution,
 )
 from torch.distributions.kl import register_kl
+from torch.distributions.utils import _standard_normal
 
 from vaelab import _checks, catalogue
 from vaelab.model import flows
@@ -168,10 +169,67 @@ def clamp_logvar(scale: torch.Tensor, low: float | None, high: float | None) -> 
                        None if high is None else math.exp(0.5 * high))
 
 
+class DrawnMultivariateNormal(MultivariateNormal):
+    """N(loc, L Lᵀ) whose ``log_prob`` of its own last draw reads the draw's ε, not z − loc.
+
+    z = loc + L ε is rounded to the float type; recovering ε from it by the triangular solve
+    divides that rounding by L's diagonal and carries it down the rows, so an ill-conditioned
+    L (diagonal near ``min_scale``, large off-diagonal) turns a 1e-6 rounding of z into ε of
+    1e4 or more and log q of q's own draw into −1e10: an ELBO of +1e10 that the optimizer then
+    chases. At its own draw log q = log N(ε; 0, I) − Σ log L_ii exactly; the value uses the
+    drawn ε and the gradient (in z, loc and L, at that ε) goes through a zero-valued solve.
+    Any other point, or the draw changed in place, takes MultivariateNormal's log_prob.
+    """
+
+    #: z, ε, and z's version counter (an inference tensor has none: a copy of z instead)
+    _draw: tuple[torch.Tensor, torch.Tensor, int | torch.Tensor] | None = None
+
+    def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()
+                ) -> torch.Tensor:
+        shape = self._extended_shape(torch.Size(sample_shape))
+        # torch's own draw, so a run's random stream is MultivariateNormal's
+        eps = _standard_normal(shape, dtype=self.loc.dtype, device=self.loc.device)
+        z = self.loc + (self._unbroadcasted_scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+        self._draw = (z, eps, z.clone() if z.is_inference() else z._version)
+        return z
+
+    def _is_draw(self, value: torch.Tensor) -> bool:
+        # z.detach() (the score term of a path gradient) shares z's memory and version counter
+        if self._draw is None:
+            return False
+        z, _, unchanged = self._draw
+        if not (isinstance(value, torch.Tensor) and value.data_ptr() == z.data_ptr()
+                and value.shape == z.shape and value.stride() == z.stride()
+                and value.dtype == z.dtype):
+            return False
+        if isinstance(unchanged, torch.Tensor):
+            return torch.equal(value, unchanged)
+        return not value.is_inference() and value._version == unchanged
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if not self._is_draw(value):
+            return super().log_prob(value)
+        assert self._draw is not None
+        eps = self._draw[1]
+        tril, loc = self._unbroadcasted_scale_tril, self.loc
+        # zero in value; its gradient is that of L⁻¹(value − loc) at ε: L⁻¹(dz − dloc − dL ε)
+        delta = ((value - value.detach()) - (loc - loc.detach())
+                 - ((tril - tril.detach()) @ eps.unsqueeze(-1)).squeeze(-1))
+        if delta.requires_grad:
+            tril_b = tril.detach().expand(*delta.shape, delta.shape[-1])
+            eps = eps + torch.linalg.solve_triangular(tril_b, delta.unsqueeze(-1),
+                                                      upper=False).squeeze(-1)
+        half_log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return (-0.5 * (self._event_shape[0] * math.log(2 * math.pi) + eps.pow(2).sum(-1))
+                - half_log_det)
+
+
 class FullCovarianceNormal(Family):
     """q(z) = N(z; loc, L Lᵀ); raw [..., L + L(L+1)/2] = [loc, lower triangle of L].
 
-    The diagonal of the Cholesky factor goes through softplus + ``min_scale``.
+    The diagonal of the Cholesky factor goes through softplus + ``min_scale``. q is a
+    :class:`DrawnMultivariateNormal`: log q of its own draws stays exact when L is
+    ill-conditioned (an MC KL against a prior with no closed form reads it).
     """
 
     name = "full_covariance_normal"
@@ -197,7 +255,7 @@ class FullCovarianceNormal(Family):
         tril[..., self._rows, self._cols] = tri
         diag = F.softplus(tril.diagonal(dim1=-2, dim2=-1)) + self.min_scale
         tril = tril.tril(-1) + torch.diag_embed(diag)
-        return MultivariateNormal(loc, scale_tril=tril, validate_args=False)
+        return DrawnMultivariateNormal(loc, scale_tril=tril, validate_args=False)
 
     def initial_params(self, *batch: int, dtype: torch.dtype | None = None,
                        device: torch.device | str | None = None) -> torch.Tensor:
