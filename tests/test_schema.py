@@ -44,6 +44,17 @@ def test_inference_gives_each_column_its_kind():
     assert schema.width == 3 + 3 + 7
 
 
+def test_integers_far_from_zero_are_measurements_not_counts():
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"age": rng.integers(19, 80, 60),          # never near zero
+                          "rooms": np.r_[1, rng.integers(2, 9, 59)],   # a count from 1
+                          "children": np.r_[0, rng.poisson(2.0, 59)]})
+    kinds = {c.name: c.likelihood for c in Schema.infer(frame).columns}
+    assert kinds["age"] == "gaussian"
+    assert kinds["rooms"] in ("poisson", "negative-binomial")
+    assert kinds["children"] in ("poisson", "negative-binomial")
+
+
 def test_normalisation_is_recorded_from_the_observed_cells():
     frame = _frame()
     frame.loc[::4, "income"] = np.nan

@@ -19,9 +19,14 @@ block (one-hot draws, or probabilities from reconstructions and imputations) bec
 label of its largest entry, a yes/no column its most probable value.
 
 Inference rules (missing cells ignored): text, category or object columns → categorical;
-bool, or numbers all 0/1 → bernoulli; non-negative integers → poisson, or negative-binomial
-when the variance exceeds :data:`OVERDISPERSED` × the mean; anything else → gaussian
-(positive reals stay gaussian unless told: log-normal is a choice about the data's nature).
+bool, or numbers all 0/1 → bernoulli; non-negative integers whose smallest value is at most
+:data:`COUNT_FLOOR` → poisson, or negative-binomial when the variance exceeds
+:data:`OVERDISPERSED` × the mean; anything else → gaussian (positive reals stay gaussian
+unless told: log-normal is a choice about the data's nature). Integers that never come near
+zero (ages 19–79, a cholesterol of 97–301 mg/dl) are measurements on an integer scale rather
+than counts of events: a Poisson or negative binomial ties their spread to their mean, which
+such columns do not follow (on scikit-learn's diabetes table, modelling them as counts made
+imputation worse than Gaussian columns: normalised RMSE 0.775 against 0.704).
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ DISCRETE = ("bernoulli", "categorical", "binomial", *COUNTS)
 LOCATION_SCALE = ("gaussian", "student-t", "log-normal")
 #: A categorical column with more labels than this is refused (see :func:`_check_labels`).
 MAX_CATEGORIES = 1000
+#: Non-negative integer columns are inferred as counts only when their smallest value is at
+#: most this (a count can be zero or one; integer measurements far from zero are not counts).
+COUNT_FLOOR = 1
 #: Counts whose variance exceeds this multiple of their mean are given a negative binomial.
 OVERDISPERSED = 1.5
 
@@ -302,7 +310,8 @@ def _guess(series: Any) -> str:
     seen = values[~np.isnan(values)]
     if seen.size and np.isin(seen, (0.0, 1.0)).all():
         return "bernoulli"
-    if seen.size and (seen >= 0).all() and (seen == np.round(seen)).all():
+    if (seen.size and (seen >= 0).all() and (seen == np.round(seen)).all()
+            and seen.min() <= COUNT_FLOOR):
         mean = seen.mean()
         overdispersed = seen.size > 1 and seen.var(ddof=1) > OVERDISPERSED * max(mean, 1e-12)
         return "negative-binomial" if overdispersed else "poisson"
