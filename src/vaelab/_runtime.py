@@ -127,9 +127,9 @@ def join_group(backend: str, timeout_s: float) -> None:
     read them: a new rank 0 could read the dead rank 1's address (gloo: "Connection refused")
     or a counter already full (a hang in the group's constructor), depending on who writes
     first. Every start of the workers therefore works under a key prefix of its own restart
-    count. The group is left again when the interpreter exits: gloo's threads still running
-    then abort the process ("terminate called without an active exception", exit -6) after
-    every result was written. Leaving is local (no collective), so it cannot hang.
+    count. The group is left again when the interpreter exits (:func:`leave_group`): gloo's
+    threads still running then abort the process ("terminate called without an active
+    exception", exit -6) after every result was written.
     """
     env = read_env()
     timeout = datetime.timedelta(seconds=timeout_s)
@@ -140,9 +140,30 @@ def join_group(backend: str, timeout_s: float) -> None:
     atexit.register(_leave_group)
 
 
+#: How long a process leaving at exit waits for the others to reach the same point.
+LEAVE_TIMEOUT_S = 60.0
+
+
+def leave_group(wait_s: float | None = None) -> None:
+    """Leave the process group: first wait until every rank is here (a rank that destroys
+    its group while a peer is still finishing the last collective leaves that peer waiting
+    for the whole timeout, and its gloo threads then abort it), then destroy it (local).
+    ``wait_s``: give up waiting after that long (a rank that died never comes), for the exit
+    path; None waits as long as the group's own timeout."""
+    if not joined():
+        return
+    try:
+        if wait_s is None:
+            dist.barrier()
+        else:
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=wait_s))
+    except RuntimeError:
+        pass           # a rank is gone: leaving is all that is left to do
+    dist.destroy_process_group()
+
+
 def _leave_group() -> None:
-    if joined():
-        dist.destroy_process_group()
+    leave_group(LEAVE_TIMEOUT_S)
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from torch import nn
 # Re-exported for training's callers; they live in vaelab._runtime (evaluation shares them).
 from vaelab._runtime import ENV_VARS as ENV_VARS
 from vaelab._runtime import DistEnv as DistEnv
-from vaelab._runtime import join_group
+from vaelab._runtime import join_group, leave_group
 from vaelab._runtime import joined as _active
 from vaelab._runtime import read_env as read_env
 
@@ -79,9 +79,9 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    """Destroy the process group if this process created one (safe to call twice)."""
-    if _active():
-        dist.destroy_process_group()
+    """Leave the process group if this process joined one, once every rank is here
+    (``vaelab._runtime.leave_group``; safe to call twice)."""
+    leave_group()
 
 
 def wrap(module: nn.Module, device: torch.device | str | None = None) -> nn.Module:
