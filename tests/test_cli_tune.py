@@ -39,6 +39,8 @@ def _small_space(folder):
      "--storage: cannot open the study database 'nosuchdb://x/y'"),
     (["--budget", "2-trials", "--storage", "sqlite:////no/such/folder/x.db"],
      "--storage: cannot open the study database"),
+    (["--budget", "2-trials", "--val-fraction", "0"], "argument --val-fraction: expected a "
+     "number in (0, 1)"),
 ])
 def test_bad_input_is_one_line_and_a_non_zero_exit(capsys, table, tmp_path, flags, message):
     code, out, err = run_cli(capsys, "tune", "--data", table, "--out", tmp_path / "s", *flags)
@@ -60,7 +62,7 @@ def test_help_lists_the_options(capsys):
     code, out, _ = run_cli(capsys, "tune", "--help")
     assert code == 0
     for flag in ("--data", "--budget", "--out", "--space", "--storage", "--workers",
-                 "--pruner", "--rerank", "--epochs"):
+                 "--pruner", "--rerank", "--epochs", "--val-fraction"):
         assert flag in out
 
 
@@ -97,9 +99,13 @@ def test_a_tiny_study_end_to_end_with_its_report(capsys, table, tmp_path):
     out = tmp_path / "study"
     code, text, err = run_cli(capsys, "tune", "--data", table, "--out", out, "--budget",
                               "3-trials", "--epochs", "2", "--space", _small_space(tmp_path),
-                              "--rerank", "2", "--rerank-k", "5", "--quiet")
+                              "--rerank", "2", "--rerank-k", "5", "--val-fraction", "0.25",
+                              "--quiet")
     assert code == 0, err
     summary = json.loads((out / "study.json").read_text())
+    for trial in summary["trials"]:                # every trial holds out the same quarter
+        config = json.loads((out / trial["run_dir"] / "config.json").read_text())
+        assert config["train"]["val_fraction"] == 0.25
     assert len(summary["trials"]) == 3 and f"best: trial {summary['best']}" in text
     assert (out / "best.toml").is_file() and "report: vaelab report" in text
     code, text, _ = run_cli(capsys, "runs", out)

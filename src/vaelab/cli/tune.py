@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vaelab.cli.common import non_negative_int, positive_int
+from vaelab.cli.common import non_negative_int, number, positive_int
 
 
 def add_tune(commands) -> None:
@@ -48,6 +48,11 @@ def add_tune(commands) -> None:
                    "others' at the same epoch, or successive halving (default median)")
     p.add_argument("--limit", type=positive_int, metavar="N",
                    help="use only the first N training examples")
+    p.add_argument("--val-fraction", type=number(float, lambda v: 0 < v < 1,
+                                                  "a number in (0, 1)"), metavar="F",
+                   help="fraction of the training rows every trial holds out (seeded) to be "
+                   "scored and re-ranked on (default: the --config file's, else 0.05); on a "
+                   "small table more rows rank trials more surely")
     p.add_argument("--seed", type=non_negative_int, default=0, metavar="N",
                    help="the trials' seed (the same validation rows for all) and the sampler's")
     p.add_argument("--rerank", type=non_negative_int, default=3, metavar="N",
@@ -72,6 +77,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     result = tune(args.data, args.out, budget, epochs=args.epochs, space_file=args.space,
                   config_file=args.config, storage=args.storage, study_name=args.study_name,
                   workers=args.workers, pruner=args.pruner, seed=args.seed, limit=args.limit,
+                  val_fraction=args.val_fraction,
                   rerank_top=args.rerank, rerank_k=args.rerank_k,
                   rerank_limit=args.rerank_limit or None, progress=not args.quiet,
                   figures=write_run_figures, log=printer(args.quiet))

@@ -192,6 +192,6 @@ def ranking_lines(ranking: list[dict]) -> list[str]:
         lines.append(f"note: the leader, trial {ranking[0]['number']}, is not ahead of trial(s) "
                      f"{trials} by more than {SEPARATED_SE:g} paired standard errors on "
                      f"{ranking[0]['num_examples']} validation rows: the choice between them "
-                     "is not supported by the data (more validation rows, e.g. val_fraction "
-                     "in --config, would tell them apart)")
+                     "is not supported by the data (more validation rows, --val-fraction, "
+                     "would tell them apart)")
     return lines

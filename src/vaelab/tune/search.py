@@ -46,7 +46,8 @@ class TuneResult:
 
 
 def base_config(data: str, kind: str, config_file: str | os.PathLike | None, *,
-                epochs: int, seed: int, limit: int | None) -> dict:
+                epochs: int, seed: int, limit: int | None,
+                val_fraction: float | None = None) -> dict:
     """The settings every trial starts from: a config file (or vaelab's defaults), the data,
     the likelihood and binarization for the data's kind (unless the file chooses them), the
     seed (the same validation rows for every trial) and a --limit. ValueError when the
@@ -57,6 +58,8 @@ def base_config(data: str, kind: str, config_file: str | os.PathLike | None, *,
     overrides = {"data": data, "seed": seed, "limit": limit, "epochs": epochs,
                  "binarize": None if "binarize" in base["train"] else fixed["binarize"],
                  "likelihood": None if "likelihood" in base["model"] else fixed["likelihood"]}
+    if val_fraction is not None:
+        overrides["val_fraction"] = val_fraction
     if base["train"].get("early_stopping_patience") is None:
         # Keep each trial's weights of its best validation epoch (a patience of all the
         # epochs never stops one early): the score is the best validation ELBO, so the
@@ -82,7 +85,8 @@ def data_kind(source: str) -> tuple[str, int, int]:
 def tune(data: str, out: str | os.PathLike, budget: Budget, *, epochs: int = 20,
          space_file: str | os.PathLike | None = None, config_file: str | os.PathLike | None = None,
          storage: str | None = None, study_name: str = "vaelab", workers: int = 1,
-         pruner: str = "median", seed: int = 0, limit: int | None = None, rerank_top: int = 3,
+         pruner: str = "median", seed: int = 0, limit: int | None = None,
+         val_fraction: float | None = None, rerank_top: int = 3,
          rerank_k: int = 1000, rerank_limit: int | None = 1000, baseline: bool = True,
          progress: bool = True,
          figures: Callable[..., object] | None = None,
@@ -103,6 +107,8 @@ def tune(data: str, out: str | os.PathLike, budget: Budget, *, epochs: int = 20,
         pruner: "median", "halving" or "none".
         seed: the runs' seed (their validation split) and the sampler's.
         limit: use the first N training rows only.
+        val_fraction: the fraction of the training rows held out for validation (None: the
+            config file's, else vaelab's default).
         rerank_top, rerank_k, rerank_limit: re-rank the best ``rerank_top`` trials by
             log p̂(x) with k draws on the first ``rerank_limit`` validation rows (None: all).
         baseline: the study's first trial is the starting config itself, unsampled (so the
@@ -131,7 +137,8 @@ def tune(data: str, out: str | os.PathLike, budget: Budget, *, epochs: int = 20,
                          "expected an empty or new folder, or a study's folder")
     url = storage_url(out, storage)
     kind, width, rows = data_kind(data)
-    base = base_config(data, kind, config_file, epochs=epochs, seed=seed, limit=limit)
+    base = base_config(data, kind, config_file, epochs=epochs, seed=seed, limit=limit,
+                       val_fraction=val_fraction)
     space = default_space(kind, width, rows if limit is None else min(rows, limit))
     if space_file is not None:
         space = load_space(Path(space_file), space)
