@@ -7,6 +7,7 @@ built from their own seeded generator so they do not depend on test order.
 from __future__ import annotations
 
 import os
+from html.parser import HTMLParser
 
 import pytest
 import torch
@@ -205,3 +206,44 @@ def without_flags(argv: list, flags: list) -> list:
         else:
             out.append(token)
     return out
+
+
+class HtmlTables(HTMLParser):
+    """Every <table> of a page as rows of cell texts (whitespace collapsed), keyed by its id
+    (or its position), and every <img>'s attributes: what the report tests read back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.images: list[dict] = []
+        self._table: list[list[str]] | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self._table = self.tables.setdefault(attrs.get("id") or str(len(self.tables)), [])
+        elif tag == "tr" and self._table is not None:
+            self._table.append([])
+        elif tag in ("td", "th") and self._table is not None:
+            self._cell = []
+        elif tag == "img":
+            self.images.append(attrs)
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None and self._table is not None:
+            self._table[-1].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def html_tables(html: str) -> HtmlTables:
+    """The tables and images of ``html``."""
+    parser = HtmlTables()
+    parser.feed(html)
+    return parser

@@ -4,11 +4,10 @@ and ``vaelab report`` / ``vaelab runs`` on it."""
 from __future__ import annotations
 
 import json
-from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import html_tables, run_cli
 
 pytest.importorskip("optuna")
 
@@ -66,35 +65,6 @@ def test_help_lists_the_options(capsys):
         assert flag in out
 
 
-class _Tables(HTMLParser):
-    """Rows of every table with an id, as lists of cell texts."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tables: dict[str, list[list[str]]] = {}
-        self._id, self._cell = None, None
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "table" and dict(attrs).get("id"):
-            self._id = dict(attrs)["id"]
-            self.tables[self._id] = []
-        elif self._id and tag == "tr":
-            self.tables[self._id].append([])
-        elif self._id and tag in ("td", "th"):
-            self._cell = []
-
-    def handle_endtag(self, tag):
-        if tag == "table":
-            self._id = None
-        elif tag in ("td", "th") and self._cell is not None:
-            self.tables[self._id][-1].append(" ".join("".join(self._cell).split()))
-            self._cell = None
-
-    def handle_data(self, text):
-        if self._cell is not None:
-            self._cell.append(text)
-
-
 def test_a_tiny_study_end_to_end_with_its_report(capsys, table, tmp_path):
     out = tmp_path / "study"
     code, text, err = run_cli(capsys, "tune", "--data", table, "--out", out, "--budget",
@@ -113,8 +83,7 @@ def test_a_tiny_study_end_to_end_with_its_report(capsys, table, tmp_path):
     code, text, _ = run_cli(capsys, "report", out)
     assert code == 0
     page = (out / "report.html").read_text()
-    tables = _Tables()
-    tables.feed(page)
+    tables = html_tables(page)
     trials = tables.tables["trials-table"][1:]
     assert [row[0] for row in trials] == ["0", "1", "2"]
     for row, trial in zip(trials, summary["trials"], strict=True):

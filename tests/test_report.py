@@ -13,10 +13,10 @@ import os
 import re
 import time
 from html import unescape
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import html_tables
 
 from vaelab import cli
 from vaelab.show import report, runinfo, runs_table
@@ -51,45 +51,6 @@ def _run(folder: Path, evaluation: dict | None = None, metrics: list[dict] | Non
     if evaluation is not None:
         (folder / "eval.json").write_text(json.dumps(evaluation))
     return folder
-
-
-class _Tables(HTMLParser):
-    """Every <table> of a page as rows of cell texts, keyed by its id (or its position)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tables: dict[str, list[list[str]]] = {}
-        self.images: list[dict] = []
-        self._table: list[list[str]] | None = None
-        self._cell: list[str] | None = None
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "table":
-            self._table = self.tables.setdefault(attrs.get("id") or str(len(self.tables)), [])
-        elif tag == "tr" and self._table is not None:
-            self._table.append([])
-        elif tag in ("td", "th") and self._table is not None:
-            self._cell = []
-        elif tag == "img":
-            self.images.append(attrs)
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None and self._table is not None:
-            self._table[-1].append(" ".join("".join(self._cell).split()))
-            self._cell = None
-        elif tag == "table":
-            self._table = None
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
-
-
-def _parse(html: str) -> _Tables:
-    parser = _Tables()
-    parser.feed(html)
-    return parser
 
 
 # --------------------------------------------------------------------------- pairing
@@ -129,7 +90,7 @@ def test_two_runs_comparison_table_holds_the_right_numbers(tmp_path):
     a = _run(tmp_path / "a", _eval([-10.0, -12.0, -11.0, -9.0]))
     b = _run(tmp_path / "b", _eval([-9.0, -11.5, -10.0, -8.0]))
     out = report.write_report([a, b], tmp_path / "r.html")
-    page = _parse(out.read_text())
+    page = html_tables(out.read_text())
     rows = page.tables["comparison-table"]
     assert rows[0][:4] == ["run", "data", "test log p̂(x) ± SE (nats)",
                            "paired Δ vs first ± SE (nats)"]
@@ -150,7 +111,7 @@ def test_comparison_never_sets_different_quantities_side_by_side(tmp_path):
     ais = _run(tmp_path / "ais", _eval([-9.5, -11.5], estimator={
         "name": "ais", "steps": 100, "chains": 8, "leapfrog": 3}))
     html = unescape(report.render_report([a, score, other, ais]))
-    rows = _parse(html).tables["comparison-table"]
+    rows = html_tables(html).tables["comparison-table"]
     assert rows[0][-2] == "log p̂ estimated by" and rows[1][-2] == "IS, k = 10, encoder proposal"
     assert rows[0][-1] == "problems" and rows[1][-1] == ""
     assert rows[2][2].endswith("(score, not log p(x))") and rows[2][3] == "undefined"
@@ -182,7 +143,7 @@ def test_a_run_with_missing_and_broken_pieces_still_renders(tmp_path):
     assert "Inference gaps: not computed" in html
     assert "gaps.json: unreadable" in html and "latent.png: not a readable PNG" in html
     assert "No pictures in this run." in html
-    tables = _parse(html).tables
+    tables = html_tables(html).tables
     extra = [t for t in tables.values() if t and ["auroc", "0.93"] in t]
     assert extra and ["per_class", "0.9, 0.95"] in extra[0]   # other results shown generically
     assert "none recorded" in html                            # no validation ELBO
@@ -190,7 +151,7 @@ def test_a_run_with_missing_and_broken_pieces_still_renders(tmp_path):
 
 def test_single_run_metrics_table_and_unnormalised_label(tmp_path):
     run = _run(tmp_path / "r", _eval([-3.0, -5.0]))
-    metrics = [t for t in _parse(report.render_report([run])).tables.values()
+    metrics = [t for t in html_tables(report.render_report([run])).tables.values()
                if t and t[0] == ["quantity", "mean", "± SE"]][0]
     assert ["log p̂(x) (nats)", "-4.000", "0.500"] in metrics
     assert ["NLL (bits/dim)", "0.5000", "0.0010"] in metrics
@@ -326,7 +287,7 @@ def test_report_labels_both_standard_error_rules_and_the_k1_lower_bound(tmp_path
                                        "undefined": {"se": "k = 1"}},
                        nll_bits_per_dim={"mean": 0.5, "se": None, "se_data": 0.0125})
     html = report.render_report([_run(tmp_path / "r", evaluation)])
-    metrics = [t for t in _parse(html).tables.values()
+    metrics = [t for t in html_tables(html).tables.values()
                if t and t[0] == ["quantity", "mean", "± SE"]][0]
     assert ["log p̂(x) (nats)", "-4.000", "≥0.250"] in metrics
     assert ["NLL (bits/dim)", "0.5000", "≥0.0125"] in metrics

@@ -4,39 +4,10 @@ re-ranking's two errors and missing importances (HTML parsed, no browser)."""
 from __future__ import annotations
 
 import json
-from html.parser import HTMLParser
+
+from conftest import html_tables
 
 from vaelab.show import study_page
-
-
-class _Cells(HTMLParser):
-    """The text of every table row, by table id."""
-
-    def __init__(self):
-        super().__init__()
-        self.tables: dict[str, list[list[str]]] = {}
-        self._table: str | None = None
-        self._cell: list[str] | None = None
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "table":
-            self._table = dict(attrs).get("id")
-            self.tables[self._table] = []
-        elif tag == "tr" and self._table:
-            self.tables[self._table].append([])
-        elif tag in ("td", "th") and self._table:
-            self._cell = []
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None:
-            self.tables[self._table][-1].append("".join(self._cell).strip())
-            self._cell = None
-        elif tag == "table":
-            self._table = None
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
 
 
 def _study(tmp_path):
@@ -63,8 +34,7 @@ def _study(tmp_path):
 
 def test_a_trial_without_a_score_shows_none_and_the_ranking_both_errors(tmp_path):
     html = study_page.render_study(_study(tmp_path))
-    cells = _Cells()
-    cells.feed(html)
+    cells = html_tables(html)
     trials = [row for row in cells.tables["trials-table"] if row and row[0] in "012"]
     assert [row[2] for row in trials] == ["-10.000", "—", "-11.000"]
     ranking = [row for row in cells.tables["ranking-table"] if row and row[0] in "12"]
