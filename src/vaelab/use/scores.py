@@ -60,7 +60,7 @@ from torch.distributions import Distribution
 
 from vaelab import _checks, catalogue, data_forms
 from vaelab._runtime import device_of, isolated_rng
-from vaelab.infer.masked import masked_draws
+from vaelab.infer.masked import masked_draws, masked_elbo_terms
 from vaelab.infer.objectives import elbo_terms
 from vaelab.infer.schemes import optimize_q
 from vaelab.measure.evaluate import LogLikelihoodEstimate, from_log_sums, log_likelihood
@@ -220,10 +220,9 @@ def _masked_estimate(model, q: Distribution, x: torch.Tensor, k: int, *,
     values = torch.where(observed, x, torch.zeros_like(x))
     logits = model.missing_logits if getattr(model, "missingness", None) is not None else None
     with torch.no_grad():
-        d = masked_draws(model, q, values, observed, k, missing_logits=logits)
-    if elbo:
-        return d.log_likelihood.mean(0) - (d.log_q - d.log_prior).mean(0)
-    lw = d.log_weights
+        if elbo:
+            return masked_elbo_terms(model, q, values, observed, k, missing_logits=logits).elbo
+        lw = masked_draws(model, q, values, observed, k, missing_logits=logits).log_weights
     return LogLikelihoodEstimate(*from_log_sums(lw.logsumexp(0), (2 * lw).logsumexp(0), k), k)
 
 
