@@ -40,7 +40,7 @@ def write_assignments_csv(path: Path, assignments: np.ndarray, labels: np.ndarra
 
 
 def write_codes(path: Path, z: torch.Tensor) -> Path:
-    """Codes z [N, L] as a float32 .npy array (no pickle)."""
+    """Codes z [N, L] (or any rows of values) as a float32 .npy array (no pickle), atomically."""
     buffer = io.BytesIO()
     np.save(buffer, z.detach().cpu().numpy().astype(np.float32), allow_pickle=False)
     return atomic_write_bytes(path, buffer.getvalue())

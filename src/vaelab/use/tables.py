@@ -112,16 +112,14 @@ def value_columns(trained: Any, source: str | Path | None = None) -> list[str]:
 def write_values(values: Any, out: str | Path, columns: list[str]) -> Path:
     """Rows of values [N, D] at ``out``: a .csv with the ``columns`` header (float32's
     shortest decimals, :func:`table_csv`) or a float32 .npy array (no pickle)."""
-    import io
-
     import numpy as np
     import pandas as pd
 
-    array = torch.as_tensor(values).detach().cpu().numpy().astype(np.float32)
+    from vaelab.use.outputs import write_codes
+
+    values = torch.as_tensor(values)
     out = Path(out)
     if out.suffix.lower() == ".npy":
-        buffer = io.BytesIO()
-        np.save(buffer, array, allow_pickle=False)
-        atomic_write_bytes(out, buffer.getvalue())
-        return out
+        return write_codes(out, values)
+    array = values.detach().cpu().numpy().astype(np.float32)
     return write_table(pd.DataFrame(array.astype(np.float64), columns=columns), out)
