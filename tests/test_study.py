@@ -127,7 +127,7 @@ def test_trials_are_run_directories_and_the_best_is_a_recipe(table, tmp_path):
     assert len(_study(out).get_trials()) == 3 and again.best == result.best
     # resuming under other settings would mix trials of two setups in one ranking: refused
     with pytest.raises(ValueError, match=r"^--epochs: the study 'vaelab' in .* was started "
-                                         r"with 2; expected the same to resume it .*got 3$"):
+                                         r"with epochs = 2; expected the same to resume it .*got epochs = 3$"):
         tune(str(table), out, Budget(trials=4), epochs=3, space_file=space, progress=False,
              log=None)
     (tmp_path / "other").mkdir()
@@ -135,6 +135,11 @@ def test_trials_are_run_directories_and_the_best_is_a_recipe(table, tmp_path):
     with pytest.raises(ValueError, match=r"^--space: the study 'vaelab'"):
         tune(str(table), out, Budget(trials=4), epochs=2, space_file=other, progress=False,
              log=None)
+    with pytest.raises(ValueError, match=r"^--val-fraction: the study 'vaelab' in .* was "
+                                         r"started with val_fraction unset \(the default\); .*got "
+                                         r"val_fraction = 0.3$"):
+        tune(str(table), out, Budget(trials=4), epochs=2, space_file=space, val_fraction=0.3,
+             progress=False, log=None)
     assert len(_study(out).get_trials()) == 3
     # a training run's folder is not a study's
     with pytest.raises(ValueError, match=r"^--out: .*0000' is a training run"):

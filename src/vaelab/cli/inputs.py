@@ -152,8 +152,8 @@ def held_out(trained, source: str | None, split: str | None, seed: int, note: Ca
         if _same_file(source, trained.config.train.data):
             # the very rows the model was fitted to: an in-sample figure, optimistic
             note(f"note: {source} has no test split and is the run's training data: using all "
-                 "of its examples, the rows the model was trained on (an in-sample figure, "
-                 "not a held-out one; pass --data with rows it has not seen)")
+                 "of its examples, the rows the model was trained on (in-sample, not held "
+                 "out; pass --data with rows it has not seen)")
         else:
             note(f"note: {source} has no test split; using all of its examples")
     dataset, c = _condition_of(trained, dataset, source, condition)

@@ -159,9 +159,11 @@ def tune(data: str, out: str | os.PathLike, budget: Budget, *, epochs: int = 20,
 
 
 #: What defines a study, with the flags that set it: resuming a study under other values
-#: would mix trials of different settings in one ranking.
-SETUP_FLAGS = {"epochs": "--epochs", "base": "--config / --data / --seed / --limit",
-               "space": "--space", "pruner": "--pruner"}
+#: would mix trials of different settings in one ranking. A setting of the starting config
+#: that no flag of its own sets came from --config.
+SETUP_FLAGS = {"epochs": "--epochs", "space": "--space", "pruner": "--pruner",
+               "data": "--data", "seed": "--seed", "limit": "--limit",
+               "val_fraction": "--val-fraction"}
 
 
 def _setup(search: Search) -> dict:
@@ -181,13 +183,31 @@ def check_same_setup(study: Any, search: Search) -> None:
     if recorded is None:
         study.set_user_attr("setup", setup)
         return
-    for key, flag in SETUP_FLAGS.items():
+    differs = _first_difference(recorded, setup)
+    if differs is not None:
+        key, was, now = differs
+        flag = SETUP_FLAGS.get(key, "--config")
+        values = (("other values", "these") if key == "space" else
+                  tuple(f"{key} unset (the default)" if v is None else f"{key} = {v!r}"
+                        for v in (was, now)))
+        raise ValueError(f"{flag}: the study {search.study_name!r} in {str(search.out)!r} was "
+                         f"started with {values[0]}; expected the same to resume it (or a new "
+                         f"--out or --study-name), got {values[1]}")
+
+
+def _first_difference(recorded: dict, setup: dict) -> tuple[str, Any, Any] | None:
+    """(key, recorded value, new value) of the first setting that differs; the starting
+    config's settings are compared one by one, so the message names the one that changed."""
+    for key in ("epochs", "space", "pruner"):
         if recorded.get(key) != setup[key]:
-            was = recorded.get(key) if key in ("epochs", "pruner") else "other values"
-            now = setup[key] if key in ("epochs", "pruner") else "these"
-            raise ValueError(f"{flag}: the study {search.study_name!r} in {str(search.out)!r} "
-                             f"was started with {was}; expected the same to resume it (or a "
-                             f"new --out or --study-name), got {now}")
+            return key, recorded.get(key), setup[key]
+    old = recorded.get("base") or {}
+    for section, values in setup["base"].items():
+        before = old.get(section) or {}
+        for name in sorted(set(values) | set(before)):
+            if before.get(name) != values.get(name):
+                return name, before.get(name), values.get(name)
+    return None
 
 
 def _start_workers(search: Search, count: int) -> list[Any]:
