@@ -127,7 +127,8 @@ def test_trials_are_run_directories_and_the_best_is_a_recipe(table, tmp_path):
     assert len(_study(out).get_trials()) == 3 and again.best == result.best
     # resuming under other settings would mix trials of two setups in one ranking: refused
     with pytest.raises(ValueError, match=r"^--epochs: the study 'vaelab' in .* was started "
-                                         r"with epochs = 2; expected the same to resume it .*got epochs = 3$"):
+                                         r"with epochs = 2; expected the same to resume it "
+                                         r".*got epochs = 3$"):
         tune(str(table), out, Budget(trials=4), epochs=3, space_file=space, progress=False,
              log=None)
     (tmp_path / "other").mkdir()
