@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from conftest import run_cli
 
-from vaelab.config import ModelConfig
+from vaelab.config import ModelConfig, TrainConfig
 from vaelab.measure.evaluate import evaluate_model
 from vaelab.model import hierarchical
 from vaelab.model.vae import build_vae
+from vaelab.show import runinfo
 
 
 def test_one_layer_collapse_is_named_by_the_same_rule():
@@ -69,3 +70,39 @@ def test_train_evaluate_and_runs_say_a_run_collapsed(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "runs", tmp_path / "runs")
     row = [line for line in out.splitlines() if line.startswith("col")][0]
     assert row.rstrip().endswith("collapsed")
+
+
+def test_the_remedy_fits_how_the_run_was_trained():
+    def line(**train) -> str:
+        return hierarchical.collapse_warning([1], (4,), [0.01], training=TrainConfig(**train))
+
+    plain = line()
+    assert "try a KL warm-up (--kl-schedule linear) or free bits (--free-bits)" in plain
+    warm = line(kl_warmup_epochs=5)           # a warm-up already on is not suggested as missing
+    assert "--kl-schedule linear" not in warm and "a KL warm-up (" not in warm
+    assert "a longer KL warm-up (this run: --kl-warmup 5 epochs)" in warm
+    assert warm.endswith("or free bits (--free-bits)")
+    cyclical = line(kl_schedule="cyclical")
+    assert "a KL warm-up (" not in cyclical and "--kl-cycles 4, --kl-ratio 0.5" in cyclical
+    bits = line(kl_warmup_epochs=2, free_bits=0.25)
+    assert bits.endswith("or more free bits (this run: --free-bits 0.25)")
+    iwae = line(objective="iwae", num_samples=2)      # free bits is refused with iwae
+    assert "free bits" not in iwae and iwae.endswith("try a KL warm-up (--kl-schedule linear)")
+    assert "a smaller KL weight (this run: --beta 4)" in line(beta=4.0)
+    layered = {"kl_schedule": "linear", "kl_warmup_epochs": 3.0, "objective": "elbo"}
+    hvae = hierarchical.collapse_warning([2], (4, 2), [1.0, 0.0], training=layered)
+    assert hvae.endswith("try a longer KL warm-up (this run: --kl-warmup 3 epochs), free bits "
+                         "(--free-bits) or fewer layers")
+
+
+def test_train_evaluate_and_runs_do_not_suggest_the_warm_up_a_run_had(tmp_path, capsys):
+    np.save(tmp_path / "d.npy", np.random.default_rng(0).random((300, 8)).astype(np.float32))
+    run = tmp_path / "runs" / "warm"
+    code, _, err = run_cli(capsys, "train", "--data", tmp_path / "d.npy", "--out", run,
+                           "--epochs", "15", "--lr", "0.01", "--hidden", "16", "--latent-dim",
+                           "5", "--batch-size", "32", "--kl-warmup", "2", "--quiet")
+    assert code == 0 and "posterior collapse" in err      # noise: nothing to code
+    from_metrics = [p.line for p in runinfo.model_problems(runinfo.read_run(run))]
+    evaluated = run_cli(capsys, "evaluate", run, "--k", "4", "--limit", "50", "--quiet")[1]
+    for text in (err, evaluated, *from_metrics):
+        assert "--kl-schedule linear" not in text and "--kl-warmup 2 epochs" in text

@@ -557,7 +557,8 @@ def _run(trainer: _Trainer) -> TrainResult:
     if summary is not None and trainer.dist.main:   # stderr even under --quiet
         print(summary, file=sys.stderr, flush=True)
     collapse = (None if isinstance(trainer.model, HierarchicalVAE) or not state.metrics
-                else collapse_from_metrics(state.metrics[-1], (trainer.model.latent_dim,)))
+                else collapse_from_metrics(state.metrics[-1], (trainer.model.latent_dim,),
+                                           trainer.tc))
     if collapse is not None and summary is None and trainer.dist.main:   # hierarchies: per layer
         print(collapse, file=sys.stderr, flush=True)
     trainer.dist.barrier()

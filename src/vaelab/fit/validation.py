@@ -79,7 +79,7 @@ class Validated:
             out = layer_metrics(self.model, qs, self.tc.num_samples, self.dist.all_reduce_sum)
         warning = collapse_warning(
             [i + 1 for i, a in enumerate(out.get("val_active_units_per_layer") or []) if a == 0],
-            self.model.sizes, out.get("val_rate_per_layer"))
+            self.model.sizes, out.get("val_rate_per_layer"), training=self.tc)
         if warning is not None and self.dist.main and self.state.epoch == self.tc.epochs:
             self.log(warning + " (validation set)")
         return out

@@ -368,7 +368,8 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
                    infer: Callable[[torch.Tensor], Distribution] | None = None,
                    threshold: float = 1e-2, per_example: bool = False,
                    progress: bool = False, data_kind: str | None = None,
-                   estimator: Callable | None = None, seed: int | None = None) -> dict:
+                   estimator: Callable | None = None, seed: int | None = None,
+                   training: Any = None) -> dict:
     """The test protocol on data x [N, D]: ELBO, rate, distortion, log p(x), bits/dim, AU.
 
     Per example i (batched over data, chunked over samples, under ``torch.inference_mode``
@@ -411,6 +412,9 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
             ``likelihood_meaning``): bits/dim are reported only for a probability or a bound
             on one (binary or 8-bit data), not for a density and not for an unnormalised score
             (e.g. Bernoulli on grey levels), where ``nll_bits_per_dim`` holds None with why.
+        training: how the model was trained (its ``TrainConfig``, or a dict with the same
+            keys), so a posterior-collapse warning suggests the remedies the run lacks
+            (``vaelab.model.hierarchical.collapse_remedy``); None: unknown, all of them.
 
     Returns:
         A JSON-serializable dict (nats per example unless said otherwise)::
@@ -467,12 +471,12 @@ def evaluate_model(model: GenerativeModel, x: torch.Tensor, *, num_samples: int 
             sizes, measures["layer_rates"], measures["q_mean"], threshold))
         line = hierarchical.collapse_warning(
             report["collapsed_layers"], sizes,
-            [layer["mean"] for layer in report["rate_per_layer"]])
+            [layer["mean"] for layer in report["rate_per_layer"]], training=training)
     else:                            # one latent layer: the same rule, the same words
         rate = report["rate"]["mean"]
         line = hierarchical.collapse_warning(
             [1] if report["active_units"] == 0 else [], (report["latent_dim"],),
-            [rate] if rate is not None and math.isfinite(rate) else None)
+            [rate] if rate is not None and math.isfinite(rate) else None, training=training)
     if line is not None:
         report["warnings"] = [*report.get("warnings", []), line]
     if per_example:

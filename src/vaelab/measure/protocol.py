@@ -33,7 +33,8 @@ def evaluate_run(trained: Any, dataset: Any, estimator: Any, *, run: str, split:
                                 num_samples=estimator.draws, seed=seed,
                                 estimator=None if estimator.is_plain else estimator,
                                 batch_size=batch_size, limit=limit, data_kind=dataset.kind,
-                                infer=infer, per_example=True, progress=progress)
+                                infer=infer, per_example=True, progress=progress,
+                                training=trained.config.train)
     result = {"run": run, "data": dataset.name, "split": split,
               "binarized": trained.config.train.binarize != "none", "seed": seed,
               "seconds": round(time.perf_counter() - start, 2),

@@ -29,8 +29,8 @@ the active-unit count use.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
-from typing import cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -482,15 +482,18 @@ def zero_rate_layers(rates: Sequence[float]) -> list[int]:
 
 
 def collapse_warning(collapsed: Sequence[int], sizes: Sequence[int],
-                     rates: Sequence[float] | None = None) -> str | None:
+                     rates: Sequence[float] | None = None, *,
+                     training: Any = None) -> str | None:
     """One line naming the latent layers with no active unit and, given the per-layer mean
     rates (nats), the layers with (almost) zero rate; None when there are none.
 
     The one place that decides posterior collapse, for a single latent layer too (``sizes``
     of length 1): every command that summarises a run (train, evaluate, runs, report) asks it.
+    ``training`` (the run's ``TrainConfig`` or eval.json's ``trained_with``; None: unknown)
+    decides which remedies the line suggests (:func:`collapse_remedy`).
     """
     if len(sizes) == 1:
-        return _one_layer_warning(bool(collapsed), sizes[0], rates)
+        return _one_layer_warning(bool(collapsed), sizes[0], rates, training)
     parts = []
     if collapsed:
         names = ", ".join(f"layer {i} ({sizes[i - 1]} units)" for i in collapsed)
@@ -509,26 +512,71 @@ def collapse_warning(collapsed: Sequence[int], sizes: Sequence[int],
                      f"information about x: q(z_{top} | x) = p(z_{top})")
     if not parts:
         return None
-    return (f"warning: {'; '.join(parts)}; try a KL warm-up (--kl-schedule linear), free bits "
-            f"(--free-bits) or fewer layers")
+    return f"warning: {'; '.join(parts)}; {collapse_remedy(training, layers=len(sizes))}"
 
 
-def collapse_from_metrics(row: dict, sizes: Sequence[int]) -> str | None:
+def collapse_remedy(training: Any = None, *, layers: int = 1) -> str:
+    """What to try against posterior collapse, given how the run was trained: ``training``
+    is its ``TrainConfig`` or a mapping with the same keys (eval.json's ``trained_with``);
+    None (unknown) suggests every remedy.
+
+    A remedy the run already used is not suggested as if it were missing (a user who trained
+    with a KL warm-up was told to try one): it is named with this run's value, to strengthen.
+    """
+    if training is None:
+        return ("try a KL warm-up (--kl-schedule linear), free bits (--free-bits)"
+                + (" or fewer layers" if layers > 1 else ""))
+
+    def get(key: str) -> Any:
+        return training.get(key) if isinstance(training, Mapping) else getattr(training, key,
+                                                                                None)
+
+    def value(key: str) -> str:     # as typed after its flag: 5.0 → 5
+        v = get(key)
+        return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+    tries = []
+    beta = get("beta")
+    if isinstance(beta, (int, float)) and beta > 1:
+        tries.append(f"a smaller KL weight (this run: --beta {value('beta')})")
+    schedule = get("kl_schedule") or "constant"
+    if schedule == "linear":
+        tries.append(f"a longer KL warm-up (this run: --kl-warmup {value('kl_warmup_epochs')} "
+                     f"epochs)")
+    elif schedule == "cyclical":
+        tries.append(f"a slower KL ramp (this run: --kl-schedule cyclical, --kl-cycles "
+                     f"{value('kl_cycles')}, --kl-ratio {value('kl_ratio')})")
+    else:
+        tries.append("a KL warm-up (--kl-schedule linear)")
+    bits = get("free_bits")
+    if isinstance(bits, (int, float)) and bits > 0:
+        tries.append(f"more free bits (this run: --free-bits {value('free_bits')})")
+    elif catalogue.canonical(get("objective") or "elbo") == "elbo":  # elbo only
+        tries.append("free bits (--free-bits)")
+    if layers > 1:
+        tries.append("fewer layers")
+    return "try " + (", ".join(tries[:-1]) + " or " if len(tries) > 1 else "") + tries[-1]
+
+
+def collapse_from_metrics(row: dict, sizes: Sequence[int], training: Any = None) -> str | None:
     """:func:`collapse_warning` from one row of a run's metrics.jsonl: the validation rate and
-    active units (per layer for a hierarchy; the training rate without validation)."""
+    active units (per layer for a hierarchy; the training rate without validation);
+    ``training`` as there."""
     if len(sizes) > 1:
         active, rates = row.get("val_active_units_per_layer"), row.get("val_rate_per_layer")
         if not active and not rates:
             return None
         rates = rates if rates and all(isinstance(r, (int, float)) for r in rates) else None
         return collapse_warning([i + 1 for i, a in enumerate(active or []) if a == 0], sizes,
-                                rates)
+                                rates, training=training)
     rate = row.get("val_rate") if row.get("val_rate") is not None else row.get("train_rate")
     rates = [rate] if isinstance(rate, (int, float)) and math.isfinite(rate) else None
-    return collapse_warning([1] if row.get("val_active_units") == 0 else [], sizes, rates)
+    return collapse_warning([1] if row.get("val_active_units") == 0 else [], sizes, rates,
+                            training=training)
 
 
-def _one_layer_warning(collapsed: bool, size: int, rates: Sequence[float] | None) -> str | None:
+def _one_layer_warning(collapsed: bool, size: int, rates: Sequence[float] | None,
+                       training: Any = None) -> str | None:
     """:func:`collapse_warning` for a model with one latent layer of ``size`` units."""
     rate = rates[0] if rates else None
     quiet = rate is not None and bool(zero_rate_layers([rate]))
@@ -540,8 +588,8 @@ def _one_layer_warning(collapsed: bool, size: int, rates: Sequence[float] | None
     if quiet:
         what.append(f"rate {rate:.3f} nats")
     return (f"warning: posterior collapse: {' and '.join(what)}, so q(z | x) = p(z) and z "
-            f"carries no information about x (the decoder ignores it); try a KL warm-up "
-            f"(--kl-schedule linear) or free bits (--free-bits)")
+            f"carries no information about x (the decoder ignores it); "
+            f"{collapse_remedy(training)}")
 
 
 def layer_metrics(model: HierarchicalVAE, qs: Iterable[LayeredDistribution], num_samples: int,

@@ -306,10 +306,22 @@ def model_problems(run: RunInfo) -> list[Problem]:
     collapse = next((w for w in warnings if "collapse" in w or "no information" in w), None)
     sizes = _sizes(run)
     if collapse is None and run.metrics and sizes is not None:
-        collapse = collapse_from_metrics(run.metrics[-1], sizes)
+        collapse = collapse_from_metrics(run.metrics[-1], sizes, _training(run))
     if collapse is not None:
         problems.append(Problem("collapsed", collapse))
     return problems
+
+
+def _training(run: RunInfo) -> object | None:
+    """The run's training settings (its config.json), None when unreadable: they decide which
+    remedies a collapse warning suggests."""
+    from vaelab.config import TrainConfig
+
+    train = (run.config or {}).get("train")
+    try:
+        return TrainConfig.from_dict(dict(train)) if isinstance(train, dict) and train else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _diverged(row: dict, steps: int, rule) -> bool:
