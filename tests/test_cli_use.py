@@ -193,6 +193,21 @@ def test_cluster_manifold_reports_and_names_its_flags(runs, capsys):
     assert code == 1 and "--neighbours: expected fewer than the 40 examples, got 40" in err
 
 
+def test_cluster_manifold_says_what_a_graph_in_pieces_means_without_a_raw_warning(runs,
+                                                                                  capsys):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, stdout, err = run_cli(capsys, "cluster", runs["run"], "--method", "manifold",
+                                    "--neighbours", "2", "--limit", "100")
+    assert code == 0, err
+    assert not [str(w.message) for w in caught] and "Warning" not in err
+    note = [line for line in stdout.splitlines() if line.startswith("note: ")]
+    assert len(note) == 1 and "2-nearest-neighbour graph of the codes falls into" in note[0]
+    assert "(--neighbours, now 2)" in note[0]
+
+
 def test_cli_score_names_match_the_library():
     assert cli.use.SCORE_CHOICES == scores.SCORE_NAMES
     assert cli.use.REFERENCE_SCORES == scores.REFERENCE_SCORES

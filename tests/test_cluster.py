@@ -208,3 +208,30 @@ def test_manifold_inputs_are_checked_and_assign_clusters_dispatches_to_it():
                                     labels=labels, neighbours=8, seed=0)
     assert k == 3 and "8-nearest-neighbour graph" in how
     assert matched_accuracy(labels, found) == 1.0
+
+
+def test_manifold_says_what_a_graph_in_pieces_means_instead_of_sklearns_warning():
+    import warnings
+
+    from vaelab.use.cluster import DisconnectedGraphWarning, manifold
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2, 3], 50)         # four blobs 10 apart, sd 0.5: four pieces
+    z = np.array([[0, 0], [10, 0], [0, 10], [30, 30]])[labels] + rng.normal(0, 0.5, (200, 2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        manifold(z, 2, seed=0)
+    assert [w.category for w in caught] == [DisconnectedGraphWarning]     # not sklearn's
+    assert str(caught[0].message).startswith(
+        "the 10-nearest-neighbour graph of the codes falls into 4 separate pieces")
+    assert "(some must: 4 pieces, 2 clusters)" in str(caught[0].message)
+    lines: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")            # given a note, nothing is warned
+        found = manifold(z, 4, seed=0, note=lines.append)
+    assert len(lines) == 1 and "4 separate pieces" in lines[0] and "some must" not in lines[0]
+    assert cluster_metrics(labels, found)["ari"] == pytest.approx(1.0)
+    with warnings.catch_warnings():               # one blob, one connected graph: no line
+        warnings.simplefilter("error")
+        manifold(rng.normal(0, 1, (200, 2)), 3, note=lines.append)
+    assert len(lines) == 1

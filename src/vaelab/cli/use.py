@@ -414,7 +414,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         method, k, assignments = cluster.assign_clusters(
             trained.model, z, method=args.method, clusters=args.clusters, labels=labels,
             seed=args.seed, prior_name=trained.config.model.prior,
-            neighbours=args.neighbours, dims=args.embed_dim)
+            neighbours=args.neighbours, dims=args.embed_dim,
+            note=lambda line: print(f"note: {line}", flush=True))
     print(f"{len(dataset)} examples of {dataset.name}, {method}: {k} clusters, "
           f"{len(np.unique(assignments))} used")
     if labels is not None:

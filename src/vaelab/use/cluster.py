@@ -24,6 +24,8 @@ linearly decodable the classes are from the codes (cross-validated logistic regr
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -63,8 +65,14 @@ def kmeans(z: object, clusters: int, *, seed: int = 0, n_init: int = 10) -> np.n
     return model.fit_predict(z).astype(np.int64)
 
 
+class DisconnectedGraphWarning(UserWarning):
+    """The codes' neighbour graph falls into pieces, which a spectral embedding cannot place
+    relative to each other (:func:`manifold`)."""
+
+
 def manifold(z: object, clusters: int, *, neighbours: int = 10, dims: int | None = None,
-             seed: int = 0, n_init: int = 5) -> np.ndarray:
+             seed: int = 0, n_init: int = 5,
+             note: Callable[[str], None] | None = None) -> np.ndarray:
     """Clusters of codes z [N, L] through a neighbour-graph embedding → int64 [N].
 
     1. the symmetrised k-nearest-neighbour graph of the codes (``neighbours`` each, Euclidean,
@@ -73,7 +81,13 @@ def manifold(z: object, clusters: int, *, neighbours: int = 10, dims: int | None
        with the smallest non-zero eigenvalues (``sklearn.manifold.SpectralEmbedding``);
     3. a Gaussian mixture with full covariances and ``clusters`` components fitted to those
        coordinates (EM, ``n_init`` k-means starts); the cluster is argmax_c p(c | embedding).
+
+    When the graph falls into several connected pieces, one line says what that means for the
+    clusters (:func:`graph_pieces_line`): to ``note`` if given, else as a
+    :class:`DisconnectedGraphWarning` (in place of scikit-learn's bare "Graph is not fully
+    connected").
     """
+    from scipy.sparse.csgraph import connected_components
     from sklearn.manifold import SpectralEmbedding
     from sklearn.mixture import GaussianMixture
 
@@ -86,10 +100,36 @@ def manifold(z: object, clusters: int, *, neighbours: int = 10, dims: int | None
         if value >= z.shape[0]:
             raise ValueError(f"{name}: expected fewer than the number of examples "
                              f"({z.shape[0]}), got {value}")
-    embedding = SpectralEmbedding(dims, affinity="nearest_neighbors", n_neighbors=neighbours,
-                                  random_state=seed).fit_transform(z)
+    embedder = SpectralEmbedding(dims, affinity="nearest_neighbors", n_neighbors=neighbours,
+                                 random_state=seed)
+    with warnings.catch_warnings():     # said below, with what it means for the clusters
+        warnings.filterwarnings("ignore", "Graph is not fully connected", UserWarning)
+        embedding = embedder.fit_transform(z)
+    pieces = int(connected_components(embedder.affinity_matrix_, directed=False)[0])
+    if pieces > 1:
+        line = graph_pieces_line(pieces, neighbours, clusters)
+        if note is None:
+            warnings.warn(line, DisconnectedGraphWarning, stacklevel=2)
+        else:
+            note(line)
     gmm = GaussianMixture(clusters, covariance_type="full", n_init=n_init, random_state=seed)
     return gmm.fit(embedding).predict(embedding).astype(np.int64)
+
+
+def graph_pieces_line(pieces: int, neighbours: int, clusters: int) -> str:
+    """What a neighbour graph in ``pieces`` > 1 connected pieces means for :func:`manifold`.
+
+    The Laplacian then has one zero eigenvalue per piece, and its eigenvectors for them are
+    any basis of the pieces' indicators: the embedding places the pieces without regard to how
+    far apart their codes are, so whether pieces end in one cluster does not follow their
+    distances (and some must, with more pieces than clusters).
+    """
+    merged = f" (some must: {pieces} pieces, {clusters} clusters)" if pieces > clusters else ""
+    return (f"the {neighbours}-nearest-neighbour graph of the codes falls into {pieces} "
+            f"separate pieces, which the spectral embedding places without regard to the "
+            f"distances between their codes: whether pieces share a cluster does not depend "
+            f"on how close they are{merged}; more neighbours per code (--neighbours, now "
+            f"{neighbours}) join them")
 
 
 def is_mixture(prior: Distribution) -> bool:
@@ -178,13 +218,15 @@ def probe_folds(labels: object, folds: int = 5) -> int:
 def assign_clusters(model: Any, z: torch.Tensor, *, method: str = "auto",
                     clusters: int | None = None, labels: np.ndarray | None = None,
                     seed: int = 0, prior_name: str | None = None, neighbours: int = 10,
-                    dims: int | None = None) -> tuple[str, int, np.ndarray]:
+                    dims: int | None = None,
+                    note: Callable[[str], None] | None = None) -> tuple[str, int, np.ndarray]:
     """(how, number of clusters, assignments [N]) for the codes z [N, L] of ``model``'s run.
 
     ``method`` "auto" takes the prior's responsibilities when the prior's components are
     clusters (a mixture prior), else k-means with ``clusters`` (default: the number of classes
     in ``labels``, else 10); "prior", "kmeans" and "manifold" (:func:`manifold`, with
-    ``neighbours`` and ``dims``) choose. Messages name the CLI flags (--method, --clusters),
+    ``neighbours`` and ``dims``; ``note`` receives its line about a graph in pieces) choose.
+    Messages name the CLI flags (--method, --clusters),
     as ``vaelab cluster`` takes them; ``prior_name`` is the prior the run was trained with,
     for them.
     """
@@ -207,7 +249,8 @@ def assign_clusters(model: Any, z: torch.Tensor, *, method: str = "auto",
             if value >= z.shape[0]:
                 raise ValueError(f"{flag}: expected fewer than the {z.shape[0]} examples, "
                                  f"got {value}")
-        found = manifold(z.cpu().numpy(), k, neighbours=neighbours, dims=dims, seed=seed)
+        found = manifold(z.cpu().numpy(), k, neighbours=neighbours, dims=dims, seed=seed,
+                         note=note)
         return (f"GMM on the spectral embedding of the {neighbours}-nearest-neighbour graph",
                 k, found)
     return "k-means", k, kmeans(z.cpu().numpy(), k, seed=seed)
