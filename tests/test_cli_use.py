@@ -469,6 +469,31 @@ def test_streamed_encode_writes_the_codes_in_input_order(binary_run, tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["z.npy"]
 
 
+def test_streamed_encode_defaults_to_the_runs_data_and_exits_like_train(binary_run, runs,
+                                                                         tmp_path, capsys):
+    """Without --data, --stream-block reads the run's own file, as plain encode does; its
+    refusals exit 1 in one line, as train's refusal of the same --limit does."""
+    run, images = binary_run
+    code, stdout, err = run_cli(capsys, "encode", str(run), "--out", str(tmp_path / "z.npy"),
+                                "--stream-block", "64")
+    assert code == 0, err
+    assert "230 × 3" in stdout and "is the run's training data" in stdout
+    x = torch.from_numpy(np.load(images).reshape(230, -1)).float() / 255
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy"),
+                               load(run).encode(x).mean.detach().numpy(), rtol=1e-5, atol=1e-6)
+    train_code, _, train_err = run_cli(capsys, "train", "--data", str(images), "--out",
+                                       str(tmp_path / "t"), "--stream-block", "64", "--limit",
+                                       "5", "--epochs", "1")
+    code, _, err = run_cli(capsys, "encode", str(run), "--out", str(tmp_path / "l.npy"),
+                           "--stream-block", "64", "--limit", "5")
+    assert "--limit" in train_err and code == train_code == 1
+    assert err.count("\n") == 1 and "--limit: --stream-block encodes every row" in err
+    code, _, err = run_cli(capsys, "encode", str(runs["run"]), "--out",
+                           str(tmp_path / "n.npy"), "--stream-block", "64")
+    assert code == 1 and err.count("\n") == 1
+    assert "the named dataset 'fashion-mnist'; expected --data FILE.npy" in err
+
+
 def test_streamed_encode_killed_continues_to_the_same_codes(binary_run, tmp_path, capsys,
                                                             monkeypatch):
     """Interrupted after two blocks of draws (--sample), started again: the remaining blocks

@@ -127,6 +127,33 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
+def _in_sample_note(source: str) -> str:
+    # the very rows the model was fitted to: an in-sample figure, optimistic
+    return (f"note: {source} has no test split and is the run's training data: using all of "
+            f"its examples, the rows the model was trained on (in-sample, not held out; pass "
+            f"--data with rows it has not seen)")
+
+
+def streamed_source(trained, source: str | None, limit: int, note: Callable) -> str:
+    """The .npy file ``encode --stream-block`` reads: --data, else the run's training data as
+    plain encode takes it (all of a file's rows, with the same note). Refused in one line,
+    like ``train --stream-block``: a named dataset (not one .npy file) and --limit (every
+    row is read)."""
+    from vaelab import data
+
+    if limit:
+        raise ValueError(f"--limit: --stream-block encodes every row of the file, so expected "
+                         f"no --limit (or 0) with --stream-block, got --limit {limit}")
+    if source is None:
+        source = _run_data(trained)
+        if data.is_named(source):
+            raise ValueError(f"--stream-block: reads a .npy file, but the run was trained on "
+                             f"the named dataset {source!r}; expected --data FILE.npy")
+    if _same_file(source, trained.config.train.data):
+        note(_in_sample_note(source))
+    return source
+
+
 def held_out(trained, source: str | None, split: str | None, seed: int, note: Callable,
               allow_missing: bool = False, condition: str | None = None,
               per_row: bool = False):
@@ -150,10 +177,7 @@ def held_out(trained, source: str | None, split: str | None, seed: int, note: Ca
             raise
         dataset, split = _load_held_out(trained, source, "train", allow_missing), "train"
         if _same_file(source, trained.config.train.data):
-            # the very rows the model was fitted to: an in-sample figure, optimistic
-            note(f"note: {source} has no test split and is the run's training data: using all "
-                 "of its examples, the rows the model was trained on (in-sample, not held "
-                 "out; pass --data with rows it has not seen)")
+            note(_in_sample_note(source))
         else:
             note(f"note: {source} has no test split; using all of its examples")
     dataset, c = _condition_of(trained, dataset, source, condition)

@@ -29,6 +29,7 @@ from vaelab.cli.inputs import (
     printer,
     progress_bar,
     read_labels,
+    streamed_source,
 )
 
 SCORE_CHOICES = catalogue.names("score")
@@ -296,7 +297,8 @@ def add_encode(commands) -> None:
                    help="encode the first N examples, 0 = all (default 0)")
     p.add_argument("--seed", type=non_negative_int, metavar="N", default=0)
     p.add_argument("--stream-block", type=positive_int, metavar="ROWS",
-                   help="encode a .npy file (--data) ROWS rows at a time, each block's codes "
+                   help="encode a .npy file (--data, default: the run's) ROWS rows at a "
+                        "time, each block's codes "
                         "written to --out as they come (memory for one block, whatever the "
                         "file's size); started again after a kill, it continues. The means "
                         "equal the in-memory ones for any ROWS (a binarized run binarizes "
@@ -338,11 +340,8 @@ def _encode_streamed(args: argparse.Namespace, trained, out: Path) -> int:
     size as the in-memory codes (``vaelab.use.streamed.encode_file``)."""
     from vaelab.use.streamed import encode_file
 
-    if args.data is None or args.limit:
-        raise UsageError(f"--stream-block: reads every row of a .npy file; expected --data "
-                         f"FILE.npy and no --limit, got "
-                         f"{'no --data' if args.data is None else f'--limit {args.limit}'}")
-    n, width = encode_file(trained, args.data, out, block_rows=args.stream_block,
+    source = streamed_source(trained, args.data, args.limit, printer(False))
+    n, width = encode_file(trained, source, out, block_rows=args.stream_block,
                            seed=args.seed, sample=args.sample, condition=args.condition)
     what = "one draw z ~ q(z | x)" if args.sample else "posterior means E_q[z | x]"
     print(f"wrote {out}: {n} × {width} float32, {what}")
