@@ -57,6 +57,19 @@ def test_an_unknown_space_option_is_one_line_naming_the_file(capsys, table, tmp_
            f"'prior.vamp.components'?" in err
 
 
+def test_a_space_whose_every_combination_is_invalid_is_refused_before_any_trial(
+        capsys, table, tmp_path):
+    space = tmp_path / "space.toml"          # the DReG form of a mixture q is not derived
+    space.write_text('family = "mixture"\nobjective = {choices = ["iwae-dreg"]}\n')
+    code, out, err = run_cli(capsys, "tune", "--data", table, "--out", tmp_path / "s",
+                             "--budget", "2-trials", "--epochs", "1", "--space", space)
+    assert code == 1 and err.count("\n") == 1 and "trial" not in out, (out, err)
+    assert err.startswith(f"vaelab: error: --space {str(space)!r}: every combination it "
+                          f"allows is refused as a config")
+    assert "'iwae-dreg' is not available with family 'mixture'" in err
+    assert not (tmp_path / "s" / "trials").exists()
+
+
 def test_help_lists_the_options(capsys):
     code, out, _ = run_cli(capsys, "tune", "--help")
     assert code == 0

@@ -190,3 +190,38 @@ def test_a_space_mixing_likelihoods_of_different_meanings_is_refused(kind, choic
     with pytest.raises(ValueError) as info:
         space_.check_likelihoods(space, kind)
     assert "likelihood" in str(info.value) and "\n" not in str(info.value)
+
+
+def _base() -> dict:
+    return merge({"model": {}, "train": {}}, {"likelihood": "bernoulli", "binarize": "dynamic"})
+
+
+def test_a_space_with_no_valid_combination_is_refused_in_one_line():
+    space = space_.default_space("binary", 784)
+    space["family"] = space_.Param("family", "fixed", choices=("mixture",))
+    space["objective"] = space_.Param("objective", "choice", choices=("iwae-dreg",))
+    with pytest.raises(ValueError) as info:
+        space_.check_combinations(space, _base(), 2, "--space 's.toml'")
+    line = str(info.value)
+    assert line.startswith("--space 's.toml': every combination it allows is refused as a "
+                           "config (500 combinations drawn") and "\n" not in line
+    assert "'iwae-dreg' is not available with family 'mixture'" in line
+    # the oracle: the config itself refuses that pair, whatever else a trial samples
+    with pytest.raises(ValueError, match="iwae-dreg"):
+        RunConfig.from_dict(merge(_base(), {"family": "mixture", "objective": "iwae-dreg"}))
+
+
+def test_one_valid_combination_is_enough_and_small_spaces_are_tried_whole():
+    space = space_.default_space("binary", 784)
+    space["family"] = space_.Param("family", "choice", choices=("mixture", "diagonal-normal"))
+    space["objective"] = space_.Param("objective", "fixed", choices=("iwae-dreg",))
+    space_.check_combinations(space, _base(), 2, "s")      # diagonal-normal + DReG is valid
+    small = {"family": space_.Param("family", "fixed", choices=("mixture",)),
+             "objective": space_.Param("objective", "choice", choices=("iwae-dreg",)),
+             "lr": space_.Param("lr", "float", 1e-4, 1e-2, log=True),
+             "latent_dim": space_.Param("latent_dim", "int", 2, 4)}
+    with pytest.raises(ValueError, match=r"all 9 combinations of its values"):
+        space_.check_combinations(small, _base(), 2, "s")
+    assert space_.probe_values(small["lr"]) == pytest.approx([1e-4, 1e-3, 1e-2])
+    assert space_.probe_values(small["latent_dim"]) == [2, 3, 4]
+    assert space_.probe_values(space_.Param("n", "int", 1, 64)) == [1, 32, 64]

@@ -20,7 +20,13 @@ from typing import Any
 
 from vaelab.config import RunConfig, load_config_file, merge
 from vaelab.tune.budget import Budget
-from vaelab.tune.space import check_likelihoods, default_space, likelihood_for, load_space
+from vaelab.tune.space import (
+    check_combinations,
+    check_likelihoods,
+    default_space,
+    likelihood_for,
+    load_space,
+)
 from vaelab.tune.study import Search, open_search_study, run_trials
 
 RANK_BY = "importance-sampled validation log p̂(x)"
@@ -143,6 +149,7 @@ def tune(data: str, out: str | os.PathLike, budget: Budget, *, epochs: int = 20,
     if space_file is not None:
         space = load_space(Path(space_file), space)
         check_likelihoods(space, kind)
+        check_combinations(space, base, epochs, f"--space {str(space_file)!r}")
     search = Search(out=out, url=url, study_name=study_name, base=base, space=space,
                     epochs=epochs, budget=budget, pruner=pruner, seed=seed, progress=progress,
                     figures=figures, log=log, baseline=baseline)

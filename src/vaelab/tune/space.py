@@ -262,6 +262,75 @@ def _options(trial: Any, space: dict[str, Param], field: str, component: str) ->
     return options
 
 
+# --------------------------------------------------------------------------- feasibility
+
+#: Combinations :func:`check_combinations` builds at most (a config each, ~4 ms: ~2 s).
+PROBES = 500
+
+
+def probe_values(param: Param) -> list:
+    """The values of ``param`` that :func:`check_combinations` tries: every choice; a range's
+    ends and middle (geometric on a log scale), every integer of a short range."""
+    if param.kind in ("choice", "fixed"):
+        return list(param.choices)
+    low, high = param.low or 0, param.high or 0
+    if param.kind == "int" and high - low <= 4:
+        return list(range(int(low), int(high) + 1))
+    middle = math.sqrt(low * high) if param.log else (low + high) / 2
+    middle = round(middle) if param.kind == "int" else middle
+    return list(dict.fromkeys((low, middle, high)))
+
+
+class _Probe:
+    """A trial that answers every ``suggest_*`` from a given assignment of values."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+
+    def suggest_categorical(self, name: str, _choices: list) -> Any:
+        return self.values[name]
+
+    def suggest_int(self, name: str, *_args: Any, **_kwargs: Any) -> Any:
+        return self.values[name]
+
+    suggest_float = suggest_int
+
+
+def check_combinations(space: dict[str, Param], base: dict, epochs: int, where: str) -> None:
+    """Refuse, before any trial runs, a space none of whose combinations is a valid config
+    over ``base``: ValueError in one line naming ``where`` (the space file) and the commonest
+    reason. Tried: every combination of :func:`probe_values` when there are at most
+    :data:`PROBES`, else that many drawn from them (seeded); one valid is enough to pass."""
+    import itertools
+    import random
+
+    from vaelab.config import RunConfig, merge
+
+    names = list(space)
+    grids = [probe_values(space[n]) for n in names]
+    total = math.prod(len(g) for g in grids)
+    if total <= PROBES:
+        picks: Iterable[tuple] = itertools.product(*grids)
+    else:
+        rng = random.Random(0)
+        picks = (tuple(rng.choice(g) for g in grids) for _ in range(PROBES))
+    reasons: dict[str, int] = {}
+    for values in picks:
+        try:
+            settings = sample(_Probe(dict(zip(names, values, strict=True))), space)
+            RunConfig.from_dict(merge(base, {**settings, "epochs": epochs}))
+            return
+        except (TypeError, ValueError) as exc:
+            reason = " ".join(str(exc).split())
+            reasons[reason] = reasons.get(reason, 0) + 1
+    tried = (f"all {total} combinations of its values" if total <= PROBES else
+             f"{PROBES} combinations drawn from its values")
+    commonest = max(reasons, key=lambda r: reasons[r])
+    raise ValueError(f"{where}: every combination it allows is refused as a config ({tried}, "
+                     f"ranges at their ends and middle), so every trial would fail: "
+                     f"{commonest}")
+
+
 # --------------------------------------------------------------------------- space files
 
 
