@@ -70,6 +70,28 @@ def test_a_space_whose_every_combination_is_invalid_is_refused_before_any_trial(
     assert not (tmp_path / "s" / "trials").exists()
 
 
+def _best_toml_retrains_the_best_trial(capsys, out, summary, again):
+    """best.toml holds config keys as ``vaelab train --config`` reads them (underscores, as
+    config.json; a flag's dashes would be refused as unknown keys), and training from it
+    gives the best trial's config and, seeded alike, its validation ELBOs."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+
+    recipe = tomllib.loads((out / "best.toml").read_text())
+    assert all("-" not in key for section in recipe.values() for key in section)
+    code, _, err = run_cli(capsys, "train", "--config", out / "best.toml", "--out", again,
+                           "--quiet")
+    assert code == 0, err
+    best = out / f"trials/{summary['best']:04d}"
+    trial, retrained = (json.loads((d / "config.json").read_text()) for d in (best, again))
+    assert retrained["model"] == trial["model"] and retrained["train"] == trial["train"]
+    curves = [[json.loads(line)["val_elbo"] for line in (d / "metrics.jsonl").open()]
+              for d in (best, again)]
+    assert curves[0] == pytest.approx(curves[1], rel=1e-5)
+
+
 def test_help_lists_the_options(capsys):
     code, out, _ = run_cli(capsys, "tune", "--help")
     assert code == 0
@@ -91,6 +113,7 @@ def test_a_tiny_study_end_to_end_with_its_report(capsys, table, tmp_path):
         assert config["train"]["val_fraction"] == 0.25
     assert len(summary["trials"]) == 3 and f"best: trial {summary['best']}" in text
     assert (out / "best.toml").is_file() and "report: vaelab report" in text
+    _best_toml_retrains_the_best_trial(capsys, out, summary, tmp_path / "again")
     code, text, _ = run_cli(capsys, "runs", out)
     assert code == 0 and "3 runs" in text and "trials/0002" in text
     code, text, _ = run_cli(capsys, "report", out)
