@@ -328,6 +328,46 @@ def test_multiple_imputations_are_draws_from_the_exact_conditional():
     np.testing.assert_allclose(np.cov(draws[:, mis].T), cov, atol=0.1 * np.abs(cov).max())
 
 
+def _interval_coverage(draws: np.ndarray, x: np.ndarray, hidden: np.ndarray,
+                       level: float = 0.9) -> float:
+    """Share of the hidden x inside the central ``level`` interval of draws [M, N, D]."""
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return float(((x >= lo) & (x <= hi))[hidden].mean())
+
+
+@pytest.mark.usefixtures("_no_grad")
+def test_intervals_of_multiple_imputations_cover_the_hidden_values_at_their_level():
+    """x ~ p(x) and the mask is MCAR, so each hidden value is a draw from the exact conditional
+    p(x_mis | x_obs): the central 90 % interval of M SIR draws (many importance draws behind
+    a poor proposal) must hold ~90 % of them."""
+    model = _ppca(4)
+    x, mask = _data(model, 600, seed=7)
+    _, means, covs = _exact_observed(model, x, mask)
+    q = _posterior_q(means, covs, widen=1.4, shift=0.3)
+    torch.manual_seed(0)
+    draws = impute_with(model, q, torch.where(mask, x, 0 * x), mask, 2000, draws=200).numpy()
+    hidden = ~mask.numpy()
+    assert hidden.sum() > 1000          # binomial SE of the share below 0.01
+    assert 0.87 < _interval_coverage(draws, x.numpy(), hidden) < 0.93
+
+
+@pytest.mark.usefixtures("_no_grad")
+def test_each_multiple_imputation_draws_its_own_value_given_the_picked_z():
+    """With K = 1 every pick is z_1, so a row's M draws are M draws of p(x | z_1) =
+    N(W z_1 + b, σ²): their variance is the decoder's σ², not 0 (one value repeated M
+    times, which made the intervals of few effective importance draws far too narrow)."""
+    model = _ppca(4)
+    x, mask = _data(model, 300, seed=7)
+    _, means, covs = _exact_observed(model, x, mask)
+    torch.manual_seed(0)
+    draws = impute_with(model, _posterior_q(means, covs), torch.where(mask, x, 0 * x), mask,
+                        1, draws=400).numpy()                        # [M, N, D]
+    hidden = ~mask.numpy()
+    row_var = np.where(hidden, draws.var(0, ddof=1), np.nan)         # [N, D]
+    s2 = model.noise_scale.numpy() ** 2
+    np.testing.assert_allclose(np.nanmean(row_var, 0), s2, rtol=0.05)
+
+
 # ------------------------------------------------------------------ not-MIWAE terms
 
 

@@ -73,7 +73,15 @@ def impute_with(model: LatentVariableModel, q: Distribution, x: torch.Tensor,
         return (mean > 0.5).to(mean.dtype) if binary else mean
     pick = torch.multinomial(weights.T, draws, replacement=True)   # [B, M]
     rows = torch.arange(x.shape[0], device=x.device)
-    return d.sample.detach()[pick.T, rows]                          # [M, B, D]
+    if missing_logits is not None or d.z is None:
+        # not-MIWAE weighs the pair (z_k, x̃_k): the particle itself is what was weighted.
+        return d.sample.detach()[pick.T, rows]                      # [M, B, D]
+    # MIWAE weighs z_k alone, so each pick gets its own x ~ p(x | z_k). Reusing the one
+    # draw per z_k made every repeated pick the same value: with an effective sample size
+    # below M the M draws held few distinct values and their intervals were too narrow
+    # (breast cancer, 20 % missing, ESS ~10 of K = 1000: 32 distinct values in 100 draws,
+    # 90 % intervals holding 75 % of the hidden values; 83 % with a fresh x per pick).
+    return model.decode(d.z.detach()[pick.T, rows]).sample()       # [M, B, D]
 
 
 def _as_rows(model: MaskedVAE, x: object) -> tuple[torch.Tensor, tuple]:
