@@ -243,3 +243,30 @@ def test_two_processes_share_one_sqlite_study(table, tmp_path):
     assert len({t.user_attrs["worker"] for t in trials}) == 2       # both ran trials
     for t in trials:                        # each trial trained once, in its own folder
         assert _epochs(out / "trials" / f"{t.number:04d}") == list(range(1, 16))
+
+
+def test_a_trial_killed_before_its_figures_resumes_to_a_fresh_trials_files(table, tmp_path):
+    """A trial killed after its last epoch's checkpoint, before its pictures (here: the
+    figure writer interrupted), is taken over by the next tune with no epoch left to train;
+    it still ends with the files of a trial that ran through (curves.png among them)."""
+    from vaelab.fit import lock
+    from vaelab.show.plots import write_run_figures
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    space = fixed_space(tmp_path)
+    options = {"epochs": 2, "space_file": space, "pruner": "none", "rerank_top": 0,
+               "progress": False, "log": None}
+    out, fresh = tmp_path / "study", tmp_path / "fresh"
+    with pytest.raises(KeyboardInterrupt):
+        tune(str(table), out, Budget(trials=1), figures=killed, **options)
+    lock.unlock_run(out / "trials" / "0000")          # as its process's death would
+    assert [t.state for t in _study(out).get_trials()] == [TrialState.RUNNING]
+    assert not (out / "trials" / "0000" / "curves.png").exists()
+    tune(str(table), out, Budget(trials=1), figures=write_run_figures, **options)
+    tune(str(table), fresh, Budget(trials=1), figures=write_run_figures, **options)
+    trial = _study(out).get_trials()[0]
+    assert trial.state == TrialState.COMPLETE and "resumed_by" in trial.user_attrs
+    assert sorted(p.name for p in (out / "trials" / "0000").iterdir()) == sorted(
+        p.name for p in (fresh / "trials" / "0000").iterdir())

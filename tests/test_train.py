@@ -398,3 +398,36 @@ def test_vamp_pseudo_inputs_move_during_training(fashion, tmp_path):
     start = vaelab.build_vae(result.config.model).prior_module.pseudo_inputs.detach()
     moved = (result.model.prior_module.pseudo_inputs.detach() - start).abs().amax(dim=1)
     assert moved.shape == (5,) and bool((moved > 1e-3).all()), moved
+
+
+def test_a_run_killed_after_its_last_checkpoint_resumes_to_a_fresh_runs_files(tmp_path):
+    """Killed between the last epoch's checkpoint and the figures (as a tune trial can be),
+    the resume has no epoch left to train and still ends as a fresh run does: the same files
+    (curves.png among them) and the same final weights (the best epoch's)."""
+    from vaelab.show.plots import write_run_figures
+
+    rows = tmp_path / "x.npy"
+    np.save(rows, (np.random.default_rng(0).random((300, 10)) < 0.4).astype(np.float32))
+    config = {"model": {"hidden": [8], "latent_dim": 2},
+              "train": {"data": str(rows), "epochs": 3, "batch_size": 50, "lr": 0.01,
+                        "early_stopping_patience": 3, "compile": False}}
+    options = {"log": None, "progress": False, "figures": write_run_figures}
+    fresh = train(config, tmp_path / "fresh", **options)
+
+    def killed(row: dict) -> None:
+        if row["epoch"] == 3:                  # saved: checkpoint, metrics, model
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "killed", on_epoch=killed, **options)
+    assert not (tmp_path / "killed" / "curves.png").exists()
+    resumed = train(None, tmp_path / "killed", resume=True, **options)
+    assert resumed.nothing_to_do is not None
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == sorted(
+        p.name for p in (tmp_path / "fresh").iterdir())
+    assert fresh.best_epoch == resumed.best_epoch
+    for name, value in fresh.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+    again = train(None, tmp_path / "killed", resume=True, log=None, progress=False,
+                  figures=lambda *a, **k: pytest.fail("figures drawn again"))
+    assert again.nothing_to_do is not None

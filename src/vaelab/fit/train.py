@@ -401,13 +401,14 @@ class _Trainer(Checkpointed, Validated):
                 self.on_epoch(row)
         return row
 
-    def finish(self) -> None:
-        """Restore the best weights (early stopping) and write the figures (rank 0)."""
+    def finish(self, draw: bool = True) -> None:
+        """Restore the best weights (early stopping) and write the figures (rank 0; not
+        when ``draw`` is False)."""
         if self.best is not None:
             self._load_weights(self.best, "best")
         elif self.ema is not None:
             self._load_weights(self.ema.average, "moving-average")
-        if self.dist.main:
+        if self.dist.main and draw:
             model = self.model
             if self.tc.inference == "per-datapoint":  # its encoder was never trained
                 model = VAE(self.model.prior_module, self.model.decoder, None)
@@ -521,6 +522,16 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
     return _run(trainer)
 
 
+def _figures_lag(run_dir: Path) -> bool:
+    """Whether the run's figures are missing or older than its metrics: curves.png, which
+    every figure writer draws from the metrics, is absent or older than metrics.jsonl."""
+    curves, metrics = run_dir / "curves.png", run_dir / runs.METRICS_FILE
+    try:
+        return not curves.is_file() or curves.stat().st_mtime < metrics.stat().st_mtime
+    except OSError:
+        return True
+
+
 def _nothing_to_do(trainer: _Trainer, log: Callable[[str], object]) -> TrainResult:
     """Resume of a finished run trains and writes nothing (unless its outputs lag
     behind its checkpoint, after a kill between the two)."""
@@ -531,6 +542,10 @@ def _nothing_to_do(trainer: _Trainer, log: Callable[[str], object]) -> TrainResu
         stale = True
     if stale:
         trainer.write_outputs()
+    # Killed between its last checkpoint and its figures, a run resumed here ends as a fresh
+    # one does: best weights restored, and the figures drawn when they are missing (a tune
+    # trial taken over after such a kill had no curves.png).
+    trainer.finish(draw=trainer.figures is not None and _figures_lag(run_dir))
     if state.stopped_early and state.epoch < trainer.tc.epochs:
         line = (f"nothing to do: {run_dir} stopped early after {state.epoch} epochs "
                 f"(--early-stopping); start a new run to train it further")
