@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from vaelab.config import ModelConfig
 from vaelab.fit import step as step_mod
-from vaelab.fit._elbo_grad import GaussianBernoulliELBOGrad
+from vaelab.fit._elbo_grad import GaussianBernoulliELBOGrad, _softplus_total
 from vaelab.fit.adam import DirectFusedAdam
 from vaelab.fit.step import TrainStep
 from vaelab.infer.schemes import Amortized
@@ -87,6 +87,29 @@ def test_gradient_matches_central_finite_differences():
                 p.sub_(sign * h * d)
     numeric = (losses[0] - losses[1]) / (2 * h)
     assert analytic == pytest.approx(numeric, rel=1e-7)
+
+
+@pytest.mark.parametrize("dtype, rel", [(torch.float32, 1e-6), (torch.float64, 1e-13)])
+def test_softplus_total_from_the_sigmoid_equals_softplus_in_float64(dtype, rel):
+    """The loss value's Σ softplus(l), taken from σ(l), against log1p(exp(·)) in float64 over
+    logits from 0 to ±90: saturated σ (|l| > 17 in float32), the cut-off F.softplus uses (20)
+    and the side where the BCE form −log(1 − σ) loses its digits."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.cat([torch.randn(64, 784, generator=g, dtype=torch.float64) * s
+                        for s in (1.0, 8.0, 40.0)]).to(dtype)
+    logits[0, :6] = torch.tensor([0.0, 17.0, 20.5, -20.5, 88.0, -88.0])
+    l64 = logits.double()
+    exact = (l64.clamp_min(0) + torch.log1p(torch.exp(-l64.abs()))).sum().item()
+    got = _softplus_total(logits, torch.sigmoid(logits))
+    assert got.dtype == dtype and got.dim() == 0
+    assert got.item() == pytest.approx(exact, rel=rel)
+    # the same on the positive logits alone, where relu(l) carries the sum and the logs are
+    # the small correction: a wrong log term shows here
+    pos = logits[logits > 0][:1000]
+    exact_pos = (pos.double() + torch.log1p(torch.exp(-pos.double()))).sum().item()
+    log_part = exact_pos - pos.double().sum().item()
+    got_pos = _softplus_total(pos, torch.sigmoid(pos)).item() - pos.double().sum().item()
+    assert got_pos == pytest.approx(log_part, rel=1e-3 if dtype == torch.float32 else 1e-10)
 
 
 def test_supports_only_the_mlps_it_can_differentiate():

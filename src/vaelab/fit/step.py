@@ -459,9 +459,11 @@ class StandardVAEStep(TrainStep):
                             kl_weight: float) -> StepResult:
         """Loss and gradient from :class:`GaussianBernoulliELBOGrad`, then one fused Adam step.
 
-        The gradient norm is one pass over the flat gradient buffer (for clipping, and for
-        the finiteness test); it and the batch statistics come back in one device-to-host
-        copy.
+        One pass over the flat gradient buffer tests it for finiteness: its sum, which is
+        finite exactly when every entry is (an inf or NaN entry makes it inf or NaN) unless
+        entries near 1e33 overflow it, where the squares of a norm would already overflow at
+        1e19; with clipping, the norm itself. It and the batch statistics come back in one
+        device-to-host copy.
         """
         hand = self._grad
         assert hand is not None           # taken only when the hand gradient exists
@@ -469,15 +471,17 @@ class StandardVAEStep(TrainStep):
         flat = hand.flat_gradient()
         if self.reduce_gradients is not None:
             # a non-finite loss here makes one gradient entry NaN (loss × 0, no host sync), so
-            # the all-reduced norm is non-finite on every process and all skip the step
+            # the all-reduced sum is non-finite on every process and all skip the step
             flat[:1].add_(loss.detach().to(flat.dtype) * 0)
         self._reduce(hand.parameters)
-        norm = torch.linalg.vector_norm(flat)
         if self.grad_clip is not None:       # clip_grad_norm_'s rule on the one flat tensor
-            flat.mul_((self.grad_clip / (norm + 1e-6)).clamp_max(1.0))
-        loss_v, ll_v, kl_v, norm_v = torch.stack([loss, log_lik, kl, norm.to(loss.dtype)]
-                                                 ).tolist()
-        ok = math.isfinite(loss_v) and math.isfinite(norm_v)
+            check = torch.linalg.vector_norm(flat)
+            flat.mul_((self.grad_clip / (check + 1e-6)).clamp_max(1.0))
+        else:
+            check = flat.sum()
+        loss_v, ll_v, kl_v, check_v = torch.stack([loss, log_lik, kl, check.to(loss.dtype)]
+                                                  ).tolist()
+        ok = math.isfinite(loss_v) and math.isfinite(check_v)
         if ok:
             self._adam.step()
         return StepResult(ll_v - kl_v, kl_v, -ll_v, not ok)
