@@ -366,3 +366,90 @@ def test_evaluate_saves_the_collapse_warning_in_its_report():
     r = evaluate_model(m, binary(30).float(), num_samples=10, elbo_samples=2, seed=0)
     assert 3 in r["collapsed_layers"] and r["rate_per_layer"][2]["mean"] == pytest.approx(0)
     assert any("layer 3 (3 units)" in w and "collapsed" in w for w in r["warnings"])
+
+
+# ---- the structured (full-covariance, linear-Gaussian) q: log q at its own draws
+
+
+def _ill_conditioned_structured(sizes: tuple[int, ...], batch: int, seed: int, diag: float
+                                ) -> tuple[H.LinearGaussianBottomUp, torch.Tensor]:
+    """Raw parameters [batch, P] (float64) of the kind a diverging fit gives: each layer's
+    Cholesky diagonal ~ ``diag`` (near ``min_scale``) beside off-diagonal entries ~ 5, means
+    ~ 20 and couplings C_i ~ 3."""
+    family = H.LinearGaussianBottomUp(sizes)
+    g = torch.Generator().manual_seed(seed)
+    chunks = []
+    for i, size in enumerate(sizes):
+        rows, cols = torch.tril_indices(size, size)
+        tri = 5.0 * torch.randn(batch, rows.numel(), generator=g, dtype=F64)
+        wanted = diag * (0.5 + 1.5 * torch.rand(batch, size, generator=g, dtype=F64))
+        tri[:, rows == cols] = torch.log(torch.expm1(wanted))      # softplus(raw) = wanted
+        chunks += [3.0 * torch.randn(batch, size * (sizes[i - 1] if i else 0), generator=g,
+                                     dtype=F64),
+                   20.0 * torch.randn(batch, size, generator=g, dtype=F64), tri]
+    return family, torch.cat(chunks, -1)
+
+
+def _structured_draw(family, raw64: torch.Tensor, samples: int, seed: int):
+    """A float32 draw z of q and, in float64, the closed form of log q at it from the ε the
+    draw used (ancestral: ε_i of each layer in turn, as torch draws them) and z64 = the
+    draw without rounding: Σ_i log N(ε_i; 0, I) − Σ log T_i,jj."""
+    torch.manual_seed(seed)
+    eps = [torch.empty(samples, raw64.shape[0], s).normal_().double() for s in family.sizes]
+    torch.manual_seed(seed)
+    q = family(raw64.float())
+    z = q.rsample((samples,))
+    parts = raw64.split(family.parts, -1)
+    want, z64, below = 0.0, [], None
+    for i, size in enumerate(family.sizes):
+        weight, bias, tri = parts[3 * i:3 * i + 3]
+        tril = family._tril(tri, size)
+        loc = bias if below is None else (
+            weight.unflatten(-1, (size, family.sizes[i - 1])) @ below.unsqueeze(-1)
+        ).squeeze(-1) + bias
+        below = loc + (tril @ eps[i].unsqueeze(-1)).squeeze(-1)
+        z64.append(below)
+        want = want + (-0.5 * eps[i].square().sum(-1) - 0.5 * size * math.log(2 * math.pi)
+                       - tril.diagonal(dim1=-2, dim2=-1).log().sum(-1))
+    return q, z, want, torch.cat(z64, -1)
+
+
+def test_structured_q_log_q_of_its_own_draws_is_exact_for_ill_conditioned_layers():
+    """As the one-layer full-covariance q: float32 z_i = loc_i + T_i ε_i loses T_i,jj ε when
+    T_i,jj ~ 1e-4 beside entries ~ 5, and solving ε back from it puts log q off by far more
+    than 1e3 (it was 1e31 here); at its own draw the layered q gives the closed form, computed
+    in float64 from the drawn ε."""
+    family, raw64 = _ill_conditioned_structured((5, 3), 8, seed=0, diag=1e-4)
+    q, z, want, z64 = _structured_draw(family, raw64, 64, seed=1)
+    torch.testing.assert_close(z.double(), z64, rtol=1e-5, atol=1e-3)   # the same ε
+    layers = z.split(family.sizes, -1)
+    plain = sum(torch.distributions.MultivariateNormal(d.loc, scale_tril=d.scale_tril)
+                .log_prob(layers[i]) for i, d in enumerate(
+                    q.step(i, dict(enumerate(layers))) for i in range(2))).double()
+    assert float((plain - want).abs().max()) > 1e3         # the setting is that extreme
+    torch.testing.assert_close(q.log_prob(z).double(), want, rtol=1e-5, atol=1e-3)
+    with torch.no_grad():                                  # the draw's detached view, too
+        torch.testing.assert_close(q.log_prob(z.detach()).double(), want, rtol=1e-5,
+                                   atol=1e-3)
+    other = z + 0.0                                        # not the draw: the plain density
+    assert float((q.log_prob(other).double() - want).abs().max()) > 1e3
+
+
+def test_structured_q_score_gradient_at_its_own_draw_matches_float64():
+    """The gradient of log q at the draw held fixed (DReG's score term), in the raw
+    parameters, against the float64 density at the unrounded draw, on a milder factor."""
+    family, raw64 = _ill_conditioned_structured((4, 2), 6, seed=3, diag=1e-1)
+    _, _, _, z64 = _structured_draw(family, raw64, 2, seed=4)      # the draw, unrounded
+    torch.manual_seed(4)
+    raw = raw64.float().requires_grad_(True)
+    q = family(raw)
+    z = q.rsample((2,))
+    fixed = z.detach().requires_grad_(True)
+    score, dz = torch.autograd.grad(q.log_prob(fixed).sum(), (raw, fixed))
+    r64 = raw64.clone().requires_grad_(True)
+    z64.requires_grad_(True)
+    plain = family.double()(r64).log_prob(z64)     # not its draw: the solve, in float64
+    family.float()
+    want_score, want_dz = torch.autograd.grad(plain.sum(), (r64, z64))
+    for got, want in ((score, want_score), (dz, want_dz)):
+        assert float((got.double() - want).abs().max() / want.abs().max()) < 1e-4

@@ -40,7 +40,7 @@ from torch.distributions.kl import register_kl
 from torch.distributions.utils import _standard_normal
 
 from vaelab import _checks, catalogue
-from vaelab.model import flows
+from vaelab.model import draws, flows
 
 
 class Family(nn.Module):
@@ -181,8 +181,8 @@ class DrawnMultivariateNormal(MultivariateNormal):
     Any other point, or the draw changed in place, takes MultivariateNormal's log_prob.
     """
 
-    #: z, ε, and z's version counter (an inference tensor has none: a copy of z instead)
-    _draw: tuple[torch.Tensor, torch.Tensor, int | torch.Tensor] | None = None
+    #: the last draw z (with what tells it unchanged, ``vaelab.model.draws``) and its ε
+    _draw: tuple[draws.DrawRecord, torch.Tensor] | None = None
 
     def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()
                 ) -> torch.Tensor:
@@ -190,27 +190,27 @@ class DrawnMultivariateNormal(MultivariateNormal):
         # torch's own draw, so a run's random stream is MultivariateNormal's
         eps = _standard_normal(shape, dtype=self.loc.dtype, device=self.loc.device)
         z = self.loc + (self._unbroadcasted_scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
-        self._draw = (z, eps, z.clone() if z.is_inference() else z._version)
+        self._draw = (draws.record(z), eps)
         return z
 
+    @property
+    def drawn_eps(self) -> torch.Tensor | None:
+        """ε of the last draw (None before any): a layered q reads it back at its own draw."""
+        return None if self._draw is None else self._draw[1]
+
     def _is_draw(self, value: torch.Tensor) -> bool:
-        # z.detach() (the score term of a path gradient) shares z's memory and version counter
-        if self._draw is None:
-            return False
-        z, _, unchanged = self._draw
-        if not (isinstance(value, torch.Tensor) and value.data_ptr() == z.data_ptr()
-                and value.shape == z.shape and value.stride() == z.stride()
-                and value.dtype == z.dtype):
-            return False
-        if isinstance(unchanged, torch.Tensor):
-            return torch.equal(value, unchanged)
-        return not value.is_inference() and value._version == unchanged
+        return self._draw is not None and draws.is_draw(value, self._draw[0])
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if not self._is_draw(value):
             return super().log_prob(value)
         assert self._draw is not None
-        eps = self._draw[1]
+        return self.log_prob_at(value, self._draw[1])
+
+    def log_prob_at(self, value: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """log q(value) for value = loc + L ε drawn with this ``eps`` (by this q, or by one
+        with the same loc and L): log N(ε; 0, I) − Σ log L_ii, with the gradient of the
+        density at value (in value, loc and L) through a zero-valued solve."""
         tril, loc = self._unbroadcasted_scale_tril, self.loc
         # zero in value; its gradient is that of L⁻¹(value − loc) at ε: L⁻¹(dz − dloc − dL ε)
         delta = ((value - value.detach()) - (loc - loc.detach())

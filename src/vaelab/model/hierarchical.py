@@ -37,7 +37,6 @@ from torch import nn
 from torch.distributions import (
     Distribution,
     Independent,
-    MultivariateNormal,
     Normal,
 )
 
@@ -420,7 +419,9 @@ class LinearGaussianBottomUp(families_.Family):
                 w = weight.unflatten(-1, (self.sizes[i], self.sizes[i - 1]))
                 loc = (w @ z[i - 1].unsqueeze(-1)).squeeze(-1) + bias
             tril = self._tril(tri, self.sizes[i])
-            return MultivariateNormal(loc, scale_tril=tril, validate_args=False)
+            # log q at its own draws from the drawn ε (the layered q asks it): exact where an
+            # ill-conditioned T makes the solve from the float32 draw useless
+            return families_.DrawnMultivariateNormal(loc, scale_tril=tril, validate_args=False)
 
         return LayeredDistribution(self.sizes, range(len(self.sizes)), step, raw.shape[:-1])
 

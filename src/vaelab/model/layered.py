@@ -18,7 +18,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 
 from vaelab import _checks
-from vaelab.model import likelihoods, nets
+from vaelab.model import draws, likelihoods, nets
 
 #: step(i, layers) → the distribution of layer i given the layers sampled so far (a dict
 #: index → tensor [..., L_j]); it reads only layer i's parents.
@@ -42,6 +42,8 @@ class LayeredDistribution(Distribution):
     arg_constraints: dict = {}
     support = constraints.real_vector
     has_rsample = True
+    #: the last draw (``vaelab.model.draws``) and the ε each layer drew it with (or None)
+    _drawn: tuple[draws.DrawRecord, dict[int, torch.Tensor | None]] | None = None
 
     def __init__(self, sizes: Sequence[int], order: Sequence[int], step: LayerStep,
                  batch_shape: torch.Size | tuple[int, ...] = ()) -> None:
@@ -62,12 +64,16 @@ class LayeredDistribution(Distribution):
               ) -> torch.Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
         layers: dict[int, torch.Tensor] = {}
+        eps: dict[int, torch.Tensor | None] = {}
         for i in self.order:
             d = self.step(i, layers)
             if d.batch_shape != shape:
                 d = d.expand(shape)
             layers[i] = d.rsample() if reparameterized else d.sample()
-        return torch.cat([layers[i] for i in range(len(self.sizes))], dim=-1)
+            eps[i] = getattr(d, "drawn_eps", None)
+        z = torch.cat([layers[i] for i in range(len(self.sizes))], dim=-1)
+        self._drawn = (draws.record(z), eps)
+        return z
 
     def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> torch.Tensor:
         """Reparameterized ancestral draw [*shape, *batch, Σ L]; every layer needs rsample."""
@@ -80,9 +86,21 @@ class LayeredDistribution(Distribution):
             return self._draw(sample_shape, False)
 
     def layer_log_probs(self, z: torch.Tensor) -> list[torch.Tensor]:
-        """[log density of layer i given its parents, for i = 0 … n−1], each [...]."""
+        """[log density of layer i given its parents, for i = 0 … n−1], each [...].
+
+        At this distribution's own last draw, a layer that drew z_i = loc + L ε
+        (``vaelab.model.families.DrawnMultivariateNormal``) is evaluated from that ε rather
+        than by solving ε back from the rounded z_i, which an ill-conditioned L turns into
+        log q off by 1e30 in float32 (the one-layer full-covariance q's fault, here per layer).
+        """
         layers = self.split(z)
-        return [self.step(i, layers).log_prob(layers[i]) for i in range(len(self.sizes))]
+        drawn = self._drawn[1] if self._drawn and draws.is_draw(z, self._drawn[0]) else {}
+        out = []
+        for i in range(len(self.sizes)):
+            d, eps = self.step(i, layers), drawn.get(i)
+            out.append(d.log_prob(layers[i]) if eps is None or not hasattr(d, "log_prob_at")
+                       else d.log_prob_at(layers[i], eps))
+        return out
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return torch.stack(self.layer_log_probs(value)).sum(0)
