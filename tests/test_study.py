@@ -163,6 +163,25 @@ def test_the_median_rule_prunes_a_hopeless_trial(table, tmp_path):
     assert hopeless == list(range(1, len(hopeless) + 1)) and len(hopeless) < 5
 
 
+def test_without_re_ranking_the_best_is_the_highest_validation_elbo(table, tmp_path):
+    # --rerank 0 asks for no importance-sampled re-ranking, not for no answer: the study still
+    # names its best trial and writes its recipe, saying it was chosen by the bound alone.
+    space = fixed_space(tmp_path, lr={"choices": [3e-3, 1e-7]})
+    out = tmp_path / "study"
+    out.mkdir()
+    study = _study(out)
+    for lr in (1e-7, 3e-3):
+        study.enqueue_trial({"lr": lr})
+    result = tune(str(table), out, Budget(trials=2), epochs=2, space_file=space, pruner="none",
+                  rerank_top=0, baseline=False, progress=False, log=None)
+    trials = _study(out).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    highest = max(trials, key=lambda t: t.value)
+    assert result.best == highest.number and result.ranking == []
+    assert result.recipe is not None and "validation ELBO" in result.recipe.read_text()
+    assert json.loads((out / "study.json").read_text())["best"] == highest.number
+
+
 def test_a_refused_combination_is_a_bad_trial_the_sampler_sees(table, tmp_path):
     # iwae-dreg has no form for a mixture q: those trials are refused before any epoch. Told
     # as pruned (not failed, which TPE leaves out of its model and then proposes again) with

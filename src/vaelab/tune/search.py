@@ -30,6 +30,9 @@ from vaelab.tune.space import (
 from vaelab.tune.study import Search, open_search_study, run_trials
 
 RANK_BY = "importance-sampled validation log p̂(x)"
+#: What ranks the trials when none is re-ranked: a bound can prefer the wrong model, so the
+#: recipe says it was chosen by the bound alone.
+RANK_BY_BOUND = "validation ELBO (no trial re-ranked: --rerank 0)"
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,13 @@ def _start_workers(search: Search, count: int) -> list[Any]:
     return processes
 
 
+def _best_by_bound(rows: list[dict]) -> dict | None:
+    """The complete trial of the highest validation ELBO (None when none completed): the
+    choice when no trial is re-ranked (``--rerank 0``)."""
+    complete = [r for r in rows if r["state"] == "complete" and r["value"] is not None]
+    return max(complete, key=lambda r: r["value"]) if complete else None
+
+
 def finish(study: Any, search: Search, *, rerank_top: int, rerank_k: int,
            rerank_limit: int | None) -> TuneResult:
     """Re-rank, write the recipe and the final study.json; → the result."""
@@ -238,9 +248,10 @@ def finish(study: Any, search: Search, *, rerank_top: int, rerank_k: int,
     rows = trial_rows(study)
     ranking = rerank(search.out, rows, top=rerank_top, k=rerank_k, limit=rerank_limit,
                      log=search.log)
-    best = ranking[0]["number"] if ranking else None
-    recipe = write_recipe(search.out, ranking[0], RANK_BY) if ranking else None
-    final = {"ranking": ranking, "best": best, "rank_by": RANK_BY,
+    chosen, rank_by = (ranking[0], RANK_BY) if ranking else (_best_by_bound(rows), RANK_BY_BOUND)
+    best = None if chosen is None else chosen["number"]
+    recipe = None if chosen is None else write_recipe(search.out, chosen, rank_by)
+    final = {"ranking": ranking, "best": best, "rank_by": rank_by,
              "recipe": None if recipe is None else recipe.name,
              "importances": importances(study)}
     write_summary(study, search, final)
