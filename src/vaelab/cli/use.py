@@ -482,7 +482,11 @@ def add_impute(commands) -> None:
                             "of a .npy or .csv file: the importance-weighted conditional mean "
                             "(the mode for binary data), or with --draws M, M imputations by "
                             "sampling importance resampling ([M, N, D], .npy only). Observed "
-                            "entries are copied unchanged.")
+                            "entries are copied unchanged. Training settings measured on "
+                            "tables: recipes/tables/impute.toml (cells missing at random), "
+                            "recipes/tables/impute-mnar.toml (cells missing because of their "
+                            "values), with --latent-dim set to the number of columns minus "
+                            "one; see docs/benchmarks/imputation.md.")
     p.add_argument("run", type=Path, metavar="RUN")
     p.add_argument("--data", type=Path, required=True, metavar="FILE",
                    help=".npy or .csv with NaN (or empty cells) marking missing entries")
