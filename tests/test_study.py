@@ -133,9 +133,16 @@ def test_trials_are_run_directories_and_the_best_is_a_recipe(table, tmp_path):
              log=None)
     (tmp_path / "other").mkdir()
     other = fixed_space(tmp_path / "other", **{"latent_dim": {"low": 1, "high": 4}})
-    with pytest.raises(ValueError, match=r"^--space: the study 'vaelab'"):
+    # the refusal names the entry that changed, with its old and new range
+    with pytest.raises(ValueError, match=r"^--space: the study 'vaelab' in .* was started with "
+                                         r"the space's latent_dim \[1, 3\]; expected the same "
+                                         r".*got the space's latent_dim \[1, 4\]$"):
         tune(str(table), out, Budget(trials=4), epochs=2, space_file=other, progress=False,
              log=None)
+    # and a --space forgotten on the resume names an entry the file had set
+    with pytest.raises(ValueError, match=r"^--space: .* was started with the space's "
+                                         r"batch_size = 16; .*got the space without batch_size$"):
+        tune(str(table), out, Budget(trials=4), epochs=2, progress=False, log=None)
     with pytest.raises(ValueError, match=r"^--val-fraction: the study 'vaelab' in .* was "
                                          r"started with val_fraction unset \(the default\); .*got "
                                          r"val_fraction = 0.3$"):

@@ -21,6 +21,7 @@ from typing import Any
 from vaelab.config import RunConfig, load_config_file, merge
 from vaelab.tune.budget import Budget
 from vaelab.tune.space import (
+    Param,
     check_combinations,
     check_likelihoods,
     default_space,
@@ -197,12 +198,25 @@ def check_same_setup(study: Any, search: Search) -> None:
     if differs is not None:
         key, was, now = differs
         flag = SETUP_FLAGS.get(key, "--config")
-        values = (("other values", "these") if key == "space" else
+        values = (_space_difference(was or {}, now) if key == "space" else
                   tuple(f"{key} unset (the default)" if v is None else f"{key} = {v!r}"
                         for v in (was, now)))
         raise ValueError(f"{flag}: the study {search.study_name!r} in {str(search.out)!r} was "
                          f"started with {values[0]}; expected the same to resume it (or a new "
                          f"--out or --study-name), got {values[1]}")
+
+
+def _space_difference(was: dict, now: dict) -> tuple[str, str]:
+    """How the recorded and the new search space differ, as the first parameter (by name) that
+    differs on each side: "the space's latent_dim [1, 3]", "... latent_dim [1, 4]" (the user
+    sees which entry of the space file, or its absence, changed)."""
+    def side(space: dict, name: str) -> str:
+        if name not in space:
+            return f"the space without {name}"
+        return f"the space's {name} {Param(**space[name]).describe()}"
+
+    name = next(n for n in sorted(set(was) | set(now)) if was.get(n) != now.get(n))
+    return side(was, name), side(now, name)
 
 
 def _first_difference(recorded: dict, setup: dict) -> tuple[str, Any, Any] | None:
