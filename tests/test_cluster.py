@@ -203,6 +203,18 @@ def test_manifold_inputs_are_checked_and_assign_clusters_dispatches_to_it():
         manifold(z, 3, dims=0)
     with pytest.raises(ValueError, match="expected finite codes"):
         manifold(np.full((5, 2), np.nan), 2)
+    # too many clusters for the examples is told as --clusters (which --embed-dim defaults
+    # to), for both methods, not as an --embed-dim the user never gave nor a bare 'clusters'
+    codes = torch.as_tensor(z)
+    with pytest.raises(ValueError, match=r"^--clusters: expected fewer than the 60 examples, "
+                                         r"got 60$"):
+        assign_clusters(None, codes, method="manifold", clusters=60, neighbours=5)
+    with pytest.raises(ValueError, match=r"^--clusters: expected at most the 60 examples, "
+                                         r"got 61$"):
+        assign_clusters(None, codes, method="kmeans", clusters=61)
+    with pytest.raises(ValueError, match=r"^--embed-dim: expected fewer than the 60 examples, "
+                                         r"got 60$"):
+        assign_clusters(None, codes, method="manifold", clusters=3, dims=60)
     z, labels = _rings()
     how, k, found = assign_clusters(None, torch.as_tensor(z), method="manifold",
                                     labels=labels, neighbours=8, seed=0)

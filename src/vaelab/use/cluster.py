@@ -244,6 +244,11 @@ def assign_clusters(model: Any, z: torch.Tensor, *, method: str = "auto",
                              f"components, got {clusters}; drop --clusters")
         return "mixture prior p(c | z)", resp.shape[1], resp.argmax(1).cpu().numpy()
     k = clusters or (len(np.unique(labels)) if labels is not None else 10)
+    # Named by the flag the user set: --embed-dim defaults to --clusters, so a --clusters
+    # too large for the examples is told as --clusters, not as an --embed-dim never given.
+    if k > z.shape[0] or (method == "manifold" and k == z.shape[0]):
+        most = "fewer than" if method == "manifold" else "at most"
+        raise ValueError(f"--clusters: expected {most} the {z.shape[0]} examples, got {k}")
     if method == "manifold":
         for flag, value in (("--neighbours", neighbours), ("--embed-dim", dims or k)):
             if value >= z.shape[0]:
