@@ -53,7 +53,11 @@ def add_score(commands) -> None:
         "2021; hierarchical runs only); latent-density → latent_nll (−log of the code under "
         "the training rows' aggregate posterior); latent-knn → latent_knn (mean distance to "
         "the --neighbours nearest training codes). Writes a CSV; with labels (1 = anomalous) "
-        "also AUROC, AUPRC, FPR at 95% TPR (a JSON beside the CSV) and an ROC figure.")
+        "also AUROC, AUPRC, FPR at 95% TPR (a JSON beside the CSV) and an ROC figure. Which "
+        "score to trust is chosen on held-out normal rows against synthetic anomalies: for "
+        "28x28 grey images, recipes/fashion-mnist/one-class.toml (one normal class) and "
+        "recipes/fashion-mnist/ood.toml (a whole data set) train the model and name the score "
+        "chosen that way; see docs/benchmarks/anomaly.md.")
     p.add_argument("run", type=Path, metavar="RUN")
     add_run_data(p)
     p.add_argument("--score", nargs="+", choices=SCORE_CHOICES, metavar="NAME",
