@@ -141,6 +141,47 @@ def test_vamp_gradients_reach_pseudo_inputs_and_the_encoder_and_errors_are_clear
         priors.VampPrior(2, 3, 4, wrong)()
 
 
+def test_diagonal_mixture_density_and_gradients_equal_the_float64_broadcast():
+    """The products form of the mixture log-density (float32 in, float64 inside) against
+    torch's broadcast MixtureSameFamily in float64, at the VampPrior's K = 500 and with
+    components ten times narrower than the codes' spread (where the expanded square's terms
+    are far larger than their sum)."""
+    from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+    g = torch.Generator().manual_seed(3)
+    K, L = 500, 20
+    loc = torch.randn(K, L, generator=g).requires_grad_()
+    scale = (0.02 + 0.2 * torch.rand(K, L, generator=g)).requires_grad_()
+    logits = torch.randn(K, generator=g).requires_grad_()
+    z = (2 * torch.randn(3, 64, L, generator=g)).requires_grad_()
+
+    def mixture(kind, *params):
+        m, s, w = params
+        return kind(Categorical(logits=w), Independent(Normal(m, s), 1))
+
+    fast = mixture(priors.DiagonalMixture, loc, scale, logits)
+    exact = mixture(MixtureSameFamily, loc.double(), scale.double(), logits.double())
+    value, want = fast.log_prob(z), exact.log_prob(z.double())
+    assert value.dtype == torch.float32 and value.shape == (3, 64)
+    assert float(want.detach().abs().min()) > 100              # far codes, large densities
+    torch.testing.assert_close(value.double(), want, rtol=2e-7, atol=1e-5)
+    params = [loc, scale, logits, z]
+    for a, b in zip(torch.autograd.grad(value.sum(), params),
+                    torch.autograd.grad(want.sum(), params), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+    # other components keep torch's own density
+    student = MixtureSameFamily(Categorical(logits=logits), Independent(
+        torch.distributions.StudentT(3.0, loc, scale), 1))
+    other = priors.DiagonalMixture(student.mixture_distribution,
+                                   student.component_distribution)
+    torch.testing.assert_close(other.log_prob(z), student.log_prob(z), rtol=0, atol=0)
+
+
+def test_vamp_prior_uses_the_products_form_for_a_diagonal_encoder():
+    prior = _vamp(families.DiagonalNormal(2))
+    assert type(prior()) is priors.DiagonalMixture
+
+
 def test_vamp_data_init_copies_the_seeded_rows_and_uniform_keeps_its_draw():
     x = torch.rand(30, 6, dtype=F64)
     family = families.DiagonalNormal(2)
