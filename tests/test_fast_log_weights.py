@@ -211,8 +211,8 @@ def test_decoder_blocks_stay_within_the_row_block(monkeypatch):
     monkeypatch.setattr(_bernoulli_fast, "ROW_BLOCK", 32)
     model, x = build(hidden=(16,)), binary(7, 12)
     rows: list[int] = []
-    original = _bernoulli_fast.softplus_sum
-    monkeypatch.setattr(_bernoulli_fast, "softplus_sum",
+    original = _bernoulli_fast.half_centred_softplus_sum
+    monkeypatch.setattr(_bernoulli_fast, "half_centred_softplus_sum",
                         lambda logits: rows.append(logits.shape[0]) or original(logits))
     with torch.no_grad():
         objectives.log_weights(model, model.encode(x), x, 50)
@@ -309,6 +309,25 @@ def test_softplus_sum_is_exact_to_rounding(dtype, size):
     torch.testing.assert_close(fast.double(), exact, **tolerance)
     # the same tolerance holds for the plain sum: the identity costs no accuracy
     torch.testing.assert_close(-F.logsigmoid(-logits).sum(-1).double(), exact, **tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("size", [1, 7, 64, 65, 784, 1001])
+def test_half_centred_softplus_sum_is_exact_to_rounding(dtype, size):
+    logits = extreme_logits(size, dtype)
+    exact = fsum_softplus(logits) - torch.tensor(
+        [math.fsum(row) / 2 for row in logits.double().tolist()], dtype=F64)
+    u = torch.finfo(dtype).eps / 2
+    tolerance = {"rtol": 8 * u * math.ceil(math.log2(size) + 1), "atol": 4 * size * u}
+    fast = _bernoulli_fast.half_centred_softplus_sum(logits.clone())
+    assert fast.dtype == dtype and bool(fast.isfinite().all())
+    torch.testing.assert_close(fast.double(), exact, **tolerance)
+    graph = logits.clone().requires_grad_()
+    recorded = _bernoulli_fast.half_centred_softplus_sum(graph)
+    torch.testing.assert_close(recorded.detach().double(), exact, **tolerance)
+    recorded.sum().backward()                          # d/dl log(2 cosh(l/2)) = tanh(l/2)/2
+    torch.testing.assert_close(graph.grad.double(), torch.tanh(logits.double() / 2) / 2,
+                               rtol=0, atol=4 * u)
 
 
 def test_softplus_sum_keeps_its_input_and_differentiates():
