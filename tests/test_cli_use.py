@@ -552,6 +552,14 @@ def test_score_a_run_trained_with_missing_mask_on_complete_and_incomplete_rows(t
                                                       "latent_knn"]].to_numpy()).all()
         assert ("regret" in table) == complete
         assert complete or "regret skipped: defined on complete rows only" in stdout
+    # asked for by name, a score of complete rows is refused in one line naming the flags
+    incomplete = int(holes.isna().any(axis=1).sum())
+    code, _, err = run_cli(capsys, "score", run, "--data", tmp_path / "holes.csv", "--k", "8",
+                           "--score", "regret", "--quiet", "--out", tmp_path / "regret.csv")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert (f"--score regret: defined on complete rows only, got {incomplete} rows with "
+            f"missing cells in --data {tmp_path / 'holes.csv'}") in err
+    assert "x:" not in err and not (tmp_path / "regret.csv").exists()
     code, _, err = run_cli(capsys, "evaluate", run, "--data", tmp_path / "holes.csv")
     assert code != 0 and len(err.strip().splitlines()) == 1
     assert "pass --missing mask" not in err and "expected complete rows" in err

@@ -177,13 +177,20 @@ def _names_for_data(args: argparse.Namespace, names, dataset, note: Callable):
 def _names_for_missing(args: argparse.Namespace, names, dataset, note: Callable):
     """``names`` without the scores of complete rows when rows have missing cells (a run
     trained with --missing mask): a note when they came from the default set; asked for,
-    the library refuses them in one line."""
+    one line naming --score and --data (the library's own refusal names its argument x)."""
     from vaelab.use.scores import COMPLETE_ONLY
 
     incomplete = int(dataset.x.isnan().any(1).sum())
-    if not incomplete or args.score is not None or not set(names) & set(COMPLETE_ONLY):
-        return names
     skipped = [n for n in names if n in COMPLETE_ONLY]
+    if not incomplete or not skipped:
+        return names
+    if args.score is not None:
+        source = (f"--data {args.data}" if args.data is not None
+                  else "the run's training data (no --data)")
+        raise ValueError(f"--score {' '.join(skipped)}: defined on complete rows only, got "
+                         f"{incomplete} rows with missing cells in {source}; drop "
+                         f"{'it' if len(skipped) == 1 else 'them'}, or "
+                         f"score complete rows")
     note(f"note: {', '.join(skipped)} skipped: defined on complete rows only, and "
          f"{incomplete} rows have missing cells (the other scores use log p̂(x_obs), the "
          f"likelihood of the observed cells)")
