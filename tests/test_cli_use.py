@@ -242,9 +242,15 @@ def test_hierarchical_llr_needs_a_hierarchical_run(runs, tmp_path, capsys):
     assert code == 0, err
     table = np.genfromtxt(tmp_path / "h.csv", delimiter=",", names=True)
     assert np.isfinite(table["hierarchical_llr"]).all()
-    code, _, err = run_cli(capsys, "score", tmp_path / "hvae", "--score", "hierarchical-llr",
-                           "--llr-k", "3", "--limit", "10", "--out", tmp_path / "h2.csv")
-    assert code == 1 and "k (--llr-k): expected a layer index in 0..2" in err
+    # k = 2 on two layers keeps q for both, the bounds agree and the column would be zeros
+    for k in ("2", "3"):
+        code, _, err = run_cli(capsys, "score", tmp_path / "hvae", "--score",
+                               "hierarchical-llr", "--llr-k", k, "--limit", "10", "--out",
+                               tmp_path / "h2.csv")
+        assert code == 1 and len(err.strip().splitlines()) == 1, err
+        assert (f"--llr-k: expected a layer index in 0..1 (the run has 2 latent layers; "
+                f"k = 2 replaces none and scores every row 0), got {k}") in err
+        assert not (tmp_path / "h2.csv").exists()
 
 
 def _printed(line: str, name: str) -> float:

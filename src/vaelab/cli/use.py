@@ -121,6 +121,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     dataset, _ = examples(args, trained, allow_missing=masked_run(trained))
     names = _names_for_model(args, _names_for_data(args, names, dataset, note), trained, note)
     names = _names_for_missing(args, names, dataset, note)
+    _check_llr_k(names, getattr(args, dest("--llr-k")), trained)
     labels = _anomaly_labels(args, dataset)
     reference = (_reference_rows(args, trained, note) if set(names) & set(REFERENCE_SCORES)
                  else None)
@@ -208,6 +209,19 @@ def _names_for_model(args: argparse.Namespace, names, trained, note: Callable):
                          f"{trained.config.model.latent_dim} units; drop it")
     note("note: hierarchical-llr skipped: the run has one latent layer")
     return tuple(n for n in names if n != "hierarchical-llr")
+
+
+def _check_llr_k(names, llr_k: int, trained) -> None:
+    """One line for --llr-k >= the run's number of latent layers: k = n keeps q for every
+    layer, so the two bounds are the same and the column is zeros (the library allows it as
+    the limit case; a user asking for it gets nothing to read)."""
+    layers = trained.config.model.latent_dim
+    if "hierarchical-llr" not in names or not isinstance(layers, tuple):
+        return
+    if llr_k >= len(layers):
+        raise ValueError(f"--llr-k: expected a layer index in 0..{len(layers) - 1} (the run "
+                         f"has {len(layers)} latent layers; k = {len(layers)} replaces none "
+                         f"and scores every row 0), got {llr_k}")
 
 
 def _reference_rows(args: argparse.Namespace, trained, note: Callable):
