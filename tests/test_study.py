@@ -296,3 +296,28 @@ def test_a_trial_killed_before_its_figures_resumes_to_a_fresh_trials_files(table
     assert trial.state == TrialState.COMPLETE and "resumed_by" in trial.user_attrs
     assert sorted(p.name for p in (out / "trials" / "0000").iterdir()) == sorted(
         p.name for p in (fresh / "trials" / "0000").iterdir())
+
+
+def test_a_trials_collapse_warning_names_the_trial_and_is_kept_in_study_json(
+        table, tmp_path, monkeypatch, capsys):
+    # train(log=None) prints no bare warning: the study tells it with the trial's number
+    # (through its log, silent under --quiet) and keeps it beside the trial, as an error is.
+    from vaelab.fit import train as train_module
+
+    line = "warning: posterior collapse: no active unit of 2"
+    monkeypatch.setattr(train_module, "collapse_from_metrics", lambda *_a, **_k: line)
+    space = fixed_space(tmp_path)
+    said: list[str] = []
+    for out, log in ((tmp_path / "loud", said.append), (tmp_path / "quiet", None)):
+        out.mkdir()
+        tune(str(table), out, Budget(trials=1), epochs=1, space_file=space, pruner="none",
+             rerank_top=0, baseline=False, progress=False, log=log)
+        assert "posterior collapse" not in capsys.readouterr().err
+        (trial,) = json.loads((out / "study.json").read_text())["trials"]
+        assert trial["state"] == "complete" and trial["warning"] == line
+    assert f"trial 0: {line}" in said
+    # a caller with a log of its own (the CLI, --quiet or not) still gets it on stderr
+    result = train_module.train({"model": {"latent_dim": 2, "hidden": [8]},
+                                 "train": {"data": str(table), "epochs": 1, "device": "cpu"}},
+                                tmp_path / "run", progress=False, log=lambda _line: None)
+    assert result.warnings == (line,) and line in capsys.readouterr().err

@@ -137,6 +137,10 @@ class TrainResult:
     #: resume=True on a run that had already finished all its epochs: the line saying so
     #: (nothing was trained or written); None otherwise.
     nothing_to_do: str | None = None
+    #: the end-of-training warnings (divergence, posterior collapse): printed to stderr
+    #: unless ``log`` was None, and kept here for a caller that reports them its own way
+    #: (``vaelab tune`` names the trial and records them in study.json).
+    warnings: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- distributed
@@ -447,7 +451,8 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
             in the run), a map-style torch Dataset (items x or (x, y)), a DataLoader (its
             batches are used as they come: no re-batching, no validation rows) or a
             ``vaelab.data.Dataset`` (``vaelab.data_forms``; the same kinds and checks for all).
-        log: called with one line per epoch and notes; None for silence.
+        log: called with one line per epoch and notes; None for silence (the end-of-training
+            warnings are then not printed either, only returned in ``TrainResult.warnings``).
         figures: called once at the end on rank 0 as ``figures(run_dir, model, dataset,
             metrics, log=log)`` to draw the run's pictures; the CLI passes
             ``vaelab.show.plots.write_run_figures`` (injected, because ``fit`` sits below
@@ -461,6 +466,9 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
         TypeError: a config value of the wrong type.
         TrainingError: training diverged (the last checkpoint is kept).
     """
+    # A caller passing log=None reports warnings itself (from TrainResult.warnings); the
+    # CLI's --quiet passes a silent log and still wants them on stderr.
+    warn = log is not None
     log = log or (lambda _line: None)
     run_dir = Path(out_dir).expanduser()
     resume = resume or continues_after_restart(run_dir, overwrite=overwrite)
@@ -519,7 +527,7 @@ def train(config: RunConfig | dict | None, out_dir: str | os.PathLike, *, resume
             runs.clear_run(run_dir)
         runs.write_config(run_dir, config, dataset=_data_info(data))
     dist.barrier()
-    return _run(trainer)
+    return _run(trainer, warn=warn)
 
 
 def _figures_lag(run_dir: Path) -> bool:
@@ -558,7 +566,7 @@ def _nothing_to_do(trainer: _Trainer, log: Callable[[str], object]) -> TrainResu
                        nothing_to_do=line)
 
 
-def _run(trainer: _Trainer) -> TrainResult:
+def _run(trainer: _Trainer, *, warn: bool) -> TrainResult:
     state = trainer.state
     while state.epoch < trainer.tc.epochs and not state.stopped_early:
         trainer.run_epoch()
@@ -569,13 +577,15 @@ def _run(trainer: _Trainer) -> TrainResult:
     summary = _divergence_summary(state.metrics,   # skipped: summed over ranks
                                   len(trainer.batches) * trainer.dist.world_size,
                                   trainer.remedy)
-    if summary is not None and trainer.dist.main:   # stderr even under --quiet
-        print(summary, file=sys.stderr, flush=True)
     collapse = (None if isinstance(trainer.model, HierarchicalVAE) or not state.metrics
                 else collapse_from_metrics(state.metrics[-1], (trainer.model.latent_dim,),
                                            trainer.tc))
-    if collapse is not None and summary is None and trainer.dist.main:   # hierarchies: per layer
-        print(collapse, file=sys.stderr, flush=True)
+    # hierarchies warn per layer in the epoch lines; a diverged run's collapse is no news
+    warnings = (summary,) if summary is not None else (collapse,) if collapse else ()
+    if warn and trainer.dist.main:   # stderr even under --quiet
+        for line in warnings:
+            print(line, file=sys.stderr, flush=True)
     trainer.dist.barrier()
     return TrainResult(trainer.run_dir, trainer.config, trainer.model, trainer.inference,
-                       list(state.metrics), state.stopped_early, state.best_epoch)
+                       list(state.metrics), state.stopped_early, state.best_epoch,
+                       warnings=warnings)

@@ -58,7 +58,7 @@ def _trial_rows(trials: list[dict]) -> list[list]:
         score = fmt(value) if value is not None or t["state"] == "complete" else "—"
         rows.append([t["number"], t["state"], score, t.get("epochs", 0),
                      "—" if seconds is None else f"{seconds:.1f}", _params(t.get("params", {})),
-                     t.get("error") or ""])
+                     t.get("error") or t.get("warning") or ""])
     return rows
 
 

@@ -284,6 +284,13 @@ def _train_trial(trial: Any, folder: Path, search: Search) -> tuple[Any, float |
         return TrialState.FAIL, None, " ".join(str(exc).split())
     finally:
         bar.close()
+    if result.warnings:
+        # Told as a failed trial's error is: with the trial's number through the study's log
+        # (silent under --quiet) and kept in study.json and on the study page; train was
+        # given log=None, so it printed nothing bare to stderr.
+        trial.set_user_attr("warning", " ".join(result.warnings))
+        for line in result.warnings:
+            search.say(f"trial {trial.number}: {line}")
     value = best_val_elbo(result.metrics)
     if value is None:
         return TrialState.FAIL, None, "no finite validation ELBO (diverged?)"

@@ -51,6 +51,7 @@ def trial_rows(study: Any) -> list[dict]:
                      "baseline": bool(t.user_attrs.get("baseline", False)),
                      "epochs": max(values) if values else 0,
                      "error": t.user_attrs.get("error"),
+                     "warning": t.user_attrs.get("warning"),
                      "seconds": (t.duration.total_seconds() if t.duration is not None
                                  else None)})
     return rows
