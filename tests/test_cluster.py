@@ -242,6 +242,9 @@ def test_manifold_says_what_a_graph_in_pieces_means_instead_of_sklearns_warning(
         warnings.simplefilter("error")            # given a note, nothing is warned
         found = manifold(z, 4, seed=0, note=lines.append)
     assert len(lines) == 1 and "4 separate pieces" in lines[0] and "some must" not in lines[0]
+    # the four blobs are the four clusters: no advice to join them, they are the answer
+    assert "--neighbours" not in lines[0] and "can be the clusters themselves" in lines[0]
+    assert "more neighbours per code (--neighbours, now 10) join them" in str(caught[0].message)
     assert cluster_metrics(labels, found)["ari"] == pytest.approx(1.0)
     with warnings.catch_warnings():               # one blob, one connected graph: no line
         warnings.simplefilter("error")

@@ -121,15 +121,20 @@ def graph_pieces_line(pieces: int, neighbours: int, clusters: int) -> str:
 
     The Laplacian then has one zero eigenvalue per piece, and its eigenvectors for them are
     any basis of the pieces' indicators: the embedding places the pieces without regard to how
-    far apart their codes are, so whether pieces end in one cluster does not follow their
-    distances (and some must, with more pieces than clusters).
+    far apart their codes are. With more pieces than clusters some pieces must share a cluster,
+    and which do does not follow their distances: more neighbours join pieces. With no more
+    pieces than clusters the embedding sets the pieces apart, and they can be the very
+    clusters sought (well separated groups, e.g. rings): no advice to join them then.
     """
-    merged = f" (some must: {pieces} pieces, {clusters} clusters)" if pieces > clusters else ""
-    return (f"the {neighbours}-nearest-neighbour graph of the codes falls into {pieces} "
-            f"separate pieces, which the spectral embedding places without regard to the "
-            f"distances between their codes: whether pieces share a cluster does not depend "
-            f"on how close they are{merged}; more neighbours per code (--neighbours, now "
-            f"{neighbours}) join them")
+    where = (f"the {neighbours}-nearest-neighbour graph of the codes falls into {pieces} "
+             f"separate pieces, which the spectral embedding places without regard to the "
+             f"distances between their codes")
+    if pieces <= clusters:
+        return (f"{where}: no more pieces than the {clusters} clusters, so the pieces are kept "
+                f"apart and can be the clusters themselves (well separated groups of codes)")
+    return (f"{where}: whether pieces share a cluster does not depend on how close they are "
+            f"(some must: {pieces} pieces, {clusters} clusters); more neighbours per code "
+            f"(--neighbours, now {neighbours}) join them")
 
 
 def is_mixture(prior: Distribution) -> bool:
