@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -35,21 +32,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import reference  # noqa: E402
+from before_after import (  # noqa: E402
+    head_revision,
+    module_at,
+    per_round,
+    speed_ratio,
+    speed_tables,
+    timed_rounds,
+)
 from common import Shapes  # noqa: E402
 from vaelab_contender import build_model, log_likelihood  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-PATH = "src/vaelab/model/_bernoulli_fast.py"
-
 
 def load_before(rev: str) -> types.ModuleType:
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{PATH}"], check=True,
-                            capture_output=True, text=True).stdout
-    module = types.ModuleType("_before_bernoulli_fast")
-    module.__file__ = f"{rev}:{PATH}"
-    sys.modules[module.__name__] = module
-    exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102
-    return module
+    return module_at(rev, "src/vaelab/model/_bernoulli_fast.py", "_before_bernoulli_fast")
 
 
 def main(argv=None) -> int:
@@ -99,36 +95,29 @@ def main(argv=None) -> int:
         fn()                                                     # warm-up
     load_start = common.load_average()
     names = list(fns)
-    wall: dict[str, list[float]] = {n: [] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            torch.manual_seed(r)
-            w0, c0 = time.perf_counter(), time.thread_time()
-            fns[name]()
-            c1, w1 = time.thread_time(), time.perf_counter()
-            wall[name].append(args.points / (w1 - w0))
-            cpu[name].append(args.points / (c1 - c0))
-        print(f"[eval_before_after] round {r + 1}/{args.rounds}", file=sys.stderr)
 
-    def ratio(clock: dict, a: str, b: str) -> float:
-        return statistics.median(u / v for u, v in zip(clock[a], clock[b], strict=True))
+    def run(name: str, r: int) -> None:
+        torch.manual_seed(r)
+        fns[name]()
+
+    wall, cpu = timed_rounds(names, args.rounds, run, "eval_before_after")
+
+    def rate(seconds: float) -> float:
+        return args.points / seconds
 
     pairs = [(n, "gemm_floor") for n in names[1:]] + [("after", "before")]
     report = {
         "command": f"OMP_NUM_THREADS={args.threads} {common.command_line()}",
         "machine": common.machine(), "before": args.before,
-        "after": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True).stdout.strip() + " + working tree",
+        "after": head_revision(),
         "model": "784-400-20 Bernoulli VAE, shared initial weights (not trained)",
         "k": args.k, "points": args.points, "rounds": args.rounds,
         "load_average": {"start": load_start, "end": common.load_average()},
         "max_abs_log_likelihood_difference_before_after_same_seed": difference,
         "mean_log_likelihood": float(values["after"].mean()),
-        "points_per_s": {clock: {n: {"median": statistics.median(v), "rounds": v}
-                                 for n, v in values_.items()}
+        "points_per_s": {clock: per_round(values_, rate)
                          for clock, values_ in (("wall", wall), ("cpu", cpu))},
-        "ratios": {clock: {f"{a}/{b}": ratio(values_, a, b) for a, b in pairs}
+        "ratios": {clock: {f"{a}/{b}": speed_ratio(values_, a, b) for a, b in pairs}
                    for clock, values_ in (("wall", wall), ("cpu", cpu))},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -142,13 +131,8 @@ def main(argv=None) -> int:
              "of per-round ratios of points/s.",
              f"Same seed, before vs after: log p̂(x) differs by at most {difference:.2e} nats "
              f"(mean log p̂(x) {report['mean_log_likelihood']:.2f}).",
-             "", "| contender | wall points/s | CPU points/s |", "|---|---|---|"]
-    for n in names:
-        lines.append(f"| {n} | {statistics.median(wall[n]):.1f} | "
-                     f"{statistics.median(cpu[n]):.1f} |")
-    lines += ["", "| ratio | wall | CPU time |", "|---|---|---|"]
-    for a, b in pairs:
-        lines.append(f"| {a} / {b} | {ratio(wall, a, b):.3f} | {ratio(cpu, a, b):.3f} |")
+             ""]
+    lines += speed_tables(names, pairs, wall, cpu, "points/s", rate, 1)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

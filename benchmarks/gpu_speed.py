@@ -149,7 +149,7 @@ class Vaelab:
         from vaelab.data import Batches
         from vaelab.fit.step import TrainStep
         from vaelab.infer.schemes import Amortized
-        from vaelab_contender import build_model
+        from vaelab_contender import build_model, cycle_batches
 
         torch.manual_seed(seed)
         self.model = build_model(s, weights).to(device)
@@ -158,19 +158,11 @@ class Vaelab:
                               precision="bf16" if precision == "bf16" else "fp32")
         self.batches = Batches(data, s.batch, seed=seed, binarize="dynamic", drop_last=True,
                                device=device)
-        self.epoch, self.it = 0, iter(self.batches.epoch(0))
-
-    def _next(self):
-        try:
-            return next(self.it)
-        except StopIteration:
-            self.epoch += 1
-            self.it = iter(self.batches.epoch(self.epoch))
-            return next(self.it)
+        self.batches_forever = cycle_batches(self.batches)
 
     def run(self, steps):
         for _ in range(steps):
-            x, index = self._next()
+            x, index = next(self.batches_forever)
             self.step(x, index)
 
 

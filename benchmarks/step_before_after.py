@@ -22,11 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
-import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -36,28 +32,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import reference  # noqa: E402
+from before_after import (  # noqa: E402
+    head_revision,
+    module_at,
+    per_round,
+    speed_ratio,
+    speed_tables,
+    timed_rounds,
+)
 from common import Shapes  # noqa: E402
 from vaelab_contender import VaelabTrainer  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 BEFORE_FILES = ("src/vaelab/fit/_elbo_grad.py", "src/vaelab/fit/step.py")
 
 
 def load_before(rev: str) -> types.ModuleType:
     """The step module at ``rev``, with the hand-gradient module of that revision."""
-    modules = []
-    for path, name in zip(BEFORE_FILES, ("_before_elbo_grad", "_before_step"), strict=True):
-        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}"], check=True,
-                                capture_output=True, text=True).stdout
-        module = types.ModuleType(name)
-        module.__file__ = f"{rev}:{path}"
-        sys.modules[name] = module          # dataclasses look their module up
-        if modules:                         # the step uses the same revision's gradient
-            source = source.replace("from vaelab.fit._elbo_grad import",
-                                    "from _before_elbo_grad import")
-        exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102
-        modules.append(module)
-    return modules[1]
+    module_at(rev, BEFORE_FILES[0], "_before_elbo_grad")
+    # the step uses the same revision's gradient
+    return module_at(rev, BEFORE_FILES[1], "_before_step",
+                     [("from vaelab.fit._elbo_grad import", "from _before_elbo_grad import")])
 
 
 class StepTrainer(VaelabTrainer):
@@ -120,24 +114,16 @@ def main(argv=None) -> int:
             t.prepare(args.warmup)
         t.run(args.warmup)
     names = list(trainers)
-    wall: dict[str, list[float]] = {n: [] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            t = trainers[name]
-            if hasattr(t, "prepare"):
-                t.prepare(args.steps)
-            w0, c0 = time.perf_counter(), time.thread_time()
-            t.run(args.steps)
-            c1, w1 = time.thread_time(), time.perf_counter()
-            wall[name].append(args.steps * s.batch / (w1 - w0))
-            cpu[name].append(args.steps * s.batch / (c1 - c0))
-        print(f"[step_before_after] round {r + 1}/{args.rounds}", file=sys.stderr)
 
-    def ratio(clock: dict, a: str, b: str) -> float:
-        if a not in clock or b not in clock:
-            return math.nan
-        return statistics.median(x / y for x, y in zip(clock[a], clock[b], strict=True))
+    def prepare(name: str) -> None:
+        if hasattr(trainers[name], "prepare"):
+            trainers[name].prepare(args.steps)
+
+    wall, cpu = timed_rounds(names, args.rounds, lambda name, r: trainers[name].run(args.steps),
+                             "step_before_after", prepare)
+
+    def rate(seconds: float) -> float:
+        return args.steps * s.batch / seconds
 
     pairs = [("after", "gemm_floor"), ("before", "gemm_floor"), ("after", "before"),
              ("after", "pythae"), ("before", "pythae"), ("after", "reference"),
@@ -145,16 +131,14 @@ def main(argv=None) -> int:
     report = {
         "command": common.command_line(), "machine": common.machine(),
         "torch": torch.__version__, "threads": args.threads, "before": args.before,
-        "after": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True).stdout.strip() + " + working tree",
+        "after": head_revision(),
         "load_average": {"start": load_start, "end": common.load_average()},
         "rounds": args.rounds, "steps_per_round": args.steps, "warmup": args.warmup,
         "weights_bit_identical_after_check_steps": identical, "check_steps": args.check_steps,
         "missing": missing,
-        "samples_per_s": {clock: {n: {"median": statistics.median(v), "rounds": v}
-                                  for n, v in values.items()}
+        "samples_per_s": {clock: per_round(values, rate)
                           for clock, values in (("wall", wall), ("cpu", cpu))},
-        "ratios": {clock: {f"{a}/{b}": ratio(values, a, b) for a, b in pairs}
+        "ratios": {clock: {f"{a}/{b}": speed_ratio(values, a, b) for a, b in pairs}
                    for clock, values in (("wall", wall), ("cpu", cpu))},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -166,13 +150,8 @@ def main(argv=None) -> int:
              f"{args.rounds} rounds x {args.steps} steps per contender, order rotating; "
              f"medians over rounds; each ratio the median of per-round ratios.",
              f"Weights bit-identical after {args.check_steps} steps from one seed: {identical}.",
-             "", "| contender | wall samples/s | CPU samples/s |", "|---|---|---|"]
-    for n in names:
-        lines.append(f"| {n} | {statistics.median(wall[n]):,.0f} | "
-                     f"{statistics.median(cpu[n]):,.0f} |")
-    lines += ["", "| ratio | wall | CPU time |", "|---|---|---|"]
-    for a, b in pairs:
-        lines.append(f"| {a} / {b} | {ratio(wall, a, b):.3f} | {ratio(cpu, a, b):.3f} |")
+             ""]
+    lines += speed_tables(names, pairs, wall, cpu, "samples/s", rate, 0)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from common import Shapes
@@ -38,6 +40,15 @@ def build_model(s: Shapes, weights: dict):
     return model
 
 
+def cycle_batches(batches) -> Iterator:
+    """The batches of a ``vaelab.data.Batches``, epoch after epoch without end (each epoch its
+    own shuffle and binarization), as a training loop draws them."""
+    epoch = 0
+    while True:
+        yield from batches.epoch(epoch)
+        epoch += 1
+
+
 class VaelabTrainer:
     """``TrainStep`` over ``Batches(binarize="dynamic")``, as vaelab's training loop runs it."""
 
@@ -54,22 +65,14 @@ class VaelabTrainer:
         self.inference = Amortized(self.model.encoder)
         self.step = TrainStep(self.model, self.inference, lr=s.lr, compile=compile)
         self.batches = Batches(data, s.batch, seed=seed, binarize="dynamic", drop_last=True)
-        self._epoch, self._it = 0, iter(self.batches.epoch(0))
+        self._batches = cycle_batches(self.batches)
         self.losses: list[float] = []
         self.skipped = 0
-
-    def _next(self):
-        try:
-            return next(self._it)
-        except StopIteration:
-            self._epoch += 1
-            self._it = iter(self.batches.epoch(self._epoch))
-            return next(self._it)
 
     def run(self, steps: int) -> None:
         step = self.step
         for _ in range(steps):
-            x, index = self._next()
+            x, index = next(self._batches)
             result = step(x, index)
             self.losses.append(-result.elbo)
             self.skipped += result.skipped

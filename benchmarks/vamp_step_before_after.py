@@ -35,10 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -47,22 +44,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+from before_after import (  # noqa: E402
+    head_revision,
+    module_at,
+    per_round,
+    speed_ratio,
+    speed_tables,
+    timed_rounds,
+)
 from common import Shapes  # noqa: E402
 from gemm_floor_mlp import run_products, stack_products  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
+from vaelab_contender import cycle_batches  # noqa: E402
 
 
 def load_before_prior(rev: str) -> types.ModuleType:
     """``vaelab.model.priors`` as it was at ``rev``."""
-    path = "src/vaelab/model/priors.py"
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}"], check=True,
-                            capture_output=True, text=True).stdout
-    module = types.ModuleType("_before_priors")
-    module.__file__ = f"{rev}:{path}"
-    sys.modules[module.__name__] = module
-    exec(compile(source, module.__file__, "exec"), module.__dict__)  # noqa: S102
-    return module
+    return module_at(rev, "src/vaelab/model/priors.py", "_before_priors")
 
 
 class VampTrainer:
@@ -89,20 +86,12 @@ class VampTrainer:
         self.step = TrainStep(self.model, Amortized(self.model.encoder), lr=s.lr,
                               compile=False)
         self.batches = Batches(data, s.batch, seed=seed, binarize="dynamic", drop_last=True)
-        self._epoch, self._it = 0, iter(self.batches.epoch(0))
+        self._batches = cycle_batches(self.batches)
         self.elbos: list[float] = []
-
-    def _next(self):
-        try:
-            return next(self._it)
-        except StopIteration:
-            self._epoch += 1
-            self._it = iter(self.batches.epoch(self._epoch))
-            return next(self._it)
 
     def run(self, steps: int) -> None:
         for _ in range(steps):
-            x, index = self._next()
+            x, index = next(self._batches)
             self.elbos.append(self.step(x, index).elbo)
 
 
@@ -182,36 +171,26 @@ def main(argv=None) -> int:
     for t in contenders.values():
         t.run(args.warmup)
     names = list(contenders)
-    wall: dict[str, list[float]] = {n: [] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            w0, c0 = time.perf_counter(), time.thread_time()
-            contenders[name].run(args.steps)
-            c1, w1 = time.thread_time(), time.perf_counter()
-            wall[name].append((w1 - w0) / args.steps * 1e3)       # ms per step
-            cpu[name].append((c1 - c0) / args.steps * 1e3)
-        print(f"[vamp_step_before_after] round {r + 1}/{args.rounds}", file=sys.stderr)
+    wall, cpu = timed_rounds(names, args.rounds,
+                             lambda name, r: contenders[name].run(args.steps),
+                             "vamp_step_before_after")
 
-    def ratio(clock: dict, a: str, b: str) -> float:
-        """Speed of a relative to b: median over rounds of time_b / time_a."""
-        return statistics.median(y / x for x, y in zip(clock[a], clock[b], strict=True))
+    def ms_per_step(seconds: float) -> float:
+        return seconds / args.steps * 1e3
 
     pairs = [("after", "gemm_floor"), ("before", "gemm_floor"), ("after", "before")]
     report = {
         "command": common.command_line(), "machine": common.machine(),
         "torch": torch.__version__, "threads": args.threads, "before": args.before,
-        "after": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True).stdout.strip() + " + working tree",
+        "after": head_revision(),
         "model": f"784-{s.hidden}-{s.latent} Bernoulli VAE, VampPrior K = {args.components}, "
                  f"batch {s.batch}",
         "load_average": {"start": load_start, "end": common.load_average()},
         "rounds": args.rounds, "steps_per_round": args.steps, "warmup": args.warmup,
         "before_vs_after_training": check,
-        "ms_per_step": {clock: {n: {"median": statistics.median(v), "rounds": v}
-                                for n, v in values.items()}
+        "ms_per_step": {clock: per_round(values, ms_per_step)
                         for clock, values in (("wall", wall), ("cpu", cpu))},
-        "speed_ratios": {clock: {f"{a}/{b}": ratio(values, a, b) for a, b in pairs}
+        "speed_ratios": {clock: {f"{a}/{b}": speed_ratio(values, a, b) for a, b in pairs}
                          for clock, values in (("wall", wall), ("cpu", cpu))},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -226,13 +205,8 @@ def main(argv=None) -> int:
              f"After {check['steps']} steps from one seed, before and after differ by at most "
              f"{check['max_abs_weight_difference']:.2e} in any weight and "
              f"{check['max_abs_elbo_difference_nats']:.2e} nats in the reported ELBO.",
-             "", "| contender | wall ms/step | CPU ms/step |", "|---|---|---|"]
-    for n in names:
-        lines.append(f"| {n} | {statistics.median(wall[n]):.2f} | "
-                     f"{statistics.median(cpu[n]):.2f} |")
-    lines += ["", "| speed ratio | wall | CPU time |", "|---|---|---|"]
-    for a, b in pairs:
-        lines.append(f"| {a} / {b} | {ratio(wall, a, b):.3f} | {ratio(cpu, a, b):.3f} |")
+             ""]
+    lines += speed_tables(names, pairs, wall, cpu, "ms/step", ms_per_step, 2)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
