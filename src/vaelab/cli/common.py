@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import textwrap
 from collections.abc import Callable
 
 
@@ -17,14 +18,31 @@ class UsageError(Exception):
     """A command-line usage error (exit code 2)."""
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help layout, wrapped only at spaces: a file name or a flag with a hyphen
+    (``impute-mnar.toml``, ``--latent-dim``) is never split across two lines, so it can be
+    copied from the help as it stands."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        text = " ".join(text.split())
+        return textwrap.wrap(text, width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        text = " ".join(text.split())
+        return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent,
+                             break_on_hyphens=False)
+
+
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser that raises :class:`UsageError` instead of printing and exiting.
 
     Abbreviated flags are refused (``--epoch`` is not ``--epochs``): a typo is an error.
+    Help text wraps at spaces only (:class:`HelpFormatter`).
     """
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D102 - argparse's hook
