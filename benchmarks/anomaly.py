@@ -80,6 +80,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +252,39 @@ def _validate(out: dict, key: str, normal: np.ndarray, anomalous: np.ndarray,
     out.setdefault("validation_kinds", {})[key] = dict(zip(names, per, strict=True))
 
 
+@dataclass(frozen=True)
+class Validation:
+    """The held-out normal grey images [N, 784], as many validation anomalies and each one's
+    kind, and the seeds of the two sets' model inputs (binarization draws)."""
+
+    held: torch.Tensor
+    anomalous: torch.Tensor
+    kinds: np.ndarray
+    seeds: tuple[int, int]
+
+    @classmethod
+    def make(cls, args, held: torch.Tensor, seed: int, input_seeds: tuple[int, int]
+             ) -> Validation:
+        anomalous, kinds = validation_anomalies(args, held, seed)
+        return cls(held, anomalous, kinds, input_seeds)
+
+    def score_model(self, out: dict, lik: str, model, background, options: ScoreOptions,
+                    reference: torch.Tensor, names: tuple[str, ...], args) -> None:
+        """Record in ``out`` the validation AUROC of each of ``names`` for one model."""
+        normal, bad = (_score(model, background, _model_input(x, args, seed), options,
+                              args.seed, reference, names)
+                       for x, seed in zip((self.held, self.anomalous), self.seeds, strict=True))
+        for n in names:
+            _validate(out, _key(lik, n), normal[n], bad[n], self.kinds, args)
+
+    def score_baselines(self, out: dict, train: np.ndarray, args) -> None:
+        """Record in ``out`` the validation AUROC of each pixel baseline fitted to ``train``."""
+        n = len(self.held)
+        base = baselines(train, np.r_[self.held.numpy(), self.anomalous.numpy()], 16, args.seed)
+        for b in BASELINES:
+            _validate(out, b, base[b][:n], base[b][n:], self.kinds, args)
+
+
 def _model_options(args, likelihood: str) -> dict:
     return {"hidden": args.hidden, "latent_dim": args.latent, "gated": args.gated,
             "likelihood": likelihood}
@@ -317,28 +351,19 @@ def one_class(args, options: ScoreOptions, work: Path, save) -> dict:
         labels = (test_grey.labels != c).long().numpy()
         reference = _model_input(grey[:min(args.reference_rows, n_fit)], args, args.seed)
         row: dict = {"test": {}, "validation": {}}
-        if args.n_val:
-            held = grey[n_fit:]
-            corrupted, kinds = validation_anomalies(args, held, args.seed + c)
+        val = (Validation.make(args, grey[n_fit:], args.seed + c, (args.seed + 1, args.seed + 2))
+               if args.n_val else None)
         for lik, (model, background) in models.items():
             scores = _score(model, background, x_test, options, args.seed, reference, names)
             row["test"] |= {_key(lik, n): anomaly_metrics(scores[n], labels)["auroc"]
                             for n in names}
             row[f"mean_log_likelihood {lik}"] = scores["mean_log_likelihood"]
-            if args.n_val:
-                normal = _score(model, background, _model_input(held, args, args.seed + 1),
-                                options, args.seed, reference, names)
-                bad = _score(model, background, _model_input(corrupted, args, args.seed + 2),
-                             options, args.seed, reference, names)
-                for n in names:
-                    _validate(row, _key(lik, n), normal[n], bad[n], kinds, args)
+            if val is not None:
+                val.score_model(row, lik, model, background, options, reference, names, args)
         base = baselines(grey[:n_fit].numpy(), test_grey.x.numpy(), 16, args.seed)
         row["test"] |= {b: anomaly_metrics(base[b], labels)["auroc"] for b in BASELINES}
-        if args.n_val:
-            base = baselines(grey[:n_fit].numpy(), np.r_[held.numpy(), corrupted.numpy()], 16,
-                             args.seed)
-            for b in BASELINES:
-                _validate(row, b, base[b][:len(held)], base[b][len(held):], kinds, args)
+        if val is not None:
+            val.score_baselines(row, grey[:n_fit].numpy(), args)
         row["seconds"] = round(time.perf_counter() - start)
         rows[c] = row
         print(f"class {c}: {row}", flush=True)
@@ -519,6 +544,8 @@ def ood(args, options: ScoreOptions, work: Path, save) -> dict:
     reference = _model_input(train_grey[:min(args.reference_rows, n_fit)], args,
                              args.seed + 100)
     sets = ood_sets(args.n_test, args.seed)
+    val = (Validation.make(args, train_grey[len(train_grey) - args.n_val:], args.seed,
+                           (args.seed + 10, args.seed + 11)) if args.n_val else None)
     rows: dict = {"fashion-mnist test": {}}
     for name in sets:
         rows[name] = {}
@@ -533,27 +560,16 @@ def ood(args, options: ScoreOptions, work: Path, save) -> dict:
             rows[name] |= {_key(lik, n): anomaly_metrics(np.r_[inside[n], foreign[n]],
                                                          labels)["auroc"] for n in names}
             print(f"{lik} {name}: {rows[name]}", flush=True)
-        if args.n_val:
-            held = train_grey[len(train_grey) - args.n_val:]
-            corrupted, kinds = validation_anomalies(args, held, args.seed)
-            normal = _score(model, background, _model_input(held, args, args.seed + 10),
-                            options, args.seed, reference, names)
-            bad = _score(model, background, _model_input(corrupted, args, args.seed + 11),
-                         options, args.seed, reference, names)
-            for n in names:
-                _validate(rows, _key(lik, n), normal[n], bad[n], kinds, args)
+        if val is not None:
+            val.score_model(rows, lik, model, background, options, reference, names, args)
             print(f"{lik} validation: {rows['validation']}", flush=True)
         save(rows, "partial: " + ", ".join(rows))     # survives an interrupted run
     for name, grey in sets.items():
         labels = np.r_[np.zeros(len(x_in)), np.ones(len(grey))].astype(int)
         base = baselines(base_train, np.r_[grey_in.numpy(), grey.numpy()], 16, args.seed)
         rows[name] |= {b: anomaly_metrics(base[b], labels)["auroc"] for b in BASELINES}
-    if args.n_val:
-        held = train_grey[len(train_grey) - args.n_val:]
-        corrupted, kinds = validation_anomalies(args, held, args.seed)
-        base = baselines(base_train, np.r_[held.numpy(), corrupted.numpy()], 16, args.seed)
-        for b in BASELINES:
-            _validate(rows, b, base[b][:len(held)], base[b][len(held):], kinds, args)
+    if val is not None:
+        val.score_baselines(rows, base_train, args)
     return rows
 
 
