@@ -54,7 +54,7 @@ def add_score(commands) -> None:
         "the training rows' aggregate posterior); latent-knn → latent_knn (mean distance to "
         "the --neighbours nearest training codes). Writes a CSV; with labels (1 = anomalous) "
         "also AUROC, AUPRC, FPR at 95% TPR (a JSON beside the CSV) and an ROC figure. Which "
-        "score to trust is chosen on held-out normal rows against synthetic anomalies: for "
+        "score to trust is chosen on held-out normal rows against letters (outlier exposure): for "
         "28x28 grey images, recipes/fashion-mnist/one-class.toml (one normal class) and "
         "recipes/fashion-mnist/ood.toml (a whole data set) train the model and name the score "
         "chosen that way; see docs/benchmarks/anomaly.md.")
