@@ -221,7 +221,9 @@ def _copy_weights(hand: HandConvVAE, model: nn.Module) -> None:
             a.copy_(b)
 
 
-def speed(sizes: dict, train: torch.Tensor) -> dict:
+def contenders(sizes: dict, train: torch.Tensor) -> dict:
+    """name → one training step on the same batch: vaelab's TrainStep on the conv + mixture
+    model, and the hand-written model from the same initial weights with Adam."""
     config = configs(sizes)["conv + discretized logistic mixture"]
     torch.manual_seed(0)
     model = build_vae(config)
@@ -242,6 +244,48 @@ def speed(sizes: dict, train: torch.Tensor) -> dict:
 
     for f in (ours, theirs):
         f()
+    return {"vaelab": ours, "hand": theirs}
+
+
+#: Where a conv step's time goes: profiler op names → category (the first match wins).
+CATEGORIES = (("convolution", ("conv", "mkldnn")), ("linear", ("addmm", "mm", "linear")),
+              ("optimizer", ("adam", "_foreach", "lerp", "addcdiv")),
+              ("upsample", ("upsample", "interpolate")))
+
+
+def profile(sizes: dict, train: torch.Tensor) -> dict:
+    """Self CPU time by op category over ``speed_steps`` steps of each contender
+    (torch.profiler): how much of a step any implementation of these layers must spend in
+    the convolutions, forward and backward."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as run_profile
+
+    out = {}
+    for name, f in contenders(sizes, train).items():
+        with run_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(sizes["speed_steps"]):
+                f()
+        totals: dict[str, float] = {}
+        for event in prof.key_averages():
+            key = event.key.lower()
+            category = next((c for c, words in CATEGORIES if any(w in key for w in words)),
+                            "other (elementwise, likelihood, autograd)")
+            totals[category] = totals.get(category, 0.0) + event.self_cpu_time_total
+        whole = sum(totals.values())
+        out[name] = {"ms_per_step": whole / 1e3 / sizes["speed_steps"],
+                     "share": {c: t / whole for c, t in sorted(totals.items(),
+                                                               key=lambda kv: -kv[1])},
+                     "top_ops": [(e.key, e.self_cpu_time_total / 1e3 / sizes["speed_steps"])
+                                 for e in sorted(prof.key_averages(),
+                                                 key=lambda e: -e.self_cpu_time_total)[:12]]}
+        print(f"  {name}: {out[name]['ms_per_step']:.1f} ms/step, "
+              + ", ".join(f"{c} {v:.0%}" for c, v in out[name]["share"].items()), flush=True)
+    return out
+
+
+def speed(sizes: dict, train: torch.Tensor) -> dict:
+    steps = contenders(sizes, train)
+    ours, theirs = steps["vaelab"], steps["hand"]
     rounds = []
     for r in range(sizes["speed_rounds"]):
         times = {}
@@ -265,8 +309,9 @@ def speed(sizes: dict, train: torch.Tensor) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
-    parser.add_argument("--part", choices=("all", "quality", "speed"), default="all",
-                        help="quality: codecs and models; speed: training samples/s")
+    parser.add_argument("--part", choices=("all", "quality", "speed", "profile"),
+                        default="all", help="quality: codecs and models; speed: training "
+                        "samples/s; profile: where a conv step's time goes")
     parser.add_argument("--train", type=int, help=f"training images (default {SIZES['train']})")
     parser.add_argument("--epochs", type=int, help=f"epochs (default {SIZES['epochs']})")
     args = parser.parse_args()
@@ -283,6 +328,8 @@ def main() -> None:
         print(json.dumps(result["codecs_bits_per_pixel"], indent=1), flush=True)
     if args.part in ("all", "speed"):
         result["speed"] = speed(sizes, train)
+    if args.part == "profile":
+        result["profile"] = profile(sizes, train)
     if args.part in ("all", "quality"):
         result["quality"] = quality(sizes, train, test)
     name = (f"images-{args.part}{'-quick' if args.quick else ''}"
