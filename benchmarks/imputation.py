@@ -105,12 +105,14 @@ def peer(name: str, seed: int):
 
 
 def train_vaelab(x: np.ndarray, *, missing_model: str, likelihood: str, hidden, latent: int,
-                 steps: int, k: int, batch: int, seed: int, lr: float = 1e-3):
+                 steps: int, k: int, batch: int, seed: int, lr: float = 1e-3,
+                 gated: bool = False):
     """A MaskedVAE trained for ``steps`` MaskedTrainStep steps on x [N, D] with NaN."""
     torch.manual_seed(seed)
     xt = torch.from_numpy(x.astype(np.float32))
     mc = ModelConfig(data_dim=x.shape[1], latent_dim=latent, hidden=hidden, activation="tanh",
-                     likelihood=likelihood, missing="mask", missing_model=missing_model)
+                     likelihood=likelihood, missing="mask", missing_model=missing_model,
+                     gated=gated)
     tc = TrainConfig(binarize="none", num_samples=k, objective="iwae", batch_size=batch)
     model = build_masked_model(RunConfig(model=mc, train=tc), xt)
     inner = TrainStep(model, Amortized(model.encoder), lr=lr, num_samples=k, compile=False)
@@ -321,19 +323,37 @@ def _accuracy(pred: np.ndarray, truth: np.ndarray, miss: np.ndarray) -> float:
     return float(np.mean((pred[miss] > 0.5) == (truth[miss] > 0.5)))
 
 
+def image_halves() -> np.ndarray:
+    """The four half-image masks [4, 784] (True = missing): top, bottom, left, right."""
+    halves = np.zeros((4, 28, 28), bool)
+    halves[0, :14], halves[1, 14:], halves[2, :, :14], halves[3, :, 14:] = True, True, True, True
+    return halves.reshape(4, 784)
+
+
 def image_runs(args) -> dict:
     train = (data_.load_dataset("fashion-mnist", "train", limit=args.image_train).x > 0.5)
     test = (data_.load_dataset("fashion-mnist", "test", limit=args.image_test).x > 0.5)
     train, test = train.numpy().astype(np.float64), test.numpy().astype(np.float64)
     rng = np.random.default_rng(0)
-    train_m = np.where(rng.random(train.shape) < 0.5, np.nan, train)
+    train_miss = rng.random(train.shape) < 0.5
     top = np.zeros(test.shape, bool)
     top[:, : 14 * 28] = True
     masks = {"mcar-50": rng.random(test.shape) < 0.5, "top-half": top}
-    out = {"n_train": len(train), "n_test": len(test), "settings": {}}
+    if args.image_train_masks == "mixed":
+        # Half of the training images lose one of their four halves (drawn per image) instead
+        # of 50 % of their pixels at random: the large, connected holes an inpainting model
+        # must learn to fill; the test masks above are drawn first, so they are unchanged.
+        blocks = rng.random(len(train)) < 0.5
+        train_miss[blocks] = image_halves()[rng.integers(0, 4, int(blocks.sum()))]
+    train_m = np.where(train_miss, np.nan, train)
+    out = {"n_train": len(train), "n_test": len(test), "settings": {},
+           "model": {"hidden": args.image_hidden, "latent": args.image_latent,
+                     "gated": args.image_gated, "train_masks": args.image_train_masks}}
     start = time.perf_counter()
-    model = train_vaelab(train_m, missing_model="none", likelihood="bernoulli", hidden=(256,),
-                         latent=20, steps=args.image_steps, k=5, batch=64, seed=0)
+    model = train_vaelab(train_m, missing_model="none", likelihood="bernoulli",
+                         hidden=tuple(args.image_hidden), latent=args.image_latent,
+                         steps=args.image_steps, k=5, batch=64, seed=0,
+                         gated=args.image_gated)
     out["miwae_train_s"] = time.perf_counter() - start
     full = _complete_data_vae(train, args.image_steps)
     fitted = {"mean": SimpleImputer().fit(train_m),
@@ -493,9 +513,13 @@ def markdown(summary: list[dict], images: dict | None, args) -> str:
             lines.append(f"| {setting} | {r['mean']:.2f} | {r['knn']:.2f} | {r['mice']:.2f} | "
                          f"{r['miwae']:.2f} |")
     if images and "settings" in images:
+        masks = ("50% MCAR" if args.image_train_masks == "mcar" else
+                 "half of them 50% MCAR, half missing one of their four halves")
+        net = "-".join(map(str, [784, *args.image_hidden, args.image_latent]))
         lines += ["", f"Fashion-MNIST (binarized at 1/2): accuracy on missing pixels, "
-                  f"{images['n_train']} training images (50% MCAR), {images['n_test']} test "
-                  f"images, one seed; higher is better. vaelab: {args.image_steps} steps, "
+                  f"{images['n_train']} training images ({masks}), {images['n_test']} test "
+                  f"images, one seed; higher is better. vaelab: {net} MIWAE"
+                  f"{' (gated)' if args.image_gated else ''}, {args.image_steps} steps, "
                   f"imputation K = {args.image_k}; MICE = IterativeImputer(max_iter=3, "
                   f"n_nearest_features=20).", "",
                   "| test setting | mean | knn | mice | miwae | vaelab complete |",
@@ -535,6 +559,16 @@ def main() -> None:
     ap.add_argument("--image-test", type=int, default=1000)
     ap.add_argument("--image-steps", type=int, default=3000)
     ap.add_argument("--image-k", type=int, default=200)
+    ap.add_argument("--image-hidden", type=lambda t: [int(h) for h in t.split(",")],
+                    default=[256], help="binary images: MIWAE's hidden sizes (default 256)")
+    ap.add_argument("--image-latent", type=int, default=20,
+                    help="binary images: MIWAE's latent size (default 20)")
+    ap.add_argument("--image-gated", action="store_true",
+                    help="binary images: gated units in MIWAE's networks")
+    ap.add_argument("--image-train-masks", choices=("mcar", "mixed"), default="mcar",
+                    help="binary images: MIWAE's training images miss 50%% of their pixels "
+                         "at random (mcar), or half of them one of their four halves instead "
+                         "(mixed)")
     ap.add_argument("--skip-images", action="store_true")
     ap.add_argument("--skip-tables", action="store_true")
     ap.add_argument("--workers", type=int, default=2, help="processes, one thread each")
