@@ -30,22 +30,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import before_after  # noqa: E402
 import common  # noqa: E402
 import reference  # noqa: E402
-from before_after import (  # noqa: E402
-    head_revision,
-    module_at,
-    per_round,
-    speed_ratio,
-    speed_tables,
-    timed_rounds,
-)
 from common import Shapes  # noqa: E402
 from vaelab_contender import build_model, log_likelihood  # noqa: E402
 
 
 def load_before(rev: str) -> types.ModuleType:
-    return module_at(rev, "src/vaelab/model/_bernoulli_fast.py", "_before_bernoulli_fast")
+    return before_after.module_at(rev, "src/vaelab/model/_bernoulli_fast.py",
+                                  "_before_bernoulli_fast")
 
 
 def main(argv=None) -> int:
@@ -100,7 +94,7 @@ def main(argv=None) -> int:
         torch.manual_seed(r)
         fns[name]()
 
-    wall, cpu = timed_rounds(names, args.rounds, run, "eval_before_after")
+    wall, cpu = before_after.timed_rounds(names, args.rounds, run, "eval_before_after")
 
     def rate(seconds: float) -> float:
         return args.points / seconds
@@ -109,15 +103,15 @@ def main(argv=None) -> int:
     report = {
         "command": f"OMP_NUM_THREADS={args.threads} {common.command_line()}",
         "machine": common.machine(), "before": args.before,
-        "after": head_revision(),
+        "after": before_after.head_revision(),
         "model": "784-400-20 Bernoulli VAE, shared initial weights (not trained)",
         "k": args.k, "points": args.points, "rounds": args.rounds,
         "load_average": {"start": load_start, "end": common.load_average()},
         "max_abs_log_likelihood_difference_before_after_same_seed": difference,
         "mean_log_likelihood": float(values["after"].mean()),
-        "points_per_s": {clock: per_round(values_, rate)
+        "points_per_s": {clock: before_after.per_round(values_, rate)
                          for clock, values_ in (("wall", wall), ("cpu", cpu))},
-        "ratios": {clock: {f"{a}/{b}": speed_ratio(values_, a, b) for a, b in pairs}
+        "ratios": {clock: {f"{a}/{b}": before_after.speed_ratio(values_, a, b) for a, b in pairs}
                    for clock, values_ in (("wall", wall), ("cpu", cpu))},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +126,7 @@ def main(argv=None) -> int:
              f"Same seed, before vs after: log p̂(x) differs by at most {difference:.2e} nats "
              f"(mean log p̂(x) {report['mean_log_likelihood']:.2f}).",
              ""]
-    lines += speed_tables(names, pairs, wall, cpu, "points/s", rate, 1)
+    lines += before_after.speed_tables(names, pairs, wall, cpu, "points/s", rate, 1)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

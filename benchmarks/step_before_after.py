@@ -30,16 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import before_after  # noqa: E402
 import common  # noqa: E402
 import reference  # noqa: E402
-from before_after import (  # noqa: E402
-    head_revision,
-    module_at,
-    per_round,
-    speed_ratio,
-    speed_tables,
-    timed_rounds,
-)
 from common import Shapes  # noqa: E402
 from vaelab_contender import VaelabTrainer  # noqa: E402
 
@@ -48,9 +41,9 @@ BEFORE_FILES = ("src/vaelab/fit/_elbo_grad.py", "src/vaelab/fit/step.py")
 
 def load_before(rev: str) -> types.ModuleType:
     """The step module at ``rev``, with the hand-gradient module of that revision."""
-    module_at(rev, BEFORE_FILES[0], "_before_elbo_grad")
+    before_after.module_at(rev, BEFORE_FILES[0], "_before_elbo_grad")
     # the step uses the same revision's gradient
-    return module_at(rev, BEFORE_FILES[1], "_before_step",
+    return before_after.module_at(rev, BEFORE_FILES[1], "_before_step",
                      [("from vaelab.fit._elbo_grad import", "from _before_elbo_grad import")])
 
 
@@ -119,8 +112,9 @@ def main(argv=None) -> int:
         if hasattr(trainers[name], "prepare"):
             trainers[name].prepare(args.steps)
 
-    wall, cpu = timed_rounds(names, args.rounds, lambda name, r: trainers[name].run(args.steps),
-                             "step_before_after", prepare)
+    wall, cpu = before_after.timed_rounds(
+        names, args.rounds, lambda name, r: trainers[name].run(args.steps), "step_before_after",
+        prepare)
 
     def rate(seconds: float) -> float:
         return args.steps * s.batch / seconds
@@ -131,14 +125,14 @@ def main(argv=None) -> int:
     report = {
         "command": common.command_line(), "machine": common.machine(),
         "torch": torch.__version__, "threads": args.threads, "before": args.before,
-        "after": head_revision(),
+        "after": before_after.head_revision(),
         "load_average": {"start": load_start, "end": common.load_average()},
         "rounds": args.rounds, "steps_per_round": args.steps, "warmup": args.warmup,
         "weights_bit_identical_after_check_steps": identical, "check_steps": args.check_steps,
         "missing": missing,
-        "samples_per_s": {clock: per_round(values, rate)
+        "samples_per_s": {clock: before_after.per_round(values, rate)
                           for clock, values in (("wall", wall), ("cpu", cpu))},
-        "ratios": {clock: {f"{a}/{b}": speed_ratio(values, a, b) for a, b in pairs}
+        "ratios": {clock: {f"{a}/{b}": before_after.speed_ratio(values, a, b) for a, b in pairs}
                    for clock, values in (("wall", wall), ("cpu", cpu))},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +145,7 @@ def main(argv=None) -> int:
              f"medians over rounds; each ratio the median of per-round ratios.",
              f"Weights bit-identical after {args.check_steps} steps from one seed: {identical}.",
              ""]
-    lines += speed_tables(names, pairs, wall, cpu, "samples/s", rate, 0)
+    lines += before_after.speed_tables(names, pairs, wall, cpu, "samples/s", rate, 0)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -43,15 +43,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import before_after  # noqa: E402
 import common  # noqa: E402
-from before_after import (  # noqa: E402
-    head_revision,
-    module_at,
-    per_round,
-    speed_ratio,
-    speed_tables,
-    timed_rounds,
-)
 from common import Shapes  # noqa: E402
 from gemm_floor_mlp import run_products, stack_products  # noqa: E402
 from vaelab_contender import cycle_batches  # noqa: E402
@@ -59,7 +52,7 @@ from vaelab_contender import cycle_batches  # noqa: E402
 
 def load_before_prior(rev: str) -> types.ModuleType:
     """``vaelab.model.priors`` as it was at ``rev``."""
-    return module_at(rev, "src/vaelab/model/priors.py", "_before_priors")
+    return before_after.module_at(rev, "src/vaelab/model/priors.py", "_before_priors")
 
 
 class VampTrainer:
@@ -171,7 +164,7 @@ def main(argv=None) -> int:
     for t in contenders.values():
         t.run(args.warmup)
     names = list(contenders)
-    wall, cpu = timed_rounds(names, args.rounds,
+    wall, cpu = before_after.timed_rounds(names, args.rounds,
                              lambda name, r: contenders[name].run(args.steps),
                              "vamp_step_before_after")
 
@@ -182,15 +175,16 @@ def main(argv=None) -> int:
     report = {
         "command": common.command_line(), "machine": common.machine(),
         "torch": torch.__version__, "threads": args.threads, "before": args.before,
-        "after": head_revision(),
+        "after": before_after.head_revision(),
         "model": f"784-{s.hidden}-{s.latent} Bernoulli VAE, VampPrior K = {args.components}, "
                  f"batch {s.batch}",
         "load_average": {"start": load_start, "end": common.load_average()},
         "rounds": args.rounds, "steps_per_round": args.steps, "warmup": args.warmup,
         "before_vs_after_training": check,
-        "ms_per_step": {clock: per_round(values, ms_per_step)
+        "ms_per_step": {clock: before_after.per_round(values, ms_per_step)
                         for clock, values in (("wall", wall), ("cpu", cpu))},
-        "speed_ratios": {clock: {f"{a}/{b}": speed_ratio(values, a, b) for a, b in pairs}
+        "speed_ratios": {clock: {f"{a}/{b}": before_after.speed_ratio(values, a, b)
+                                 for a, b in pairs}
                          for clock, values in (("wall", wall), ("cpu", cpu))},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +200,7 @@ def main(argv=None) -> int:
              f"{check['max_abs_weight_difference']:.2e} in any weight and "
              f"{check['max_abs_elbo_difference_nats']:.2e} nats in the reported ELBO.",
              ""]
-    lines += speed_tables(names, pairs, wall, cpu, "ms/step", ms_per_step, 2)
+    lines += before_after.speed_tables(names, pairs, wall, cpu, "ms/step", ms_per_step, 2)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
