@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Independent, Normal
 
@@ -299,20 +298,6 @@ def extreme_logits(size: int, dtype: torch.dtype) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("size", [1, 7, 64, 65, 784, 1001])
-def test_softplus_sum_is_exact_to_rounding(dtype, size):
-    logits = extreme_logits(size, dtype)
-    exact = fsum_softplus(logits)
-    u = torch.finfo(dtype).eps / 2
-    tolerance = {"rtol": 8 * u * math.ceil(math.log2(size) + 1), "atol": 4 * size * u}
-    fast = _bernoulli_fast.softplus_sum(logits.clone())
-    assert fast.dtype == dtype and bool(fast.isfinite().all())
-    torch.testing.assert_close(fast.double(), exact, **tolerance)
-    # the same tolerance holds for the plain sum: the identity costs no accuracy
-    torch.testing.assert_close(-F.logsigmoid(-logits).sum(-1).double(), exact, **tolerance)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, F64])
-@pytest.mark.parametrize("size", [1, 7, 64, 65, 784, 1001])
 def test_half_centred_softplus_sum_is_exact_to_rounding(dtype, size):
     logits = extreme_logits(size, dtype)
     exact = fsum_softplus(logits) - torch.tensor(
@@ -328,16 +313,6 @@ def test_half_centred_softplus_sum_is_exact_to_rounding(dtype, size):
     recorded.sum().backward()                          # d/dl log(2 cosh(l/2)) = tanh(l/2)/2
     torch.testing.assert_close(graph.grad.double(), torch.tanh(logits.double() / 2) / 2,
                                rtol=0, atol=4 * u)
-
-
-def test_softplus_sum_keeps_its_input_and_differentiates():
-    logits = extreme_logits(65, F64).requires_grad_()
-    before = logits.detach().clone()
-    with torch.no_grad():
-        _bernoulli_fast.softplus_sum(logits)
-    assert torch.equal(logits.detach(), before)
-    _bernoulli_fast.softplus_sum(logits).sum().backward()
-    torch.testing.assert_close(logits.grad, torch.sigmoid(before), rtol=0, atol=1e-15)
 
 
 def test_group_size_cannot_overflow():

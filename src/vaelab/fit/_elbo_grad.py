@@ -220,7 +220,7 @@ def _softplus_total(logits: torch.Tensor, sigmoid: torch.Tensor) -> torch.Tensor
     log is accurate to a few ulps too (a log of 1 − σ is never taken where 1 − σ is tiny, the
     cancellation that makes the BCE form −log(1 − σ) lose its digits). The logs are taken once
     per group of G factors, Π σ(|l|) ≥ 2^−G, with G ≤ 64 in float32 (no underflow), as in
-    :func:`vaelab.model._bernoulli_fast.softplus_sum`. Five cheap passes instead of one
+    :func:`vaelab.model._bernoulli_fast.half_centred_softplus_sum`. Five cheap passes instead of one
     ``F.softplus``, whose exp and log1p per element cost three times a sigmoid here.
     """
     factors = torch.maximum(sigmoid, 1 - sigmoid).view(-1)               # σ(|l|) ∈ [½, 1]

@@ -131,34 +131,6 @@ def _log_likelihood(net: nets.MLP, x: torch.Tensor, z: torch.Tensor) -> torch.Te
     return rows[0] if len(rows) == 1 else torch.cat(rows, 0)
 
 
-def softplus_sum(logits: torch.Tensor) -> torch.Tensor:
-    """Σ_d softplus(l_d) over the last dimension, exactly; logits [..., D] → [...].
-
-    Σ_d softplus(l_d) = Σ_d relu(l_d) + Σ_groups log Π_{d ∈ group} (1 + e^{−|l_d|}): one exp
-    per element and one log per group instead of an exp and a log1p per element. Each factor
-    lies in (1, 2], so a group of G ≤ log2(finfo.max)/2 factors (64 in float32, 512 in
-    float64) cannot overflow. Rounding: a factor carries relative error ≲ 2u (u the unit roundoff),
-    the G − 1 products add ≲ (G − 1)u and the log ≲ u·G·ln 2, so beyond the rounding of the
-    final sums (≲ u·log2 D·Σ softplus, as for any sum) the absolute error is at most
-    ≈ 3.7·D·u (1.7e-4 for D = 784 in float32, 3e-13 in float64; typically ~√D·u): the
-    rounding level of summing D softplus values. About 40% cheaper than
-    ``F.softplus(l).sum(-1)`` on [1024, 784] float32 logits. When autograd records, returns
-    Σ −logsigmoid(−l) instead (the trick works in place on a temporary); not
-    ``F.softplus``, whose cut-off softplus(l) = l for l > 20 is off by e^{−20} ≈ 2e-9.
-    """
-    if logits.requires_grad and torch.is_grad_enabled():
-        return -F.logsigmoid(-logits).sum(-1)
-    size = logits.shape[-1]
-    group = _group_size(size, logits.dtype)
-    whole = size - size % group
-    relu_sum = logits.clamp_min(0).sum(-1)
-    factors = logits.abs().neg_().exp_().add_(1)                        # 1 + e^{−|l|}
-    log_sum = factors[..., :whole].unflatten(-1, (-1, group)).prod(-1).log_().sum(-1)
-    if whole < size:
-        log_sum += factors[..., whole:].prod(-1).log_()
-    return relu_sum + log_sum
-
-
 def half_centred_softplus_sum(logits: torch.Tensor) -> torch.Tensor:
     """Σ_d softplus(l_d) − l_d/2 over the last dimension, exactly; logits [..., D] → [...].
     Overwrites ``logits`` (a temporary of the caller) unless autograd records.
@@ -166,11 +138,12 @@ def half_centred_softplus_sum(logits: torch.Tensor) -> torch.Tensor:
     softplus(l) − l/2 = log(2 cosh(l/2)) = |l|/2 − log σ(|l|), and Σ_d log σ(|l_d|) is the log
     of products of factors in [½, 1): |l| in place, its sum, σ in place, the products (by
     halving the columns in place), one log per product — about four passes over the logits
-    where :func:`softplus_sum` makes seven (and two allocations), which on the evaluation's
-    [1024, 784] blocks was most of the time beyond the matrix product. A product of
-    G ≤ log2(finfo.max)/2 factors is at least 2^−G, far from underflow. Rounding as
-    :func:`softplus_sum`'s: each factor σ(|l|) = 1/(1 + e^{−|l|}) carries relative error
-    ≲ 2u, so the absolute error stays ≈ 3.7·D·u beyond the rounding of the final sums. When
+    where a sum of softplus values by groups of factors makes seven (and two allocations),
+    which on the evaluation's [1024, 784] blocks was most of the time beyond the matrix
+    product. A product of G ≤ log2(finfo.max)/2 factors is at least 2^−G, far from
+    underflow. Rounding: each factor σ(|l|) = 1/(1 + e^{−|l|}) carries relative error ≲ 2u,
+    the G − 1 products add ≲ (G − 1)u and the log ≲ u·G·ln 2, so the absolute error stays
+    ≈ 3.7·D·u beyond the rounding of the final sums (1.7e-4 for D = 784 in float32). When
     autograd records, returns Σ −logsigmoid(−l) − l/2 instead.
     """
     if logits.requires_grad and torch.is_grad_enabled():
