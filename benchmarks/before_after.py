@@ -6,6 +6,7 @@ Nothing here imports vaelab, so the pieces serve any contender.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import subprocess
@@ -90,3 +91,11 @@ def speed_tables(names: Sequence[str], pairs: Sequence[tuple[str, str]],
         lines.append(f"| {a} / {b} | {speed_ratio(wall, a, b):.3f} | "
                      f"{speed_ratio(cpu, a, b):.3f} |")
     return lines
+
+
+def write_results(out: Path, report: dict, lines: list[str]) -> None:
+    """``out``.json (the report) and ``out``.md (the lines), printed as well."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

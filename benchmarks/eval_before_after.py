@@ -21,7 +21,6 @@ largest difference.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import types
 from pathlib import Path
@@ -114,8 +113,6 @@ def main(argv=None) -> int:
         "ratios": {clock: {f"{a}/{b}": before_after.speed_ratio(values_, a, b) for a, b in pairs}
                    for clock, values_ in (("wall", wall), ("cpu", cpu))},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     lines = [f"# Importance-sampling evaluation before ({args.before}) and after, one process",
              "", f"Command: `{report['command']}`", "",
              f"Model: {report['model']}; k = {args.k}, {args.points} test points (binarized at "
@@ -127,8 +124,7 @@ def main(argv=None) -> int:
              f"(mean log p̂(x) {report['mean_log_likelihood']:.2f}).",
              ""]
     lines += before_after.speed_tables(names, pairs, wall, cpu, "points/s", rate, 1)
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    before_after.write_results(args.out, report, lines)
     return 0
 
 

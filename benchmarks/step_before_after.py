@@ -21,7 +21,6 @@ claims to keep the numbers must pass).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import types
 from pathlib import Path
@@ -36,15 +35,18 @@ import reference  # noqa: E402
 from common import Shapes  # noqa: E402
 from vaelab_contender import VaelabTrainer  # noqa: E402
 
-BEFORE_FILES = ("src/vaelab/fit/_elbo_grad.py", "src/vaelab/fit/step.py")
+BEFORE_FILES = ("src/vaelab/model/_bernoulli_fast.py", "src/vaelab/fit/_elbo_grad.py",
+                "src/vaelab/fit/step.py")
 
 
 def load_before(rev: str) -> types.ModuleType:
-    """The step module at ``rev``, with the hand-gradient module of that revision."""
-    before_after.module_at(rev, BEFORE_FILES[0], "_before_elbo_grad")
-    # the step uses the same revision's gradient
-    return before_after.module_at(rev, BEFORE_FILES[1], "_before_step",
-                     [("from vaelab.fit._elbo_grad import", "from _before_elbo_grad import")])
+    """The step module at ``rev``, with the hand-gradient and fast-likelihood modules of that
+    revision (the current ones may lack what the old step imports)."""
+    before_after.module_at(rev, BEFORE_FILES[0], "_before_bernoulli_fast")
+    before_after.module_at(rev, BEFORE_FILES[1], "_before_elbo_grad", [(
+        "from vaelab.model._bernoulli_fast import", "from _before_bernoulli_fast import")])
+    return before_after.module_at(rev, BEFORE_FILES[2], "_before_step", [(
+        "from vaelab.fit._elbo_grad import", "from _before_elbo_grad import")])
 
 
 class StepTrainer(VaelabTrainer):
@@ -135,8 +137,6 @@ def main(argv=None) -> int:
         "ratios": {clock: {f"{a}/{b}": before_after.speed_ratio(values, a, b) for a, b in pairs}
                    for clock, values in (("wall", wall), ("cpu", cpu))},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     lines = [f"# Training step before ({args.before}) and after, one process", "",
              f"Command: `{report['command']}`", "",
              f"Machine: {report['machine']}; "
@@ -146,8 +146,7 @@ def main(argv=None) -> int:
              f"Weights bit-identical after {args.check_steps} steps from one seed: {identical}.",
              ""]
     lines += before_after.speed_tables(names, pairs, wall, cpu, "samples/s", rate, 0)
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    before_after.write_results(args.out, report, lines)
     return 0
 
 

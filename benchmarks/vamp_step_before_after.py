@@ -34,7 +34,6 @@ density is equal to float32 rounding, not bit for bit, so they drift at that lev
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import types
 from pathlib import Path
@@ -187,8 +186,6 @@ def main(argv=None) -> int:
                                  for a, b in pairs}
                          for clock, values in (("wall", wall), ("cpu", cpu))},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     lines = [f"# VampPrior training step before ({args.before}) and after, one process", "",
              f"Command: `OMP_NUM_THREADS={args.threads} {report['command']}`", "",
              f"Model: {report['model']}. Machine: {report['machine']}; load average "
@@ -201,8 +198,7 @@ def main(argv=None) -> int:
              f"{check['max_abs_elbo_difference_nats']:.2e} nats in the reported ELBO.",
              ""]
     lines += before_after.speed_tables(names, pairs, wall, cpu, "ms/step", ms_per_step, 2)
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    before_after.write_results(args.out, report, lines)
     return 0
 
 
