@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from vaelab._collectives import all_reduce
 from vaelab.config import ModelConfig
 from vaelab.fit import distributed
 from vaelab.fit import step as step_mod
@@ -155,8 +156,6 @@ def _lonely_failures(rank: int, world: int, port: int, out_path: str) -> None:
     then rank 1 alone holds no validation rows for a hierarchy's layer metrics."""
     import os
 
-    import torch.distributed as dist
-
     from vaelab.model.hierarchical import layer_metrics
 
     # The key-value store lives in the test's process, as torchrun's agent hosts it, so that
@@ -185,7 +184,7 @@ def _lonely_failures(rank: int, world: int, port: int, out_path: str) -> None:
     qs = [] if rank == 1 else [sizes_model.encode(x)]
 
     def all_reduce_sum(t):
-        dist.all_reduce(t)
+        all_reduce(t)             # returns once gloo's thread lets go of it (_collectives)
         return t
 
     with torch.no_grad():

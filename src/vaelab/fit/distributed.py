@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 # Re-exported for training's callers; they live in vaelab._runtime (evaluation shares them).
+from vaelab._collectives import all_reduce
 from vaelab._runtime import ENV_VARS as ENV_VARS
 from vaelab._runtime import DistEnv as DistEnv
 from vaelab._runtime import join_group, leave_group
@@ -120,11 +121,11 @@ def average_gradients(params: Iterable[torch.Tensor]) -> None:
         return
     flat = shared_flat_buffer(grads)
     if flat is not None:                  # TrainStep's hand gradient: reduce it in place
-        dist.all_reduce(flat)
+        all_reduce(flat)
         flat.div_(n)
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
+    all_reduce(flat)
     flat.div_(n)
     offset = 0
     for g in grads:
@@ -173,7 +174,7 @@ def all_reduce_mean(value):
         out = value.detach().to(_comm_device()).clone()
         if not out.is_floating_point():
             out = out.double()
-        dist.all_reduce(out)
+        all_reduce(out)
         return out.div_(world_size()).to(value.device)
     if isinstance(value, Real) and not isinstance(value, bool):
         return float(all_reduce_mean(torch.tensor(float(value), dtype=torch.float64)))

@@ -61,6 +61,7 @@ from tqdm import tqdm
 
 from vaelab import data as data_
 from vaelab import data_forms
+from vaelab._collectives import all_reduce
 from vaelab._runtime import exact_cuda, resolve_device
 from vaelab.config import RunConfig
 from vaelab.data.condition import pack
@@ -160,7 +161,7 @@ class _Dist:
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         """Sum a tensor over ranks (identity when world_size == 1)."""
         if self.world_size > 1:
-            torch.distributed.all_reduce(values)
+            all_reduce(values)
         return values
 
     def barrier(self) -> None:

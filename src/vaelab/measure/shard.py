@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
+from vaelab._collectives import all_gather_objects
 from vaelab._runtime import isolated_rng, join_group, joined, rank_and_world_size
 
 #: Offsets the per-batch seeds so they do not collide with seeds users pass elsewhere.
@@ -72,8 +73,6 @@ def measure_batches(measure: Callable[[int, int], dict[str, torch.Tensor]], n: i
             mine[start] = {k: v.detach().cpu() for k, v in
                            measure(start, min(start + batch_size, n)).items()}
     if world > 1:
-        gathered: list = [None] * world
-        dist.all_gather_object(gathered, mine)
-        mine = {s: part for shard in gathered for s, part in shard.items()}
+        mine = {s: part for shard in all_gather_objects(mine) for s, part in shard.items()}
     ordered = [mine[s] for s in sorted(mine)]
     return {key: torch.cat([part[key] for part in ordered]) for key in ordered[0]}
