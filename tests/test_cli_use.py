@@ -235,22 +235,41 @@ def test_hierarchical_llr_needs_a_hierarchical_run(runs, tmp_path, capsys):
                            "--limit", "5", "--out", tmp_path / "h.csv")
     assert code == 1 and "--score hierarchical-llr: expected a hierarchical run" in err
     tiny = [a if a != "3" else "3,2" for a in TINY]
-    assert cli.main(["train", "--classes", "1", "--out", str(tmp_path / "hvae"), *tiny]) == 0
+    assert cli.main(["train", "--classes", "1", "--out", str(tmp_path / "hvae"), *tiny,
+                     "--hierarchy", "ladder"]) == 0
     code, stdout, err = run_cli(capsys, "score", tmp_path / "hvae", "--score",
                                 "hierarchical-llr", "--llr-k", "1", "--limit", "10",
                                 "--out", tmp_path / "h.csv")
     assert code == 0, err
     table = np.genfromtxt(tmp_path / "h.csv", delimiter=",", names=True)
     assert np.isfinite(table["hierarchical_llr"]).all()
-    # k = 2 on two layers keeps q for both, the bounds agree and the column would be zeros
-    for k in ("2", "3"):
+    # k = 0 on two layers replaces none, the bounds agree and the column would be zeros
+    for k in ("0", "3"):
         code, _, err = run_cli(capsys, "score", tmp_path / "hvae", "--score",
                                "hierarchical-llr", "--llr-k", k, "--limit", "10", "--out",
                                tmp_path / "h2.csv")
         assert code == 1 and len(err.strip().splitlines()) == 1, err
-        assert (f"--llr-k: expected a layer index in 0..1 (the run has 2 latent layers; "
-                f"k = 2 replaces none and scores every row 0), got {k}") in err
+        assert (f"--llr-k: expected a layer index in 1..2 (the run has 2 latent layers; "
+                f"k = 0 replaces none and scores every row 0), got {k}") in err
         assert not (tmp_path / "h2.csv").exists()
+
+
+def test_hierarchical_llr_refuses_bottom_up_inference_or_skips_it_from_the_defaults(
+        tmp_path, capsys):
+    """Bottom-up q draws z_2 only through z_1, so L^{>1} (z_2 from q, z_1 from the prior)
+    cannot be formed: one line when asked for, a note and the other scores by default."""
+    tiny = [a if a != "3" else "3,2" for a in TINY]
+    assert cli.main(["train", "--classes", "1", "--out", str(tmp_path / "up"), *tiny]) == 0
+    code, _, err = run_cli(capsys, "score", tmp_path / "up", "--score", "hierarchical-llr",
+                           "--limit", "5", "--out", tmp_path / "h.csv")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "expected a model with top-down or ladder inference" in err
+    assert "--hierarchy top-down or ladder" in err and not (tmp_path / "h.csv").exists()
+    code, stdout, err = run_cli(capsys, "score", tmp_path / "up", "--limit", "5", "--out",
+                                tmp_path / "all.csv")
+    assert code == 0, err
+    assert "note: hierarchical-llr skipped: expected a model with top-down or ladder" in stdout
+    assert "hierarchical_llr" not in (tmp_path / "all.csv").read_text().splitlines()[0]
 
 
 def _printed(line: str, name: str) -> float:

@@ -2,8 +2,9 @@
 
 Oracles: a two-layer model with scalar layers and fixed linear-Gaussian weights, where every
 bound is an expectation of Gaussian log-densities under a Gaussian and has a closed form
-(computed here in float64 from moments, independently of the library); the limit k = n
-(nothing replaced), which must be exactly zero; the limit k = 0, which is E_p(z)[log p(x|z_1)].
+(computed here in float64 from moments, independently of the library); the limit k = 0
+(nothing replaced), which must be exactly zero; the limit k = n, which is E_p(z)[log p(x|z_1)];
+and the direction of the score on data the model was not built for.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch.distributions import Independent, Normal
 from vaelab.model import likelihoods, priors
 from vaelab.model.hierarchical import BottomUpEncoder, HierarchicalVAE, LadderEncoder
 from vaelab.model.layered import LikelihoodDecoder
-from vaelab.use.hierarchical_llr import hierarchical_llr, is_hierarchical, prior_above
+from vaelab.use.hierarchical_llr import hierarchical_llr, is_hierarchical, prior_below
 from vaelab.use.scores import ScoreOptions, anomaly_scores
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -90,54 +91,95 @@ def _bound(x: float, m2: float, v2: float, alpha: float, beta: float, t: float,
 
 
 def ladder_truth(x: float, k: int) -> float:
-    """L^{>k}(x) of the ladder model in closed form (k = 2: the ELBO L)."""
+    """L^{>k}(x) of the ladder model in closed form (k = 0: the ELBO L)."""
     (w1, u1, s1), (w2, u2, s2) = EV
-    t2 = 1 / (1 / s1 ** 2 + 1 / S1 ** 2)          # q(z1 | z2, x): the precision-weighted merge
-    alpha, beta = t2 * A / S1 ** 2, t2 * ((w1 * x + u1) / s1 ** 2 + B / S1 ** 2)
-    if k == 2:
+    if k == 0:
+        t2 = 1 / (1 / s1 ** 2 + 1 / S1 ** 2)      # q(z1 | z2, x): the precision-weighted merge
+        alpha, beta = t2 * A / S1 ** 2, t2 * ((w1 * x + u1) / s1 ** 2 + B / S1 ** 2)
         return _bound(x, w2 * x + u2, s2 ** 2, alpha, beta, math.sqrt(t2), from_prior=False)
-    if k == 1:
-        return _bound(x, 0.0, 1.0, alpha, beta, math.sqrt(t2), from_prior=True)
-    # k = 0: z2 ~ p(z2), z1 ~ p(z1 | z2): only log p(x | z1) remains
+    if k == 1:     # z2 ~ q(z2 | x), z1 ~ p(z1 | z2): the proposal of z1 is p(z1 | z2) itself
+        return _bound(x, w2 * x + u2, s2 ** 2, A, B, S1, from_prior=False)
+    # k = 2: z2 ~ p(z2), z1 ~ p(z1 | z2): only log p(x | z1) remains
     return _e_log_normal(x - C * B - D, C * C * (A * A + S1 ** 2), S0)
 
 
 def test_ladder_bounds_equal_their_closed_forms():
     model = two_layer("ladder")
-    x = torch.tensor([[-1.0], [0.3], [2.5]], dtype=F64)
+    x = torch.tensor([[-1.0], [1.5], [2.5]], dtype=F64)
     q = model.encode(x)
     n = 200_000
-    for k in (0, 1):
+    for k in (1, 2):
         llr, above = hierarchical_llr(model, q, x, k=k, num_samples=n, seed=3)
         want_above = np.array([ladder_truth(float(v), k) for v in x[:, 0]])
-        want_llr = np.array([ladder_truth(float(v), 2) for v in x[:, 0]]) - want_above
+        want_llr = np.array([ladder_truth(float(v), 0) for v in x[:, 0]]) - want_above
         # Monte Carlo: per-draw sd of a few nats → SE ≈ 0.01 at 200,000 draws
         np.testing.assert_allclose(above.numpy(), want_above, atol=0.05)
         np.testing.assert_allclose(llr.numpy(), want_llr, atol=0.07)
-    assert np.abs(want_llr).min() > 0.07      # so a zero (or sign-flipped) LLR would fail
+        assert np.abs(want_llr).min() > 0.07      # so a zero (or sign-flipped) LLR would fail
+
+
+def test_the_layers_below_k_come_from_the_prior_and_those_above_from_q():
+    """Which layer is drawn from where, read off the proposal itself: at k = 1 the top layer
+    has q's distribution N(w2 x + u2, s2²) and the bottom one p(z1 | z2)'s spread S1."""
+    model = two_layer("ladder")
+    x = torch.tensor([[0.8]], dtype=F64)
+    proposal = prior_below(model, model.encode(x), 1)
+    assert proposal.order == (1, 0)
+    torch.manual_seed(0)
+    z = proposal.sample((200_000,))[:, 0]
+    w2, u2, s2 = EV[1]
+    assert float(z[:, 1].mean()) == pytest.approx(w2 * 0.8 + u2, abs=0.01)
+    assert float(z[:, 1].std()) == pytest.approx(s2, abs=0.01)
+    residual = z[:, 0] - (A * z[:, 1] + B)
+    assert float(residual.mean()) == pytest.approx(0.0, abs=0.01)
+    assert float(residual.std()) == pytest.approx(S1, abs=0.01)
 
 
 def test_llr_is_exactly_zero_when_no_layer_is_replaced():
     for inference in ("ladder", "bottom-up"):
         model = two_layer(inference)
         x = torch.tensor([[0.2], [1.7]], dtype=F64)
-        llr, above = hierarchical_llr(model, model.encode(x), x, k=2, num_samples=50)
+        llr, above = hierarchical_llr(model, model.encode(x), x, k=0, num_samples=50)
         assert torch.equal(llr, torch.zeros(2, dtype=F64))
-        assert prior_above(model, model.encode(x), 2).order == model.encode(x).order
+        assert prior_below(model, model.encode(x), 0).order == model.encode(x).order
 
 
-def test_bottom_up_bounds_at_k_0_and_k_1():
-    """k = 0: E_p(z)[log p(x | z1)] whatever q; k = 1 with bottom-up q: z1 ~ q(z1 | x)
-    independent of the prior's z2, so L^{>1} = E[log p(x|z1) + log p(z1|z2) − log q(z1|x)]."""
+def test_bottom_up_at_k_n_and_refused_between():
+    """k = n: E_p(z)[log p(x | z1)] whatever q; 0 < k < n needs q(z_{>k} | x) alone, which
+    bottom-up inference does not give: one line naming the way out."""
     model = two_layer("bottom-up")
     x = torch.tensor([[-0.7], [1.2]], dtype=F64)
-    w, u, s = EV[0]
-    _, above0 = hierarchical_llr(model, model.encode(x), x, k=0, num_samples=200_000)
-    _, above1 = hierarchical_llr(model, model.encode(x), x, k=1, num_samples=200_000)
+    _, above2 = hierarchical_llr(model, model.encode(x), x, k=2, num_samples=200_000)
     for i, v in enumerate(x[:, 0].tolist()):
-        assert float(above0[i]) == pytest.approx(ladder_truth(v, 0), abs=0.05)
-        truth = _bound(v, 0.0, 1.0, 0.0, w * v + u, s, from_prior=True)
-        assert float(above1[i]) == pytest.approx(truth, abs=0.05)
+        assert float(above2[i]) == pytest.approx(ladder_truth(v, 2), abs=0.05)
+    with pytest.raises(ValueError, match=r"expected a model with top-down or ladder inference.*"
+                                         r"--hierarchy top-down or ladder$"):
+        hierarchical_llr(model, model.encode(x), x, k=1)
+
+
+def _set_top_evidence(model: HierarchicalVAE, w: float, u: float, s: float) -> None:
+    """The ladder's top layer: q(z2 | x) = N(w x + u, s²)."""
+    with torch.no_grad():
+        model.encoder.heads[1].weight.copy_(torch.tensor([[w], [0.0]]))
+        model.encoder.heads[1].bias.copy_(torch.tensor([u, math.log(math.expm1(s - MIN_SCALE))]))
+
+
+def test_llr_is_larger_where_the_top_layer_does_not_explain_x():
+    """The score's direction on a case whose answer is known: the same model with its top
+    layer's q the exact posterior p(z2 | x) (linear-Gaussian: slope Cov(z2, x) / Var x) against
+    q(z2 | x) = N(0, 1) whatever x (blind). Informed, the prior's z1 given q's z2 lands where x
+    needs it and L^{>1} stays near L; blind, z1 is drawn without regard to x and L^{>1} falls
+    further below L (closed forms: LLR 0.03 / 0.37 / 0.72 informed against 0.57 / 0.97 / 2.15
+    blind at x = −3, 4, 6)."""
+    x = torch.tensor([[-3.0], [4.0], [6.0]], dtype=F64)
+    variance = C * C * (1 + S1 * S1) + S0 * S0            # Var x; Cov(z2, x) = C
+    informed, blind = two_layer("ladder"), two_layer("ladder")
+    _set_top_evidence(informed, C / variance, -C / variance * (C * B + D),
+                      math.sqrt(1 - C * C / variance))
+    _set_top_evidence(blind, 0.0, 0.0, 1.0)
+    informed_llr, blind_llr = (hierarchical_llr(m, m.encode(x), x, k=1, num_samples=100_000,
+                                                seed=1)[0] for m in (informed, blind))
+    assert bool((blind_llr > informed_llr + 0.4).all()), (informed_llr, blind_llr)
 
 
 def test_k_outside_the_layers_and_one_layer_models_are_refused_in_one_line():
@@ -158,7 +200,7 @@ def test_anomaly_scores_column_and_orientation():
     torch.manual_seed(0)
     cols = anomaly_scores(model, x, ["hierarchical-llr"],
                           options=ScoreOptions(elbo_samples=100_000, llr_k=1))
-    want = np.array([ladder_truth(v, 2) - ladder_truth(v, 1) for v in (0.3, 4.0)])
+    want = np.array([ladder_truth(v, 0) - ladder_truth(v, 1) for v in (0.3, 4.0)])
     np.testing.assert_allclose(cols["hierarchical_llr"], want, atol=0.07)
     np.testing.assert_allclose(cols["neg_elbo_above_k"],
                                [-ladder_truth(v, 1) for v in (0.3, 4.0)], atol=0.05)

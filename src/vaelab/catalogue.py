@@ -259,8 +259,9 @@ _ENTRIES = (
           (Option("batch", "int>=1", 1, "examples M tested together by typicality",
                   flag="--typicality-batch", metavar="M"),), {"column": "typicality"}),
     Entry("score", "hierarchical-llr", "vaelab.use.hierarchical_llr:hierarchical_llr",
-          "ELBO − the bound with layers above k from the prior (Havtorn et al. 2021)",
-          (Option("k", "int>=0", 1, "layers 1..k keep q in hierarchical-llr's L^{>k}",
+          "ELBO − the bound with layers 1..k from the conditional prior (Havtorn et al. 2021)",
+          (Option("k", "int>=0", 1, "layers 1..k drawn from p(z_{≤k} | z_{>k}) in "
+                  "hierarchical-llr's L^{>k}",
                   flag="--llr-k", metavar="K"),), {"column": "hierarchical_llr"}),
     Entry("score", "latent-density", "vaelab.use.latent_scores:aggregate_posterior_nll",
           "−log q̄(code), q̄ the training q's mixture", (), {"column": "latent_nll"}),

@@ -49,8 +49,9 @@ def add_score(commands) -> None:
         "Ren et al. 2019; needs --background); regret → regret (ELBO gain of re-fitting q to "
         "the example, Xiao et al. 2020); typicality → typicality (|mean −log p̂ of M examples − "
         "the training rows'|, Nalisnick et al. 2019); hierarchical-llr → hierarchical_llr "
-        "(ELBO − the bound with the layers above --llr-k drawn from the prior, Havtorn et al. "
-        "2021; hierarchical runs only); latent-density → latent_nll (−log of the code under "
+        "(ELBO − the bound with the --llr-k lowest layers drawn from the conditional prior "
+        "given q's layers above, Havtorn et al. 2021; hierarchical runs with top-down or "
+        "ladder inference); latent-density → latent_nll (−log of the code under "
         "the training rows' aggregate posterior); latent-knn → latent_knn (mean distance to "
         "the --neighbours nearest training codes). Writes a CSV; with labels (1 = anomalous) "
         "also AUROC, AUPRC, FPR at 95% TPR (a JSON beside the CSV) and an ROC figure. Which "
@@ -121,7 +122,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     dataset, _ = examples(args, trained, allow_missing=masked_run(trained))
     names = _names_for_model(args, _names_for_data(args, names, dataset, note), trained, note)
     names = _names_for_missing(args, names, dataset, note)
-    _check_llr_k(names, getattr(args, dest("--llr-k")), trained)
+    names = _check_llr_k(args, names, trained, dataset, note)
     labels = _anomaly_labels(args, dataset)
     reference = (_reference_rows(args, trained, note) if set(names) & set(REFERENCE_SCORES)
                  else None)
@@ -211,17 +212,33 @@ def _names_for_model(args: argparse.Namespace, names, trained, note: Callable):
     return tuple(n for n in names if n != "hierarchical-llr")
 
 
-def _check_llr_k(names, llr_k: int, trained) -> None:
-    """One line for --llr-k >= the run's number of latent layers: k = n keeps q for every
-    layer, so the two bounds are the same and the column is zeros (the library allows it as
-    the limit case; a user asking for it gets nothing to read)."""
+def _check_llr_k(args: argparse.Namespace, names, trained, dataset, note: Callable):
+    """``names`` checked for hierarchical-llr's --llr-k: one line for k outside 1..n (k = 0
+    replaces no layer, so the two bounds are the same and the column is zeros: the library
+    allows it as the limit case; a user asking for it gets nothing to read), and for a run
+    whose q cannot give L^{>k} (bottom-up inference), which drops it with a note when it came
+    from the default set."""
     layers = trained.config.model.latent_dim
     if "hierarchical-llr" not in names or not isinstance(layers, tuple):
-        return
-    if llr_k >= len(layers):
-        raise ValueError(f"--llr-k: expected a layer index in 0..{len(layers) - 1} (the run "
-                         f"has {len(layers)} latent layers; k = {len(layers)} replaces none "
-                         f"and scores every row 0), got {llr_k}")
+        return names
+    llr_k = getattr(args, dest("--llr-k"))
+    if not 1 <= llr_k <= len(layers):
+        raise ValueError(f"--llr-k: expected a layer index in 1..{len(layers)} (the run has "
+                         f"{len(layers)} latent layers; k = 0 replaces none and scores every "
+                         f"row 0), got {llr_k}")
+    import torch
+
+    from vaelab.use.hierarchical_llr import refusal
+
+    with torch.no_grad():
+        q = trained.model.encode(dataset.x[:1].to(trained.device))
+    reason = refusal(q, llr_k)
+    if reason is None:
+        return names
+    if args.score is not None:
+        raise ValueError(f"--score {reason}")
+    note(f"note: hierarchical-llr skipped: {reason.removeprefix('hierarchical-llr: ')}")
+    return tuple(n for n in names if n != "hierarchical-llr")
 
 
 def _reference_rows(args: argparse.Namespace, trained, note: Callable):

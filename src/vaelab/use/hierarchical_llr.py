@@ -2,24 +2,33 @@
 
 Havtorn, Frellsen, Hauberg & Maaløe (2021), "Hierarchical VAEs know what they don't know":
 the likelihood of a hierarchical VAE is dominated by its low-level layers, which model local
-statistics shared by many datasets; the semantic content sits in the top layers. Their score
-compares the ELBO with a bound in which the layers above k are *not inferred* but drawn from
-the model's own (conditional) prior:
+statistics shared by many datasets, so out-of-distribution data can be likely; the semantic
+content sits in the top layers. Their score asks whether the top layers alone explain x: it
+compares the ELBO with a bound in which the k lowest layers are *not inferred* but drawn from
+the model's conditional prior given the inferred layers above them:
 
     L(x)      = E_{q(z | x)} [log p(x, z) − log q(z | x)],
-    L^{>k}(x) = E_{p(z_{>k}) q(z_{≤k} | x, z_{>k})} [log p(x, z) − log p(z_{>k})
-                                                    − log q(z_{≤k} | x, z_{>k})],
+    L^{>k}(x) = E_{q(z_{>k} | x) p(z_{≤k} | z_{>k})} [log p(x, z) − log q(z_{>k} | x)
+                                                      − log p(z_{≤k} | z_{>k})]
+              = E_{q(z_{>k} | x) p(z_{≤k} | z_{>k})} [log p(x | z) + log p(z_{>k})
+                                                      − log q(z_{>k} | x)],
     LLR^{>k}(x) = L(x) − L^{>k}(x),
 
-layers numbered 1 (bottom) to n (top). L^{>k} is itself a lower bound on log p(x) (an ELBO
-with the proposal p(z_{>k}) q(z_{≤k} | x, z_{>k})), so LLR^{>k} ≥ 0 in expectation whenever q
-is a better proposal than the prior, and LLR^{>n} = 0 (nothing is replaced). Oriented as the
-authors' code scores it: **higher = more anomalous**.
+layers numbered 1 (bottom) to n (top). In-distribution, the inferred top layers carry what
+the image is, and the prior's low layers fill in details that fit, so L^{>k} stays close to
+L; out of distribution the low layers inferred from x explain it (L is high) while the top
+layers' version does not (L^{>k} is low), so LLR^{>k} is large. Oriented as the authors' code
+scores it (their ``ood-llr.py``: the k lowest stages decoded from p, score = ELBO − L^{>k}):
+**higher = more anomalous**.
 
-Here q(z_{≤k} | x, z_{>k}) is whatever the encoder's layered q gives layer i given the layers
-already drawn: for ladder and top-down inference the lower layers read the prior draw of
-z_{k+1}; for bottom-up inference (q(z_1 | x) q(z_2 | z_1)…) they do not depend on it. Both
-bounds use the same seeded noise (common random numbers).
+L^{>k} is itself a lower bound on log p(x) (an ELBO with the proposal
+q(z_{>k} | x) p(z_{≤k} | z_{>k})). k = 0 replaces nothing, so LLR^{>0} = 0 exactly (both
+bounds use the same seeded noise, common random numbers); k = n draws every layer from the
+prior: L^{>n} = E_{p(z)}[log p(x | z)]. For 0 < k < n the layers above k are drawn from q
+first, which needs q(z_{>k} | x) without the layers below: ladder and top-down inference give
+it (q is built from the top down); bottom-up inference (q(z_1 | x) q(z_2 | z_1) …) does not,
+and is refused in one line. The authors' code decodes the skipped layers' prior *mode*; here
+they are sampled, as in the paper's definition.
 """
 
 from __future__ import annotations
@@ -49,11 +58,28 @@ def check_hierarchical(model: Any, q: Distribution) -> LayeredDistribution:
     return q
 
 
-def prior_above(model: Any, q: LayeredDistribution, k: int) -> LayeredDistribution:
-    """The proposal of L^{>k}: p(z_{>k}) q(z_{≤k} | x, z_{>k}), batch as q's, event [Σ L_i].
+def refusal(q: LayeredDistribution, k: int) -> str | None:
+    """Why L^{>k} cannot be formed from this q (one line), or None when it can: for 0 < k < n
+    the layers above k are drawn from q before any layer below, so q must draw each of them
+    from the layers above it alone (top-down or ladder inference), never from a lower one."""
+    if not 0 < k < len(q.sizes):
+        return None
+    drawn_before = {i: q.order[:q.order.index(i)] for i in q.order}
+    if all(j > i for i in q.order if i >= k for j in drawn_before[i]):
+        return None
+    return ("hierarchical-llr: expected a model with top-down or ladder inference (L^{>k} "
+            "draws the layers above k from q(z_{>k} | x) alone), got bottom-up inference, "
+            "whose q reaches the upper layers only through the lower ones; train with "
+            "--hierarchy top-down or ladder")
 
-    Layers above k (1-based) come from the model's prior, top down; layers 1..k from q's own
-    conditionals, in q's order, given the layers already drawn. k = n gives q itself.
+
+def prior_below(model: Any, q: LayeredDistribution, k: int) -> LayeredDistribution:
+    """The proposal of L^{>k}: q(z_{>k} | x) p(z_{≤k} | z_{>k}), batch as q's, event [Σ L_i].
+
+    Layers above k (1-based) come from q, in q's order; layers k … 1 from the model's
+    conditional prior, top down, given the layers already drawn. k = 0 gives q itself.
+    Raises ValueError (one line) for k outside 0..n, or for 0 < k < n with a q that is not
+    built from the top down (bottom-up inference draws z_{>k} only through z_{≤k}).
     """
     prior = model.prior()
     n = len(q.sizes)
@@ -61,10 +87,13 @@ def prior_above(model: Any, q: LayeredDistribution, k: int) -> LayeredDistributi
     if k > n:
         raise ValueError(f"k (--llr-k): expected a layer index in 0..{n} (the model has {n} latent "
                          f"layers), got {k}")
-    order = [i for i in range(n - 1, -1, -1) if i >= k] + [i for i in q.order if i < k]
+    reason = refusal(q, k)
+    if reason is not None:
+        raise ValueError(reason)
+    order = [i for i in q.order if i >= k] + list(range(k - 1, -1, -1))
 
     def step(i: int, layers: dict[int, torch.Tensor]) -> Distribution:
-        return prior.step(i, layers) if i >= k else q.step(i, layers)
+        return q.step(i, layers) if i >= k else prior.step(i, layers)
 
     return LayeredDistribution(q.sizes, order, step, q.batch_shape)
 
@@ -85,15 +114,17 @@ def hierarchical_llr(model: Any, q: Distribution, x: torch.Tensor, *, k: int = 1
         model: a hierarchical model (``prior()`` and ``q`` are :class:`LayeredDistribution`).
         q: the encoder's q(z | x), batch [B].
         x: data [B, D].
-        k: the layers 1..k keep q; the layers above take the prior (0 ≤ k ≤ n).
+        k: the layers 1..k are drawn from the conditional prior; the layers above keep q
+            (0 ≤ k ≤ n).
         num_samples: draws of z for each bound (Monte Carlo ELBOs, not importance-weighted).
         seed: both bounds draw from this seed (common random numbers).
 
-    Raises ValueError (one line) for a model with one latent layer or k outside 0..n.
+    Raises ValueError (one line) for a model with one latent layer, k outside 0..n, or
+    bottom-up inference with 0 < k < n.
     """
     layered = check_hierarchical(model, q)
     num_samples = _checks.positive_int("num_samples", num_samples)
-    proposal = prior_above(model, layered, k)
+    proposal = prior_below(model, layered, k)
     with torch.no_grad():
         with isolated_rng(seed):
             full = _bound(model, layered, x, num_samples)
