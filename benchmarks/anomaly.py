@@ -533,18 +533,39 @@ def ood_sets(n: int, seed: int) -> dict[str, torch.Tensor]:
             "inverted": 1 - other, "uniform noise": noise}
 
 
+def trained_run(args) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """``--model-run``: the run's model (eval), the grey training images it was fitted to and
+    the grey images its run held out for validation (never trained on: the held normals)."""
+    from vaelab.data.transforms import train_val_split
+    from vaelab.use.trained import load
+
+    trained = load(args.model_run)
+    tc = trained.config.train
+    if tc.data not in ("fashion-mnist", "binarized-fashion-mnist") or not tc.val_fraction:
+        raise SystemExit(f"--model-run: expected a run trained on Fashion-MNIST with a "
+                         f"validation split, got data {tc.data!r}, val_fraction "
+                         f"{tc.val_fraction}")
+    fitted, held = train_val_split(data.load_dataset("fashion-mnist", "train"),
+                                   tc.val_fraction, tc.seed)
+    return trained.model, fitted.x, held.x
+
+
 def ood(args, options: ScoreOptions, work: Path, save) -> dict:
-    train_grey = data.load_dataset("fashion-mnist", "train").x
-    n_fit = min(args.n_train or len(train_grey), len(train_grey) - args.n_val)
-    models = _models(args, work, "all", limit=n_fit)
     names = _names(args)
-    base_train = train_grey[:min(10000, n_fit)].numpy()
+    if args.model_run:
+        model, fit_grey, held_grey = trained_run(args)
+        models = {args.likelihoods[0]: (model, None)}
+    else:
+        train_grey = data.load_dataset("fashion-mnist", "train").x
+        n_fit = min(args.n_train or len(train_grey), len(train_grey) - args.n_val)
+        models = _models(args, work, "all", limit=n_fit)
+        fit_grey, held_grey = train_grey[:n_fit], train_grey[len(train_grey) - args.n_val:]
+    base_train = fit_grey[:10000].numpy()
     grey_in = data.load_dataset("fashion-mnist", "test").x[:args.n_test]
     x_in = _model_input(grey_in, args, args.seed)
-    reference = _model_input(train_grey[:min(args.reference_rows, n_fit)], args,
-                             args.seed + 100)
+    reference = _model_input(fit_grey[:args.reference_rows], args, args.seed + 100)
     sets = ood_sets(args.n_test, args.seed)
-    val = (Validation.make(args, train_grey[len(train_grey) - args.n_val:], args.seed,
+    val = (Validation.make(args, held_grey[:args.n_val], args.seed,
                            (args.seed + 10, args.seed + 11)) if args.n_val else None)
     rows: dict = {"fashion-mnist test": {}}
     for name in sets:
@@ -639,6 +660,10 @@ def main() -> None:
     p.add_argument("--reference-rows", type=int, default=REFERENCE_ROWS,
                    help="training rows typicality and the latent scores compare with")
     p.add_argument("--name", help="results name (default anomaly-PART-INPUT)")
+    p.add_argument("--model-run", type=Path, metavar="DIR",
+                   help="ood: score with this trained run (e.g. a published-quality recipe's, "
+                        "converged) instead of training one; its validation images are the "
+                        "held normals, so --n-val draws from them")
     p.add_argument("--via", choices=("library", "sklearn", "cli", "both"), default="library",
                    help="one-class: the library's functions and every score (default), or "
                         "log p̂(x) alone through vaelab.sklearn.VAEOutlierDetector, the "
@@ -651,18 +676,23 @@ def main() -> None:
     start = time.perf_counter()
     if args.part == "ood":
         args.n_test = min(args.n_test, 1797)      # the digits set has 1797 images
+    if args.model_run is not None:
+        _check_model_run(p, args)
     if "discretized-logistic" in args.likelihoods and args.input != "grey":
         p.error("--likelihoods discretized-logistic: expected --input grey (8-bit levels), "
                 f"got --input {args.input}")
-    settings = dict(vars(args))
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     command = ("nice -n 5 env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python "
                "benchmarks/anomaly.py " + " ".join(sys.argv[1:]))
-    net = "-".join(map(str, [784, *args.hidden, args.latent])) + (" gated" if args.gated else "")
+    net = ("-".join(map(str, [784, *args.hidden, args.latent])) + (" gated" if args.gated else "")
+           + f" MLP VAE, {args.epochs} epochs (not converged)")
+    if args.model_run is not None:
+        net = _describe_run(args.model_run)
 
     def save(rows: dict, table: str) -> None:
         seconds = round(time.perf_counter() - start)
-        table += (f"\nsettings: {settings}; {net} MLP VAE, {args.epochs} epochs (not "
-                  f"converged), {seconds} s on {machine()} (shared 2-core CPU, one thread)"
+        table += (f"\nsettings: {settings}; {net}, {seconds} s on {machine()} (shared 2-core "
+                  f"CPU, one thread)"
                   f"\ncommand: {command}")
         write(args.name or f"anomaly-{args.part}-{args.input}",
               {"settings": settings, "command": command, "seconds": seconds,
@@ -682,6 +712,42 @@ def main() -> None:
         else:
             rows = ood(args, options, Path(work), save)
             save(rows, _table_ood(rows, args))
+
+def _check_model_run(p: argparse.ArgumentParser, args) -> None:
+    """--model-run fixes the model: the part, input and likelihood must be the run's."""
+    from vaelab.fit.runs import read_config
+
+    if args.part != "ood":
+        p.error(f"--model-run: expected --part ood (one-class trains a model per class), got "
+                f"--part {args.part}")
+    if args.scores == list(NAMES):                # the default: every score it can give
+        args.scores = [n for n in NAMES if n != "likelihood-ratio"]
+    if "likelihood-ratio" in args.scores:
+        p.error("--model-run: expected --scores without likelihood-ratio (it needs a "
+                "background model trained beside the run's), got it in --scores")
+    try:
+        model = read_config(args.model_run).model
+    except (OSError, ValueError) as e:
+        p.error(f"--model-run: expected a vaelab run folder, got {str(args.model_run)!r} ({e})")
+    want = "binary" if model.data_kind == "binary" else "grey"
+    if args.input != want:
+        p.error(f"--model-run: the run was trained on {model.data_kind} data, so expected "
+                f"--input {want}, got --input {args.input}")
+    args.likelihoods = [model.likelihood]
+    hierarchical = isinstance(model.latent_dim, (list, tuple)) and len(model.latent_dim) > 1
+    if hierarchical and "hierarchical-llr" not in args.scores:
+        args.scores = [*args.scores, "hierarchical-llr"]
+
+
+def _describe_run(run: Path) -> str:
+    from vaelab.fit.runs import read_config, read_metrics
+
+    config, rows = read_config(run), read_metrics(run)
+    last = rows[-1] if rows else {}
+    return (f"the trained run {run} ({config.model.net} net, latent {config.model.latent_dim}, "
+            f"prior {config.model.prior}, {len(rows)} of {config.train.epochs} epochs, last "
+            f"val ELBO {last.get('val_elbo')})")
+
 
 def _record_both(rows: dict, args, seconds: float) -> None:
     command = ("nice -n 5 env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python "
