@@ -40,18 +40,25 @@ def _worker(rank: int, port: int, out: str) -> None:
         _collectives.all_reduce(u)
         held += sys.getrefcount(u) > before
         sums.append(u.item())
+    # a weight's .data, as the weight-norm initialisation broadcasts rank 0's values
+    weight = torch.nn.Parameter(torch.full((3,), float(rank + 5)))
+    data = weight.data
+    before = sys.getrefcount(data)
+    _collectives.broadcast(data, 0)
+    held += sys.getrefcount(data) > before
+    broadcast = weight.detach().tolist()
     maxima = torch.tensor([float(rank), -1.0])
     _collectives.all_reduce(maxima, dist.ReduceOp.MAX)
     # objects of different pickled sizes, and one with a tensor in it
     gathered = _collectives.all_gather_objects({"rank": rank, "pad": "x" * (1000 * rank),
                                                 "t": torch.arange(rank + 2)})
     dist.barrier()
-    torch.save({"held": held, "sums": sums, "maxima": maxima.tolist(),
+    torch.save({"held": held, "broadcast": broadcast, "sums": sums, "maxima": maxima.tolist(),
                 "gathered": gathered}, f"{out}.{rank}")
     dist.destroy_process_group()
 
 
-def test_collectives_return_sums_and_objects_only_after_gloo_lets_go(tmp_path):
+def test_collectives_return_sums_broadcasts_and_objects_only_after_gloo_lets_go(tmp_path):
     out = str(tmp_path / "out")
     mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
     for rank in (0, 1):
@@ -59,6 +66,7 @@ def test_collectives_return_sums_and_objects_only_after_gloo_lets_go(tmp_path):
         assert got["held"] == 0                      # never a reference left behind
         assert got["sums"] == [float(2 * i + 1) for i in range(CALLS)]
         assert got["maxima"] == [1.0, -1.0]
+        assert got["broadcast"] == [5.0, 5.0, 5.0]        # rank 0's values everywhere
         assert [g["rank"] for g in got["gathered"]] == [0, 1]
         assert [len(g["pad"]) for g in got["gathered"]] == [0, 1000]
         for r, g in enumerate(got["gathered"]):

@@ -4,7 +4,7 @@ Oracles: a two-layer model with scalar layers and fixed linear-Gaussian weights,
 bound is an expectation of Gaussian log-densities under a Gaussian and has a closed form
 (computed here in float64 from moments, independently of the library); the limit k = 0
 (nothing replaced), which must be exactly zero; the limit k = n, which is E_p(z)[log p(x|z_1)];
-and the direction of the score on data the model was not built for.
+and the direction of the score: larger where the top layer's q does not carry x.
 """
 
 from __future__ import annotations
@@ -153,7 +153,8 @@ def test_bottom_up_at_k_n_and_refused_between():
     for i, v in enumerate(x[:, 0].tolist()):
         assert float(above2[i]) == pytest.approx(ladder_truth(v, 2), abs=0.05)
     with pytest.raises(ValueError, match=r"expected a model with top-down or ladder inference.*"
-                                         r"--hierarchy top-down or ladder$"):
+                                         r"--hierarchy top-down or ladder \(or draw every "
+                                         r"layer from the prior: k = n\)$"):
         hierarchical_llr(model, model.encode(x), x, k=1)
 
 
@@ -172,10 +173,11 @@ def test_llr_is_larger_where_the_top_layer_does_not_explain_x():
     further below L (closed forms: LLR 0.03 / 0.37 / 0.72 informed against 0.57 / 0.97 / 2.15
     blind at x = −3, 4, 6)."""
     x = torch.tensor([[-3.0], [4.0], [6.0]], dtype=F64)
-    variance = C * C * (1 + S1 * S1) + S0 * S0            # Var x; Cov(z2, x) = C
+    # z2 ~ N(0, 1), z1 = A z2 + B + S1 ε, x = C z1 + D + S0 ε': Cov(z2, x) = C A
+    variance, cov = C * C * (A * A + S1 * S1) + S0 * S0, C * A
     informed, blind = two_layer("ladder"), two_layer("ladder")
-    _set_top_evidence(informed, C / variance, -C / variance * (C * B + D),
-                      math.sqrt(1 - C * C / variance))
+    _set_top_evidence(informed, cov / variance, -cov / variance * (C * B + D),
+                      math.sqrt(1 - cov * cov / variance))
     _set_top_evidence(blind, 0.0, 0.0, 1.0)
     informed_llr, blind_llr = (hierarchical_llr(m, m.encode(x), x, k=1, num_samples=100_000,
                                                 seed=1)[0] for m in (informed, blind))

@@ -60,6 +60,11 @@ def all_reduce(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp
     _settled([tensor], lambda: dist.all_reduce(tensor, op=op))
 
 
+def broadcast(tensor: torch.Tensor, src: int = 0) -> None:
+    """``dist.broadcast(tensor, src)`` in place, returning once the backend has released it."""
+    _settled([tensor], lambda: dist.broadcast(tensor, src))
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (picklable), in rank order, on every rank.
 

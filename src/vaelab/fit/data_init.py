@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from vaelab._collectives import broadcast
 from vaelab._runtime import isolated_rng
 from vaelab.data.kinds import to_unit
 from vaelab.model import weight_norm
@@ -48,5 +49,6 @@ def weight_norm_from_batch(modules: tuple[nn.Module, ...], forward: Callable[[],
     if world_size > 1:
         for layer in found:
             for tensor in (weight_norm.direction_and_length(layer)[1], layer.bias):
-                torch.distributed.broadcast(tensor.data, 0)
+                data = tensor.data
+                broadcast(data, 0)
     return len(found)

@@ -70,7 +70,7 @@ def refusal(q: LayeredDistribution, k: int) -> str | None:
     return ("hierarchical-llr: expected a model with top-down or ladder inference (L^{>k} "
             "draws the layers above k from q(z_{>k} | x) alone), got bottom-up inference, "
             "whose q reaches the upper layers only through the lower ones; train with "
-            "--hierarchy top-down or ladder")
+            "--hierarchy top-down or ladder (or draw every layer from the prior: k = n)")
 
 
 def prior_below(model: Any, q: LayeredDistribution, k: int) -> LayeredDistribution:
