@@ -35,6 +35,13 @@ import torch.distributed as dist
 SETTLE_TIMEOUT_S = 10.0
 
 
+def comm_device() -> torch.device:
+    """Where collective tensors must live: the current GPU under nccl, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _reference_counts(tensors: Sequence[torch.Tensor]) -> list[int]:
     """Python references to each tensor, counted the same way before and after a call."""
     return [sys.getrefcount(t) for t in tensors]
@@ -72,8 +79,7 @@ def all_gather_objects(obj: Any) -> list[Any]:
     bytes), with tensors held here so that their release can be waited for (module docstring).
     """
     world = dist.get_world_size()
-    device = (torch.device("cuda", torch.cuda.current_device())
-              if dist.get_backend() == "nccl" else torch.device("cpu"))
+    device = comm_device()
     data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(device)
     size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
     sizes = [torch.zeros_like(size) for _ in range(world)]

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 # Re-exported for training's callers; they live in vaelab._runtime (evaluation shares them).
-from vaelab._collectives import all_reduce
+from vaelab._collectives import all_reduce, comm_device
 from vaelab._runtime import ENV_VARS as ENV_VARS
 from vaelab._runtime import DistEnv as DistEnv
 from vaelab._runtime import join_group, leave_group
@@ -150,13 +150,6 @@ def shared_flat_buffer(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     return base if offset == base.storage_offset() + base.numel() else None
 
 
-def _comm_device() -> torch.device:
-    """Where collective tensors must live: the current GPU under nccl, else the CPU."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def all_reduce_mean(value):
     """Mean over processes of a number, a tensor, or a dict of them (same keys everywhere).
 
@@ -171,7 +164,7 @@ def all_reduce_mean(value):
     if isinstance(value, torch.Tensor):
         if world_size() == 1:
             return value
-        out = value.detach().to(_comm_device()).clone()
+        out = value.detach().to(comm_device()).clone()
         if not out.is_floating_point():
             out = out.double()
         all_reduce(out)
