@@ -25,10 +25,9 @@ RECIPES = sorted((ROOT / "recipes").glob("*/*.toml"))
 TABLE_RECIPES = [p for p in RECIPES if p.parent.name == "tables"]
 
 
-def _published_rows() -> set[str]:
-    """The rows of the published table, from the one list of them (the table's benchmark)."""
-    spec = importlib.util.spec_from_file_location("published", ROOT / "benchmarks" /
-                                                  "published.py")
+def _load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the one list of its rows or variants lives there)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     saved = list(sys.path)             # the script puts benchmarks/ on the path: undo it
@@ -36,10 +35,11 @@ def _published_rows() -> set[str]:
         spec.loader.exec_module(module)
     finally:
         sys.path[:] = saved
-    return set(module.PUBLISHED)
+    return module
 
 
-PUBLISHED_ROWS = _published_rows()
+#: The rows of the published table, from the one list of them (the table's benchmark).
+PUBLISHED_ROWS = set(_load_benchmark("published").PUBLISHED)
 
 
 def test_every_published_row_has_a_recipe():
@@ -91,3 +91,16 @@ def test_table_recipe_trains_on_incomplete_rows_and_bounds(path):
                                   8, missing_logits=(model.missing_logits
                                                      if model.missingness is not None else None))
     assert bound.shape == (40,) and torch.isfinite(bound).all()
+
+
+def test_every_ablation_variant_is_a_valid_config_that_changes_the_recipe():
+    """benchmarks/ablation.py's variants: each is a valid run config, and each changes the
+    short-budget recipe (a misspelt setting would otherwise be dropped or refused unseen, and
+    the variant would measure the recipe against itself)."""
+    ablation = _load_benchmark("ablation")
+    for recipe, variants in ablation.VARIANTS.items():
+        base = RunConfig.from_dict(ablation.variant_config(recipe, {}, 50))
+        assert base.train.epochs == 50
+        for name, (_, changes) in variants.items():
+            config = RunConfig.from_dict(ablation.variant_config(recipe, changes, 50))
+            assert (config == base) == (not changes), (recipe, name)
