@@ -334,6 +334,10 @@ class IAFDistribution(TransformedDistribution):
     a standard error of about std(z) / 16 per coordinate.
     """
 
+    #: ``mean`` is an estimate costing MEAN_SAMPLES flow passes per row: callers that only
+    #: need a statistic over many rows (the validation's active units) may use fewer rows.
+    mean_is_estimate = True
+
     @property
     def mean(self) -> torch.Tensor:
         base = cast(Independent, self.base_dist).base_dist   # the diagonal Normal of z₀
