@@ -322,6 +322,53 @@ def test_interrupt_exits_130_with_one_line(capsys, monkeypatch):
     assert code == 130 and err.strip() == "vaelab: interrupted"
 
 
+def test_sigterm_exits_143_with_one_line_and_restores_the_handler(capsys, monkeypatch):
+    """SIGTERM (kill, a scheduler's time limit) stops the command as Ctrl-C does, in words
+    of its own and with the shell's code for it, 128 + 15."""
+    import signal
+    import time
+
+    def terminated(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)                # the handler raises here, long before this ends
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli.show, "add_figures", _figures_with(terminated))
+    code, _, err = run_cli(capsys, "figures", "--out", "x")
+    assert code == 143 and err.strip() == "vaelab: terminated"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigterm_during_training_says_how_to_resume(tmp_path, capsys, monkeypatch, npy_images):
+    """Terminated after its first epoch was saved, a run keeps that epoch, releases its lock
+    and says how to continue; resumed, it finishes."""
+    import signal
+
+    from vaelab.fit import train as train_mod
+
+    save = train_mod._Trainer.save
+
+    def save_then_terminate(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        if self.state.epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(train_mod._Trainer, "save", save_then_terminate)
+    code, _, err = run_cli(capsys, "train", "--data", npy_images, "--out", run, *TINY[2:],
+                           "--epochs", "3")
+    assert code == 143
+    assert err.strip() == (f"vaelab: terminated; every finished epoch is saved: continue "
+                           f"with `vaelab train --resume {run}`")
+    assert not (run / "run.lock").exists()
+    assert [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text()
+                                    .splitlines())] == [1]
+    monkeypatch.setattr(train_mod._Trainer, "save", save)
+    assert run_cli(capsys, "train", "--resume", run, "--quiet")[0] == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
 def _figures_with(func):
     def add(commands):
         p = commands.add_parser("figures")

@@ -273,7 +273,10 @@ def test_flags_switch_off_what_a_recipe_turns_on(tmp_path):
         plain = config("--kl-schedule", "constant", "--ema", off, "--early-stopping", off)
         assert (plain.kl_schedule, plain.kl_schedule_options) == ("constant", {})
         assert (plain.ema_decay, plain.early_stopping_patience) == (None, None)
+    # linear keeps the file's warm-up length (what --help says); --kl-warmup replaces it
     assert config("--kl-schedule", "linear").kl_schedule_options == {"warmup_epochs": 100.0}
+    assert config("--kl-schedule", "linear", "--kl-warmup", "3").kl_schedule_options == {
+        "warmup_epochs": 3.0}
 
 
 def test_a_warm_up_longer_than_the_run_is_one_warning_line(tmp_path, capsys):
@@ -293,3 +296,71 @@ def test_a_warm_up_longer_than_the_run_is_one_warning_line(tmp_path, capsys):
         "or --kl-schedule constant for none"], out + err
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert saved["kl_schedule_options"] == {"warmup_epochs": 4.0}    # not rescaled
+
+
+@pytest.mark.parametrize("section, line, expected", [
+    ("model", "latent_dim = -3", "latent_dim: expected an integer >= 1, got -3"),
+    ("train", 'lr = "fast"', "lr: expected a number > 0, got 'fast'"),
+    ("train", 'kl_schedule = "linearr"', "kl_schedule: expected one of"),
+    ("model", 'prior = "vamp"\nprior_options = {components = 0}',
+     "prior_options.components: expected an integer >= 1, got 0"),
+])
+def test_a_bad_value_in_a_config_file_is_said_as_the_files(tmp_path, capsys, section, line,
+                                                           expected):
+    """Named by the file and its key, not by a flag the user never typed."""
+    path = tmp_path / "bad.toml"
+    path.write_text(f"[{section}]\n{line}\n")
+    code = cli.main(["train", "--config", str(path), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"vaelab: error: config file {str(path)!r}: {expected}"), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_flag_that_clashes_with_a_good_config_file_is_not_blamed_on_the_file(tmp_path,
+                                                                                capsys):
+    path = tmp_path / "good.toml"
+    path.write_text('[train]\nobjective = "iwae"\nnum_samples = 5\n')
+    code = cli.main(["train", "--config", str(path), "--free-bits", "1",
+                     "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1 and "free_bits" in err and "config file" not in err, err
+
+
+@pytest.mark.parametrize("ema", [[], ["--ema", "0.5"]], ids=["live", "ema"])
+def test_train_runs_and_report_show_the_saved_epochs_validation_elbo(ema, tmp_path, capsys,
+                                                                     monkeypatch):
+    """Early stopping saves the best epoch's weights (the moving average's with --ema): the
+    last line of `vaelab train`, `vaelab runs` and `vaelab report` give that epoch's
+    validation ELBO, labelled with it, not the last epoch's."""
+    from html import unescape
+
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from vaelab.fit import train as train_
+
+    real, validated = train_._Trainer.validate, {}
+
+    def validate(self):          # epochs 1-3 validate at -10, -5, -7: the best is not the last
+        _, rate, distortion = real(self)
+        validated[self.state.epoch + 1] = {k: v.clone() for k, v in self._eval_weights().items()}
+        return [-10.0, -5.0, -7.0][self.state.epoch], rate, distortion
+
+    monkeypatch.setattr(train_._Trainer, "validate", validate)
+    np.save(tmp_path / "d.npy", np.random.default_rng(0).random((80, 6)).astype(np.float32))
+    run = tmp_path / "runs" / "r"
+    out = _main(capsys, "train", "--data", tmp_path / "d.npy", "--out", run, "--epochs", "3",
+                "--early-stopping", "5", "--hidden", "4", "--latent-dim", "2", "--batch-size",
+                "20", "--val-fraction", "0.25", *ema)
+    line = "best val ELBO -5.00 at epoch 2 (saved); last epoch 3: -7.00"
+    assert f"training done after epoch 3: {line}\n" in out
+    saved = {k: v for k, v in load_file(run / "model.safetensors").items()
+             if not k.startswith("inference.")}
+    for epoch, same in ((2, True), (3, False)):
+        assert all(torch.equal(v, validated[epoch][f"model.{k}"])
+                   for k, v in saved.items()) is same, epoch
+    row = _main(capsys, "runs", tmp_path / "runs").splitlines()[2]
+    assert "-5.00 (epoch 2, best)" in row and "-7.00" not in row
+    _main(capsys, "report", run)
+    assert line in unescape((run / "report.html").read_text())

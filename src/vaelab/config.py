@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vaelab import _checks, _trust, catalogue, condition_spec, config_checks
+from vaelab.dataset_names import DATA_PROTOCOLS
 
 DATA_KINDS = ("binary", "8-bit", "unit-interval", "continuous")   # = vaelab.data.DATA_KINDS
 #: The components of a model, each stored as its name and its options (``vaelab.catalogue``).
@@ -402,16 +403,6 @@ class TrainConfig:
         return cls(**data)
 
 
-#: Named data protocols: a name that stands for a dataset with the split and binarization of a
-#: published table, expanded into those settings (and so recorded in the run's config).
-#: "binarized-fashion-mnist" is the protocol of the dynamically binarized Fashion-MNIST table
-#: (Norouzi et al. 2020, Table 1; the VampPrior code's split): 50,000 training images redrawn
-#: from Bernoulli(x) every epoch, 10,000 validation images (the seeded split, binarized once),
-#: and the 10,000 test images, which ``vaelab evaluate`` binarizes once with its ``--seed``.
-DATA_PROTOCOLS: dict[str, dict] = {
-    "binarized-fashion-mnist": {"data": "fashion-mnist", "val_fraction": 1 / 6,
-                                "binarize": "dynamic"},
-}
 
 
 def expand_protocol(train: dict) -> dict:

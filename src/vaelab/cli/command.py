@@ -22,11 +22,12 @@ from vaelab.cli.common import Parser, UsageError
 from vaelab.cli.errors import (
     DEBUG_ENV,
     EXIT_ERROR,
-    EXIT_INTERRUPTED,
     EXIT_USAGE,
     cli_words,
     known_errors,
     one_line,
+    sigterm_raises,
+    stopped_by,
 )
 
 
@@ -106,17 +107,18 @@ def _main(argv: Sequence[str] | None, errors=None) -> int:
         try:
             from vaelab._trust import trusting
 
-            with trusting(args.trust):       # consent to import the factories of these runs
-                return args.func(args)
+            with trusting(args.trust), sigterm_raises():  # trust: consent to import the
+                return args.func(args)                    # factories of these runs
         finally:
             if "vaelab.fit.lock" in sys.modules:      # one writer per run: release ours
                 sys.modules["vaelab.fit.lock"].unlock_all()
     except SystemExit as exc:        # --help, --version, or an exit code chosen above
         return exc.code if isinstance(exc.code, int) else 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:     # Ctrl-C, or SIGTERM (errors.Terminated)
+        word, code = stopped_by(exc)
         if not silent:
-            print("vaelab: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+            print(f"vaelab: {word}", file=sys.stderr)
+        return code
     except Exception as exc:
         if debug:
             raise

@@ -2,19 +2,58 @@
 
 Role in vaelab: bad input never shows a traceback. :func:`vaelab.cli.command.main` prints
 ``vaelab: error: <message>`` on stderr and exits with :data:`EXIT_USAGE` (2) for command-line
-usage errors, :data:`EXIT_ERROR` (1) for everything else and :data:`EXIT_INTERRUPTED` (130)
-when interrupted; ``VAELAB_DEBUG=1`` re-raises instead, for developers. A library message
-that names a Python argument is reworded to name the flag (:func:`cli_words`).
+usage errors, :data:`EXIT_ERROR` (1) for everything else, :data:`EXIT_INTERRUPTED` (130)
+when interrupted (Ctrl-C) and :data:`EXIT_TERMINATED` (143) when terminated (SIGTERM: ``kill``,
+a batch scheduler's time limit), which stops as Ctrl-C does, with nothing half-written;
+``VAELAB_DEBUG=1`` re-raises instead, for developers. A library message that names a Python
+argument is reworded to name the flag (:func:`cli_words`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 from vaelab.cli.common import UsageError, kebab
 
 DEBUG_ENV = "VAELAB_DEBUG"
-EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is: it unwinds as Ctrl-C does (locks released,
+    atomic writes abandoned, a resume hint printed) instead of dying without a word."""
+
+
+def stopped_by(exc: BaseException) -> tuple[str, int]:
+    """How an interruption is said, and its exit code: ("terminated", 143) for SIGTERM,
+    ("interrupted", 130) for Ctrl-C."""
+    if isinstance(exc, Terminated):
+        return "terminated", EXIT_TERMINATED
+    return "interrupted", EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread; the previous
+    handler is restored after. Elsewhere than the main thread (no signal handlers there) it
+    changes nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def one_line(exc: BaseException) -> str:

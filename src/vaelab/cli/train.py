@@ -36,8 +36,9 @@ from vaelab.cli.components import (
     check_component_flags,
     component_values,
 )
-from vaelab.cli.errors import EXIT_INTERRUPTED
+from vaelab.cli.errors import stopped_by
 from vaelab.cli.inputs import printer
+from vaelab.dataset_names import data_names
 
 
 def add_train(commands) -> None:
@@ -58,8 +59,9 @@ def add_train(commands) -> None:
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run",
                              "where the run comes from and goes")
-    g.add_argument("--data", metavar="NAME|PATH", help="dataset name (fashion-mnist, mnist) "
-                   "or a .npy/.npz/.csv file or image folder (default: fashion-mnist)")
+    g.add_argument("--data", metavar="NAME|PATH", help=f"dataset name ({', '.join(data_names())}"
+                   f"; binarized-fashion-mnist is the published table's protocol) or a "
+                   f".npy/.npz/.csv file or image folder (default: fashion-mnist)")
     g.add_argument("--out", type=Path, metavar="DIR",
                    help="run directory (default: runs/<timestamp>)")
     g.add_argument("--config", type=Path, metavar="FILE", help="a .toml or .json config file "
@@ -201,7 +203,8 @@ def _add_objective(p: argparse.ArgumentParser) -> None:
                    help="KL weight β (default 1): maximize E log p(x|z) − β KL; for the IWAE "
                         "objectives it tempers the log-weights")
     add_component(g, "kl-schedule", "the KL weight over training; given, it replaces a "
-                  "--config file's schedule and warm-up (constant: no warm-up)")
+                  "--config file's schedule (constant: no warm-up; linear keeps the file's "
+                  "warm-up length unless --kl-warmup is given)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -248,9 +251,10 @@ def _train_locked(train_, args: argparse.Namespace, run_dir: Path, config):
         lock.unlock_run(run_dir)      # its file would keep a created folder from being removed
         remove_empty_dirs(run_dir, created)
         if isinstance(exc, KeyboardInterrupt) and (run_dir / runs.CONFIG_FILE).is_file():
-            print(f"vaelab: interrupted; every finished epoch is saved: continue with "
+            word, code = stopped_by(exc)      # Ctrl-C, or SIGTERM (kill, a job's time limit)
+            print(f"vaelab: {word}; every finished epoch is saved: continue with "
                   f"`vaelab train --resume {run_dir}`", file=sys.stderr)
-            raise SystemExit(EXIT_INTERRUPTED) from None
+            raise SystemExit(code) from None
         raise
     finally:
         if logger is not None:
@@ -308,14 +312,37 @@ def _train_config(args: argparse.Namespace, run_dir: Path):
     if args.background_of is not None:
         base = _background_base(args, config_)
     if args.config is not None:
-        base = config_.merge(base, config_.load_config_file(args.config))
+        from_file = config_.load_config_file(args.config)
+        try:
+            base = config_.merge(base, from_file)
+        except (ValueError, TypeError) as exc:     # a component the catalogue lacks
+            raise type(exc)(f"config file {str(args.config)!r}: {exc}") from None
     merged = config_.merge(base, _train_overrides(args))
     model = merged.get("model", {})        # the model's flags first: before its options' checks
     check_component_flags(args, {kind: model.get(catalogue.FIELDS[kind]) or
                                   catalogue.names(kind)[0] for kind in MODEL_KINDS})
-    config = config_.RunConfig.from_dict(merged)
+    try:
+        config = config_.RunConfig.from_dict(merged)
+    except (ValueError, TypeError) as exc:
+        if args.config is None:
+            raise
+        raise _blame_the_file(exc, args.config,
+                              lambda: config_.RunConfig.from_dict(base)) from None
     _check_given_flags(args, config)    # flags the run would silently ignore
     return config
+
+
+def _blame_the_file(exc: Exception, path: Path, file_alone) -> Exception:
+    """A bad value in a --config file, said as the file's: ``config file 'x.toml':
+    latent_dim: ...``, not as a flag the user never typed. The file is to blame when it
+    fails the same way without the flags (``file_alone`` builds that config); otherwise the
+    error is the flags' and stays as it was."""
+    try:
+        file_alone()
+    except (ValueError, TypeError) as alone:
+        if str(alone) == str(exc):
+            return type(exc)(f"config file {str(path)!r}: {exc}")
+    return exc
 
 
 def _train_overrides(args: argparse.Namespace) -> dict:

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from vaelab.cli.common import non_negative_int, number, positive_int
+from vaelab.dataset_names import data_names
 
 
 def add_tune(commands) -> None:
@@ -24,7 +25,7 @@ def add_tune(commands) -> None:
         "default): run the same command again to resume it, or start several on one "
         "--storage to search in parallel. The test split is never read.")
     p.add_argument("--data", required=True, metavar="NAME|PATH",
-                   help="dataset name (fashion-mnist, mnist) or a .npy/.npz/.csv file")
+                   help=f"dataset name ({', '.join(data_names())}) or a .npy/.npz/.csv file")
     p.add_argument("--budget", required=True, metavar="TIME|N-trials",
                    help="a time for this command (1h, 30m, 1h30m, 90s: no trial starts after "
                    "it) or a number of trials for the whole study (50-trials)")

@@ -20,13 +20,14 @@ from vaelab import _checks
 from vaelab.data.kinds import SPLITS, Dataset, _arrays_to_dataset, _describe
 from vaelab.data.named import DEFAULT_DATASET, NAMED_SOURCES, _load_named
 from vaelab.data.readers import _read_csv, _read_image_folder, _read_npy, _read_npz
+from vaelab.dataset_names import DATA_PROTOCOLS, data_names
 
 
 def _load_path(path: Path, split: str, label_column: str | int | None,
                keep_uint8: bool = False, mmap: bool = False) -> Dataset:
     """User data at ``path`` (.npy, .npz, .csv or a folder of images) → Dataset."""
     if not path.exists():
-        raise FileNotFoundError(f"source: expected a dataset name ({', '.join(NAMED_SOURCES)}) "
+        raise FileNotFoundError(f"source: expected a dataset name ({', '.join(data_names())}) "
                                 f"or an existing file or folder, got {str(path)!r}, which does "
                                 f"not exist")
     suffix = path.suffix.lower()
@@ -86,8 +87,8 @@ def _named(source: str | os.PathLike) -> str | None:
         return None
     key = source.strip().lower().replace("_", "-")
     # a data protocol of vaelab.config.DATA_PROTOCOLS reads its dataset's files
-    key = {"fashionmnist": "fashion-mnist",
-           "binarized-fashion-mnist": "fashion-mnist"}.get(key, key)
+    protocols = {name: protocol["data"] for name, protocol in DATA_PROTOCOLS.items()}
+    key = {"fashionmnist": "fashion-mnist", **protocols}.get(key, key)
     return key if key in NAMED_SOURCES else None
 
 
