@@ -74,3 +74,31 @@ def test_an_older_run_with_a_relative_path_still_loads(trained, tmp_path, monkey
     code, _, err = run_cli(capsys, "train", "--resume", run, "--epochs", "2", "--quiet")
     assert code == 0, err
     assert json.loads((run / "config.json").read_text())["train"]["data"] == "d.npy"
+
+
+def test_runs_names_a_missing_or_broken_model_and_missing_metrics(trained, capsys):
+    """Each broken copy of a run gets its own problem text; none stops the listing."""
+    import shutil
+
+    _, run = trained
+    broken = {name: run.parent / name for name in ("nomodel", "half", "garbage", "nometrics")}
+    for copy in broken.values():
+        shutil.copytree(run, copy)
+    (broken["nomodel"] / "model.safetensors").unlink()
+    weights = (run / "model.safetensors").read_bytes()
+    (broken["half"] / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    (broken["garbage"] / "model.safetensors").write_bytes(b"weights")
+    (broken["nometrics"] / "metrics.jsonl").unlink()
+    code, out, err = run_cli(capsys, "runs", run.parent)
+    assert code == 0 and err == "" and out.rstrip().endswith("5 runs"), out + err
+    rows = {line.split()[0]: line.rstrip() for line in out.splitlines()[2:-1]}
+    assert rows["nomodel"].endswith("  no model.safetensors")
+    assert rows["half"].endswith("  model.safetensors unreadable: incomplete metadata, file "
+                                 "not fully covered")
+    assert rows["garbage"].endswith("  model.safetensors unreadable: header too small")
+    assert rows["nometrics"].endswith("  no metrics.jsonl")
+    assert "unreadable" not in rows["r"] and " no " not in rows["r"]
+    code, _, err = run_cli(capsys, "report", broken["half"])       # the page says so too
+    assert code == 0, err
+    assert "model.safetensors is unreadable (incomplete metadata" in (
+        broken["half"] / "report.html").read_text()

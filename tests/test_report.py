@@ -15,8 +15,10 @@ import time
 from html import unescape
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import html_tables
+from safetensors.numpy import save_file
 
 from vaelab import cli
 from vaelab.show import report, runinfo, runs_table
@@ -48,6 +50,7 @@ def _run(folder: Path, evaluation: dict | None = None, metrics: list[dict] | Non
         {"epoch": 2, "train_elbo": -280.0, "val_elbo": -270.0, "samples_per_s": 1200.0,
          "seconds": 1.25}]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    save_file({"w": np.zeros(2, np.float32)}, folder / "model.safetensors")  # before results
     if evaluation is not None:
         (folder / "eval.json").write_text(json.dumps(evaluation))
     return folder
@@ -294,3 +297,22 @@ def test_report_labels_both_standard_error_rules_and_the_k1_lower_bound(tmp_path
     assert ["ELBO (nats)", "-5.000", "0.400"] in metrics
     text = unescape(html)
     assert SE_RULES["across examples"] in text and SE_RULES["split mean"] in text
+
+
+def test_runs_table_and_report_show_the_saved_epochs_validation_elbo(tmp_path):
+    """Early stopping saved epoch 2's weights: its bound is shown, labelled, not epoch 3's."""
+    metrics = [{"epoch": e, "train_elbo": -300.0, "val_elbo": v}
+               for e, v in ((1, -290.0), (2, -229.09), (3, -229.3))]
+    config = {"model": {"latent_dim": 2}, "dataset": {"name": "fashion-mnist"},
+              "train": {"epochs": 3, "early_stopping_patience": 5}}
+    stopped = _run(tmp_path / "stopped", metrics=metrics, config=config)
+    plain = _run(tmp_path / "plain", metrics=metrics,
+                 config={**config, "train": {"epochs": 3, "early_stopping_patience": None}})
+    rows = {r.split()[0]: r for r in runs_table.format_runs(tmp_path).splitlines()[2:-1]}
+    assert "-229.09 (epoch 2, best)" in rows["stopped"] and "-229.30" not in rows["stopped"]
+    assert "-229.30 (epoch 3)" in rows["plain"]
+    about = dict(report._about(runinfo.read_run(stopped)))
+    assert about["validation ELBO of the saved model (nats)"] == (
+        "best val ELBO -229.09 at epoch 2 (saved); last epoch 3: -229.30")
+    html = unescape(report.render_report([plain]))
+    assert "val ELBO -229.30 at epoch 3 (saved; the last epoch)" in html

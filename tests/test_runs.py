@@ -203,3 +203,24 @@ def test_loaded_model_matches_the_file(run):
     assert all(torch.equal(state[k], weights[k]) for k in state)
     assert not trained.model.training
     assert "TrainedModel" in repr(trained)
+
+
+def _rows(*values) -> list[dict]:
+    return [{"epoch": i + 1, "val_elbo": v} for i, v in enumerate(values)]
+
+
+def test_saved_epoch_is_the_best_under_early_stopping_else_the_last():
+    best = runs.saved_epoch(_rows(-10.0, -5.0, None, -5.0, -7.0), 3)
+    assert (best.epoch, best.val_elbo, best.last_epoch, best.last_val_elbo, best.best) == (
+        2, -5.0, 5, -7.0, True)                      # the first of equal bests, null skipped
+    assert best.describe() == "best val ELBO -5.00 at epoch 2 (saved); last epoch 5: -7.00"
+    for off in (None, 0, False, "3"):
+        last = runs.saved_epoch(_rows(-10.0, -5.0, -7.0), off)
+        assert (last.epoch, last.val_elbo, last.best) == (3, -7.0, False), off
+        assert last.describe() == "val ELBO -7.00 at epoch 3 (saved; the last epoch)"
+    assert runs.saved_epoch(_rows(-9.0, -3.0), 1).describe() == (
+        "best val ELBO -3.00 at epoch 2 (saved; the last epoch)")
+    none = runs.saved_epoch(_rows(None, None), 2)     # no finite bound: the last weights stay
+    assert (none.epoch, none.val_elbo, none.best) == (2, None, False)
+    assert runs.saved_epoch([], 2) is None
+    assert "-2.6e+11" in runs.saved_epoch(_rows(-2.6e11), None).describe()

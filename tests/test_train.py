@@ -68,7 +68,9 @@ def test_run_directory_contents(finished):
                                                    "samples_per_s", "lr", "seconds"))
         assert math.isclose(row["train_elbo"], -row["train_rate"] - row["train_distortion"],
                             rel_tol=1e-6)
-    assert len(lines) == 2 and lines[0].startswith("epoch 1/2")
+    assert len(lines) == 3 and lines[0].startswith("epoch 1/2")
+    assert lines[2].startswith("training done after epoch 2: val ELBO ")    # the saved one's
+    assert lines[2].endswith(" at epoch 2 (saved; the last epoch)")
     config = json.loads((out / "config.json").read_text())
     assert config["format"] == "vaelab-run/1" and config["torch_version"] == torch.__version__
     assert config["dataset"] == {"name": "fashion-mnist", "num_train": 540, "num_val": 60}
@@ -141,6 +143,7 @@ def test_early_stopping_keeps_the_best_weights(fashion, tmp_path, monkeypatch):
     result = train(tiny(epochs=6, early_stopping_patience=2), tmp_path / "run",
                    dataset=fashion, log=None)
     assert result.stopped_early and result.best_epoch == 2 and len(result.metrics) == 4
+    assert runs.saved_epoch(result.metrics, 2).epoch == 2      # what runs and report read
     best = snapshots[1]
     assert all(torch.equal(result.model.state_dict()[k], best[k]) for k in best)
     on_disk = load_file(tmp_path / "run" / "model.safetensors")

@@ -6,7 +6,8 @@ A run directory written by ``vaelab.fit.train`` holds
   resolved from the data, plus ``format``, ``vaelab_version`` and ``torch_version``;
 * ``model.safetensors`` — the weights: the VAE's ``state_dict`` keys as they are, plus
   ``inference.<name>`` for inference parameters that are not part of the VAE (the
-  per-datapoint table); updated at the end of every epoch;
+  per-datapoint table); updated at the end of every epoch, with early stopping to the best
+  epoch's weights so far (:func:`saved_epoch` says which epoch a run saved);
 * ``metrics.jsonl`` — one JSON object per completed epoch: ``epoch`` (1-based), ``step``
   (optimizer steps so far), ``train_elbo``/``train_rate``/``train_distortion`` (means over the
   epoch's non-skipped examples, true ELBO even during KL warm-up), ``val_elbo``/``val_rate``/
@@ -36,6 +37,7 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -255,6 +257,83 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line]
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise RunError(f"metrics: {str(path)!r} is not valid JSON lines: {exc}") from None
+
+
+# --------------------------------------------------------------------------- saved epoch
+
+
+@dataclass(frozen=True)
+class SavedEpoch:
+    """Which epoch's weights ``model.safetensors`` holds, with its validation ELBO.
+
+    With early stopping on (``early_stopping_patience``) the training loop keeps and saves the
+    weights of the epoch with the best finite validation ELBO (the first such, ties kept);
+    otherwise the last epoch's (the moving average's when ``ema_decay`` is set, which is also
+    what that epoch validated). Found from ``metrics.jsonl`` and the config alone, so old runs
+    are read the same way.
+
+    Attributes:
+        epoch: 1-based epoch whose weights are saved.
+        val_elbo: its validation ELBO (None when not finite or not measured).
+        last_epoch: the last finished epoch.
+        last_val_elbo: the last epoch's validation ELBO (None likewise).
+        best: whether early stopping chose ``epoch`` as the best one.
+    """
+
+    epoch: int
+    val_elbo: float | None
+    last_epoch: int
+    last_val_elbo: float | None
+    best: bool
+
+    def describe(self) -> str:
+        """One line that ties the number to the saved weights, e.g. "best val ELBO -229.09
+        at epoch 312 (saved); last epoch 362: -229.30"."""
+        if self.val_elbo is None:
+            return f"weights of epoch {self.epoch} saved (no validation ELBO)"
+        what = "best val ELBO" if self.best else "val ELBO"
+        line = f"{what} {_elbo(self.val_elbo)} at epoch {self.epoch}"
+        if self.epoch == self.last_epoch:
+            return f"{line} (saved; the last epoch)"
+        return f"{line} (saved); last epoch {self.last_epoch}: {_elbo(self.last_val_elbo)}"
+
+
+def _elbo(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.6g}" if abs(value) >= 1e6 else f"{value:.2f}"
+
+
+def _finite(value: object) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def saved_epoch(metrics: list[dict], early_stopping_patience: object) -> SavedEpoch | None:
+    """The epoch whose weights a run saved (see :class:`SavedEpoch`); None without epochs.
+
+    ``metrics``: the rows of ``metrics.jsonl``; ``early_stopping_patience``: the config's
+    value (a positive int turns early stopping on; None, 0 or anything else: off).
+    """
+    rows = [row for row in metrics if isinstance(row, dict)]
+    if not rows:
+        return None
+
+    def epoch(i: int) -> int:
+        number = rows[i].get("epoch")
+        return number if isinstance(number, int) and not isinstance(number, bool) else i + 1
+
+    last = len(rows) - 1
+    keeps_best = (isinstance(early_stopping_patience, int)
+                  and not isinstance(early_stopping_patience, bool)
+                  and early_stopping_patience > 0)
+    values = [_finite(row.get("val_elbo")) for row in rows]
+    finite = [i for i, v in enumerate(values) if v is not None]
+    chosen = last
+    if keeps_best and finite:
+        chosen = max(finite, key=lambda i: (values[i], -i))   # the first of equal bests
+    return SavedEpoch(epoch(chosen), values[chosen], epoch(last), values[last],
+                      best=keeps_best and bool(finite))
 
 
 # --------------------------------------------------------------------------- weights

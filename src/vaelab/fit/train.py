@@ -571,9 +571,11 @@ def _run(trainer: _Trainer, *, warn: bool) -> TrainResult:
     state = trainer.state
     while state.epoch < trainer.tc.epochs and not state.stopped_early:
         trainer.run_epoch()
-    if state.stopped_early:
-        trainer.log(f"early stopping after epoch {state.epoch}: best val ELBO "
-                    f"{state.best_val_elbo:.2f} at epoch {state.best_epoch}")
+    saved = runs.saved_epoch(state.metrics, trainer.tc.early_stopping_patience)
+    if trainer.dist.main and saved is not None and saved.val_elbo is not None:
+        # the closing line names the epoch whose weights model.safetensors holds
+        head = "early stopping" if state.stopped_early else "training done"
+        trainer.log(f"{head} after epoch {state.epoch}: {saved.describe()}")
     trainer.finish()
     summary = _divergence_summary(state.metrics,   # skipped: summed over ranks
                                   len(trainer.batches) * trainer.dist.world_size,

@@ -101,8 +101,10 @@ def _about(run: RunInfo) -> list[tuple[str, str]]:
     done = len(run.metrics)
     rows.append(("progress", f"{done} epoch{'' if done == 1 else 's'} finished"
                              + (f" in {seconds:.1f} s" if seconds is not None else "")))
-    val = run.last_metric("val_elbo")
-    rows.append(("final validation ELBO", "none recorded" if val is None else f"{val:.3f} nats"))
+    saved = run.saved_epoch()     # the epoch whose weights model.safetensors holds
+    rows.append(("validation ELBO of the saved model (nats)",
+                 "none recorded" if saved is None or saved.val_elbo is None
+                 else saved.describe()))
     if run.config is None:
         rows.insert(0, ("config", "config.json is missing or unreadable"))
     return rows

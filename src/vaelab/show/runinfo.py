@@ -1,9 +1,13 @@
-"""What a run directory holds, read without touching the model: config, metrics, results.
+"""What a run directory holds, read without loading the model: config, metrics, results.
 
 Role in vaelab: the one reader behind ``vaelab runs`` (a table of runs) and ``vaelab report``
-(one HTML page per run or per comparison). It reads JSON and PNG files only — never weights,
-never pickles — and tolerates anything missing or unreadable: a run that lacks a result says
-so, and a file that cannot be parsed is listed as unreadable with the reason, never raised.
+(one HTML page per run or per comparison). It reads JSON and PNG files and the header of
+``model.safetensors`` only — never the weights themselves, never pickles — and tolerates
+anything missing or unreadable: a run that lacks a result says so, a missing or corrupt
+``model.safetensors`` or a missing ``metrics.jsonl`` is a problem of the run, and a file that
+cannot be parsed is listed as unreadable with the reason, never raised. The validation ELBO
+shown for a run is that of the epoch whose weights were saved (``vaelab.fit.runs.saved_epoch``:
+the best epoch under early stopping, else the last).
 
 Paired comparisons (what a researcher should read before "model A beats model B"): two runs
 evaluated by ``vaelab evaluate`` on the same examples (same data, split, seed, binarization
@@ -22,7 +26,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from vaelab.fit.runs import CONFIG_FILE, METRICS_FILE, MODEL_FILE
+from safetensors import SafetensorError, safe_open
+
+from vaelab.fit.runs import CONFIG_FILE, METRICS_FILE, MODEL_FILE, SavedEpoch, saved_epoch
 
 EVAL_FILE = "eval.json"
 GAPS_FILE = "gaps.json"
@@ -54,6 +60,7 @@ class RunInfo:
         extra: other ``*.json`` results in the folder (name → parsed dict).
         pictures: PNG files in the folder (name → path).
         problems: one line per file that exists but could not be read.
+        file_problems: a missing or unreadable model.safetensors, a missing metrics.jsonl.
         modified: the newest modification time of the run's files (UTC).
     """
 
@@ -65,6 +72,7 @@ class RunInfo:
     extra: dict[str, dict] = field(default_factory=dict)
     pictures: dict[str, Path] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    file_problems: list[Problem] = field(default_factory=list)
     modified: datetime | None = None
 
     @property
@@ -78,6 +86,13 @@ class RunInfo:
             if isinstance(value, (int, float)) and math.isfinite(value):
                 return float(value)
         return None
+
+    def saved_epoch(self) -> SavedEpoch | None:
+        """The epoch whose weights model.safetensors holds, with its validation ELBO (None
+        without metrics): the best one under early stopping, else the last."""
+        train = (self.config or {}).get("train")
+        patience = train.get("early_stopping_patience") if isinstance(train, dict) else None
+        return saved_epoch(self.metrics, patience)
 
     def training_seconds(self) -> float | None:
         seconds = [r.get("seconds") for r in self.metrics]
@@ -157,8 +172,43 @@ def read_run(path: str | os.PathLike) -> RunInfo:
                 info.extra[file.name] = value
     if times:
         info.modified = datetime.fromtimestamp(max(times), tz=timezone.utc)
+    info.file_problems = file_problems(path)
     _flag_stale(path, info)
     return info
+
+
+def file_problems(path: Path) -> list[Problem]:
+    """A run's missing ``metrics.jsonl`` and its missing or unreadable ``model.safetensors``
+    (only its header is parsed, which also tells a truncated file: its tensors must cover
+    the rest of the file exactly); [] when both are there and sound. Never raises."""
+    problems = []
+    model = path / MODEL_FILE
+    if not model.is_file():
+        problems.append(Problem(f"no {MODEL_FILE}", f"no {MODEL_FILE}: the run has no saved "
+                                f"weights (no epoch finished, or the file was removed)"))
+    else:
+        reason = _safetensors_problem(model)
+        if reason is not None:
+            problems.append(Problem(f"{MODEL_FILE} unreadable: {reason}",
+                                    f"{MODEL_FILE} is unreadable ({reason}): the weights "
+                                    f"cannot be loaded; retrain the run, or restore the file"))
+    if not (path / METRICS_FILE).is_file():
+        problems.append(Problem(f"no {METRICS_FILE}", f"no {METRICS_FILE}: the run's "
+                                f"training record is missing"))
+    return problems
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file's header does not parse (one line), or None when it does."""
+    try:
+        with safe_open(str(path), framework="numpy") as opened:
+            opened.keys()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return text.removeprefix("Error while deserializing header: ")
+    return None
 
 
 def _flag_stale(path: Path, info: RunInfo) -> None:
@@ -286,13 +336,15 @@ def _sizes(run: RunInfo) -> tuple[int, ...] | None:
 
 
 def model_problems(run: RunInfo) -> list[Problem]:
-    """A diverged training run and posterior collapse, by the rules training and evaluation
-    use (``vaelab.fit.progress.divergence_warning``, ``vaelab.model.hierarchical``'s
-    ``collapse_warning``): eval.json's own warnings first, else the metrics' last epoch."""
+    """What is wrong with a run's model: its files (:func:`file_problems`: no or an unreadable
+    model.safetensors, no metrics.jsonl), then a diverged training run and posterior
+    collapse, by the rules training and evaluation use (``vaelab.fit.progress.
+    divergence_warning``, ``vaelab.model.hierarchical``'s ``collapse_warning``): eval.json's
+    own warnings first, else the metrics' last epoch."""
     from vaelab.fit.progress import divergence_warning
     from vaelab.model.hierarchical import collapse_from_metrics
 
-    problems = []
+    problems = list(run.file_problems)
     diverged = [row.get("epoch") for i, row in enumerate(run.metrics)
                 if _diverged(row, _steps_per_epoch(run.metrics, i), divergence_warning)]
     warnings = [w for w in (run.evaluation or {}).get("warnings") or [] if isinstance(w, str)]

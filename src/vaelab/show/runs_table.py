@@ -1,9 +1,12 @@
 """``vaelab runs``: a plain-text table of the runs under a folder, newest first.
 
 One row per run directory (a folder with a ``config.json``, found up to three levels down):
-when it was last written, its data, latent size and family/prior, epochs finished, the last
-validation ELBO, and — when ``vaelab evaluate`` has run — the test log p̂(x) with its standard
-error and bits/dim; then its problems (a diverged or collapsed model, an unreadable file).
+when it was last written, its data, latent size and family/prior, epochs finished, the
+validation ELBO of the epoch whose weights were saved, labelled with that epoch (the best one
+under early stopping, ``vaelab.fit.runs.saved_epoch``), and — when ``vaelab evaluate`` has
+run — the test log p̂(x) with its standard error and bits/dim; then its problems (no or an
+unreadable model.safetensors, no metrics.jsonl, a diverged or collapsed model, an unreadable
+file).
 Missing numbers are shown as ``—`` (not computed) and undefined standard errors as
 ``undefined``, never as 0.
 """
@@ -14,7 +17,7 @@ import os
 
 from vaelab.show.runinfo import RunInfo, find_runs, model_problems, stat
 
-COLUMNS = ("run", "written (UTC)", "data", "model", "epochs", "val ELBO",
+COLUMNS = ("run", "written (UTC)", "data", "model", "epochs", "val ELBO (saved epoch)",
            "test log p̂(x) ± SE", "bits/dim", "problems")
 MISSING = "—"
 
@@ -34,6 +37,14 @@ def _number(value: float | None, digits: int) -> str:
     if value is None:
         return MISSING
     return f"{value:.{digits}f}" if abs(value) < 1e6 else f"{value:.3g}"
+
+
+def _saved_val(run: RunInfo) -> str:
+    """The saved weights' validation ELBO and their epoch: "-229.09 (epoch 312, best)"."""
+    saved = run.saved_epoch()
+    if saved is None or saved.val_elbo is None:
+        return MISSING
+    return f"{_number(saved.val_elbo, 2)} (epoch {saved.epoch}{', best' if saved.best else ''})"
 
 
 def run_row(run: RunInfo, root: str | os.PathLike) -> list[str]:
@@ -56,7 +67,7 @@ def run_row(run: RunInfo, root: str | os.PathLike) -> list[str]:
         test, bpd = f"{test} (score)", None
     return [name or ".", run.modified.strftime("%Y-%m-%d %H:%M") if run.modified else MISSING,
             str(data or MISSING), _model(run), str(len(run.metrics)),
-            _number(run.last_metric("val_elbo"), 2), test, _number(bpd, 4),
+            _saved_val(run), test, _number(bpd, 4),
             ", ".join([p.tag for p in model_problems(run)]
                       + [f"{name} unreadable" for name in unreadable])]
 
