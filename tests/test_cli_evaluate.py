@@ -111,3 +111,40 @@ def test_a_run_on_in_memory_data_asks_for_data_instead_of_reading_another_set(
     code, out, err = run_cli(capsys, "evaluate", run, "--data", np_file, "--k", "2",
                              "--limit", "5")
     assert code == 0, err
+
+
+def test_evaluate_says_an_unfinished_run_and_a_warm_up_cut_short(runs, tmp_path, capsys,
+                                                                 monkeypatch):
+    """A run stopped after 1 of 3 epochs, inside a 2-epoch warm-up: evaluate says both, with
+    the command that continues it; a finished run says neither."""
+    from vaelab.fit import train as train_mod
+
+    save = train_mod._Trainer.save
+
+    def save_then_stop(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        if self.state.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod._Trainer, "save", save_then_stop)
+    run = tmp_path / "cut"
+    flags = [f for f in TINY if f not in ("--epochs", "1")]
+    code, _, _ = run_cli(capsys, "train", "--out", run, *flags, "--epochs", "3",
+                         "--kl-warmup", "2")
+    assert code == 130
+    code, out, err = run_cli(capsys, "evaluate", run, "--k", "2", "--limit", "5", "--quiet")
+    assert code == 0, err
+    assert (f"note: unfinished run: 1 of 3 epochs trained; continue with `vaelab train "
+            f"--resume {run}`") in out
+    training = json.loads((run / "eval.json").read_text())["training"]
+    weight = training["last_kl_weight"]       # the schedule's, at the epoch's last step
+    assert 0 < weight < 1
+    assert (f"inside the KL warm-up (KL weight {weight:.3g} of β = 1 at epoch 1, warm-up 2 "
+            f"epochs)") in out
+    assert training == {"epochs_done": 1, "epochs": 3, "stopped_early": False,
+                        "finished": False, "last_kl_weight": weight,
+                        "in_warmup": True}
+    code, out, _ = run_cli(capsys, "evaluate", runs["binary"], "--k", "2", "--limit", "5",
+                           "--quiet")
+    assert code == 0 and "unfinished" not in out and "warm-up" not in out
+    assert json.loads((runs["binary"] / "eval.json").read_text())["training"]["finished"]

@@ -87,6 +87,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(tables.with_meaning(tables.format_evaluation(result), result))
     print(tables.estimator_lines(result))
     print(tables.trained_with_line(result))
+    for line in tables.training_lines(result):
+        print(line)
     print("written: " + "  ".join(str(p) for p in targets))
     return 0
 

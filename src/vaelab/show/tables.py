@@ -113,6 +113,25 @@ def trained_with_line(r: dict) -> str:
             f"above is the true one (β = 1, no free bits)")
 
 
+def training_lines(r: dict) -> list[str]:
+    """Notes on how far the evaluated run's training got (eval.json's ``training``): nothing
+    for a finished run; an unfinished one says its epochs and how to continue, and one that
+    stopped inside its KL warm-up says the KL weight it was trained at."""
+    t = r.get("training")
+    if not t or t["finished"]:
+        return []
+    lines = [f"note: unfinished run: {t['epochs_done']} of {t['epochs']} epochs trained; "
+             f"continue with `vaelab train --resume {r['run']}`"]
+    if t["in_warmup"]:
+        beta = r["trained_with"]["beta"]
+        lines.append(f"note: its training stopped inside the KL warm-up (KL weight "
+                     f"{t['last_kl_weight']:.3g} of β = {beta:g} at epoch {t['epochs_done']}, "
+                     f"warm-up {r['trained_with']['kl_warmup_epochs']:g} epochs): the model "
+                     f"was fitted to a down-weighted KL, so its bound is not yet what the "
+                     f"recipe trains for")
+    return lines
+
+
 def format_detection(results: dict[str, dict], labels) -> str:
     """The table of each score's AUROC, AUPRC and FPR at 95% TPR (an undefined score says
     why), then the count of anomalous and normal examples in ``labels`` (0/1 array [N])."""
