@@ -305,8 +305,9 @@ def _elbo(value: float | None) -> str:
 
 
 def _finite(value: object) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def saved_epoch(metrics: list[dict], early_stopping_patience: object) -> SavedEpoch | None:
