@@ -434,3 +434,16 @@ def test_a_run_killed_after_its_last_checkpoint_resumes_to_a_fresh_runs_files(tm
     again = train(None, tmp_path / "killed", resume=True, log=None, progress=False,
                   figures=lambda *a, **k: pytest.fail("figures drawn again"))
     assert again.nothing_to_do is not None
+
+
+def test_the_collapse_warning_reads_the_saved_epochs_row():
+    """Early stopping saved epoch 2: a warning about the saved model reads epoch 2's row, not
+    the last epoch's (whose units may have collapsed after the best epoch)."""
+    from vaelab.fit import runs
+    from vaelab.fit.train import saved_row
+
+    metrics = [{"epoch": 1, "val_elbo": -10.0}, {"epoch": 2, "val_elbo": -5.0},
+               {"epoch": 3, "val_elbo": -7.0}]
+    assert saved_row(metrics, runs.saved_epoch(metrics, 5)) is metrics[1]
+    assert saved_row(metrics, runs.saved_epoch(metrics, None)) is metrics[2]
+    assert saved_row(metrics, None) is metrics[2]

@@ -567,6 +567,16 @@ def _nothing_to_do(trainer: _Trainer, log: Callable[[str], object]) -> TrainResu
                        nothing_to_do=line)
 
 
+def saved_row(metrics: list[dict], saved: runs.SavedEpoch | None) -> dict:
+    """The metrics row of the epoch whose weights were saved (the last row when unknown):
+    what a warning about the saved model must read, not the last epoch's."""
+    if saved is not None:
+        for row in metrics:
+            if row.get("epoch") == saved.epoch:
+                return row
+    return metrics[-1]
+
+
 def _run(trainer: _Trainer, *, warn: bool) -> TrainResult:
     state = trainer.state
     while state.epoch < trainer.tc.epochs and not state.stopped_early:
@@ -581,8 +591,8 @@ def _run(trainer: _Trainer, *, warn: bool) -> TrainResult:
                                   len(trainer.batches) * trainer.dist.world_size,
                                   trainer.remedy)
     collapse = (None if isinstance(trainer.model, HierarchicalVAE) or not state.metrics
-                else collapse_from_metrics(state.metrics[-1], (trainer.model.latent_dim,),
-                                           trainer.tc))
+                else collapse_from_metrics(saved_row(state.metrics, saved),
+                                           (trainer.model.latent_dim,), trainer.tc))
     # hierarchies warn per layer in the epoch lines; a diverged run's collapse is no news
     warnings = (summary,) if summary is not None else (collapse,) if collapse else ()
     if warn and trainer.dist.main:   # stderr even under --quiet
