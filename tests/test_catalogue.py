@@ -107,7 +107,7 @@ def test_building_by_name_gives_the_configured_component():
 
 def test_an_option_the_component_lacks_is_refused_naming_those_it_has():
     with pytest.raises(ValueError, match=r"family: family 'iaf' has no option 'components'; "
-                                         r"expected one of \['flow_steps'\]"):
+                                         r"expected one of \['flow_steps', 'flow_update'\]"):
         catalogue.get("family", "iaf").build(3, components=2)
     with pytest.raises(ValueError, match="prior 'standard-normal' has no option 'components'; "
                                          "expected none"):
@@ -171,6 +171,7 @@ def test_today_s_flags_come_from_the_catalogue():
         "--q-components": (catalogue.get("family", "mixture").option("components"),
                            ("mixture",)),
         "--q-flow-steps": (catalogue.get("family", "iaf").option("flow_steps"), ("iaf",)),
+        "--q-flow-update": (catalogue.get("family", "iaf").option("flow_update"), ("iaf",)),
         **{f"--q-{side}-logvar": (catalogue.get("family", "diagonal-normal").option(
             f"{side}_logvar"), ("diagonal-normal",)) for side in ("min", "max")}}
     prior = catalogue.flags("prior")

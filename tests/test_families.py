@@ -105,8 +105,12 @@ def _iaf_by_hand(family: families.IAFNormal, raw: torch.Tensor, z0: torch.Tensor
         v = loc + scale * e
         for made in family.mades:
             mu, s = made(v, h)
-            s = 5.0 * torch.tanh(s / 5.0)
-            v = mu + s.exp() * v
+            if family.update == "gated":            # Kingma et al.'s σ v + (1 − σ) m
+                sigma = torch.sigmoid(s + 2.0)
+                v = sigma * v + (1 - sigma) * mu
+            else:
+                s = 5.0 * torch.tanh(s / 5.0)
+                v = mu + s.exp() * v
         return v
 
     eps = (z0 - loc) / scale
@@ -115,8 +119,9 @@ def _iaf_by_hand(family: families.IAFNormal, raw: torch.Tensor, z0: torch.Tensor
     return flow(eps), log_q
 
 
-def test_iaf_density_is_the_change_of_variables_for_draws_and_for_any_point():
-    family = _perturbed(families.IAFNormal(3, steps=3))
+@pytest.mark.parametrize("update", ["affine", "gated"])
+def test_iaf_density_is_the_change_of_variables_for_draws_and_for_any_point(update):
+    family = _perturbed(families.IAFNormal(3, steps=3, update=update))
     raw = torch.randn(4, family.param_size, dtype=F64)
     q = family(raw)
     assert q.batch_shape == (4,) and q.event_shape == (3,) and q.has_rsample
@@ -412,3 +417,19 @@ def test_logvar_bounds_reach_the_model_and_keep_it_off_the_fast_path():
         model(min_logvar=1.0, max_logvar=1.0)
     with pytest.raises(ValueError, match=r"q_min_logvar \(--q-min-logvar\).*below"):
         families.DiagonalNormal(2, min_logvar=1.0, max_logvar=0.5)
+
+
+def test_the_iaf_update_is_an_option_that_a_saved_run_keeps():
+    """--q-flow-update reaches the family through the catalogue, its config rebuilds it, and
+    a config saved before the option existed rebuilds the affine family."""
+    from vaelab import catalogue
+
+    entry = catalogue.get("family", "iaf", "family")
+    family = entry.resolve().from_options(4, **entry.validate({"flow_update": "gated"}, "x"))
+    assert family.update == "gated"
+    rebuilt = families.from_config(family.config())
+    assert isinstance(rebuilt, families.IAFNormal) and rebuilt.update == "gated"
+    old = {k: v for k, v in family.config().items() if k != "update"}
+    assert families.from_config(old).update == "affine"
+    with pytest.raises(ValueError, match="flow_update"):
+        entry.validate({"flow_update": "sigmoid"}, "family_options")

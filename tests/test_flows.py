@@ -58,11 +58,12 @@ def test_made_output_layer_starts_at_zero_and_rejects_bad_orders():
         made(torch.randn(5, D))
 
 
+@pytest.mark.parametrize("gated", [False, True], ids=["affine", "gated"])
 @pytest.mark.parametrize("conditioner", ["input", "output"])
 @pytest.mark.parametrize("order", ORDERS, ids=lambda o: "".join(map(str, o.tolist())))
-def test_log_det_equals_autograd_jacobian_and_jacobian_is_triangular(conditioner, order):
+def test_log_det_equals_autograd_jacobian_and_jacobian_is_triangular(conditioner, order, gated):
     made, h = _made(order), _context()
-    t = flows.AffineAutoregressive(made, h, conditioner, cache_size=0)
+    t = flows.AffineAutoregressive(made, h, conditioner, cache_size=0, gated=gated)
     for seed in range(3):
         x = torch.randn(D, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
         J = torch.autograd.functional.jacobian(t, x)
@@ -76,10 +77,14 @@ def test_log_det_equals_autograd_jacobian_and_jacobian_is_triangular(conditioner
         assert bool((J_ordered.diagonal() > 0).all())
 
 
+@pytest.mark.parametrize("gated", [False, True], ids=["affine", "gated"])
 @pytest.mark.parametrize("conditioner", ["input", "output"])
-def test_inverse_of_forward_is_the_identity_batched_with_broadcast_context(conditioner):
+def test_inverse_of_forward_is_the_identity_batched_with_broadcast_context(conditioner, gated):
     made, h = _made(ORDERS[1]), _context(5)                      # context [B, C]
-    t = flows.AffineAutoregressive(made, h, conditioner, cache_size=0)
+    if gated:   # keep σ away from 0: the inverse of a strong contraction is astronomically
+        with torch.no_grad():        # large, and the flow of that overflows (correctly)
+            made.out.weight.mul_(0.3)
+    t = flows.AffineAutoregressive(made, h, conditioner, cache_size=0, gated=gated)
     x = torch.randn(7, 5, D, dtype=torch.float64)                 # [k, B, D]
     y = t(x)
     assert y.shape == x.shape
@@ -88,7 +93,7 @@ def test_inverse_of_forward_is_the_identity_batched_with_broadcast_context(condi
     ladj = t.log_abs_det_jacobian(x, y)
     assert ladj.shape == (7, 5)
     # every row uses its own context: row b's value equals the unbatched computation
-    t1 = flows.AffineAutoregressive(made, h[2], conditioner, cache_size=0)
+    t1 = flows.AffineAutoregressive(made, h[2], conditioner, cache_size=0, gated=gated)
     torch.testing.assert_close(y[:, 2], t1(x[:, 2]), rtol=0, atol=1e-12)
 
 
@@ -98,6 +103,29 @@ def test_zero_initialized_steps_are_the_identity():
         t = flows.AffineAutoregressive(made, _context(), conditioner)
         x = torch.randn(3, D, dtype=torch.float64)
         assert torch.equal(t(x), x) and bool((t.log_abs_det_jacobian(x, x) == 0).all())
+
+
+def test_a_gated_step_is_kingmas_update_and_only_contracts():
+    """y = σ ⊙ x + (1 − σ) ⊙ m with (m, raw) from the MADE and σ = sigmoid(raw + 2), written
+    out by hand; log|det| = Σ log σ < 0 even where the MADE's raw outputs are huge (the
+    affine step's would stretch by e^5 per coordinate there); a fresh step is y = σ(2) x."""
+    made, h = _made(ORDERS[1]), _context()
+    t = flows.AffineAutoregressive(made, h, "input", cache_size=0, gated=True)
+    x = torch.randn(6, D, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    m, raw = made(x, h)
+    sigma = 1 / (1 + torch.exp(-(raw + 2.0)))
+    torch.testing.assert_close(t(x), sigma * x + (1 - sigma) * m, rtol=0, atol=1e-12)
+    torch.testing.assert_close(t.log_abs_det_jacobian(x, t(x)), sigma.log().sum(-1),
+                               rtol=0, atol=1e-12)
+    with torch.no_grad():                     # fresh copies of x: no MADE pass is reused
+        made.out.bias.fill_(40.0)             # raw ≫ 0: σ → 1 from below, never above
+        big = t.log_abs_det_jacobian(x.clone(), None)
+        made.out.bias.fill_(-40.0)            # raw ≪ 0: σ → 0, a strong contraction
+        small = t.log_abs_det_jacobian(x.clone(), None)
+    assert bool((big <= 0).all()) and bool((small < -30).all())
+    fresh = flows.AffineAutoregressive(flows.MADE(D, [8], 2, C).double(), h, "input",
+                                       gated=True)
+    torch.testing.assert_close(fresh(x), x / (1 + math.exp(-2.0)), rtol=0, atol=1e-14)
 
 
 def _flow(conditioner: str, context: torch.Tensor | None, dim: int = D,

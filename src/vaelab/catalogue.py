@@ -163,7 +163,10 @@ _ENTRIES = (
           facts={"mixture": True}),
     Entry("family", "iaf", "vaelab.model.families:IAFNormal",
           "inverse autoregressive flow with encoder context",
-          (_opt("q", "flow_steps", "int>=1", 2, "IAF steps of --family iaf", metavar="T"),),
+          (_opt("q", "flow_steps", "int>=1", 2, "IAF steps of --family iaf", metavar="T"),
+           _opt("q", "flow_update", "choice", "affine", "each IAF step: affine, z' = μ + "
+                "exp(s) z with s soft-clamped to ±5, or gated, z' = σ z + (1 − σ) m (Kingma "
+                "et al.'s stable form: a step only contracts)", choices=("affine", "gated"))),
           facts={"mixture": False}),
     # ---- p(z)
     Entry("prior", "standard-normal", "vaelab.model.priors:StandardNormal", "N(0, I)"),

@@ -356,8 +356,11 @@ class IAFNormal(Family):
 
     (μ_t, s_t) = MADE_t(z_{t−1}, h) with the autoregressive order reversed at every step
     (Kingma et al. 2016, eq. 10, with the context h). log q(z_T) = log N(z_0) − Σ_t Σ_i s_{t,i}.
+    With ``update="gated"`` each step is their stable form z_t = σ_t ⊙ z_{t−1} + (1 − σ_t) ⊙
+    m_t, σ_t = sigmoid(raw + 2) (:class:`~vaelab.model.flows.AffineAutoregressive`): steps only
+    contract, and a fresh step scales z by sigmoid(2) = 0.88 instead of being the identity.
     raw [..., 2L + C] = [loc, raw_scale, h]; the MADEs are this module's parameters (shared
-    by all data points: φ). Every step starts as the identity (zero output layers), so
+    by all data points: φ). An affine step starts as the identity (zero output layers), so
     :meth:`initial_params` gives q = N(0, I) before training. No KL has a closed form: the
     objectives use the Monte Carlo KL. Density of a point not drawn from q costs L MADE passes
     per step (the draws themselves are cached).
@@ -365,21 +368,24 @@ class IAFNormal(Family):
     Args:
         latent_dim: L. steps: T ≥ 1 (``--q-flow-steps``). context_dim: C (default max(2L, 16)).
         hidden: MADE hidden sizes (default two layers of max(4L, 32)). min_scale: as
-            :class:`DiagonalNormal`.
+            :class:`DiagonalNormal`. update: "affine" or "gated" (``--q-flow-update``).
     """
 
     name = "iaf"
 
     @classmethod
-    def from_options(cls, latent_dim: int, *, flow_steps: int = 2) -> IAFNormal:
-        """T = ``flow_steps`` (``--q-flow-steps``)."""
-        return cls(latent_dim, flow_steps)
+    def from_options(cls, latent_dim: int, *, flow_steps: int = 2,
+                     flow_update: str = "affine") -> IAFNormal:
+        """T = ``flow_steps`` (``--q-flow-steps``); ``flow_update`` (``--q-flow-update``):
+        "affine" or "gated" steps."""
+        return cls(latent_dim, flow_steps, update=flow_update)
 
     def __init__(self, latent_dim: int, steps: int = 2, context_dim: int | None = None,
                  hidden: tuple[int, ...] | list[int] | None = None,
-                 min_scale: float = 1e-5) -> None:
+                 min_scale: float = 1e-5, update: str = "affine") -> None:
         super().__init__(latent_dim)
         self.steps = _checks.positive_int("steps", steps)
+        self.update = _checks.one_of("update", update, ("affine", "gated"))
         L = self.latent_dim
         self.context_dim = _checks.positive_int(
             "context_dim", max(2 * L, 16) if context_dim is None else context_dim)
@@ -398,8 +404,9 @@ class IAFNormal(Family):
         base = DiagonalNormal.from_params(raw[..., :L],
                                           F.softplus(raw[..., L:2 * L]) + self.min_scale)
         context = raw[..., 2 * L:]
-        steps: list[Transform] = [flows.AffineAutoregressive(cast(flows.MADE, made), context,
-                                                             "input") for made in self.mades]
+        steps: list[Transform] = [
+            flows.AffineAutoregressive(cast(flows.MADE, made), context, "input",
+                                       gated=self.update == "gated") for made in self.mades]
         return IAFDistribution(base, steps, validate_args=False)
 
     def initial_params(self, *batch: int, dtype: torch.dtype | None = None,
@@ -410,7 +417,8 @@ class IAFNormal(Family):
 
     def config(self) -> dict:
         return {**super().config(), "steps": self.steps, "context_dim": self.context_dim,
-                "hidden": list(self.hidden), "min_scale": self.min_scale}
+                "hidden": list(self.hidden), "min_scale": self.min_scale,
+                "update": self.update}
 
 
 #: saved name → class: every Family defined above (the catalogue test pins it to its entries).

@@ -16,6 +16,12 @@ objective unchanged. log|det ∂y/∂x| = Σ_i s_i because the Jacobian is trian
 autoregressive order. The log-scale is soft-clamped, s = c · tanh(raw / c) with c = 5, to keep
 deep flows finite; the MADE's output layer starts at zero, so every step starts as the identity.
 
+The gated update (``gated=True``; Kingma et al. 2016, eqs. 11-14, their "numerically stable"
+form) is the same affine map written as y = σ ⊙ x + (1 − σ) ⊙ m, σ = sigmoid(raw + b): a step
+can only contract (log σ < 0), so no draw is ever stretched by a factor of e^{2c}, the blow-up
+an affine IAF can hit. With b = :data:`GATE_BIAS` (their +1 to +2) a fresh step is y = σ(b) x,
+close to the identity.
+
 Shapes: x, y [..., D]; context h [..., C] broadcasting against x's batch dimensions (e.g. h
 [B, C] with x [k, B, D]).
 """
@@ -23,6 +29,7 @@ Shapes: x, y [..., D]; context h [..., C] broadcasting against x's batch dimensi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +39,8 @@ from torch.distributions import Transform, constraints
 from vaelab import _checks
 
 LOG_SCALE_BOUND = 5.0
+#: The gate's initial bias: sigmoid(2) = 0.88, so a fresh gated step keeps most of its input.
+GATE_BIAS = 2.0
 
 
 class _MaskedLinear(nn.Linear):
@@ -114,6 +123,8 @@ class AffineAutoregressive(Transform):
         context: h [..., C] or None.
         conditioner: ``"input"`` (IAF, Kingma et al. 2016) or ``"output"`` (MAF, Papamakarios
             et al. 2017).
+        gated: the gated update y = σ ⊙ x + (1 − σ) ⊙ m with (m, raw) = MADE(u, h) and
+            σ = sigmoid(raw + :data:`GATE_BIAS`), i.e. μ = (1 − σ) ⊙ m and s = log σ < 0.
 
     The sequential direction (IAF's inverse, MAF's forward) solves the triangular system by D
     fixed-point sweeps, each fixing at least one more coordinate in the autoregressive order, so
@@ -126,9 +137,9 @@ class AffineAutoregressive(Transform):
     sign = +1
 
     def __init__(self, made: MADE, context: torch.Tensor | None = None,
-                 conditioner: str = "input", cache_size: int = 1) -> None:
+                 conditioner: str = "input", cache_size: int = 1, gated: bool = False) -> None:
         super().__init__(cache_size=cache_size)
-        self.made, self.context = made, context
+        self.made, self.context, self.gated = made, context, bool(gated)
         self.conditioner = _checks.one_of("conditioner", conditioner, ("input", "output"))
         # the last input and its (shift, log-scale): a draw's density reuses its MADE pass
         self._last: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -136,19 +147,34 @@ class AffineAutoregressive(Transform):
     def _shift_log_scale(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._last is not None and self._last[0] is u:
             return self._last[1]
-        loc, raw = self.made(u, self.context)
-        out = (loc, _soft_clamp(raw))
+        out = self._params(u)
         self._last = (u, out)
         return out
 
+    def _params(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, s) of the affine map y = μ + exp(s) ⊙ x, from one MADE pass on ``u``."""
+        shift, raw = self.made(u, self.context)
+        if not self.gated:
+            return shift, _soft_clamp(raw)
+        gate = raw + GATE_BIAS
+        return torch.sigmoid(-gate) * shift, F.logsigmoid(gate)    # 1 − σ(g) = σ(−g)
+
     def _solve(self, target: torch.Tensor, forward: bool) -> torch.Tensor:
-        """The sequential direction: D sweeps of the triangular fixed point."""
+        """The sequential direction: D sweeps, sweep k fixing the coordinate at position k of
+        the autoregressive order from the ones before it (exact: they are already final).
+
+        Only final values are ever fed back; the coordinates not yet solved stay 0. Feeding
+        back a whole sweep's provisional values instead would also converge in exact
+        arithmetic, but a gated step's exp(−s) is unbounded: a provisional value can
+        overflow, and inf × a masked-out weight of 0 makes NaN in coordinates that never
+        depended on it."""
         other = torch.zeros_like(target)
-        for _ in range(self.made.dim):
-            loc, log_scale = self.made(other, self.context)
-            log_scale = _soft_clamp(log_scale)
-            other = (target * log_scale.exp() + loc if forward
-                     else (target - loc) * torch.exp(-log_scale))
+        order = cast(torch.Tensor, self.made.order)
+        for k in range(self.made.dim):
+            loc, log_scale = self._params(other)
+            step = (target * log_scale.exp() + loc if forward
+                    else (target - loc) * torch.exp(-log_scale))
+            other = torch.where(order == k, step, other)
         return other
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
