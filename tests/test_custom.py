@@ -37,6 +37,28 @@ def not_nets(**_):
     return "not a pair of modules"
 
 
+def wide_encoder(*, data_dim, latent_dim, image_shape, encoder_out, decoder_out):
+    """One raw parameter of q too many."""
+    return nn.Linear(data_dim, encoder_out + 1), nn.Linear(latent_dim, decoder_out)
+
+
+def short_decoder(*, data_dim, latent_dim, image_shape, encoder_out, decoder_out):
+    """One likelihood parameter too few."""
+    return nn.Linear(data_dim, encoder_out), nn.Linear(latent_dim, decoder_out - 1)
+
+
+class _FailsInTraining(nn.Linear):
+    def forward(self, z):
+        if self.training:
+            raise RuntimeError("the user's decoder broke")
+        return super().forward(z)
+
+
+def breaks_in_training(*, data_dim, latent_dim, image_shape, encoder_out, decoder_out):
+    """Right sizes, but the decoder fails in the first training step (after config.json)."""
+    return nn.Linear(data_dim, encoder_out), _FailsInTraining(latent_dim, decoder_out)
+
+
 @pytest.fixture(scope="module")
 def x() -> np.ndarray:
     return (np.random.default_rng(0).random((48, 6)) > 0.5).astype(np.float32)
@@ -170,6 +192,41 @@ def test_bad_factories_are_one_line(tmp_path, x):
         vaelab.fit(lambda **kw: None, x, tmp_path / "d")
     with pytest.raises(TypeError, match=r"^args: expected JSON values"):
         vaelab.fit(make_nets, x, tmp_path / "e", args={"width": object()})
+
+
+@pytest.mark.parametrize(("factory", "expected"), [
+    (wide_encoder, r"the encoder net of '.*:wide_encoder' maps x \[2, 6\] to \[2, 5\]; "
+                   r"expected \[2, 4\] \(encoder_out"),
+    (short_decoder, r"the decoder net of '.*:short_decoder' maps z \[2, 2\] to \[2, 5\]; "
+                    r"expected \[2, 6\] \(decoder_out")])
+def test_wrong_sized_nets_are_one_line_before_anything_is_written(tmp_path, x, factory,
+                                                                  expected):
+    """Net sizes are checked before training: one line naming the factory, the net, the
+    expected and received shapes; a first fit leaves no folder, a folder that was there is
+    left as it was, and a retry with a right factory needs no overwrite=True."""
+    out = tmp_path / "new" / "run"
+    with pytest.raises(ValueError, match=rf"^net_options.factory: {expected}") as caught:
+        vaelab.fit(factory, x, out, latent_dim=2, epochs=1, log=None, progress=False)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    with pytest.raises(ValueError, match=rf"^net_options.factory: {expected}"):
+        vaelab.fit(factory, x, tmp_path / "mine", latent_dim=2, epochs=1, log=None,
+                   progress=False)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    for folder in (out, tmp_path / "mine"):
+        assert len(_fit(x, folder, epochs=1).metrics) == 1
+
+
+def test_a_first_fit_that_fails_in_training_leaves_no_folder(tmp_path, x):
+    """The factory's nets pass the size check and fail in the first step, after config.json
+    was written: the folder this call created goes, and a retry needs no overwrite=True."""
+    with pytest.raises(RuntimeError, match="the user's decoder broke"):
+        vaelab.fit(breaks_in_training, x, tmp_path / "run", latent_dim=2, epochs=1, log=None,
+                   progress=False)
+    assert not (tmp_path / "run").exists()
+    assert len(_fit(x, tmp_path / "run", epochs=1).metrics) == 1
 
 
 def test_a_trusted_factory_that_cannot_be_imported_is_one_line(tmp_path, x, capsys):

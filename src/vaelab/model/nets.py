@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 from vaelab import _trust, catalogue
@@ -228,6 +229,11 @@ class FactoryNets:
                             f"(encoder net, decoder net), two torch modules, got "
                             f"{type(nets).__name__}")
         encoder, decoder = nets
+        _check_shape(self.factory, "encoder net", encoder, "x", data_dim, family_params,
+                     "encoder_out: q's raw parameters")
+        _check_shape(self.factory, "decoder net", decoder, "z", latent_dim,
+                     data_dim * params_per_dim, f"decoder_out: {data_dim} data values x "
+                     f"{params_per_dim} likelihood parameter(s) each")
         if getattr(decoder, "out_features", None) is None:   # how the decoder tells D (vae)
             decoder.out_features = data_dim * params_per_dim
         return encoder, decoder
@@ -248,6 +254,35 @@ class FactoryNets:
 
     #: A factory builds one latent layer's nets: no hierarchy.
     hierarchies: ClassVar[tuple[str, ...]] = ()
+
+
+def _check_shape(factory: str, which: str, net: nn.Module, name: str, in_features: int,
+                 out_features: int, meaning: str) -> None:
+    """Run ``net`` once on zeros [2, in_features] and check it gives [2, out_features], so a
+    factory's wrong size is said before training (and before anything is written), naming
+    the factory and the net. Eval mode, no gradients, the RNG state kept: the probe changes
+    no weight, batch-norm statistic or random draw of the run."""
+    first = next(net.parameters(), None)
+    dummy = torch.zeros(2, in_features, dtype=first.dtype if first is not None and
+                        first.is_floating_point() else torch.get_default_dtype(),
+                        device=None if first is None else first.device)
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = net(dummy)
+    except Exception as err:   # the user's code: said as theirs, in one line
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"net_options.factory: the {which} of {factory!r} failed on {name} "
+                         f"of shape [2, {in_features}]: {type(err).__name__}: {text}") from None
+    finally:
+        for module, training in modes:
+            module.training = training
+    got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != [2, out_features]:
+        raise ValueError(f"net_options.factory: the {which} of {factory!r} maps {name} "
+                         f"[2, {in_features}] to {got}; expected [2, {out_features}] "
+                         f"({meaning})")
 
 
 def build_nets(config, family_params: int, params_per_dim: int) -> tuple[nn.Module, nn.Module]:
