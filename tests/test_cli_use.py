@@ -228,6 +228,13 @@ def test_reference_scores_read_the_runs_training_rows(runs, tmp_path, capsys):
     # batches of 4 share their statistic: ε̂ = |mean nll of the batch − Ĥ|, one Ĥ for all
     np.testing.assert_array_equal(typical.reshape(10, 4), typical[::4, None].repeat(4, 1))
     assert np.isfinite(table["latent_nll"]).all()
+    # rows the user hands over are not called the run's training rows
+    code, stdout, err = run_cli(capsys, "score", runs["run"], "--limit", "8", "--k", "5",
+                                "--score", "latent-knn", "--reference", "fashion-mnist",
+                                "--reference-limit", "60", "--neighbours", "3",
+                                "--out", tmp_path / "r2.csv")
+    assert code == 0, err
+    assert "reference: 60 rows of fashion-mnist" in stdout and "training rows" not in stdout
 
 
 def test_hierarchical_llr_needs_a_hierarchical_run(runs, tmp_path, capsys):
@@ -544,6 +551,29 @@ def test_streamed_encode_killed_continues_to_the_same_codes(binary_run, tmp_path
     assert run_cli(capsys, *flags, "--out", str(out))[0] == 0
     assert calls == [1, 64, 38]        # the width, then rows 128-191 and 192-229 only
     np.testing.assert_array_equal(np.load(out), np.load(tmp_path / "whole.npy"))
+
+
+def test_streamed_encode_names_a_bad_value_by_its_row_in_the_file(binary_run, tmp_path,
+                                                                  capsys):
+    """A NaN in row 150 of a float file read in blocks of 64: the error names row 150 (not
+    its place in the block) and the rows kept; the fixed file continues to the full codes."""
+    run, images = binary_run
+    x = np.load(images).astype(np.float32) / 255            # grey levels in [0, 1]
+    bad = x.copy()
+    bad.reshape(len(x), -1)[150, 3] = np.nan
+    np.save(tmp_path / "x.npy", bad)
+    out = tmp_path / "z.npy"
+    flags = ["encode", str(run), "--data", str(tmp_path / "x.npy"), "--stream-block", "64",
+             "--out", str(out)]
+    code, _, err = run_cli(capsys, *flags)
+    assert code == 1 and err.count("\n") == 1, err
+    assert "expected finite values, got nan at index (150, 3)" in err
+    assert f"kept in {out}.partial" in err and "the same command continues" in err
+    np.save(tmp_path / "x.npy", x)                       # fixed: the same command goes on
+    assert run_cli(capsys, *flags)[0] == 0
+    trained = load(run)
+    expected = trained.encode(torch.from_numpy(x.reshape(len(x), -1))).mean
+    np.testing.assert_allclose(np.load(out), expected.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_score_a_run_trained_with_missing_mask_on_complete_and_incomplete_rows(tmp_path,

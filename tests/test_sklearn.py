@@ -211,3 +211,24 @@ def test_a_transformer_on_the_users_own_networks():
     assert 6 in widths                                  # the user's nets, width 6
     again = pickle.loads(pickle.dumps(model))           # rebuilt by importing the factory
     np.testing.assert_array_equal(again.transform(x), model.transform(x))
+
+
+def test_a_training_error_names_the_estimators_parameters_not_flags():
+    """Real-valued data under likelihood="bernoulli": the advice names the parameter, as the
+    user would type it in Python, and no command-line flag."""
+    from vaelab.sklearn import VAETransformer
+
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    with pytest.raises(ValueError) as err:
+        VAETransformer(likelihood="bernoulli", epochs=1).fit(X)
+    message = str(err.value)
+    assert "likelihood='gaussian'" in message and "--" not in message, message
+
+
+def test_parameter_words_of_options_and_unknown_values():
+    from vaelab.sklearn import VAEImputer
+
+    words = VAEImputer()._parameter_words
+    assert words("pass --latent-dim 8 here") == "pass latent_dim=8 here"
+    assert words("set --column-types") == "set options={'column_types': ...}"
+    assert words("needs --free-bits 0.5") == "needs options={'free_bits': 0.5}"

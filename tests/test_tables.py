@@ -161,7 +161,9 @@ def test_cli_refuses_bad_columns_in_one_line(tmp_path, capsys, case, message):
                              tmp_path / "types.json", "--epochs", "1", "--out", tmp_path / "r")
     assert code != 0 and len(err.strip().splitlines()) == 1, err
     assert message in err
-    assert ("group rare categories" if case == "ids" else "--column-types gaussian") in err
+    assert ("group rare categories" if case == "ids" else
+            'give the column the type gaussian in a --column-types file (JSON or TOML, '
+            'column → type: {"visits": "gaussian"})') in err
     assert not (tmp_path / "r" / "model.safetensors").exists()
 
 
@@ -213,3 +215,25 @@ def test_python_impute_gives_whole_number_columns_back_as_integers(masked_run):
     assert filled["income"].dtype == np.float64
     seen = frame["smoker"].notna()
     assert filled.loc[seen, "smoker"].tolist() == [int(v) for v in frame.loc[seen, "smoker"]]
+
+
+def test_the_retype_advice_is_a_column_types_file_that_works(tmp_path, capsys):
+    """The advice of a refused column, followed to the letter (its file, as it says), trains:
+    a log-normal column with a value <= 0, retyped gaussian."""
+    import json
+    import re
+
+    frame = _table(30)
+    frame.loc[2, "visits"] = 0
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "types.json").write_text('{"visits": "log-normal"}')
+    flags = ["--likelihood", "mixed", "--binarize", "none", "--epochs", "1"]
+    code, _, err = run_cli(capsys, "train", "--data", tmp_path / "t.csv", *flags,
+                           "--column-types", tmp_path / "types.json", "--out", tmp_path / "r")
+    assert code != 0, err
+    advice = re.search(r"column → type: (\{.*\})\)", err).group(1)
+    (tmp_path / "fixed.json").write_text(advice)
+    assert json.loads(advice) == {"visits": "gaussian"}
+    code, _, err = run_cli(capsys, "train", "--data", tmp_path / "t.csv", *flags,
+                           "--column-types", tmp_path / "fixed.json", "--out", tmp_path / "r2")
+    assert code == 0, err

@@ -197,7 +197,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     trained = load_run(args.run, args.device)
     _check_memory("-n", args.n, _bytes_per_sample(trained.config.model))
-    suffix = "" if args.out is None else args.out.suffix.lower()
+    suffix = _out_suffix(args.out)
     if suffix in (".csv", ".npy"):                   # the draws themselves, not a picture
         return _sample_values(args, trained, suffix)
     out = png_path(args.out or args.run / f"samples-{args.n}.png", "--out")
@@ -233,6 +233,18 @@ def _sample_values(args: argparse.Namespace, trained, suffix: str) -> int:
     given = "" if args.condition is None else f" | c = {args.condition}"
     print(f"wrote {out}: {args.n} draws x ~ p(x{given})")
     return 0
+
+
+def _out_suffix(out: Path | None) -> str:
+    """The suffix of ``--out`` of sample and reconstruct, which write a picture (.png) or the
+    values (.npy, .csv); "" when not given. One line for any other."""
+    if out is None:
+        return ""
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".npy", ".csv"):
+        raise ValueError(f"--out: expected a .png (a picture), .npy or .csv (the values) file "
+                         f"name, got {str(out)!r}")
+    return suffix
 
 
 def _check_values_out(trained, suffix: str, mixed: bool) -> None:
@@ -336,7 +348,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     trained = load_run(args.run, args.device)
     inference_of(trained)
-    suffix = "" if args.out is None else args.out.suffix.lower()
+    suffix = _out_suffix(args.out)
     values = suffix in (".csv", ".npy")              # the reconstructions, not a picture
     mixed = schema_of(trained) is not None
     if values:

@@ -246,7 +246,8 @@ def _reference_rows(args: argparse.Namespace, trained, note: Callable):
     rows of --reference DATA, else of the run's training rows."""
     rows, source = _training_rows(trained, args.reference, args.reference_limit, args.seed,
                                   "--reference")
-    note(f"reference: {len(rows)} training rows of {source} (typicality's entropy, the "
+    what = "training rows" if args.reference is None else "rows"   # --reference: the user's
+    note(f"reference: {len(rows)} {what} of {source} (typicality's entropy, the "
          f"latent scores' aggregate posterior and neighbours)")
     return rows
 
@@ -383,8 +384,19 @@ def _encode_streamed(args: argparse.Namespace, trained, out: Path) -> int:
     from vaelab.use.streamed import encode_file
 
     source = streamed_source(trained, args.data, args.limit, printer(False))
-    n, width = encode_file(trained, source, out, block_rows=args.stream_block,
-                           seed=args.seed, sample=args.sample, condition=args.condition)
+    try:
+        n, width = encode_file(trained, source, out, block_rows=args.stream_block,
+                               seed=args.seed, sample=args.sample, condition=args.condition)
+    except (ValueError, KeyboardInterrupt) as exc:     # say what was kept, and how to go on
+        partial = out.with_name(out.name + ".partial")
+        if not partial.exists():
+            raise
+        kept = (f"the rows encoded so far are kept in {partial} (with {out.name}.progress); "
+                f"the same command continues from them")
+        if isinstance(exc, ValueError):
+            raise ValueError(f"{exc}; {kept}") from None
+        print(f"vaelab: {kept}", file=sys.stderr)
+        raise
     what = "one draw z ~ q(z | x)" if args.sample else "posterior means E_q[z | x]"
     print(f"wrote {out}: {n} × {width} float32, {what}")
     return 0

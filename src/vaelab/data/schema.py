@@ -291,8 +291,8 @@ def _numbers(series: Any, name: str, likelihood: str, where: str) -> np.ndarray:
     bad = np.isnan(values) & series.notna().to_numpy()
     if bad.any():
         raise ValueError(f"{where}: column {name!r} is {likelihood} (numbers), got the text "
-                         f"{series[bad].iloc[0]!r}; give it --column-types categorical or fix "
-                         f"the cell")
+                         f"{series[bad].iloc[0]!r}; fix the cell or "
+                         f"{_retype(name, 'categorical')}")
     return values
 
 
@@ -388,20 +388,26 @@ def _check_values(name: str, likelihood: str, options: dict, values: np.ndarray,
         if lowest < 0:
             raise ValueError(f"data: column {name!r} is a count column ({likelihood}) but has "
                              f"negative values (the smallest {lowest:g}); counts are integers "
-                             f">= 0: fix the data or give the column --column-types gaussian")
+                             f">= 0: fix the data or {_retype(name, 'gaussian')}")
         if not integers:
             raise ValueError(f"data: column {name!r} is a count column ({likelihood}) but has "
-                             f"non-integer values; fix the data or give it --column-types "
-                             f"gaussian")
+                             f"non-integer values; fix the data or {_retype(name, 'gaussian')}")
     if likelihood == "binomial" and seen.max() > options["trials"]:
         raise ValueError(f"data: column {name!r} has values up to {seen.max():g}, above its "
                          f"{options['trials']} binomial trials")
     if likelihood == "bernoulli" and not np.isin(seen, (0.0, 1.0)).all():
         raise ValueError(f"data: column {name!r} is bernoulli (yes/no) but has values other "
-                         f"than 0 and 1; give it --column-types categorical or gaussian")
+                         f"than 0 and 1; {_retype(name, 'categorical', 'gaussian')}")
     if likelihood == "log-normal" and lowest <= 0:
         raise ValueError(f"data: column {name!r} is log-normal but has values <= 0 (the "
-                         f"smallest {lowest:g}); give it --column-types gaussian")
+                         f"smallest {lowest:g}); {_retype(name, 'gaussian')}")
+
+
+def _retype(name: str, *types: str) -> str:
+    """The advice that gives column ``name`` another type: ``--column-types`` takes a JSON or
+    TOML file (in Python, a mapping) of column → type, not a type."""
+    return (f"give the column the type {' or '.join(types)} in a --column-types file "
+            f"(JSON or TOML, column → type: {{{json.dumps(name)}: {json.dumps(types[0])}}})")
 
 
 def _encode_column(column: Column, series: Any, where: str) -> np.ndarray:

@@ -110,10 +110,45 @@ class _VAEEstimator(BaseEstimator):
         with tempfile.TemporaryDirectory(prefix="vaelab-sklearn-") as tmp, \
                 _trust.trusting(self._trusted()):
             run = Path(tmp) / "run"
-            train(self._config(self.seed_), run, dataset=X, log=None, progress=False)
+            try:
+                train(self._config(self.seed_), run, dataset=X, log=None, progress=False)
+            except ValueError as exc:      # the library's advice names flags: name parameters
+                raise ValueError(self._parameter_words(str(exc))) from None
             self.run_files_ = {name: (run / name).read_bytes() for name in RUN_FILES
                                if (run / name).is_file()}
             self._loaded(load(run, device=self.device))
+
+    def _parameter_words(self, text: str) -> str:
+        """A training message in the words of this estimator: ``--likelihood gaussian`` →
+        ``likelihood='gaussian'`` for its own parameters, ``--column-types`` →
+        ``options={'column_types': ...}`` for a config key it passes through ``options``."""
+        import re
+
+        from vaelab import catalogue
+
+        own = set(self.get_params())
+        keys = {flag: option.key or option.name
+                for kind in catalogue.CATALOGUE for flag, (option, _) in
+                catalogue.flags(kind).items() if flag.startswith("--")}
+        choosers = {"--" + field.replace("_", "-"): kind
+                    for kind, field in catalogue.FIELDS.items()}
+
+        def word(m: re.Match) -> str:
+            flag, value = m.group(1), m.group(2)
+            kind = choosers.get(flag)
+            if value is not None and kind is not None and value in catalogue.names(kind):
+                shown = repr(value)            # a component's name: the flag's value
+            elif value is not None and re.fullmatch(r"-?\d[\d.e+-]*", value):
+                shown = value
+            else:
+                shown, value = "...", None
+            tail = "" if value is not None or m.group(2) is None else " " + m.group(2)
+            name = keys.get(flag, flag[2:].replace("-", "_"))
+            if name in own:
+                return f"{name}={shown}{tail}"
+            return f"options={{{name!r}: {shown}}}{tail}"
+
+        return re.sub(r"(--[a-z][a-z0-9-]*)(?: ([\w.+-]+))?", word, text)
 
     def _trusted(self) -> list[str]:
         """The module of the network factory ``options`` names (``{"net": "factory",

@@ -144,7 +144,13 @@ def encode_file(trained, source: str | os.PathLike, out: str | os.PathLike, *,
     binarize = trained.config.train.binarize != "none"
 
     def codes(x: np.ndarray, first: int) -> np.ndarray:
-        x_ = to_unit(torch.from_numpy(x.reshape(len(x), -1)))
+        flat = x.reshape(len(x), -1)
+        if np.issubdtype(flat.dtype, np.floating) and not np.isfinite(flat).all():
+            row, column = (int(i) for i in np.argwhere(~np.isfinite(flat))[0])
+            raise ValueError(f"--data: {str(source)!r}: expected finite values, got "
+                             f"{flat[row, column]} at index ({first + row}, {column}) (row, "
+                             f"value; counted from the file's first row)")
+        x_ = to_unit(torch.from_numpy(flat))
         if binarize:
             x_ = binarize_rows(x_, seed, first)
         if c is not None:
