@@ -45,6 +45,7 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(capsys, table, tmp_path, flag
     code, out, err = run_cli(capsys, "tune", "--data", table, "--out", tmp_path / "s", *flags)
     assert code != 0 and out == ""
     assert err.startswith(f"vaelab: error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "s").exists()        # nor an empty --out left behind
 
 
 def test_an_unknown_space_option_is_one_line_naming_the_file(capsys, table, tmp_path):
@@ -68,6 +69,23 @@ def test_a_space_whose_every_combination_is_invalid_is_refused_before_any_trial(
                           f"allows is refused as a config")
     assert "'iwae-dreg' is not available with family 'mixture'" in err
     assert not (tmp_path / "s" / "trials").exists()
+
+
+@pytest.mark.parametrize("case", ["no data file", "bad space", "low > high"])
+def test_a_refused_command_leaves_no_out_folder(capsys, table, tmp_path, case):
+    """The data, the config and the space are checked before --out is created; a refusal
+    leaves no (empty) study folder behind, nor the parents it would have created."""
+    space = tmp_path / "space.toml"
+    space.write_text({"no data file": "batch_size = 32\n",
+                      "bad space": '"prior.vamp.component" = {low = 2, high = 5}\n',
+                      "low > high": "latent_dim = {low = 8, high = 2}\n"}[case])
+    data = tmp_path / "nofile.csv" if case == "no data file" else table
+    out = tmp_path / "new" / "study"
+    code, _, err = run_cli(capsys, "tune", "--data", data, "--out", out, "--budget",
+                           "2-trials", "--space", space)
+    assert code == 1 and err.startswith("vaelab: error: ") and err.count("\n") == 1, err
+    assert ("--data" if case == "no data file" else "--space") in err, err
+    assert not (tmp_path / "new").exists()
 
 
 def _best_toml_retrains_the_best_trial(capsys, out, summary, again):

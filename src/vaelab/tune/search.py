@@ -136,13 +136,9 @@ def tune(data: str, out: str | os.PathLike, budget: Budget, *, epochs: int = 20,
     out = Path(out).expanduser()
     if workers < 1:
         raise ValueError(f"--workers: expected an integer >= 1, got {workers}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"--out: cannot create {str(out)!r}: {exc.strerror or exc}") from None
     from vaelab.fit.runs import run_exists
 
-    if run_exists(out):
+    if out.is_dir() and run_exists(out):
         raise ValueError(f"--out: {str(out)!r} is a training run (it holds config.json); "
                          "expected an empty or new folder, or a study's folder")
     url = storage_url(out, storage)
@@ -157,8 +153,7 @@ def tune(data: str, out: str | os.PathLike, budget: Budget, *, epochs: int = 20,
     search = Search(out=out, url=url, study_name=study_name, base=base, space=space,
                     epochs=epochs, budget=budget, pruner=pruner, seed=seed, progress=progress,
                     figures=figures, log=log, baseline=baseline)
-    study = open_search_study(search)          # a database that cannot be opened: now
-    check_same_setup(study, search)
+    study = _open_in_out(search)
     helpers = _start_workers(search, workers - 1)
     try:
         run_trials(search)
@@ -167,6 +162,27 @@ def tune(data: str, out: str | os.PathLike, budget: Budget, *, epochs: int = 20,
             process.join()
     return finish(study, search, rerank_top=rerank_top, rerank_k=rerank_k,
                   rerank_limit=rerank_limit)
+
+
+def _open_in_out(search: Search) -> Any:
+    """Create the study's folder (only now: the data, config and space were checked first)
+    and open its study; a refusal here removes the folders this call created while they are
+    still empty, as ``vaelab train`` does, so a failed command leaves no empty --out."""
+    from vaelab.data import first_missing, remove_empty_dirs
+
+    created = first_missing(search.out)
+    try:
+        try:
+            search.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"--out: cannot create {str(search.out)!r}: "
+                             f"{exc.strerror or exc}") from None
+        study = open_search_study(search)          # a database that cannot be opened: now
+        check_same_setup(study, search)
+    except BaseException:
+        remove_empty_dirs(search.out, created)
+        raise
+    return study
 
 
 #: What defines a study, with the flags that set it: resuming a study under other values
