@@ -253,6 +253,48 @@ def test_csv_header_and_label_column(tmp_path):
     assert load_dataset(tmp_path / "h.csv").x.shape == (3, 3)
 
 
+def test_a_csv_header_names_the_columns_and_a_headerless_csv_names_none(tmp_path):
+    """The header row's names are the Dataset's columns (without a label column), as a
+    DataFrame's are, so a run trained on the file records them; no header: no names."""
+    (tmp_path / "h.csv").write_text("a,label,b\n0.5,1,2\n1.5,0,3\n")
+    assert load_dataset(tmp_path / "h.csv").columns == ("a", "label", "b")
+    assert load_dataset(tmp_path / "h.csv", label_column="label").columns == ("a", "b")
+    (tmp_path / "m.csv").write_text("a,b\n0.5,\n,3\n")
+    assert load_dataset(tmp_path / "m.csv", allow_missing=True).columns == ("a", "b")
+    (tmp_path / "n.csv").write_text("0.5,1,2\n1.5,0,3\n")
+    assert load_dataset(tmp_path / "n.csv").columns is None
+
+
+def test_columns_are_matched_by_name_in_any_order():
+    """The one rule (vaelab.data.columns): the same names in another order give the positions
+    that put the data in the run's order; no names on either side, or the same order: None."""
+    from vaelab.data.columns import column_order, in_run_order
+
+    assert column_order(["c", "a", "b"], ("a", "b", "c"), "x") == [1, 2, 0]
+    assert column_order(["a", "b"], ("a", "b"), "x") is None
+    assert column_order(None, ("a", "b"), "x") is None            # .npy, arrays: by position
+    assert column_order(["a", "b"], None, "x") is None            # an old run: by position
+    ds = Dataset(x=torch.tensor([[3.0, 1.0, 2.0]]), labels=None, image_shape=None, name="t",
+                 columns=("c", "a", "b"))
+    moved = in_run_order(ds, ("a", "b", "c"), "x")
+    assert moved.columns == ("a", "b", "c") and torch.equal(moved.x, torch.tensor([[1., 2, 3]]))
+
+
+@pytest.mark.parametrize("given, wanted", [
+    (["a", "c"], "missing 'b'; unexpected none"),
+    (["a", "b", "c", "d"], "missing none; unexpected 'd'"),
+    (["a", "x", "c"], "missing 'b'; unexpected 'x'"),
+])
+def test_a_missing_or_unknown_column_is_one_line_naming_both(given, wanted):
+    from vaelab.data.columns import column_order
+
+    with pytest.raises(ValueError) as excinfo:
+        column_order(given, ("a", "b", "c"), "--data", "'t.csv'")
+    message = str(excinfo.value)
+    assert "\n" not in message and message.startswith("--data: expected the 3 columns the run")
+    assert "'t.csv'" in message and message.endswith(wanted)
+
+
 def save_image(path: Path, array: np.ndarray) -> None:
     from PIL import Image
 

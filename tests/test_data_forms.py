@@ -156,6 +156,40 @@ def test_dataframe_columns_are_kept_in_the_run_and_outputs(tmp_path):
     assert len(draws) == 2 and list(draws[1].columns) == list(frame.columns)
 
 
+def test_a_run_reads_a_dataframe_by_its_column_names(tmp_path):
+    """A run trained on a DataFrame meets reordered columns by name (the same numbers, bit
+    for bit; imputations come back in the frame's own order); a missing or an unknown
+    column is one line naming both; an array is read by position."""
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=(30, 3)) * [1.0, 10.0, 100.0]
+    complete = pd.DataFrame(values, columns=["height", "weight", "age"])
+    values[:, 1:][rng.random((30, 2)) < 0.2] = np.nan
+    frame = pd.DataFrame(values, columns=["height", "weight", "age"])
+    config = {"model": {**CONFIG["model"], "missing": "mask"},
+              "train": {**CONFIG["train"], "epochs": 1}}
+    train(config, tmp_path / "run", dataset=frame, log=None, progress=False)
+    trained = vaelab.load(tmp_path / "run")
+    order = ["age", "height", "weight"]
+    torch.manual_seed(0)
+    elbo = trained.elbo(complete)
+    torch.manual_seed(0)
+    assert torch.equal(trained.elbo(complete[order]), elbo)
+    assert torch.equal(trained.reconstruct(complete[order]), trained.reconstruct(complete))
+    by_position = trained.encode(complete.to_numpy()).mean
+    assert torch.equal(trained.encode(complete[order]).mean, by_position)
+    filled = vaelab.impute(trained, frame, num_samples=5, seed=0)
+    again = vaelab.impute(trained, frame[order], num_samples=5, seed=0)
+    assert list(again.columns) == order and again.equals(filled[order])
+    for bad, wanted in ((complete[["height", "weight"]], "missing 'age'; unexpected none"),
+                        (complete.assign(shoe=1.0), "missing none; unexpected 'shoe'")):
+        for call in (trained.elbo, lambda f: vaelab.impute(trained, f, num_samples=2)):
+            with pytest.raises(ValueError) as excinfo:
+                call(bad)
+            message = _message(excinfo)
+            assert message.startswith("x: expected the 3 columns the run was trained on")
+            assert message.endswith(wanted)
+
+
 def test_evaluate_takes_a_dataframe_as_its_array(tmp_path, x):
     trained = train({**CONFIG, "train": {**CONFIG["train"], "epochs": 1}}, tmp_path / "r",
                     dataset=x, log=None, progress=False)

@@ -193,6 +193,57 @@ def test_a_masked_run_resumes_bit_for_bit(tmp_path):
                              for i, m in enumerate(resumed.metrics)]
 
 
+def _csv(path, names, rows) -> None:
+    lines = [",".join(names)] + [",".join("" if math.isnan(v) else repr(v) for v in row)
+                                 for row in rows.tolist()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_csv_run_records_its_column_names(run):
+    """The header of the training CSV is recorded where a DataFrame's names are."""
+    assert load(run).columns == ("a", "b", "c", "d", "e")
+
+
+def test_reversed_columns_are_read_by_name(run, table, capsys, tmp_path):
+    """The same file with its columns reversed gives the very same imputations (written in
+    the file's own order) and codes; a .npy has no names and is read by position."""
+    folder, _, holes = table
+    _csv(tmp_path / "rev.csv", "edcba", holes[:, ::-1])
+    outs = {}
+    for name, source in (("same", folder / "t.csv"), ("rev", tmp_path / "rev.csv")):
+        code, _, err = run_cli(capsys, "impute", run, "--data", source, "--out",
+                               tmp_path / f"filled_{name}.csv", "--k", "16", "--seed", "3")
+        assert code == 0, err
+        outs[name] = np.loadtxt(tmp_path / f"filled_{name}.csv", delimiter=",", skiprows=1)
+    assert (tmp_path / "filled_rev.csv").read_text().splitlines()[0] == "e,d,c,b,a"
+    assert np.array_equal(outs["rev"], outs["same"][:, ::-1])
+    codes = {}
+    for name, source in (("same", folder / "t.csv"), ("rev", tmp_path / "rev.csv"),
+                         ("npy", folder / "t.npy")):
+        code, _, err = run_cli(capsys, "encode", run, "--data", source, "--out",
+                               tmp_path / f"{name}.npy")
+        assert code == 0, err
+        codes[name] = np.load(tmp_path / f"{name}.npy")
+    assert np.array_equal(codes["rev"], codes["same"])
+    assert np.array_equal(codes["npy"], codes["same"])
+
+
+@pytest.mark.parametrize("names, wanted", [
+    ("abcd", "missing 'e'; unexpected none"),
+    ("abcdef", "missing none; unexpected 'f'"),
+])
+def test_a_missing_or_extra_column_is_one_line(run, table, capsys, tmp_path, names, wanted):
+    folder, _, holes = table
+    rows = np.concatenate([holes, holes[:, :1]], axis=1)[:, :len(names)]
+    _csv(tmp_path / "bad.csv", names, rows)
+    for command, out in (("impute", "f.csv"), ("encode", "z.npy")):
+        code, _, err = run_cli(capsys, command, run, "--data", tmp_path / "bad.csv", "--out",
+                               tmp_path / out)
+        assert code != 0 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("vaelab: error: --data: expected the 5 columns the run was "
+                              "trained on") and "bad.csv" in err and wanted in err, err
+
+
 @pytest.fixture(scope="module")
 def fitted_run(table, tmp_path_factory):
     """A masked model trained long enough (80 epochs at lr 0.01) to have learned the table's

@@ -156,10 +156,13 @@ def streamed_source(trained, source: str | None, limit: int, note: Callable) -> 
 
 def held_out(trained, source: str | None, split: str | None, seed: int, note: Callable,
               allow_missing: bool = False, condition: str | None = None,
-              per_row: bool = False):
+              per_row: bool = False, flag: str = "--data"):
     """The run's evaluation data: (Dataset, split), binarized once (seeded) like training;
     ``per_row``: by ``vaelab.data.binarize_rows`` (each row its own draw, as a file read in
     blocks gets; encode), else by one generator over all rows (the evaluation protocol).
+    A file with a header row meets a run that recorded column names by name
+    (``vaelab.data.columns``: reordered to the run's order, one line naming ``flag`` for a
+    missing or unknown name); a file without names, by position.
 
     ``allow_missing``: NaN / empty cells stay as missing entries (e.g. encode of a masked run).
     A conditional run's rows are [x | c] (``vaelab.data.condition``): c from the data, or
@@ -181,6 +184,7 @@ def held_out(trained, source: str | None, split: str | None, seed: int, note: Ca
         else:
             note(f"note: {source} has no test split; using all of its examples")
     dataset, c = _condition_of(trained, dataset, source, condition)
+    dataset = _by_name(trained, dataset, flag, source)
     width = getattr(trained.model, "x_dim", trained.model.data_dim)
     if dataset.x.shape[1] != width:
         raise ValueError(f"data: the run's model expects {width} values per "
@@ -213,6 +217,17 @@ def held_out(trained, source: str | None, split: str | None, seed: int, note: Ca
         note(f"note: a conditional run: every example is read with its condition c "
              f"({describe(trained.config.model.condition)}): log p(x | c), q(z | x, c)")
     return dataset, split
+
+
+def _by_name(trained, dataset, flag: str, source: str):
+    """``dataset`` in the run's column order when both name their columns (a mixed table's
+    schema already read it by name)."""
+    from vaelab.data.columns import in_run_order
+    from vaelab.model.mixed_likelihood import schema_of
+
+    if schema_of(trained) is not None:
+        return dataset
+    return in_run_order(dataset, trained.columns, flag, repr(str(source)))
 
 
 def _condition_of(trained, dataset, source: str, value: str | None):

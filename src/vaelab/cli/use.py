@@ -259,7 +259,7 @@ def _training_rows(trained, source: str | None, limit: int, seed: int, flag: str
     from vaelab import data
 
     if source is not None:
-        rows, _ = held_out(trained, source, "train", seed, lambda _line: None)
+        rows, _ = held_out(trained, source, "train", seed, lambda _line: None, flag=flag)
     else:
         from vaelab.fit.train_data import _load_data
 

@@ -19,7 +19,14 @@ import torch
 from vaelab import _checks
 from vaelab.data.kinds import SPLITS, Dataset, _arrays_to_dataset, _describe
 from vaelab.data.named import DEFAULT_DATASET, NAMED_SOURCES, _load_named
-from vaelab.data.readers import _read_csv, _read_image_folder, _read_npy, _read_npz
+from vaelab.data.readers import (
+    _label_index,
+    _read_csv,
+    _read_image_folder,
+    _read_npy,
+    _read_npz,
+    csv_header,
+)
 from vaelab.dataset_names import DATA_PROTOCOLS, data_names
 
 
@@ -45,8 +52,24 @@ def _load_path(path: Path, split: str, label_column: str | int | None,
     else:
         raise ValueError(f"source: expected a .npy, .npz or .csv file or a folder of images, "
                          f"got {str(path)!r} (unknown format {suffix or 'without suffix'!r})")
-    return _arrays_to_dataset(x, labels, path.stem if path.is_file() else path.name, str(path),
-                              keep_uint8)
+    dataset = _arrays_to_dataset(x, labels, path.stem if path.is_file() else path.name,
+                                 str(path), keep_uint8)
+    return (_with_header(dataset, path, label_column) if suffix == ".csv" and path.is_file()
+            else dataset)
+
+
+def _with_header(dataset: Dataset, path: Path, label_column: str | int | None) -> Dataset:
+    """A CSV's dataset with its header row's names as ``columns`` (without the label column),
+    so a run records them and later data are matched to them by name
+    (:mod:`vaelab.data.columns`); as it is for a CSV without a header."""
+    header = csv_header(path)
+    if header is None:
+        return dataset
+    if label_column is not None:
+        del header[_label_index(label_column, header, len(header), path)]
+    if len(header) != dataset.x.shape[1]:
+        return dataset
+    return replace(dataset, columns=tuple(header))
 
 
 def is_named(source: str | os.PathLike) -> bool:
@@ -165,4 +188,5 @@ def _load_with_missing(path: Path, split: str, label_column: str | int | None) -
     ds = _arrays_to_dataset(np.where(missing, 0, x), labels, path.stem, str(path))
     values = ds.x.to(torch.float32)
     values[torch.from_numpy(missing.reshape(values.shape))] = math.nan
-    return replace(ds, x=values)
+    ds = replace(ds, x=values)
+    return _with_header(ds, path, label_column) if suffix == ".csv" else ds

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from vaelab.data.columns import column_order
+
 #: The column likelihoods a schema may name, and the options each accepts.
 COLUMN_LIKELIHOODS: dict[str, tuple[str, ...]] = {
     "gaussian": ("min_scale",), "student-t": ("df", "min_scale"), "log-normal": ("min_scale",),
@@ -222,15 +224,7 @@ class Schema:
         Raises ValueError (one line naming the column) for a missing or extra column, a
         category never seen in training, or values outside a column's likelihood."""
         frame = _as_frame(data, self.names, where)
-        have = [str(c) for c in frame.columns]
-        missing = [n for n in self.names if n not in have]
-        if missing:
-            raise ValueError(f"{where}: expected the columns the model was trained on, got no "
-                             f"column {missing[0]!r} (columns given: {_listed(have)})")
-        extra = [n for n in have if n not in self.names]
-        if extra:
-            raise ValueError(f"{where}: has the column {extra[0]!r}, which the model was not "
-                             f"trained on (its columns: {_listed(list(self.names))})")
+        column_order(list(frame.columns), self.names, where)   # by name, one rule
         series = {str(c): frame[c] for c in frame.columns}
         parts = [_encode_column(c, series[c.name], where) for c in self.columns]
         return np.concatenate(parts, axis=1) if parts else np.zeros((len(frame), 0))

@@ -30,6 +30,7 @@ from vaelab import _checks, data_forms
 from vaelab._files import atomic_write_bytes
 from vaelab._runtime import device_of, isolated_rng
 from vaelab.data import csv_header, read_csv_numbers, read_npy
+from vaelab.data.columns import column_order, in_run_order
 from vaelab.infer.masked import MissingLogits, check_mask, masked_draws
 from vaelab.measure import honest
 from vaelab.model.masked import MaskedVAE
@@ -122,6 +123,7 @@ def impute(model: object, x: object, *, num_samples: int = 1000, draws: int | No
     Raises TypeError/ValueError naming the argument (not a masked model, wrong shape, ±inf,
     observed values outside the likelihood's support, bad num_samples/draws).
     """
+    names = getattr(model, "columns", None)      # a loaded run's column names (or None)
     model = getattr(model, "model", model)
     if not isinstance(model, MaskedVAE):
         raise TypeError(f"model: expected a model trained with missing='mask' (a MaskedVAE or "
@@ -129,14 +131,17 @@ def impute(model: object, x: object, *, num_samples: int = 1000, draws: int | No
     num_samples = _checks.positive_int("num_samples", num_samples)
     draws = None if draws is None else _checks.positive_int("draws", draws)
     batch_size = _checks.positive_int("batch_size", batch_size)
-    frame = x if data_forms.is_dataframe(x) else None
+    frame: Any = x if data_forms.is_dataframe(x) else None
     schema = schema_of(model)           # a mixed table: encoded by its schema, labels kept
+    names = None if schema is not None else names    # a schema matches its own by name
+    order = column_order(data_forms.columns_of(frame), names, "x")   # → the run's order
     if frame is not None and schema is not None:
         x = schema.encode(frame, "x")
     elif frame is not None:         # float64 values: observed entries kept bit for bit
-        x = data_forms.frame_values(frame, "x")[0].astype(np.float64)
+        ordered = frame if order is None else frame.iloc[:, order]   # laid out as frame's
+        x = data_forms.frame_values(ordered, "x")[0].astype(np.float64)
     elif not isinstance(x, (np.ndarray, torch.Tensor)):
-        x = data_forms.as_dataset(x, where="x", allow_missing=True).x
+        x = in_run_order(data_forms.as_dataset(x, where="x", allow_missing=True), names, "x").x
     as_numpy = isinstance(x, np.ndarray)
     rows, shape = _as_rows(model, x)
     home, rows = rows.device, rows.to(device_of(model))    # answered on x's own device
@@ -155,6 +160,8 @@ def impute(model: object, x: object, *, num_samples: int = 1000, draws: int | No
     filled = torch.where(~torch.isnan(rows), rows, guesses.to(rows.dtype))
     filled = filled.reshape((draws, *shape) if draws is not None else shape).to(home)
     if frame is not None:
+        if order is not None:                          # back to the frame's own order
+            filled = filled[..., np.argsort(order).tolist()]
         return _frames(filled.numpy(), frame, draws, schema)
     return filled.numpy() if as_numpy else filled
 
@@ -264,6 +271,9 @@ def impute_file(trained: object, data: str | Path, out: str | Path, *,
     array, header = _read_table(data, "--data")
     model = getattr(trained, "model", trained)
     rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array[None]
+    order = column_order(None if header is None else header.split(","),   # a CSV's header:
+                         getattr(trained, "columns", None), "--data", repr(str(data)))  # by name
+    rows = rows if order is None else np.ascontiguousarray(rows[:, order])   # as read
     data_dim = getattr(model, "data_dim", rows.shape[1])
     if rows.shape[1] != data_dim:
         raise ValueError(f"--data: expected {data_dim} values per row (the run's "
@@ -273,6 +283,8 @@ def impute_file(trained: object, data: str | Path, out: str | Path, *,
     filled = np.asarray(impute(trained, rows.astype(np.float64), num_samples=num_samples,
                                draws=draws, seed=seed, diagnostics=diagnostics))
     shape = array.shape if draws is None else (draws, *array.shape)
+    if order is not None:                       # back to the file's own column order
+        filled = filled[..., np.argsort(order)]
     filled = filled.reshape(shape)
     _write(out, filled, header)
     holes = torch.from_numpy(np.isnan(rows).any(1))          # rows with something imputed

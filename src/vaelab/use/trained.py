@@ -18,7 +18,9 @@ from torch.distributions import Distribution
 
 from vaelab import _checks, _trust, condition_spec, data_forms
 from vaelab.config import RunConfig
+from vaelab.data import Dataset
 from vaelab.data import condition as condition_
+from vaelab.data.columns import column_order, in_run_order
 from vaelab.fit.resume import check_consistent
 from vaelab.fit.runs import CONFIG_FILE, RunError, read_config, read_metrics, read_model
 from vaelab.infer.objectives import elbo_terms
@@ -68,10 +70,21 @@ class TrainedModel:
         names = meta.get("columns") if isinstance(meta, dict) else None
         return tuple(map(str, names)) if isinstance(names, list) else None
 
+    def in_run_order(self, x: Any, where: str = "x") -> Any:
+        """``x`` with its columns in the run's order when both name them (a DataFrame's or a
+        Dataset's names against :attr:`columns`, by ``vaelab.data.columns``: one line naming
+        ``where`` for a missing or unknown name); other data as they are (by position)."""
+        order = column_order(data_forms.columns_of(x), self.columns, where)
+        if order is None:
+            return x
+        if isinstance(x, Dataset):
+            return in_run_order(x, self.columns, where)
+        return x.iloc[:, order]
+
     def _data(self, x: object, c: object = None) -> torch.Tensor:
         schema = schema_of(self.model)          # a mixed table's DataFrame: by its schema
         x = schema.encode(x, "x") if schema is not None and data_forms.is_dataframe(x) else x
-        x = data_forms.as_rows(x, where="x")
+        x = data_forms.as_rows(self.in_run_order(x), where="x")
         shape = self.config.model.image_shape
         if shape is not None and tuple(x.shape[1:]) == tuple(shape):
             x = x.reshape(x.shape[0], -1)
