@@ -551,3 +551,27 @@ def test_quickstart_ends_with_one_line_result(tmp_path, capsys):
     assert summary.main([str(tmp_path / "missing"), "5"]) == 1
     script = (REPO / "scripts" / "quickstart.sh").read_text().strip().splitlines()
     assert script[-1].startswith(".venv/bin/python scripts/run_summary.py \"$RUN\"")
+
+
+def test_a_run_that_fails_before_its_first_epoch_leaves_nothing(tmp_path, capsys, monkeypatch,
+                                                                npy_images):
+    """A failure inside the first epoch (after config.json was written) removes what the
+    command wrote, so the same command simply runs again; a folder that was there stays."""
+    from vaelab.fit import train as train_mod
+
+    def broken(self):
+        raise RuntimeError("boom")
+
+    run = tmp_path / "new" / "run"
+    argv = ["train", "--data", npy_images, "--out", run, *TINY]
+    monkeypatch.setattr(train_mod._Trainer, "run_epoch", broken)
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 1 and "boom" in err
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    code, _, _ = run_cli(capsys, "train", "--data", npy_images, "--out", kept, *TINY)
+    assert code == 1 and sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
+    monkeypatch.undo()
+    assert run_cli(capsys, *argv)[0] == 0

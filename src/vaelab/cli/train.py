@@ -225,12 +225,12 @@ def _train_locked(train_, args: argparse.Namespace, run_dir: Path, config):
     """``train_.train`` holding the run directory's lock (one writer per run); on failure
     the lock is released and the folders this run created are removed; interrupted after
     an epoch was saved, it says how to continue (exit code 130)."""
-    from vaelab.data import first_missing, remove_empty_dirs
+    from vaelab.data import first_missing
     from vaelab.fit import lock, runs
     from vaelab.fit.resume import continues_after_restart
     from vaelab.show.plots import write_run_figures
 
-    created = first_missing(run_dir)
+    created, before = first_missing(run_dir), runs.run_files(run_dir)
     logger = None
     # torchrun restarting the workers (--max-restarts) with these very flags: --out continues
     resume = args.resume is not None or continues_after_restart(run_dir, overwrite=args.overwrite)
@@ -249,7 +249,7 @@ def _train_locked(train_, args: argparse.Namespace, run_dir: Path, config):
                             on_epoch=logger)
     except BaseException as exc:
         lock.unlock_run(run_dir)      # its file would keep a created folder from being removed
-        remove_empty_dirs(run_dir, created)
+        runs.remove_unfinished(run_dir, created, before)   # no epoch saved: as if never run
         if isinstance(exc, KeyboardInterrupt) and (run_dir / runs.CONFIG_FILE).is_file():
             word, code = stopped_by(exc)      # Ctrl-C, or SIGTERM (kill, a job's time limit)
             print(f"vaelab: {word}; every finished epoch is saved: continue with "

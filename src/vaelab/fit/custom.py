@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vaelab import _runtime, _trust
-from vaelab.data import first_missing, remove_empty_dirs
+from vaelab import _trust
+from vaelab.data import first_missing
 from vaelab.fit import runs
 from vaelab.fit.train import FigureWriter, TrainResult, train
 
@@ -96,31 +95,12 @@ def fit(model: str | Callable, data: object, out: str | os.PathLike, *,
               "epochs": epochs, "objective": objective, "likelihood": likelihood,
               "latent_dim": latent_dim, **options}
     run_dir = Path(out).expanduser()
-    created, before = first_missing(run_dir), _run_files(run_dir)
+    created, before = first_missing(run_dir), runs.run_files(run_dir)
     try:
         with _trust.trusting(reference.partition(":")[0]):
             return train(config, out, dataset=data, resume=resume, overwrite=overwrite,
                          progress=progress, log=log, figures=figures)
     except BaseException:
-        _remove_unfinished(run_dir, created, before)
+        runs.remove_unfinished(run_dir, created, before)
         raise
 
-
-def _run_files(run_dir: Path) -> set[str]:
-    """The names of ``runs.RUN_FILES`` present in ``run_dir`` now."""
-    return {name for name in runs.RUN_FILES if (run_dir / name).exists()}
-
-
-def _remove_unfinished(run_dir: Path, created: Path | None, before: set[str]) -> None:
-    """After a failed fit that saved no epoch: the run files this call wrote and the folders
-    it created are removed, so a retry needs no ``overwrite=True``. Files and folders that
-    were there before the call, and a run with a saved epoch (to resume), are left alone."""
-    if _runtime.rank_and_world_size()[0] != 0 or runs.checkpoint_path(run_dir) is not None:
-        return                                      # rank 0 writes the run
-    written = _run_files(run_dir) - before
-    for name in (name for name in runs.RUN_FILES if name in written):   # config.json first
-        if (run_dir / name).is_dir():
-            shutil.rmtree(run_dir / name)
-        else:
-            (run_dir / name).unlink()
-    remove_empty_dirs(run_dir, created)

@@ -464,3 +464,31 @@ def read_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict] | Non
         return st_load(blob), state
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise RunError(f"checkpoint: {str(folder / STATE_TENSORS)!r} is corrupt: {exc}") from None
+
+
+# --------------------------------------------------------------------------- a failed start
+
+
+def run_files(run_dir: Path) -> set[str]:
+    """The names of :data:`RUN_FILES` present in ``run_dir`` now."""
+    return {name for name in RUN_FILES if (run_dir / name).exists()}
+
+
+def remove_unfinished(run_dir: Path, created: Path | None, before: set[str]) -> None:
+    """After a training that failed before saving an epoch: remove the run files it wrote
+    (``before``: :func:`run_files` when it started) and the folders it created (``created``:
+    ``vaelab.data.first_missing`` then), so that the same command can simply be run again.
+    Files and folders that were there before, and a run with a saved epoch (to resume), are
+    left alone; under torchrun only rank 0, which writes the run, removes anything."""
+    from vaelab import _runtime
+    from vaelab.data import remove_empty_dirs
+
+    if _runtime.rank_and_world_size()[0] != 0 or checkpoint_path(run_dir) is not None:
+        return
+    written = run_files(run_dir) - before
+    for name in (name for name in RUN_FILES if name in written):   # config.json first
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
+        else:
+            (run_dir / name).unlink()
+    remove_empty_dirs(run_dir, created)
