@@ -225,7 +225,8 @@ def test_an_old_flat_config_json_loads_into_each_components_options(tmp_path):
     path.write_text(json.dumps({"format": "vaelab-run/1", "model": OLD_MODEL,
                                 "train": {"epochs": 2}}))
     model = RunConfig.from_dict(load_config_file(path)).model
-    assert (model.family, model.family_options) == ("iaf", {"flow_steps": 3})
+    assert (model.family, model.family_options) == ("iaf", {"flow_steps": 3,
+                                                           "flow_update": "affine"})
     assert (model.prior, model.prior_options) == ("vamp", {"components": 50,
                                                           "init": "uniform"})
     assert model.likelihood_options == {}

@@ -23,6 +23,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "vaelab"
 LEAVES = {"catalogue", "component_spec", "condition_spec", "config", "config_checks", "data",
+          "dataset_names",
           "data_forms", "_checks", "_collectives", "_files", "_runtime", "_trust"}
 #: Modules that only re-export under a public name, like the package root.
 REEXPORTS = {"vaelab.sklearn"}

@@ -270,7 +270,8 @@ def test_settings_come_from_the_catalogue_for_nested_and_flat_configs():
         got = report.component_settings(model, report.MODEL_KINDS)
         assert got == ["likelihood = bernoulli", "net = mlp", "hidden = [512, 256]",
                        "activation = relu", "gated = False", "weight_norm = False",
-                       "family = iaf", "q_flow_steps = 3", "prior = vamp",
+                       "family = iaf", "q_flow_steps = 3", "q_flow_update = affine",
+                       "prior = vamp",
                        "prior_components = 50", "prior_init = uniform"]
     train = {"kl_schedule": "cyclical", "kl_cycles": 2, "lr_schedule": "exponential",
              "lr_decay": 0.5, "free_bits": 0.1}

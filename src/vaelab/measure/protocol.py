@@ -40,7 +40,7 @@ def evaluate_run(trained: Any, dataset: Any, estimator: Any, *, run: str, split:
               "binarized": trained.config.train.binarize != "none", "seed": seed,
               "seconds": round(time.perf_counter() - start, 2),
               "trained_with": trained_with(trained.config.train),
-              "training": training_progress(trained),
+              "training": trained.training_progress(),
               "estimator": estimator.describe(), **result,
               **estimator.extra(trained.model, min(limit or 100, 100), seed=seed,
                                 batch_size=batch_size)}
@@ -57,34 +57,6 @@ def trained_with(tc) -> dict:
     return {"objective": tc.objective, "num_samples": tc.num_samples, "beta": tc.beta,
             "kl_schedule": tc.kl_schedule, "kl_warmup_epochs": tc.kl_warmup_epochs,
             "kl_cycles": tc.kl_cycles, "kl_ratio": tc.kl_ratio, "free_bits": tc.free_bits}
-
-
-def training_progress(trained: Any) -> dict:
-    """How far the run's training got (eval.json's ``training``): epochs done of its
-    ``epochs``, whether early stopping ended it, whether it is finished, and the KL weight of
-    its last epoch against β (below β under a linear schedule: it stopped inside the warm-up,
-    so the saved model was trained on a down-weighted KL)."""
-    import json
-
-    from vaelab.fit import runs
-
-    tc, metrics = trained.config.train, trained.metrics
-    last = metrics[-1] if metrics else {}
-    done = int(last.get("epoch", 0))
-    stopped_early = False
-    folder = runs.checkpoint_path(trained.run_dir)
-    if folder is not None:
-        try:
-            state = json.loads((folder / runs.STATE_JSON).read_text())
-            stopped_early = bool(state.get("stopped_early", False))
-        except (OSError, ValueError, AttributeError):
-            pass              # loading the run checked its checkpoint; no claim without it
-    weight = last.get("kl_weight")
-    in_warmup = (tc.kl_schedule == "linear" and isinstance(weight, (int, float))
-                 and weight < tc.beta * (1 - 1e-9))
-    return {"epochs_done": done, "epochs": tc.epochs, "stopped_early": stopped_early,
-            "finished": stopped_early or done >= tc.epochs, "last_kl_weight": weight,
-            "in_warmup": in_warmup}
 
 
 #: A BDMC gap above this many nats (mean over the simulated examples) is warned about.

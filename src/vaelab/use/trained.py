@@ -56,6 +56,33 @@ class TrainedModel:
                  metrics: list[dict]) -> None:
         self.model, self.config, self.run_dir, self.metrics = model, config, run_dir, metrics
 
+    def training_progress(self) -> dict:
+        """How far the run's training got (eval.json's ``training``): epochs done of its
+        ``epochs``, whether early stopping ended it, whether it is finished, and the KL weight of
+        its last epoch against β (below β under a linear schedule: it stopped inside the warm-up,
+        so the saved model was trained on a down-weighted KL)."""
+        import json
+
+        from vaelab.fit import runs
+
+        tc, metrics = self.config.train, self.metrics
+        last = metrics[-1] if metrics else {}
+        done = int(last.get("epoch", 0))
+        stopped_early = False
+        folder = runs.checkpoint_path(self.run_dir)
+        if folder is not None:
+            try:
+                state = json.loads((folder / runs.STATE_JSON).read_text())
+                stopped_early = bool(state.get("stopped_early", False))
+            except (OSError, ValueError, AttributeError):
+                pass              # loading the run checked its checkpoint; no claim without it
+        weight = last.get("kl_weight")
+        in_warmup = (tc.kl_schedule == "linear" and isinstance(weight, (int, float))
+                     and weight < tc.beta * (1 - 1e-9))
+        return {"epochs_done": done, "epochs": tc.epochs, "stopped_early": stopped_early,
+                "finished": stopped_early or done >= tc.epochs, "last_kl_weight": weight,
+                "in_warmup": in_warmup}
+
     def __repr__(self) -> str:
         return f"TrainedModel(run_dir={str(self.run_dir)!r}, model={self.config.model})"
 
